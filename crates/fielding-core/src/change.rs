@@ -1,0 +1,81 @@
+//! Change records: one per version, written atomically with the change.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{FieldingRunId, Status, Timestamp, UserId, Version};
+
+/// The command that produced a version. Also names the action in
+/// invalid-state errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Action {
+    /// Created as `scheduled`.
+    Schedule,
+    /// Created as `live`, starting now.
+    Launch,
+    /// Start and/or end moved.
+    UpdateDates,
+    /// A scheduled run went live early.
+    LaunchNow,
+    /// `live` to `paused`.
+    Pause,
+    /// `paused` to `live`.
+    Resume,
+    /// Closed by command.
+    Complete,
+    /// `completed` back to `live`.
+    Relaunch,
+}
+
+impl Action {
+    /// A short verb phrase for messages: "pause", "update the dates of", ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Schedule => "schedule",
+            Action::Launch => "launch",
+            Action::UpdateDates => "update_dates",
+            Action::LaunchNow => "launch_now",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Complete => "complete",
+            Action::Relaunch => "relaunch",
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What one successful change did. Stores keep exactly one per version, in
+/// version order, with no gaps, written in the same atomic step as the run.
+///
+/// The `*_from` fields are `None` for the record of version 1 (creation).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeRecord {
+    /// The run that changed.
+    pub run_id: FieldingRunId,
+    /// The version this change produced.
+    pub version: Version,
+    /// The command.
+    pub action: Action,
+    /// When.
+    pub changed_at: Timestamp,
+    /// Who.
+    pub changed_by: UserId,
+    /// Effective status before the change.
+    pub status_from: Option<Status>,
+    /// Status after the change.
+    pub status_to: Status,
+    /// Start before the change.
+    pub start_from: Option<Timestamp>,
+    /// Start after the change.
+    pub start_to: Timestamp,
+    /// End before the change.
+    pub end_from: Option<Timestamp>,
+    /// End after the change.
+    pub end_to: Timestamp,
+}

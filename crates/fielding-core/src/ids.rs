@@ -1,0 +1,459 @@
+//! Identifiers, validated when they are made.
+//!
+//! Every id a caller can hand us (from a URL path, a JSON body, a database
+//! row) goes through one of these constructors, so the rest of the library
+//! never has to ask "is this id well formed?" again. The ULID-shaped ids are
+//! stored inline as 26 ASCII bytes: they are `Copy`, hash fast and never
+//! allocate, which matters on the hot update path.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An identifier that failed validation, naming the field it came from.
+///
+/// ```
+/// use fielding_core::AccountId;
+/// let err = "0".parse::<AccountId>().unwrap_err();
+/// assert_eq!(err.field(), "account_id");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field}: {reason}")]
+pub struct InvalidId {
+    field: &'static str,
+    reason: String,
+}
+
+impl InvalidId {
+    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The name of the field the value was meant for (`account_id`, ...).
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// Why the value was refused, in words a client can act on.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+/// An account, a positive 32-bit integer (`1..=2147483647`), as in the
+/// contract's `AccountID` (`int32`).
+///
+/// ```
+/// use fielding_core::AccountId;
+/// let id: AccountId = "101".parse()?;
+/// assert_eq!(id.get(), 101);
+/// assert!(AccountId::new(0).is_err());
+/// assert!("-5".parse::<AccountId>().is_err());
+/// # Ok::<(), fielding_core::InvalidId>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(u32);
+
+impl AccountId {
+    /// Validates a numeric account id.
+    pub fn new(value: i64) -> Result<Self, InvalidId> {
+        if (1..=i64::from(i32::MAX)).contains(&value) {
+            // The range check above makes the conversion lossless.
+            Ok(Self(value as u32))
+        } else {
+            Err(InvalidId::new(
+                "account_id",
+                format!("must be an integer from 1 to {}, got {value}", i32::MAX),
+            ))
+        }
+    }
+
+    /// The numeric value.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl FromStr for AccountId {
+    type Err = InvalidId;
+
+    /// Accepts canonical decimal only: digits, no sign, no leading zero, so
+    /// one account has exactly one spelling in a URL.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let canonical = !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
+        if !canonical {
+            return Err(InvalidId::new(
+                "account_id",
+                format!("must be a positive integer without sign or leading zeros, got {s:?}"),
+            ));
+        }
+        let value: i64 = s
+            .parse()
+            .map_err(|_| InvalidId::new("account_id", format!("not an integer: {s:?}")))?;
+        Self::new(value)
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl Serialize for AccountId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u32(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for AccountId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = i64::deserialize(deserializer)?;
+        Self::new(value).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Checks the contract's ULID pattern `^[0-9A-Z]{26}$` and copies the bytes.
+fn parse_code26(field: &'static str, s: &str) -> Result<[u8; 26], InvalidId> {
+    let bytes = s.as_bytes();
+    if bytes.len() != 26 {
+        return Err(InvalidId::new(
+            field,
+            format!(
+                "must be 26 characters from 0-9 and A-Z (a ULID), got {} characters",
+                s.chars().count()
+            ),
+        ));
+    }
+    if let Some(pos) = bytes
+        .iter()
+        .position(|b| !(b.is_ascii_digit() || b.is_ascii_uppercase()))
+    {
+        return Err(InvalidId::new(
+            field,
+            format!(
+                "must contain only 0-9 and upper-case A-Z (a ULID); character {} is not allowed",
+                pos + 1
+            ),
+        ));
+    }
+    let mut out = [0u8; 26];
+    out.copy_from_slice(bytes);
+    Ok(out)
+}
+
+macro_rules! code26_id {
+    ($(#[$meta:meta])* $name:ident, $field:literal) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name([u8; 26]);
+
+        impl $name {
+            /// The field name used in validation errors.
+            pub const FIELD: &'static str = $field;
+
+            /// Validates against `^[0-9A-Z]{26}$`.
+            pub fn parse(s: &str) -> Result<Self, InvalidId> {
+                parse_code26($field, s).map(Self)
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                // Construction admits ASCII only, so this cannot fail.
+                std::str::from_utf8(&self.0).unwrap_or_default()
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = InvalidId;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::parse(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.as_str())
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+code26_id!(
+    /// A project, a 26-character ULID as in the contract (`^[0-9A-Z]{26}$`).
+    ///
+    /// ```
+    /// use fielding_core::ProjectId;
+    /// assert!(ProjectId::parse("01BTGNYV6HRNK8K8VKZASZCFP0").is_ok());
+    /// assert!(ProjectId::parse("01btgnyv6hrnk8k8vkzaszcfp0").is_err());
+    /// ```
+    ProjectId,
+    "project_id"
+);
+
+code26_id!(
+    /// A target group, a 26-character ULID as in the contract.
+    ///
+    /// ```
+    /// use fielding_core::TargetGroupId;
+    /// assert!(TargetGroupId::parse("01BTGNYV6HRNK8K8VKZASZCFP1").is_ok());
+    /// assert!(TargetGroupId::parse("01BTGNYV6HRNK8K8VKZASZCFP").is_err());
+    /// ```
+    TargetGroupId,
+    "target_group_id"
+);
+
+code26_id!(
+    /// A fielding run. The library generates these ([`FieldingRunId::generate`]);
+    /// parsing accepts the same `^[0-9A-Z]{26}$` shape as the other ids.
+    ///
+    /// ```
+    /// use fielding_core::FieldingRunId;
+    /// let id = FieldingRunId::generate();
+    /// assert_eq!(FieldingRunId::parse(id.as_str())?, id);
+    /// # Ok::<(), fielding_core::InvalidId>(())
+    /// ```
+    FieldingRunId,
+    "fielding_run_id"
+);
+
+impl FieldingRunId {
+    /// A fresh ULID: 48 bits of milliseconds then 80 random bits, so ids
+    /// sort roughly by creation time.
+    pub fn generate() -> Self {
+        let text = ulid::Ulid::new().to_string();
+        let mut out = [0u8; 26];
+        out.copy_from_slice(text.as_bytes());
+        Self(out)
+    }
+}
+
+/// The user who made a change (`last_changed_by`), a UUID.
+///
+/// ```
+/// use fielding_core::UserId;
+/// let user: UserId = "b551326b-ac9d-4d32-8823-4f025787dab9".parse()?;
+/// assert_eq!(user.to_string(), "b551326b-ac9d-4d32-8823-4f025787dab9");
+/// # Ok::<(), fielding_core::InvalidId>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct UserId(uuid::Uuid);
+
+impl UserId {
+    /// Wraps a UUID.
+    pub fn new(uuid: uuid::Uuid) -> Self {
+        Self(uuid)
+    }
+
+    /// A random (v4) user id, handy in tests and examples.
+    pub fn random() -> Self {
+        Self(uuid::Uuid::new_v4())
+    }
+
+    /// The UUID.
+    pub fn as_uuid(&self) -> &uuid::Uuid {
+        &self.0
+    }
+}
+
+impl FromStr for UserId {
+    type Err = InvalidId;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        uuid::Uuid::parse_str(s)
+            .map(Self)
+            .map_err(|e| InvalidId::new("last_changed_by", format!("not a UUID: {e}")))
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// Where a fielding run lives: account, project and target group.
+///
+/// A target group has at most one fielding run, so a scope finds at most one
+/// run. Every lookup goes through the full scope: a run stored under another
+/// account or project is invisible, even with the right run id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    /// The owning account.
+    pub account_id: AccountId,
+    /// The project inside the account.
+    pub project_id: ProjectId,
+    /// The target group inside the project.
+    pub target_group_id: TargetGroupId,
+}
+
+impl Scope {
+    /// Builds a scope from validated parts.
+    pub fn new(account_id: AccountId, project_id: ProjectId, target_group_id: TargetGroupId) -> Self {
+        Self {
+            account_id,
+            project_id,
+            target_group_id,
+        }
+    }
+
+    /// Parses the three path segments, reporting every bad one at once as a
+    /// validation error.
+    ///
+    /// ```
+    /// use fielding_core::Scope;
+    /// let scope = Scope::parse("101", "01BTGNYV6HRNK8K8VKZASZCFP0", "01BTGNYV6HRNK8K8VKZASZCFP1")?;
+    /// assert_eq!(scope.account_id.get(), 101);
+    /// let bad = Scope::parse("x", "01BTGNYV6HRNK8K8VKZASZCFP0", "nope").unwrap_err();
+    /// assert_eq!(bad.invalid_params().len(), 2);
+    /// # Ok::<(), fielding_core::FieldingError>(())
+    /// ```
+    pub fn parse(account_id: &str, project_id: &str, target_group_id: &str) -> Result<Self, crate::FieldingError> {
+        let account = account_id.parse::<AccountId>();
+        let project = ProjectId::parse(project_id);
+        let target_group = TargetGroupId::parse(target_group_id);
+        match (account, project, target_group) {
+            (Ok(a), Ok(p), Ok(t)) => Ok(Self::new(a, p, t)),
+            (a, p, t) => {
+                let errs: Vec<InvalidId> = [a.err(), p.err(), t.err()].into_iter().flatten().collect();
+                Err(errs.into())
+            }
+        }
+    }
+
+    /// The address of the run `id` inside this scope.
+    pub fn run(self, id: FieldingRunId) -> RunKey {
+        RunKey { scope: self, id }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "account {} / project {} / target group {}",
+            self.account_id, self.project_id, self.target_group_id
+        )
+    }
+}
+
+/// The full address of one fielding run: its scope and its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunKey {
+    /// Account, project and target group.
+    pub scope: Scope,
+    /// The run's own id.
+    pub id: FieldingRunId,
+}
+
+impl fmt::Display for RunKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "fielding run {} ({})", self.id, self.scope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn account_id_bounds() {
+        assert!(AccountId::new(1).is_ok());
+        assert!(AccountId::new(i64::from(i32::MAX)).is_ok());
+        assert!(AccountId::new(0).is_err());
+        assert!(AccountId::new(-1).is_err());
+        assert!(AccountId::new(i64::from(i32::MAX) + 1).is_err());
+    }
+
+    #[test]
+    fn account_id_text_is_canonical_decimal() {
+        assert_eq!("101".parse::<AccountId>().map(AccountId::get), Ok(101));
+        for bad in [
+            "",
+            "0",
+            "0101",
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "1.0",
+            "2147483648",
+            "99999999999",
+            "x",
+        ] {
+            let err = bad.parse::<AccountId>().unwrap_err();
+            assert_eq!(err.field(), "account_id", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn account_id_serde_is_an_integer_and_validates() {
+        let id = AccountId::new(7).unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "7");
+        assert!(serde_json::from_str::<AccountId>("0").is_err());
+        assert!(serde_json::from_str::<AccountId>("\"7\"").is_err());
+    }
+
+    #[test]
+    fn ulid_ids_follow_the_contract_pattern() {
+        let ok = "01BTGNYV6HRNK8K8VKZASZCFP0";
+        assert_eq!(ProjectId::parse(ok).unwrap().as_str(), ok);
+        let cases = [
+            ("", "26 characters"),
+            ("01BTGNYV6HRNK8K8VKZASZCFP", "25 characters"),
+            ("01BTGNYV6HRNK8K8VKZASZCFP00", "27 characters"),
+            ("01BTGNYV6HRNK8K8VKZASZCFp0", "character 25"),
+            ("01BTGNYV6HRNK8K8VKZASZCF-0", "character 25"),
+            ("01BTGNYV6HRNK8K8VKZASZCFPÉ", "characters"),
+        ];
+        for (input, expected) in cases {
+            let err = TargetGroupId::parse(input).unwrap_err();
+            assert_eq!(err.field(), "target_group_id");
+            assert!(err.reason().contains(expected), "{input:?}: {}", err.reason());
+        }
+    }
+
+    #[test]
+    fn generated_run_ids_are_valid_and_distinct() {
+        let a = FieldingRunId::generate();
+        let b = FieldingRunId::generate();
+        assert_ne!(a, b);
+        assert_eq!(FieldingRunId::parse(a.as_str()).unwrap(), a);
+    }
+
+    #[test]
+    fn user_id_parse_errors_name_the_field() {
+        let err = "nope".parse::<UserId>().unwrap_err();
+        assert_eq!(err.field(), "last_changed_by");
+    }
+
+    #[test]
+    fn scope_parse_collects_every_bad_segment() {
+        let err = Scope::parse("0", "bad", "also bad").unwrap_err();
+        let fields: Vec<_> = err.invalid_params().iter().map(|p| p.name.as_ref()).collect();
+        assert_eq!(fields, ["account_id", "project_id", "target_group_id"]);
+    }
+}

@@ -1,0 +1,63 @@
+//! # fielding-core
+//!
+//! The domain of *fielding runs*: the period during which a survey target
+//! group is live and collecting answers. This crate holds the rules and
+//! nothing else: no I/O, no HTTP, no SQL.
+//!
+//! * [`FieldingRun`] and its validated ids ([`AccountId`], [`ProjectId`],
+//!   [`TargetGroupId`], [`FieldingRunId`], [`UserId`]), millisecond
+//!   [`Timestamp`]s and the four [`Status`]es.
+//! * [`lifecycle`]: which command is allowed in which (effective) status.
+//! * [`Version`], [`ETag`] and [`IfMatch`]: optimistic locking per RFC 9110.
+//! * [`FieldingStore`]: the async storage trait adapters implement
+//!   (`fielding-memory`, `fielding-sqlite`, `fielding-postgres`).
+//! * [`FieldingService`]: the use cases, each load → check → decide →
+//!   compare-and-swap, with [`FieldingError`] for every failure.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use fielding_core::*;
+//!
+//! # async fn demo(store: Arc<dyn FieldingStore>) -> Result<(), FieldingError> {
+//! let service = FieldingService::new(store);
+//! let scope = Scope::parse("101", "01BTGNYV6HRNK8K8VKZASZCFP0", "01BTGNYV6HRNK8K8VKZASZCFP1")?;
+//! let me = UserId::random();
+//! let start: Timestamp = "2031-01-01T09:00:00Z".parse().map_err(|e: InvalidTimestamp| e.for_field("start_fielding_at"))?;
+//! let end: Timestamp = "2031-01-31T09:00:00Z".parse().map_err(|e: InvalidTimestamp| e.for_field("end_fielding_at"))?;
+//!
+//! let created = service.schedule(scope, start, end, me).await?;
+//! assert_eq!(created.etag.to_string(), "\"1\"");
+//!
+//! // Writers send back the ETag they saw; a stale one is refused (412).
+//! let if_match = IfMatch::parse(&created.etag.to_string())?;
+//! let launched = service.launch_now(&created.run.key(), &if_match, me).await?;
+//! assert_eq!(launched.run.status, Status::Live);
+//! let stale = service.pause(&created.run.key(), &if_match, me).await.unwrap_err();
+//! assert_eq!(stale.http_status(), 412);
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+mod change;
+mod clock;
+mod error;
+mod ids;
+pub mod lifecycle;
+mod run;
+mod service;
+mod status;
+mod store;
+mod time;
+mod version;
+
+pub use change::{Action, ChangeRecord};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{FieldingError, InvalidParam, INTERNAL_ERROR_DETAIL};
+pub use ids::{AccountId, FieldingRunId, InvalidId, ProjectId, RunKey, Scope, TargetGroupId, UserId};
+pub use lifecycle::Command;
+pub use run::{FieldingRun, FieldingRunItem};
+pub use service::{Applied, FieldingService, RetryPolicy};
+pub use status::Status;
+pub use store::{BoxError, FieldingStore, StoreError};
+pub use time::{InvalidTimestamp, Timestamp};
+pub use version::{ETag, EntityTag, IfMatch, InvalidIfMatch, Version};

@@ -1,0 +1,393 @@
+//! The use cases: one method per command, each a load → check → decide →
+//! compare-and-swap pipeline.
+//!
+//! The order of checks is part of the contract and is the same for every
+//! command: **not found**, then **precondition** (`If-Match`), then **input
+//! validation**, then **lifecycle state**. So a stale ETag is reported as a
+//! precondition failure even when the body is also bad: the caller's view is
+//! out of date, and judging its input against a state it has not seen would
+//! mislead it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::lifecycle::{self, Command, Decision, Target};
+use crate::{
+    Action, ChangeRecord, Clock, ETag, FieldingError, FieldingRun, FieldingRunId, FieldingStore, IfMatch, RunKey,
+    Scope, StoreError, SystemClock, Timestamp, UserId, Version,
+};
+
+/// The result of a successful command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The run after the command, with its effective status.
+    pub run: FieldingRun,
+    /// The run's ETag, for the caller's next `If-Match`.
+    pub etag: ETag,
+    /// `false` when the command changed nothing (same dates): no new version.
+    pub changed: bool,
+}
+
+/// The fielding-run use cases over any store.
+///
+/// Cheap to clone: it holds two `Arc`s.
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use fielding_core::*;
+/// # async fn demo(store: Arc<dyn FieldingStore>) -> Result<(), FieldingError> {
+/// let service = FieldingService::new(store);
+/// let scope = Scope::parse("101", "01BTGNYV6HRNK8K8VKZASZCFP0", "01BTGNYV6HRNK8K8VKZASZCFP1")?;
+/// let me = UserId::random();
+/// let start = "2031-01-01T09:00:00Z".parse::<Timestamp>().map_err(|e| e.for_field("start_fielding_at"))?;
+/// let end = "2031-01-31T09:00:00Z".parse::<Timestamp>().map_err(|e| e.for_field("end_fielding_at"))?;
+/// let created = service.schedule(scope, start, end, me).await?;
+/// let key = created.run.key();
+/// // Pause is not allowed while scheduled: 422.
+/// let err = service.pause(&key, &IfMatch::version(created.run.version), me).await.unwrap_err();
+/// assert_eq!(err.code(), "invalid_state_error");
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FieldingService {
+    store: Arc<dyn FieldingStore>,
+    clock: Arc<dyn Clock>,
+}
+
+impl FieldingService {
+    /// A service over `store`, using the system clock.
+    pub fn new(store: Arc<dyn FieldingStore>) -> Self {
+        Self::with_clock(store, Arc::new(SystemClock))
+    }
+
+    /// A service over `store` that reads the time from `clock`.
+    pub fn with_clock(store: Arc<dyn FieldingStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
+    }
+
+    /// The store this service writes to.
+    pub fn store(&self) -> &Arc<dyn FieldingStore> {
+        &self.store
+    }
+
+    /// The clock this service reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Creates a `scheduled` run for a target group that has none.
+    ///
+    /// Refused with a validation error if the start is in the past or the
+    /// end is not after the start, and with
+    /// [`FieldingError::TargetGroupHasRun`] if the target group has a run.
+    pub async fn schedule(
+        &self,
+        scope: Scope,
+        start_fielding_at: Timestamp,
+        end_fielding_at: Timestamp,
+        actor: UserId,
+    ) -> Result<Applied, FieldingError> {
+        let now = self.clock.now();
+        let target = lifecycle::new_scheduled(start_fielding_at, end_fielding_at, now)?;
+        self.create(scope, Action::Schedule, target, now, actor).await
+    }
+
+    /// Creates a `live` run that starts now and ends at `end_fielding_at`.
+    pub async fn launch(
+        &self,
+        scope: Scope,
+        end_fielding_at: Timestamp,
+        actor: UserId,
+    ) -> Result<Applied, FieldingError> {
+        let now = self.clock.now();
+        let target = lifecycle::new_launched(end_fielding_at, now)?;
+        self.create(scope, Action::Launch, target, now, actor).await
+    }
+
+    async fn create(
+        &self,
+        scope: Scope,
+        action: Action,
+        target: Target,
+        now: Timestamp,
+        actor: UserId,
+    ) -> Result<Applied, FieldingError> {
+        // A cheap early answer; the store's uniqueness check is what counts
+        // when two creations race.
+        if self.store.find_by_target_group(&scope).await?.is_some() {
+            return Err(FieldingError::TargetGroupHasRun { scope });
+        }
+        let run = FieldingRun {
+            id: FieldingRunId::generate(),
+            account_id: scope.account_id,
+            project_id: scope.project_id,
+            target_group_id: scope.target_group_id,
+            start_fielding_at: target.start_fielding_at,
+            end_fielding_at: target.end_fielding_at,
+            status: target.status,
+            version: Version::INITIAL,
+            last_changed_at: now,
+            last_changed_by: actor,
+        };
+        let change = change_record(None, &run, action);
+        match self.store.insert(&run, &change).await {
+            Ok(()) => Ok(Applied {
+                etag: run.etag(),
+                run,
+                changed: true,
+            }),
+            Err(StoreError::AlreadyExists { scope }) => Err(FieldingError::TargetGroupHasRun { scope }),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// The run at `key` with its effective status, or not found.
+    pub async fn get(&self, key: &RunKey) -> Result<FieldingRun, FieldingError> {
+        let run = self.load(key).await?;
+        Ok(run.as_of(self.clock.now()))
+    }
+
+    /// The run of a target group, if it has one, with its effective status.
+    pub async fn find(&self, scope: &Scope) -> Result<Option<FieldingRun>, FieldingError> {
+        let run = self.store.find_by_target_group(scope).await?;
+        Ok(run.map(|run| run.as_of(self.clock.now())))
+    }
+
+    /// The change records of the run at `key`, oldest first; not found if
+    /// there is no such run.
+    pub async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, FieldingError> {
+        self.load(key).await?;
+        Ok(self.store.changes(key).await?)
+    }
+
+    /// Runs `command` on the run at `key` if `if_match` names its current
+    /// version. The per-command methods below are shorthands for this.
+    pub async fn execute(
+        &self,
+        key: &RunKey,
+        if_match: &IfMatch,
+        command: &Command,
+        actor: UserId,
+    ) -> Result<Applied, FieldingError> {
+        let run = self.load(key).await?;
+        if !if_match.matches(run.version) {
+            return Err(FieldingError::PreconditionFailed { current: run.version });
+        }
+        self.apply(run, command, actor).await
+    }
+
+    /// Moves the dates (the contract's `PUT`). Same dates: success, no new
+    /// version.
+    pub async fn update_dates(
+        &self,
+        key: &RunKey,
+        if_match: &IfMatch,
+        start_fielding_at: Timestamp,
+        end_fielding_at: Timestamp,
+        actor: UserId,
+    ) -> Result<Applied, FieldingError> {
+        let command = Command::UpdateDates {
+            start_fielding_at,
+            end_fielding_at,
+        };
+        self.execute(key, if_match, &command, actor).await
+    }
+
+    /// `scheduled` → `live` now; the end moves to keep the planned duration.
+    pub async fn launch_now(&self, key: &RunKey, if_match: &IfMatch, actor: UserId) -> Result<Applied, FieldingError> {
+        self.execute(key, if_match, &Command::LaunchNow, actor).await
+    }
+
+    /// `live` → `paused`.
+    pub async fn pause(&self, key: &RunKey, if_match: &IfMatch, actor: UserId) -> Result<Applied, FieldingError> {
+        self.execute(key, if_match, &Command::Pause, actor).await
+    }
+
+    /// `paused` → `live`, before the end.
+    pub async fn resume(&self, key: &RunKey, if_match: &IfMatch, actor: UserId) -> Result<Applied, FieldingError> {
+        self.execute(key, if_match, &Command::Resume, actor).await
+    }
+
+    /// `scheduled`, `live` or `paused` → `completed`.
+    pub async fn complete(&self, key: &RunKey, if_match: &IfMatch, actor: UserId) -> Result<Applied, FieldingError> {
+        self.execute(key, if_match, &Command::Complete, actor).await
+    }
+
+    /// `completed` → `live`, before the end.
+    pub async fn relaunch(&self, key: &RunKey, if_match: &IfMatch, actor: UserId) -> Result<Applied, FieldingError> {
+        self.execute(key, if_match, &Command::Relaunch, actor).await
+    }
+
+    /// For callers that are not HTTP clients: reads the run, asks `command`
+    /// what to do with it, and writes against the version just read. If
+    /// another writer wins in between, waits (exponential backoff with full
+    /// jitter) and starts over, at most `policy.max_attempts` times. Other
+    /// errors return at once.
+    ///
+    /// Needs a tokio runtime with the time driver when backoff is non-zero.
+    ///
+    /// ```
+    /// # use fielding_core::*;
+    /// # async fn demo(service: FieldingService, key: RunKey, me: UserId) -> Result<(), FieldingError> {
+    /// // Push the end out by a day, whatever version the run is at now.
+    /// let applied = service
+    ///     .execute_with_retry(&key, me, &RetryPolicy::default(), |run| lifecycle::Command::UpdateDates {
+    ///         start_fielding_at: run.start_fielding_at,
+    ///         end_fielding_at: run.end_fielding_at.checked_add(chrono::TimeDelta::days(1)).unwrap_or(run.end_fielding_at),
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_with_retry<F>(
+        &self,
+        key: &RunKey,
+        actor: UserId,
+        policy: &RetryPolicy,
+        mut command: F,
+    ) -> Result<Applied, FieldingError>
+    where
+        F: FnMut(&FieldingRun) -> Command + Send,
+    {
+        let mut attempt = 1;
+        loop {
+            let run = self.load(key).await?;
+            let next = command(&run.clone().as_of(self.clock.now()));
+            match self.apply(run, &next, actor).await {
+                Err(FieldingError::PreconditionFailed { .. }) if attempt < policy.max_attempts => {
+                    let pause = policy.backoff(attempt);
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                    attempt += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    async fn load(&self, key: &RunKey) -> Result<FieldingRun, FieldingError> {
+        self.store
+            .get(key)
+            .await?
+            .ok_or_else(|| FieldingError::NotFound { what: key.to_string() })
+    }
+
+    /// Decides and writes `command` against the version of `run` as loaded.
+    async fn apply(&self, run: FieldingRun, command: &Command, actor: UserId) -> Result<Applied, FieldingError> {
+        let now = self.clock.now();
+        let status_from = run.effective_status(now);
+        let target = match lifecycle::decide(&run, command, now)? {
+            Decision::Unchanged => {
+                return Ok(Applied {
+                    etag: run.etag(),
+                    run: run.as_of(now),
+                    changed: false,
+                })
+            }
+            Decision::Change(target) => target,
+        };
+        let expected = run.version;
+        let version = expected.next().ok_or(FieldingError::InvalidState {
+            action: command.action(),
+            status: status_from,
+            detail: "the run has reached the highest version a store can hold".into(),
+        })?;
+        let previous = (status_from, run.start_fielding_at, run.end_fielding_at);
+        let next = FieldingRun {
+            start_fielding_at: target.start_fielding_at,
+            end_fielding_at: target.end_fielding_at,
+            status: target.status,
+            version,
+            last_changed_at: now,
+            last_changed_by: actor,
+            ..run
+        };
+        let change = change_record(Some(previous), &next, command.action());
+        match self.store.compare_and_swap(expected, &next, &change).await {
+            Ok(()) => Ok(Applied {
+                etag: next.etag(),
+                run: next,
+                changed: true,
+            }),
+            Err(StoreError::VersionConflict { current, .. }) => Err(FieldingError::PreconditionFailed { current }),
+            Err(StoreError::NotFound) => Err(FieldingError::NotFound {
+                what: next.key().to_string(),
+            }),
+            Err(other) => Err(other.into()),
+        }
+    }
+}
+
+fn change_record(
+    previous: Option<(crate::Status, Timestamp, Timestamp)>,
+    run: &FieldingRun,
+    action: Action,
+) -> ChangeRecord {
+    ChangeRecord {
+        run_id: run.id,
+        version: run.version,
+        action,
+        changed_at: run.last_changed_at,
+        changed_by: run.last_changed_by,
+        status_from: previous.map(|p| p.0),
+        status_to: run.status,
+        start_from: previous.map(|p| p.1),
+        start_to: run.start_fielding_at,
+        end_from: previous.map(|p| p.2),
+        end_to: run.end_fielding_at,
+    }
+}
+
+/// How [`FieldingService::execute_with_retry`] retries lost races.
+///
+/// ```
+/// use std::time::Duration;
+/// use fielding_core::RetryPolicy;
+/// let policy = RetryPolicy { max_attempts: 10, ..RetryPolicy::default() };
+/// assert!(policy.backoff(3) <= policy.max_backoff);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, including the first. At least 1.
+    pub max_attempts: u32,
+    /// The backoff ceiling after the first lost race; doubles each time.
+    pub initial_backoff: Duration,
+    /// The highest backoff ceiling.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// 8 attempts, backoff ceilings 1 ms, 2 ms, 4 ms, ... up to 50 ms.
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(50),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Retries at once, without waiting. Useful in tests.
+    pub fn immediate(max_attempts: u32) -> Self {
+        Self {
+            max_attempts,
+            initial_backoff: Duration::ZERO,
+            max_backoff: Duration::ZERO,
+        }
+    }
+
+    /// The wait after the `attempt`-th lost race: a random duration up to
+    /// `min(max_backoff, initial_backoff * 2^(attempt-1))` ("full jitter"),
+    /// so racing writers spread out instead of colliding again in step.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
+        let ceiling = self.initial_backoff.saturating_mul(factor).min(self.max_backoff);
+        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+        if nanos == 0 {
+            return Duration::ZERO;
+        }
+        let random = uuid::Uuid::new_v4().as_u128() as u64;
+        Duration::from_nanos(random % (nanos + 1))
+    }
+}

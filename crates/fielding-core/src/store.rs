@@ -1,0 +1,150 @@
+//! The storage trait every adapter implements.
+//!
+//! One trait, many backends (in-memory, SQLite, PostgreSQL, yours). The
+//! service holds it as `Arc<dyn FieldingStore>`, so the trait is object-safe
+//! and its futures are `Send`. `fielding-testkit` runs the same conformance
+//! suite against every implementation; a store is correct when it passes.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::{ChangeRecord, FieldingRun, RunKey, Scope, Version};
+
+/// A boxed error from a storage backend.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// What a store reports. The service turns these into [`crate::FieldingError`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// `insert`: the target group (scope) already has a run.
+    #[error("{scope} already has a fielding run")]
+    AlreadyExists {
+        /// The scope that is taken.
+        scope: Scope,
+    },
+
+    /// `compare_and_swap`: no run at that address.
+    #[error("fielding run not found")]
+    NotFound,
+
+    /// `compare_and_swap`: the run is not at the expected version. Nothing
+    /// was written.
+    #[error("version conflict: expected version {expected}, the run is at version {current}")]
+    VersionConflict {
+        /// The version the writer read.
+        expected: Version,
+        /// The version the run is at now.
+        current: Version,
+    },
+
+    /// The backend failed (I/O, connection, corrupt data, ...). Nothing was
+    /// written, or the write was rolled back.
+    #[error("storage backend failure{}: {message}", if *.retryable { " (retryable)" } else { "" })]
+    Backend {
+        /// What happened, for logs.
+        message: String,
+        /// `true` when the same call may succeed if repeated (connection
+        /// lost, serialization failure, busy database).
+        retryable: bool,
+        /// The underlying error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl StoreError {
+    /// A permanent backend failure wrapping `source`.
+    pub fn backend(source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        StoreError::Backend {
+            message: source.to_string(),
+            retryable: false,
+            source: Some(source),
+        }
+    }
+
+    /// A transient backend failure: the caller may try again.
+    pub fn transient(source: impl Into<BoxError>) -> Self {
+        let source = source.into();
+        StoreError::Backend {
+            message: source.to_string(),
+            retryable: true,
+            source: Some(source),
+        }
+    }
+
+    /// Whether repeating the call may succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Backend { retryable: true, .. })
+    }
+}
+
+/// Persistence for fielding runs and their change records.
+///
+/// # The contract every adapter honours
+///
+/// * **Scope is part of the address.** `get` and `compare_and_swap` find a
+///   run only if account, project, target group *and* id all match. A run
+///   under another scope is indistinguishable from no run.
+/// * **One run per target group.** `insert` refuses a run whose scope
+///   already has one with [`StoreError::AlreadyExists`], also when two
+///   inserts race: exactly one succeeds.
+/// * **Compare-and-swap is atomic.** `compare_and_swap(expected, run,
+///   change)` writes only if the stored run is at `expected`; checking and
+///   writing are one indivisible step, so of two writers holding the same
+///   version exactly one wins. The loser gets
+///   [`StoreError::VersionConflict`] carrying the version it lost to, and
+///   nothing changes. A missing run is [`StoreError::NotFound`].
+/// * **A write and its change record are one.** `insert` and
+///   `compare_and_swap` store `change` together with the run, both or
+///   neither. Change records come back from `changes` in version order,
+///   exactly one per version, no gaps.
+/// * **Round trip is exact.** Every field comes back as written (timestamps
+///   are whole milliseconds, versions up to `i64::MAX`).
+/// * **Errors are classified, not stringly.** Backend failures are
+///   [`StoreError::Backend`], with `retryable` set for transient faults.
+///
+/// The caller guarantees: `run.version == change.version` and
+/// `change.run_id == run.id`; for `compare_and_swap`, `run.version ==
+/// expected.next()`. The service inserts at [`Version::INITIAL`]; a store
+/// must also accept an insert at a higher version (the conformance kit uses
+/// that to test versions of many digits), in which case the run's history
+/// starts at that version.
+///
+/// # Example
+///
+/// Stores are used through [`crate::FieldingService`], but the trait is
+/// plain async Rust; see `fielding-memory` for a complete implementation.
+///
+/// ```
+/// use std::sync::Arc;
+/// use fielding_core::FieldingStore;
+/// fn takes_any_store(store: Arc<dyn FieldingStore>) -> Arc<dyn FieldingStore> { store }
+/// ```
+#[async_trait]
+pub trait FieldingStore: Send + Sync + fmt::Debug {
+    /// Stores a new run and its first change record.
+    async fn insert(&self, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError>;
+
+    /// The run at `key`, if one exists under exactly that scope.
+    async fn get(&self, key: &RunKey) -> Result<Option<FieldingRun>, StoreError>;
+
+    /// The run of a target group, if it has one.
+    async fn find_by_target_group(&self, scope: &Scope) -> Result<Option<FieldingRun>, StoreError>;
+
+    /// Replaces the run at `run.key()` with `run` and appends `change`, only
+    /// if the stored version is `expected`.
+    async fn compare_and_swap(
+        &self,
+        expected: Version,
+        run: &FieldingRun,
+        change: &ChangeRecord,
+    ) -> Result<(), StoreError>;
+
+    /// The change records of the run at `key`, oldest first. Empty when
+    /// there is no such run.
+    async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError>;
+}

@@ -1,0 +1,254 @@
+//! The store itself: two hash maps under one mutex.
+//!
+//! Why one mutex and not something cleverer: every operation is a couple of
+//! hash lookups and a clone, far shorter than any await point, and one lock
+//! makes the trait's atomicity promises (check-and-set, run plus change
+//! record, one run per target group) true by construction. The benchmark in
+//! `benches/` measures what this costs against a bare `Mutex<HashMap>`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use fielding_core::{
+    Action, ChangeRecord, FieldingRun, FieldingRunId, FieldingStore, RunKey, Scope, Status, StoreError, Version,
+};
+
+use crate::Faults;
+
+/// A [`FieldingStore`] in memory. Clones share the same data and faults.
+///
+/// ```
+/// use fielding_memory::{fixtures, MemoryStore};
+/// let store = MemoryStore::new();
+/// let run = fixtures::run().build();
+/// store.seed(run.clone())?;
+/// assert_eq!(store.run(&run.key()), Some(run));
+/// assert_eq!(store.len(), 1);
+/// # Ok::<(), fielding_memory::SeedError>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    state: Mutex<State>,
+    faults: Faults,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    runs: HashMap<FieldingRunId, Entry>,
+    by_scope: HashMap<Scope, FieldingRunId>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    run: FieldingRun,
+    changes: Vec<ChangeRecord>,
+}
+
+impl State {
+    /// The entry at `key`, only if its scope matches too.
+    fn entry(&self, key: &RunKey) -> Option<&Entry> {
+        self.runs.get(&key.id).filter(|e| e.run.scope() == key.scope)
+    }
+
+    fn insert(&mut self, run: FieldingRun, changes: Vec<ChangeRecord>) -> Result<(), StoreError> {
+        let scope = run.scope();
+        if self.by_scope.contains_key(&scope) {
+            return Err(StoreError::AlreadyExists { scope });
+        }
+        if self.runs.contains_key(&run.id) {
+            return Err(StoreError::Backend {
+                message: format!("fielding run id {} is already taken", run.id),
+                retryable: false,
+                source: None,
+            });
+        }
+        self.by_scope.insert(scope, run.id);
+        self.runs.insert(run.id, Entry { run, changes });
+        Ok(())
+    }
+}
+
+/// Why [`MemoryStore::seed`] refused a run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SeedError {
+    /// The store refused it (the target group already has a run, or the id
+    /// is taken).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The history given to [`MemoryStore::seed_with_history`] does not
+    /// describe the run: it must be non-empty, for this run, with versions
+    /// rising by one and ending at the run's version.
+    #[error("inconsistent history: {0}")]
+    History(String),
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding the lock, but if a caller's panic ever
+        // poisons it the data is still consistent: every write is one step.
+        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The fault injector shared by every clone of this store.
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
+    }
+
+    /// Puts `run` in place as it is, in any status and at any version,
+    /// without walking the lifecycle. Its history starts with one synthetic
+    /// change record at the run's version.
+    pub fn seed(&self, run: FieldingRun) -> Result<(), SeedError> {
+        let record = ChangeRecord {
+            run_id: run.id,
+            version: run.version,
+            action: if run.status == Status::Scheduled {
+                Action::Schedule
+            } else {
+                Action::Launch
+            },
+            changed_at: run.last_changed_at,
+            changed_by: run.last_changed_by,
+            status_from: None,
+            status_to: run.status,
+            start_from: None,
+            start_to: run.start_fielding_at,
+            end_from: None,
+            end_to: run.end_fielding_at,
+        };
+        Ok(self.state().insert(run, vec![record])?)
+    }
+
+    /// Puts `run` in place with the given change records (oldest first).
+    pub fn seed_with_history(&self, run: FieldingRun, changes: Vec<ChangeRecord>) -> Result<(), SeedError> {
+        let last = changes
+            .last()
+            .ok_or_else(|| SeedError::History("no change records".into()))?;
+        if last.version != run.version {
+            return Err(SeedError::History(format!(
+                "the last record is version {}, the run is at version {}",
+                last.version, run.version
+            )));
+        }
+        if let Some(other) = changes.iter().find(|c| c.run_id != run.id) {
+            return Err(SeedError::History(format!("a record belongs to run {}", other.run_id)));
+        }
+        if let Some(pair) = changes.windows(2).find(|w| w[0].version.next() != Some(w[1].version)) {
+            return Err(SeedError::History(format!(
+                "version {} is followed by version {}",
+                pair[0].version, pair[1].version
+            )));
+        }
+        Ok(self.state().insert(run, changes)?)
+    }
+
+    /// The stored run at `key` (stored status, not effective), if any.
+    pub fn run(&self, key: &RunKey) -> Option<FieldingRun> {
+        self.state().entry(key).map(|e| e.run.clone())
+    }
+
+    /// Every stored run, in no particular order.
+    pub fn runs(&self) -> Vec<FieldingRun> {
+        self.state().runs.values().map(|e| e.run.clone()).collect()
+    }
+
+    /// The change records of the run at `key`, oldest first.
+    pub fn change_records(&self, key: &RunKey) -> Vec<ChangeRecord> {
+        self.state().entry(key).map(|e| e.changes.clone()).unwrap_or_default()
+    }
+
+    /// How many runs are stored.
+    pub fn len(&self) -> usize {
+        self.state().runs.len()
+    }
+
+    /// Whether no run is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes every run and change record (faults stay as they are).
+    pub fn clear(&self) {
+        let mut state = self.state();
+        state.runs.clear();
+        state.by_scope.clear();
+    }
+}
+
+#[async_trait]
+impl FieldingStore for MemoryStore {
+    async fn insert(&self, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
+        if let Some(fault) = self.inner.faults.storage_fault("insert") {
+            return Err(fault);
+        }
+        self.state().insert(run.clone(), vec![change.clone()])
+    }
+
+    async fn get(&self, key: &RunKey) -> Result<Option<FieldingRun>, StoreError> {
+        if let Some(fault) = self.inner.faults.storage_fault("get") {
+            return Err(fault);
+        }
+        Ok(self.state().entry(key).map(|e| e.run.clone()))
+    }
+
+    async fn find_by_target_group(&self, scope: &Scope) -> Result<Option<FieldingRun>, StoreError> {
+        if let Some(fault) = self.inner.faults.storage_fault("find_by_target_group") {
+            return Err(fault);
+        }
+        let state = self.state();
+        Ok(state
+            .by_scope
+            .get(scope)
+            .and_then(|id| state.runs.get(id))
+            .map(|e| e.run.clone()))
+    }
+
+    async fn compare_and_swap(
+        &self,
+        expected: Version,
+        run: &FieldingRun,
+        change: &ChangeRecord,
+    ) -> Result<(), StoreError> {
+        if let Some(fault) = self.inner.faults.storage_fault("compare_and_swap") {
+            return Err(fault);
+        }
+        let mut state = self.state();
+        let entry = state
+            .runs
+            .get_mut(&run.id)
+            .filter(|e| e.run.scope() == run.scope())
+            .ok_or(StoreError::NotFound)?;
+        if entry.run.version != expected {
+            return Err(StoreError::VersionConflict {
+                expected,
+                current: entry.run.version,
+            });
+        }
+        // Checked against the real version first, so an injected conflict
+        // never hides a real one.
+        if let Some(conflict) = self.inner.faults.conflict(expected) {
+            return Err(conflict);
+        }
+        entry.run = run.clone();
+        entry.changes.push(change.clone());
+        Ok(())
+    }
+
+    async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {
+        if let Some(fault) = self.inner.faults.storage_fault("changes") {
+            return Err(fault);
+        }
+        Ok(self.change_records(key))
+    }
+}
