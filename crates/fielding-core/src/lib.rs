@@ -61,3 +61,8 @@ pub use status::Status;
 pub use store::{BoxError, FieldingStore, StoreError};
 pub use time::{InvalidTimestamp, Timestamp};
 pub use version::{ETag, EntityTag, IfMatch, InvalidIfMatch, Version};
+
+/// The README's code example, compiled and run as a doctest so it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -174,23 +174,27 @@ pub fn decide(run: &FieldingRun, command: &Command, now: Timestamp) -> Result<De
             end_fielding_at: end,
         } => {
             let (start, end) = (*start, *end);
-            if let Some(param) = end_after_start(start, end) {
-                return Err(FieldingError::invalid([param]));
-            }
+            // Input checks that need no state come first; every bad field
+            // is reported at once.
+            let mut params: Vec<InvalidParam> = end_after_start(start, end).into_iter().collect();
             match status {
-                Status::Completed => {
+                Status::Completed if params.is_empty() => {
                     return Err(refuse(action, status, "no edits after fielding closes"));
                 }
+                Status::Completed => {}
                 Status::Scheduled => {
                     if start < now {
-                        return Err(FieldingError::invalid_field(
-                            "start_fielding_at",
-                            format!("must not be in the past (now is {now}), got {start}"),
-                        ));
+                        params.insert(
+                            0,
+                            InvalidParam::new(
+                                "start_fielding_at",
+                                format!("must not be in the past (now is {now}), got {start}"),
+                            ),
+                        );
                     }
                 }
                 Status::Live | Status::Paused => {
-                    if start != run.start_fielding_at {
+                    if start != run.start_fielding_at && params.is_empty() {
                         return Err(refuse(
                             action,
                             status,
@@ -200,13 +204,16 @@ pub fn decide(run: &FieldingRun, command: &Command, now: Timestamp) -> Result<De
                             ),
                         ));
                     }
-                    if end <= now {
-                        return Err(FieldingError::invalid_field(
+                    if end <= now && params.is_empty() {
+                        params.push(InvalidParam::new(
                             "end_fielding_at",
                             format!("must be in the future (now is {now}), got {end}"),
                         ));
                     }
                 }
+            }
+            if !params.is_empty() {
+                return Err(FieldingError::invalid(params));
             }
             if start == run.start_fielding_at && end == run.end_fielding_at {
                 return Ok(Decision::Unchanged);

@@ -124,7 +124,7 @@ impl FieldingService {
             target_group_id: scope.target_group_id,
             start_fielding_at: target.start_fielding_at,
             end_fielding_at: target.end_fielding_at,
-            status: target.status,
+            status: lifecycle::effective_status(target.status, target.start_fielding_at, target.end_fielding_at, now),
             version: Version::INITIAL,
             last_changed_at: now,
             last_changed_by: actor,
@@ -296,7 +296,9 @@ impl FieldingService {
         let next = FieldingRun {
             start_fielding_at: target.start_fielding_at,
             end_fielding_at: target.end_fielding_at,
-            status: target.status,
+            // Write down the effective status after the command (a start
+            // moved to exactly now makes the run live).
+            status: lifecycle::effective_status(target.status, target.start_fielding_at, target.end_fielding_at, now),
             version,
             last_changed_at: now,
             last_changed_by: actor,

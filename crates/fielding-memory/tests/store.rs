@@ -1,0 +1,747 @@
+//! Tests of `MemoryStore` itself: the `FieldingStore` contract (scope
+//! isolation, uniqueness, compare-and-swap, change records), seeding,
+//! sharing between clones, and fault injection.
+
+use std::sync::Arc;
+
+use chrono::TimeDelta;
+use fielding_core::{
+    AccountId, Action, ChangeRecord, FieldingRun, FieldingRunId, FieldingStore, RunKey, Scope, Status, StoreError,
+    Timestamp, UserId, Version,
+};
+use fielding_memory::{fixtures, Fault, MemoryStore, SeedError};
+
+fn t0() -> Timestamp {
+    "2030-03-01T09:00:00Z".parse().unwrap()
+}
+
+fn v(n: u64) -> Version {
+    Version::new(n).unwrap()
+}
+
+/// The change record that produced `run` at its version.
+fn record(run: &FieldingRun, action: Action) -> ChangeRecord {
+    ChangeRecord {
+        run_id: run.id,
+        version: run.version,
+        action,
+        changed_at: run.last_changed_at,
+        changed_by: run.last_changed_by,
+        status_from: None,
+        status_to: run.status,
+        start_from: None,
+        start_to: run.start_fielding_at,
+        end_from: None,
+        end_to: run.end_fielding_at,
+    }
+}
+
+/// A history `1..=run.version` for `run`.
+fn history(run: &FieldingRun) -> Vec<ChangeRecord> {
+    (1..=run.version.get())
+        .map(|n| ChangeRecord {
+            version: v(n),
+            ..record(run, Action::UpdateDates)
+        })
+        .collect()
+}
+
+/// `run` one version on, paused, with its change record.
+fn next(run: &FieldingRun) -> (FieldingRun, ChangeRecord) {
+    let next = FieldingRun {
+        version: run.version.next().unwrap(),
+        status: Status::Paused,
+        last_changed_at: run.last_changed_at.checked_add(TimeDelta::minutes(1)).unwrap(),
+        ..run.clone()
+    };
+    let change = ChangeRecord {
+        status_from: Some(run.status),
+        start_from: Some(run.start_fielding_at),
+        end_from: Some(run.end_fielding_at),
+        ..record(&next, Action::Pause)
+    };
+    (next, change)
+}
+
+fn live_run() -> FieldingRun {
+    fixtures::run().status(Status::Live).at(t0()).build()
+}
+
+/// `key` with one part of its scope replaced.
+fn other_account(key: RunKey) -> RunKey {
+    let mut key = key;
+    key.scope.account_id = AccountId::new(if key.scope.account_id.get() == 1 { 2 } else { 1 }).unwrap();
+    key
+}
+
+fn other_project(key: RunKey) -> RunKey {
+    let mut key = key;
+    key.scope.project_id = fixtures::project_id();
+    key
+}
+
+fn other_target_group(key: RunKey) -> RunKey {
+    let mut key = key;
+    key.scope.target_group_id = fixtures::target_group_id();
+    key
+}
+
+fn run_at(key: RunKey, run: &FieldingRun) -> FieldingRun {
+    FieldingRun {
+        account_id: key.scope.account_id,
+        project_id: key.scope.project_id,
+        target_group_id: key.scope.target_group_id,
+        ..run.clone()
+    }
+}
+
+#[track_caller]
+fn assert_history_error(result: Result<(), SeedError>, needle: &str) {
+    match result {
+        Err(SeedError::History(message)) => assert!(message.contains(needle), "{message:?} mentions {needle:?}"),
+        other => panic!("expected a history error about {needle:?}, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Sharing
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn clones_share_runs_and_change_records() {
+    let store = MemoryStore::new();
+    let clone = store.clone();
+    let run = live_run();
+    clone.insert(&run, &record(&run, Action::Launch)).await.unwrap();
+    assert_eq!(store.run(&run.key()), Some(run.clone()));
+    assert_eq!(store.len(), 1);
+
+    let (paused, change) = next(&run);
+    store.compare_and_swap(run.version, &paused, &change).await.unwrap();
+    assert_eq!(clone.get(&run.key()).await.unwrap(), Some(paused));
+    assert_eq!(clone.change_records(&run.key()).len(), 2);
+}
+
+#[test]
+fn clones_share_faults() {
+    let store = MemoryStore::new();
+    let clone = store.clone();
+    store.faults().inject(Fault::Storage, 2);
+    assert_eq!(clone.faults().pending(Fault::Storage), 2);
+    clone.faults().clear();
+    assert_eq!(store.faults().pending(Fault::Storage), 0);
+}
+
+#[test]
+fn separate_stores_share_nothing() {
+    let a = MemoryStore::new();
+    let b = MemoryStore::new();
+    let run = live_run();
+    a.seed(run.clone()).unwrap();
+    assert!(b.is_empty());
+    assert_eq!(b.run(&run.key()), None);
+}
+
+// ---------------------------------------------------------------------------
+// Seeding
+// ---------------------------------------------------------------------------
+
+#[test]
+fn seed_stores_the_run_as_given_with_one_record_at_its_version() {
+    let store = MemoryStore::new();
+    let run = fixtures::run().status(Status::Paused).version(7).at(t0()).build();
+    store.seed(run.clone()).unwrap();
+    assert_eq!(store.run(&run.key()), Some(run.clone()));
+    let changes = store.change_records(&run.key());
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].version, v(7));
+    assert_eq!(changes[0].run_id, run.id);
+    assert_eq!(changes[0].status_to, Status::Paused);
+    assert_eq!(changes[0].action, Action::Launch);
+    assert_eq!(changes[0].status_from, None);
+}
+
+#[test]
+fn seed_of_a_scheduled_run_records_a_schedule_action() {
+    let store = MemoryStore::new();
+    let run = fixtures::run().at(t0()).build();
+    store.seed(run.clone()).unwrap();
+    assert_eq!(store.change_records(&run.key())[0].action, Action::Schedule);
+}
+
+#[test]
+fn seed_refuses_a_second_run_for_the_same_scope() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    let second = fixtures::run().scope(run.scope()).build();
+    match store.seed(second) {
+        Err(SeedError::Store(StoreError::AlreadyExists { scope })) => assert_eq!(scope, run.scope()),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert_eq!(store.runs(), vec![run]);
+}
+
+#[test]
+fn seed_refuses_a_taken_run_id_in_another_scope() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    let same_id = fixtures::run().id(run.id).build();
+    match store.seed(same_id) {
+        Err(SeedError::Store(err @ StoreError::Backend { .. })) => assert!(!err.is_retryable()),
+        other => panic!("expected a backend error, got {other:?}"),
+    }
+    assert_eq!(store.len(), 1);
+}
+
+#[test]
+fn seed_with_history_stores_the_given_records() {
+    let store = MemoryStore::new();
+    let run = fixtures::run().status(Status::Live).version(4).at(t0()).build();
+    let changes = history(&run);
+    store.seed_with_history(run.clone(), changes.clone()).unwrap();
+    assert_eq!(store.run(&run.key()), Some(run.clone()));
+    assert_eq!(store.change_records(&run.key()), changes);
+}
+
+#[test]
+fn seed_with_history_may_start_above_version_1() {
+    let store = MemoryStore::new();
+    let run = fixtures::run().version(10).build();
+    let changes: Vec<_> = history(&run).into_iter().skip(7).collect();
+    store.seed_with_history(run.clone(), changes).unwrap();
+    let versions: Vec<u64> = store
+        .change_records(&run.key())
+        .iter()
+        .map(|c| c.version.get())
+        .collect();
+    assert_eq!(versions, vec![8, 9, 10]);
+}
+
+#[test]
+fn seed_with_history_refuses_an_empty_history() {
+    let store = MemoryStore::new();
+    assert_history_error(store.seed_with_history(live_run(), vec![]), "no change records");
+    assert!(store.is_empty());
+}
+
+#[test]
+fn seed_with_history_refuses_a_last_version_other_than_the_runs() {
+    let store = MemoryStore::new();
+    let run = fixtures::run().version(3).build();
+    let mut changes = history(&run);
+    changes.pop();
+    assert_history_error(store.seed_with_history(run, changes), "version 2");
+    assert!(store.is_empty());
+}
+
+#[test]
+fn seed_with_history_refuses_a_record_of_another_run() {
+    let store = MemoryStore::new();
+    let run = fixtures::run().version(3).build();
+    let stranger = FieldingRunId::generate();
+    let mut changes = history(&run);
+    changes[1].run_id = stranger;
+    assert_history_error(store.seed_with_history(run, changes), stranger.as_str());
+    assert!(store.is_empty());
+}
+
+#[test]
+fn seed_with_history_refuses_a_gap_in_versions() {
+    let store = MemoryStore::new();
+    let run = fixtures::run().version(4).build();
+    let mut changes = history(&run);
+    changes.remove(1); // 1, 3, 4
+    assert_history_error(
+        store.seed_with_history(run, changes),
+        "version 1 is followed by version 3",
+    );
+    assert!(store.is_empty());
+}
+
+#[test]
+fn seed_with_history_refuses_repeated_or_descending_versions() {
+    let store = MemoryStore::new();
+    let run = fixtures::run().version(2).build();
+    let mut repeated = history(&run);
+    repeated.insert(1, repeated[1].clone()); // 1, 2, 2
+    assert_history_error(store.seed_with_history(run.clone(), repeated), "followed by");
+    let mut descending = history(&run);
+    descending.reverse();
+    descending.push(history(&run)[1].clone()); // 2, 1, 2
+    assert_history_error(store.seed_with_history(run, descending), "followed by");
+    assert!(store.is_empty());
+}
+
+#[test]
+fn seed_with_history_refuses_a_taken_scope() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    let other = fixtures::run().scope(run.scope()).build();
+    let changes = history(&other);
+    assert!(matches!(
+        store.seed_with_history(other, changes),
+        Err(SeedError::Store(StoreError::AlreadyExists { .. }))
+    ));
+}
+
+// ---------------------------------------------------------------------------
+// Insert and lookup
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn insert_then_get_round_trips_exactly() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    let change = record(&run, Action::Launch);
+    store.insert(&run, &change).await.unwrap();
+    assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
+    assert_eq!(
+        store.find_by_target_group(&run.scope()).await.unwrap(),
+        Some(run.clone())
+    );
+    assert_eq!(store.changes(&run.key()).await.unwrap(), vec![change]);
+}
+
+#[tokio::test]
+async fn insert_at_a_high_version_starts_the_history_there() {
+    let store = MemoryStore::new();
+    let run = fixtures::run().version(i64::MAX as u64).build();
+    store.insert(&run, &record(&run, Action::Schedule)).await.unwrap();
+    let changes = store.changes(&run.key()).await.unwrap();
+    assert_eq!(changes.len(), 1);
+    assert_eq!(changes[0].version, Version::MAX);
+}
+
+#[tokio::test]
+async fn insert_for_a_taken_scope_is_already_exists() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.insert(&run, &record(&run, Action::Launch)).await.unwrap();
+    let second = fixtures::run().scope(run.scope()).build();
+    match store.insert(&second, &record(&second, Action::Schedule)).await {
+        Err(StoreError::AlreadyExists { scope }) => assert_eq!(scope, run.scope()),
+        other => panic!("expected AlreadyExists, got {other:?}"),
+    }
+    assert_eq!(store.runs(), vec![run.clone()]);
+    assert_eq!(store.change_records(&run.key()).len(), 1);
+    assert_eq!(store.get(&second.key()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn get_is_none_for_an_unknown_id() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    let key = run.scope().run(FieldingRunId::generate());
+    assert_eq!(store.get(&key).await.unwrap(), None);
+    assert!(store.changes(&key).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn get_and_changes_require_the_full_scope() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    for (what, key) in [
+        ("account", other_account(run.key())),
+        ("project", other_project(run.key())),
+        ("target group", other_target_group(run.key())),
+    ] {
+        assert_eq!(store.get(&key).await.unwrap(), None, "{what} differs");
+        assert!(store.changes(&key).await.unwrap().is_empty(), "{what} differs");
+        assert_eq!(store.run(&key), None, "{what} differs");
+        assert!(store.change_records(&key).is_empty(), "{what} differs");
+    }
+    assert_eq!(store.get(&run.key()).await.unwrap(), Some(run));
+}
+
+#[tokio::test]
+async fn find_by_target_group_sees_only_its_own_scope() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    for (what, key) in [
+        ("account", other_account(run.key())),
+        ("project", other_project(run.key())),
+        ("target group", other_target_group(run.key())),
+    ] {
+        assert_eq!(
+            store.find_by_target_group(&key.scope).await.unwrap(),
+            None,
+            "{what} differs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn compare_and_swap_requires_the_full_scope() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    for (what, key) in [
+        ("account", other_account(run.key())),
+        ("project", other_project(run.key())),
+        ("target group", other_target_group(run.key())),
+    ] {
+        let (paused, change) = next(&run_at(key, &run));
+        let result = store.compare_and_swap(run.version, &paused, &change).await;
+        assert!(
+            matches!(result, Err(StoreError::NotFound)),
+            "{what} differs: {result:?}"
+        );
+    }
+    assert_eq!(store.run(&run.key()), Some(run.clone()));
+    assert_eq!(store.change_records(&run.key()).len(), 1);
+}
+
+#[tokio::test]
+async fn the_same_target_group_id_in_another_project_is_another_scope() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    let sibling_scope = Scope::new(run.account_id, fixtures::project_id(), run.target_group_id);
+    let sibling = fixtures::run().scope(sibling_scope).build();
+    store
+        .insert(&sibling, &record(&sibling, Action::Schedule))
+        .await
+        .unwrap();
+    assert_eq!(store.len(), 2);
+    assert_eq!(store.find_by_target_group(&sibling_scope).await.unwrap(), Some(sibling));
+    assert_eq!(store.find_by_target_group(&run.scope()).await.unwrap(), Some(run));
+}
+
+// ---------------------------------------------------------------------------
+// Compare-and-swap
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn compare_and_swap_at_the_current_version_writes_run_and_appends_record() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    let (paused, change) = next(&run);
+    store.compare_and_swap(run.version, &paused, &change).await.unwrap();
+    assert_eq!(store.get(&run.key()).await.unwrap(), Some(paused));
+    let changes = store.changes(&run.key()).await.unwrap();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[1], change);
+}
+
+#[tokio::test]
+async fn compare_and_swap_with_a_stale_version_is_a_conflict_naming_current_and_changes_nothing() {
+    let store = MemoryStore::new();
+    let run = fixtures::run().status(Status::Live).version(5).build();
+    store.seed(run.clone()).unwrap();
+    for expected in [v(4), v(6)] {
+        let stale = FieldingRun {
+            version: expected,
+            ..run.clone()
+        };
+        let (paused, change) = next(&stale);
+        match store.compare_and_swap(expected, &paused, &change).await {
+            Err(StoreError::VersionConflict { expected: e, current }) => {
+                assert_eq!((e, current), (expected, v(5)));
+            }
+            other => panic!("expected a conflict at {expected}, got {other:?}"),
+        }
+    }
+    assert_eq!(store.run(&run.key()), Some(run.clone()));
+    assert_eq!(store.change_records(&run.key()).len(), 1);
+}
+
+#[tokio::test]
+async fn compare_and_swap_of_a_missing_run_is_not_found() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    let (paused, change) = next(&run);
+    let result = store.compare_and_swap(run.version, &paused, &change).await;
+    assert!(matches!(result, Err(StoreError::NotFound)), "{result:?}");
+    assert!(store.is_empty());
+}
+
+#[tokio::test]
+async fn two_writers_on_one_version_exactly_one_wins() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    let (a, change_a) = next(&run);
+    let (b, change_b) = next(&FieldingRun {
+        last_changed_by: UserId::random(),
+        ..run.clone()
+    });
+    store.compare_and_swap(run.version, &a, &change_a).await.unwrap();
+    let lost = store.compare_and_swap(run.version, &b, &change_b).await;
+    assert!(matches!(lost, Err(StoreError::VersionConflict { current, .. }) if current == v(2)));
+    assert_eq!(store.run(&run.key()), Some(a));
+}
+
+// ---------------------------------------------------------------------------
+// Faults
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn storage_faults_count_down_exactly() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    store.faults().inject(Fault::Storage, 2);
+    for remaining in [1, 0] {
+        let err = store.get(&run.key()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Backend { retryable: false, .. }), "{err:?}");
+        assert!(err.to_string().contains("injected"));
+        assert_eq!(store.faults().pending(Fault::Storage), remaining);
+    }
+    assert_eq!(store.get(&run.key()).await.unwrap(), Some(run));
+}
+
+#[test]
+fn injecting_adds_to_pending_faults() {
+    let store = MemoryStore::new();
+    store.faults().inject(Fault::Conflict, 2);
+    store.faults().inject(Fault::Conflict, 3);
+    assert_eq!(store.faults().pending(Fault::Conflict), 5);
+    assert_eq!(store.faults().pending(Fault::Storage), 0);
+}
+
+#[tokio::test]
+async fn clearing_faults_drops_every_kind() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    for fault in [Fault::Storage, Fault::TransientStorage, Fault::Conflict] {
+        store.faults().inject(fault, 3);
+    }
+    store.faults().clear();
+    for fault in [Fault::Storage, Fault::TransientStorage, Fault::Conflict] {
+        assert_eq!(store.faults().pending(fault), 0, "{fault:?}");
+    }
+    assert!(store.get(&run.key()).await.is_ok());
+    let (paused, change) = next(&run);
+    store.compare_and_swap(run.version, &paused, &change).await.unwrap();
+}
+
+#[tokio::test]
+async fn storage_fault_hits_every_operation() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    let other = live_run();
+    let (paused, change) = next(&run);
+
+    store.faults().inject(Fault::Storage, 5);
+    let errors = [
+        store.insert(&other, &record(&other, Action::Launch)).await.unwrap_err(),
+        store.get(&run.key()).await.unwrap_err(),
+        store.find_by_target_group(&run.scope()).await.unwrap_err(),
+        store.compare_and_swap(run.version, &paused, &change).await.unwrap_err(),
+        store.changes(&run.key()).await.unwrap_err(),
+    ];
+    for err in &errors {
+        assert!(matches!(err, StoreError::Backend { .. }), "{err:?}");
+        assert!(!err.is_retryable());
+    }
+    assert_eq!(store.faults().pending(Fault::Storage), 0);
+    assert_eq!(store.len(), 1, "the faulted insert wrote nothing");
+    assert_eq!(
+        store.run(&run.key()),
+        Some(run.clone()),
+        "the faulted swap wrote nothing"
+    );
+    assert_eq!(store.change_records(&run.key()).len(), 1);
+}
+
+#[tokio::test]
+async fn transient_storage_fault_is_retryable() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    store.faults().inject(Fault::TransientStorage, 1);
+    let err = store.get(&run.key()).await.unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert_eq!(store.faults().pending(Fault::TransientStorage), 0);
+    assert!(store.get(&run.key()).await.is_ok());
+}
+
+#[tokio::test]
+async fn conflict_fault_does_not_affect_get_or_other_reads() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    store.faults().inject(Fault::Conflict, 1);
+    assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
+    assert!(store.find_by_target_group(&run.scope()).await.unwrap().is_some());
+    assert_eq!(store.changes(&run.key()).await.unwrap().len(), 1);
+    let other = live_run();
+    store.insert(&other, &record(&other, Action::Launch)).await.unwrap();
+    assert_eq!(
+        store.faults().pending(Fault::Conflict),
+        1,
+        "not used up by other operations"
+    );
+}
+
+#[tokio::test]
+async fn conflict_fault_refuses_a_swap_as_if_one_writer_had_won() {
+    let store = MemoryStore::new();
+    let run = fixtures::run().status(Status::Live).version(3).build();
+    store.seed(run.clone()).unwrap();
+    store.faults().inject(Fault::Conflict, 1);
+    let (paused, change) = next(&run);
+    match store.compare_and_swap(v(3), &paused, &change).await {
+        Err(StoreError::VersionConflict { expected, current }) => assert_eq!((expected, current), (v(3), v(4))),
+        other => panic!("expected an injected conflict, got {other:?}"),
+    }
+    assert_eq!(store.run(&run.key()), Some(run.clone()), "nothing written");
+    assert_eq!(store.change_records(&run.key()).len(), 1);
+    assert_eq!(store.faults().pending(Fault::Conflict), 0);
+    store.compare_and_swap(v(3), &paused, &change).await.unwrap();
+}
+
+#[tokio::test]
+async fn real_conflict_is_reported_before_an_injected_one() {
+    let store = MemoryStore::new();
+    let run = fixtures::run().status(Status::Live).version(3).build();
+    store.seed(run.clone()).unwrap();
+    store.faults().inject(Fault::Conflict, 1);
+    let stale = FieldingRun {
+        version: v(1),
+        ..run.clone()
+    };
+    let (paused, change) = next(&stale);
+    match store.compare_and_swap(v(1), &paused, &change).await {
+        Err(StoreError::VersionConflict { current, .. }) => assert_eq!(current, v(3)),
+        other => panic!("expected the real conflict, got {other:?}"),
+    }
+    assert_eq!(
+        store.faults().pending(Fault::Conflict),
+        1,
+        "the injected conflict is still pending"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Bookkeeping
+// ---------------------------------------------------------------------------
+
+#[test]
+fn len_is_empty_runs_and_clear() {
+    let store = MemoryStore::new();
+    assert!(store.is_empty());
+    let a = live_run();
+    let b = live_run();
+    store.seed(a.clone()).unwrap();
+    store.seed(b.clone()).unwrap();
+    assert_eq!(store.len(), 2);
+    assert!(!store.is_empty());
+    let mut ids: Vec<_> = store.runs().into_iter().map(|r| r.id).collect();
+    ids.sort();
+    let mut expected = vec![a.id, b.id];
+    expected.sort();
+    assert_eq!(ids, expected);
+
+    store.faults().inject(Fault::Storage, 1);
+    store.clear();
+    assert!(store.is_empty());
+    assert!(store.change_records(&a.key()).is_empty());
+    assert_eq!(store.faults().pending(Fault::Storage), 1, "clear keeps faults");
+    // The scope is free again.
+    store.seed(a).unwrap();
+}
+
+#[tokio::test]
+async fn ten_thousand_runs_insert_and_look_up() {
+    let store = MemoryStore::new();
+    let runs: Vec<FieldingRun> = (0..10_000).map(|_| fixtures::run().at(t0()).build()).collect();
+    for run in &runs {
+        store.insert(run, &record(run, Action::Schedule)).await.unwrap();
+    }
+    assert_eq!(store.len(), 10_000);
+    for run in &runs {
+        assert_eq!(store.get(&run.key()).await.unwrap().as_ref(), Some(run));
+        assert_eq!(
+            store.find_by_target_group(&run.scope()).await.unwrap().map(|r| r.id),
+            Some(run.id)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_inserts_for_one_scope_exactly_one_wins() {
+    let store = MemoryStore::new();
+    let scope = fixtures::scope();
+    let mut handles = Vec::new();
+    for _ in 0..16 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let run = fixtures::run().scope(scope).build();
+            store.insert(&run, &record(&run, Action::Schedule)).await
+        }));
+    }
+    let mut wins = 0;
+    for handle in handles {
+        match handle.await.unwrap() {
+            Ok(()) => wins += 1,
+            Err(StoreError::AlreadyExists { scope: s }) => assert_eq!(s, scope),
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    assert_eq!(store.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_swaps_on_one_version_exactly_one_wins() {
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    let store = Arc::new(store);
+    let mut handles = Vec::new();
+    for _ in 0..16 {
+        let store = Arc::clone(&store);
+        let run = FieldingRun {
+            last_changed_by: UserId::random(),
+            ..run.clone()
+        };
+        handles.push(tokio::spawn(async move {
+            let (paused, change) = next(&run);
+            store.compare_and_swap(run.version, &paused, &change).await
+        }));
+    }
+    let mut wins = 0;
+    for handle in handles {
+        match handle.await.unwrap() {
+            Ok(()) => wins += 1,
+            Err(StoreError::VersionConflict { current, .. }) => assert_eq!(current, v(2)),
+            Err(other) => panic!("unexpected error: {other:?}"),
+        }
+    }
+    assert_eq!(wins, 1);
+    let changes = store.change_records(&run.key());
+    assert_eq!(changes.iter().map(|c| c.version.get()).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+// ---------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------
+
+#[test]
+fn fixture_runs_have_the_effective_status_asked_for() {
+    for status in Status::ALL {
+        let run = fixtures::run().status(status).at(t0()).build();
+        assert_eq!(run.effective_status(t0()), status, "{status}");
+        assert!(run.start_fielding_at < run.end_fielding_at);
+        assert_eq!(run.last_changed_at, t0());
+    }
+}
+
+#[test]
+fn fixture_scopes_are_distinct() {
+    let a = fixtures::scope();
+    let b = fixtures::scope();
+    assert_ne!(a, b);
+    assert_ne!(a.project_id, b.project_id);
+    assert_ne!(a.target_group_id, b.target_group_id);
+}
