@@ -1,1 +1,292 @@
-fn main() {}
+//! The `fielding-bench` runner: prints one `name value` line per figure on
+//! stdout, the first always `memory_service_vs_bare R`. Commentary goes to
+//! stderr. See `--help`.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use fielding_bench::{compare, BareWorkload, Fixture, Plan, ServiceWorkload, Workload};
+
+/// The issue's target for `memory_service_vs_bare`.
+const TARGET_RATIO: f64 = 1.0 / 3.0;
+
+const HELP: &str = "\
+fielding-bench: the fielding service against a raw baseline, measured in the same run
+
+USAGE:
+    cargo run --release -p fielding-bench -- [OPTIONS]
+
+Compares FieldingService::update_dates on the in-memory store (every call a
+real change: load, If-Match check, lifecycle decision, compare-and-swap,
+change record) with a bare Mutex<HashMap> versioned replace of the same runs.
+Both run in a current-thread tokio runtime, interleaved in pairs of trials
+after a warm-up.
+
+stdout gets one machine-readable `name value` line per figure, first:
+    memory_service_vs_bare R        median of per-pair ratios, service / bare
+then
+    memory_service_ops_per_sec N    median over trials
+    memory_bare_ops_per_sec N       median over trials
+    memory_service_ns_per_op N
+    memory_bare_ns_per_op N
+    memory_service_vs_bare_min R    lowest per-pair ratio
+    memory_service_vs_bare_max R    highest per-pair ratio
+    memory_service_vs_bare_of_medians R
+                                    median service / median bare throughput
+Progress and commentary go to stderr.
+
+OPTIONS:
+    --quick            short run (a few seconds): 0.25 s warm-up, 7 pairs of 0.3 s trials
+                       (default: 1 s warm-up, 7 pairs of 3 s trials, about 45 s)
+    --pairs N          pairs of trials (one service and one bare trial each)
+    --trial-ms N       timed work per trial, in milliseconds
+    --warmup-ms N      warm-up per workload, in milliseconds
+    --runs N           runs in the fixture (default 1024)
+    --rounds-per-store N
+                       rounds (one update per run) before both workloads start over
+                       from freshly seeded data, outside the timed region; bounds the
+                       store's change history to N records per run (default 256)
+    --profile WHICH    no comparison: run only WHICH (`service` or `bare`) for
+                       --ops operations and print its ns/op; for profilers, e.g.
+                       valgrind --tool=callgrind target/release/fielding-bench --profile service --ops 200000
+    --ops N            operations for --profile (default 1000000)
+    -h, --help         this text
+";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Service,
+    Bare,
+}
+
+#[derive(Debug)]
+struct Args {
+    plan: Plan,
+    profile: Option<Which>,
+    ops: u64,
+}
+
+enum Parsed {
+    Run(Args),
+    Help,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> {
+    let mut plan = Plan::full();
+    let mut quick = false;
+    let mut pairs = None;
+    let mut trial_ms = None;
+    let mut warmup_ms = None;
+    let mut runs = None;
+    let mut rounds_per_store = None;
+    let mut profile = None;
+    let mut ops = 1_000_000u64;
+
+    fn value<T: std::str::FromStr>(flag: &str, next: Option<String>) -> Result<T, String> {
+        let text = next.ok_or_else(|| format!("{flag} needs a value"))?;
+        text.parse()
+            .map_err(|_| format!("{flag}: {text:?} is not a valid non-negative integer"))
+    }
+
+    while let Some(arg) = args.next() {
+        // Accept `--flag=value` as well as `--flag value`.
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, v)) if flag.starts_with("--") => (flag.to_string(), Some(v.to_string())),
+            _ => (arg.clone(), None),
+        };
+        let mut take = || inline.clone().or_else(|| args.next());
+        match flag.as_str() {
+            "-h" | "--help" => return Ok(Parsed::Help),
+            "--quick" if inline.is_none() => quick = true,
+            "--pairs" => pairs = Some(value::<usize>(&flag, take())?),
+            "--trial-ms" => trial_ms = Some(value::<u64>(&flag, take())?),
+            "--warmup-ms" => warmup_ms = Some(value::<u64>(&flag, take())?),
+            "--runs" => runs = Some(value::<usize>(&flag, take())?),
+            "--rounds-per-store" => rounds_per_store = Some(value::<u64>(&flag, take())?),
+            "--ops" => ops = value::<u64>(&flag, take())?,
+            "--profile" => {
+                let which = take().ok_or("--profile needs `service` or `bare`")?;
+                profile = Some(match which.as_str() {
+                    "service" => Which::Service,
+                    "bare" => Which::Bare,
+                    other => return Err(format!("--profile: expected `service` or `bare`, got {other:?}")),
+                });
+            }
+            _ => return Err(format!("unknown argument {arg:?}")),
+        }
+    }
+
+    if quick {
+        plan = Plan::quick();
+    }
+    if let Some(n) = pairs {
+        if n == 0 {
+            return Err("--pairs must be at least 1".into());
+        }
+        plan.pairs = n;
+    }
+    if let Some(ms) = trial_ms {
+        if ms == 0 {
+            return Err("--trial-ms must be at least 1".into());
+        }
+        plan.trial = Duration::from_millis(ms);
+    }
+    if let Some(ms) = warmup_ms {
+        plan.warmup = Duration::from_millis(ms);
+    }
+    if let Some(n) = runs {
+        if n == 0 {
+            return Err("--runs must be at least 1".into());
+        }
+        plan.runs = n;
+    }
+    if let Some(n) = rounds_per_store {
+        if n == 0 {
+            return Err("--rounds-per-store must be at least 1".into());
+        }
+        plan.rounds_per_store = n;
+    }
+    if ops == 0 {
+        return Err("--ops must be at least 1".into());
+    }
+    Ok(Parsed::Run(Args { plan, profile, ops }))
+}
+
+/// Writes the figures to stdout; fails only if stdout does.
+fn emit(lines: &[(&str, String)]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    for (name, value) in lines {
+        writeln!(out, "{name} {value}")?;
+    }
+    out.flush()
+}
+
+fn run_comparison(plan: &Plan) -> Result<(), String> {
+    eprintln!(
+        "fielding-bench: {} runs, fresh data every {} rounds, warm-up {:?} per workload, {} pairs of {:?} trials",
+        plan.runs, plan.rounds_per_store, plan.warmup, plan.pairs, plan.trial
+    );
+    let comparison = compare(plan, |line| eprintln!("  {line}")).map_err(|e| e.to_string())?;
+    let service = comparison.service_ops_per_sec();
+    let bare = comparison.bare_ops_per_sec();
+    let ratio = comparison.ratio();
+    emit(&[
+        ("memory_service_vs_bare", format!("{ratio:.3}")),
+        ("memory_service_ops_per_sec", format!("{service:.0}")),
+        ("memory_bare_ops_per_sec", format!("{bare:.0}")),
+        ("memory_service_ns_per_op", format!("{:.1}", 1e9 / service)),
+        ("memory_bare_ns_per_op", format!("{:.1}", 1e9 / bare)),
+        ("memory_service_vs_bare_min", format!("{:.3}", comparison.min_ratio())),
+        ("memory_service_vs_bare_max", format!("{:.3}", comparison.max_ratio())),
+        (
+            "memory_service_vs_bare_of_medians",
+            format!("{:.3}", comparison.ratio_of_medians()),
+        ),
+    ])
+    .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    eprintln!(
+        "service reaches {:.1}% of the bare baseline's throughput (target {:.1}%): {}",
+        ratio * 100.0,
+        TARGET_RATIO * 100.0,
+        if ratio >= TARGET_RATIO { "met" } else { "NOT met" }
+    );
+    Ok(())
+}
+
+fn run_profile(plan: &Plan, which: Which, ops: u64) -> Result<(), String> {
+    let fixture = Fixture::new(plan.runs).map_err(|e| e.to_string())?;
+    let mut workload: Box<dyn Workload> = match which {
+        Which::Service => Box::new(
+            ServiceWorkload::with_rounds_per_store(&fixture, plan.rounds_per_store).map_err(|e| e.to_string())?,
+        ),
+        Which::Bare => {
+            Box::new(BareWorkload::with_rounds_per_store(&fixture, plan.rounds_per_store).map_err(|e| e.to_string())?)
+        }
+    };
+    let name = match which {
+        Which::Service => "service",
+        Which::Bare => "bare",
+    };
+    eprintln!("fielding-bench: profiling {} for {ops} operations", workload.name());
+    let elapsed = workload.run(ops).map_err(|e| e.to_string())?;
+    emit(&[
+        (&format!("memory_{name}_profile_ops"), ops.to_string()),
+        (
+            &format!("memory_{name}_ns_per_op"),
+            format!("{:.1}", elapsed.as_secs_f64() * 1e9 / ops as f64),
+        ),
+    ])
+    .map_err(|e| format!("cannot write to stdout: {e}"))
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Parsed::Help) => {
+            print!("{HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Run(args)) => args,
+        Err(msg) => {
+            eprintln!("fielding-bench: {msg}\nTry `--help`.");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = match args.profile {
+        Some(which) => run_profile(&args.plan, which, args.ops),
+        None => run_comparison(&args.plan),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("fielding-bench: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Parsed, String> {
+        parse_args(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn quick_and_overrides() {
+        let Ok(Parsed::Run(args)) = parse(&["--quick", "--pairs", "3", "--trial-ms=50"]) else {
+            panic!("should parse");
+        };
+        assert_eq!(args.plan.pairs, 3);
+        assert_eq!(args.plan.trial, Duration::from_millis(50));
+        assert_eq!(args.plan.warmup, Plan::quick().warmup);
+        assert_eq!(args.profile, None);
+    }
+
+    #[test]
+    fn help_and_errors() {
+        assert!(matches!(parse(&["--help"]), Ok(Parsed::Help)));
+        assert!(matches!(parse(&["-h"]), Ok(Parsed::Help)));
+        for bad in [
+            &["--fast"][..],
+            &["--pairs"],
+            &["--pairs", "x"],
+            &["--pairs", "0"],
+            &["--quick=1"],
+            &["--profile", "disk"],
+            &["stray"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn profile_mode() {
+        let Ok(Parsed::Run(args)) = parse(&["--profile", "bare", "--ops", "10"]) else {
+            panic!("should parse");
+        };
+        assert_eq!(args.profile, Some(Which::Bare));
+        assert_eq!(args.ops, 10);
+    }
+}

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FieldingRunId, Status, Timestamp, UserId, Version};
+use crate::{FieldingRun, FieldingRunId, Status, Timestamp, UserId, Version};
 
 /// The command that produced a version. Also names the action in
 /// invalid-state errors.
@@ -78,4 +78,35 @@ pub struct ChangeRecord {
     pub end_from: Option<Timestamp>,
     /// End after the change.
     pub end_to: Timestamp,
+}
+
+impl ChangeRecord {
+    /// The record of `run` coming into being as it is now: the first record
+    /// of a history (the `*_from` fields are `None`). The service writes one
+    /// for every new run; stores and test fixtures use it to start a history
+    /// at any version.
+    ///
+    /// ```
+    /// use fielding_core::{Action, ChangeRecord};
+    /// # fn demo(run: &fielding_core::FieldingRun) {
+    /// let record = ChangeRecord::created(run, Action::Schedule);
+    /// assert_eq!(record.version, run.version);
+    /// assert_eq!(record.status_from, None);
+    /// # }
+    /// ```
+    pub fn created(run: &FieldingRun, action: Action) -> Self {
+        ChangeRecord {
+            run_id: run.id,
+            version: run.version,
+            action,
+            changed_at: run.last_changed_at,
+            changed_by: run.last_changed_by,
+            status_from: None,
+            status_to: run.status,
+            start_from: None,
+            start_to: run.start_fielding_at,
+            end_from: None,
+            end_to: run.end_fielding_at,
+        }
+    }
 }

@@ -58,7 +58,7 @@ pub use lifecycle::Command;
 pub use run::{FieldingRun, FieldingRunItem};
 pub use service::{Applied, FieldingService, RetryPolicy};
 pub use status::Status;
-pub use store::{BoxError, FieldingStore, StoreError};
+pub use store::{BoxError, Decide, FieldingStore, StoreError, Update, UpdateOutcome};
 pub use time::{InvalidTimestamp, Timestamp};
 pub use version::{ETag, EntityTag, IfMatch, InvalidIfMatch, Version};
 

@@ -16,6 +16,7 @@ use crate::{
     Action, ChangeRecord, Clock, ETag, FieldingError, FieldingRun, FieldingRunId, FieldingStore, IfMatch, RunKey,
     Scope, StoreError, SystemClock, Timestamp, UserId, Version,
 };
+use crate::{Update, UpdateOutcome};
 
 /// The result of a successful command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,7 +130,7 @@ impl FieldingService {
             last_changed_at: now,
             last_changed_by: actor,
         };
-        let change = change_record(None, &run, action);
+        let change = ChangeRecord::created(&run, action);
         match self.store.insert(&run, &change).await {
             Ok(()) => Ok(Applied {
                 etag: run.etag(),
@@ -169,11 +170,13 @@ impl FieldingService {
         command: &Command,
         actor: UserId,
     ) -> Result<Applied, FieldingError> {
-        let run = self.load(key).await?;
-        if !if_match.matches(run.version) {
-            return Err(FieldingError::PreconditionFailed { current: run.version });
-        }
-        self.apply(run, command, actor).await
+        // The precondition and the decision are made on the run as the
+        // store reads it inside `update`: one round trip, and for stores
+        // that override `update`, one atomic step.
+        let mut outcome = None;
+        let mut decide = |run: &FieldingRun| self.decide_update(run, Some(if_match), command, actor, &mut outcome);
+        let found = self.store.update(key, &mut decide).await;
+        finish(key, found, outcome)
     }
 
     /// Moves the dates (the contract's `PUT`). Same dates: success, no new
@@ -250,9 +253,13 @@ impl FieldingService {
     {
         let mut attempt = 1;
         loop {
-            let run = self.load(key).await?;
-            let next = command(&run.clone().as_of(self.clock.now()));
-            match self.apply(run, &next, actor).await {
+            let mut outcome = None;
+            let mut decide = |run: &FieldingRun| {
+                let next = command(&run.clone().as_of(self.clock.now()));
+                self.decide_update(run, None, &next, actor, &mut outcome)
+            };
+            let found = self.store.update(key, &mut decide).await;
+            match finish(key, found, outcome) {
                 Err(FieldingError::PreconditionFailed { .. }) if attempt < policy.max_attempts => {
                     let pause = policy.backoff(attempt);
                     if !pause.is_zero() {
@@ -265,29 +272,67 @@ impl FieldingService {
         }
     }
 
-    async fn load(&self, key: &RunKey) -> Result<FieldingRun, FieldingError> {
-        self.store
-            .get(key)
-            .await?
-            .ok_or_else(|| FieldingError::NotFound { what: key.to_string() })
+    /// The `decide` callback of every command: checks `if_match` (when
+    /// given) and plans the command on `run`, leaving the caller's answer
+    /// in `outcome` and telling the store what to write.
+    fn decide_update(
+        &self,
+        run: &FieldingRun,
+        if_match: Option<&IfMatch>,
+        command: &Command,
+        actor: UserId,
+        outcome: &mut Option<Result<Applied, FieldingError>>,
+    ) -> Update {
+        if let Some(if_match) = if_match {
+            if !if_match.matches(run.version) {
+                *outcome = Some(Err(FieldingError::PreconditionFailed { current: run.version }));
+                return Update::Skip;
+            }
+        }
+        match self.plan(run.clone(), command, actor) {
+            Err(err) => {
+                *outcome = Some(Err(err));
+                Update::Skip
+            }
+            Ok(Plan::Unchanged(applied)) => {
+                *outcome = Some(Ok(applied));
+                Update::Skip
+            }
+            Ok(Plan::Write { expected, next, change }) => {
+                *outcome = Some(Ok(Applied {
+                    etag: next.etag(),
+                    run: next.clone(),
+                    changed: true,
+                }));
+                Update::Write {
+                    expected,
+                    run: next,
+                    change,
+                }
+            }
+        }
     }
 
-    /// Decides and writes `command` against the version of `run` as loaded.
-    async fn apply(&self, run: FieldingRun, command: &Command, actor: UserId) -> Result<Applied, FieldingError> {
+    async fn load(&self, key: &RunKey) -> Result<FieldingRun, FieldingError> {
+        self.store.get(key).await?.ok_or_else(|| not_found(key))
+    }
+
+    /// Decides what `command` does to `run` as loaded, without I/O.
+    fn plan(&self, run: FieldingRun, command: &Command, actor: UserId) -> Result<Plan, FieldingError> {
         let now = self.clock.now();
         let status_from = run.effective_status(now);
         let target = match lifecycle::decide(&run, command, now)? {
             Decision::Unchanged => {
-                return Ok(Applied {
+                return Ok(Plan::Unchanged(Applied {
                     etag: run.etag(),
                     run: run.as_of(now),
                     changed: false,
-                })
+                }))
             }
             Decision::Change(target) => target,
         };
         let expected = run.version;
-        let version = expected.next().ok_or(FieldingError::InvalidState {
+        let version = expected.next().ok_or_else(|| FieldingError::InvalidState {
             action: command.action(),
             status: status_from,
             detail: "the run has reached the highest version a store can hold".into(),
@@ -304,39 +349,55 @@ impl FieldingService {
             last_changed_by: actor,
             ..run
         };
-        let change = change_record(Some(previous), &next, command.action());
-        match self.store.compare_and_swap(expected, &next, &change).await {
-            Ok(()) => Ok(Applied {
-                etag: next.etag(),
-                run: next,
-                changed: true,
-            }),
-            Err(StoreError::VersionConflict { current, .. }) => Err(FieldingError::PreconditionFailed { current }),
-            Err(StoreError::NotFound) => Err(FieldingError::NotFound {
-                what: next.key().to_string(),
-            }),
-            Err(other) => Err(other.into()),
-        }
+        let change = change_record(previous, &next, command.action());
+        Ok(Plan::Write { expected, next, change })
     }
 }
 
-fn change_record(
-    previous: Option<(crate::Status, Timestamp, Timestamp)>,
-    run: &FieldingRun,
-    action: Action,
-) -> ChangeRecord {
+/// A decided command: nothing to write, or one compare-and-swap.
+enum Plan {
+    Unchanged(Applied),
+    Write {
+        expected: Version,
+        next: FieldingRun,
+        change: ChangeRecord,
+    },
+}
+
+/// The caller's answer, from what the store did and what `decide` said.
+/// Store errors win: a planned write that did not happen is not a success.
+fn finish(
+    key: &RunKey,
+    found: Result<UpdateOutcome, StoreError>,
+    outcome: Option<Result<Applied, FieldingError>>,
+) -> Result<Applied, FieldingError> {
+    match found {
+        Ok(UpdateOutcome::NotFound) | Err(StoreError::NotFound) => Err(not_found(key)),
+        Ok(UpdateOutcome::Skipped | UpdateOutcome::Written) => outcome.unwrap_or_else(|| {
+            Err(FieldingError::Storage {
+                source: StoreError::Backend {
+                    message: "the store reported a run but never showed it to decide".into(),
+                    retryable: false,
+                    source: None,
+                },
+            })
+        }),
+        Err(StoreError::VersionConflict { current, .. }) => Err(FieldingError::PreconditionFailed { current }),
+        Err(other) => Err(other.into()),
+    }
+}
+
+fn not_found(key: &RunKey) -> FieldingError {
+    FieldingError::NotFound { what: key.to_string() }
+}
+
+fn change_record(previous: (crate::Status, Timestamp, Timestamp), run: &FieldingRun, action: Action) -> ChangeRecord {
+    let (status_from, start_from, end_from) = previous;
     ChangeRecord {
-        run_id: run.id,
-        version: run.version,
-        action,
-        changed_at: run.last_changed_at,
-        changed_by: run.last_changed_by,
-        status_from: previous.map(|p| p.0),
-        status_to: run.status,
-        start_from: previous.map(|p| p.1),
-        start_to: run.start_fielding_at,
-        end_from: previous.map(|p| p.2),
-        end_to: run.end_fielding_at,
+        status_from: Some(status_from),
+        start_from: Some(start_from),
+        end_from: Some(end_from),
+        ..ChangeRecord::created(run, action)
     }
 }
 

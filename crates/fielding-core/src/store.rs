@@ -82,6 +82,43 @@ impl StoreError {
     }
 }
 
+/// What the `decide` callback of [`FieldingStore::update`] wants done with
+/// the run it was shown.
+#[derive(Debug)]
+// Boxing the large variant would cost an allocation on every write; the
+// value lives on the stack for the length of one call.
+#[allow(clippy::large_enum_variant)]
+pub enum Update {
+    /// Write nothing: the command failed, or changed nothing.
+    Skip,
+    /// Write `run` and append `change` if the stored run is still at
+    /// `expected` (the same promise as [`FieldingStore::compare_and_swap`]).
+    Write {
+        /// The version the decision was made on.
+        expected: Version,
+        /// The next state of the run.
+        run: FieldingRun,
+        /// The record of this change.
+        change: ChangeRecord,
+    },
+}
+
+/// What [`FieldingStore::update`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdateOutcome {
+    /// No run at that address; `decide` was not called.
+    NotFound,
+    /// `decide` said [`Update::Skip`]; nothing was written.
+    Skipped,
+    /// The write happened, with its change record.
+    Written,
+}
+
+/// The callback of [`FieldingStore::update`]. It may be called while the
+/// store holds a lock or a transaction open, so it must be quick, must not
+/// block, and must not call back into the store.
+pub type Decide<'a> = &'a mut (dyn FnMut(&FieldingRun) -> Update + Send);
+
 /// Persistence for fielding runs and their change records.
 ///
 /// # The contract every adapter honours
@@ -147,4 +184,26 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
     /// The change records of the run at `key`, oldest first. Empty when
     /// there is no such run.
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError>;
+
+    /// Read-modify-write in one call: reads the run at `key`, shows it to
+    /// `decide` (once), and performs the write it asks for.
+    ///
+    /// The default is `get`, then `decide`, then `compare_and_swap`, so a
+    /// store that honours those two honours this, and a concurrent writer
+    /// can still win in between ([`StoreError::VersionConflict`]). A store
+    /// may override it to do all three in one step (under one lock, in one
+    /// transaction), saving a round trip; the outcomes must stay those the
+    /// default could produce. The service sends every command through here.
+    async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
+        let Some(current) = self.get(key).await? else {
+            return Ok(UpdateOutcome::NotFound);
+        };
+        match decide(&current) {
+            Update::Skip => Ok(UpdateOutcome::Skipped),
+            Update::Write { expected, run, change } => {
+                self.compare_and_swap(expected, &run, &change).await?;
+                Ok(UpdateOutcome::Written)
+            }
+        }
+    }
 }

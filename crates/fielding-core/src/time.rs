@@ -15,7 +15,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A UTC instant truncated to whole milliseconds.
 ///
 /// Input accepts any RFC 3339 timestamp (offsets are converted to UTC);
-/// output is always `YYYY-MM-DDTHH:MM:SS.mmmZ`.
+/// output is always `YYYY-MM-DDTHH:MM:SS.mmmZ`. Held as milliseconds since
+/// the Unix epoch, so comparing, copying and storing are integer operations;
+/// the calendar is only consulted to parse and print.
+///
+/// The range is years 0000 to 9999: exactly what RFC 3339's four-digit
+/// years can express, so every value prints as text that parses back to it.
 ///
 /// ```
 /// use fielding_core::Timestamp;
@@ -24,7 +29,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// # Ok::<(), fielding_core::InvalidTimestamp>(())
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Timestamp(DateTime<Utc>);
+pub struct Timestamp(i64);
 
 /// Text that is not an RFC 3339 timestamp.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,25 +40,29 @@ pub struct InvalidTimestamp {
 
 impl Timestamp {
     /// The Unix epoch, a convenient fixed point for tests.
-    pub const UNIX_EPOCH: Timestamp = Timestamp(DateTime::<Utc>::UNIX_EPOCH);
+    pub const UNIX_EPOCH: Timestamp = Timestamp(0);
+    /// `0000-01-01T00:00:00.000Z`, the earliest RFC 3339 instant.
+    pub const MIN: Timestamp = Timestamp(-62_167_219_200_000);
+    /// `9999-12-31T23:59:59.999Z`, the latest RFC 3339 instant.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799_999);
 
-    /// Converts any chrono time to UTC, dropping everything below a millisecond.
+    /// Converts any chrono time to UTC, dropping everything below a
+    /// millisecond. Times outside years 0000-9999 are clamped to
+    /// [`Timestamp::MIN`] / [`Timestamp::MAX`]; use
+    /// [`Timestamp::from_unix_millis`] to detect them instead.
     pub fn from_datetime<Tz: TimeZone>(value: DateTime<Tz>) -> Self {
-        let utc = value.with_timezone(&Utc);
-        let millis = utc.timestamp_millis();
-        // Truncating an in-range instant keeps it in range.
-        Self(DateTime::from_timestamp_millis(millis).unwrap_or(utc))
+        Self(value.timestamp_millis().clamp(Self::MIN.0, Self::MAX.0))
     }
 
-    /// The instant `millis` milliseconds after the Unix epoch, if chrono can
-    /// represent it.
+    /// The instant `millis` milliseconds after the Unix epoch, if it lies in
+    /// years 0000-9999.
     pub fn from_unix_millis(millis: i64) -> Option<Self> {
-        DateTime::from_timestamp_millis(millis).map(Self)
+        (Self::MIN.0..=Self::MAX.0).contains(&millis).then_some(Self(millis))
     }
 
     /// Milliseconds since the Unix epoch: the representation stores use.
     pub fn unix_millis(&self) -> i64 {
-        self.0.timestamp_millis()
+        self.0
     }
 
     /// Parses RFC 3339 text, converting to UTC and truncating to milliseconds.
@@ -65,22 +74,29 @@ impl Timestamp {
 
     /// The value as a chrono UTC time.
     pub fn as_datetime(&self) -> DateTime<Utc> {
-        self.0
+        // Every constructor keeps the value within years 0000-9999, well
+        // inside chrono's range.
+        DateTime::from_timestamp_millis(self.0).unwrap_or_default()
     }
 
     /// `self + delta`, truncated to milliseconds; `None` when out of range.
     pub fn checked_add(&self, delta: TimeDelta) -> Option<Self> {
-        self.0.checked_add_signed(delta).map(Self::from_datetime)
+        self.0
+            .checked_add(delta.num_milliseconds())
+            .and_then(Self::from_unix_millis)
     }
 
     /// `self - delta`, truncated to milliseconds; `None` when out of range.
     pub fn checked_sub(&self, delta: TimeDelta) -> Option<Self> {
-        self.0.checked_sub_signed(delta).map(Self::from_datetime)
+        self.0
+            .checked_sub(delta.num_milliseconds())
+            .and_then(Self::from_unix_millis)
     }
 
     /// The signed time from `earlier` to `self`.
     pub fn since(&self, earlier: Timestamp) -> TimeDelta {
-        self.0.signed_duration_since(earlier.0)
+        // Both lie within years 0000-9999, so the difference fits a TimeDelta.
+        TimeDelta::milliseconds(self.0 - earlier.0)
     }
 }
 
@@ -92,7 +108,7 @@ impl From<DateTime<Utc>> for Timestamp {
 
 impl From<Timestamp> for DateTime<Utc> {
     fn from(value: Timestamp) -> Self {
-        value.0
+        value.as_datetime()
     }
 }
 
@@ -105,7 +121,7 @@ impl FromStr for Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0.to_rfc3339_opts(SecondsFormat::Millis, true))
+        f.write_str(&self.as_datetime().to_rfc3339_opts(SecondsFormat::Millis, true))
     }
 }
 
@@ -157,6 +173,35 @@ mod tests {
         let t = Timestamp::parse_rfc3339("2031-02-03T04:05:06.789Z").unwrap();
         assert_eq!(t.to_string().parse::<Timestamp>().unwrap(), t);
         assert_eq!(Timestamp::from_unix_millis(t.unix_millis()), Some(t));
+    }
+
+    #[test]
+    fn arithmetic_stays_in_whole_milliseconds_and_in_range() {
+        let t = Timestamp::parse_rfc3339("2030-01-01T00:00:00Z").unwrap();
+        let later = t.checked_add(TimeDelta::microseconds(1_999)).unwrap();
+        assert_eq!(later.to_string(), "2030-01-01T00:00:00.001Z");
+        assert_eq!(later.since(t), TimeDelta::milliseconds(1));
+        assert_eq!(
+            t.checked_sub(TimeDelta::days(1)).unwrap().to_string(),
+            "2029-12-31T00:00:00.000Z"
+        );
+        assert!(t.checked_add(TimeDelta::MAX).is_none());
+        assert!(Timestamp::from_unix_millis(i64::MAX).is_none());
+        assert_eq!(t.as_datetime().timestamp_millis(), t.unix_millis());
+    }
+
+    #[test]
+    fn the_range_is_what_rfc3339_can_print_and_parse_back() {
+        assert_eq!(Timestamp::MIN.to_string(), "0000-01-01T00:00:00.000Z");
+        assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59.999Z");
+        for t in [Timestamp::MIN, Timestamp::MAX] {
+            assert_eq!(t.to_string().parse::<Timestamp>().unwrap(), t);
+        }
+        assert!(Timestamp::from_unix_millis(Timestamp::MAX.unix_millis() + 1).is_none());
+        assert!(Timestamp::from_unix_millis(Timestamp::MIN.unix_millis() - 1).is_none());
+        assert!(Timestamp::MAX.checked_add(TimeDelta::milliseconds(1)).is_none());
+        let far = chrono::DateTime::<Utc>::from_timestamp(400_000_000_000, 0).unwrap();
+        assert_eq!(Timestamp::from_datetime(far), Timestamp::MAX);
     }
 
     #[test]

@@ -140,12 +140,33 @@ impl fmt::Display for EntityTag {
 /// assert!(IfMatch::parse("7").is_err());           // unquoted: malformed
 /// # Ok::<(), fielding_core::InvalidIfMatch>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Eq)]
+#[non_exhaustive]
 pub enum IfMatch {
     /// `*`: matches any current version of an existing run.
     Any,
     /// A list of entity tags; matches if any one strongly matches.
     Tags(Vec<EntityTag>),
+    /// Exactly the strong ETag of one version, as built by
+    /// [`IfMatch::version`] for callers that hold a version rather than a
+    /// header. Equal to the parsed `"<version>"`, without allocating.
+    Version(Version),
+}
+
+impl PartialEq for IfMatch {
+    /// Compares what the conditions mean: `IfMatch::version(7)` equals the
+    /// parsed `"7"`.
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (IfMatch::Any, IfMatch::Any) => true,
+            (IfMatch::Tags(a), IfMatch::Tags(b)) => a == b,
+            (IfMatch::Version(a), IfMatch::Version(b)) => a == b,
+            (IfMatch::Version(v), IfMatch::Tags(tags)) | (IfMatch::Tags(tags), IfMatch::Version(v)) => {
+                matches!(tags.as_slice(), [only] if only.strongly_matches(*v))
+            }
+            _ => false,
+        }
+    }
 }
 
 /// An `If-Match` value that does not follow RFC 9110's grammar. This is a
@@ -171,10 +192,7 @@ impl InvalidIfMatch {
 impl IfMatch {
     /// The `If-Match` that names exactly one version.
     pub fn version(version: Version) -> Self {
-        IfMatch::Tags(vec![EntityTag {
-            weak: false,
-            opaque: version.get().to_string(),
-        }])
+        IfMatch::Version(version)
     }
 
     /// Parses one header value.
@@ -221,6 +239,7 @@ impl IfMatch {
         match self {
             IfMatch::Any => true,
             IfMatch::Tags(tags) => tags.iter().any(|t| t.strongly_matches(version)),
+            IfMatch::Version(v) => *v == version,
         }
     }
 }
@@ -238,6 +257,7 @@ impl fmt::Display for IfMatch {
                 }
                 Ok(())
             }
+            IfMatch::Version(v) => fmt::Display::fmt(&v.etag(), f),
         }
     }
 }
@@ -406,7 +426,7 @@ mod tests {
                 assert_eq!(tags.len(), 2);
                 assert_eq!(tags[0].opaque, "a,b");
             }
-            IfMatch::Any => panic!("expected tags"),
+            other => panic!("expected tags, got {other:?}"),
         }
     }
 
@@ -442,6 +462,17 @@ mod tests {
         assert!(m.matches(v(6)) && m.matches(v(7)));
         assert!(IfMatch::parse_lines([&b"\"6\""[..], &b"7"[..]]).is_err());
         assert!(IfMatch::parse_lines(std::iter::empty::<&[u8]>()).is_err());
+    }
+
+    #[test]
+    fn version_condition_equals_the_parsed_tag() {
+        assert_eq!(IfMatch::version(v(7)), IfMatch::parse("\"7\"").unwrap());
+        assert_eq!(IfMatch::parse(" \"7\" ").unwrap(), IfMatch::version(v(7)));
+        assert_ne!(IfMatch::version(v(7)), IfMatch::parse("\"07\"").unwrap());
+        assert_ne!(IfMatch::version(v(7)), IfMatch::parse("W/\"7\"").unwrap());
+        assert_ne!(IfMatch::version(v(7)), IfMatch::parse("\"7\", \"8\"").unwrap());
+        assert_ne!(IfMatch::version(v(7)), IfMatch::Any);
+        assert!(IfMatch::version(v(7)).matches(v(7)) && !IfMatch::version(v(7)).matches(v(8)));
     }
 
     #[test]

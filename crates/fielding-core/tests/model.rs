@@ -301,7 +301,13 @@ impl Model {
         let next = match cmd {
             Cmd::Update(start, end) => {
                 if end <= start {
-                    return bad(vec!["end_fielding_at"]);
+                    // Input checks come first; a scheduled run's past start
+                    // is reported alongside.
+                    let mut fields = vec!["end_fielding_at"];
+                    if status == St::Scheduled && start < now {
+                        fields.push("start_fielding_at");
+                    }
+                    return bad(fields);
                 }
                 match status {
                     St::Completed => return Outcome::InvalidState,

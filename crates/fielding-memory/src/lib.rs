@@ -39,6 +39,7 @@
 
 mod faults;
 pub mod fixtures;
+mod log;
 mod store;
 
 pub use faults::{Fault, Faults};

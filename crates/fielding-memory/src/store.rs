@@ -1,4 +1,4 @@
-//! The store itself: two hash maps under one mutex.
+//! The store itself: two hash maps and a change log under one mutex.
 //!
 //! Why one mutex and not something cleverer: every operation is a couple of
 //! hash lookups and a clone, far shorter than any await point, and one lock
@@ -11,10 +11,16 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use fielding_core::{
-    Action, ChangeRecord, FieldingRun, FieldingRunId, FieldingStore, RunKey, Scope, Status, StoreError, Version,
+    Action, ChangeRecord, Decide, FieldingRun, FieldingRunId, FieldingStore, RunKey, Scope, Status, StoreError, Update,
+    UpdateOutcome, Version,
 };
 
+use crate::log::{ChangeLog, LogIndex};
 use crate::Faults;
+
+/// Keyed (randomly seeded) and much faster than SipHash on 26-byte ids.
+/// Ids come from clients, so the hasher must resist chosen collisions.
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
 /// A [`FieldingStore`] in memory. Clones share the same data and faults.
 ///
@@ -40,14 +46,16 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct State {
-    runs: HashMap<FieldingRunId, Entry>,
-    by_scope: HashMap<Scope, FieldingRunId>,
+    runs: FastMap<FieldingRunId, Entry>,
+    by_scope: FastMap<Scope, FieldingRunId>,
+    log: ChangeLog,
 }
 
 #[derive(Debug)]
 struct Entry {
     run: FieldingRun,
-    changes: Vec<ChangeRecord>,
+    /// The run's latest change record.
+    last_change: Option<LogIndex>,
 }
 
 impl State {
@@ -68,10 +76,43 @@ impl State {
                 source: None,
             });
         }
+        let last_change = self.log.push_all(changes);
         self.by_scope.insert(scope, run.id);
-        self.runs.insert(run.id, Entry { run, changes });
+        self.runs.insert(run.id, Entry { run, last_change });
         Ok(())
     }
+
+    fn history(&self, key: &RunKey) -> Vec<ChangeRecord> {
+        self.entry(key)
+            .map(|e| self.log.history(e.last_change))
+            .unwrap_or_default()
+    }
+}
+
+/// The one place a run changes: the version check and the write, with its
+/// change record, in one step under the caller's lock.
+fn commit(
+    entry: &mut Entry,
+    log: &mut ChangeLog,
+    faults: &Faults,
+    expected: Version,
+    run: FieldingRun,
+    change: ChangeRecord,
+) -> Result<(), StoreError> {
+    if entry.run.version != expected {
+        return Err(StoreError::VersionConflict {
+            expected,
+            current: entry.run.version,
+        });
+    }
+    // Checked against the real version first, so an injected conflict never
+    // hides a real one.
+    if let Some(conflict) = faults.conflict(expected) {
+        return Err(conflict);
+    }
+    entry.run = run;
+    entry.last_change = Some(log.push(change, entry.last_change));
+    Ok(())
 }
 
 /// Why [`MemoryStore::seed`] refused a run.
@@ -110,23 +151,12 @@ impl MemoryStore {
     /// without walking the lifecycle. Its history starts with one synthetic
     /// change record at the run's version.
     pub fn seed(&self, run: FieldingRun) -> Result<(), SeedError> {
-        let record = ChangeRecord {
-            run_id: run.id,
-            version: run.version,
-            action: if run.status == Status::Scheduled {
-                Action::Schedule
-            } else {
-                Action::Launch
-            },
-            changed_at: run.last_changed_at,
-            changed_by: run.last_changed_by,
-            status_from: None,
-            status_to: run.status,
-            start_from: None,
-            start_to: run.start_fielding_at,
-            end_from: None,
-            end_to: run.end_fielding_at,
+        let action = if run.status == Status::Scheduled {
+            Action::Schedule
+        } else {
+            Action::Launch
         };
+        let record = ChangeRecord::created(&run, action);
         Ok(self.state().insert(run, vec![record])?)
     }
 
@@ -165,7 +195,7 @@ impl MemoryStore {
 
     /// The change records of the run at `key`, oldest first.
     pub fn change_records(&self, key: &RunKey) -> Vec<ChangeRecord> {
-        self.state().entry(key).map(|e| e.changes.clone()).unwrap_or_default()
+        self.state().history(key)
     }
 
     /// How many runs are stored.
@@ -183,6 +213,7 @@ impl MemoryStore {
         let mut state = self.state();
         state.runs.clear();
         state.by_scope.clear();
+        state.log.clear();
     }
 }
 
@@ -223,26 +254,48 @@ impl FieldingStore for MemoryStore {
         if let Some(fault) = self.inner.faults.storage_fault("compare_and_swap") {
             return Err(fault);
         }
-        let mut state = self.state();
+        let mut guard = self.state();
+        let state = &mut *guard;
         let entry = state
             .runs
             .get_mut(&run.id)
             .filter(|e| e.run.scope() == run.scope())
             .ok_or(StoreError::NotFound)?;
-        if entry.run.version != expected {
-            return Err(StoreError::VersionConflict {
-                expected,
-                current: entry.run.version,
+        commit(
+            entry,
+            &mut state.log,
+            &self.inner.faults,
+            expected,
+            run.clone(),
+            change.clone(),
+        )
+    }
+
+    /// Read, decide and write under one lock: no other writer can come in
+    /// between, so this never reports a conflict it did not have to (an
+    /// injected [`crate::Fault::Conflict`] still does).
+    async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
+        if let Some(fault) = self.inner.faults.storage_fault("update") {
+            return Err(fault);
+        }
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let Some(entry) = state.runs.get_mut(&key.id).filter(|e| e.run.scope() == key.scope) else {
+            return Ok(UpdateOutcome::NotFound);
+        };
+        let (expected, run, change) = match decide(&entry.run) {
+            Update::Skip => return Ok(UpdateOutcome::Skipped),
+            Update::Write { expected, run, change } => (expected, run, change),
+        };
+        if run.key() != *key {
+            return Err(StoreError::Backend {
+                message: format!("decide asked to write {} in place of {key}", run.key()),
+                retryable: false,
+                source: None,
             });
         }
-        // Checked against the real version first, so an injected conflict
-        // never hides a real one.
-        if let Some(conflict) = self.inner.faults.conflict(expected) {
-            return Err(conflict);
-        }
-        entry.run = run.clone();
-        entry.changes.push(change.clone());
-        Ok(())
+        commit(entry, &mut state.log, &self.inner.faults, expected, run, change)?;
+        Ok(UpdateOutcome::Written)
     }
 
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {

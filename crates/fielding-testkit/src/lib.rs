@@ -1,0 +1,226 @@
+//! # fielding-testkit
+//!
+//! One conformance suite for every [`FieldingStore`]: ours and yours.
+//!
+//! The storage trait is only as good as the promise every adapter keeps.
+//! Its contract (in the docs of [`FieldingStore`]) is short: scope is part
+//! of the address, one run per target group, compare-and-swap is atomic, a
+//! write and its change record are one, round trips are exact, errors are
+//! classified. Each promise is easy to break quietly: an in-memory store
+//! that checks the version and writes under two separate locks loses
+//! concurrent updates; a conflict check that compares versions as text
+//! breaks at version 10; a 32-bit column breaks at 2^31. This crate turns
+//! every promise into test cases, including races with real tasks and
+//! generated interleavings checked against a model, so a store is correct
+//! when it passes, and a broken one says which promise it broke.
+//!
+//! # Running it against your adapter
+//!
+//! Add the kit as a dev-dependency (it brings the tokio and proptest it
+//! needs; you need nothing else):
+//!
+//! ```toml
+//! [dev-dependencies]
+//! fielding-testkit = { path = "../fielding-testkit" }
+//! ```
+//!
+//! and one file, `tests/conformance.rs`, that says how to make a fresh,
+//! empty store:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use fielding_memory::MemoryStore; // your store
+//!
+//! fielding_testkit::conformance_tests!(|| async { Arc::new(MemoryStore::new()) });
+//! # fn main() {}
+//! ```
+//!
+//! That expands to a module `conformance` with one `#[tokio::test]` per
+//! case (multi-threaded runtime, 4 workers), each named after the promise
+//! it checks, so
+//!
+//! ```text
+//! cargo test -p <your-adapter> conformance
+//! ```
+//!
+//! runs exactly the kit, and a failure reads like
+//!
+//! ```text
+//! ---- conformance::compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31 stdout ----
+//! conformance case `compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31` failed
+//!   promise broken: versions past 9, 99, 2^31 and beyond behave the same: ...
+//!   seen: compare_and_swap(expected 9) on a run stored at version 10: expected
+//!         Err(VersionConflict { expected: 9, current: 10 }), got Ok(())
+//! ```
+//!
+//! The factory is any closure returning a future of `Arc<S>` for any
+//! `S: FieldingStore` (`dyn FieldingStore` included); see [`StoreFactory`]
+//! for one that holds a connection pool. Every adapter runs the whole kit:
+//! `fielding-memory` does, in its `tests/conformance.rs`.
+//!
+//! If your backend genuinely cannot do something the contract asks for
+//! (hold versions up to `i64::MAX`, run eight writers at once, get through
+//! contention without a retryable error), say so with [`Capabilities`]
+//! instead of deleting assertions:
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use fielding_memory::MemoryStore;
+//! fielding_testkit::conformance_tests!(
+//!     || async { Arc::new(MemoryStore::new()) },
+//!     capabilities = fielding_testkit::Capabilities::full().with_concurrent_writers(4),
+//! );
+//! # fn main() {}
+//! ```
+//!
+//! # What each group of cases proves
+//!
+//! | group | cases | proves |
+//! |---|---|---|
+//! | round trip | `round_trip_preserves_every_field` | every field of a run and its change records comes back identical: ids, account ids up to 2^31-1, each status, versions, timestamps to the millisecond, last change |
+//! | one run per target group | `insert_refuses_a_second_run_for_the_same_target_group`, `concurrent_inserts_for_one_target_group_have_exactly_one_winner` | a second insert is `AlreadyExists` naming the scope and leaves no trace; of concurrent inserts exactly one wins |
+//! | scope isolation | `scope_isolation_hides_the_run_from_every_other_scope`, `scope_isolation_compare_and_swap_through_another_scope_is_not_found` | through a scope differing in account, project *or* target group the run cannot be read, found, listed or updated, and does not block a run of that scope; a wrong scope is `NotFound`, never a `VersionConflict` that would leak the version |
+//! | compare-and-swap | `compare_and_swap_at_the_current_version_bumps_it_by_exactly_one`, `compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing`, `compare_and_swap_on_a_missing_run_is_not_found`, `compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31` | the matching version wins and bumps by one; any other is `VersionConflict` with the version tried and the actual current one, and changes neither run nor records; a missing run is `NotFound`; all of it the same across 9→10, 99→100, 2^31, 2^32, 2^53 and up to `i64::MAX`, against the stale versions that text comparison, truncation and rounding would accept |
+//! | change records | `change_records_one_per_version_in_order_without_gaps`, `change_records_are_atomic_with_the_write_they_describe` | one record per version, oldest first, no gaps, none for refused writes; concurrent readers never see a version without its record or a record before its version |
+//! | races | `race_concurrent_increments_on_one_run_lose_no_update`, `race_writers_spread_over_many_runs_do_not_cross_talk` | with real tasks on a multi-threaded runtime (pairs of writers interleaving at every await, pairs running in parallel): N writers × M increments end at exactly N·M+1, every success has its own record, every refusal names a newer version, reads see one's own writes; writers spread over runs with overlapping ids never touch each other's runs |
+//! | linearizability | `linearizable_interleaved_read_then_write_cycles_match_the_model` | proptest schedules of read-then-write cycles, sequential and concurrent steps, checked step by step against a model; a failure shrinks to a minimal schedule (see [`linearizability`]) |
+//!
+//! Cases use scopes with random ids, so they never see each other's runs.
+//!
+//! What the races can and cannot catch: a lost update whose window contains
+//! an `.await` (any adapter that talks to a database between reading and
+//! writing) shows up reliably, because writers are paired on one task and
+//! interleave at every await. A window of a few instructions inside one
+//! synchronous critical section is caught only sometimes, by the pairs that
+//! run in parallel; such a store must be right by construction.
+//!
+//! # Running cases yourself
+//!
+//! Every case is a public function in [`cases`], returning `Ok(())` or a
+//! [`CaseFailure`] (case, promise, values seen). [`run_all`] runs them all
+//! and collects a [`SuiteReport`]: that is how the kit's own tests assert
+//! that deliberately broken stores fail the cases they should.
+//!
+//! # Configuration
+//!
+//! The linearizability case runs [`linearizability::DEFAULT_CASES`]
+//! schedules; `PROPTEST_CASES` overrides that, `PROPTEST_RNG_SEED` fixes the
+//! seed (a failure prints the one it used) and `PROPTEST_MAX_SHRINK_ITERS`
+//! bounds shrinking. Nothing is written to disk.
+#![warn(missing_docs)]
+
+mod capabilities;
+pub mod cases;
+mod factory;
+mod failure;
+pub mod linearizability;
+mod sample;
+mod suite;
+
+pub use capabilities::Capabilities;
+pub use factory::StoreFactory;
+pub use failure::CaseFailure;
+pub use suite::{run_all, SuiteReport, CASES};
+
+#[cfg(doc)]
+use fielding_core::FieldingStore;
+
+/// Generates the conformance suite for a store: a module `conformance` with
+/// one `#[tokio::test]` per case, named like the case (see [`CASES`]).
+///
+/// The first argument is a [`StoreFactory`], usually a closure returning a
+/// future of a fresh, empty `Arc<YourStore>`; it is evaluated once per
+/// test, and may refer to anything in scope where the macro is invoked. The
+/// optional `capabilities = ...` takes a [`Capabilities`] (default
+/// [`Capabilities::full`]).
+///
+/// ```
+/// use std::sync::Arc;
+/// use fielding_core::FieldingStore;
+/// use fielding_memory::MemoryStore;
+///
+/// async fn connect() -> Arc<dyn FieldingStore> {
+///     Arc::new(MemoryStore::new()) // open your database here
+/// }
+///
+/// fielding_testkit::conformance_tests!(connect);
+/// # fn main() {}
+/// ```
+///
+/// Each generated test builds a multi-threaded runtime with 4 workers (the
+/// race cases need real parallelism), makes a fresh store and panics with
+/// the [`CaseFailure`] if the case fails. The kit re-exports the tokio it
+/// uses, so the adapter needs no tokio dev-dependency of its own.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($factory:expr $(,)?) => {
+        $crate::conformance_tests!($factory, capabilities = $crate::Capabilities::full());
+    };
+    ($factory:expr, capabilities = $capabilities:expr $(,)?) => {
+        /// The fielding-testkit conformance suite: one test per case.
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            #[allow(unused_imports)]
+            use $crate::__private::tokio;
+
+            $crate::__conformance_cases! {
+                ($factory) ($capabilities)
+            store round_trip_preserves_every_field;
+            store insert_refuses_a_second_run_for_the_same_target_group;
+            store concurrent_inserts_for_one_target_group_have_exactly_one_winner;
+            store scope_isolation_hides_the_run_from_every_other_scope;
+            store scope_isolation_compare_and_swap_through_another_scope_is_not_found;
+            store compare_and_swap_at_the_current_version_bumps_it_by_exactly_one;
+            store compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing;
+            store compare_and_swap_on_a_missing_run_is_not_found;
+            store compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31;
+            store change_records_one_per_version_in_order_without_gaps;
+            store change_records_are_atomic_with_the_write_they_describe;
+            store race_concurrent_increments_on_one_run_lose_no_update;
+            store race_writers_spread_over_many_runs_do_not_cross_talk;
+            factory linearizable_interleaved_read_then_write_cycles_match_the_model;
+            }
+        }
+    };
+}
+
+/// One generated test per case; an implementation detail of
+/// [`conformance_tests!`].
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    (($factory:expr) ($capabilities:expr)) => {};
+    (($factory:expr) ($capabilities:expr) store $name:ident; $($rest:tt)*) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let factory = $factory;
+            let store = $crate::StoreFactory::fresh_store(&factory).await;
+            $crate::__private::report($crate::cases::$name(store, $capabilities).await);
+        }
+        $crate::__conformance_cases! { ($factory) ($capabilities) $($rest)* }
+    };
+    (($factory:expr) ($capabilities:expr) factory $name:ident; $($rest:tt)*) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            let factory = $factory;
+            $crate::__private::report($crate::cases::$name(&factory, $capabilities).await);
+        }
+        $crate::__conformance_cases! { ($factory) ($capabilities) $($rest)* }
+    };
+}
+
+/// What the generated tests use; not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use proptest;
+    pub use tokio;
+
+    /// Panics with the failure, so the test output names the promise.
+    #[track_caller]
+    pub fn report(outcome: Result<(), crate::CaseFailure>) {
+        if let Err(failure) = outcome {
+            panic!("{failure}");
+        }
+    }
+}

@@ -1,0 +1,519 @@
+//! The kit tests itself: stores with planted bugs must be rejected by the
+//! cases aimed at those bugs, while the same store without a bug, and
+//! `MemoryStore`, pass everything.
+//!
+//! Each bug is one a real adapter could ship: the lost update of a check and
+//! a write under two locks, versions ordered as text, a 32-bit version
+//! column, dropped change records, a racy uniqueness check, lookups that
+//! ignore the scope, a change record written before its run, seconds
+//! instead of milliseconds, a conflict that guesses the current version.
+//! One more behaviour is legitimate only when declared: answering
+//! contention with retryable "busy" errors.
+//!
+//! Run with `-- --nocapture` to see what each case reported.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use async_trait::async_trait;
+use fielding_core::{
+    ChangeRecord, FieldingRun, FieldingRunId, FieldingStore, RunKey, Scope, StoreError, Timestamp, Version,
+};
+use fielding_memory::MemoryStore;
+use fielding_testkit::{run_all, Capabilities, SuiteReport, CASES};
+
+/// The bug a [`PlantedStore`] carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Bug {
+    /// None: the reference implementation, which must pass.
+    None,
+    /// Compare-and-swap checks the version under one lock, awaits, and
+    /// writes under another: two writers of one version both win.
+    SplitLock,
+    /// The current version is the last change record, with records ordered
+    /// by their decimal text: right up to version 9, wrong from 10 on
+    /// (`"10" < "9"`).
+    TextOrderedVersions,
+    /// The version lives in an `i32` column: version 2^31 is stored as
+    /// -2^31 and cannot be read back.
+    I32VersionColumn,
+    /// Compare-and-swap compares only the low 32 bits of the versions.
+    LowBitsCompare,
+    /// Every write that produces a version divisible by 7 loses its change
+    /// record.
+    DropsChangeRecords,
+    /// Insert never checks whether the target group has a run.
+    NoTargetGroupCheck,
+    /// Insert checks the target group, awaits, then inserts: concurrent
+    /// inserts can all pass the check.
+    RacyInsert,
+    /// `get`, `changes` and compare-and-swap find runs by id alone.
+    IgnoresScope,
+    /// Compare-and-swap appends the change record, awaits, then writes the
+    /// run: readers can see the record without its version.
+    RecordBeforeRun,
+    /// Timestamps are kept in whole seconds.
+    SecondPrecision,
+    /// A conflict reports `expected + 1` as the current version instead of
+    /// looking it up.
+    GuessedConflictVersion,
+    /// Not a bug if declared: every call awaits once (like a round trip),
+    /// and one in three calls that overlap another answer a retryable
+    /// "busy" error without doing anything.
+    BusyUnderContention,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    runs: HashMap<FieldingRunId, Row>,
+    by_scope: HashMap<Scope, FieldingRunId>,
+}
+
+#[derive(Debug)]
+struct Row {
+    run: FieldingRun,
+    /// The "version column", as the bug would store it.
+    version: i64,
+    changes: Vec<ChangeRecord>,
+}
+
+/// A `FieldingStore` in memory, correct unless told to carry a bug.
+#[derive(Debug)]
+struct PlantedStore {
+    bug: Bug,
+    state: Mutex<State>,
+    in_flight: AtomicUsize,
+    overlapping: AtomicUsize,
+}
+
+/// One call in flight, for [`Bug::BusyUnderContention`].
+struct InFlight<'a>(Option<&'a AtomicUsize>);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(count) = self.0 {
+            count.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl PlantedStore {
+    fn new(bug: Bug) -> Self {
+        Self {
+            bug,
+            state: Mutex::default(),
+            in_flight: AtomicUsize::new(0),
+            overlapping: AtomicUsize::new(0),
+        }
+    }
+
+    /// Starts a call; for [`Bug::BusyUnderContention`], may refuse it.
+    async fn enter(&self) -> Result<InFlight<'_>, StoreError> {
+        if self.bug != Bug::BusyUnderContention {
+            return Ok(InFlight(None));
+        }
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        let guard = InFlight(Some(&self.in_flight));
+        tokio::task::yield_now().await;
+        if self.in_flight.load(Ordering::SeqCst) > 1 && self.overlapping.fetch_add(1, Ordering::SeqCst) % 3 == 0 {
+            return Err(StoreError::transient("database is busy"));
+        }
+        Ok(guard)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn visible(&self, row: &Row, key: &RunKey) -> bool {
+        self.bug == Bug::IgnoresScope || row.run.scope() == key.scope
+    }
+
+    fn column(&self, version: Version) -> i64 {
+        if self.bug == Bug::I32VersionColumn {
+            i64::from(version.get() as i32)
+        } else {
+            version.get() as i64
+        }
+    }
+
+    fn read(&self, row: &Row) -> Result<FieldingRun, StoreError> {
+        let version = u64::try_from(row.version)
+            .ok()
+            .and_then(Version::new)
+            .ok_or_else(|| StoreError::backend(format!("corrupt version column: {}", row.version)))?;
+        Ok(FieldingRun {
+            version,
+            ..row.run.clone()
+        })
+    }
+
+    fn current(&self, row: &Row) -> Result<Version, StoreError> {
+        match (self.bug, row.changes.last()) {
+            (Bug::TextOrderedVersions, Some(last)) => Ok(last.version),
+            _ => self.read(row).map(|run| run.version),
+        }
+    }
+
+    fn check(&self, row: &Row, expected: Version) -> Result<(), StoreError> {
+        let current = self.current(row)?;
+        let matches = match self.bug {
+            Bug::LowBitsCompare => current.get() as u32 == expected.get() as u32,
+            Bug::I32VersionColumn => row.version == self.column(expected),
+            _ => current == expected,
+        };
+        if matches {
+            return Ok(());
+        }
+        let current = match self.bug {
+            Bug::GuessedConflictVersion => expected.next().unwrap_or(expected),
+            _ => current,
+        };
+        Err(StoreError::VersionConflict { expected, current })
+    }
+
+    fn keep(&self, mut run: FieldingRun) -> FieldingRun {
+        if self.bug == Bug::SecondPrecision {
+            let seconds =
+                |t: Timestamp| Timestamp::from_unix_millis(t.unix_millis().div_euclid(1000) * 1000).unwrap_or(t);
+            run.start_fielding_at = seconds(run.start_fielding_at);
+            run.end_fielding_at = seconds(run.end_fielding_at);
+            run.last_changed_at = seconds(run.last_changed_at);
+        }
+        run
+    }
+
+    fn append(&self, changes: &mut Vec<ChangeRecord>, record: &ChangeRecord) {
+        if self.bug == Bug::DropsChangeRecords && record.version.get() % 7 == 0 {
+            return;
+        }
+        changes.push(record.clone());
+        if self.bug == Bug::TextOrderedVersions {
+            changes.sort_by_key(|c| c.version.to_string());
+        }
+    }
+
+    fn write_run(&self, state: &mut State, run: &FieldingRun) -> Result<(), StoreError> {
+        let key = run.key();
+        let row = state.runs.get_mut(&run.id).ok_or(StoreError::NotFound)?;
+        if !(self.bug == Bug::IgnoresScope || row.run.scope() == key.scope) {
+            return Err(StoreError::NotFound);
+        }
+        row.version = self.column(run.version);
+        row.run = self.keep(run.clone());
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl FieldingStore for PlantedStore {
+    async fn insert(&self, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
+        let _call = self.enter().await?;
+        let scope = run.scope();
+        if self.bug == Bug::RacyInsert {
+            if self.lock().by_scope.contains_key(&scope) {
+                return Err(StoreError::AlreadyExists { scope });
+            }
+            tokio::task::yield_now().await;
+        }
+        let mut state = self.lock();
+        let check = !matches!(self.bug, Bug::NoTargetGroupCheck | Bug::RacyInsert);
+        if check && state.by_scope.contains_key(&scope) {
+            return Err(StoreError::AlreadyExists { scope });
+        }
+        if state.runs.contains_key(&run.id) {
+            return Err(StoreError::backend(format!("run id {} is taken", run.id)));
+        }
+        let mut changes = Vec::new();
+        self.append(&mut changes, change);
+        state.by_scope.insert(scope, run.id);
+        let row = Row {
+            run: self.keep(run.clone()),
+            version: self.column(run.version),
+            changes,
+        };
+        state.runs.insert(run.id, row);
+        Ok(())
+    }
+
+    async fn get(&self, key: &RunKey) -> Result<Option<FieldingRun>, StoreError> {
+        let _call = self.enter().await?;
+        let state = self.lock();
+        match state.runs.get(&key.id) {
+            Some(row) if self.visible(row, key) => self.read(row).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    async fn find_by_target_group(&self, scope: &Scope) -> Result<Option<FieldingRun>, StoreError> {
+        let _call = self.enter().await?;
+        let state = self.lock();
+        match state.by_scope.get(scope).and_then(|id| state.runs.get(id)) {
+            Some(row) => self.read(row).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn compare_and_swap(
+        &self,
+        expected: Version,
+        run: &FieldingRun,
+        change: &ChangeRecord,
+    ) -> Result<(), StoreError> {
+        let _call = self.enter().await?;
+        let key = run.key();
+        match self.bug {
+            Bug::SplitLock => {
+                {
+                    let state = self.lock();
+                    let row = state.runs.get(&run.id).filter(|r| self.visible(r, &key));
+                    self.check(row.ok_or(StoreError::NotFound)?, expected)?;
+                }
+                tokio::task::yield_now().await;
+                let mut state = self.lock();
+                self.write_run(&mut state, run)?;
+                let row = state.runs.get_mut(&run.id).ok_or(StoreError::NotFound)?;
+                self.append(&mut row.changes, change);
+                Ok(())
+            }
+            Bug::RecordBeforeRun => {
+                {
+                    let mut state = self.lock();
+                    let row = state.runs.get_mut(&run.id).filter(|r| self.visible(r, &key));
+                    let row = row.ok_or(StoreError::NotFound)?;
+                    self.check(row, expected)?;
+                    self.append(&mut row.changes, change);
+                }
+                tokio::task::yield_now().await;
+                let mut state = self.lock();
+                self.write_run(&mut state, run)
+            }
+            _ => {
+                let mut state = self.lock();
+                let row = state.runs.get_mut(&run.id).filter(|r| self.visible(r, &key));
+                let row = row.ok_or(StoreError::NotFound)?;
+                self.check(row, expected)?;
+                self.append(&mut row.changes, change);
+                self.write_run(&mut state, run)
+            }
+        }
+    }
+
+    async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {
+        let _call = self.enter().await?;
+        let state = self.lock();
+        Ok(match state.runs.get(&key.id) {
+            Some(row) if self.visible(row, key) => row.changes.clone(),
+            _ => Vec::new(),
+        })
+    }
+}
+
+async fn suite(bug: Bug) -> SuiteReport {
+    suite_with(bug, Capabilities::full()).await
+}
+
+async fn suite_with(bug: Bug, capabilities: Capabilities) -> SuiteReport {
+    let report = run_all(&|| async move { Arc::new(PlantedStore::new(bug)) }, capabilities).await;
+    println!("==== {bug:?}, {capabilities:?}\n{report}");
+    report
+}
+
+/// Asserts that the suite rejects `bug` through (at least) the cases in
+/// `caught_by`, and that the cases in `unaffected` still pass, so the
+/// failures come from the bug and not from noise.
+async fn assert_rejected(bug: Bug, caught_by: &[&str], unaffected: &[&str]) {
+    let report = suite(bug).await;
+    let failed = report.failed_cases();
+    for case in caught_by {
+        assert!(CASES.contains(case), "{case} is not a case");
+        assert!(failed.contains(case), "{bug:?}: `{case}` should have failed\n{report}");
+    }
+    for case in unaffected {
+        assert!(CASES.contains(case), "{case} is not a case");
+        assert!(!failed.contains(case), "{bug:?}: `{case}` should have passed\n{report}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_reference_store_without_a_bug_passes_every_case() {
+    suite(Bug::None).await.assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn memory_store_passes_every_case() {
+    let report = run_all(&|| async { Arc::new(MemoryStore::new()) }, Capabilities::full()).await;
+    report.assert_passed();
+    let names: Vec<&str> = report.outcomes().iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, CASES);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_check_and_a_write_under_two_locks_loses_updates() {
+    assert_rejected(
+        Bug::SplitLock,
+        &[
+            "race_concurrent_increments_on_one_run_lose_no_update",
+            "linearizable_interleaved_read_then_write_cycles_match_the_model",
+        ],
+        &[
+            "round_trip_preserves_every_field",
+            "compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing",
+            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn versions_ordered_as_text_break_at_two_digits() {
+    assert_rejected(
+        Bug::TextOrderedVersions,
+        &[
+            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
+            "change_records_one_per_version_in_order_without_gaps",
+        ],
+        &[
+            "compare_and_swap_at_the_current_version_bumps_it_by_exactly_one",
+            "compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_i32_version_column_breaks_at_2_pow_31() {
+    assert_rejected(
+        Bug::I32VersionColumn,
+        &["compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31"],
+        &[
+            "round_trip_preserves_every_field",
+            "race_concurrent_increments_on_one_run_lose_no_update",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn comparing_the_low_32_bits_accepts_stale_versions() {
+    assert_rejected(
+        Bug::LowBitsCompare,
+        &["compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31"],
+        &["compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dropped_change_records_are_caught() {
+    assert_rejected(
+        Bug::DropsChangeRecords,
+        &[
+            "change_records_one_per_version_in_order_without_gaps",
+            "change_records_are_atomic_with_the_write_they_describe",
+            "race_concurrent_increments_on_one_run_lose_no_update",
+            "linearizable_interleaved_read_then_write_cycles_match_the_model",
+        ],
+        &["round_trip_preserves_every_field"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_missing_target_group_check_is_caught() {
+    assert_rejected(
+        Bug::NoTargetGroupCheck,
+        &[
+            "insert_refuses_a_second_run_for_the_same_target_group",
+            "concurrent_inserts_for_one_target_group_have_exactly_one_winner",
+        ],
+        &["scope_isolation_hides_the_run_from_every_other_scope"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_racy_target_group_check_is_caught_only_by_the_race() {
+    assert_rejected(
+        Bug::RacyInsert,
+        &["concurrent_inserts_for_one_target_group_have_exactly_one_winner"],
+        &["insert_refuses_a_second_run_for_the_same_target_group"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lookups_that_ignore_the_scope_are_caught() {
+    assert_rejected(
+        Bug::IgnoresScope,
+        &[
+            "scope_isolation_hides_the_run_from_every_other_scope",
+            "scope_isolation_compare_and_swap_through_another_scope_is_not_found",
+        ],
+        &["round_trip_preserves_every_field"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_record_written_before_its_run_is_caught() {
+    assert_rejected(
+        Bug::RecordBeforeRun,
+        &[
+            "change_records_are_atomic_with_the_write_they_describe",
+            "race_concurrent_increments_on_one_run_lose_no_update",
+        ],
+        &["change_records_one_per_version_in_order_without_gaps"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_seconds_fail_the_round_trip() {
+    assert_rejected(
+        Bug::SecondPrecision,
+        &[
+            "round_trip_preserves_every_field",
+            "linearizable_interleaved_read_then_write_cycles_match_the_model",
+        ],
+        &[],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_guessed_conflict_version_is_caught() {
+    assert_rejected(
+        Bug::GuessedConflictVersion,
+        &[
+            "compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing",
+            "linearizable_interleaved_read_then_write_cycles_match_the_model",
+        ],
+        &["compare_and_swap_at_the_current_version_bumps_it_by_exactly_one"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn busy_answers_under_contention_pass_when_declared() {
+    let declared = Capabilities::full().with_retryable_errors_under_contention(true);
+    suite_with(Bug::BusyUnderContention, declared).await.assert_passed();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn busy_answers_under_contention_fail_when_not_declared() {
+    assert_rejected(
+        Bug::BusyUnderContention,
+        &[
+            "concurrent_inserts_for_one_target_group_have_exactly_one_winner",
+            "race_concurrent_increments_on_one_run_lose_no_update",
+            "linearizable_interleaved_read_then_write_cycles_match_the_model",
+        ],
+        &[
+            "round_trip_preserves_every_field",
+            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
+        ],
+    )
+    .await;
+}
