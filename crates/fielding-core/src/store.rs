@@ -128,7 +128,13 @@ pub type Decide<'a> = &'a mut (dyn FnMut(&FieldingRun) -> Update + Send);
 ///   under another scope is indistinguishable from no run.
 /// * **One run per target group.** `insert` refuses a run whose scope
 ///   already has one with [`StoreError::AlreadyExists`], also when two
-///   inserts race: exactly one succeeds.
+///   inserts race: exactly one succeeds. Uniqueness is per *scope*
+///   (account, project, target group): the same target-group id under
+///   another account or project is another target group, so a SQL store's
+///   unique key covers all three columns.
+/// * **Reads see the latest committed write.** `get`, `find_by_target_group`
+///   and `changes` return what the last successful write left (no stale
+///   replicas, no caches that lag).
 /// * **Compare-and-swap is atomic.** `compare_and_swap(expected, run,
 ///   change)` writes only if the stored run is at `expected`; checking and
 ///   writing are one indivisible step, so of two writers holding the same
@@ -141,6 +147,10 @@ pub type Decide<'a> = &'a mut (dyn FnMut(&FieldingRun) -> Update + Send);
 ///   exactly one per version, no gaps.
 /// * **Round trip is exact.** Every field comes back as written (timestamps
 ///   are whole milliseconds, versions up to `i64::MAX`).
+/// * **`update` is a read-modify-write.** The default (`get`, `decide`,
+///   `compare_and_swap`) is always correct; an override may do the three in
+///   one step (one lock, one transaction) but must produce only outcomes
+///   the default could.
 /// * **Errors are classified, not stringly.** Backend failures are
 ///   [`StoreError::Backend`], with `retryable` set for transient faults.
 ///
