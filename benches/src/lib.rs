@@ -29,8 +29,8 @@
 //!   reads it once too, and a versioned record needs its `last_changed_at`),
 //!   locks, finds the run, checks its version is the expected one, writes a
 //!   new `FieldingRun` with the new end, version + 1, `last_changed_at` and
-//!   `last_changed_by`, and unlocks. Same default (SipHash) hasher as the
-//!   store, same key type, same value type.
+//!   `last_changed_by`, and unlocks. The std default hasher (what a
+//!   hand-written map gets), same key type, same value type.
 //!
 //! Both run their operations inside the same kind of async loop: a
 //! current-thread tokio runtime's `block_on` around a batch of at most one
@@ -46,21 +46,19 @@
 //! never exceeds that many records). Re-seeding and dropping the old data
 //! happen **outside** the timed region; both workloads reset at the same
 //! points, so they see the same cache conditions. The cost of appending to
-//! the history (including the `Vec` growing) stays inside the measurement:
-//! it is part of the service's path.
+//! the store's change log stays inside the measurement: it is part of the
+//! service's path.
 //!
 //! ## What the ratio is sensitive to
 //!
-//! * **The baseline's clock read.** `SystemClock::now` (`clock_gettime`
-//!   plus two chrono conversions) is over half of a bare operation. Reading
-//!   it once per batch instead of once per operation makes the baseline 2-3×
-//!   faster and the ratio correspondingly lower. It is read per operation
-//!   because every version the baseline writes carries its own
-//!   `last_changed_at`, exactly as the service's do.
-//! * **The history length** (`rounds_per_store`): appending to long,
-//!   cache-cold per-run `Vec`s is a large part of the service's time, so
-//!   short histories flatter it (ratio about 0.24 at 4-32 rounds, 0.20 at
-//!   256-1024 rounds when this was written).
+//! * **The baseline's clock read.** `SystemClock::now` is a sizeable part
+//!   of a bare operation. Reading it once per batch instead of once per
+//!   operation would make the baseline faster and the ratio lower. It is
+//!   read per operation because every version the baseline writes carries
+//!   its own `last_changed_at`, exactly as the service's do.
+//! * **The history length** (`rounds_per_store`): longer histories mean
+//!   more memory touched per append, so short histories flatter the
+//!   service a little. The default keeps a few hundred records per run.
 //!
 //! ## The comparison
 //!
