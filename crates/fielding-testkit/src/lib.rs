@@ -5,7 +5,8 @@
 //! The storage trait is only as good as the promise every adapter keeps.
 //! Its contract (in the docs of [`FieldingStore`]) is short: scope is part
 //! of the address, one run per target group, compare-and-swap is atomic, a
-//! write and its change record are one, round trips are exact, errors are
+//! write and its change record are one, round trips are exact, `update` is
+//! a read-modify-write with compare-and-swap semantics, errors are
 //! classified. Each promise is easy to break quietly: an in-memory store
 //! that checks the version and writes under two separate locks loses
 //! concurrent updates; a conflict check that compares versions as text
@@ -82,7 +83,8 @@
 //! | scope isolation | `scope_isolation_hides_the_run_from_every_other_scope`, `scope_isolation_compare_and_swap_through_another_scope_is_not_found` | through a scope differing in account, project *or* target group the run cannot be read, found, listed or updated, and does not block a run of that scope; a wrong scope is `NotFound`, never a `VersionConflict` that would leak the version |
 //! | compare-and-swap | `compare_and_swap_at_the_current_version_bumps_it_by_exactly_one`, `compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing`, `compare_and_swap_on_a_missing_run_is_not_found`, `compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31` | the matching version wins and bumps by one; any other is `VersionConflict` with the version tried and the actual current one, and changes neither run nor records; a missing run is `NotFound`; all of it the same across 9→10, 99→100, 2^31, 2^32, 2^53 and up to `i64::MAX`, against the stale versions that text comparison, truncation and rounding would accept |
 //! | change records | `change_records_one_per_version_in_order_without_gaps`, `change_records_are_atomic_with_the_write_they_describe` | one record per version, oldest first, no gaps, none for refused writes; concurrent readers never see a version without its record or a record before its version |
-//! | races | `race_concurrent_increments_on_one_run_lose_no_update`, `race_writers_spread_over_many_runs_do_not_cross_talk` | with real tasks on a multi-threaded runtime (pairs of writers interleaving at every await, pairs running in parallel): N writers × M increments end at exactly N·M+1, every success has its own record, every refusal names a newer version, reads see one's own writes; writers spread over runs with overlapping ids never touch each other's runs |
+//! | update | `update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide`, `update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing`, `update_write_at_the_read_version_bumps_it_by_exactly_one`, `update_write_with_a_stale_version_is_refused_and_changes_nothing` | `update` on a missing run, or through a scope differing in account, project or target group, is `NotFound` and never calls `decide`; `decide` is called exactly once, with the run exactly as stored; `Skip` is `Skipped` and changes nothing; a `Write` at the version read is `Written`, bumps by one and reads back as written with exactly one new record; a `Write` at any other version is `VersionConflict` with the version tried and the actual one (also past 2^32), and changes nothing |
+//! | races | `race_concurrent_increments_on_one_run_lose_no_update`, `race_writers_spread_over_many_runs_do_not_cross_talk`, `race_concurrent_updates_on_one_run_lose_no_update` | with real tasks on a multi-threaded runtime (pairs of writers interleaving at every await, pairs running in parallel): N writers × M increments end at exactly N·M+1, every success has its own record, every refusal names a newer version, reads see one's own writes; writers spread over runs with overlapping ids never touch each other's runs; the same N·M+1 when every increment is one `update` (so an override that decides and then writes without checking the version in the same atomic step is caught) |
 //! | linearizability | `linearizable_interleaved_read_then_write_cycles_match_the_model` | proptest schedules of read-then-write cycles, sequential and concurrent steps, checked step by step against a model; a failure shrinks to a minimal schedule (see [`linearizability`]) |
 //!
 //! Cases use scopes with random ids, so they never see each other's runs.
@@ -92,7 +94,11 @@
 //! writing) shows up reliably, because writers are paired on one task and
 //! interleave at every await. A window of a few instructions inside one
 //! synchronous critical section is caught only sometimes, by the pairs that
-//! run in parallel; such a store must be right by construction.
+//! run in parallel; such a store must be right by construction. The same
+//! holds for an override of `update`: one that reads, awaits and then writes
+//! without `WHERE version = expected` (or a lock held across the three) is
+//! caught by `race_concurrent_updates_on_one_run_lose_no_update` even with
+//! two writers.
 //!
 //! # Running cases yourself
 //!
@@ -175,10 +181,15 @@ macro_rules! conformance_tests {
             store compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing;
             store compare_and_swap_on_a_missing_run_is_not_found;
             store compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31;
+            store update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide;
+            store update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing;
+            store update_write_at_the_read_version_bumps_it_by_exactly_one;
+            store update_write_with_a_stale_version_is_refused_and_changes_nothing;
             store change_records_one_per_version_in_order_without_gaps;
             store change_records_are_atomic_with_the_write_they_describe;
             store race_concurrent_increments_on_one_run_lose_no_update;
             store race_writers_spread_over_many_runs_do_not_cross_talk;
+            store race_concurrent_updates_on_one_run_lose_no_update;
             factory linearizable_interleaved_read_then_write_cycles_match_the_model;
             }
         }

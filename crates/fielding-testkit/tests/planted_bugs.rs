@@ -6,7 +6,9 @@
 //! a write under two locks, versions ordered as text, a 32-bit version
 //! column, dropped change records, a racy uniqueness check, lookups that
 //! ignore the scope, a change record written before its run, seconds
-//! instead of milliseconds, a conflict that guesses the current version.
+//! instead of milliseconds, a conflict that guesses the current version;
+//! and overrides of `update` that read and write under two locks, ignore
+//! the scope, ignore the expected version, or retry (and decide) again.
 //! One more behaviour is legitimate only when declared: answering
 //! contention with retryable "busy" errors.
 //!
@@ -18,7 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, FieldingRun, FieldingRunId, FieldingStore, RunKey, Scope, StoreError, Timestamp, Version,
+    ChangeRecord, Decide, FieldingRun, FieldingRunId, FieldingStore, RunKey, Scope, StoreError, Timestamp, Update,
+    UpdateOutcome, Version,
 };
 use fielding_memory::MemoryStore;
 use fielding_testkit::{run_all, Capabilities, SuiteReport, CASES};
@@ -58,6 +61,19 @@ enum Bug {
     /// A conflict reports `expected + 1` as the current version instead of
     /// looking it up.
     GuessedConflictVersion,
+    /// `update` is overridden to save a round trip, but reads (and checks
+    /// `expected` against what it read) under one lock, awaits, and writes
+    /// under another without checking the version again: two concurrent
+    /// updates of one version both win.
+    SplitLockUpdate,
+    /// `update` (overridden, under one lock) finds the run by id alone.
+    UpdateIgnoresScope,
+    /// `update` (overridden, under one lock) writes whatever `decide` asks
+    /// for without comparing `expected` with the stored version.
+    UpdateIgnoresExpected,
+    /// `update` retries on a conflict by itself, calling `decide` again on
+    /// the new version (up to three times).
+    UpdateRetriesOnConflict,
     /// Not a bug if declared: every call awaits once (like a round trip),
     /// and one in three calls that overlap another answer a retryable
     /// "busy" error without doing anything.
@@ -300,6 +316,81 @@ impl FieldingStore for PlantedStore {
         }
     }
 
+    async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
+        match self.bug {
+            Bug::SplitLockUpdate => {
+                let current = {
+                    let state = self.lock();
+                    match state.runs.get(&key.id) {
+                        Some(row) if self.visible(row, key) => self.read(row)?,
+                        _ => return Ok(UpdateOutcome::NotFound),
+                    }
+                };
+                let Update::Write { expected, run, change } = decide(&current) else {
+                    return Ok(UpdateOutcome::Skipped);
+                };
+                if expected != current.version {
+                    return Err(StoreError::VersionConflict {
+                        expected,
+                        current: current.version,
+                    });
+                }
+                // A round trip between the SELECT and the UPDATE, which
+                // does not say `WHERE version = expected`.
+                tokio::task::yield_now().await;
+                let mut state = self.lock();
+                let row = state.runs.get_mut(&run.id).ok_or(StoreError::NotFound)?;
+                self.append(&mut row.changes, &change);
+                self.write_run(&mut state, &run)?;
+                Ok(UpdateOutcome::Written)
+            }
+            Bug::UpdateIgnoresScope | Bug::UpdateIgnoresExpected => {
+                let mut state = self.lock();
+                let row = state.runs.get_mut(&key.id);
+                let row = row.filter(|r| self.bug == Bug::UpdateIgnoresScope || r.run.scope() == key.scope);
+                let Some(row) = row else {
+                    return Ok(UpdateOutcome::NotFound);
+                };
+                let Update::Write { expected, run, change } = decide(&self.read(row)?) else {
+                    return Ok(UpdateOutcome::Skipped);
+                };
+                if self.bug != Bug::UpdateIgnoresExpected {
+                    self.check(row, expected)?;
+                }
+                self.append(&mut row.changes, &change);
+                self.write_run(&mut state, &run)?;
+                Ok(UpdateOutcome::Written)
+            }
+            Bug::UpdateRetriesOnConflict => {
+                let mut attempts = 0;
+                loop {
+                    let Some(current) = self.get(key).await? else {
+                        return Ok(UpdateOutcome::NotFound);
+                    };
+                    let Update::Write { expected, run, change } = decide(&current) else {
+                        return Ok(UpdateOutcome::Skipped);
+                    };
+                    match self.compare_and_swap(expected, &run, &change).await {
+                        Err(StoreError::VersionConflict { .. }) if attempts < 3 => attempts += 1,
+                        Err(err) => return Err(err),
+                        Ok(()) => return Ok(UpdateOutcome::Written),
+                    }
+                }
+            }
+            // The trait's default: get, decide, compare_and_swap.
+            _ => {
+                let Some(current) = self.get(key).await? else {
+                    return Ok(UpdateOutcome::NotFound);
+                };
+                let Update::Write { expected, run, change } = decide(&current) else {
+                    return Ok(UpdateOutcome::Skipped);
+                };
+                self.compare_and_swap(expected, &run, &change).await?;
+                Ok(UpdateOutcome::Written)
+            }
+        }
+    }
+
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {
         let _call = self.enter().await?;
         let state = self.lock();
@@ -356,6 +447,7 @@ async fn a_check_and_a_write_under_two_locks_loses_updates() {
         &[
             "race_concurrent_increments_on_one_run_lose_no_update",
             "linearizable_interleaved_read_then_write_cycles_match_the_model",
+            "race_concurrent_updates_on_one_run_lose_no_update",
         ],
         &[
             "round_trip_preserves_every_field",
@@ -373,6 +465,7 @@ async fn versions_ordered_as_text_break_at_two_digits() {
         &[
             "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
             "change_records_one_per_version_in_order_without_gaps",
+            "race_concurrent_updates_on_one_run_lose_no_update",
         ],
         &[
             "compare_and_swap_at_the_current_version_bumps_it_by_exactly_one",
@@ -386,7 +479,12 @@ async fn versions_ordered_as_text_break_at_two_digits() {
 async fn an_i32_version_column_breaks_at_2_pow_31() {
     assert_rejected(
         Bug::I32VersionColumn,
-        &["compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31"],
+        &[
+            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
+            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
+            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
+        ],
         &[
             "round_trip_preserves_every_field",
             "race_concurrent_increments_on_one_run_lose_no_update",
@@ -399,7 +497,10 @@ async fn an_i32_version_column_breaks_at_2_pow_31() {
 async fn comparing_the_low_32_bits_accepts_stale_versions() {
     assert_rejected(
         Bug::LowBitsCompare,
-        &["compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31"],
+        &[
+            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
+            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
+        ],
         &["compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing"],
     )
     .await;
@@ -414,6 +515,8 @@ async fn dropped_change_records_are_caught() {
             "change_records_are_atomic_with_the_write_they_describe",
             "race_concurrent_increments_on_one_run_lose_no_update",
             "linearizable_interleaved_read_then_write_cycles_match_the_model",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
+            "race_concurrent_updates_on_one_run_lose_no_update",
         ],
         &["round_trip_preserves_every_field"],
     )
@@ -450,6 +553,7 @@ async fn lookups_that_ignore_the_scope_are_caught() {
         &[
             "scope_isolation_hides_the_run_from_every_other_scope",
             "scope_isolation_compare_and_swap_through_another_scope_is_not_found",
+            "update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide",
         ],
         &["round_trip_preserves_every_field"],
     )
@@ -489,6 +593,7 @@ async fn a_guessed_conflict_version_is_caught() {
         &[
             "compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing",
             "linearizable_interleaved_read_then_write_cycles_match_the_model",
+            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
         ],
         &["compare_and_swap_at_the_current_version_bumps_it_by_exactly_one"],
     )
@@ -509,10 +614,87 @@ async fn busy_answers_under_contention_fail_when_not_declared() {
             "concurrent_inserts_for_one_target_group_have_exactly_one_winner",
             "race_concurrent_increments_on_one_run_lose_no_update",
             "linearizable_interleaved_read_then_write_cycles_match_the_model",
+            "race_concurrent_updates_on_one_run_lose_no_update",
         ],
         &[
             "round_trip_preserves_every_field",
             "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
+        ],
+    )
+    .await;
+}
+
+/// The four sequential `update` cases: a store right one call at a time
+/// passes them, whatever its concurrency bugs.
+const SEQUENTIAL_UPDATE_CASES: [&str; 4] = [
+    "update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide",
+    "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
+    "update_write_at_the_read_version_bumps_it_by_exactly_one",
+    "update_write_with_a_stale_version_is_refused_and_changes_nothing",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_that_reads_and_writes_under_two_locks_loses_updates() {
+    let mut unaffected = SEQUENTIAL_UPDATE_CASES.to_vec();
+    unaffected.extend([
+        "race_concurrent_increments_on_one_run_lose_no_update",
+        "round_trip_preserves_every_field",
+    ]);
+    assert_rejected(
+        Bug::SplitLockUpdate,
+        &["race_concurrent_updates_on_one_run_lose_no_update"],
+        &unaffected,
+    )
+    .await;
+    // Also with the fewest writers a store may declare: one pair on one
+    // task interleaves at the await between the read and the write.
+    let fewest = suite_with(Bug::SplitLockUpdate, Capabilities::full().with_concurrent_writers(2)).await;
+    let failed = fewest.failed_cases();
+    assert!(
+        failed.contains(&"race_concurrent_updates_on_one_run_lose_no_update"),
+        "with 2 writers the update race should still fail\n{fewest}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_that_ignores_the_scope_is_caught() {
+    assert_rejected(
+        Bug::UpdateIgnoresScope,
+        &["update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide"],
+        &[
+            "scope_isolation_hides_the_run_from_every_other_scope",
+            "scope_isolation_compare_and_swap_through_another_scope_is_not_found",
+            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
+            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
+            "race_concurrent_updates_on_one_run_lose_no_update",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_that_ignores_the_expected_version_is_caught() {
+    assert_rejected(
+        Bug::UpdateIgnoresExpected,
+        &["update_write_with_a_stale_version_is_refused_and_changes_nothing"],
+        &[
+            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
+            "race_concurrent_updates_on_one_run_lose_no_update",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_that_retries_and_decides_again_is_caught() {
+    assert_rejected(
+        Bug::UpdateRetriesOnConflict,
+        &["update_write_with_a_stale_version_is_refused_and_changes_nothing"],
+        &[
+            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
         ],
     )
     .await;

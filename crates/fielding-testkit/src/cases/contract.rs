@@ -40,7 +40,7 @@ const RECORDS_IN_ORDER: &str =
     "change records: exactly one per version, oldest first, no gaps, each as written; refused writes add none";
 
 /// Inserts `run` with its creation record, which must succeed.
-async fn insert<S: FieldingStore + ?Sized>(
+pub(super) async fn insert<S: FieldingStore + ?Sized>(
     case: Case,
     store: &S,
     run: &FieldingRun,
@@ -60,7 +60,7 @@ async fn insert<S: FieldingStore + ?Sized>(
 }
 
 /// One compare-and-swap that must succeed; returns the new run and record.
-async fn bump<S: FieldingStore + ?Sized>(
+pub(super) async fn bump<S: FieldingStore + ?Sized>(
     case: Case,
     store: &S,
     promise: &'static str,

@@ -26,6 +26,7 @@
 mod check;
 mod contract;
 mod races;
+mod update;
 
 pub use contract::{
     change_records_one_per_version_in_order_without_gaps,
@@ -39,7 +40,14 @@ pub use contract::{
 };
 pub use races::{
     change_records_are_atomic_with_the_write_they_describe, race_concurrent_increments_on_one_run_lose_no_update,
-    race_writers_spread_over_many_runs_do_not_cross_talk, WRITES_PER_WRITER,
+    race_concurrent_updates_on_one_run_lose_no_update, race_writers_spread_over_many_runs_do_not_cross_talk,
+    WRITES_PER_WRITER,
+};
+pub use update::{
+    update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing,
+    update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide,
+    update_write_at_the_read_version_bumps_it_by_exactly_one,
+    update_write_with_a_stale_version_is_refused_and_changes_nothing,
 };
 
 pub use crate::linearizability::linearizable_interleaved_read_then_write_cycles_match_the_model;

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use fielding_core::{ChangeRecord, FieldingRun, FieldingStore, RunKey, Scope, Status, StoreError, UserId, Version};
+use fielding_core::{
+    ChangeRecord, FieldingRun, FieldingStore, RunKey, Scope, Status, StoreError, Update, UpdateOutcome, UserId, Version,
+};
 use tokio::sync::Barrier;
 
 use super::check;
@@ -32,6 +34,15 @@ const READ_YOUR_WRITES: &str =
 
 const NO_CROSS_TALK: &str =
     "writes land only on the run they address: concurrent writers on many runs (same account, project or target group id) leave each run with exactly its own updates and records";
+
+const NO_LOST_UPDATE_VIA_UPDATE: &str =
+    "update is an atomic read-modify-write: of concurrent updates deciding on the same version exactly one writes, the others get VersionConflict, so N writers x M successful updates end at exactly version N*M+1, with one change record per success";
+
+const UPDATE_DECIDES_ONCE: &str =
+    "update calls decide at most once per call, and answers Ok(Written) only after calling it";
+
+const UPDATE_NEVER_GOES_BACK: &str =
+    "update reads the current run and writes only on top of it: after a writer's update wrote version v, its next update shows decide version v or later (an older one means a write based on a stale read overwrote a newer version: a lost update)";
 
 const ATOMIC_RECORDS: &str =
     "a write and its change record are one: no reader ever sees a run version without its change record, or a change record before its run version";
@@ -134,6 +145,116 @@ async fn increment<S: FieldingStore + ?Sized>(
     ))
 }
 
+/// How the writers of a race increment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// `get`, yield, `compare_and_swap` at the version read.
+    CompareAndSwap,
+    /// One `update` whose `decide` writes the next version of the run shown.
+    Update,
+}
+
+/// One increment with `update`: the `decide` writes the next version of
+/// the run it is shown, at that version; on a conflict, a new `update`.
+#[allow(clippy::too_many_arguments)]
+async fn increment_by_update<S: FieldingStore + ?Sized>(
+    case: Case,
+    store: &S,
+    caps: Capabilities,
+    key: &RunKey,
+    writer: usize,
+    write: usize,
+    user: UserId,
+    last_success: &mut Option<Version>,
+    refusals: &AtomicUsize,
+) -> Result<Success, CaseFailure> {
+    let tolerate = |err: &StoreError| caps.retryable_errors_under_contention() && err.is_retryable();
+    for attempt in 0..MAX_ATTEMPTS {
+        // Shuffle the writers on a worker before each call, as the
+        // compare-and-swap writers do between their read and their write.
+        tokio::task::yield_now().await;
+        let tag = ((writer as u64) << 24) | ((write as u64) << 12) | attempt;
+        let mut shown: Vec<FieldingRun> = Vec::new();
+        let mut planned = None;
+        let mut decide = |run: &FieldingRun| {
+            shown.push(run.clone());
+            match sample::change(run, tag, user) {
+                Some((next, record)) => {
+                    planned = Some((run.version, next.clone(), record.clone()));
+                    Update::Write {
+                        expected: run.version,
+                        run: next,
+                        change: record,
+                    }
+                }
+                None => Update::Skip,
+            }
+        };
+        let result = store.update(key, &mut decide).await;
+        let call = || {
+            let versions: Vec<String> = shown.iter().map(|r| r.version.to_string()).collect();
+            format!(
+                "writer {writer}, write {write}: update({key}) showed decide versions [{}] and answered {result:?}",
+                versions.join(", ")
+            )
+        };
+        case.ensure(shown.len() <= 1, UPDATE_DECIDES_ONCE, call)?;
+        if let (Some(run), Some(own)) = (shown.first(), *last_success) {
+            case.ensure(run.version >= own, UPDATE_NEVER_GOES_BACK, || {
+                format!(
+                    "writer {writer} wrote version {own} of {key}, then its next update showed decide version {}",
+                    run.version
+                )
+            })?;
+        }
+        match &result {
+            Ok(UpdateOutcome::Written) => {
+                let Some((expected, run, record)) = planned else {
+                    return Err(case.fail(UPDATE_DECIDES_ONCE, call()));
+                };
+                *last_success = Some(run.version);
+                return Ok(Success {
+                    writer,
+                    write,
+                    expected,
+                    run,
+                    record,
+                });
+            }
+            Ok(UpdateOutcome::NotFound) => {
+                return Err(case.fail(NO_CROSS_TALK, format!("{}, no run in the middle of a race", call())))
+            }
+            Ok(UpdateOutcome::Skipped) => {
+                return Err(case.fail(
+                    NO_LOST_UPDATE_VIA_UPDATE,
+                    format!("{}, though decide asked for a write", call()),
+                ))
+            }
+            Err(StoreError::VersionConflict { expected, current }) => {
+                let tried = shown.first().map(|r| r.version);
+                case.ensure(tried == Some(*expected) && current > expected, REFUSAL_IS_NEWER, || {
+                    format!(
+                        "{}: the refusal must name the version decided on and a newer one",
+                        call()
+                    )
+                })?;
+                refusals.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(err) if tolerate(err) => {}
+            Err(_) => {
+                return Err(case.fail(
+                    NO_LOST_UPDATE_VIA_UPDATE,
+                    format!("{}, neither success nor VersionConflict", call()),
+                ))
+            }
+        }
+    }
+    Err(case.fail(
+        NO_LOST_UPDATE_VIA_UPDATE,
+        format!("writer {writer}, write {write}: no update of {key} succeeded in {MAX_ATTEMPTS} attempts"),
+    ))
+}
+
 /// Spawns one task per writer; each makes [`WRITES_PER_WRITER`] successful
 /// increments on `keys[(writer + write) % keys.len()]`, all starting together.
 async fn race<S>(
@@ -141,6 +262,7 @@ async fn race<S>(
     store: &Arc<S>,
     caps: Capabilities,
     keys: &[RunKey],
+    via: Via,
 ) -> Result<(Vec<Success>, usize), CaseFailure>
 where
     S: FieldingStore + ?Sized + 'static,
@@ -161,18 +283,15 @@ where
             barrier.wait().await;
             for write in 0..WRITES_PER_WRITER {
                 let k = (writer + write) % keys.len();
-                let success = increment(
-                    case,
-                    &*store,
-                    caps,
-                    &keys[k],
-                    writer,
-                    write,
-                    user,
-                    &mut last[k],
-                    &refusals,
-                )
-                .await?;
+                let (key, last) = (&keys[k], &mut last[k]);
+                let success = match via {
+                    Via::CompareAndSwap => {
+                        increment(case, &*store, caps, key, writer, write, user, last, &refusals).await?
+                    }
+                    Via::Update => {
+                        increment_by_update(case, &*store, caps, key, writer, write, user, last, &refusals).await?
+                    }
+                };
                 successes.push(success);
             }
             Ok::<_, CaseFailure>(successes)
@@ -304,9 +423,38 @@ where
     let creation = sample::creation(&run);
     let result = store.insert(&run, &creation).await;
     case.ok("insert", result)?;
-    let (successes, _refusals) = race(case, &store, caps, &[run.key()]).await?;
+    let (successes, _refusals) = race(case, &store, caps, &[run.key()], Via::CompareAndSwap).await?;
     let all: Vec<&Success> = successes.iter().collect();
     verify_run(case, &*store, NO_LOST_UPDATE, &run, &creation, &all).await
+}
+
+/// Races on one run through `update`: `concurrent_writers` writers each
+/// make [`WRITES_PER_WRITER`] increments, each one `update` whose `decide`
+/// writes the next version of the run it is shown (a new `update` on
+/// `VersionConflict`), paired and spread over tasks and threads as in
+/// [`race_concurrent_increments_on_one_run_lose_no_update`]. The run ends at
+/// exactly `N·M + 1` with one change record per success, each the record
+/// its writer's `decide` asked for; `decide` is called at most once per
+/// call; every refusal names the version decided on and a newer one; no
+/// writer is shown a version older than its own last write. An override of
+/// `update` that reads, decides and writes without checking the version in
+/// the same atomic step as the write lets two writers of one version both
+/// succeed, and fails here.
+pub async fn race_concurrent_updates_on_one_run_lose_no_update<S>(
+    store: Arc<S>,
+    caps: Capabilities,
+) -> Result<(), CaseFailure>
+where
+    S: FieldingStore + ?Sized + 'static,
+{
+    let case = Case::new("race_concurrent_updates_on_one_run_lose_no_update");
+    let run = sample::run(sample::scope(), Version::INITIAL, Status::Live);
+    let creation = sample::creation(&run);
+    let result = store.insert(&run, &creation).await;
+    case.ok("insert", result)?;
+    let (successes, _refusals) = race(case, &store, caps, &[run.key()], Via::Update).await?;
+    let all: Vec<&Success> = successes.iter().collect();
+    verify_run(case, &*store, NO_LOST_UPDATE_VIA_UPDATE, &run, &creation, &all).await
 }
 
 /// Races on many runs: the same writers spread their increments over five
@@ -341,7 +489,7 @@ where
         runs.push((run, creation));
     }
     let keys: Vec<RunKey> = runs.iter().map(|(r, _)| r.key()).collect();
-    let (successes, _refusals) = race(case, &store, caps, &keys).await?;
+    let (successes, _refusals) = race(case, &store, caps, &keys, Via::CompareAndSwap).await?;
     for (run, creation) in &runs {
         let own: Vec<&Success> = successes.iter().filter(|s| s.run.id == run.id).collect();
         verify_run(case, &*store, NO_CROSS_TALK, run, creation, &own).await?;
