@@ -1,0 +1,115 @@
+//! Authentication and authorization: a trait the embedding app implements.
+//!
+//! The router asks an [`Authenticator`] who is behind a bearer token and
+//! which accounts that principal may touch. The app brings its own identity
+//! system (JWT, opaque tokens, mTLS-derived identities); [`StaticTokens`] is
+//! a small in-memory implementation for tests and examples.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use fielding_core::{AccountId, UserId};
+
+/// Who is calling, and which accounts they may act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Recorded as `last_changed_by` on every change this principal makes.
+    pub user_id: UserId,
+    /// The accounts this principal may read and change.
+    pub accounts: AccountAccess,
+}
+
+/// The accounts a principal may act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountAccess {
+    /// Every account (an operator or service identity).
+    All,
+    /// Only these accounts.
+    Only(Vec<AccountId>),
+}
+
+impl Principal {
+    /// Whether this principal may act on `account`.
+    pub fn may_access(&self, account: AccountId) -> bool {
+        match &self.accounts {
+            AccountAccess::All => true,
+            AccountAccess::Only(accounts) => accounts.contains(&account),
+        }
+    }
+}
+
+/// Why a token was not accepted. Every kind is a 401; the message goes to
+/// the logs, the client sees a generic one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthError {
+    reason: String,
+}
+
+impl AuthError {
+    /// A refusal with a reason for the logs.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into() }
+    }
+
+    /// Why the token was refused.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "authentication failed: {}", self.reason)
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+/// Turns a bearer token into a [`Principal`].
+///
+/// ```
+/// use fielding_http::auth::{AccountAccess, Authenticator, Principal, StaticTokens};
+/// # async fn demo() {
+/// let tokens = StaticTokens::new().with("secret", Principal {
+///     user_id: fielding_core::UserId::random(),
+///     accounts: AccountAccess::Only(vec![fielding_core::AccountId::new(101).unwrap()]),
+/// });
+/// assert!(tokens.authenticate("secret").await.is_ok());
+/// assert!(tokens.authenticate("guess").await.is_err());
+/// # }
+/// ```
+#[async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// The principal behind `token` (the text after `Bearer `), or why not.
+    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError>;
+}
+
+/// Fixed tokens mapped to principals: for tests and examples.
+#[derive(Debug, Clone, Default)]
+pub struct StaticTokens {
+    tokens: HashMap<String, Principal>,
+}
+
+impl StaticTokens {
+    /// No tokens.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `token` for `principal`.
+    pub fn with(mut self, token: impl Into<String>, principal: Principal) -> Self {
+        self.tokens.insert(token.into(), principal);
+        self
+    }
+}
+
+#[async_trait]
+impl Authenticator for StaticTokens {
+    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
+        self.tokens
+            .get(token)
+            .cloned()
+            .ok_or_else(|| AuthError::new("unknown token"))
+    }
+}

@@ -1,0 +1,30 @@
+//! # fielding-http
+//!
+//! The HTTP face of fielding: an axum [`axum::Router`] serving the
+//! fielding-run endpoints of `fielding-openapi.yml`, for teams to mount in
+//! their own app. It takes the service, and an [`auth::Authenticator`] the
+//! app implements.
+//!
+//! * [`FieldingApi`]: the router (GET, list, PUT, complete, pause, resume,
+//!   relaunch, launch-now), with the contract's order of checks.
+//! * [`trace_context`]: W3C Trace Context, parsed strictly; every response
+//!   carries `traceparent`.
+//! * [`problem`] and [`api_error`]: the contract's error bodies, for every
+//!   refusal including unknown routes and methods.
+//! * [`api_version`]: the required `Cint-API-Version` header.
+//! * [`rate_limit`]: a token bucket per principal (429 with `Retry-After`).
+//!
+//! Still to come (see the project's issues): the creation jobs
+//! (`fielding-run-jobs/...`), and the `fielding-server` binary with JWT
+//! authentication.
+#![warn(missing_docs)]
+
+pub mod api_error;
+pub mod api_version;
+pub mod auth;
+pub mod problem;
+pub mod rate_limit;
+mod router;
+pub mod trace_context;
+
+pub use router::{FieldingApi, BASE_PATH, DEFAULT_BODY_LIMIT};

@@ -1,0 +1,528 @@
+//! The contract's cases through the router, in-process (tower `oneshot`).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::Router;
+use fielding_core::{AccountId, FieldingRun, FieldingService, Status, UserId};
+use fielding_http::auth::{AccountAccess, Principal, StaticTokens};
+use fielding_http::FieldingApi;
+use fielding_memory::{fixtures, MemoryStore};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+const TOKEN: &str = "token-101";
+const API_VERSION: &str = "2025-12-18";
+
+struct Harness {
+    app: Router,
+    store: MemoryStore,
+    user: UserId,
+}
+
+fn harness() -> Harness {
+    let store = MemoryStore::new();
+    let user = UserId::random();
+    let tokens = StaticTokens::new()
+        .with(
+            TOKEN,
+            Principal {
+                user_id: user,
+                accounts: AccountAccess::Only(vec![AccountId::new(101).unwrap()]),
+            },
+        )
+        .with(
+            "token-other",
+            Principal {
+                user_id: UserId::random(),
+                accounts: AccountAccess::Only(vec![AccountId::new(202).unwrap()]),
+            },
+        );
+    let service = FieldingService::new(Arc::new(store.clone()));
+    let app = FieldingApi::new(service, Arc::new(tokens)).body_limit(1024).router();
+    Harness { app, store, user }
+}
+
+/// A live run of account 101 at version 7.
+fn seed(h: &Harness, status: Status, version: u64) -> FieldingRun {
+    let scope = fielding_core::Scope::new(
+        AccountId::new(101).unwrap(),
+        fixtures::project_id(),
+        fixtures::target_group_id(),
+    );
+    let run = fixtures::run().scope(scope).status(status).version(version).build();
+    h.store.seed(run.clone()).unwrap();
+    run
+}
+
+fn run_url(run: &FieldingRun) -> String {
+    format!(
+        "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}",
+        run.account_id, run.project_id, run.target_group_id, run.id
+    )
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    json: Value,
+}
+
+async fn send(app: &Router, method: Method, uri: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut request = Request::builder().method(method).uri(uri);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
+    };
+    Reply { status, headers, json }
+}
+
+fn authed<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut headers = vec![("authorization", "Bearer token-101"), ("cint-api-version", API_VERSION)];
+    headers.extend_from_slice(extra);
+    headers
+}
+
+fn new_dates(run: &FieldingRun) -> String {
+    let end = run.end_fielding_at.checked_add(chrono::TimeDelta::days(1)).unwrap();
+    format!(
+        r#"{{"start_fielding_at":"{}","end_fielding_at":"{}"}}"#,
+        run.start_fielding_at, end
+    )
+}
+
+async fn put(h: &Harness, run: &FieldingRun, extra: &[(&str, &str)], body: &str) -> Reply {
+    send(&h.app, Method::PUT, &run_url(run), &authed(extra), body).await
+}
+
+#[track_caller]
+fn assert_error(reply: &Reply, status: StatusCode, object: &str) {
+    assert_eq!(reply.status, status, "{:?}", reply.json);
+    assert_eq!(reply.json["object"], object, "{:?}", reply.json);
+    assert!(reply.json["id"]
+        .as_str()
+        .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()));
+    assert!(reply.json["detail"].is_string());
+    assert!(
+        reply.headers.contains_key("traceparent"),
+        "every response carries traceparent"
+    );
+}
+
+#[tokio::test]
+async fn current_etag_is_202_and_a_later_get_returns_the_new_etag() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    let reply = put(&h, &run, &[("if-match", "\"7\"")], &new_dates(&run)).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.json);
+    assert_eq!(reply.headers["etag"], "\"8\"");
+    assert_eq!(reply.json["id"], run.id.to_string());
+    let got = send(&h.app, Method::GET, &run_url(&run), &authed(&[]), "").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.headers["etag"], "\"8\"");
+    assert_eq!(got.json["version"], 8);
+    assert_eq!(got.json["last_changed_by"], h.user.to_string());
+}
+
+#[tokio::test]
+async fn stale_etag_is_412_and_nothing_changes() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    let reply = put(&h, &run, &[("if-match", "\"6\"")], &new_dates(&run)).await;
+    assert_error(&reply, StatusCode::PRECONDITION_FAILED, "precondition_failed_error");
+    assert_eq!(h.store.run(&run.key()), Some(run));
+}
+
+#[tokio::test]
+async fn if_match_lists_and_lines() {
+    for lines in [
+        vec!["\"6\", \"7\""],
+        vec!["\"6\"", "\"7\""],
+        vec!["\"7\", ,"],
+        vec!["*"],
+    ] {
+        let h = harness();
+        let run = seed(&h, Status::Live, 7);
+        let extra: Vec<(&str, &str)> = lines.iter().map(|l| ("if-match", *l)).collect();
+        let reply = put(&h, &run, &extra, &new_dates(&run)).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{lines:?}: {:?}", reply.json);
+    }
+}
+
+#[tokio::test]
+async fn weak_tag_is_412() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    let reply = put(&h, &run, &[("if-match", "W/\"7\"")], &new_dates(&run)).await;
+    assert_error(&reply, StatusCode::PRECONDITION_FAILED, "precondition_failed_error");
+}
+
+#[tokio::test]
+async fn missing_or_unquoted_if_match_is_400_naming_it() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    for extra in [vec![], vec![("if-match", "7")]] {
+        let reply = put(&h, &run, &extra, &new_dates(&run)).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "bad_request_error");
+        assert_eq!(reply.json["invalid_params"][0]["name"], "If-Match");
+    }
+}
+
+#[tokio::test]
+async fn unknown_run_is_404_with_star_or_stale_tag_or_none() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    let ghost = fielding_core::FieldingRun {
+        id: fielding_core::FieldingRunId::generate(),
+        ..run.clone()
+    };
+    for extra in [vec![("if-match", "*")], vec![("if-match", "\"6\"")], vec![]] {
+        let reply = put(&h, &ghost, &extra, &new_dates(&run)).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "not_found_error");
+    }
+}
+
+#[tokio::test]
+async fn no_credentials_is_401_with_a_bearer_challenge_even_with_a_stale_tag() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    for auth in [None, Some("Bearer nope"), Some("Basic dXNlcjpwYXNz"), Some("Bearer")] {
+        let mut headers = vec![("cint-api-version", API_VERSION), ("if-match", "\"6\"")];
+        if let Some(auth) = auth {
+            headers.push(("authorization", auth));
+        }
+        let reply = send(&h.app, Method::PUT, &run_url(&run), &headers, &new_dates(&run)).await;
+        assert_error(&reply, StatusCode::UNAUTHORIZED, "authorization_error");
+        assert_eq!(reply.headers["www-authenticate"], "Bearer");
+    }
+}
+
+#[tokio::test]
+async fn another_accounts_principal_is_403() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    let headers = [
+        ("authorization", "Bearer token-other"),
+        ("cint-api-version", API_VERSION),
+        ("if-match", "\"7\""),
+    ];
+    let reply = send(&h.app, Method::PUT, &run_url(&run), &headers, &new_dates(&run)).await;
+    assert_error(&reply, StatusCode::FORBIDDEN, "authorization_error");
+    assert_eq!(h.store.run(&run.key()), Some(run));
+}
+
+#[tokio::test]
+async fn stale_tag_with_malformed_json_is_412() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    let reply = put(&h, &run, &[("if-match", "\"6\"")], "{not json").await;
+    assert_error(&reply, StatusCode::PRECONDITION_FAILED, "precondition_failed_error");
+}
+
+#[tokio::test]
+async fn end_before_start_is_400_naming_the_field() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    let body = format!(
+        r#"{{"start_fielding_at":"{}","end_fielding_at":"2000-01-01T00:00:00Z"}}"#,
+        run.start_fielding_at
+    );
+    let reply = put(&h, &run, &[("if-match", "\"7\"")], &body).await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "bad_request_error");
+    assert_eq!(reply.json["invalid_params"][0]["name"], "end_fielding_at");
+}
+
+#[tokio::test]
+async fn body_problems_name_every_field() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    let reply = put(
+        &h,
+        &run,
+        &[("if-match", "\"7\"")],
+        r#"{"start_fielding_at": 5, "color": "red"}"#,
+    )
+    .await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "bad_request_error");
+    let mut names: Vec<&str> = reply.json["invalid_params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["color", "end_fielding_at", "start_fielding_at"]);
+}
+
+#[tokio::test]
+async fn oversized_body_is_413_in_the_error_format() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    let reply = put(&h, &run, &[("if-match", "\"7\"")], &" ".repeat(4096)).await;
+    assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "bad_request_error");
+}
+
+#[tokio::test]
+async fn completed_run_is_422_and_with_a_stale_tag_412() {
+    let h = harness();
+    let run = seed(&h, Status::Completed, 7);
+    let reply = put(&h, &run, &[("if-match", "\"7\"")], &new_dates(&run)).await;
+    assert_error(&reply, StatusCode::UNPROCESSABLE_ENTITY, "invalid_state_error");
+    let reply = put(&h, &run, &[("if-match", "\"6\"")], &new_dates(&run)).await;
+    assert_error(&reply, StatusCode::PRECONDITION_FAILED, "precondition_failed_error");
+}
+
+#[tokio::test]
+async fn replaying_a_successful_put_is_412() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    let first = put(&h, &run, &[("if-match", "\"7\"")], &new_dates(&run)).await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    let replay = put(&h, &run, &[("if-match", "\"7\"")], &new_dates(&run)).await;
+    assert_error(&replay, StatusCode::PRECONDITION_FAILED, "precondition_failed_error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_concurrent_puts_on_one_version_exactly_one_wins() {
+    for _ in 0..20 {
+        let h = harness();
+        let run = seed(&h, Status::Live, 7);
+        let body_a = new_dates(&run);
+        let end = run.end_fielding_at.checked_add(chrono::TimeDelta::days(2)).unwrap();
+        let body_b = format!(
+            r#"{{"start_fielding_at":"{}","end_fielding_at":"{}"}}"#,
+            run.start_fielding_at, end
+        );
+        let (a, b) = tokio::join!(
+            put(&h, &run, &[("if-match", "\"7\"")], &body_a),
+            put(&h, &run, &[("if-match", "\"7\"")], &body_b)
+        );
+        let mut statuses = [a.status, b.status];
+        statuses.sort();
+        assert_eq!(statuses, [StatusCode::ACCEPTED, StatusCode::PRECONDITION_FAILED]);
+        assert_eq!(h.store.run(&run.key()).unwrap().version.get(), 8);
+        assert_eq!(h.store.change_records(&run.key()).len(), 2);
+    }
+}
+
+#[tokio::test]
+async fn commands_answer_204_with_the_new_etag_and_launch_now_its_dates() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    let url = run_url(&run);
+    let pause = send(
+        &h.app,
+        Method::POST,
+        &format!("{url}/pause"),
+        &authed(&[("if-match", "\"7\"")]),
+        "",
+    )
+    .await;
+    assert_eq!(pause.status, StatusCode::NO_CONTENT);
+    assert_eq!(pause.headers["etag"], "\"8\"");
+    let resume = send(
+        &h.app,
+        Method::POST,
+        &format!("{url}/resume"),
+        &authed(&[("if-match", "\"8\"")]),
+        "{}",
+    )
+    .await;
+    assert_eq!(resume.status, StatusCode::NO_CONTENT);
+    let bad = send(
+        &h.app,
+        Method::POST,
+        &format!("{url}/pause"),
+        &authed(&[("if-match", "\"9\"")]),
+        r#"{"x":1}"#,
+    )
+    .await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request_error");
+    let complete = send(
+        &h.app,
+        Method::POST,
+        &format!("{url}/complete"),
+        &authed(&[("if-match", "\"9\"")]),
+        "",
+    )
+    .await;
+    assert_eq!(complete.status, StatusCode::NO_CONTENT);
+    let again = send(
+        &h.app,
+        Method::POST,
+        &format!("{url}/complete"),
+        &authed(&[("if-match", "\"10\"")]),
+        "",
+    )
+    .await;
+    assert_error(&again, StatusCode::UNPROCESSABLE_ENTITY, "invalid_state_error");
+    let relaunch = send(
+        &h.app,
+        Method::POST,
+        &format!("{url}/relaunch"),
+        &authed(&[("if-match", "\"10\"")]),
+        "",
+    )
+    .await;
+    assert_eq!(relaunch.status, StatusCode::NO_CONTENT);
+    assert_eq!(relaunch.headers["etag"], "\"11\"");
+
+    let scheduled = seed(&h, Status::Scheduled, 1);
+    let launch = send(
+        &h.app,
+        Method::POST,
+        &format!("{}/launch-now", run_url(&scheduled)),
+        &authed(&[("if-match", "\"1\"")]),
+        "",
+    )
+    .await;
+    assert_eq!(launch.status, StatusCode::OK, "{:?}", launch.json);
+    assert_eq!(launch.headers["etag"], "\"2\"");
+    assert!(launch.json["start_fielding_at"].as_str().unwrap().ends_with('Z'));
+    assert!(launch.json["end_fielding_at"].is_string());
+}
+
+#[tokio::test]
+async fn list_has_zero_or_one_run() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 3);
+    let url = run_url(&run);
+    let list_url = &url[..url.rfind('/').unwrap()];
+    let reply = send(&h.app, Method::GET, list_url, &authed(&[]), "").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json["has_more"], false);
+    assert_eq!(reply.json["data"][0]["version"], 3);
+    let empty_url = format!(
+        "/demand/accounts/101/projects/{}/target-groups/{}/fielding-runs",
+        fixtures::project_id(),
+        fixtures::target_group_id()
+    );
+    let reply = send(&h.app, Method::GET, &empty_url, &authed(&[]), "").await;
+    assert_eq!(reply.json["data"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn malformed_path_ids_and_api_version_are_400_naming_each() {
+    let h = harness();
+    let reply = send(
+        &h.app,
+        Method::GET,
+        "/demand/accounts/0/projects/lower/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs/x",
+        &[("authorization", "Bearer token-101")],
+        "",
+    )
+    .await;
+    assert_error(&reply, StatusCode::BAD_REQUEST, "bad_request_error");
+    let names: Vec<&str> = reply.json["invalid_params"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["account_id", "project_id", "fielding_run_id", "Cint-API-Version"]
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_answer_in_the_error_format_with_trace_headers() {
+    let h = harness();
+    let reply = send(&h.app, Method::GET, "/nope", &authed(&[]), "").await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "not_found_error");
+    let run = seed(&h, Status::Live, 1);
+    let reply = send(&h.app, Method::DELETE, &run_url(&run), &authed(&[]), "").await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(reply.json["object"], "bad_request_error");
+}
+
+#[tokio::test]
+async fn trace_context_is_continued_or_restarted() {
+    let h = harness();
+    let run = seed(&h, Status::Live, 1);
+    let incoming = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let reply = send(
+        &h.app,
+        Method::GET,
+        &run_url(&run),
+        &authed(&[("traceparent", incoming), ("tracestate", "congo=t61rcWkgMzE")]),
+        "",
+    )
+    .await;
+    let out = reply.headers["traceparent"].to_str().unwrap();
+    assert_eq!(&out[..36], &incoming[..36]);
+    assert_ne!(&out[36..52], &incoming[36..52]);
+    assert_eq!(reply.headers["tracestate"], "congo=t61rcWkgMzE");
+
+    let bad = "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01";
+    let reply = send(
+        &h.app,
+        Method::GET,
+        &run_url(&run),
+        &authed(&[("traceparent", bad), ("tracestate", "a=b")]),
+        "",
+    )
+    .await;
+    let out = reply.headers["traceparent"].to_str().unwrap();
+    assert!(!out.to_lowercase().contains("0af7651916cd43dd8448eb211c80319c"));
+    assert!(!reply.headers.contains_key("tracestate"));
+
+    let unauthorized = send(&h.app, Method::GET, &run_url(&run), &[("traceparent", incoming)], "").await;
+    assert_eq!(unauthorized.status, StatusCode::UNAUTHORIZED);
+    assert!(unauthorized.headers["traceparent"]
+        .to_str()
+        .unwrap()
+        .starts_with(&incoming[..36]));
+}
+
+#[tokio::test]
+async fn over_the_rate_limit_is_429_with_a_digits_only_retry_after_and_trace_headers() {
+    let store = MemoryStore::new();
+    let user = UserId::random();
+    let tokens = StaticTokens::new().with(
+        TOKEN,
+        Principal {
+            user_id: user,
+            accounts: AccountAccess::All,
+        },
+    );
+    let service = FieldingService::new(Arc::new(store.clone()));
+    let app = FieldingApi::new(service, Arc::new(tokens))
+        .rate_limit(fielding_http::rate_limit::RateLimitPolicy::per_second(1, 2).unwrap())
+        .router();
+    let url = "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
+    for _ in 0..2 {
+        assert_eq!(
+            send(&app, Method::GET, url, &authed(&[]), "").await.status,
+            StatusCode::OK
+        );
+    }
+    let refused = send(&app, Method::GET, url, &authed(&[]), "").await;
+    assert_eq!(refused.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry_after = refused.headers["retry-after"].to_str().unwrap();
+    assert!(
+        !retry_after.is_empty() && retry_after.bytes().all(|b| b.is_ascii_digit()),
+        "{retry_after}"
+    );
+    assert!(retry_after.parse::<u64>().unwrap() >= 1);
+    assert_eq!(refused.json["object"], "too_many_requests_problem_details");
+    assert!(refused.json["details"].is_string());
+    assert!(refused.headers.contains_key("traceparent"));
+    // Without credentials it is still a 401, not a 429.
+    let anonymous = send(&app, Method::GET, url, &[("cint-api-version", API_VERSION)], "").await;
+    assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
+}
