@@ -1,4 +1,9 @@
 //! The contract's cases through the router, in-process (tower `oneshot`).
+//! Every response is checked against the contract's schemas.
+
+mod common {
+    pub mod contract;
+}
 
 use std::sync::Arc;
 
@@ -71,7 +76,7 @@ struct Reply {
 }
 
 async fn send(app: &Router, method: Method, uri: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let mut request = Request::builder().method(method).uri(uri);
+    let mut request = Request::builder().method(method.clone()).uri(uri);
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -88,6 +93,7 @@ async fn send(app: &Router, method: Method, uri: &str, headers: &[(&str, &str)],
     } else {
         serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
     };
+    common::contract::contract().check(&method, uri, status, &headers, &json);
     Reply { status, headers, json }
 }
 
