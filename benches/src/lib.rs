@@ -83,6 +83,8 @@ use fielding_core::{
 use fielding_memory::{fixtures, MemoryStore};
 use tokio::runtime::Runtime;
 
+pub mod sqlite;
+
 /// How many runs the workloads cycle through by default.
 pub const DEFAULT_RUNS: usize = 1024;
 

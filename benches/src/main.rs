@@ -1,5 +1,6 @@
 //! The `fielding-bench` runner: prints one `name value` line per figure on
-//! stdout, the first always `memory_service_vs_bare R`. Commentary goes to
+//! stdout (memory, SQLite, PostgreSQL), the first always
+//! `memory_service_vs_bare R`. Commentary goes to
 //! stderr. See `--help`.
 
 use std::io::Write;
@@ -7,6 +8,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use fielding_bench::{compare, BareWorkload, Fixture, Plan, ServiceWorkload, Workload};
+
+mod postgres;
 
 /// The target for `memory_service_vs_bare`.
 const TARGET_RATIO: f64 = 1.0 / 3.0;
@@ -34,6 +37,18 @@ then
     memory_service_vs_bare_max R    highest per-pair ratio
     memory_service_vs_bare_of_medians R
                                     median service / median bare throughput
+then the SQLite figures (docs/sqlite.md), among them
+    sqlite_adapter_vs_raw R         adapter / hand-written rusqlite, synchronous=FULL
+    sqlite_adapter_vs_raw_normal R  the same with synchronous=NORMAL
+    sqlite_reads_per_sec_writer_busy N
+    sqlite_update_cost_ratio_1e5_vs_1e3 R   (1e6 without --quick)
+then the PostgreSQL figures (docs/postgres.md; skipped with a note on stderr
+when PostgreSQL is unreachable), among them
+    postgres_adapter_vs_raw R       adapter / hand-written sqlx, one connection
+    postgres_pooled_{1,4,16}_ops_per_sec N
+    postgres_contention_successes_per_sec N
+    postgres_contention_refusals_per_success R
+    postgres_contention_lost_updates N   must be 0
 Progress and commentary go to stderr.
 
 OPTIONS:
@@ -234,7 +249,9 @@ fn main() -> ExitCode {
     };
     let outcome = match args.profile {
         Some(which) => run_profile(&args.plan, which, args.ops),
-        None => run_comparison(&args.plan),
+        None => run_comparison(&args.plan)
+            .and_then(|()| postgres::run(&args.plan))
+            .and_then(|()| fielding_bench::sqlite::run_and_print(&args.plan)),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

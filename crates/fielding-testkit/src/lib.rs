@@ -119,6 +119,7 @@ mod capabilities;
 pub mod cases;
 mod factory;
 mod failure;
+mod guarded;
 pub mod linearizability;
 mod sample;
 mod suite;
@@ -126,6 +127,7 @@ mod suite;
 pub use capabilities::Capabilities;
 pub use factory::StoreFactory;
 pub use failure::CaseFailure;
+pub use guarded::Guarded;
 pub use suite::{run_all, SuiteReport, CASES};
 
 #[cfg(doc)]

@@ -1,0 +1,135 @@
+//! Embedded, versioned migrations, applied by an explicit call.
+
+use sqlx::{Executor, PgPool};
+
+use crate::error::{is_transient, MigrateError};
+use crate::schema::SchemaName;
+
+/// One embedded migration step. `{schema}` in the SQL stands for the
+/// quoted schema name.
+struct Step {
+    version: i64,
+    sql: &'static str,
+}
+
+/// Every migration this release knows, in order. Append only: a released
+/// step is never edited, a change is a new step.
+const STEPS: &[Step] = &[Step {
+    version: 1,
+    sql: r#"
+CREATE TABLE {schema}.fielding_runs (
+    id                text COLLATE "C" NOT NULL,
+    account_id        integer NOT NULL CHECK (account_id >= 1),
+    project_id        text COLLATE "C" NOT NULL,
+    target_group_id   text COLLATE "C" NOT NULL,
+    start_fielding_at timestamptz NOT NULL,
+    end_fielding_at   timestamptz NOT NULL,
+    status            text NOT NULL CHECK (status IN ('scheduled', 'live', 'paused', 'completed')),
+    version           bigint NOT NULL CHECK (version >= 1),
+    last_changed_at   timestamptz NOT NULL,
+    last_changed_by   uuid NOT NULL,
+    CONSTRAINT fielding_runs_pkey PRIMARY KEY (id),
+    CONSTRAINT fielding_runs_scope_key UNIQUE (account_id, project_id, target_group_id)
+) WITH (fillfactor = 80);
+
+CREATE TABLE {schema}.change_records (
+    run_id      text COLLATE "C" NOT NULL,
+    version     bigint NOT NULL CHECK (version >= 1),
+    action      text NOT NULL,
+    changed_at  timestamptz NOT NULL,
+    changed_by  uuid NOT NULL,
+    status_from text,
+    status_to   text NOT NULL,
+    start_from  timestamptz,
+    start_to    timestamptz NOT NULL,
+    end_from    timestamptz,
+    end_to      timestamptz NOT NULL,
+    CONSTRAINT change_records_pkey PRIMARY KEY (run_id, version)
+);
+"#,
+}];
+
+/// The highest migration this release of the crate knows.
+pub const LATEST_MIGRATION: i64 = 1;
+
+/// What [`crate::PgStore::migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Migrated {
+    /// The migrations applied by this call, oldest first (empty when the
+    /// schema was already up to date).
+    pub applied: Vec<i64>,
+    /// The schema's migration version now.
+    pub version: i64,
+}
+
+/// Creates the schema if needed and applies the missing steps, all in one
+/// transaction holding the schema's advisory lock, so instances starting
+/// at once apply each step exactly once (the others wait, then find
+/// nothing to do).
+pub(crate) async fn migrate(pool: &PgPool, schema: &SchemaName) -> Result<Migrated, MigrateError> {
+    let db = |source: sqlx::Error| MigrateError::Database {
+        schema: schema.to_string(),
+        retryable: is_transient(&source),
+        source,
+    };
+    let quoted = schema.quoted();
+    let mut tx = pool.begin().await.map_err(db)?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(schema.migration_lock_key())
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+    let bootstrap = format!(
+        "CREATE SCHEMA IF NOT EXISTS {quoted}; \
+         CREATE TABLE IF NOT EXISTS {quoted}.fielding_schema_migrations (\
+             version bigint PRIMARY KEY, \
+             applied_at timestamptz NOT NULL DEFAULT now())"
+    );
+    (&mut *tx).execute(bootstrap.as_str()).await.map_err(db)?;
+    let found: Option<i64> =
+        sqlx::query_scalar(&format!("SELECT max(version) FROM {quoted}.fielding_schema_migrations"))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+    let found = found.unwrap_or(0);
+    if found > LATEST_MIGRATION {
+        return Err(MigrateError::DatabaseIsNewer {
+            schema: schema.to_string(),
+            found,
+            known: LATEST_MIGRATION,
+        });
+    }
+    let mut applied = Vec::new();
+    for step in STEPS.iter().filter(|s| s.version > found) {
+        let sql = step.sql.replace("{schema}", &quoted);
+        (&mut *tx).execute(sql.as_str()).await.map_err(db)?;
+        sqlx::query(&format!(
+            "INSERT INTO {quoted}.fielding_schema_migrations (version) VALUES ($1)"
+        ))
+        .bind(step.version)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        applied.push(step.version);
+    }
+    tx.commit().await.map_err(db)?;
+    Ok(Migrated {
+        applied,
+        version: found.max(LATEST_MIGRATION),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_are_contiguous_and_end_at_latest() {
+        for (i, step) in STEPS.iter().enumerate() {
+            assert_eq!(step.version, i as i64 + 1);
+            assert!(step.sql.contains("{schema}."));
+        }
+        assert_eq!(STEPS.last().map(|s| s.version), Some(LATEST_MIGRATION));
+    }
+}

@@ -1,0 +1,121 @@
+//! Connections kept for a moment between operations.
+//!
+//! sqlx 0.8 pings every connection as it goes back to the pool (a round
+//! trip, run in a background task), and a checkout waits for that when no
+//! other connection is idle. On a one-connection pool that is one extra
+//! round trip per operation, about a third of the store's throughput
+//! (measured, see `docs/postgres.md`). So after a clean operation the store
+//! keeps its connection for [`PARK_FOR`] instead of returning it, and the
+//! next operation takes it directly. A background timer returns every
+//! parked connection to the pool after [`PARK_FOR`], so other users of a
+//! shared pool wait at most that long, and `PgPool::close` is never held up
+//! longer.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use sqlx::pool::PoolConnection;
+use sqlx::Postgres;
+
+/// How long a connection stays parked before it goes back to the pool.
+pub(crate) const PARK_FOR: Duration = Duration::from_millis(2);
+
+/// At most this many connections are parked per store.
+const PARK_MAX: usize = 4;
+
+#[derive(Debug, Default)]
+pub(crate) struct Parking {
+    /// Parked connections with the time they were parked, oldest first.
+    slots: Mutex<Vec<(Instant, PoolConnection<Postgres>)>>,
+    /// Whether a reaper task is running.
+    reaping: AtomicBool,
+    /// The runtime connections were parked on: a parked connection must be
+    /// dropped inside it (returning it to the pool spawns a task).
+    runtime: OnceLock<tokio::runtime::Handle>,
+}
+
+impl Drop for Parking {
+    fn drop(&mut self) {
+        let slots = std::mem::take(self.slots.get_mut().unwrap_or_else(PoisonError::into_inner));
+        if slots.is_empty() {
+            return;
+        }
+        // The store may be dropped outside any runtime (after `block_on`
+        // returned): return the connections from inside the one they were
+        // parked on.
+        match self.runtime.get() {
+            Some(runtime) => {
+                let _inside = runtime.enter();
+                drop(slots);
+            }
+            None => drop(slots),
+        }
+    }
+}
+
+impl Parking {
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<(Instant, PoolConnection<Postgres>)>> {
+        // Nothing panics while holding the lock; a poisoned list is still a
+        // list of healthy connections.
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently parked connection, if any.
+    pub(crate) fn take(&self) -> Option<PoolConnection<Postgres>> {
+        self.slots().pop().map(|(_, conn)| conn)
+    }
+
+    /// Parks `conn`; it goes back to the pool after [`PARK_FOR`] unless an
+    /// operation takes it first. Returns it to the pool at once when the
+    /// store already holds [`PARK_MAX`] or there is no tokio runtime to run
+    /// the reaper.
+    pub(crate) fn park(self: &Arc<Self>, conn: PoolConnection<Postgres>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // dropping `conn` returns it to the pool
+        };
+        let _ = self.runtime.set(runtime.clone());
+        {
+            let mut slots = self.slots();
+            if slots.len() >= PARK_MAX {
+                return;
+            }
+            slots.push((Instant::now(), conn));
+        }
+        // One reaper per store while anything is parked (not one timer per
+        // operation): it wakes every PARK_FOR and returns what has waited
+        // that long, and stops when nothing is left.
+        if !self.reaping.swap(true, Ordering::AcqRel) {
+            let parking = Arc::downgrade(self);
+            runtime.spawn(reap(parking));
+        }
+    }
+}
+
+async fn reap(parking: Weak<Parking>) {
+    loop {
+        tokio::time::sleep(PARK_FOR).await;
+        let Some(parking) = parking.upgrade() else { return };
+        let expired: Vec<_> = {
+            let mut slots = parking.slots();
+            let now = Instant::now();
+            let keep = slots
+                .iter()
+                .position(|(since, _)| now.duration_since(*since) < PARK_FOR);
+            let cut = keep.unwrap_or(slots.len());
+            let expired = slots.drain(..cut).collect();
+            if slots.is_empty() {
+                // Checked and cleared under the lock, so a concurrent `park`
+                // either sees `reaping == false` and starts a new reaper, or
+                // pushed before this check and is reaped by this one.
+                parking.reaping.store(false, Ordering::Release);
+                drop(slots);
+                drop(expired);
+                return;
+            }
+            expired
+        };
+        // Dropped outside the lock: returns the connections to the pool.
+        drop(expired);
+    }
+}

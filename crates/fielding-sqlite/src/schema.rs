@@ -1,0 +1,197 @@
+//! Embedded, versioned migrations.
+//!
+//! Each migration has a number; the numbers applied to a database are
+//! recorded in `fielding_schema_migrations`, and the schema version is the
+//! highest of them. Migrating runs inside one `BEGIN IMMEDIATE` transaction,
+//! so two processes migrating the same file at once serialize on SQLite's
+//! write lock: the second waits (busy timeout), then sees the first's work
+//! and has nothing left to do.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+use crate::error::{open_error, OpenError};
+
+/// The schema version this library writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+struct Migration {
+    version: u32,
+    description: &'static str,
+    sql: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "fielding_runs and change_records",
+    sql: "
+CREATE TABLE fielding_runs (
+    id                 TEXT    NOT NULL PRIMARY KEY,
+    account_id         INTEGER NOT NULL,
+    project_id         TEXT    NOT NULL,
+    target_group_id    TEXT    NOT NULL,
+    start_ms           INTEGER NOT NULL,
+    end_ms             INTEGER NOT NULL,
+    status             TEXT    NOT NULL,
+    version            INTEGER NOT NULL CHECK (version >= 1),
+    last_changed_at_ms INTEGER NOT NULL,
+    last_changed_by    TEXT    NOT NULL,
+    CONSTRAINT fielding_runs_scope UNIQUE (account_id, project_id, target_group_id)
+) STRICT, WITHOUT ROWID;
+
+CREATE TABLE change_records (
+    run_id        TEXT    NOT NULL,
+    version       INTEGER NOT NULL CHECK (version >= 1),
+    action        TEXT    NOT NULL,
+    changed_at_ms INTEGER NOT NULL,
+    changed_by    TEXT    NOT NULL,
+    status_from   TEXT,
+    status_to     TEXT    NOT NULL,
+    start_from_ms INTEGER,
+    start_to_ms   INTEGER NOT NULL,
+    end_from_ms   INTEGER,
+    end_to_ms     INTEGER NOT NULL,
+    PRIMARY KEY (run_id, version)
+) STRICT, WITHOUT ROWID;
+",
+}];
+
+const CREATE_MIGRATIONS_TABLE: &str = "
+CREATE TABLE IF NOT EXISTS fielding_schema_migrations (
+    version       INTEGER NOT NULL PRIMARY KEY,
+    description   TEXT    NOT NULL,
+    applied_at_ms INTEGER NOT NULL
+) STRICT;";
+
+/// What [`crate::SqliteStore::migrate`] did.
+///
+/// ```
+/// use fielding_sqlite::{MigrationReport, SCHEMA_VERSION};
+/// let report = MigrationReport { from: 0, to: SCHEMA_VERSION };
+/// assert_eq!(report.applied(), SCHEMA_VERSION);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// The schema version before (0: a new, empty database).
+    pub from: u32,
+    /// The schema version now: always [`SCHEMA_VERSION`].
+    pub to: u32,
+}
+
+impl MigrationReport {
+    /// How many migrations were applied (0 when already current).
+    pub fn applied(&self) -> u32 {
+        self.to - self.from
+    }
+}
+
+fn recorded_version(conn: &Connection) -> rusqlite::Result<u32> {
+    let has_table: Option<i64> = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'fielding_schema_migrations'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if has_table.is_none() {
+        return Ok(0);
+    }
+    let version: i64 = conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM fielding_schema_migrations",
+        [],
+        |row| row.get(0),
+    )?;
+    Ok(u32::try_from(version).unwrap_or(u32::MAX))
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`], in one immediate transaction.
+pub(crate) fn migrate(conn: &mut Connection, path: &Path, now_ms: i64) -> Result<MigrationReport, OpenError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| open_error(path, "start the migration transaction", e))?;
+    let from = recorded_version(&tx).map_err(|e| open_error(path, "read the schema version", e))?;
+    if from > SCHEMA_VERSION {
+        return Err(OpenError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found: from,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if from < SCHEMA_VERSION {
+        tx.execute_batch(CREATE_MIGRATIONS_TABLE)
+            .map_err(|e| open_error(path, "create the migrations table", e))?;
+        for migration in MIGRATIONS.iter().filter(|m| m.version > from) {
+            tx.execute_batch(migration.sql)
+                .map_err(|e| open_error(path, "apply a schema migration", e))?;
+            tx.execute(
+                "INSERT INTO fielding_schema_migrations (version, description, applied_at_ms) VALUES (?1, ?2, ?3)",
+                rusqlite::params![migration.version, migration.description, now_ms],
+            )
+            .map_err(|e| open_error(path, "record a schema migration", e))?;
+        }
+    }
+    tx.commit().map_err(|e| open_error(path, "commit the migration", e))?;
+    Ok(MigrationReport {
+        from,
+        to: SCHEMA_VERSION,
+    })
+}
+
+/// Checks, without writing, that the schema is exactly [`SCHEMA_VERSION`].
+pub(crate) fn check(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    let found = recorded_version(conn).map_err(|e| open_error(path, "read the schema version", e))?;
+    if found > SCHEMA_VERSION {
+        return Err(OpenError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            known: SCHEMA_VERSION,
+        });
+    }
+    if found < SCHEMA_VERSION {
+        return Err(OpenError::SchemaOutdated {
+            path: path.to_path_buf(),
+            found,
+            needed: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_one_by_one_up_to_the_schema_version() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(m.version as usize, i + 1);
+        }
+        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn migrate_is_idempotent_and_check_agrees() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let path = Path::new(":memory:");
+        assert!(matches!(
+            check(&conn, path),
+            Err(OpenError::SchemaOutdated { found: 0, .. })
+        ));
+        assert_eq!(migrate(&mut conn, path, 0).unwrap().applied(), SCHEMA_VERSION);
+        assert_eq!(migrate(&mut conn, path, 0).unwrap().applied(), 0);
+        check(&conn, path).unwrap();
+        conn.execute(
+            "INSERT INTO fielding_schema_migrations VALUES (?1, 'from the future', 0)",
+            [SCHEMA_VERSION + 1],
+        )
+        .unwrap();
+        assert!(
+            matches!(check(&conn, path), Err(OpenError::SchemaTooNew { found, .. }) if found == SCHEMA_VERSION + 1)
+        );
+        assert!(matches!(
+            migrate(&mut conn, path, 0),
+            Err(OpenError::SchemaTooNew { .. })
+        ));
+    }
+}

@@ -1,0 +1,76 @@
+//! A store that keeps something alive for as long as it lives.
+
+use async_trait::async_trait;
+use fielding_core::{
+    ChangeRecord, Decide, FieldingRun, FieldingStore, RunKey, Scope, StoreError, UpdateOutcome, Version,
+};
+
+/// `store` together with a `guard` it needs for its lifetime: the
+/// temporary directory its database file lives in, or a handle whose `Drop`
+/// removes the test schema. Every trait call goes straight to `store`, so a
+/// factory can hand the kit a `Guarded` and clean-up happens when the case
+/// drops it.
+///
+/// ```
+/// use std::sync::Arc;
+/// use fielding_memory::MemoryStore;
+/// use fielding_testkit::Guarded;
+///
+/// #[derive(Debug)]
+/// struct Cleanup;
+/// impl Drop for Cleanup {
+///     fn drop(&mut self) { /* remove what the store used */ }
+/// }
+/// let store = Arc::new(Guarded::new(MemoryStore::new(), Cleanup));
+/// # let _ = store;
+/// ```
+#[derive(Debug)]
+pub struct Guarded<S, G> {
+    /// The store every call goes to.
+    pub store: S,
+    /// What must outlive it.
+    pub guard: G,
+}
+
+impl<S, G> Guarded<S, G> {
+    /// Pairs `store` with `guard`.
+    pub fn new(store: S, guard: G) -> Self {
+        Self { store, guard }
+    }
+}
+
+#[async_trait]
+impl<S, G> FieldingStore for Guarded<S, G>
+where
+    S: FieldingStore,
+    G: std::fmt::Debug + Send + Sync + 'static,
+{
+    async fn insert(&self, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
+        self.store.insert(run, change).await
+    }
+
+    async fn get(&self, key: &RunKey) -> Result<Option<FieldingRun>, StoreError> {
+        self.store.get(key).await
+    }
+
+    async fn find_by_target_group(&self, scope: &Scope) -> Result<Option<FieldingRun>, StoreError> {
+        self.store.find_by_target_group(scope).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        expected: Version,
+        run: &FieldingRun,
+        change: &ChangeRecord,
+    ) -> Result<(), StoreError> {
+        self.store.compare_and_swap(expected, run, change).await
+    }
+
+    async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {
+        self.store.changes(key).await
+    }
+
+    async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
+        self.store.update(key, decide).await
+    }
+}
