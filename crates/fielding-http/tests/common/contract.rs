@@ -19,16 +19,27 @@ pub struct Contract {
     components: Value,
 }
 
+/// `FIELDING_CONTRACT` if set, else `shared/contract/fielding-openapi.yml`
+/// beside the repository (where CI and every development machine have it).
 fn contract_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/contract/fielding-openapi.yml")
+    std::env::var_os("FIELDING_CONTRACT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/contract/fielding-openapi.yml")
+        })
 }
 
 pub fn contract() -> &'static Contract {
     static CONTRACT: OnceLock<Contract> = OnceLock::new();
     CONTRACT.get_or_init(|| {
         let path = contract_path();
-        let text = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("cannot read the contract at {}: {e}", path.display()));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "cannot read the contract at {}: {e} (expected ../shared beside the repository; \
+                     set FIELDING_CONTRACT to its path)",
+                path.display()
+            )
+        });
         let doc: Value = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("the contract is not YAML: {e}"));
         let components = to_json_schema(&doc["components"]);
         Contract { doc, components }
