@@ -295,28 +295,8 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         let key = run.key();
         for _ in 0..CAS_ATTEMPTS {
-            let done = sqlx::query(&self.sql.cas)
-                .bind(run.id.as_str())
-                .bind(account(run.account_id))
-                .bind(run.project_id.as_str())
-                .bind(run.target_group_id.as_str())
-                .bind(ts(run.start_fielding_at))
-                .bind(ts(run.end_fielding_at))
-                .bind(run.status.as_str())
-                .bind(version_to_db(run.version))
-                .bind(ts(run.last_changed_at))
-                .bind(run.last_changed_by.as_uuid())
-                .bind(version_to_db(expected))
-                .bind(version_to_db(change.version))
-                .bind(change.action.as_str())
-                .bind(ts(change.changed_at))
-                .bind(change.changed_by.as_uuid())
-                .bind(change.status_from.map(Status::as_str))
-                .bind(change.status_to.as_str())
-                .bind(change.start_from.map(ts))
-                .bind(ts(change.start_to))
-                .bind(change.end_from.map(ts))
-                .bind(ts(change.end_to))
+            let query = bind_run(sqlx::query(&self.sql.cas), run).bind(version_to_db(expected));
+            let done = bind_change(query, change)
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| backend(op, e))?;
@@ -437,27 +417,7 @@ impl PgStore {
         run: &FieldingRun,
         change: &ChangeRecord,
     ) -> Result<(), StoreError> {
-        let outcome = sqlx::query(&self.sql.insert)
-            .bind(run.id.as_str())
-            .bind(account(run.account_id))
-            .bind(run.project_id.as_str())
-            .bind(run.target_group_id.as_str())
-            .bind(ts(run.start_fielding_at))
-            .bind(ts(run.end_fielding_at))
-            .bind(run.status.as_str())
-            .bind(version_to_db(run.version))
-            .bind(ts(run.last_changed_at))
-            .bind(run.last_changed_by.as_uuid())
-            .bind(version_to_db(change.version))
-            .bind(change.action.as_str())
-            .bind(ts(change.changed_at))
-            .bind(change.changed_by.as_uuid())
-            .bind(change.status_from.map(Status::as_str))
-            .bind(change.status_to.as_str())
-            .bind(change.start_from.map(ts))
-            .bind(ts(change.start_to))
-            .bind(change.end_from.map(ts))
-            .bind(ts(change.end_to))
+        let outcome = bind_change(bind_run(sqlx::query(&self.sql.insert), run), change)
             .execute(&mut *conn)
             .await;
         match outcome {
@@ -531,6 +491,41 @@ impl PgStore {
 }
 
 // ---- conversions ---------------------------------------------------------
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds the ten columns of a run, in table order. `insert` and the
+/// compare-and-swap both use this, so their parameter order cannot drift
+/// apart.
+fn bind_run<'q>(query: PgQuery<'q>, run: &'q FieldingRun) -> PgQuery<'q> {
+    query
+        .bind(run.id.as_str())
+        .bind(account(run.account_id))
+        .bind(run.project_id.as_str())
+        .bind(run.target_group_id.as_str())
+        .bind(ts(run.start_fielding_at))
+        .bind(ts(run.end_fielding_at))
+        .bind(run.status.as_str())
+        .bind(version_to_db(run.version))
+        .bind(ts(run.last_changed_at))
+        .bind(run.last_changed_by.as_uuid())
+}
+
+/// Binds the columns of a change record (all but `run_id`, which the
+/// statements take from the run), in table order.
+fn bind_change<'q>(query: PgQuery<'q>, change: &'q ChangeRecord) -> PgQuery<'q> {
+    query
+        .bind(version_to_db(change.version))
+        .bind(change.action.as_str())
+        .bind(ts(change.changed_at))
+        .bind(change.changed_by.as_uuid())
+        .bind(change.status_from.map(Status::as_str))
+        .bind(change.status_to.as_str())
+        .bind(change.start_from.map(ts))
+        .bind(ts(change.start_to))
+        .bind(change.end_from.map(ts))
+        .bind(ts(change.end_to))
+}
 
 fn ts(t: Timestamp) -> DateTime<Utc> {
     t.as_datetime()
