@@ -29,7 +29,30 @@ pub enum Action {
 }
 
 impl Action {
-    /// A short verb phrase for messages: "pause", "update the dates of", ...
+    /// Every action, in lifecycle order.
+    pub const ALL: [Action; 8] = [
+        Action::Schedule,
+        Action::Launch,
+        Action::UpdateDates,
+        Action::LaunchNow,
+        Action::Pause,
+        Action::Resume,
+        Action::Complete,
+        Action::Relaunch,
+    ];
+
+    /// Parses the name [`Action::as_str`] gives (how stores keep it).
+    ///
+    /// ```
+    /// use fielding_core::Action;
+    /// assert_eq!(Action::parse("launch_now"), Some(Action::LaunchNow));
+    /// assert_eq!(Action::parse("explode"), None);
+    /// ```
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == text)
+    }
+
+    /// The stored name of the action: `schedule`, `update_dates`, ...
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Schedule => "schedule",
@@ -108,5 +131,20 @@ impl ChangeRecord {
             end_from: None,
             end_to: run.end_fielding_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_round_trips_through_its_name_and_serde() {
+        for action in Action::ALL {
+            assert_eq!(Action::parse(action.as_str()), Some(action));
+            let json = serde_json::to_string(&action).unwrap();
+            assert_eq!(json, format!("\"{}\"", action.as_str()), "serde and as_str agree");
+        }
+        assert_eq!(Action::parse(""), None);
     }
 }

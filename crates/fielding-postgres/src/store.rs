@@ -555,20 +555,7 @@ fn timestamp_from_db(column: &str, value: DateTime<Utc>) -> Result<Timestamp, St
 
 /// The action stored as `text`.
 fn action_from_db(text: &str) -> Result<Action, StoreError> {
-    const ACTIONS: [Action; 8] = [
-        Action::Schedule,
-        Action::Launch,
-        Action::UpdateDates,
-        Action::LaunchNow,
-        Action::Pause,
-        Action::Resume,
-        Action::Complete,
-        Action::Relaunch,
-    ];
-    ACTIONS
-        .into_iter()
-        .find(|a| a.as_str() == text)
-        .ok_or_else(|| corrupt(format!("stored action {text:?} is unknown")))
+    Action::parse(text).ok_or_else(|| corrupt(format!("stored action {text:?} is unknown")))
 }
 
 fn status_from_db(text: &str) -> Result<Status, StoreError> {
@@ -623,19 +610,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_action_round_trips_through_its_text() {
-        for a in [
-            Action::Schedule,
-            Action::Launch,
-            Action::UpdateDates,
-            Action::LaunchNow,
-            Action::Pause,
-            Action::Resume,
-            Action::Complete,
-            Action::Relaunch,
-        ] {
-            assert_eq!(action_from_db(a.as_str()).ok(), Some(a));
-        }
+    fn unknown_stored_actions_are_corrupt_data() {
+        assert_eq!(action_from_db("launch_now").ok(), Some(Action::LaunchNow));
         assert!(action_from_db("explode").is_err());
     }
 
