@@ -42,6 +42,7 @@ mod change;
 mod clock;
 mod error;
 mod ids;
+mod job;
 pub mod lifecycle;
 mod run;
 mod service;
@@ -53,10 +54,14 @@ mod version;
 pub use change::{Action, ChangeRecord};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{FieldingError, InvalidParam, INTERNAL_ERROR_DETAIL};
-pub use ids::{AccountId, FieldingRunId, InvalidId, ProjectId, RunKey, Scope, TargetGroupId, UserId};
+pub use ids::{AccountId, FieldingRunId, InvalidId, JobId, ProjectId, RunKey, Scope, TargetGroupId, UserId};
+pub use job::{
+    FieldingRunJob, IdempotencyKey, JobCreated, JobFailure, JobFailureCode, JobKind, JobOutcome, JobRequest, JobState,
+    JobTraceId,
+};
 pub use lifecycle::Command;
 pub use run::{FieldingRun, FieldingRunItem};
-pub use service::{Applied, FieldingService, RetryPolicy};
+pub use service::{Applied, FieldingService, NewJob, RetryPolicy, SubmittedJob, JOB_RESUME_AFTER};
 pub use status::Status;
 pub use store::{BoxError, Decide, FieldingStore, StoreError, Update, UpdateOutcome};
 pub use time::{InvalidTimestamp, Timestamp};
@@ -66,3 +71,8 @@ pub use version::{ETag, EntityTag, IfMatch, InvalidIfMatch, Version};
 #[cfg(doctest)]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// `docs/jobs.md`'s code example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/jobs.md")]
+pub struct JobsDocDoctests;

@@ -18,6 +18,10 @@ use crate::{
 };
 use crate::{Update, UpdateOutcome};
 
+mod jobs;
+
+pub use jobs::{NewJob, SubmittedJob, JOB_RESUME_AFTER};
+
 /// The result of a successful command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -90,7 +94,8 @@ impl FieldingService {
     ) -> Result<Applied, FieldingError> {
         let now = self.clock.now();
         let target = lifecycle::new_scheduled(start_fielding_at, end_fielding_at, now)?;
-        self.create(scope, Action::Schedule, target, now, actor).await
+        self.create(scope, FieldingRunId::generate(), Action::Schedule, target, now, actor)
+            .await
     }
 
     /// Creates a `live` run that starts now and ends at `end_fielding_at`.
@@ -102,12 +107,14 @@ impl FieldingService {
     ) -> Result<Applied, FieldingError> {
         let now = self.clock.now();
         let target = lifecycle::new_launched(end_fielding_at, now)?;
-        self.create(scope, Action::Launch, target, now, actor).await
+        self.create(scope, FieldingRunId::generate(), Action::Launch, target, now, actor)
+            .await
     }
 
     async fn create(
         &self,
         scope: Scope,
+        id: FieldingRunId,
         action: Action,
         target: Target,
         now: Timestamp,
@@ -119,7 +126,7 @@ impl FieldingService {
             return Err(FieldingError::TargetGroupHasRun { scope });
         }
         let run = FieldingRun {
-            id: FieldingRunId::generate(),
+            id,
             account_id: scope.account_id,
             project_id: scope.project_id,
             target_group_id: scope.target_group_id,

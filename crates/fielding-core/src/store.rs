@@ -10,7 +10,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::{ChangeRecord, FieldingRun, RunKey, Scope, Version};
+use crate::{ChangeRecord, FieldingRun, FieldingRunJob, JobCreated, JobId, JobOutcome, RunKey, Scope, Version};
 
 /// A boxed error from a storage backend.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -194,6 +194,29 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
     /// The change records of the run at `key`, oldest first. Empty when
     /// there is no such run.
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError>;
+
+    /// Records a creation job, unless the account already has a job under
+    /// `job.idempotency_key`: then nothing is written and the existing job
+    /// is returned. Atomic: of many concurrent calls with one key and
+    /// account, exactly one gets [`JobCreated::Created`].
+    ///
+    /// The job's id is unique across all accounts; a store may refuse a
+    /// duplicate id with a backend error.
+    async fn create_job(&self, job: &FieldingRunJob) -> Result<JobCreated, StoreError>;
+
+    /// The job `id` of target group `scope`, or `None` (also when the job
+    /// exists under another scope).
+    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError>;
+
+    /// Records how job `id` ended, if it is still processing; the first
+    /// outcome recorded wins and later calls change nothing. Returns the
+    /// job as stored afterwards, or `None` when there is no such job.
+    async fn finish_job(
+        &self,
+        scope: &Scope,
+        id: &JobId,
+        outcome: &JobOutcome,
+    ) -> Result<Option<FieldingRunJob>, StoreError>;
 
     /// Read-modify-write in one call: reads the run at `key`, shows it to
     /// `decide` (once), and performs the write it asks for.

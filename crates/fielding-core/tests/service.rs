@@ -8,9 +8,9 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use fielding_core::lifecycle::Command;
 use fielding_core::{
-    AccountId, Action, Applied, ChangeRecord, FieldingError, FieldingRun, FieldingRunId, FieldingService,
-    FieldingStore, IfMatch, ManualClock, RetryPolicy, RunKey, Scope, Status, StoreError, Timestamp, UserId, Version,
-    INTERNAL_ERROR_DETAIL,
+    AccountId, Action, Applied, ChangeRecord, FieldingError, FieldingRun, FieldingRunId, FieldingRunJob,
+    FieldingService, FieldingStore, IfMatch, JobCreated, JobId, JobOutcome, ManualClock, RetryPolicy, RunKey, Scope,
+    Status, StoreError, Timestamp, UserId, Version, INTERNAL_ERROR_DETAIL,
 };
 use fielding_memory::{fixtures, Fault, MemoryStore};
 
@@ -1583,6 +1583,26 @@ impl FieldingStore for YieldingStore {
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {
         tokio::task::yield_now().await;
         self.0.changes(key).await
+    }
+
+    async fn create_job(&self, job: &FieldingRunJob) -> Result<JobCreated, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.create_job(job).await
+    }
+
+    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.get_job(scope, id).await
+    }
+
+    async fn finish_job(
+        &self,
+        scope: &Scope,
+        id: &JobId,
+        outcome: &JobOutcome,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.finish_job(scope, id, outcome).await
     }
 }
 

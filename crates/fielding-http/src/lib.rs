@@ -14,14 +14,15 @@
 //! * [`api_version`]: the required `Cint-API-Version` header.
 //! * [`rate_limit`]: a token bucket per principal (429 with `Retry-After`).
 //!
-//! Still to come (see the project's issues): the creation jobs
-//! (`fielding-run-jobs/...`), and the `fielding-server` binary with JWT
-//! authentication.
+//! * Creation jobs: `POST fielding-run-jobs/launch-from-draft` and
+//!   `.../schedule-from-draft` (with the required `idempotency-key`), and
+//!   `GET` of a job; see `FieldingService::submit_job`.
 #![warn(missing_docs)]
 
 pub mod api_error;
 pub mod api_version;
 pub mod auth;
+mod jobs;
 pub mod problem;
 pub mod rate_limit;
 mod router;

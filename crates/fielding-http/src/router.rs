@@ -25,6 +25,7 @@ use tracing::Instrument;
 
 use crate::api_error::ApiError;
 use crate::auth::{Authenticator, Principal};
+use crate::jobs;
 use crate::problem::TooManyRequests;
 use crate::rate_limit::{RateLimitPolicy, RateLimiter};
 use crate::trace_context::TraceContext;
@@ -48,7 +49,7 @@ pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
 /// ```
 #[derive(Clone)]
 pub struct FieldingApi {
-    service: FieldingService,
+    pub(crate) service: FieldingService,
     authenticator: Arc<dyn Authenticator>,
     rate_limiter: Arc<RateLimiter>,
     body_limit: usize,
@@ -88,6 +89,7 @@ impl FieldingApi {
     pub fn router(self) -> Router {
         let runs = format!("{BASE_PATH}/fielding-runs");
         let run = format!("{runs}/{{fielding_run_id}}");
+        let jobs = format!("{BASE_PATH}/fielding-run-jobs");
         let state = Arc::new(self);
         Router::new()
             .route(&runs, get(list_runs))
@@ -97,6 +99,16 @@ impl FieldingApi {
             .route(&format!("{run}/resume"), post(resume))
             .route(&format!("{run}/relaunch"), post(relaunch))
             .route(&format!("{run}/launch-now"), post(launch_now))
+            .route(&format!("{jobs}/launch-from-draft"), post(jobs::launch_from_draft))
+            .route(&format!("{jobs}/schedule-from-draft"), post(jobs::schedule_from_draft))
+            .route(
+                &format!("{jobs}/launch-from-draft/{{job_id}}"),
+                get(jobs::get_launch_job),
+            )
+            .route(
+                &format!("{jobs}/schedule-from-draft/{{job_id}}"),
+                get(jobs::get_schedule_job),
+            )
             .fallback(|| async { ApiError::no_route() })
             .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
             .layer(middleware::from_fn_with_state(state.clone(), authenticate))
@@ -105,14 +117,14 @@ impl FieldingApi {
     }
 }
 
-type AppState = State<Arc<FieldingApi>>;
+pub(crate) type AppState = State<Arc<FieldingApi>>;
 type ScopePath = Result<Path<(String, String, String)>, PathRejection>;
 type RunPath = Result<Path<(String, String, String, String)>, PathRejection>;
 
 /// Outermost layer: continues the caller's trace (or starts one), records
 /// the trace id on the request's span, and puts `traceparent` (and a valid
 /// `tracestate`) on every response, errors and fallbacks included.
-async fn trace_context(request: Request, next: Next) -> Response {
+async fn trace_context(mut request: Request, next: Next) -> Response {
     let headers = request.headers();
     let context = TraceContext::from_header_lines(
         headers.get_all("traceparent").iter().map(HeaderValue::as_bytes),
@@ -125,6 +137,8 @@ async fn trace_context(request: Request, next: Next) -> Response {
         trace_id = %context.trace_id(),
         span_id = %context.span_id(),
     );
+    // Handlers that record the trace (creation jobs) read it from here.
+    request.extensions_mut().insert(context.trace_id());
     let mut response = next.run(request).instrument(span).await;
     let out = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&context.traceparent()) {
@@ -183,7 +197,7 @@ fn bearer_token(value: &HeaderValue) -> Option<String> {
 
 /// Path ids and `Cint-API-Version`, every bad one named (400), then the
 /// principal's access to the account (403).
-fn scope_of(
+pub(crate) fn scope_of(
     ids: [&str; 3],
     run_id: Option<&str>,
     headers: &HeaderMap,
@@ -214,7 +228,7 @@ fn scope_of(
     }
 }
 
-fn path_error(rejection: PathRejection) -> ApiError {
+pub(crate) fn path_error(rejection: PathRejection) -> ApiError {
     ApiError::invalid_param("path", format!("the path could not be read: {rejection}"))
 }
 
@@ -252,7 +266,7 @@ async fn precondition(api: &FieldingApi, key: &RunKey, headers: &HeaderMap) -> R
     Ok(condition)
 }
 
-async fn read_body(api: &FieldingApi, body: Body) -> Result<Bytes, ApiError> {
+pub(crate) async fn read_body(api: &FieldingApi, body: Body) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(body, api.body_limit)
         .await
         .map_err(|_| ApiError::payload_too_large(api.body_limit))
@@ -314,7 +328,7 @@ fn dates_body(bytes: &[u8]) -> Result<(Timestamp, Timestamp), ApiError> {
     }
 }
 
-fn timestamp_field(
+pub(crate) fn timestamp_field(
     fields: &Map<String, Value>,
     name: &'static str,
     params: &mut Vec<InvalidParam>,

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use fielding_core::{
-    Action, ChangeRecord, Decide, FieldingRun, FieldingRunId, FieldingStore, RunKey, Scope, Status, StoreError, Update,
-    UpdateOutcome, Version,
+    AccountId, Action, ChangeRecord, Decide, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore, IdempotencyKey,
+    JobCreated, JobId, JobOutcome, JobState, RunKey, Scope, Status, StoreError, Update, UpdateOutcome, Version,
 };
 
 use crate::log::{ChangeLog, LogIndex};
@@ -49,6 +49,9 @@ struct State {
     runs: FastMap<FieldingRunId, Entry>,
     by_scope: FastMap<Scope, FieldingRunId>,
     log: ChangeLog,
+    jobs: FastMap<JobId, FieldingRunJob>,
+    /// Idempotency keys are unique per account.
+    job_keys: FastMap<(AccountId, IdempotencyKey), JobId>,
 }
 
 #[derive(Debug)]
@@ -214,6 +217,8 @@ impl MemoryStore {
         state.runs.clear();
         state.by_scope.clear();
         state.log.clear();
+        state.jobs.clear();
+        state.job_keys.clear();
     }
 }
 
@@ -303,5 +308,53 @@ impl FieldingStore for MemoryStore {
             return Err(fault);
         }
         Ok(self.change_records(key))
+    }
+
+    async fn create_job(&self, job: &FieldingRunJob) -> Result<JobCreated, StoreError> {
+        if let Some(fault) = self.inner.faults.storage_fault("create_job") {
+            return Err(fault);
+        }
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let key = (job.scope.account_id, job.idempotency_key.clone());
+        if let Some(existing) = state.job_keys.get(&key).and_then(|id| state.jobs.get(id)) {
+            return Ok(JobCreated::Existing(existing.clone()));
+        }
+        if state.jobs.contains_key(&job.id) {
+            return Err(StoreError::Backend {
+                message: format!("job id {} is already taken", job.id),
+                retryable: false,
+                source: None,
+            });
+        }
+        state.job_keys.insert(key, job.id);
+        state.jobs.insert(job.id, job.clone());
+        Ok(JobCreated::Created)
+    }
+
+    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+        if let Some(fault) = self.inner.faults.storage_fault("get_job") {
+            return Err(fault);
+        }
+        Ok(self.state().jobs.get(id).filter(|job| job.scope == *scope).cloned())
+    }
+
+    async fn finish_job(
+        &self,
+        scope: &Scope,
+        id: &JobId,
+        outcome: &JobOutcome,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
+        if let Some(fault) = self.inner.faults.storage_fault("finish_job") {
+            return Err(fault);
+        }
+        let mut state = self.state();
+        let Some(job) = state.jobs.get_mut(id).filter(|job| job.scope == *scope) else {
+            return Ok(None);
+        };
+        if job.state == JobState::Processing {
+            job.state = JobState::Finished(outcome.clone());
+        }
+        Ok(Some(job.clone()))
     }
 }

@@ -46,6 +46,11 @@
 //!   unique key on `(account_id, project_id, target_group_id)` makes one of
 //!   two racing inserts fail with SQLSTATE 23505, reported as
 //!   [`StoreError::AlreadyExists`](fielding_core::StoreError::AlreadyExists).
+//! * **Creation jobs**: `create_job` is an `INSERT ... ON CONFLICT
+//!   (account_id, idempotency_key) DO NOTHING`, which waits for a racing
+//!   inserter of the same key, then (when it inserted nothing) a read of the
+//!   job holding the key; `finish_job` a conditional `UPDATE ... WHERE
+//!   status = 'Processing'`, so the first outcome wins.
 //! * **Reads** are single statements against the primary: they see the
 //!   latest committed write. Do not point a store at a lagging replica.
 //!
@@ -107,6 +112,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod jobs;
 mod migrate;
 mod parking;
 mod schema;

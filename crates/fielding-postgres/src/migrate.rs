@@ -14,9 +14,10 @@ struct Step {
 
 /// Every migration this release knows, in order. Append only: a released
 /// step is never edited, a change is a new step.
-const STEPS: &[Step] = &[Step {
-    version: 1,
-    sql: r#"
+const STEPS: &[Step] = &[
+    Step {
+        version: 1,
+        sql: r#"
 CREATE TABLE {schema}.fielding_runs (
     id                text COLLATE "C" NOT NULL,
     account_id        integer NOT NULL CHECK (account_id >= 1),
@@ -47,10 +48,45 @@ CREATE TABLE {schema}.change_records (
     CONSTRAINT change_records_pkey PRIMARY KEY (run_id, version)
 );
 "#,
-}];
+    },
+    // Creation jobs. A launch has no start, a schedule has one; a failure
+    // code and its description are there exactly when the job failed.
+    Step {
+        version: 2,
+        sql: r#"
+CREATE TABLE {schema}.fielding_run_jobs (
+    id                  text COLLATE "C" NOT NULL,
+    account_id          integer NOT NULL CHECK (account_id >= 1),
+    project_id          text COLLATE "C" NOT NULL,
+    target_group_id     text COLLATE "C" NOT NULL,
+    kind                text COLLATE "C" NOT NULL,
+    idempotency_key     text COLLATE "C" NOT NULL,
+    start_fielding_at   timestamptz,
+    end_fielding_at     timestamptz NOT NULL,
+    fielding_run_id     text COLLATE "C" NOT NULL,
+    created_at          timestamptz NOT NULL,
+    created_by          uuid NOT NULL,
+    trace_id            text COLLATE "C",
+    status              text COLLATE "C" NOT NULL CHECK (status IN ('Processing', 'Completed', 'Failed')),
+    failure_code        text COLLATE "C",
+    failure_description text,
+    CONSTRAINT fielding_run_jobs_pkey PRIMARY KEY (id),
+    CONSTRAINT fielding_run_jobs_idempotency_key UNIQUE (account_id, idempotency_key),
+    CONSTRAINT fielding_run_jobs_request CHECK (
+        (kind <> 'launch-from-draft' OR start_fielding_at IS NULL)
+        AND (kind <> 'schedule-from-draft' OR start_fielding_at IS NOT NULL)
+    ),
+    CONSTRAINT fielding_run_jobs_failure CHECK (
+        (status = 'Failed') = (failure_code IS NOT NULL)
+        AND (failure_code IS NULL) = (failure_description IS NULL)
+    )
+);
+"#,
+    },
+];
 
 /// The highest migration this release of the crate knows.
-pub const LATEST_MIGRATION: i64 = 1;
+pub const LATEST_MIGRATION: i64 = 2;
 
 /// What [`crate::PgStore::migrate`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,5 @@
-//! The store: six statements, each one round trip.
+//! The store: one statement per run operation, each one round trip (the
+//! job operations are in `jobs`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,14 +7,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use fielding_core::{
-    AccountId, Action, ChangeRecord, Decide, FieldingRun, FieldingRunId, FieldingStore, ProjectId, RunKey, Scope,
-    Status, StoreError, TargetGroupId, Timestamp, Update, UpdateOutcome, UserId, Version,
+    AccountId, Action, ChangeRecord, Decide, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore, JobCreated,
+    JobId, JobOutcome, ProjectId, RunKey, Scope, Status, StoreError, TargetGroupId, Timestamp, Update, UpdateOutcome,
+    UserId, Version,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow, Postgres};
 use sqlx::Row;
 
 use crate::error::{backend, constraint, corrupt, sqlstate, ConnectError, MigrateError, UNIQUE_VIOLATION};
+use crate::jobs::JobStatements;
 use crate::migrate::{self, Migrated};
 use crate::parking::Parking;
 use crate::schema::{InvalidSchemaName, SchemaName};
@@ -43,6 +46,7 @@ struct Statements {
     version: String,
     scope_taken: String,
     changes: String,
+    jobs: JobStatements,
 }
 
 impl Statements {
@@ -80,6 +84,7 @@ impl Statements {
                 "SELECT {CHANGE_COLUMNS} FROM {records} WHERE run_id = $1 \
                  AND EXISTS (SELECT 1 FROM {runs} WHERE id = $1 AND {scope}) ORDER BY version"
             ),
+            jobs: JobStatements::new(schema),
         }
     }
 }
@@ -407,6 +412,44 @@ impl FieldingStore for PgStore {
         self.release(conn, &outcome);
         outcome
     }
+
+    /// `INSERT ... ON CONFLICT (account_id, idempotency_key) DO NOTHING
+    /// RETURNING id`, then, when nothing was inserted, a read of the job
+    /// holding the key. Under READ COMMITTED the insert waits for a
+    /// concurrent inserter of the same key to commit (or roll back) before
+    /// deciding, and the read that follows is a new statement with a new
+    /// snapshot, so it sees that job. Of concurrent calls with one key,
+    /// exactly one inserts, in any number of processes.
+    async fn create_job(&self, job: &FieldingRunJob) -> Result<JobCreated, StoreError> {
+        let mut conn = self.checkout("create_job").await?;
+        let outcome = self.create_job_on(&mut conn, &self.sql.jobs, job).await;
+        self.release(conn, &outcome);
+        outcome
+    }
+
+    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+        let mut conn = self.checkout("get_job").await?;
+        let outcome = self.get_job_on(&mut conn, &self.sql.jobs, "get_job", scope, id).await;
+        self.release(conn, &outcome);
+        outcome
+    }
+
+    /// One statement when the job is processing: `UPDATE ... WHERE id AND
+    /// scope AND status = 'Processing' RETURNING ...`. When it matches no
+    /// row (no such job, or already finished: a concurrent finisher has
+    /// committed by then, the update waited for it), a fresh read returns
+    /// the job as stored.
+    async fn finish_job(
+        &self,
+        scope: &Scope,
+        id: &JobId,
+        outcome: &JobOutcome,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
+        let mut conn = self.checkout("finish_job").await?;
+        let done = self.finish_job_on(&mut conn, &self.sql.jobs, scope, id, outcome).await;
+        self.release(conn, &done);
+        done
+    }
 }
 
 /// The operations on one connection.
@@ -527,11 +570,11 @@ fn bind_change<'q>(query: PgQuery<'q>, change: &'q ChangeRecord) -> PgQuery<'q> 
         .bind(ts(change.end_to))
 }
 
-fn ts(t: Timestamp) -> DateTime<Utc> {
+pub(crate) fn ts(t: Timestamp) -> DateTime<Utc> {
     t.as_datetime()
 }
 
-fn account(id: AccountId) -> i32 {
+pub(crate) fn account(id: AccountId) -> i32 {
     // AccountId is 1..=i32::MAX by construction.
     i32::try_from(id.get()).unwrap_or(i32::MAX)
 }
@@ -548,7 +591,7 @@ fn version_from_db(v: i64) -> Result<Version, StoreError> {
         .ok_or_else(|| corrupt(format!("stored version {v} is out of range")))
 }
 
-fn timestamp_from_db(column: &str, value: DateTime<Utc>) -> Result<Timestamp, StoreError> {
+pub(crate) fn timestamp_from_db(column: &str, value: DateTime<Utc>) -> Result<Timestamp, StoreError> {
     Timestamp::from_unix_millis(value.timestamp_millis())
         .ok_or_else(|| corrupt(format!("stored {column} {value} is outside years 0000-9999")))
 }
@@ -562,14 +605,14 @@ fn status_from_db(text: &str) -> Result<Status, StoreError> {
     Status::parse(text).ok_or_else(|| corrupt(format!("stored status {text:?} is unknown")))
 }
 
-fn column<'r, T>(row: &'r PgRow, index: usize) -> Result<T, StoreError>
+pub(crate) fn column<'r, T>(row: &'r PgRow, index: usize) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
 {
     row.try_get(index).map_err(|e| backend("decode", e))
 }
 
-fn invalid(e: fielding_core::InvalidId) -> StoreError {
+pub(crate) fn invalid(e: fielding_core::InvalidId) -> StoreError {
     corrupt(format!("stored row is invalid: {e}"))
 }
 

@@ -58,6 +58,16 @@ async fn instances_starting_at_once_apply_each_migration_exactly_once() {
     .await
     .expect("migrations table");
     assert_eq!(recorded, (1..=LATEST_MIGRATION).collect::<Vec<_>>());
+    assert_eq!(LATEST_MIGRATION, 2, "migration 2 adds fielding_run_jobs");
+    assert_eq!(
+        tables(&mut conn, &name).await,
+        [
+            "change_records",
+            "fielding_run_jobs",
+            "fielding_runs",
+            "fielding_schema_migrations"
+        ]
+    );
 
     // Again: nothing to do.
     let again = instances[0].migrate().await.expect("migrate again");
@@ -70,6 +80,79 @@ async fn instances_starting_at_once_apply_each_migration_exactly_once() {
         .await
         .expect("insert");
     assert_eq!(instances[2].get(&run.key()).await.expect("get"), Some(run));
+}
+
+async fn tables(conn: &mut PgConnection, schema: &str) -> Vec<String> {
+    sqlx::query_scalar("SELECT table_name::text FROM information_schema.tables WHERE table_schema = $1 ORDER BY 1")
+        .bind(schema)
+        .fetch_all(conn)
+        .await
+        .expect("list tables")
+}
+
+/// A schema as the release before jobs left it: migration 1 applied and
+/// recorded, no `fielding_run_jobs`, runs in it. Migration 2 only adds a
+/// table, so removing that table and its record gives exactly that layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_at_version_1_migrates_to_version_2_with_its_runs_intact() {
+    let Some(test) = common::fresh_store().await else {
+        return;
+    };
+    let schema = common::schema_of(&test).to_string();
+    let run = fixtures::run().version(7).build();
+    let record = ChangeRecord::created(&run, Action::Schedule);
+    test.insert(&run, &record).await.expect("insert");
+    let mut conn = PgConnection::connect(&test.guard.url).await.expect("connect");
+    let mut tx = conn.begin().await.expect("begin");
+    sqlx::query(&format!("DROP TABLE \"{schema}\".fielding_run_jobs"))
+        .execute(&mut *tx)
+        .await
+        .expect("drop the jobs table");
+    sqlx::query(&format!(
+        "DELETE FROM \"{schema}\".fielding_schema_migrations WHERE version >= 2"
+    ))
+    .execute(&mut *tx)
+    .await
+    .expect("forget migration 2");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        tables(&mut conn, &schema).await,
+        ["change_records", "fielding_runs", "fielding_schema_migrations"]
+    );
+
+    // A fresh instance (no state carried over from before) migrates it.
+    let store = common::connect_store(&test.guard.url, &schema, "fielding_migrate_v1", 2).await;
+    let migrated = store.migrate().await.expect("migrate");
+    assert_eq!((migrated.applied.as_slice(), migrated.version), (&[2][..], 2));
+    assert!(store.migrate().await.expect("again").applied.is_empty());
+    assert_eq!(store.get(&run.key()).await.expect("get"), Some(run.clone()));
+    assert_eq!(store.changes(&run.key()).await.expect("changes"), vec![record]);
+    let recorded: Vec<i64> = sqlx::query_scalar(&format!(
+        "SELECT version FROM \"{schema}\".fielding_schema_migrations ORDER BY version"
+    ))
+    .fetch_all(&mut conn)
+    .await
+    .expect("migrations table");
+    assert_eq!(recorded, [1, 2]);
+
+    let job = fielding_core::FieldingRunJob {
+        id: fielding_core::JobId::generate(),
+        scope: run.scope(),
+        idempotency_key: fielding_core::IdempotencyKey::parse("after-migration").expect("key"),
+        request: fielding_core::JobRequest::LaunchFromDraft {
+            end_fielding_at: run.end_fielding_at,
+        },
+        fielding_run_id: fielding_core::FieldingRunId::generate(),
+        created_at: run.last_changed_at,
+        created_by: run.last_changed_by,
+        trace_id: None,
+        state: fielding_core::JobState::Processing,
+    };
+    assert_eq!(
+        store.create_job(&job).await.expect("create_job"),
+        fielding_core::JobCreated::Created
+    );
+    assert_eq!(store.get_job(&job.scope, &job.id).await.expect("get_job"), Some(job));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -70,8 +70,10 @@
 //!
 //! ## Schema and migrations
 //!
-//! Tables `fielding_runs` (unique on account, project and target group)
-//! and `change_records` (primary key run id and version), created by
+//! Tables `fielding_runs` (unique on account, project and target group),
+//! `change_records` (primary key run id and version) and, since schema
+//! version 2, `fielding_run_jobs` (creation jobs, unique on account and
+//! idempotency key), created by
 //! embedded, numbered migrations recorded in `fielding_schema_migrations`.
 //! [`SqliteStore::open`] migrates; [`SqliteStore::migrate`] does it as an
 //! explicit step. Both are idempotent and safe when two processes start at
@@ -92,6 +94,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod jobs;
 mod schema;
 mod sql;
 mod store;

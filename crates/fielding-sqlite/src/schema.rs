@@ -14,7 +14,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 use crate::error::{open_error, OpenError};
 
 /// The schema version this library writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 struct Migration {
     version: u32,
@@ -22,10 +22,13 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "fielding_runs and change_records",
-    sql: "
+/// Every migration, in order. Append only: a released migration is never
+/// edited, a change is a new one.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "fielding_runs and change_records",
+        sql: "
 CREATE TABLE fielding_runs (
     id                 TEXT    NOT NULL PRIMARY KEY,
     account_id         INTEGER NOT NULL,
@@ -55,7 +58,42 @@ CREATE TABLE change_records (
     PRIMARY KEY (run_id, version)
 ) STRICT, WITHOUT ROWID;
 ",
-}];
+    },
+    Migration {
+        version: 2,
+        description: "fielding_run_jobs",
+        // Requests: a launch has no start, a schedule has one. Outcomes: a
+        // failure code and its description exactly when the job failed.
+        sql: "
+CREATE TABLE fielding_run_jobs (
+    id                  TEXT    NOT NULL PRIMARY KEY,
+    account_id          INTEGER NOT NULL,
+    project_id          TEXT    NOT NULL,
+    target_group_id     TEXT    NOT NULL,
+    kind                TEXT    NOT NULL,
+    idempotency_key     TEXT    NOT NULL,
+    start_ms            INTEGER,
+    end_ms              INTEGER NOT NULL,
+    fielding_run_id     TEXT    NOT NULL,
+    created_at_ms       INTEGER NOT NULL,
+    created_by          TEXT    NOT NULL,
+    trace_id            TEXT,
+    status              TEXT    NOT NULL CHECK (status IN ('Processing', 'Completed', 'Failed')),
+    failure_code        TEXT,
+    failure_description TEXT,
+    CONSTRAINT fielding_run_jobs_idempotency_key UNIQUE (account_id, idempotency_key),
+    CONSTRAINT fielding_run_jobs_request CHECK (
+        (kind <> 'launch-from-draft' OR start_ms IS NULL)
+        AND (kind <> 'schedule-from-draft' OR start_ms IS NOT NULL)
+    ),
+    CONSTRAINT fielding_run_jobs_failure CHECK (
+        (status = 'Failed') = (failure_code IS NOT NULL)
+        AND (failure_code IS NULL) = (failure_description IS NULL)
+    )
+) STRICT, WITHOUT ROWID;
+",
+    },
+];
 
 const CREATE_MIGRATIONS_TABLE: &str = "
 CREATE TABLE IF NOT EXISTS fielding_schema_migrations (
@@ -193,5 +231,65 @@ mod tests {
             migrate(&mut conn, path, 0),
             Err(OpenError::SchemaTooNew { .. })
         ));
+    }
+
+    fn tables(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_database_with_only_migration_1_gets_migration_2_alone() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let path = Path::new(":memory:");
+        // What the release before jobs did: migration 1, recorded.
+        conn.execute_batch(CREATE_MIGRATIONS_TABLE).unwrap();
+        conn.execute_batch(MIGRATIONS[0].sql).unwrap();
+        conn.execute(
+            "INSERT INTO fielding_schema_migrations VALUES (1, ?1, 5)",
+            [MIGRATIONS[0].description],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO fielding_runs VALUES ('01BTGNYV6HRNK8K8VKZASZCFP2', 101, '01BTGNYV6HRNK8K8VKZASZCFP0',              '01BTGNYV6HRNK8K8VKZASZCFP1', 1, 2, 'scheduled', 1, 0, '67e55044-10b1-426f-9247-bb680e5fe0c8')",
+            [],
+        )
+        .unwrap();
+        assert!(matches!(
+            check(&conn, path),
+            Err(OpenError::SchemaOutdated {
+                found: 1,
+                needed: 2,
+                ..
+            })
+        ));
+        let report = migrate(&mut conn, path, 9).unwrap();
+        assert_eq!((report.from, report.to, report.applied()), (1, 2, 1));
+        check(&conn, path).unwrap();
+        assert_eq!(
+            tables(&conn),
+            [
+                "change_records",
+                "fielding_run_jobs",
+                "fielding_runs",
+                "fielding_schema_migrations"
+            ]
+        );
+        let runs: i64 = conn
+            .query_row("SELECT COUNT(*) FROM fielding_runs", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(runs, 1);
+        let applied: Vec<(i64, i64)> = conn
+            .prepare("SELECT version, applied_at_ms FROM fielding_schema_migrations ORDER BY version")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(applied, [(1, 5), (2, 9)]);
     }
 }

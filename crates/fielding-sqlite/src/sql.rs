@@ -33,16 +33,16 @@ const SCOPE_TAKEN: &str =
     "SELECT 1 FROM fielding_runs WHERE account_id = ?1 AND project_id = ?2 AND target_group_id = ?3";
 
 /// A user id as hyphenated lower-case text, without allocating.
-struct UserText([u8; 36]);
+pub(crate) struct UserText([u8; 36]);
 
 impl UserText {
-    fn new(user: &UserId) -> Self {
+    pub(crate) fn new(user: &UserId) -> Self {
         let mut buf = [0u8; 36];
         user.as_uuid().hyphenated().encode_lower(&mut buf);
         Self(buf)
     }
 
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         // encode_lower writes ASCII only.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
@@ -53,15 +53,15 @@ fn v(version: Version) -> i64 {
     version.get() as i64
 }
 
-fn bad(idx: usize, ty: Type, err: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+pub(crate) fn bad(idx: usize, ty: Type, err: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(idx, ty, Box::new(err))
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-struct Invalid(String);
+pub(crate) struct Invalid(pub(crate) String);
 
-fn text<T, E: std::error::Error + Send + Sync + 'static>(
+pub(crate) fn text<T, E: std::error::Error + Send + Sync + 'static>(
     row: &Row<'_>,
     idx: usize,
     parse: impl FnOnce(&str) -> Result<T, E>,
@@ -70,13 +70,13 @@ fn text<T, E: std::error::Error + Send + Sync + 'static>(
     parse(value).map_err(|e| bad(idx, Type::Text, e))
 }
 
-fn timestamp(row: &Row<'_>, idx: usize) -> rusqlite::Result<Timestamp> {
+pub(crate) fn timestamp(row: &Row<'_>, idx: usize) -> rusqlite::Result<Timestamp> {
     let ms: i64 = row.get(idx)?;
     Timestamp::from_unix_millis(ms)
         .ok_or_else(|| bad(idx, Type::Integer, Invalid(format!("timestamp {ms} ms out of range"))))
 }
 
-fn opt_timestamp(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Timestamp>> {
+pub(crate) fn opt_timestamp(row: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Timestamp>> {
     match row.get::<_, Option<i64>>(idx)? {
         None => Ok(None),
         Some(_) => timestamp(row, idx).map(Some),

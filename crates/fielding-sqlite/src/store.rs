@@ -6,15 +6,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, FieldingRun, FieldingStore, RunKey, Scope, StoreError, Update, UpdateOutcome, Version,
+    ChangeRecord, Decide, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey, Scope,
+    StoreError, Update, UpdateOutcome, Version,
 };
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
 use crate::error::{open_error, stopped, OpenError};
 use crate::schema::{self, MigrationReport};
-use crate::sql;
-use crate::writer::{self, Counters, Job, Write, WriteKind, WriterJob};
+use crate::writer::{self, Counters, Job, Write, WriteKind, WriterJob, Written};
+use crate::{jobs, sql};
 
 /// How hard a commit tries to reach the disk. See the crate documentation.
 ///
@@ -237,8 +238,8 @@ pub struct SqliteStore {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct WriteStats {
-    /// Writes (`insert`, `compare_and_swap`) the writer thread has run,
-    /// whatever their outcome.
+    /// Writes (`insert`, `compare_and_swap`, `create_job`, `finish_job`)
+    /// the writer thread has run, whatever their outcome.
     pub writes: u64,
     /// Write transactions it has run for them (fewer than `writes` when
     /// group commit put several writes in one).
@@ -572,11 +573,8 @@ impl SqliteStore {
     }
 
     /// Sends a write to the writer thread and awaits its answer.
-    async fn write(&self, kind: WriteKind) -> Result<(), StoreError> {
-        let op = match kind {
-            WriteKind::Insert { .. } => "insert",
-            WriteKind::CompareAndSwap { .. } => "compare_and_swap",
-        };
+    async fn write(&self, kind: WriteKind) -> Result<Written, StoreError> {
+        let op = kind.op();
         let (reply, answer) = oneshot::channel();
         self.writer
             .send(WriterJob::Write(Write { kind, reply }))
@@ -629,6 +627,7 @@ impl FieldingStore for SqliteStore {
             change: change.clone(),
         })
         .await
+        .and_then(|written| expect_done("insert", written))
     }
 
     async fn get(&self, key: &RunKey) -> Result<Option<FieldingRun>, StoreError> {
@@ -654,6 +653,7 @@ impl FieldingStore for SqliteStore {
             change: change.clone(),
         })
         .await
+        .and_then(|written| expect_done("compare_and_swap", written))
     }
 
     /// The default's steps (read, `decide` on the caller's task, then a
@@ -681,7 +681,8 @@ impl FieldingStore for SqliteStore {
                         source: None,
                     });
                 }
-                self.write(WriteKind::CompareAndSwap { expected, run, change }).await?;
+                let written = self.write(WriteKind::CompareAndSwap { expected, run, change }).await?;
+                expect_done("update", written)?;
                 Ok(UpdateOutcome::Written)
             }
         }
@@ -690,5 +691,60 @@ impl FieldingStore for SqliteStore {
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {
         let key = *key;
         self.read("changes", move |conn| sql::changes(conn, &key)).await
+    }
+
+    /// One write on the writer thread: an `INSERT ... ON CONFLICT
+    /// (account_id, idempotency_key) DO NOTHING` and, when it inserted
+    /// nothing, the job holding the key, read in the same transaction.
+    /// Writes are serialized (one writer thread, `BEGIN IMMEDIATE` across
+    /// processes), so of concurrent calls with one key exactly one inserts.
+    async fn create_job(&self, job: &FieldingRunJob) -> Result<JobCreated, StoreError> {
+        match self.write(WriteKind::CreateJob { job: job.clone() }).await? {
+            Written::Job(created) => Ok(created),
+            other => Err(mismatched("create_job", &other)),
+        }
+    }
+
+    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+        let (scope, id) = (*scope, *id);
+        self.read("get_job", move |conn| jobs::get_job(conn, &scope, &id)).await
+    }
+
+    /// One write on the writer thread: `UPDATE ... WHERE id AND scope AND
+    /// status = 'Processing'`, then the job as it stands, in the same
+    /// transaction.
+    async fn finish_job(
+        &self,
+        scope: &Scope,
+        id: &JobId,
+        outcome: &JobOutcome,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
+        let kind = WriteKind::FinishJob {
+            scope: *scope,
+            id: *id,
+            outcome: outcome.clone(),
+        };
+        match self.write(kind).await? {
+            Written::Finished(job) => Ok(job),
+            other => Err(mismatched("finish_job", &other)),
+        }
+    }
+}
+
+/// The answer of `insert` and `compare_and_swap`.
+fn expect_done(op: &'static str, written: Written) -> Result<(), StoreError> {
+    match written {
+        Written::Done => Ok(()),
+        other => Err(mismatched(op, &other)),
+    }
+}
+
+/// The writer answered a write with another write's kind of answer (a bug,
+/// reported rather than panicking).
+fn mismatched(op: &'static str, written: &Written) -> StoreError {
+    StoreError::Backend {
+        message: format!("sqlite {op}: the writer thread gave an unexpected answer {written:?}"),
+        retryable: false,
+        source: None,
     }
 }

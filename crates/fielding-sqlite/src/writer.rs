@@ -1,6 +1,7 @@
 //! The writer thread's loop, with group commit.
 //!
-//! Writes (`insert`, `compare_and_swap`) arrive as data, not closures, so
+//! Writes (`insert`, `compare_and_swap`, `create_job`, `finish_job`) arrive
+//! as data, not closures, so
 //! the writer can see several queued at once. When more than one job is
 //! waiting, it runs them in **one** `BEGIN IMMEDIATE` transaction and
 //! commits once: one WAL append (and, with `synchronous = FULL`, one
@@ -27,12 +28,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
-use fielding_core::{ChangeRecord, FieldingRun, StoreError, Version};
+use fielding_core::{
+    ChangeRecord, FieldingRun, FieldingRunJob, JobCreated, JobId, JobOutcome, Scope, StoreError, Version,
+};
 use rusqlite::{Connection, ErrorCode};
 use tokio::sync::oneshot;
 
 use crate::error::{code, store_error};
-use crate::sql;
+use crate::{jobs, sql};
 
 /// Counters of the writer thread, for [`crate::SqliteStore::write_stats`].
 #[derive(Debug, Default)]
@@ -61,7 +64,18 @@ pub(crate) enum WriterJob {
 /// One write and where its answer goes.
 pub(crate) struct Write {
     pub(crate) kind: WriteKind,
-    pub(crate) reply: oneshot::Sender<Result<(), StoreError>>,
+    pub(crate) reply: oneshot::Sender<Result<Written, StoreError>>,
+}
+
+/// What a successful write answers; the variant follows the [`WriteKind`].
+#[derive(Debug)]
+pub(crate) enum Written {
+    /// `insert`, `compare_and_swap`.
+    Done,
+    /// `create_job`.
+    Job(JobCreated),
+    /// `finish_job`: the job as stored after the write.
+    Finished(Option<FieldingRunJob>),
 }
 
 /// The writes of the trait.
@@ -75,30 +89,50 @@ pub(crate) enum WriteKind {
         run: FieldingRun,
         change: ChangeRecord,
     },
+    CreateJob {
+        job: FieldingRunJob,
+    },
+    FinishJob {
+        scope: Scope,
+        id: JobId,
+        outcome: JobOutcome,
+    },
 }
 
 impl WriteKind {
-    fn op(&self) -> &'static str {
+    pub(crate) fn op(&self) -> &'static str {
         match self {
             WriteKind::Insert { .. } => "insert",
             WriteKind::CompareAndSwap { .. } => "compare_and_swap",
+            WriteKind::CreateJob { .. } => "create_job",
+            WriteKind::FinishJob { .. } => "finish_job",
         }
     }
 
     /// In its own transaction.
-    fn run_alone(&self, conn: &mut Connection) -> Result<(), StoreError> {
+    fn run_alone(&self, conn: &mut Connection) -> Result<Written, StoreError> {
         match self {
-            WriteKind::Insert { run, change } => sql::insert(conn, run, change),
-            WriteKind::CompareAndSwap { expected, run, change } => sql::compare_and_swap(conn, *expected, run, change),
+            WriteKind::Insert { run, change } => sql::insert(conn, run, change).map(|()| Written::Done),
+            WriteKind::CompareAndSwap { expected, run, change } => {
+                sql::compare_and_swap(conn, *expected, run, change).map(|()| Written::Done)
+            }
+            WriteKind::CreateJob { job } => jobs::create_job(conn, job).map(Written::Job),
+            WriteKind::FinishJob { scope, id, outcome } => {
+                jobs::finish_job(conn, scope, id, outcome).map(Written::Finished)
+            }
         }
     }
 
     /// Inside the caller's transaction.
-    fn run_in(&self, conn: &Connection) -> Result<(), StoreError> {
+    fn run_in(&self, conn: &Connection) -> Result<Written, StoreError> {
         match self {
-            WriteKind::Insert { run, change } => sql::insert_rows(conn, run, change),
+            WriteKind::Insert { run, change } => sql::insert_rows(conn, run, change).map(|()| Written::Done),
             WriteKind::CompareAndSwap { expected, run, change } => {
-                sql::compare_and_swap_rows(conn, *expected, run, change)
+                sql::compare_and_swap_rows(conn, *expected, run, change).map(|()| Written::Done)
+            }
+            WriteKind::CreateJob { job } => jobs::create_job_rows(conn, job).map(Written::Job),
+            WriteKind::FinishJob { scope, id, outcome } => {
+                jobs::finish_job_rows(conn, scope, id, outcome).map(Written::Finished)
             }
         }
     }
@@ -150,14 +184,14 @@ pub(crate) fn serve(mut conn: Connection, jobs: mpsc::Receiver<WriterJob>, group
 
 /// A write's outcome that guarantees it changed nothing in the database,
 /// or its success: the transaction can go on without a savepoint.
-fn clean(outcome: &Result<(), StoreError>) -> bool {
+fn clean(outcome: &Result<Written, StoreError>) -> bool {
     matches!(
         outcome,
-        Ok(()) | Err(StoreError::VersionConflict { .. } | StoreError::NotFound | StoreError::AlreadyExists { .. })
+        Ok(_) | Err(StoreError::VersionConflict { .. } | StoreError::NotFound | StoreError::AlreadyExists { .. })
     )
 }
 
-fn answer(group: Vec<Write>, outcomes: Vec<Result<(), StoreError>>) {
+fn answer(group: Vec<Write>, outcomes: Vec<Result<Written, StoreError>>) {
     for (write, outcome) in group.into_iter().zip(outcomes) {
         let _ = write.reply.send(outcome);
     }
@@ -247,7 +281,7 @@ fn group_failure(op: &'static str, what: &str, err: &rusqlite::Error) -> StoreEr
     }
 }
 
-fn savepoint(conn: &Connection, write: &WriteKind) -> Result<(), StoreError> {
+fn savepoint(conn: &Connection, write: &WriteKind) -> Result<Written, StoreError> {
     conn.prepare_cached("SAVEPOINT fielding_write")
         .and_then(|mut s| s.execute([]))
         .map_err(|e| store_error(write.op(), e))?;
@@ -276,7 +310,7 @@ fn savepoint(conn: &Connection, write: &WriteKind) -> Result<(), StoreError> {
 /// The careful path: each write in its own savepoint, so a write that
 /// fails halfway is undone alone.
 fn commit_with_savepoints(conn: &mut Connection, group: Vec<Write>) {
-    let mut answers: Vec<(Write, Result<(), StoreError>)> = Vec::with_capacity(group.len());
+    let mut answers: Vec<(Write, Result<Written, StoreError>)> = Vec::with_capacity(group.len());
     // Index in `answers` where the open transaction's writes start.
     let mut open: Option<usize> = None;
     for write in group {

@@ -125,6 +125,23 @@ async fn migrating_is_explicit_idempotent_and_opening_without_it_is_refused() {
         .query_row("SELECT COUNT(*) FROM fielding_schema_migrations", [], |row| row.get(0))
         .unwrap();
     assert_eq!(recorded, i64::from(SCHEMA_VERSION));
+    assert_eq!(SCHEMA_VERSION, 2, "migration 2 adds fielding_run_jobs");
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        tables,
+        [
+            "change_records",
+            "fielding_run_jobs",
+            "fielding_runs",
+            "fielding_schema_migrations"
+        ]
+    );
     let mode: String = conn.query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
     assert_eq!(mode, "wal");
 }

@@ -2,7 +2,8 @@
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, FieldingRun, FieldingStore, RunKey, Scope, StoreError, UpdateOutcome, Version,
+    ChangeRecord, Decide, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey, Scope,
+    StoreError, UpdateOutcome, Version,
 };
 
 /// `store` together with a `guard` it needs for its lifetime: the
@@ -72,5 +73,22 @@ where
 
     async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
         self.store.update(key, decide).await
+    }
+
+    async fn create_job(&self, job: &FieldingRunJob) -> Result<JobCreated, StoreError> {
+        self.store.create_job(job).await
+    }
+
+    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+        self.store.get_job(scope, id).await
+    }
+
+    async fn finish_job(
+        &self,
+        scope: &Scope,
+        id: &JobId,
+        outcome: &JobOutcome,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
+        self.store.finish_job(scope, id, outcome).await
     }
 }

@@ -192,6 +192,11 @@ macro_rules! conformance_tests {
             store race_concurrent_increments_on_one_run_lose_no_update;
             store race_writers_spread_over_many_runs_do_not_cross_talk;
             store race_concurrent_updates_on_one_run_lose_no_update;
+            store job_round_trip_preserves_every_field;
+            store job_idempotency_key_is_unique_per_account;
+            store concurrent_job_creations_with_one_key_have_exactly_one_winner;
+            store job_scope_isolation_hides_the_job_from_every_other_scope;
+            store finish_job_records_the_first_outcome_only;
             factory linearizable_interleaved_read_then_write_cycles_match_the_model;
             }
         }

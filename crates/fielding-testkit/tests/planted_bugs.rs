@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, FieldingRun, FieldingRunId, FieldingStore, RunKey, Scope, StoreError, Timestamp, Update,
-    UpdateOutcome, Version,
+    ChangeRecord, Decide, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome,
+    JobState, RunKey, Scope, StoreError, Timestamp, Update, UpdateOutcome, Version,
 };
 use fielding_memory::MemoryStore;
 use fielding_testkit::{run_all, Capabilities, SuiteReport, CASES};
@@ -78,12 +78,24 @@ enum Bug {
     /// and one in three calls that overlap another answer a retryable
     /// "busy" error without doing anything.
     BusyUnderContention,
+    /// `create_job` looks the idempotency key up, awaits, then inserts:
+    /// concurrent submissions of one key all create a job.
+    RacyJobKey,
+    /// Idempotency keys are unique per target group, not per account.
+    JobKeyPerTargetGroup,
+    /// `get_job` and `finish_job` find jobs by id alone.
+    JobIgnoresScope,
+    /// `finish_job` overwrites an outcome already recorded.
+    FinishOverwrites,
+    /// The trace id of a job is not stored.
+    DropsJobTraceId,
 }
 
 #[derive(Debug, Default)]
 struct State {
     runs: HashMap<FieldingRunId, Row>,
     by_scope: HashMap<Scope, FieldingRunId>,
+    jobs: HashMap<JobId, FieldingRunJob>,
 }
 
 #[derive(Debug)]
@@ -132,7 +144,9 @@ impl PlantedStore {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
         let guard = InFlight(Some(&self.in_flight));
         tokio::task::yield_now().await;
-        if self.in_flight.load(Ordering::SeqCst) > 1 && self.overlapping.fetch_add(1, Ordering::SeqCst) % 3 == 0 {
+        if self.in_flight.load(Ordering::SeqCst) > 1
+            && self.overlapping.fetch_add(1, Ordering::SeqCst).is_multiple_of(3)
+        {
             return Err(StoreError::transient("database is busy"));
         }
         Ok(guard)
@@ -201,7 +215,7 @@ impl PlantedStore {
     }
 
     fn append(&self, changes: &mut Vec<ChangeRecord>, record: &ChangeRecord) {
-        if self.bug == Bug::DropsChangeRecords && record.version.get() % 7 == 0 {
+        if self.bug == Bug::DropsChangeRecords && record.version.get().is_multiple_of(7) {
             return;
         }
         changes.push(record.clone());
@@ -398,6 +412,63 @@ impl FieldingStore for PlantedStore {
             Some(row) if self.visible(row, key) => row.changes.clone(),
             _ => Vec::new(),
         })
+    }
+
+    async fn create_job(&self, job: &FieldingRunJob) -> Result<JobCreated, StoreError> {
+        let _call = self.enter().await?;
+        let same_key = |stored: &FieldingRunJob| {
+            stored.idempotency_key == job.idempotency_key
+                && if self.bug == Bug::JobKeyPerTargetGroup {
+                    stored.scope == job.scope
+                } else {
+                    stored.scope.account_id == job.scope.account_id
+                }
+        };
+        if self.bug == Bug::RacyJobKey {
+            if let Some(existing) = self.lock().jobs.values().find(|j| same_key(j)) {
+                return Ok(JobCreated::Existing(existing.clone()));
+            }
+            tokio::task::yield_now().await;
+        } else if let Some(existing) = self.lock().jobs.values().find(|j| same_key(j)) {
+            return Ok(JobCreated::Existing(existing.clone()));
+        }
+        let mut stored = job.clone();
+        if self.bug == Bug::DropsJobTraceId {
+            stored.trace_id = None;
+        }
+        self.lock().jobs.insert(job.id, stored);
+        Ok(JobCreated::Created)
+    }
+
+    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+        let _call = self.enter().await?;
+        let state = self.lock();
+        Ok(state
+            .jobs
+            .get(id)
+            .filter(|job| self.bug == Bug::JobIgnoresScope || job.scope == *scope)
+            .cloned())
+    }
+
+    async fn finish_job(
+        &self,
+        scope: &Scope,
+        id: &JobId,
+        outcome: &JobOutcome,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
+        let _call = self.enter().await?;
+        let mut state = self.lock();
+        let Some(job) = state
+            .jobs
+            .get_mut(id)
+            .filter(|job| self.bug == Bug::JobIgnoresScope || job.scope == *scope)
+        else {
+            return Ok(None);
+        };
+        if job.state == JobState::Processing || self.bug == Bug::FinishOverwrites {
+            job.state = JobState::Finished(outcome.clone());
+        }
+        Ok(Some(job.clone()))
     }
 }
 
@@ -696,6 +767,65 @@ async fn an_update_that_retries_and_decides_again_is_caught() {
             "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
             "update_write_at_the_read_version_bumps_it_by_exactly_one",
         ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_racy_idempotency_key_check_creates_duplicate_jobs() {
+    assert_rejected(
+        Bug::RacyJobKey,
+        &["concurrent_job_creations_with_one_key_have_exactly_one_winner"],
+        &[
+            "job_round_trip_preserves_every_field",
+            "job_idempotency_key_is_unique_per_account",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idempotency_keys_per_target_group_are_caught() {
+    assert_rejected(
+        Bug::JobKeyPerTargetGroup,
+        &["job_idempotency_key_is_unique_per_account"],
+        &[
+            "job_round_trip_preserves_every_field",
+            "finish_job_records_the_first_outcome_only",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_found_by_id_alone_leak_across_scopes() {
+    assert_rejected(
+        Bug::JobIgnoresScope,
+        &["job_scope_isolation_hides_the_job_from_every_other_scope"],
+        &[
+            "job_round_trip_preserves_every_field",
+            "job_idempotency_key_is_unique_per_account",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outcome_overwritten_by_a_later_one_is_caught() {
+    assert_rejected(
+        Bug::FinishOverwrites,
+        &["finish_job_records_the_first_outcome_only"],
+        &["job_scope_isolation_hides_the_job_from_every_other_scope"],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_trace_id_is_caught() {
+    assert_rejected(
+        Bug::DropsJobTraceId,
+        &["job_round_trip_preserves_every_field"],
+        &["round_trip_preserves_every_field"],
     )
     .await;
 }

@@ -25,6 +25,7 @@
 
 mod check;
 mod contract;
+mod jobs;
 mod races;
 mod update;
 
@@ -37,6 +38,11 @@ pub use contract::{
     insert_refuses_a_second_run_for_the_same_target_group, round_trip_preserves_every_field,
     scope_isolation_compare_and_swap_through_another_scope_is_not_found,
     scope_isolation_hides_the_run_from_every_other_scope,
+};
+pub use jobs::{
+    concurrent_job_creations_with_one_key_have_exactly_one_winner, finish_job_records_the_first_outcome_only,
+    job_idempotency_key_is_unique_per_account, job_round_trip_preserves_every_field,
+    job_scope_isolation_hides_the_job_from_every_other_scope,
 };
 pub use races::{
     change_records_are_atomic_with_the_write_they_describe, race_concurrent_increments_on_one_run_lose_no_update,

@@ -1,0 +1,321 @@
+//! The command line: flags, their environment variables, the `token`
+//! subcommand.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use fielding_core::AccountId;
+use fielding_http::rate_limit::RateLimitPolicy;
+use fielding_http::DEFAULT_BODY_LIMIT;
+use uuid::Uuid;
+
+use crate::app::ApiLimits;
+use crate::database::Database;
+use crate::jwt::{JwtSecret, SecretError, DEFAULT_TTL};
+
+/// The sustained rate that stands for "no limit" when
+/// `--rate-limit-per-second 0` is given: a billion requests per second per
+/// principal, with a burst of as many.
+pub const UNLIMITED_RATE: u32 = 1_000_000_000;
+
+/// `fielding-server`: the fielding-run HTTP API.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "fielding-server",
+    version,
+    about = "The fielding-run HTTP API on SQLite, PostgreSQL or memory, with JWT (HS256) bearer tokens",
+    after_help = "Logs go to stderr; set RUST_LOG to filter them (default: info), e.g. RUST_LOG=fielding_server=debug,info.\n\
+                  Every flag can also be set with the environment variable shown in brackets; a flag wins over its variable.\n\
+                  Stop with SIGINT (Ctrl-C) or SIGTERM: in-flight requests are finished first."
+)]
+pub struct Cli {
+    /// A subcommand; without one the server runs.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The server's settings.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print a bearer token (HS256 JWT) for the given accounts, and nothing
+    /// else, so `TOKEN=$(fielding-server token ...)` works.
+    Token(TokenArgs),
+}
+
+/// How the server runs.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// The address to listen on. Port 0 picks a free port; the address
+    /// actually bound is printed at start-up.
+    #[arg(long, env = "FIELDING_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// The store: a SQLite file path or sqlite://PATH (created and migrated
+    /// if needed), postgres://… or postgresql://… (migrated at start-up),
+    /// or `memory` (nothing survives a restart).
+    #[arg(
+        long,
+        env = "FIELDING_DATABASE",
+        value_name = "URL",
+        default_value = "fielding.sqlite3"
+    )]
+    pub database: Database,
+
+    /// The PostgreSQL schema holding the tables (PostgreSQL only).
+    #[arg(long, env = "FIELDING_PG_SCHEMA", value_name = "SCHEMA", default_value = "fielding")]
+    pub pg_schema: String,
+
+    /// The HS256 secret bearer tokens are signed with. When unset, a random
+    /// one is generated for this run and printed at start-up (tokens then
+    /// stop working at the next restart).
+    #[arg(long, env = "FIELDING_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<JwtSecret>,
+
+    /// Requests per second each principal may make, sustained; 0 turns rate
+    /// limiting off.
+    #[arg(
+        long,
+        env = "FIELDING_RATE_LIMIT_PER_SECOND",
+        value_name = "N",
+        default_value_t = 100
+    )]
+    pub rate_limit_per_second: u32,
+
+    /// How many requests a principal may make at once before the sustained
+    /// rate applies (at least 1).
+    #[arg(
+        long,
+        env = "FIELDING_RATE_LIMIT_BURST",
+        value_name = "N",
+        default_value_t = 200,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub rate_limit_burst: u32,
+
+    /// The largest request body accepted, in bytes (413 above it).
+    #[arg(long, env = "FIELDING_BODY_LIMIT", value_name = "BYTES", default_value_t = DEFAULT_BODY_LIMIT)]
+    pub body_limit: usize,
+}
+
+/// The `token` subcommand's arguments.
+#[derive(Debug, Clone, Args)]
+pub struct TokenArgs {
+    /// The secret the server verifies tokens with (its --jwt-secret).
+    #[arg(long, env = "FIELDING_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub secret: JwtSecret,
+
+    /// An account the token grants access to; repeat for several.
+    #[arg(long = "account", value_name = "ID", required = true)]
+    pub accounts: Vec<AccountId>,
+
+    /// The user (a UUID) recorded as `last_changed_by`; a random one when
+    /// not given.
+    #[arg(long, value_name = "UUID")]
+    pub user: Option<Uuid>,
+
+    /// How long the token is valid, in seconds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_TTL.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub ttl: u64,
+}
+
+impl TokenArgs {
+    /// The token's lifetime.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl)
+    }
+}
+
+/// Why the settings cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No secret was given and none could be generated.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// The rate limit is not usable.
+    #[error("invalid rate limit: {0}")]
+    RateLimit(String),
+}
+
+/// Where the JWT secret came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretSource {
+    /// `--jwt-secret` or `FIELDING_JWT_SECRET`.
+    Given,
+    /// Generated at start-up.
+    Generated,
+}
+
+/// Everything [`crate::Server::bind`] needs.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The address to listen on (`host:port`; port 0 for any free one).
+    pub listen: String,
+    /// The store.
+    pub database: Database,
+    /// The PostgreSQL schema.
+    pub pg_schema: String,
+    /// The HS256 secret.
+    pub jwt_secret: JwtSecret,
+    /// Where the secret came from.
+    pub secret_source: SecretSource,
+    /// Rate and body limits.
+    pub limits: ApiLimits,
+}
+
+impl ServerConfig {
+    /// Settings for an in-process server (tests, embedding): listening on
+    /// `127.0.0.1:0`, the given store and secret, default limits.
+    pub fn new(database: Database, jwt_secret: JwtSecret) -> Self {
+        Self {
+            listen: "127.0.0.1:0".to_owned(),
+            database,
+            pg_schema: "fielding".to_owned(),
+            jwt_secret,
+            secret_source: SecretSource::Given,
+            limits: ApiLimits::default(),
+        }
+    }
+}
+
+impl ServeArgs {
+    /// The rate limit the flags ask for (see [`UNLIMITED_RATE`]).
+    pub fn rate_limit_policy(&self) -> Result<RateLimitPolicy, ConfigError> {
+        if self.rate_limit_per_second == 0 {
+            return RateLimitPolicy::per_second(UNLIMITED_RATE, UNLIMITED_RATE)
+                .ok_or_else(|| ConfigError::RateLimit("the unlimited rate is zero".into()));
+        }
+        RateLimitPolicy::per_second(self.rate_limit_per_second, self.rate_limit_burst).ok_or_else(|| {
+            ConfigError::RateLimit(
+                "--rate-limit-burst must be at least 1 (use --rate-limit-per-second 0 to turn limiting off)".into(),
+            )
+        })
+    }
+
+    /// The settings, generating a secret when none was given.
+    pub fn into_config(self) -> Result<ServerConfig, ConfigError> {
+        let limits = ApiLimits {
+            rate_limit: self.rate_limit_policy()?,
+            body_limit: self.body_limit,
+        };
+        let (jwt_secret, secret_source) = match self.jwt_secret {
+            Some(secret) => (secret, SecretSource::Given),
+            None => (JwtSecret::generate()?, SecretSource::Generated),
+        };
+        Ok(ServerConfig {
+            listen: self.listen,
+            database: self.database,
+            pg_schema: self.pg_schema,
+            jwt_secret,
+            secret_source,
+            limits,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("fielding-server").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse_into_a_config() {
+        let cli = parse(&[
+            "--listen",
+            "0.0.0.0:9000",
+            "--database",
+            "memory",
+            "--jwt-secret",
+            "s3cret",
+            "--rate-limit-per-second",
+            "5",
+            "--rate-limit-burst",
+            "10",
+            "--body-limit",
+            "1024",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        let config = cli.serve.into_config().unwrap();
+        assert_eq!(config.listen, "0.0.0.0:9000");
+        assert_eq!(config.database, Database::Memory);
+        assert_eq!(config.jwt_secret.expose(), "s3cret");
+        assert_eq!(config.secret_source, SecretSource::Given);
+        assert_eq!(config.limits.rate_limit, RateLimitPolicy::per_second(5, 10).unwrap());
+        assert_eq!(config.limits.body_limit, 1024);
+    }
+
+    #[test]
+    fn rate_limit_zero_turns_it_off() {
+        let mut args = parse(&["--rate-limit-per-second", "0"]).unwrap().serve;
+        assert_eq!(args.rate_limit_policy().unwrap().rate(), UNLIMITED_RATE);
+        args.rate_limit_per_second = 3;
+        args.rate_limit_burst = 0;
+        assert!(matches!(args.rate_limit_policy(), Err(ConfigError::RateLimit(_))));
+        assert!(parse(&["--rate-limit-burst", "0"]).is_err());
+    }
+
+    #[test]
+    fn bad_databases_are_refused_with_the_reason() {
+        let err = parse(&["--database", "mysql://u@h/db"]).unwrap_err().to_string();
+        assert!(err.contains("unsupported database scheme \"mysql\""), "{err}");
+    }
+
+    #[test]
+    fn an_empty_secret_is_refused() {
+        assert!(parse(&["--jwt-secret", ""]).is_err());
+    }
+
+    #[test]
+    fn token_takes_accounts_user_and_ttl() {
+        let user = "6f1c3f5e-2a0b-4c8e-9a53-2f5a8f1f0b11";
+        let cli = parse(&[
+            "token",
+            "--secret",
+            "s",
+            "--account",
+            "101",
+            "--account",
+            "7",
+            "--user",
+            user,
+            "--ttl",
+            "60",
+        ])
+        .unwrap();
+        let Some(Command::Token(token)) = cli.command else {
+            panic!("not the token subcommand");
+        };
+        assert_eq!(
+            token.accounts,
+            vec![AccountId::new(101).unwrap(), AccountId::new(7).unwrap()]
+        );
+        assert_eq!(token.user, Some(user.parse().unwrap()));
+        assert_eq!(token.ttl(), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn token_needs_an_account_and_valid_values() {
+        assert!(parse(&["token", "--secret", "s"]).is_err());
+        assert!(parse(&["token", "--secret", "s", "--account", "0"]).is_err());
+        assert!(parse(&["token", "--secret", "s", "--account", "1", "--user", "bob"]).is_err());
+        assert!(parse(&["token", "--secret", "s", "--account", "1", "--ttl", "0"]).is_err());
+    }
+}

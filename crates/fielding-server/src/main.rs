@@ -1,0 +1,111 @@
+//! `fielding-server`: serve the fielding-run API, or mint a bearer token.
+//!
+//! Run `fielding-server --help` (or see `docs/server.md`).
+
+use std::error::Error;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use fielding_server::cli::{Cli, Command, SecretSource, ServeArgs, ServerConfig, TokenArgs};
+use fielding_server::{mint_token, shutdown_signal, Server};
+use tracing_subscriber::EnvFilter;
+
+/// A run path to show in the start-up hints.
+const EXAMPLE_LIST: &str =
+    "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Some(Command::Token(args)) => token(&args),
+        None => serve(cli.serve),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fielding-server: error: {}", chain(error.as_ref()));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: cause: cause ...`, skipping causes already in the message.
+fn chain(error: &(dyn Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let line = cause.to_string();
+        if !text.contains(&line) {
+            text.push_str(": ");
+            text.push_str(&line);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+fn token(args: &TokenArgs) -> Result<(), Box<dyn Error>> {
+    let user = args.user.unwrap_or_else(uuid::Uuid::new_v4);
+    let token = mint_token(&args.secret, user, &args.accounts, args.ttl())?;
+    println!("{token}");
+    Ok(())
+}
+
+fn init_logs() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn serve(args: ServeArgs) -> Result<(), Box<dyn Error>> {
+    init_logs();
+    let config = args.into_config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let server = Server::bind(&config).await?;
+        announce(&config, &server);
+        server.serve(shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Where the server listens, on which store, and how to get a token: on
+/// stdout (the first line is `fielding-server listening on http://ADDR`),
+/// and in the logs without the secret.
+fn announce(config: &ServerConfig, server: &Server) {
+    let addr = server.local_addr();
+    let store = config.database.redacted();
+    tracing::info!(%addr, store = server.store_kind(), database = %store, "listening");
+    println!("fielding-server listening on http://{addr}");
+    println!("store: {} ({store})", server.store_kind());
+    println!("health: curl http://{addr}/health");
+    if config.jwt_secret.is_short() && config.secret_source == SecretSource::Given {
+        tracing::warn!(
+            "the JWT secret is shorter than {} bytes; use a longer random one",
+            fielding_server::JwtSecret::RECOMMENDED_LEN
+        );
+    }
+    let mint = match config.secret_source {
+        SecretSource::Generated => {
+            tracing::warn!(
+                "no JWT secret given (--jwt-secret / FIELDING_JWT_SECRET): generated a random one for this run, \
+                 printed on stdout; tokens stop working at the next restart"
+            );
+            let secret = config.jwt_secret.expose();
+            println!(
+                "no JWT secret given (--jwt-secret or FIELDING_JWT_SECRET): generated a random one for this run: {secret}"
+            );
+            format!("fielding-server token --secret {secret} --account 101")
+        }
+        SecretSource::Given => "fielding-server token --secret \"$FIELDING_JWT_SECRET\" --account 101".to_owned(),
+    };
+    println!("development token: TOKEN=$({mint})   (or: cargo run -q -p fielding-server -- token ...)");
+    println!(
+        "try: curl -H \"Authorization: Bearer $TOKEN\" -H \"Cint-API-Version: 2025-12-18\" http://{addr}{EXAMPLE_LIST}"
+    );
+}

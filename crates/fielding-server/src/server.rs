@@ -1,0 +1,318 @@
+//! Opening the store, binding the listener, serving until shut down.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fielding_core::{FieldingService, FieldingStore};
+use fielding_http::rate_limit::RateLimiter;
+use fielding_memory::MemoryStore;
+use fielding_postgres::PgStore;
+use fielding_sqlite::SqliteStore;
+use tokio::net::TcpListener;
+
+use crate::app::{app, App};
+use crate::cli::ServerConfig;
+use crate::database::Database;
+use crate::jwt::JwtAuthenticator;
+
+/// How often idle rate-limit buckets are forgotten.
+const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The SQLite database could not be opened or migrated.
+    #[error("cannot open the SQLite store: {0}")]
+    Sqlite(#[from] fielding_sqlite::OpenError),
+    /// PostgreSQL could not be reached (or the schema name is invalid).
+    #[error("cannot open the PostgreSQL store: {0}")]
+    PostgresConnect(#[from] fielding_postgres::ConnectError),
+    /// The PostgreSQL schema could not be migrated.
+    #[error("cannot migrate the PostgreSQL store: {0}")]
+    PostgresMigrate(#[from] fielding_postgres::MigrateError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("the server failed: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A store, opened, with the SQLite store kept by type so it can be closed
+/// cleanly at shutdown.
+#[derive(Debug, Clone)]
+pub struct OpenedStore {
+    /// The store, for the service.
+    pub store: Arc<dyn FieldingStore>,
+    /// Its kind: `memory`, `sqlite` or `postgres`.
+    pub kind: &'static str,
+    sqlite: Option<Arc<SqliteStore>>,
+}
+
+/// Opens (and migrates) the store `database` names. PostgreSQL keeps its
+/// tables in `pg_schema`.
+pub async fn open_store(database: &Database, pg_schema: &str) -> Result<OpenedStore, ServerError> {
+    let kind = database.kind();
+    match database {
+        Database::Memory => Ok(OpenedStore {
+            store: Arc::new(MemoryStore::new()),
+            kind,
+            sqlite: None,
+        }),
+        Database::Sqlite(path) => {
+            let store = Arc::new(SqliteStore::open(path).await?);
+            Ok(OpenedStore {
+                store: store.clone(),
+                kind,
+                sqlite: Some(store),
+            })
+        }
+        Database::Postgres(url) => {
+            let store = PgStore::connect(url, pg_schema).await?;
+            let migrated = store.migrate().await?;
+            tracing::info!(schema = pg_schema, migration = ?migrated, "PostgreSQL schema migrated");
+            Ok(OpenedStore {
+                store: Arc::new(store),
+                kind,
+                sqlite: None,
+            })
+        }
+    }
+}
+
+impl OpenedStore {
+    /// Closes the store, waiting for a SQLite store's threads to finish
+    /// their queued writes when nothing else holds it any more.
+    pub async fn close(self) {
+        let OpenedStore { store, sqlite, .. } = self;
+        drop(store);
+        if let Some(sqlite) = sqlite {
+            match Arc::try_unwrap(sqlite) {
+                Ok(sqlite) => sqlite.close().await,
+                Err(_) => tracing::debug!("the SQLite store is still in use; it closes when dropped"),
+            }
+        }
+    }
+}
+
+/// A server bound to its address, ready to serve.
+///
+/// ```no_run
+/// use fielding_server::{Database, JwtSecret, Server, ServerConfig};
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = ServerConfig::new(Database::Memory, JwtSecret::new("a secret of at least 32 bytes....")?);
+/// let server = Server::bind(&config).await?;
+/// println!("listening on http://{}", server.local_addr());
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let running = tokio::spawn(server.serve(async { let _ = stopped.await; }));
+/// // ... send requests ...
+/// let _ = stop.send(());
+/// running.await??;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    app: App,
+    store: OpenedStore,
+}
+
+impl Server {
+    /// Opens the store and binds the listener.
+    pub async fn bind(config: &ServerConfig) -> Result<Self, ServerError> {
+        let store = open_store(&config.database, &config.pg_schema).await?;
+        let service = FieldingService::new(store.store.clone());
+        let authenticator = Arc::new(JwtAuthenticator::new(&config.jwt_secret));
+        let app = app(service, authenticator, store.kind, config.limits);
+        let bind_error = |source| ServerError::Bind {
+            addr: config.listen.clone(),
+            source,
+        };
+        let listener = TcpListener::bind(&config.listen).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        Ok(Self {
+            listener,
+            local_addr,
+            app,
+            store,
+        })
+    }
+
+    /// The address actually bound (the real port when 0 was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The store's kind: `memory`, `sqlite` or `postgres`.
+    pub fn store_kind(&self) -> &'static str {
+        self.store.kind
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections,
+    /// finishes the requests in flight, and closes the store.
+    pub async fn serve<F>(self, shutdown: F) -> Result<(), ServerError>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Server {
+            listener,
+            app: App { router, rate_limiter },
+            store,
+            ..
+        } = self;
+        let housekeeping = tokio::spawn(forget_idle(rate_limiter));
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(ServerError::Serve);
+        housekeeping.abort();
+        // The housekeeping task holds no store; the router is gone with
+        // `serve`, so the store is usually ours alone now.
+        store.close().await;
+        served
+    }
+}
+
+async fn forget_idle(rate_limiter: Arc<RateLimiter>) {
+    let mut every = tokio::time::interval(FORGET_IDLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    loop {
+        every.tick().await;
+        rate_limiter.forget_idle();
+    }
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM, logging which.
+///
+/// If a handler cannot be installed, that signal is logged and ignored
+/// (the other one still works).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        match tokio::signal::ctrl_c().await {
+            Ok(()) => "SIGINT",
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGINT");
+                std::future::pending().await
+            }
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+                "SIGTERM"
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending().await
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<&'static str>();
+    let name = tokio::select! {
+        name = interrupt => name,
+        name = terminate => name,
+    };
+    tracing::info!(
+        signal = name,
+        "shutting down: no new connections, finishing the requests in flight"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::{mint_token, JwtSecret, DEFAULT_TTL};
+    use fielding_core::AccountId;
+
+    #[tokio::test]
+    async fn an_in_process_server_serves_and_stops() {
+        let secret = JwtSecret::new("an in-process secret of 32 bytes!").unwrap();
+        let server = Server::bind(&ServerConfig::new(Database::Memory, secret.clone()))
+            .await
+            .unwrap();
+        let addr = server.local_addr();
+        assert_ne!(addr.port(), 0);
+        assert_eq!(server.store_kind(), "memory");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = tokio::spawn(server.serve(async {
+            let _ = stopped.await;
+        }));
+
+        let client = reqwest::Client::new();
+        let health: serde_json::Value = client
+            .get(format!("http://{addr}/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["store"], "memory");
+
+        let token = mint_token(
+            &secret,
+            uuid::Uuid::new_v4(),
+            &[AccountId::new(101).unwrap()],
+            DEFAULT_TTL,
+        )
+        .unwrap();
+        let status = client
+            .get(format!(
+                "http://{addr}/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs"
+            ))
+            .bearer_auth(token)
+            .header("Cint-API-Version", "2025-12-18")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, reqwest::StatusCode::OK);
+
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), running)
+            .await
+            .expect("stops")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_a_bind_error_naming_it() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let mut config = ServerConfig::new(Database::Memory, JwtSecret::new("x").unwrap());
+        config.listen = addr.clone();
+        let err = Server::bind(&config).await.unwrap_err();
+        assert!(matches!(err, ServerError::Bind { .. }), "{err:?}");
+        assert!(err.to_string().contains(&addr), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_a_database_is_a_sqlite_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(
+            &path,
+            "not a database, but long enough to have something like a header in it",
+        )
+        .unwrap();
+        let err = open_store(&Database::Sqlite(path), "fielding").await.unwrap_err();
+        assert!(matches!(err, ServerError::Sqlite(_)), "{err:?}");
+        assert!(err.to_string().contains("notes.txt"), "{err}");
+    }
+}

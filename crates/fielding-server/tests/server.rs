@@ -1,0 +1,537 @@
+//! The real binary, started as a process: its output, tokens, health,
+//! signals, a restart on a SQLite file, the command line.
+//!
+//! Every wait is a poll with a generous deadline (the machine may be small
+//! and busy); no fixed sleeps.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fielding_core::{FieldingService, Scope, Timestamp, UserId};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fielding-server");
+const SECRET: &str = "integration-test secret, 32 bytes or more";
+const API_VERSION: &str = "2025-12-18";
+const PROJECT: &str = "01BTGNYV6HRNK8K8VKZASZCFP0";
+const TARGET_GROUP: &str = "01BTGNYV6HRNK8K8VKZASZCFP1";
+/// How long a server may take to start, or to stop, on a busy machine.
+const DEADLINE: Duration = Duration::from_secs(120);
+
+const ENV_VARS: [&str; 7] = [
+    "FIELDING_LISTEN",
+    "FIELDING_DATABASE",
+    "FIELDING_PG_SCHEMA",
+    "FIELDING_JWT_SECRET",
+    "FIELDING_RATE_LIMIT_PER_SECOND",
+    "FIELDING_RATE_LIMIT_BURST",
+    "FIELDING_BODY_LIMIT",
+];
+
+fn list_path(account: u32) -> String {
+    format!("/demand/accounts/{account}/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-runs")
+}
+
+/// The binary with none of the caller's FIELDING_* settings.
+fn command() -> Command {
+    let mut command = Command::new(BIN);
+    for var in ENV_VARS {
+        command.env_remove(var);
+    }
+    command.env("RUST_LOG", "info");
+    command
+}
+
+/// Runs the binary to completion (for `token`, `--help`, refusals).
+fn run(args: &[&str]) -> Output {
+    command()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("the binary runs")
+}
+
+/// A server process; killed on drop if still running.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stdout: Receiver<String>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+    /// Everything printed so far (stdout and stderr), for assertions and
+    /// failure messages.
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+fn forward(
+    stream: impl Read + Send + 'static,
+    output: Arc<Mutex<Vec<String>>>,
+    lines: Option<mpsc::Sender<String>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            output.lock().unwrap().push(line.clone());
+            if let Some(lines) = &lines {
+                let _ = lines.send(line);
+            }
+        }
+    })
+}
+
+impl Server {
+    /// Starts the server with `args` (plus `--listen 127.0.0.1:0`) and
+    /// waits for the address it prints.
+    fn start(args: &[&str]) -> Self {
+        let mut child = command()
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the server starts");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let (tx, stdout) = mpsc::channel();
+        let readers = vec![
+            forward(child.stdout.take().unwrap(), output.clone(), Some(tx)),
+            forward(child.stderr.take().unwrap(), output.clone(), None),
+        ];
+        let mut server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stdout,
+            readers,
+            output,
+        };
+        let line = server.wait_for_line("listening on http://");
+        let addr = line.rsplit("http://").next().unwrap().trim();
+        server.addr = addr.parse().unwrap_or_else(|e| panic!("{addr:?}: {e}"));
+        // The banner's last line: everything before it has been read.
+        server.wait_for_line("try: curl");
+        server
+    }
+
+    /// The first stdout line (from now on) containing `needle`.
+    fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.stdout.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => panic!("no line with {needle:?} in time:\n{}", self.printed()),
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait();
+                    panic!(
+                        "the server exited ({status:?}) before printing {needle:?}:\n{}",
+                        self.printed()
+                    )
+                }
+            }
+        }
+    }
+
+    fn printed(&self) -> String {
+        self.output.lock().unwrap().join("\n")
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    fn stop_with(&mut self, signal: libc::c_int) -> ExitStatus {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: kill(2) on our own child's pid; it has not been reaped
+        // (we have not waited for it), so the pid is still its.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(sent, 0, "kill failed");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Read the output to its end before anyone looks at it.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "still running after the signal:\n{}",
+                self.printed()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A token from the `token` subcommand.
+fn token(secret: &str, accounts: &[u32]) -> String {
+    let mut args = vec!["token".to_owned(), "--secret".to_owned(), secret.to_owned()];
+    for account in accounts {
+        args.extend(["--account".to_owned(), account.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    stdout.trim().to_owned()
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+async fn get(server: &Server, path: &str, token: Option<&str>) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let mut request = client().get(server.url(path)).header("Cint-API-Version", API_VERSION);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response.json().await.unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+#[tokio::test]
+async fn health_tokens_and_accounts_on_the_memory_store_then_a_clean_sigterm() {
+    let mut server = Server::start(&["--database", "memory", "--jwt-secret", SECRET]);
+    assert!(server.printed().contains("store: memory"), "{}", server.printed());
+
+    let (status, headers, body) = get(&server, "/health", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, serde_json::json!({"status": "ok", "store": "memory"}));
+    assert!(headers.contains_key("traceparent"));
+
+    let mine = token(SECRET, &[101]);
+    let (status, _, body) = get(&server, &list_path(101), Some(&mine)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["data"], serde_json::json!([]));
+
+    let theirs = token(SECRET, &[202]);
+    let (status, _, body) = get(&server, &list_path(101), Some(&theirs)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["object"], "authorization_error");
+
+    let forged = token("some other secret, also long enough", &[101]);
+    let (status, headers, body) = get(&server, &list_path(101), Some(&forged)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(headers["www-authenticate"], "Bearer");
+
+    let (status, _, _) = get(&server, &list_path(101), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let status = server.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status:?}\n{}", server.printed());
+    let printed = server.printed();
+    assert!(
+        printed.contains("SIGTERM") && printed.contains("shutting down"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("authentication refused"),
+        "the 401's reason is logged: {printed}"
+    );
+}
+
+#[tokio::test]
+async fn without_a_secret_one_is_generated_announced_and_usable_then_a_clean_sigint() {
+    let mut server = Server::start(&["--database", "memory"]);
+    let printed = server.printed();
+    let marker = "generated a random one for this run: ";
+    let line = printed
+        .lines()
+        .find(|l| l.contains(marker))
+        .unwrap_or_else(|| panic!("no generated-secret message:\n{printed}"));
+    let secret = line.rsplit(marker).next().unwrap().trim();
+    assert_eq!(secret.len(), 64, "{line}");
+    assert!(
+        printed.contains("fielding-server token --secret"),
+        "how to mint a token: {printed}"
+    );
+
+    let (status, _, body) = get(&server, &list_path(101), Some(&token(secret, &[101]))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let status = server.stop_with(libc::SIGINT);
+    assert!(status.success(), "{status:?}\n{}", server.printed());
+}
+
+/// A scheduled run in `path`, written through the SQLite store directly.
+async fn seed(path: &Path) -> String {
+    let store = fielding_sqlite::SqliteStore::open(path).await.unwrap();
+    let store = Arc::new(store);
+    let service = FieldingService::new(store.clone());
+    let scope = Scope::parse("101", PROJECT, TARGET_GROUP).unwrap();
+    let start: Timestamp = "2031-01-01T09:00:00Z".parse().unwrap();
+    let end: Timestamp = "2031-01-31T23:59:59Z".parse().unwrap();
+    let created = service.schedule(scope, start, end, UserId::random()).await.unwrap();
+    drop(service);
+    if let Ok(store) = Arc::try_unwrap(store) {
+        store.close().await;
+    }
+    created.run.id.to_string()
+}
+
+#[tokio::test]
+async fn data_survives_a_restart_on_a_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fielding.sqlite3");
+    let run_id = seed(&path).await;
+    let run_path = format!("{}/{run_id}", list_path(101));
+    let bearer = token(SECRET, &[101]);
+
+    let sqlite_url = format!("sqlite://{}", path.display());
+    let mut server = Server::start(&["--database", &sqlite_url, "--jwt-secret", SECRET, "--body-limit", "64"]);
+    let (status, _, body) = get(&server, "/health", None).await;
+    assert_eq!((status, body["store"].as_str()), (StatusCode::OK, Some("sqlite")));
+
+    let (status, headers, body) = get(&server, &run_path, Some(&bearer)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["etag"], "\"1\"");
+    assert_eq!(body["status"], "scheduled");
+
+    let launched = client()
+        .post(server.url(&format!("{run_path}/launch-now")))
+        .bearer_auth(&bearer)
+        .header("Cint-API-Version", API_VERSION)
+        .header("If-Match", "\"1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(launched.status(), StatusCode::OK);
+    assert_eq!(launched.headers()["etag"], "\"2\"");
+
+    // --body-limit is applied.
+    let too_big = client()
+        .put(server.url(&run_path))
+        .bearer_auth(&bearer)
+        .header("Cint-API-Version", API_VERSION)
+        .header("If-Match", "\"2\"")
+        .header("Content-Type", "application/json")
+        .body(format!("{{\"start_fielding_at\":\"{}\"}}", "x".repeat(200)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(too_big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    let status = server.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status:?}\n{}", server.printed());
+    drop(server);
+
+    // The same file, named as a plain path this time.
+    let path_text = path.display().to_string();
+    let mut server = Server::start(&["--database", &path_text, "--jwt-secret", SECRET]);
+    let (status, headers, body) = get(&server, &run_path, Some(&bearer)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(headers["etag"], "\"2\"", "the launch survived the restart");
+    assert_eq!(body["status"], "live");
+    let (_, _, list) = get(&server, &list_path(101), Some(&bearer)).await;
+    assert_eq!(list["data"][0]["id"], run_id.as_str());
+    let status = server.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status:?}\n{}", server.printed());
+}
+
+#[tokio::test]
+async fn the_rate_limit_flags_apply() {
+    let server = Server::start(&[
+        "--database",
+        "memory",
+        "--jwt-secret",
+        SECRET,
+        "--rate-limit-per-second",
+        "1",
+        "--rate-limit-burst",
+        "2",
+    ]);
+    let bearer = token(SECRET, &[101]);
+    let mut refused = None;
+    for _ in 0..20 {
+        let response = client()
+            .get(server.url(&list_path(101)))
+            .bearer_auth(&bearer)
+            .header("Cint-API-Version", API_VERSION)
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            refused = Some(response);
+            break;
+        }
+    }
+    let refused = refused.expect("a 429 within 20 requests at 1/s with bursts of 2");
+    assert!(refused.headers().contains_key("retry-after"));
+    // /health is not rate limited.
+    for _ in 0..5 {
+        assert_eq!(get(&server, "/health", None).await.0, StatusCode::OK);
+    }
+}
+
+#[test]
+fn help_names_every_environment_variable() {
+    let output = run(&["--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for var in ENV_VARS.iter().chain(&["RUST_LOG"]) {
+        assert!(help.contains(var), "--help does not mention {var}:\n{help}");
+    }
+    for flag in [
+        "--listen",
+        "--database",
+        "--jwt-secret",
+        "--rate-limit-per-second",
+        "--rate-limit-burst",
+        "--body-limit",
+        "token",
+    ] {
+        assert!(help.contains(flag), "--help does not mention {flag}:\n{help}");
+    }
+
+    let output = run(&["token", "--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8(output.stdout).unwrap();
+    for word in ["FIELDING_JWT_SECRET", "--secret", "--account", "--user", "--ttl"] {
+        assert!(help.contains(word), "token --help does not mention {word}:\n{help}");
+    }
+}
+
+#[test]
+fn a_secret_from_the_environment_is_not_shown_by_help() {
+    let output = command()
+        .env("FIELDING_JWT_SECRET", "do-not-show-me")
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(output.stdout).unwrap();
+    assert!(!help.contains("do-not-show-me"), "{help}");
+}
+
+#[test]
+fn a_bad_database_exits_non_zero_naming_the_problem() {
+    let output = run(&["--listen", "127.0.0.1:0", "--database", "mysql://u@h/db"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("unsupported database scheme \"mysql\""), "{stderr}");
+    assert!(
+        stderr.contains("postgres://"),
+        "the message says what would work: {stderr}"
+    );
+
+    let output = command()
+        .env("FIELDING_DATABASE", "ftp://x")
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("\"ftp\""), "{stderr}");
+}
+
+#[test]
+fn a_database_that_cannot_be_opened_exits_non_zero_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notes.txt");
+    std::fs::write(
+        &path,
+        "not a database, but long enough to have something like a header in it",
+    )
+    .unwrap();
+    let output = run(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--jwt-secret",
+        SECRET,
+        "--database",
+        path.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(stderr.contains("error") && stderr.contains("notes.txt"), "{stderr}");
+}
+
+#[test]
+fn token_prints_only_the_token() {
+    let user = "6f1c3f5e-2a0b-4c8e-9a53-2f5a8f1f0b11";
+    let output = run(&[
+        "token",
+        "--secret",
+        SECRET,
+        "--account",
+        "101",
+        "--account",
+        "7",
+        "--user",
+        user,
+        "--ttl",
+        "60",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout:?}");
+    let token = stdout.trim();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+    let secret = fielding_server::JwtSecret::new(SECRET).unwrap();
+    let principal = fielding_server::JwtAuthenticator::new(&secret).verify(token).unwrap();
+    assert_eq!(principal.user_id.to_string(), user);
+
+    // The secret may come from the environment.
+    let output = command()
+        .env("FIELDING_JWT_SECRET", SECRET)
+        .args(["token", "--account", "101"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    for bad in [
+        vec!["token", "--secret", SECRET],
+        vec!["token", "--secret", SECRET, "--account", "0"],
+        vec!["token", "--account", "101"],
+    ] {
+        let output = run(&bad);
+        assert!(!output.status.success(), "{bad:?}");
+        assert!(output.stdout.is_empty(), "{bad:?}");
+    }
+}
+
+/// Runs only where a PostgreSQL server is given (as in CI).
+#[tokio::test]
+async fn postgres_when_available() {
+    let Ok(url) = std::env::var("FIELDING_PG_URL") else {
+        eprintln!("FIELDING_PG_URL is not set: skipping the PostgreSQL server test");
+        return;
+    };
+    let mut server = Server::start(&[
+        "--database",
+        &url,
+        "--pg-schema",
+        "fielding_server_test",
+        "--jwt-secret",
+        SECRET,
+    ]);
+    let (status, _, body) = get(&server, "/health", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["store"], "postgres");
+    let (status, _, body) = get(&server, &list_path(101), Some(&token(SECRET, &[101]))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let status = server.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status:?}\n{}", server.printed());
+}
