@@ -66,6 +66,8 @@ OPTIONS:
                        --ops operations and print its ns/op; for profilers, e.g.
                        valgrind --tool=callgrind target/release/fielding-bench --profile service --ops 200000
     --ops N            operations for --profile (default 1000000)
+    --only LIST        run only these sections, comma-separated: memory, sqlite,
+                       postgres (default: all, in that order)
     -h, --help         this text
 ";
 
@@ -75,11 +77,32 @@ enum Which {
     Bare,
 }
 
+/// A part of the runner's output, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Memory,
+    Sqlite,
+    Postgres,
+}
+
+impl Section {
+    const ALL: [Section; 3] = [Section::Memory, Section::Sqlite, Section::Postgres];
+
+    fn name(self) -> &'static str {
+        match self {
+            Section::Memory => "memory",
+            Section::Sqlite => "sqlite",
+            Section::Postgres => "postgres",
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Args {
     plan: Plan,
     profile: Option<Which>,
     ops: u64,
+    sections: Vec<Section>,
 }
 
 enum Parsed {
@@ -97,6 +120,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
     let mut rounds_per_store = None;
     let mut profile = None;
     let mut ops = 1_000_000u64;
+    let mut sections = Section::ALL.to_vec();
 
     fn value<T: std::str::FromStr>(flag: &str, next: Option<String>) -> Result<T, String> {
         let text = next.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -120,6 +144,19 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
             "--runs" => runs = Some(value::<usize>(&flag, take())?),
             "--rounds-per-store" => rounds_per_store = Some(value::<u64>(&flag, take())?),
             "--ops" => ops = value::<u64>(&flag, take())?,
+            "--only" => {
+                let list = take().ok_or("--only needs a comma-separated list of sections")?;
+                let mut chosen = Vec::new();
+                for name in list.split(',').map(str::trim) {
+                    let section = Section::ALL
+                        .into_iter()
+                        .find(|s| s.name() == name)
+                        .ok_or_else(|| format!("--only: unknown section {name:?} (memory, sqlite, postgres)"))?;
+                    chosen.push(section);
+                }
+                // Always in the documented order.
+                sections = Section::ALL.into_iter().filter(|s| chosen.contains(s)).collect();
+            }
             "--profile" => {
                 let which = take().ok_or("--profile needs `service` or `bare`")?;
                 profile = Some(match which.as_str() {
@@ -165,7 +202,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
     if ops == 0 {
         return Err("--ops must be at least 1".into());
     }
-    Ok(Parsed::Run(Args { plan, profile, ops }))
+    Ok(Parsed::Run(Args {
+        plan,
+        profile,
+        ops,
+        sections,
+    }))
 }
 
 /// Writes the figures to stdout; fails only if stdout does.
@@ -249,9 +291,11 @@ fn main() -> ExitCode {
     };
     let outcome = match args.profile {
         Some(which) => run_profile(&args.plan, which, args.ops),
-        None => run_comparison(&args.plan)
-            .and_then(|()| postgres::run(&args.plan))
-            .and_then(|()| fielding_bench::sqlite::run_and_print(&args.plan)),
+        None => args.sections.iter().try_for_each(|section| match section {
+            Section::Memory => run_comparison(&args.plan),
+            Section::Sqlite => fielding_bench::sqlite::run_and_print(&args.plan),
+            Section::Postgres => postgres::run(&args.plan),
+        }),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -281,6 +281,35 @@ pub enum JobOutcome {
     Failed(JobFailure),
 }
 
+impl JobOutcome {
+    /// The stored columns of this outcome: status name, failure code,
+    /// failure description; what a store writes when it records the outcome.
+    /// The same as [`JobState::to_columns`] of the finished state.
+    ///
+    /// ```
+    /// use fielding_core::{JobFailure, JobFailureCode, JobOutcome};
+    /// assert_eq!(JobOutcome::Completed.to_columns(), ("Completed", None, None));
+    /// let failed = JobOutcome::Failed(JobFailure {
+    ///     code: JobFailureCode::InvalidFieldingDates,
+    ///     description: "The end is before the start.".into(),
+    /// });
+    /// assert_eq!(
+    ///     failed.to_columns(),
+    ///     ("Failed", Some("InvalidFieldingDates"), Some("The end is before the start."))
+    /// );
+    /// ```
+    pub fn to_columns(&self) -> (&'static str, Option<&'static str>, Option<&str>) {
+        match self {
+            JobOutcome::Completed => (JobState::COMPLETED, None, None),
+            JobOutcome::Failed(failure) => (
+                JobState::FAILED,
+                Some(failure.code.as_str()),
+                Some(failure.description.as_str()),
+            ),
+        }
+    }
+}
+
 /// Where a job is: the contract's `Processing`, `Completed` or `Failed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JobState {
@@ -291,14 +320,116 @@ pub enum JobState {
 }
 
 impl JobState {
-    /// The contract's status name.
+    /// The status name of [`JobState::Processing`].
+    pub const PROCESSING: &'static str = "Processing";
+    /// The status name of a [`JobOutcome::Completed`] job.
+    pub const COMPLETED: &'static str = "Completed";
+    /// The status name of a [`JobOutcome::Failed`] job.
+    pub const FAILED: &'static str = "Failed";
+
+    /// The contract's status name, also how stores keep it.
+    ///
+    /// ```
+    /// use fielding_core::{JobOutcome, JobState};
+    /// assert_eq!(JobState::Processing.status_name(), "Processing");
+    /// assert_eq!(JobState::Finished(JobOutcome::Completed).status_name(), JobState::COMPLETED);
+    /// ```
     pub fn status_name(&self) -> &'static str {
+        self.to_columns().0
+    }
+
+    /// The state as a store keeps it, in three columns: status name
+    /// ([`JobState::status_name`]), failure code ([`JobFailureCode::as_str`])
+    /// and failure description, the last two present exactly when the job
+    /// failed. [`JobState::from_columns`] reads them back.
+    ///
+    /// ```
+    /// use fielding_core::{JobFailure, JobFailureCode, JobOutcome, JobState};
+    /// assert_eq!(JobState::Processing.to_columns(), ("Processing", None, None));
+    /// let failed = JobState::Finished(JobOutcome::Failed(JobFailure {
+    ///     code: JobFailureCode::TargetGroupInvalidState,
+    ///     description: "The target group already has a fielding run.".into(),
+    /// }));
+    /// let (status, code, description) = failed.to_columns();
+    /// assert_eq!((status, code), ("Failed", Some("TargetGroupInvalidState")));
+    /// assert_eq!(JobState::from_columns(status, code, description), Ok(failed.clone()));
+    /// ```
+    pub fn to_columns(&self) -> (&'static str, Option<&'static str>, Option<&str>) {
         match self {
-            JobState::Processing => "Processing",
-            JobState::Finished(JobOutcome::Completed) => "Completed",
-            JobState::Finished(JobOutcome::Failed(_)) => "Failed",
+            JobState::Processing => (Self::PROCESSING, None, None),
+            JobState::Finished(outcome) => outcome.to_columns(),
         }
     }
+
+    /// Rebuilds a state from its stored columns ([`JobState::to_columns`]),
+    /// strictly: an unknown status name or failure code, or columns that do
+    /// not fit together (a failure code without `Failed`, `Failed` without
+    /// a code and a description), is an error, never a guess.
+    ///
+    /// ```
+    /// use fielding_core::{InvalidJobColumns, JobOutcome, JobState};
+    /// assert_eq!(
+    ///     JobState::from_columns("Completed", None, None),
+    ///     Ok(JobState::Finished(JobOutcome::Completed))
+    /// );
+    /// assert!(matches!(
+    ///     JobState::from_columns("Done", None, None),
+    ///     Err(InvalidJobColumns::UnknownStatus(_))
+    /// ));
+    /// let err = JobState::from_columns("Failed", None, None).unwrap_err();
+    /// assert_eq!(err.to_string(), "job status \"Failed\" does not fit failure code None with no description");
+    /// ```
+    pub fn from_columns(
+        status: &str,
+        code: Option<&str>,
+        description: Option<&str>,
+    ) -> Result<JobState, InvalidJobColumns> {
+        match (status, code, description) {
+            (Self::PROCESSING, None, None) => Ok(JobState::Processing),
+            (Self::COMPLETED, None, None) => Ok(JobState::Finished(JobOutcome::Completed)),
+            (Self::FAILED, Some(code), Some(description)) => Ok(JobState::Finished(JobOutcome::Failed(JobFailure {
+                code: JobFailureCode::parse(code)
+                    .ok_or_else(|| InvalidJobColumns::UnknownFailureCode(code.to_owned()))?,
+                description: description.to_owned(),
+            }))),
+            (Self::PROCESSING | Self::COMPLETED | Self::FAILED, _, _) => Err(InvalidJobColumns::Misfit {
+                status: status.to_owned(),
+                code: code.map(str::to_owned),
+                has_description: description.is_some(),
+            }),
+            _ => Err(InvalidJobColumns::UnknownStatus(status.to_owned())),
+        }
+    }
+}
+
+/// Why stored job columns are not a [`JobState`]: what
+/// [`JobState::from_columns`] refuses. The message names the value or the
+/// combination that does not fit (never the description's text).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InvalidJobColumns {
+    /// The status is none of [`JobState::PROCESSING`],
+    /// [`JobState::COMPLETED`] and [`JobState::FAILED`].
+    #[error("unknown job status {0:?}")]
+    UnknownStatus(String),
+    /// The status is `Failed` but the failure code is not a
+    /// [`JobFailureCode`].
+    #[error("unknown job failure code {0:?}")]
+    UnknownFailureCode(String),
+    /// The status is known, but the failure code and description do not
+    /// go with it.
+    #[error(
+        "job status {status:?} does not fit failure code {code:?} with {} description",
+        if *has_description { "a" } else { "no" }
+    )]
+    Misfit {
+        /// The stored status.
+        status: String,
+        /// The stored failure code.
+        code: Option<String>,
+        /// Whether a failure description is stored.
+        has_description: bool,
+    },
 }
 
 /// A creation job as stored.
@@ -398,6 +529,81 @@ mod tests {
         assert!(JobTraceId::parse("0af7651916cd43dd8448eb211c80319g").is_none());
         let id = JobTraceId::parse("0af7651916cd43dd8448eb211c80319c").unwrap();
         assert_eq!(id.to_string(), "0af7651916cd43dd8448eb211c80319c");
+    }
+
+    #[test]
+    fn every_state_round_trips_through_its_columns() {
+        let mut states = vec![JobState::Processing, JobState::Finished(JobOutcome::Completed)];
+        for code in JobFailureCode::ALL {
+            for description in ["The end is before the start.", ""] {
+                states.push(JobState::Finished(JobOutcome::Failed(JobFailure {
+                    code,
+                    description: description.into(),
+                })));
+            }
+        }
+        for state in states {
+            let (status, code, description) = state.to_columns();
+            assert_eq!(status, state.status_name());
+            if let JobState::Finished(outcome) = &state {
+                assert_eq!(outcome.to_columns(), (status, code, description));
+            }
+            assert_eq!(JobState::from_columns(status, code, description), Ok(state.clone()));
+        }
+        assert_eq!(JobState::Processing.to_columns(), ("Processing", None, None));
+        assert_eq!(JobOutcome::Completed.to_columns(), ("Completed", None, None));
+    }
+
+    #[test]
+    fn columns_that_do_not_fit_are_refused() {
+        use InvalidJobColumns::*;
+        let code = Some("InvalidFieldingDates");
+        let text = Some("x");
+        let misfit = |status: &str, code: Option<&str>, has_description| Misfit {
+            status: status.into(),
+            code: code.map(Into::into),
+            has_description,
+        };
+        for (status, code, description, expected) in [
+            ("Done", None, None, UnknownStatus("Done".into())),
+            ("processing", None, None, UnknownStatus("processing".into())),
+            ("", None, None, UnknownStatus("".into())),
+            ("Done", code, text, UnknownStatus("Done".into())),
+            ("Processing", code, text, misfit("Processing", code, true)),
+            ("Processing", code, None, misfit("Processing", code, false)),
+            ("Processing", None, text, misfit("Processing", None, true)),
+            ("Completed", code, text, misfit("Completed", code, true)),
+            ("Completed", code, None, misfit("Completed", code, false)),
+            ("Completed", None, text, misfit("Completed", None, true)),
+            ("Failed", None, None, misfit("Failed", None, false)),
+            ("Failed", code, None, misfit("Failed", code, false)),
+            ("Failed", None, text, misfit("Failed", None, true)),
+            ("Failed", Some("Nope"), text, UnknownFailureCode("Nope".into())),
+            (
+                "Failed",
+                Some("invalidFieldingDates"),
+                text,
+                UnknownFailureCode("invalidFieldingDates".into()),
+            ),
+        ] {
+            let err = JobState::from_columns(status, code, description).unwrap_err();
+            assert_eq!(err, expected, "{status:?} {code:?} {description:?}");
+        }
+        let messages = [
+            (UnknownStatus("Done".into()), r#"unknown job status "Done""#),
+            (UnknownFailureCode("Nope".into()), r#"unknown job failure code "Nope""#),
+            (
+                misfit("Completed", code, false),
+                r#"job status "Completed" does not fit failure code Some("InvalidFieldingDates") with no description"#,
+            ),
+            (
+                misfit("Processing", None, true),
+                r#"job status "Processing" does not fit failure code None with a description"#,
+            ),
+        ];
+        for (err, message) in messages {
+            assert_eq!(err.to_string(), message);
+        }
     }
 
     #[test]

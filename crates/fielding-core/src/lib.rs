@@ -56,8 +56,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{FieldingError, InvalidParam, INTERNAL_ERROR_DETAIL};
 pub use ids::{AccountId, FieldingRunId, InvalidId, JobId, ProjectId, RunKey, Scope, TargetGroupId, UserId};
 pub use job::{
-    FieldingRunJob, IdempotencyKey, JobCreated, JobFailure, JobFailureCode, JobKind, JobOutcome, JobRequest, JobState,
-    JobTraceId,
+    FieldingRunJob, IdempotencyKey, InvalidJobColumns, JobCreated, JobFailure, JobFailureCode, JobKind, JobOutcome,
+    JobRequest, JobState, JobTraceId,
 };
 pub use lifecycle::Command;
 pub use run::{FieldingRun, FieldingRunItem};

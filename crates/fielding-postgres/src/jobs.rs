@@ -3,8 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use fielding_core::{
-    AccountId, FieldingRunId, FieldingRunJob, IdempotencyKey, JobCreated, JobFailure, JobFailureCode, JobId, JobKind,
-    JobOutcome, JobRequest, JobState, JobTraceId, ProjectId, Scope, StoreError, TargetGroupId, UserId,
+    AccountId, FieldingRunId, FieldingRunJob, IdempotencyKey, JobCreated, JobId, JobKind, JobOutcome, JobRequest,
+    JobState, JobTraceId, ProjectId, Scope, StoreError, TargetGroupId, UserId,
 };
 use sqlx::postgres::{PgConnection, PgRow};
 
@@ -25,11 +25,6 @@ const JOB_ID_KEY: &str = "fielding_run_jobs_pkey";
 /// but the read that followed found no job under it (possible only if the
 /// job was deleted in between).
 const CREATE_ATTEMPTS: usize = 3;
-
-/// The status names stored (the contract's, as [`JobState::status_name`]).
-const PROCESSING: &str = "Processing";
-const COMPLETED: &str = "Completed";
-const FAILED: &str = "Failed";
 
 /// The SQL of the job operations, with the schema spliced in once.
 pub(crate) struct JobStatements {
@@ -53,7 +48,8 @@ impl JobStatements {
             get: format!("SELECT {JOB_COLUMNS} FROM {jobs} WHERE {at}"),
             finish: format!(
                 "UPDATE {jobs} SET status = $5, failure_code = $6, failure_description = $7 \
-                 WHERE {at} AND status = '{PROCESSING}' RETURNING {JOB_COLUMNS}"
+                 WHERE {at} AND status = '{}' RETURNING {JOB_COLUMNS}",
+                JobState::PROCESSING
             ),
         }
     }
@@ -64,40 +60,10 @@ impl JobStatements {
     }
 }
 
-/// The outcome columns: status, failure code, failure description.
-fn outcome_columns(outcome: &JobOutcome) -> (&'static str, Option<&'static str>, Option<&str>) {
-    match outcome {
-        JobOutcome::Completed => (COMPLETED, None, None),
-        JobOutcome::Failed(failure) => (FAILED, Some(failure.code.as_str()), Some(failure.description.as_str())),
-    }
-}
-
-fn state_columns(state: &JobState) -> (&'static str, Option<&'static str>, Option<&str>) {
-    match state {
-        JobState::Processing => (PROCESSING, None, None),
-        JobState::Finished(outcome) => outcome_columns(outcome),
-    }
-}
-
-/// The state from the status columns, strictly: unknown names and columns
-/// that do not fit together are corrupt data.
+/// The state from the status columns ([`JobState::from_columns`]):
+/// unknown names and columns that do not fit together are corrupt data.
 fn state_from_db(status: &str, code: Option<&str>, description: Option<&str>) -> Result<JobState, StoreError> {
-    match (status, code, description) {
-        (PROCESSING, None, None) => Ok(JobState::Processing),
-        (COMPLETED, None, None) => Ok(JobState::Finished(JobOutcome::Completed)),
-        (FAILED, Some(code), Some(description)) => Ok(JobState::Finished(JobOutcome::Failed(JobFailure {
-            code: JobFailureCode::parse(code)
-                .ok_or_else(|| corrupt(format!("stored job failure code {code:?} is unknown")))?,
-            description: description.to_string(),
-        }))),
-        (PROCESSING | COMPLETED | FAILED, _, _) => {
-            let has = if description.is_some() { "a" } else { "no" };
-            Err(corrupt(format!(
-                "stored job status {status:?} does not fit failure code {code:?} with {has} description"
-            )))
-        }
-        _ => Err(corrupt(format!("stored job status {status:?} is unknown"))),
-    }
+    JobState::from_columns(status, code, description).map_err(|e| corrupt(format!("stored job state is invalid: {e}")))
 }
 
 /// A stored job, decoded strictly: a value that does not parse is a
@@ -148,7 +114,7 @@ impl PgStore {
         job: &FieldingRunJob,
     ) -> Result<JobCreated, StoreError> {
         let op = "create_job";
-        let (status, code, description) = state_columns(&job.state);
+        let (status, code, description) = job.state.to_columns();
         for _ in 0..CREATE_ATTEMPTS {
             let inserted = sqlx::query_scalar::<_, String>(&sql.create)
                 .bind(job.id.as_str())
@@ -238,7 +204,7 @@ impl PgStore {
         outcome: &JobOutcome,
     ) -> Result<Option<FieldingRunJob>, StoreError> {
         let op = "finish_job";
-        let (status, code, description) = outcome_columns(outcome);
+        let (status, code, description) = outcome.to_columns();
         let updated = sqlx::query(&sql.finish)
             .bind(id.as_str())
             .bind(account(scope.account_id))
@@ -273,7 +239,18 @@ mod tests {
     }
 
     #[test]
+    fn finish_only_matches_the_core_processing_status() {
+        let sql = JobStatements::new(&SchemaName::new("env_a").unwrap());
+        assert!(
+            sql.finish.contains("AND status = 'Processing' RETURNING"),
+            "{}",
+            sql.finish
+        );
+    }
+
+    #[test]
     fn states_round_trip_and_misfits_are_corrupt() {
+        use fielding_core::{JobFailure, JobFailureCode};
         let failure = JobFailure {
             code: JobFailureCode::InvalidFieldingDates,
             description: "The end is before the start.".into(),
@@ -283,7 +260,7 @@ mod tests {
             JobState::Finished(JobOutcome::Completed),
             JobState::Finished(JobOutcome::Failed(failure)),
         ] {
-            let (status, code, description) = state_columns(&state);
+            let (status, code, description) = state.to_columns();
             assert_eq!(status, state.status_name());
             assert_eq!(state_from_db(status, code, description).ok(), Some(state.clone()));
         }
@@ -298,6 +275,7 @@ mod tests {
         ] {
             let err = state_from_db(status, code, description).unwrap_err();
             assert!(!err.is_retryable(), "{err}");
+            assert!(err.to_string().contains("stored job state is invalid: "), "{err}");
         }
     }
 }

@@ -351,6 +351,100 @@ async fn data_survives_a_restart_on_a_sqlite_file() {
     assert!(status.success(), "{status:?}\n{}", server.printed());
 }
 
+/// `POST .../fielding-run-jobs/schedule-from-draft` with `key` and `body`.
+async fn submit_schedule(server: &Server, bearer: &str, key: &str, body: &str) -> reqwest::Response {
+    let path = format!(
+        "/demand/accounts/101/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-run-jobs/schedule-from-draft"
+    );
+    client()
+        .post(server.url(&path))
+        .bearer_auth(bearer)
+        .header("Cint-API-Version", API_VERSION)
+        .header("idempotency-key", key)
+        .header("Content-Type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// The `Location` of a 201.
+fn created_location(response: &reqwest::Response) -> String {
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.headers()["location"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_creation_job_survives_a_restart_on_a_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.sqlite3");
+    let path_text = path.display().to_string();
+    let bearer = token(SECRET, &[101]);
+    // Dates relative to now: a schedule must start in the future.
+    let now = fielding_core::Clock::now(&fielding_core::SystemClock).unix_millis();
+    let day = 86_400_000;
+    let start = Timestamp::from_unix_millis(now + 10 * day).unwrap();
+    let end = Timestamp::from_unix_millis(now + 40 * day).unwrap();
+    let body = format!(r#"{{"start_fielding_at":"{start}","end_fielding_at":"{end}"}}"#);
+    let key = "survives-a-restart";
+
+    let mut server = Server::start(&["--database", &path_text, "--jwt-secret", SECRET]);
+    let location = created_location(&submit_schedule(&server, &bearer, key, &body).await);
+    assert!(
+        location.contains("/fielding-run-jobs/schedule-from-draft/"),
+        "{location}"
+    );
+    let (status, _, job) = get(&server, &location, Some(&bearer)).await;
+    assert_eq!(status, StatusCode::OK, "{job}");
+    assert_eq!(job["status"], "Completed", "{job}");
+    let run_id = job["created_fielding_run_id"].as_str().expect("the new run").to_owned();
+    let status = server.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status:?}\n{}", server.printed());
+    drop(server);
+
+    let mut server = Server::start(&["--database", &path_text, "--jwt-secret", SECRET]);
+    let (status, _, after) = get(&server, &location, Some(&bearer)).await;
+    assert_eq!(status, StatusCode::OK, "{after}");
+    assert_eq!(after, job, "the same job after the restart");
+    assert_eq!(after["status"], "Completed");
+    assert_eq!(after["created_fielding_run_id"], run_id.as_str());
+    // A retry of the submission: the same job, nothing created again.
+    let replay = submit_schedule(&server, &bearer, key, &body).await;
+    assert_eq!(created_location(&replay), location);
+    let (_, _, again) = get(&server, &location, Some(&bearer)).await;
+    assert_eq!(again, job);
+    let (status, _, list) = get(&server, &list_path(101), Some(&bearer)).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|run| run["id"].as_str())
+        .collect();
+    assert_eq!(ids, [run_id.as_str()], "{list}");
+    let (status, headers, run) = get(&server, &format!("{}/{run_id}", list_path(101)), Some(&bearer)).await;
+    assert_eq!(status, StatusCode::OK, "{run}");
+    assert_eq!(headers["etag"], "\"1\"", "the run was not written again");
+    assert_eq!(run["status"], "scheduled");
+    let status = server.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status:?}\n{}", server.printed());
+    drop(server);
+
+    // The file itself: one run with its one change record.
+    let store = fielding_sqlite::SqliteStore::open(&path).await.unwrap();
+    let scope = Scope::parse("101", PROJECT, TARGET_GROUP).unwrap();
+    let stored = fielding_core::FieldingStore::find_by_target_group(&store, &scope)
+        .await
+        .unwrap()
+        .expect("the run");
+    assert_eq!(stored.id.to_string(), run_id);
+    let changes = fielding_core::FieldingStore::changes(&store, &stored.key())
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 1, "created once");
+    store.close().await;
+}
+
 #[tokio::test]
 async fn the_rate_limit_flags_apply() {
     let server = Server::start(&[

@@ -93,6 +93,7 @@
 //! error, and the transaction was rolled back.
 #![warn(missing_docs)]
 
+mod checkpoint;
 mod error;
 mod jobs;
 mod schema;
@@ -103,4 +104,4 @@ mod writer;
 pub use error::OpenError;
 pub use rusqlite;
 pub use schema::{MigrationReport, SCHEMA_VERSION};
-pub use store::{Durability, SqliteOptions, SqliteStore, WriteStats};
+pub use store::{CheckpointStats, Durability, SqliteOptions, SqliteStore, WriteStats};

@@ -12,6 +12,7 @@ use fielding_core::{
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
+use crate::checkpoint::{self, CheckpointCounters, CheckpointPolicy};
 use crate::error::{open_error, stopped, OpenError};
 use crate::schema::{self, MigrationReport};
 use crate::writer::{self, Counters, Job, Write, WriteKind, WriterJob, Written};
@@ -72,7 +73,8 @@ pub struct SqliteOptions {
     group_commit: bool,
     cache_kib: u32,
     mmap_bytes: u64,
-    wal_autocheckpoint: u32,
+    checkpoint_interval: Duration,
+    wal_restart_pages: u32,
 }
 
 impl Default for SqliteOptions {
@@ -90,7 +92,8 @@ impl Default for SqliteOptions {
             group_commit: true,
             cache_kib: 2 * 1024,
             mmap_bytes: 256 << 20,
-            wal_autocheckpoint: 1000,
+            checkpoint_interval: Duration::from_millis(50),
+            wal_restart_pages: 10_000,
         }
     }
 }
@@ -168,12 +171,21 @@ impl SqliteOptions {
         self
     }
 
-    /// After how many pages in the write-ahead log the writer copies them
-    /// back into the database file (`PRAGMA wal_autocheckpoint`, default
-    /// 1000, SQLite's own). Larger means fewer, larger checkpoints and a
-    /// larger `-wal` file.
-    pub fn wal_autocheckpoint(mut self, pages: u32) -> Self {
-        self.wal_autocheckpoint = pages;
+    /// How often, at most, the checkpoint thread copies the write-ahead log
+    /// back into the database file while commits keep coming (default
+    /// 50 ms). Checkpoints run on a thread of their own, never inside a
+    /// commit (see the crate docs).
+    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+        self.checkpoint_interval = interval;
+        self
+    }
+
+    /// The log length, in pages, past which the checkpoint thread makes the
+    /// log start over (a `RESTART` checkpoint: it waits for a moment with
+    /// no writer, so the writer may pause briefly). Default 10,000 pages
+    /// (about 40 MiB with 4 KiB pages).
+    pub fn wal_restart_pages(mut self, pages: u32) -> Self {
+        self.wal_restart_pages = pages;
         self
     }
 
@@ -227,6 +239,28 @@ pub struct SqliteStore {
     path: PathBuf,
     durability: Durability,
     counters: Arc<Counters>,
+    checkpoints: Arc<CheckpointCounters>,
+}
+
+/// What the checkpoint thread has done, from [`SqliteStore::checkpoint_stats`].
+///
+/// ```
+/// use fielding_sqlite::CheckpointStats;
+/// let stats = CheckpointStats::default();
+/// assert_eq!(stats.passive + stats.restarts + stats.failures, 0);
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Passive checkpoints run (they copy what they can without waiting).
+    pub passive: u64,
+    /// Restart checkpoints run because the log passed
+    /// [`SqliteOptions::wal_restart_pages`].
+    pub restarts: u64,
+    /// Checkpoints that failed (another process was checkpointing, an I/O
+    /// error); the pages stay in the log and the next one tries again.
+    pub failures: u64,
+    /// Pages in the log after the latest checkpoint.
+    pub log_pages: u64,
 }
 
 /// How the writer thread has committed, from [`SqliteStore::write_stats`].
@@ -308,8 +342,11 @@ fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, OpenE
     conn.pragma_update(None, "synchronous", options.durability.pragma())
         .map_err(|e| open_error(path, "set the durability (synchronous)", e))?;
     cache_pragmas(&conn, path, options)?;
-    conn.pragma_update(None, "wal_autocheckpoint", options.wal_autocheckpoint)
-        .map_err(|e| open_error(path, "set wal_autocheckpoint", e))?;
+    if has_checkpointer(path, options) {
+        // The checkpoint thread does this work, off the commit path.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| open_error(path, "turn off the automatic checkpoint", e))?;
+    }
     if let Some(pages) = options.max_page_count {
         let pages = i64::try_from(pages).unwrap_or(i64::MAX);
         conn.pragma_update_and_check(None, "max_page_count", pages, |row| row.get::<_, i64>(0))
@@ -324,6 +361,21 @@ fn open_writer(path: &Path, options: &SqliteOptions) -> Result<Connection, OpenE
         }
         Err(err) => return Err(err),
     }
+    Ok(conn)
+}
+
+/// Whether a checkpoint thread runs: not for a private in-memory database
+/// (no log) nor a read-only store (nothing to copy).
+fn has_checkpointer(path: &Path, options: &SqliteOptions) -> bool {
+    !is_memory(path) && !options.read_only
+}
+
+fn open_checkpointer(path: &Path, options: &SqliteOptions) -> Result<Connection, OpenError> {
+    let flags = OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_READ_WRITE;
+    let conn =
+        Connection::open_with_flags(path, flags).map_err(|e| open_error(path, "open the checkpoint connection", e))?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(|e| open_error(path, "set the busy timeout", e))?;
     Ok(conn)
 }
 
@@ -419,14 +471,38 @@ impl SqliteStore {
         let group_commit = options.group_commit;
         let counters = Arc::new(Counters::default());
         let writer_counters = Arc::clone(&counters);
+        let checkpoints = Arc::new(CheckpointCounters::default());
+        let (nudge, nudges) = if has_checkpointer(&path, &options) {
+            let (nudge, nudges) = checkpoint::channel();
+            (Some(nudge), Some(nudges))
+        } else {
+            (None, None)
+        };
         start_worker(
             "fielding-sqlite-writer".into(),
             &path,
             move || open_writer(&open_path, &open_options),
-            move |conn| writer::serve(conn, writer_rx, group_commit, &writer_counters),
+            move |conn| writer::serve(conn, writer_rx, group_commit, &writer_counters, nudge.as_ref()),
             alive.clone(),
         )
         .await?;
+        // After the writer, which creates the file and switches it to WAL.
+        if let Some(nudges) = nudges {
+            let (open_path, open_options) = (path.clone(), options.clone());
+            let policy = CheckpointPolicy {
+                interval: options.checkpoint_interval,
+                restart_pages: options.wal_restart_pages,
+            };
+            let thread_counters = Arc::clone(&checkpoints);
+            start_worker(
+                "fielding-sqlite-checkpoint".into(),
+                &path,
+                move || open_checkpointer(&open_path, &open_options),
+                move |conn| checkpoint::serve(conn, nudges, policy, &thread_counters),
+                alive.clone(),
+            )
+            .await?;
+        }
 
         // An in-memory database is private to its connection: reads go to
         // the writer.
@@ -462,6 +538,7 @@ impl SqliteStore {
             path,
             durability: options.durability,
             counters,
+            checkpoints,
         })
     }
 
@@ -552,6 +629,27 @@ impl SqliteStore {
         WriteStats {
             writes: self.counters.writes.load(Ordering::Relaxed),
             transactions: self.counters.transactions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// What the checkpoint thread has done so far (all zero for an
+    /// in-memory or read-only store, which have none).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), fielding_sqlite::OpenError> {
+    /// let store = fielding_sqlite::SqliteStore::open_in_memory().await?;
+    /// assert_eq!(store.checkpoint_stats().passive, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn checkpoint_stats(&self) -> CheckpointStats {
+        use std::sync::atomic::Ordering;
+        let c = &self.checkpoints;
+        CheckpointStats {
+            passive: c.passive.load(Ordering::Relaxed),
+            restarts: c.restarts.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            log_pages: c.log_pages.load(Ordering::Relaxed),
         }
     }
 

@@ -34,6 +34,7 @@ use fielding_core::{
 use rusqlite::{Connection, ErrorCode};
 use tokio::sync::oneshot;
 
+use crate::checkpoint::Nudge;
 use crate::error::{code, store_error};
 use crate::{jobs, sql};
 
@@ -154,7 +155,13 @@ pub(crate) fn guarded(conn: &mut Connection, job: impl FnOnce(&mut Connection)) 
 /// answered yet, so running a read before writes queued ahead of it is
 /// still a valid order: none of those writes had completed when the read
 /// was sent.
-pub(crate) fn serve(mut conn: Connection, jobs: mpsc::Receiver<WriterJob>, group_commit: bool, counters: &Counters) {
+pub(crate) fn serve(
+    mut conn: Connection,
+    jobs: mpsc::Receiver<WriterJob>,
+    group_commit: bool,
+    counters: &Counters,
+    checkpoints: Option<&Nudge>,
+) {
     let mut reads: Vec<Job> = Vec::new();
     let mut writes: Vec<Write> = Vec::new();
     while let Ok(first) = jobs.recv() {
@@ -168,6 +175,7 @@ pub(crate) fn serve(mut conn: Connection, jobs: mpsc::Receiver<WriterJob>, group
                 next = jobs.try_recv().ok();
             }
         }
+        let wrote = !writes.is_empty();
         if group_commit {
             let (batch_reads, group) = (std::mem::take(&mut reads), std::mem::take(&mut writes));
             guarded(&mut conn, |conn| commit_group(conn, batch_reads, group, counters));
@@ -178,6 +186,9 @@ pub(crate) fn serve(mut conn: Connection, jobs: mpsc::Receiver<WriterJob>, group
             for write in writes.drain(..) {
                 guarded(&mut conn, |conn| commit_group(conn, Vec::new(), vec![write], counters));
             }
+        }
+        if let (true, Some(nudge)) = (wrote, checkpoints) {
+            nudge.committed();
         }
     }
 }

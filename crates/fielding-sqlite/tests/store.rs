@@ -455,3 +455,66 @@ async fn without_group_commit_every_write_is_its_own_transaction() {
     let stats = store.store.write_stats();
     assert_eq!((stats.writes, stats.transactions), (16, 16));
 }
+
+/// Checkpoints run on their own thread: they happen while writes keep
+/// coming, a log past `wal_restart_pages` starts over (so the `-wal` file
+/// stays small), and every write is still there after reopening.
+#[tokio::test]
+async fn background_checkpoints_keep_the_log_short_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fielding.db");
+    let options = SqliteOptions::default()
+        .durability(Durability::Normal)
+        .checkpoint_interval(Duration::from_millis(1))
+        .wal_restart_pages(64);
+    let store = SqliteStore::open_with(&path, options).await.unwrap();
+    let mut run = fixtures::run().build();
+    store.insert(&run, &created(&run)).await.unwrap();
+    const WRITES: u64 = 2_000;
+    for _ in 0..WRITES {
+        let (next, change) = bumped(&run);
+        store.compare_and_swap(run.version, &next, &change).await.unwrap();
+        run = next;
+    }
+    // Wait (bounded) for the thread to catch up with the last commits.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store.checkpoint_stats().restarts == 0 && Instant::now() < deadline {
+        let (next, change) = bumped(&run);
+        store.compare_and_swap(run.version, &next, &change).await.unwrap();
+        run = next;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stats = store.checkpoint_stats();
+    assert!(stats.passive > 0, "{stats:?}");
+    assert!(stats.restarts > 0, "the log passed 64 pages: {stats:?}");
+    assert_eq!(stats.failures, 0, "{stats:?}");
+    // Without checkpoints, 2,000 commits of at least two pages each would
+    // leave a log of more than 16 MB.
+    let wal = std::fs::metadata(dir.path().join("fielding.db-wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(wal < 8 << 20, "the -wal file is {wal} bytes");
+    store.close().await;
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
+    let history = store.changes(&run.key()).await.unwrap();
+    assert_eq!(history.len() as u64, run.version.get());
+}
+
+#[tokio::test]
+async fn in_memory_and_read_only_stores_have_no_checkpoint_thread() {
+    let memory = SqliteStore::open_in_memory().await.unwrap();
+    let run = fixtures::run().build();
+    memory.insert(&run, &created(&run)).await.unwrap();
+    assert_eq!(memory.checkpoint_stats(), Default::default());
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fielding.db");
+    SqliteStore::open(&path).await.unwrap().close().await;
+    let read_only = SqliteStore::open_with(&path, SqliteOptions::default().read_only(true))
+        .await
+        .unwrap();
+    assert_eq!(read_only.get(&run.key()).await.unwrap(), None);
+    assert_eq!(read_only.checkpoint_stats(), Default::default());
+}

@@ -424,19 +424,24 @@ impl FieldingStore for PlantedStore {
                     stored.scope.account_id == job.scope.account_id
                 }
         };
+        let mut stored = job.clone();
+        if self.bug == Bug::DropsJobTraceId {
+            stored.trace_id = None;
+        }
         if self.bug == Bug::RacyJobKey {
             if let Some(existing) = self.lock().jobs.values().find(|j| same_key(j)) {
                 return Ok(JobCreated::Existing(existing.clone()));
             }
             tokio::task::yield_now().await;
-        } else if let Some(existing) = self.lock().jobs.values().find(|j| same_key(j)) {
+            self.lock().jobs.insert(job.id, stored);
+            return Ok(JobCreated::Created);
+        }
+        // The check and the insert under one lock.
+        let mut state = self.lock();
+        if let Some(existing) = state.jobs.values().find(|j| same_key(j)) {
             return Ok(JobCreated::Existing(existing.clone()));
         }
-        let mut stored = job.clone();
-        if self.bug == Bug::DropsJobTraceId {
-            stored.trace_id = None;
-        }
-        self.lock().jobs.insert(job.id, stored);
+        state.jobs.insert(job.id, stored);
         Ok(JobCreated::Created)
     }
 

@@ -212,12 +212,18 @@ impl Live {
         Self::assert_same(before, &after, what);
     }
 
-    /// Every store operation fails from now on (a backend failure: 500).
+    /// Every store operation fails from now on (a backend failure: 500):
+    /// on SQLite the runs and the jobs tables are renamed away.
     pub async fn break_store(&self) {
         match &self.handle {
             Handle::Memory(store) => store.faults().inject(Fault::Storage, u64::MAX / 2),
             Handle::Sqlite { path, .. } => {
-                sqlite_exec(path, "ALTER TABLE fielding_runs RENAME TO fielding_runs_gone").await
+                sqlite_exec(
+                    path,
+                    "ALTER TABLE fielding_runs RENAME TO fielding_runs_gone; \
+                     ALTER TABLE fielding_run_jobs RENAME TO fielding_run_jobs_gone;",
+                )
+                .await
             }
         }
     }
@@ -227,7 +233,12 @@ impl Live {
         match &self.handle {
             Handle::Memory(store) => store.faults().clear(),
             Handle::Sqlite { path, .. } => {
-                sqlite_exec(path, "ALTER TABLE fielding_runs_gone RENAME TO fielding_runs").await
+                sqlite_exec(
+                    path,
+                    "ALTER TABLE fielding_runs_gone RENAME TO fielding_runs; \
+                     ALTER TABLE fielding_run_jobs_gone RENAME TO fielding_run_jobs;",
+                )
+                .await
             }
         }
     }
