@@ -54,6 +54,10 @@
 //! the busy timeout; past it they fail with a *retryable*
 //! [`StoreError::Backend`](fielding_core::StoreError).
 //!
+//! A fourth thread runs the checkpoints (copying the write-ahead log back
+//! into the database file), so no commit waits for one; see
+//! [`SqliteOptions::checkpoint_interval`] and [`SqliteStore::checkpoint_stats`].
+//!
 //! Writes queued at the same moment are committed together (**group
 //! commit**): one transaction, one commit (one `fsync` with
 //! [`Durability::Full`]), each write still all-or-nothing and answered only
