@@ -137,6 +137,31 @@ impl Server {
         }
     }
 
+    /// Waits until `needle` appears in anything the server printed
+    /// (stdout or the stderr log).
+    fn wait_for_line_anywhere(&self, needle: &str) {
+        let deadline = Instant::now() + DEADLINE;
+        while !self.printed().contains(needle) {
+            assert!(Instant::now() < deadline, "no {needle:?} in time:\n{}", self.printed());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for a process already told to stop to exit.
+    fn stop_with_nothing_more(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running:\n{}", self.printed());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn printed(&self) -> String {
         self.output.lock().unwrap().join("\n")
     }
@@ -627,5 +652,76 @@ async fn postgres_when_available() {
     let (status, _, body) = get(&server, &list_path(101), Some(&token(SECRET, &[101]))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let status = server.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status:?}\n{}", server.printed());
+}
+
+/// A request in flight when SIGTERM arrives is finished and answered
+/// before the process exits: here a PUT whose body is still arriving.
+#[test]
+fn sigterm_finishes_a_request_in_flight_before_exiting() {
+    use std::io::Write;
+    use std::net::TcpStream;
+
+    let mut server = Server::start(&["--database", "memory", "--jwt-secret", SECRET]);
+    let bearer = token(SECRET, &[101]);
+    let body = br#"{"end_fielding_at":"2031-01-31T09:00:00.000Z"}"#;
+    let mut socket = TcpStream::connect(server.addr).unwrap();
+    socket.set_read_timeout(Some(DEADLINE)).unwrap();
+    let head = format!(
+        "POST /demand/accounts/101/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-run-jobs/launch-from-draft HTTP/1.1\r\n\
+         Host: {}\r\nAuthorization: Bearer {bearer}\r\nCint-API-Version: {API_VERSION}\r\n\
+         idempotency-key: in-flight\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        server.addr,
+        body.len()
+    );
+    // A first, complete request on the same connection: from its answer on,
+    // the server has accepted the connection and is reading from it.
+    let health = format!("GET /health HTTP/1.1\r\nHost: {}\r\n\r\n", server.addr);
+    socket.write_all(health.as_bytes()).unwrap();
+    let mut first = Vec::new();
+    let mut byte = [0u8; 1];
+    while !first.ends_with(b"}") {
+        assert_eq!(socket.read(&mut byte).unwrap(), 1, "the health answer was cut short");
+        first.push(byte[0]);
+    }
+    assert!(String::from_utf8_lossy(&first).starts_with("HTTP/1.1 200"));
+    socket.write_all(head.as_bytes()).unwrap();
+    // Half the body: the handler is now waiting for the rest.
+    socket.write_all(&body[..10]).unwrap();
+    socket.flush().unwrap();
+    // A request the server has not yet started to read is not in flight:
+    // shutdown rightly closes an idle connection. Nothing observable marks
+    // "headers read", so give the server a moment to read them.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let pid = libc::pid_t::try_from(server.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    server.wait_for_line_anywhere("shutting down");
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server must wait for the request in flight:\n{}",
+        server.printed()
+    );
+
+    socket.write_all(&body[10..]).unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&response).contains("\r\n\r\n") {
+        let n = socket.read(&mut buf).unwrap();
+        assert!(n > 0, "the connection closed without an answer:\n{}", server.printed());
+        response.extend_from_slice(&buf[..n]);
+    }
+    let response = String::from_utf8_lossy(&response).into_owned();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    assert!(
+        response
+            .to_ascii_lowercase()
+            .contains("location: /demand/accounts/101/"),
+        "{response}"
+    );
+    drop(socket);
+
+    let status = server.stop_with_nothing_more();
     assert!(status.success(), "{status:?}\n{}", server.printed());
 }
