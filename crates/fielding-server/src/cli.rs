@@ -22,6 +22,7 @@ pub const UNLIMITED_RATE: u32 = 1_000_000_000;
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "fielding-server",
+    args_conflicts_with_subcommands = true,
     version,
     about = "The fielding-run HTTP API on SQLite, PostgreSQL or memory, with JWT (HS256) bearer tokens",
     after_help = "Logs go to stderr; set RUST_LOG to filter them (default: info), e.g. RUST_LOG=fielding_server=debug,info.\n\

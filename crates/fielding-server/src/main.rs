@@ -15,11 +15,30 @@ use tracing_subscriber::EnvFilter;
 const EXAMPLE_LIST: &str =
     "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
 
+// `fielding-server token ...` on its own: the server's settings (and their
+// environment variables) are not read, so a `FIELDING_DATABASE` the token
+// does not need cannot make minting fail.
+#[derive(Debug, Parser)]
+#[command(
+    name = "token",
+    bin_name = "fielding-server token",
+    about = "Print a bearer token (HS256 JWT) for the given accounts, and nothing else, so `TOKEN=$(fielding-server token ...)` works"
+)]
+struct TokenOnly {
+    #[command(flatten)]
+    args: TokenArgs,
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let outcome = match cli.command {
-        Some(Command::Token(args)) => token(&args),
-        None => serve(cli.serve),
+    let outcome = if std::env::args_os().nth(1).is_some_and(|arg| arg == "token") {
+        let parsed = TokenOnly::parse_from(std::env::args_os().skip(1));
+        token(&parsed.args)
+    } else {
+        let cli = Cli::parse();
+        match cli.command {
+            Some(Command::Token(args)) => token(&args),
+            None => serve(cli.serve),
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -638,14 +638,13 @@ async fn postgres_when_available() {
         eprintln!("FIELDING_PG_URL is not set: skipping the PostgreSQL server test");
         return;
     };
-    let mut server = Server::start(&[
-        "--database",
-        &url,
-        "--pg-schema",
-        "fielding_server_test",
-        "--jwt-secret",
-        SECRET,
-    ]);
+    // A schema of its own, dropped at the end, so parallel runs do not meet.
+    let schema = format!(
+        "fielding_server_test_{}_{}",
+        std::process::id(),
+        UserId::random().as_uuid().simple()
+    );
+    let mut server = Server::start(&["--database", &url, "--pg-schema", &schema, "--jwt-secret", SECRET]);
     let (status, _, body) = get(&server, "/health", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["store"], "postgres");
@@ -653,10 +652,16 @@ async fn postgres_when_available() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let status = server.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status:?}\n{}", server.printed());
+    use fielding_postgres::sqlx::{self, Connection};
+    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(&mut conn)
+        .await
+        .unwrap();
 }
 
 /// A request in flight when SIGTERM arrives is finished and answered
-/// before the process exits: here a PUT whose body is still arriving.
+/// before the process exits: here a POST whose body is still arriving.
 #[test]
 fn sigterm_finishes_a_request_in_flight_before_exiting() {
     use std::io::Write;
@@ -724,4 +729,16 @@ fn sigterm_finishes_a_request_in_flight_before_exiting() {
 
     let status = server.stop_with_nothing_more();
     assert!(status.success(), "{status:?}\n{}", server.printed());
+}
+
+#[test]
+fn token_ignores_the_servers_environment() {
+    let output = command()
+        .env("FIELDING_DATABASE", "mysql://not-a-store")
+        .env("FIELDING_RATE_LIMIT_BURST", "0")
+        .args(["token", "--secret", SECRET, "--account", "101"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8(output.stdout).unwrap().trim().split('.').count(), 3);
 }
