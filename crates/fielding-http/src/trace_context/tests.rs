@@ -302,3 +302,20 @@ fn whitespace_around_tracestate_members_is_list_whitespace_not_value() {
     let state = TraceState::parse_lines([&b"a=ends with space ,b=2"[..]]).unwrap();
     assert_eq!(state.header(), "a=ends with space,b=2");
 }
+
+#[test]
+fn the_response_traceparent_is_the_display_of_its_parts() {
+    for _ in 0..200 {
+        let context = TraceContext::from_header_lines(
+            [b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".as_slice()],
+            [],
+        );
+        let expected = format!("00-{}-{}-{}", context.trace_id(), context.span_id(), context.flags());
+        assert_eq!(context.traceparent(), expected);
+        assert!(TraceParent::parse(context.traceparent().as_bytes()).is_ok());
+        let fresh = TraceContext::new_trace();
+        assert!(TraceParent::parse(fresh.traceparent().as_bytes()).is_ok());
+        assert_eq!(fresh.trace_id().to_string().len(), 32);
+        assert_ne!(fresh.trace_id(), TraceContext::new_trace().trace_id());
+    }
+}
