@@ -15,13 +15,11 @@
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use fielding_core::{
-    FieldingRunJob, IdempotencyKey, InvalidParam, JobId, JobKind, JobRequest, JobTraceId, NewJob, Scope,
-};
+use fielding_core::{FieldingRunJob, IdempotencyKey, InvalidParam, JobId, JobKind, JobRequest, JobTraceId, NewJob};
 use serde_json::{Map, Value};
 
 use crate::api_error::ApiError;
@@ -37,11 +35,19 @@ pub(crate) async fn launch_from_draft(
     state: AppState,
     principal: Extension<Principal>,
     trace: Extension<TraceId>,
+    uri: OriginalUri,
     path: ScopePath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    submit(JobKind::LaunchFromDraft, state, principal, trace, path, headers, body).await
+    let request = Submission {
+        kind: JobKind::LaunchFromDraft,
+        uri,
+        path,
+        headers,
+        body,
+    };
+    submit(request, state, principal, trace).await
 }
 
 /// `POST .../fielding-run-jobs/schedule-from-draft`.
@@ -49,22 +55,45 @@ pub(crate) async fn schedule_from_draft(
     state: AppState,
     principal: Extension<Principal>,
     trace: Extension<TraceId>,
+    uri: OriginalUri,
     path: ScopePath,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    submit(JobKind::ScheduleFromDraft, state, principal, trace, path, headers, body).await
+    let request = Submission {
+        kind: JobKind::ScheduleFromDraft,
+        uri,
+        path,
+        headers,
+        body,
+    };
+    submit(request, state, principal, trace).await
+}
+
+/// A creation request as received.
+struct Submission {
+    kind: JobKind,
+    /// The full request path, including any prefix the app nested the
+    /// router under: the job's `Location` is below it.
+    uri: OriginalUri,
+    path: ScopePath,
+    headers: HeaderMap,
+    body: Body,
 }
 
 async fn submit(
-    kind: JobKind,
+    request: Submission,
     State(api): AppState,
     Extension(principal): Extension<Principal>,
     Extension(trace): Extension<TraceId>,
-    path: ScopePath,
-    headers: HeaderMap,
-    body: Body,
 ) -> Result<Response, ApiError> {
+    let Submission {
+        kind,
+        uri: OriginalUri(uri),
+        path,
+        headers,
+        body,
+    } = request;
     let Path((account, project, target_group)) = path.map_err(path_error)?;
     let (scope, _) = scope_of([&account, &project, &target_group], None, &headers, &principal)?;
     let idempotency_key = idempotency_key(&headers)?;
@@ -79,7 +108,7 @@ async fn submit(
             trace_id: JobTraceId::parse(&trace.to_string()),
         })
         .await?;
-    let location = job_location(&scope, kind, &submitted.job.id);
+    let location = format!("{}/{}", uri.path().trim_end_matches('/'), submitted.job.id);
     // Built from validated ids and fixed text: always a valid header value.
     let location = HeaderValue::from_str(&location).map_err(|_| ApiError::no_route())?;
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
@@ -139,14 +168,6 @@ async fn get_job(
         .into());
     }
     Ok(Json(job_body_json(&job)).into_response())
-}
-
-/// Where a job can be read.
-fn job_location(scope: &Scope, kind: JobKind, id: &JobId) -> String {
-    format!(
-        "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-run-jobs/{}/{}",
-        scope.account_id, scope.project_id, scope.target_group_id, kind, id
-    )
 }
 
 /// The required `idempotency-key` header: exactly one, valid.

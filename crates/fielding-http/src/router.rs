@@ -20,6 +20,7 @@ use axum::{Extension, Json, Router};
 use fielding_core::{
     Command, ETag, FieldingRun, FieldingRunId, FieldingService, IfMatch, InvalidParam, RunKey, Scope, Timestamp,
 };
+use http_body_util::LengthLimitError;
 use serde_json::{json, Map, Value};
 use tracing::Instrument;
 
@@ -266,10 +267,18 @@ async fn precondition(api: &FieldingApi, key: &RunKey, headers: &HeaderMap) -> R
     Ok(condition)
 }
 
+/// The request body, up to the limit: 413 past it; 400 naming `body` when
+/// it cannot be read at all (malformed chunked encoding, a client that went
+/// away mid-body).
 pub(crate) async fn read_body(api: &FieldingApi, body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, api.body_limit)
-        .await
-        .map_err(|_| ApiError::payload_too_large(api.body_limit))
+    axum::body::to_bytes(body, api.body_limit).await.map_err(|err| {
+        let too_long = std::error::Error::source(&err).is_some_and(|source| source.is::<LengthLimitError>());
+        if too_long {
+            ApiError::payload_too_large(api.body_limit)
+        } else {
+            ApiError::invalid_param("body", format!("could not be read: {err}"))
+        }
+    })
 }
 
 fn etag_header(etag: ETag) -> [(header::HeaderName, HeaderValue); 1] {

@@ -61,6 +61,7 @@ e2e!(
     unknown_json_field_is_400_naming_it,
     body_over_the_limit_is_refused_in_the_error_format,
     oversized_body_answer_announces_connection_close,
+    a_malformed_chunked_body_is_400_naming_the_body_not_413,
     completed_run_is_422_and_with_a_stale_tag_412,
     concurrent_puts_on_one_version_exactly_one_wins,
     replaying_a_successful_put_is_412,
@@ -423,6 +424,33 @@ async fn oversized_body_answer_announces_connection_close(backend: Backend) {
         closes,
         "the server closed the connection without announcing it (`Connection: close`): {headers}"
     );
+}
+
+async fn a_malformed_chunked_body_is_400_naming_the_body_not_413(backend: Backend) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let live = Live::start(backend).await;
+    let run = live.seed(Status::Live, 7).await;
+    let before = live.snapshot(&run.key()).await;
+    let address = live.base.trim_start_matches("http://").to_owned();
+    let mut socket = tokio::net::TcpStream::connect(&address).await.unwrap();
+    // `zz` is not a hexadecimal chunk size: the body cannot be read at all.
+    let request = format!(
+        "PUT {} HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer token-101\r\n\
+         cint-api-version: {API_VERSION}\r\nif-match: {CURRENT}\r\ntransfer-encoding: chunked\r\n\r\n\
+         zz\r\nhello\r\n0\r\n\r\n",
+        run_path(&run)
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(60), socket.read_to_end(&mut received)).await;
+    let text = String::from_utf8_lossy(&received).to_string();
+    assert!(text.starts_with("HTTP/1.1 400"), "{text:?}");
+    let (_, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let json: serde_json::Value = serde_json::from_str(body.trim()).expect("a JSON error body");
+    assert_eq!(json["object"], "bad_request_error");
+    assert_eq!(json["invalid_params"][0]["name"], "body", "{json}");
+    live.assert_unchanged(&run.key(), &before, "unreadable body").await;
 }
 
 async fn completed_run_is_422_and_with_a_stale_tag_412(backend: Backend) {

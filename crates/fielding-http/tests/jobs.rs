@@ -389,3 +389,29 @@ async fn a_job_abandoned_in_processing_is_finished_by_a_later_read() {
     let run = h.store.find_by_target_group(&scope()).await.unwrap().unwrap();
     assert_eq!(run.id, job.fielding_run_id);
 }
+
+#[tokio::test]
+async fn a_router_nested_under_a_prefix_answers_a_location_under_it() {
+    let h = harness();
+    let app = Router::new().nest("/v1", h.app.clone());
+    let headers = authed(&[("idempotency-key", "nested")]);
+    let uri = format!("/v1{}", jobs_url(&scope(), "launch-from-draft"));
+    let mut request = Request::builder().method(Method::POST).uri(&uri);
+    for (name, value) in &headers {
+        request = request.header(*name, *value);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(LAUNCH)).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&format!("{uri}/")), "{location}");
+    let mut follow = Request::builder().method(Method::GET).uri(&location);
+    for (name, value) in authed(&[]) {
+        follow = follow.header(name, value);
+    }
+    let job = app.oneshot(follow.body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(job.status(), StatusCode::OK, "the Location works as given");
+}

@@ -18,6 +18,9 @@ use crate::jwt::{JwtSecret, SecretError, DEFAULT_TTL};
 /// principal, with a burst of as many.
 pub const UNLIMITED_RATE: u32 = 1_000_000_000;
 
+/// The default `--shutdown-grace`.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// `fielding-server`: the fielding-run HTTP API.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -96,6 +99,17 @@ pub struct ServeArgs {
     )]
     pub rate_limit_burst: u32,
 
+    /// After SIGINT or SIGTERM, how many seconds requests in flight may
+    /// take to finish before their connections are closed anyway (a
+    /// client that stalls mid-request cannot hold the process up longer).
+    #[arg(
+        long,
+        env = "FIELDING_SHUTDOWN_GRACE",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_SHUTDOWN_GRACE.as_secs()
+    )]
+    pub shutdown_grace: u64,
+
     /// The largest request body accepted, in bytes (413 above it).
     #[arg(long, env = "FIELDING_BODY_LIMIT", value_name = "BYTES", default_value_t = DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
@@ -170,6 +184,9 @@ pub struct ServerConfig {
     pub secret_source: SecretSource,
     /// Rate and body limits.
     pub limits: ApiLimits,
+    /// After a shutdown signal, how long requests in flight may take before
+    /// their connections are closed anyway.
+    pub shutdown_grace: Duration,
 }
 
 impl ServerConfig {
@@ -183,6 +200,7 @@ impl ServerConfig {
             jwt_secret,
             secret_source: SecretSource::Given,
             limits: ApiLimits::default(),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -218,6 +236,7 @@ impl ServeArgs {
             jwt_secret,
             secret_source,
             limits,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace),
         })
     }
 }

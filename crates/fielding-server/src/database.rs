@@ -110,13 +110,29 @@ fn redact_password(url: &str) -> String {
     };
     let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
         },
-        None => url.to_owned(),
-    }
+        None => authority.to_owned(),
+    };
+    format!("{scheme}://{authority}{}", redact_query_password(tail))
+}
+
+/// `?password=…` (libpq accepts the password as a query parameter too).
+fn redact_query_password(tail: &str) -> String {
+    let Some((path, query)) = tail.split_once('?') else {
+        return tail.to_owned();
+    };
+    let params: Vec<String> = query
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => param.to_owned(),
+        })
+        .collect();
+    format!("{path}?{}", params.join("&"))
 }
 
 impl FromStr for Database {
@@ -233,5 +249,10 @@ mod tests {
             "postgres://db/f"
         );
         assert_eq!(sqlite("a.db").redacted(), "sqlite://a.db");
+        let query = Database::parse("postgres://alice@db/f?sslmode=require&Password=hunter2&x=1").unwrap();
+        for text in [query.to_string(), format!("{query:?}"), query.redacted()] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("/f?sslmode=require&Password=***&x=1"), "{text}");
+        }
     }
 }

@@ -121,7 +121,8 @@ fn announce(config: &ServerConfig, server: &Server) {
             );
             format!("fielding-server token --secret {secret} --account 101")
         }
-        SecretSource::Given => "fielding-server token --secret \"$FIELDING_JWT_SECRET\" --account 101".to_owned(),
+        // The secret is not repeated on stdout; the caller knows it.
+        SecretSource::Given => "fielding-server token --secret <the server's JWT secret> --account 101".to_owned(),
     };
     println!("development token: TOKEN=$({mint})   (or: cargo run -q -p fielding-server -- token ...)");
     println!(

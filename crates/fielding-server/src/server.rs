@@ -1,6 +1,6 @@
 //! Opening the store, binding the listener, serving until shut down.
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,6 +125,7 @@ pub struct Server {
     local_addr: SocketAddr,
     app: App,
     store: OpenedStore,
+    shutdown_grace: Duration,
 }
 
 impl Server {
@@ -145,6 +146,7 @@ impl Server {
             local_addr,
             app,
             store,
+            shutdown_grace: config.shutdown_grace,
         })
     }
 
@@ -159,7 +161,8 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then stops accepting connections,
-    /// finishes the requests in flight, and closes the store.
+    /// finishes the requests in flight (for at most
+    /// [`ServerConfig::shutdown_grace`]), and closes the store.
     pub async fn serve<F>(self, shutdown: F) -> Result<(), ServerError>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -168,13 +171,35 @@ impl Server {
             listener,
             app: App { router, rate_limiter },
             store,
+            shutdown_grace,
             ..
         } = self;
         let housekeeping = tokio::spawn(forget_idle(rate_limiter));
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServerError::Serve);
+        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            let _ = signalled.send(());
+        };
+        let serving = axum::serve(listener, router).with_graceful_shutdown(shutdown);
+        let grace_over = async move {
+            match on_signal.await {
+                Ok(()) => tokio::time::sleep(shutdown_grace).await,
+                // The server stopped without a signal: nothing to time.
+                Err(_) => std::future::pending().await,
+            }
+        };
+        let served = tokio::select! {
+            served = serving.into_future() => served.map_err(ServerError::Serve),
+            () = grace_over => {
+                // Dropping the server stops its connections' tasks with the
+                // runtime; their clients see the connection close.
+                tracing::warn!(
+                    grace_seconds = shutdown_grace.as_secs(),
+                    "requests still in flight after the shutdown grace period: closing their connections"
+                );
+                Ok(())
+            }
+        };
         housekeeping.abort();
         // The housekeeping task holds no store; the router is gone with
         // `serve`, so the store is usually ours alone now.

@@ -24,7 +24,7 @@ const TARGET_GROUP: &str = "01BTGNYV6HRNK8K8VKZASZCFP1";
 /// How long a server may take to start, or to stop, on a busy machine.
 const DEADLINE: Duration = Duration::from_secs(120);
 
-const ENV_VARS: [&str; 7] = [
+const ENV_VARS: [&str; 8] = [
     "FIELDING_LISTEN",
     "FIELDING_DATABASE",
     "FIELDING_PG_SCHEMA",
@@ -32,6 +32,7 @@ const ENV_VARS: [&str; 7] = [
     "FIELDING_RATE_LIMIT_PER_SECOND",
     "FIELDING_RATE_LIMIT_BURST",
     "FIELDING_BODY_LIMIT",
+    "FIELDING_SHUTDOWN_GRACE",
 ];
 
 fn list_path(account: u32) -> String {
@@ -741,4 +742,37 @@ fn token_ignores_the_servers_environment() {
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(String::from_utf8(output.stdout).unwrap().trim().split('.').count(), 3);
+}
+
+/// A client that stalls mid-request holds shutdown up only for the grace
+/// period; then its connection is closed and the process exits cleanly.
+#[test]
+fn a_stalled_request_cannot_hold_shutdown_past_the_grace_period() {
+    use std::io::Write;
+    use std::net::TcpStream;
+
+    let mut server = Server::start(&["--database", "memory", "--jwt-secret", SECRET, "--shutdown-grace", "1"]);
+    let bearer = token(SECRET, &[101]);
+    let mut socket = TcpStream::connect(server.addr).unwrap();
+    // Headers that pass every check, then a body that never arrives.
+    let head = format!(
+        "POST /demand/accounts/101/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-run-jobs/launch-from-draft HTTP/1.1\r\n\
+         Host: {}\r\nAuthorization: Bearer {bearer}\r\nCint-API-Version: {API_VERSION}\r\n\
+         idempotency-key: stalled\r\nContent-Length: 200\r\n\r\n{{\"end",
+        server.addr
+    );
+    socket.write_all(head.as_bytes()).unwrap();
+    socket.flush().unwrap();
+    // Let the server start reading the request (see the test above).
+    std::thread::sleep(Duration::from_millis(300));
+    let started = Instant::now();
+    let status = server.stop_with(libc::SIGTERM);
+    assert!(status.success(), "{status:?}\n{}", server.printed());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(server.printed().contains("grace period"), "{}", server.printed());
+    drop(socket);
 }
