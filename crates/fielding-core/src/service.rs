@@ -22,6 +22,18 @@ mod jobs;
 
 pub use jobs::{NewJob, SubmittedJob, JOB_RESUME_AFTER};
 
+/// How many times [`FieldingService::execute`] decides when other writers
+/// keep winning the race for a version its `If-Match` also accepts; past
+/// it, the caller gets the 412 of the last lost race.
+const MAX_DECISIONS: u32 = 16;
+
+/// The waits between those decisions (full jitter, 1 ms doubling to 20 ms).
+const REDECIDE_BACKOFF: RetryPolicy = RetryPolicy {
+    max_attempts: MAX_DECISIONS,
+    initial_backoff: Duration::from_millis(1),
+    max_backoff: Duration::from_millis(20),
+};
+
 /// The result of a successful command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -170,6 +182,13 @@ impl FieldingService {
 
     /// Runs `command` on the run at `key` if `if_match` names its current
     /// version. The per-command methods below are shorthands for this.
+    ///
+    /// If another writer changes the run between this call's read and its
+    /// write, the answer is a 412 when `if_match` does not accept the new
+    /// version (a specific ETag: exactly one of two racing writers wins),
+    /// and a new decision on the new state when it does (`*`, or a list
+    /// that names it): RFC 9110's `If-Match: *` holds for any current
+    /// version, so it never loses a race.
     pub async fn execute(
         &self,
         key: &RunKey,
@@ -180,10 +199,33 @@ impl FieldingService {
         // The precondition and the decision are made on the run as the
         // store reads it inside `update`: one round trip, and for stores
         // that override `update`, one atomic step.
-        let mut outcome = None;
-        let mut decide = |run: &FieldingRun| self.decide_update(run, Some(if_match), command, actor, &mut outcome);
-        let found = self.store.update(key, &mut decide).await;
-        finish(key, found, outcome)
+        let mut attempt = 1;
+        loop {
+            let mut outcome = None;
+            let mut decide =
+                |run: &FieldingRun| self.decide_update(run, Some(if_match), command, actor, &mut outcome);
+            match self.store.update(key, &mut decide).await {
+                // Another writer got in between the read and the write, and
+                // the caller's precondition holds for what it wrote too
+                // (`If-Match: *`, or a list naming the new version): the
+                // caller did not lose anything it asked to keep, so decide
+                // again on the new state instead of answering 412.
+                Err(StoreError::VersionConflict { current, .. })
+                    if if_match.matches(current) && attempt < MAX_DECISIONS =>
+                {
+                    // The first retry at once (one other writer is the
+                    // common case); then jittered backoff, so writers that
+                    // keep colliding spread out instead of starving one.
+                    if attempt == 1 {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(REDECIDE_BACKOFF.backoff(attempt - 1)).await;
+                    }
+                    attempt += 1;
+                }
+                found => return finish(key, found, outcome),
+            }
+        }
     }
 
     /// Moves the dates (the contract's `PUT`). Same dates: success, no new

@@ -1772,3 +1772,68 @@ async fn a_start_moved_to_exactly_now_is_stored_and_recorded_as_live() {
         fielding_core::Status::Live
     );
 }
+
+/// `If-Match: *` holds for any current version, so a writer that loses
+/// the race between its read and its write decides again instead of
+/// answering 412; a specific ETag still loses (tested above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_with_if_match_any_all_succeed() {
+    const TASKS: u64 = 8;
+    const WRITES_EACH: u64 = 25;
+    let h = Harness::interleaving();
+    let live = h.launch().await;
+    let key = live.run.key();
+    let mut handles = Vec::new();
+    for task in 0..TASKS {
+        let service = h.service.clone();
+        let actor = UserId::random();
+        let start = live.run.start_fielding_at;
+        handles.push(tokio::spawn(async move {
+            for i in 0..WRITES_EACH {
+                // Distinct ends, so every write is a real change.
+                let end = at(24 * 60 + (task * WRITES_EACH + i) as i64);
+                let applied = service
+                    .update_dates(&key, &IfMatch::Any, start, end, actor)
+                    .await
+                    .expect("If-Match: * never loses a race");
+                assert!(applied.changed);
+            }
+        }));
+    }
+    for handle in handles {
+        handle.await.unwrap();
+    }
+    let run = h.store.run(&key).unwrap();
+    assert_eq!(run.version.get(), 1 + TASKS * WRITES_EACH);
+    assert_eq!(h.store.changes(&key).await.unwrap().len() as u64, 1 + TASKS * WRITES_EACH);
+}
+
+/// A list of ETags that names the version another writer produced still
+/// holds after the lost race; the write goes through on the new state.
+#[tokio::test]
+async fn a_lost_race_against_a_version_the_list_names_is_decided_again() {
+    let h = Harness::new();
+    let run = h.seed(Status::Live, 7);
+    let key = run.key();
+    // The run moves to 8 between this call's read and its write: a
+    // store-level conflict injected once, as a racing writer would cause.
+    h.store.faults().inject(fielding_memory::Fault::Conflict, 1);
+    let list = IfMatch::parse(r#""7", "8""#).unwrap();
+    let end = run.end_fielding_at.checked_add(TimeDelta::hours(1)).unwrap();
+    let applied = h
+        .service
+        .update_dates(&key, &list, run.start_fielding_at, end, h.actor)
+        .await
+        .expect("decided again");
+    assert!(applied.changed);
+    // A single stale tag does not get a second decision.
+    h.store.faults().inject(fielding_memory::Fault::Conflict, 1);
+    let single = IfMatch::version(applied.run.version);
+    let later = end.checked_add(TimeDelta::hours(1)).unwrap();
+    let err = h
+        .service
+        .update_dates(&key, &single, run.start_fielding_at, later, h.actor)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, FieldingError::PreconditionFailed { .. }), "{err:?}");
+}

@@ -64,6 +64,7 @@ e2e!(
     a_malformed_chunked_body_is_400_naming_the_body_not_413,
     completed_run_is_422_and_with_a_stale_tag_412,
     concurrent_puts_on_one_version_exactly_one_wins,
+    concurrent_puts_with_if_match_any_all_succeed,
     replaying_a_successful_put_is_412,
     rate_limited_is_429_with_digits_only_retry_after_on_every_endpoint,
     a_mutating_responses_etag_is_what_a_later_get_returns,
@@ -523,6 +524,39 @@ async fn concurrent_puts_on_one_version_exactly_one_wins(backend: Backend) {
         );
         assert_eq!(changes.len(), 2, "round {round}: exactly one new change record");
     }
+}
+
+/// `If-Match: *` accepts any current version, so concurrent PUTs with it
+/// all succeed, one version each, whatever order the store serializes them
+/// in (the SQLite store reads and writes in two steps, so these do race).
+async fn concurrent_puts_with_if_match_any_all_succeed(backend: Backend) {
+    const WRITERS: i64 = 8;
+    let live = Arc::new(Live::start(backend).await);
+    let run = live.seed(Status::Live, 7).await;
+    let barrier = Arc::new(tokio::sync::Barrier::new(WRITERS as usize));
+    let tasks: Vec<_> = (1..=WRITERS)
+        .map(|days| {
+            let (live, run, barrier) = (live.clone(), run.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let request = live
+                    .client
+                    .put(format!("{}{}", live.base, run_path(&run)))
+                    .headers(header_map(&authed(&[("if-match", "*")])))
+                    .body(new_dates(&run, days))
+                    .build()
+                    .unwrap();
+                barrier.wait().await;
+                live.execute(request).await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let reply = task.await.expect("the request task");
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{:?}", reply.json);
+    }
+    let (stored, changes) = live.snapshot(&run.key()).await;
+    assert_eq!(stored.unwrap().version.get(), 7 + WRITERS as u64);
+    assert_eq!(changes.len() as i64, 1 + WRITERS, "one change record per PUT");
 }
 
 async fn replaying_a_successful_put_is_412(backend: Backend) {
