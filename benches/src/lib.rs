@@ -83,6 +83,10 @@ use fielding_core::{
 use fielding_memory::{fixtures, MemoryStore};
 use tokio::runtime::Runtime;
 
+pub mod contention;
+pub mod http;
+pub mod scale;
+pub mod series;
 pub mod sqlite;
 
 /// How many runs the workloads cycle through by default.

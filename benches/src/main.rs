@@ -49,6 +49,38 @@ when PostgreSQL is unreachable), among them
     postgres_contention_successes_per_sec N
     postgres_contention_refusals_per_success R
     postgres_contention_lost_updates N   must be 0
+then the HTTP figures (section `http`, module fielding_bench::http): PUT
+update-dates (If-Match: *, a new end date every request) and GET of random
+runs through the real fielding-server binary over loopback, driven by wrk
+(-t2 -c32, same for every target; `apt-get install -y wrk`), for the memory,
+SQLite and PostgreSQL stores and a bare axum handler answering 202 (bare-http)
+as the ceiling; needs `cargo build --release -p fielding-server -p fielding-bench`
+first (it spawns the release binaries next to its own executable); servers run
+with RUST_LOG=warn (no per-request access log) and rate limiting off; 1 s
+trials, 5 rounds with --quick (under a minute), else 3 s trials, 7 rounds; among them
+    http_memory_vs_bare R           PUT req/s, server on memory / bare (target >= 0.5)
+    http_get_memory_vs_bare R       the same for GET
+    http_{put,get}_{sqlite,postgres}_vs_bare R
+    http_bare_rps N, http_bare_{p50,p99,p999}_us N      (http_get_bare_* for GET)
+    http_{put,get}_{memory,sqlite,postgres}_rps N, ..._{p50,p99,p999}_us N
+then the contention figures (section `contention`, module
+fielding_bench::contention): 1, 4, 16 and 64 HTTP clients (GET, then PUT with
+If-Match, re-reading on 412) on one run and on distinct runs, through the
+server's app in-process, for memory, SQLite and PostgreSQL (when reachable);
+every trial checked for lost updates through the store; first
+    contention_lost_updates N       must be 0 (the runner fails otherwise)
+then per store, mode (one, distinct) and client count
+    contention_{memory,sqlite,postgres}_{one,distinct}_{1,4,16,64}_updates_per_sec N
+    contention_..._refusals_per_success R     412s per 202
+    contention_..._p99_us N         first GET to the 202, retries included
+    contention_{store}_one_vs_distinct_{n} R
+then the scale figures (section `scale`, module fielding_bench::scale): the
+stores loaded with 1e3, 1e5 and 1e6 runs (1e3, 1e4, 1e5 with --quick; the
+names follow the sizes used), update_dates on 1,000 runs spread over them
+    scale_{memory,sqlite,postgres}_update_ns_{size} N
+    scale_{store}_cost_ratio_{largest}_vs_1e3 R   (target: within 1.5)
+    scale_memory_bytes_per_run_{size} N           resident memory growth / runs
+    scale_{sqlite,postgres}_db_bytes_{size} N     file + -wal; pg_total_relation_size
 Progress and commentary go to stderr.
 
 OPTIONS:
@@ -67,7 +99,10 @@ OPTIONS:
                        valgrind --tool=callgrind target/release/fielding-bench --profile service --ops 200000
     --ops N            operations for --profile (default 1000000)
     --only LIST        run only these sections, comma-separated: memory, sqlite,
-                       postgres (default: all, in that order)
+                       postgres, http, contention, scale (default: all, in that order)
+    --csv DIR          also write the raw series of the contention and scale
+                       sections to DIR/contention.csv and DIR/scale.csv (columns
+                       in the module docs of fielding_bench::contention and ::scale)
     -h, --help         this text
 ";
 
@@ -83,16 +118,34 @@ enum Section {
     Memory,
     Sqlite,
     Postgres,
+    Http,
+    Contention,
+    Scale,
+}
+
+/// Every section's name, comma-separated, in order.
+fn section_names() -> String {
+    Section::ALL.map(Section::name).join(", ")
 }
 
 impl Section {
-    const ALL: [Section; 3] = [Section::Memory, Section::Sqlite, Section::Postgres];
+    const ALL: [Section; 6] = [
+        Section::Memory,
+        Section::Sqlite,
+        Section::Postgres,
+        Section::Http,
+        Section::Contention,
+        Section::Scale,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Section::Memory => "memory",
             Section::Sqlite => "sqlite",
             Section::Postgres => "postgres",
+            Section::Http => "http",
+            Section::Contention => "contention",
+            Section::Scale => "scale",
         }
     }
 }
@@ -103,6 +156,8 @@ struct Args {
     profile: Option<Which>,
     ops: u64,
     sections: Vec<Section>,
+    /// Where the contention and scale sections write their CSV series.
+    csv: Option<std::path::PathBuf>,
 }
 
 enum Parsed {
@@ -121,6 +176,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
     let mut profile = None;
     let mut ops = 1_000_000u64;
     let mut sections = Section::ALL.to_vec();
+    let mut csv = None;
 
     fn value<T: std::str::FromStr>(flag: &str, next: Option<String>) -> Result<T, String> {
         let text = next.ok_or_else(|| format!("{flag} needs a value"))?;
@@ -144,6 +200,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
             "--runs" => runs = Some(value::<usize>(&flag, take())?),
             "--rounds-per-store" => rounds_per_store = Some(value::<u64>(&flag, take())?),
             "--ops" => ops = value::<u64>(&flag, take())?,
+            "--csv" => csv = Some(std::path::PathBuf::from(take().ok_or("--csv needs a directory")?)),
             "--only" => {
                 let list = take().ok_or("--only needs a comma-separated list of sections")?;
                 let mut chosen = Vec::new();
@@ -151,7 +208,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
                     let section = Section::ALL
                         .into_iter()
                         .find(|s| s.name() == name)
-                        .ok_or_else(|| format!("--only: unknown section {name:?} (memory, sqlite, postgres)"))?;
+                        .ok_or_else(|| format!("--only: unknown section {name:?} ({})", section_names()))?;
                     chosen.push(section);
                 }
                 // Always in the documented order.
@@ -207,6 +264,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Parsed, String> 
         profile,
         ops,
         sections,
+        csv,
     }))
 }
 
@@ -295,6 +353,9 @@ fn main() -> ExitCode {
             Section::Memory => run_comparison(&args.plan),
             Section::Sqlite => fielding_bench::sqlite::run_and_print(&args.plan),
             Section::Postgres => postgres::run(&args.plan),
+            Section::Http => fielding_bench::http::run_and_print(&args.plan),
+            Section::Contention => fielding_bench::contention::run_and_print(&args.plan, args.csv.as_deref()),
+            Section::Scale => fielding_bench::scale::run_and_print(&args.plan, args.csv.as_deref()),
         }),
     };
     match outcome {
@@ -349,5 +410,15 @@ mod tests {
         };
         assert_eq!(args.profile, Some(Which::Bare));
         assert_eq!(args.ops, 10);
+    }
+
+    #[test]
+    fn contention_scale_and_csv() {
+        let Ok(Parsed::Run(args)) = parse(&["--only", "scale,contention", "--csv", "out"]) else {
+            panic!("should parse");
+        };
+        assert_eq!(args.sections, vec![Section::Contention, Section::Scale]);
+        assert_eq!(args.csv, Some(std::path::PathBuf::from("out")));
+        assert!(parse(&["--csv"]).is_err());
     }
 }

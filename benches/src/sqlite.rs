@@ -121,10 +121,10 @@ fn setup(what: &str) -> impl FnOnce(String) -> BenchError + '_ {
 }
 
 /// A scratch directory removed on drop.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(PathBuf);
 
 impl Scratch {
-    fn new(name: &str) -> Result<Self, BenchError> {
+    pub(crate) fn new(name: &str) -> Result<Self, BenchError> {
         let dir = std::env::temp_dir().join(format!(
             "fielding-bench-{name}-{}-{}",
             std::process::id(),
@@ -134,7 +134,7 @@ impl Scratch {
         Ok(Self(dir))
     }
 
-    fn db(&self) -> PathBuf {
+    pub(crate) fn db(&self) -> PathBuf {
         self.0.join("fielding.db")
     }
 }
@@ -160,7 +160,7 @@ fn pragmas(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
 
 /// A fresh database with the adapter's schema holding `runs`, each with its
 /// creation record, loaded in one transaction.
-fn create_db(path: &Path, runs: impl Iterator<Item = FieldingRun>) -> Result<(), BenchError> {
+pub(crate) fn create_db(path: &Path, runs: impl Iterator<Item = FieldingRun>) -> Result<(), BenchError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|e| setup("runtime")(e.to_string()))?;
@@ -630,7 +630,7 @@ fn reads(plan: &SqlitePlan, log: &mut dyn FnMut(String)) -> Result<(f64, f64, f6
 }
 
 /// A run with synthetic but valid ids, for bulk filler.
-fn synthetic_run(state: &mut u64, now: Timestamp, actor: UserId) -> Option<FieldingRun> {
+pub(crate) fn synthetic_run(state: &mut u64, now: Timestamp, actor: UserId) -> Option<FieldingRun> {
     const ALPHABET: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
     let mut code = || {
         let mut out = [0u8; 26];

@@ -202,8 +202,7 @@ impl FieldingService {
         let mut attempt = 1;
         loop {
             let mut outcome = None;
-            let mut decide =
-                |run: &FieldingRun| self.decide_update(run, Some(if_match), command, actor, &mut outcome);
+            let mut decide = |run: &FieldingRun| self.decide_update(run, Some(if_match), command, actor, &mut outcome);
             match self.store.update(key, &mut decide).await {
                 // Another writer got in between the read and the write, and
                 // the caller's precondition holds for what it wrote too
