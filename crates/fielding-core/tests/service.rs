@@ -1805,7 +1805,10 @@ async fn concurrent_writers_with_if_match_any_all_succeed() {
     }
     let run = h.store.run(&key).unwrap();
     assert_eq!(run.version.get(), 1 + TASKS * WRITES_EACH);
-    assert_eq!(h.store.changes(&key).await.unwrap().len() as u64, 1 + TASKS * WRITES_EACH);
+    assert_eq!(
+        h.store.changes(&key).await.unwrap().len() as u64,
+        1 + TASKS * WRITES_EACH
+    );
 }
 
 /// A list of ETags that names the version another writer produced still
