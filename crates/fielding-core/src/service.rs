@@ -25,14 +25,24 @@ pub use jobs::{NewJob, SubmittedJob, JOB_RESUME_AFTER};
 /// How many times [`FieldingService::execute`] decides when other writers
 /// keep winning the race for a version its `If-Match` also accepts; past
 /// it, the caller gets the 412 of the last lost race.
-const MAX_DECISIONS: u32 = 16;
+const MAX_DECISIONS: u32 = 32;
 
-/// The waits between those decisions (full jitter, 1 ms doubling to 20 ms).
-const REDECIDE_BACKOFF: RetryPolicy = RetryPolicy {
-    max_attempts: MAX_DECISIONS,
-    initial_backoff: Duration::from_millis(1),
-    max_backoff: Duration::from_millis(20),
-};
+/// Gives other tasks a turn: pending once, waking itself at once. Works on
+/// any executor and needs no timer.
+struct YieldNow(bool);
+
+impl std::future::Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        if self.0 {
+            return std::task::Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        std::task::Poll::Pending
+    }
+}
 
 /// The result of a successful command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,13 +222,12 @@ impl FieldingService {
                 Err(StoreError::VersionConflict { current, .. })
                     if if_match.matches(current) && attempt < MAX_DECISIONS =>
                 {
-                    // The first retry at once (one other writer is the
-                    // common case); then jittered backoff, so writers that
-                    // keep colliding spread out instead of starving one.
-                    if attempt == 1 {
-                        tokio::task::yield_now().await;
-                    } else {
-                        tokio::time::sleep(REDECIDE_BACKOFF.backoff(attempt - 1)).await;
+                    // Back off by yielding to the scheduler, more each time,
+                    // so writers that keep colliding spread out. Yielding,
+                    // not sleeping: this path must not need the runtime's
+                    // timer, which an embedding runtime may not enable.
+                    for _ in 0..attempt {
+                        YieldNow(false).await;
                     }
                     attempt += 1;
                 }
