@@ -84,6 +84,7 @@ use fielding_memory::{fixtures, MemoryStore};
 use tokio::runtime::Runtime;
 
 pub mod contention;
+pub mod fixes;
 pub mod http;
 pub mod scale;
 pub mod series;

@@ -99,7 +99,9 @@ OPTIONS:
                        valgrind --tool=callgrind target/release/fielding-bench --profile service --ops 200000
     --ops N            operations for --profile (default 1000000)
     --only LIST        run only these sections, comma-separated: memory, sqlite,
-                       postgres, http, contention, scale (default: all, in that order)
+                       postgres, http, contention, scale, fixes (default: all, in
+                       that order; fixes: same-run before/after figures of the
+                       changes the profiles led to, see fielding_bench::fixes)
     --csv DIR          also write the raw series of the contention and scale
                        sections to DIR/contention.csv and DIR/scale.csv (columns
                        in the module docs of fielding_bench::contention and ::scale)
@@ -121,6 +123,7 @@ enum Section {
     Http,
     Contention,
     Scale,
+    Fixes,
 }
 
 /// Every section's name, comma-separated, in order.
@@ -129,13 +132,14 @@ fn section_names() -> String {
 }
 
 impl Section {
-    const ALL: [Section; 6] = [
+    const ALL: [Section; 7] = [
         Section::Memory,
         Section::Sqlite,
         Section::Postgres,
         Section::Http,
         Section::Contention,
         Section::Scale,
+        Section::Fixes,
     ];
 
     fn name(self) -> &'static str {
@@ -146,6 +150,7 @@ impl Section {
             Section::Http => "http",
             Section::Contention => "contention",
             Section::Scale => "scale",
+            Section::Fixes => "fixes",
         }
     }
 }
@@ -356,6 +361,7 @@ fn main() -> ExitCode {
             Section::Http => fielding_bench::http::run_and_print(&args.plan),
             Section::Contention => fielding_bench::contention::run_and_print(&args.plan, args.csv.as_deref()),
             Section::Scale => fielding_bench::scale::run_and_print(&args.plan, args.csv.as_deref()),
+            Section::Fixes => fielding_bench::fixes::run(&args.plan).and_then(|f| fielding_bench::series::emit(&f)),
         }),
     };
     match outcome {

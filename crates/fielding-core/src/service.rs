@@ -209,18 +209,88 @@ impl FieldingService {
         // The precondition and the decision are made on the run as the
         // store reads it inside `update`: one round trip, and for stores
         // that override `update`, one atomic step.
+        let request = |run: &FieldingRun| {
+            if if_match.matches(run.version) {
+                Ok(command.clone())
+            } else {
+                Err(FieldingError::PreconditionFailed { current: run.version })
+            }
+        };
+        // Another writer got in between the read and the write: decide
+        // again when the caller's precondition holds for what it wrote too
+        // (`If-Match: *`, or a list naming the new version), since the
+        // caller did not lose anything it asked to keep; else 412.
+        self.decide_and_write(key, actor, request, |current| if_match.matches(current))
+            .await
+    }
+
+    /// Like [`FieldingService::execute`], but the request is judged on the
+    /// run as read, in one step: `request` sees the stored run and answers
+    /// the command to run, or why the request is refused (its precondition,
+    /// then its body, checked in the caller's order). That is how an HTTP
+    /// handler keeps the contract's order of checks (not found, then
+    /// `If-Match`, then the body, then the lifecycle) with a single read
+    /// of the store instead of a read for the precondition and another for
+    /// the command.
+    ///
+    /// `request` may be called again, on the newer run, when another writer
+    /// wins the race between the read and the write; it must check the
+    /// precondition every time (a specific ETag then fails: exactly one of
+    /// two racing writers wins).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use fielding_core::*;
+    /// # async fn demo(service: FieldingService, key: RunKey, me: UserId) -> Result<(), FieldingError> {
+    /// let if_match = IfMatch::parse(r#""3""#)?;
+    /// let applied = service
+    ///     .execute_when(&key, me, |run: &FieldingRun| {
+    ///         if !if_match.matches(run.version) {
+    ///             return Err(FieldingError::PreconditionFailed { current: run.version });
+    ///         }
+    ///         Ok(lifecycle::Command::Pause)
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_when<E, F>(&self, key: &RunKey, actor: UserId, request: F) -> Result<Applied, E>
+    where
+        E: From<FieldingError> + Send,
+        F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
+    {
+        self.decide_and_write(key, actor, request, |_| true).await
+    }
+
+    /// The read–decide–write loop behind `execute` and `execute_when`.
+    async fn decide_and_write<E, F>(
+        &self,
+        key: &RunKey,
+        actor: UserId,
+        mut request: F,
+        decide_again_at: impl Fn(Version) -> bool,
+    ) -> Result<Applied, E>
+    where
+        E: From<FieldingError> + Send,
+        F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
+    {
         let mut attempt = 1;
         loop {
-            let mut outcome = None;
-            let mut decide = |run: &FieldingRun| self.decide_update(run, Some(if_match), command, actor, &mut outcome);
+            let mut outcome: Option<Result<Applied, E>> = None;
+            let mut decide = |run: &FieldingRun| match request(run) {
+                Err(refused) => {
+                    outcome = Some(Err(refused));
+                    Update::Skip
+                }
+                Ok(command) => {
+                    let mut decided = None;
+                    let update = self.decide_update(run, &command, actor, &mut decided);
+                    outcome = decided.map(|result| result.map_err(E::from));
+                    update
+                }
+            };
             match self.store.update(key, &mut decide).await {
-                // Another writer got in between the read and the write, and
-                // the caller's precondition holds for what it wrote too
-                // (`If-Match: *`, or a list naming the new version): the
-                // caller did not lose anything it asked to keep, so decide
-                // again on the new state instead of answering 412.
                 Err(StoreError::VersionConflict { current, .. })
-                    if if_match.matches(current) && attempt < MAX_DECISIONS =>
+                    if decide_again_at(current) && attempt < MAX_DECISIONS =>
                 {
                     // Back off by yielding to the scheduler, more each time,
                     // so writers that keep colliding spread out. Yielding,
@@ -313,7 +383,7 @@ impl FieldingService {
             let mut outcome = None;
             let mut decide = |run: &FieldingRun| {
                 let next = command(&run.clone().as_of(self.clock.now()));
-                self.decide_update(run, None, &next, actor, &mut outcome)
+                self.decide_update(run, &next, actor, &mut outcome)
             };
             let found = self.store.update(key, &mut decide).await;
             match finish(key, found, outcome) {
@@ -329,23 +399,16 @@ impl FieldingService {
         }
     }
 
-    /// The `decide` callback of every command: checks `if_match` (when
-    /// given) and plans the command on `run`, leaving the caller's answer
-    /// in `outcome` and telling the store what to write.
+    /// The `decide` callback of every command, once its precondition has
+    /// held: plans the command on `run`, leaving the caller's answer in
+    /// `outcome` and telling the store what to write.
     fn decide_update(
         &self,
         run: &FieldingRun,
-        if_match: Option<&IfMatch>,
         command: &Command,
         actor: UserId,
         outcome: &mut Option<Result<Applied, FieldingError>>,
     ) -> Update {
-        if let Some(if_match) = if_match {
-            if !if_match.matches(run.version) {
-                *outcome = Some(Err(FieldingError::PreconditionFailed { current: run.version }));
-                return Update::Skip;
-            }
-        }
         match self.plan(run.clone(), command, actor) {
             Err(err) => {
                 *outcome = Some(Err(err));
@@ -423,13 +486,13 @@ enum Plan {
 
 /// The caller's answer, from what the store did and what `decide` said.
 /// Store errors win: a planned write that did not happen is not a success.
-fn finish(
+fn finish<E: From<FieldingError>>(
     key: &RunKey,
     found: Result<UpdateOutcome, StoreError>,
-    outcome: Option<Result<Applied, FieldingError>>,
-) -> Result<Applied, FieldingError> {
+    outcome: Option<Result<Applied, E>>,
+) -> Result<Applied, E> {
     match found {
-        Ok(UpdateOutcome::NotFound) | Err(StoreError::NotFound) => Err(not_found(key)),
+        Ok(UpdateOutcome::NotFound) | Err(StoreError::NotFound) => Err(not_found(key).into()),
         Ok(UpdateOutcome::Skipped | UpdateOutcome::Written) => outcome.unwrap_or_else(|| {
             Err(FieldingError::Storage {
                 source: StoreError::Backend {
@@ -437,10 +500,11 @@ fn finish(
                     retryable: false,
                     source: None,
                 },
-            })
+            }
+            .into())
         }),
-        Err(StoreError::VersionConflict { current, .. }) => Err(FieldingError::PreconditionFailed { current }),
-        Err(other) => Err(other.into()),
+        Err(StoreError::VersionConflict { current, .. }) => Err(FieldingError::PreconditionFailed { current }.into()),
+        Err(other) => Err(FieldingError::from(other).into()),
     }
 }
 

@@ -10,7 +10,7 @@ use fielding_core::{FieldingError, InvalidParam};
 use crate::problem::{object, ErrorBody};
 
 /// A refusal: a status and the contract's `Error` body.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiError {
     status: StatusCode,
     body: ErrorBody,

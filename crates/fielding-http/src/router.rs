@@ -256,15 +256,32 @@ fn if_match(headers: &HeaderMap) -> Result<IfMatch, ApiError> {
     IfMatch::parse_lines(lines).map_err(|e| ApiError::invalid_param("If-Match", e.reason().to_owned()))
 }
 
-/// Loads the run (404) and checks `If-Match` against it (400, 412) before
-/// anything else about the request is judged.
-async fn precondition(api: &FieldingApi, key: &RunKey, headers: &HeaderMap) -> Result<IfMatch, ApiError> {
-    let run = api.service.get(key).await?;
-    let condition = if_match(headers)?;
-    if !condition.matches(run.version) {
-        return Err(fielding_core::FieldingError::PreconditionFailed { current: run.version }.into());
-    }
-    Ok(condition)
+/// Runs the command `command_of` makes of the request body, on the run as
+/// the store reads it, with every check in the contract's order and a
+/// single read: not found (404, the store), then `If-Match` (400 when
+/// missing or malformed, 412 when stale), then the body (`command_of`:
+/// 400, 413), then the lifecycle (422, the service). The body is read
+/// before the run, but judged only after the precondition, so a stale tag
+/// with a bad body is a 412.
+async fn run_command(
+    api: &FieldingApi,
+    key: &RunKey,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: Body,
+    command_of: impl Fn(&[u8]) -> Result<Command, ApiError> + Send + Sync,
+) -> Result<fielding_core::Applied, ApiError> {
+    let condition = if_match(headers);
+    let bytes = read_body(api, body).await;
+    api.service
+        .execute_when(key, principal.user_id, |run: &FieldingRun| {
+            let condition = condition.as_ref().map_err(Clone::clone)?;
+            if !condition.matches(run.version) {
+                return Err(fielding_core::FieldingError::PreconditionFailed { current: run.version }.into());
+            }
+            command_of(bytes.as_ref().map_err(Clone::clone)?)
+        })
+        .await
 }
 
 /// The request body, up to the limit: 413 past it; 400 naming `body` when
@@ -361,12 +378,14 @@ async fn update_dates(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = run_key(path, &headers, &principal)?;
-    let condition = precondition(&api, &key, &headers).await?;
-    let (start, end) = dates_body(&read_body(&api, body).await?)?;
-    let applied = api
-        .service
-        .update_dates(&key, &condition, start, end, principal.user_id)
-        .await?;
+    let applied = run_command(&api, &key, &principal, &headers, body, |bytes| {
+        let (start_fielding_at, end_fielding_at) = dates_body(bytes)?;
+        Ok(Command::UpdateDates {
+            start_fielding_at,
+            end_fielding_at,
+        })
+    })
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         etag_header(applied.etag),
@@ -401,12 +420,11 @@ async fn command(
     command: Command,
 ) -> Result<fielding_core::Applied, ApiError> {
     let key = run_key(path, headers, principal)?;
-    let condition = precondition(api, &key, headers).await?;
-    empty_body(&read_body(api, body).await?)?;
-    Ok(api
-        .service
-        .execute(&key, &condition, &command, principal.user_id)
-        .await?)
+    run_command(api, &key, principal, headers, body, |bytes| {
+        empty_body(bytes)?;
+        Ok(command.clone())
+    })
+    .await
 }
 
 macro_rules! no_content_command {
