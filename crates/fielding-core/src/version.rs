@@ -235,6 +235,7 @@ impl IfMatch {
     }
 
     /// Whether this condition holds for a run currently at `version`.
+    #[inline]
     pub fn matches(&self, version: Version) -> bool {
         match self {
             IfMatch::Any => true,
