@@ -3,20 +3,19 @@
 
 mod common {
     pub mod contract;
+    pub mod oneshot;
 }
+
+use common::oneshot::{send, Reply};
 
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::http::{HeaderMap, Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use axum::Router;
 use fielding_core::{AccountId, FieldingRun, FieldingService, Status, UserId};
 use fielding_http::auth::{AccountAccess, Principal, StaticTokens};
 use fielding_http::FieldingApi;
 use fielding_memory::{fixtures, MemoryStore};
-use http_body_util::BodyExt;
-use serde_json::Value;
-use tower::ServiceExt;
 
 const TOKEN: &str = "token-101";
 const API_VERSION: &str = "2025-12-18";
@@ -67,34 +66,6 @@ fn run_url(run: &FieldingRun) -> String {
         "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}",
         run.account_id, run.project_id, run.target_group_id, run.id
     )
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    json: Value,
-}
-
-async fn send(app: &Router, method: Method, uri: &str, headers: &[(&str, &str)], body: &str) -> Reply {
-    let mut request = Request::builder().method(method.clone()).uri(uri);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = app
-        .clone()
-        .oneshot(request.body(Body::from(body.to_owned())).unwrap())
-        .await
-        .unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let json = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
-    };
-    common::contract::contract().check(&method, uri, status, &headers, &json);
-    Reply { status, headers, json }
 }
 
 fn authed<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
