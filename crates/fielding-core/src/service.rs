@@ -235,7 +235,7 @@ impl FieldingService {
         let mut attempt = 0;
         loop {
             let mut outcome = None;
-            let mut decide = |run: &FieldingRun| self.decide_if(run, if_match, command, actor, &mut outcome);
+            let mut decide = |run: &FieldingRun| self.decide_update(run, Some(if_match), command, actor, &mut outcome);
             let found = AfterBackOff::new(attempt, self.store.update(key, &mut decide)).await;
             match found {
                 Err(StoreError::VersionConflict { current, .. })
@@ -246,23 +246,6 @@ impl FieldingService {
                 found => return finish(key, found, outcome),
             }
         }
-    }
-
-    /// `decide_update` once `if_match` holds for `run`; 412 otherwise.
-    #[inline(always)]
-    fn decide_if(
-        &self,
-        run: &FieldingRun,
-        if_match: &IfMatch,
-        command: &Command,
-        actor: UserId,
-        outcome: &mut Option<Result<Applied, FieldingError>>,
-    ) -> Update {
-        if !if_match.matches(run.version) {
-            *outcome = Some(Err(FieldingError::PreconditionFailed { current: run.version }));
-            return Update::Skip;
-        }
-        self.decide_update(run, command, actor, outcome)
     }
 
     /// Like [`FieldingService::execute`], but the request is judged on the
@@ -320,7 +303,7 @@ impl FieldingService {
                 }
                 Ok(command) => {
                     let mut decided = None;
-                    let update = self.decide_update(run, &command, actor, &mut decided);
+                    let update = self.decide_update(run, None, &command, actor, &mut decided);
                     outcome = decided.map(|result| result.map_err(E::from));
                     update
                 }
@@ -411,7 +394,7 @@ impl FieldingService {
             let mut outcome = None;
             let mut decide = |run: &FieldingRun| {
                 let next = command(&run.clone().as_of(self.clock.now()));
-                self.decide_update(run, &next, actor, &mut outcome)
+                self.decide_update(run, None, &next, actor, &mut outcome)
             };
             let found = self.store.update(key, &mut decide).await;
             match finish(key, found, outcome) {
@@ -427,16 +410,23 @@ impl FieldingService {
         }
     }
 
-    /// The `decide` callback of every command, once its precondition has
-    /// held: plans the command on `run`, leaving the caller's answer in
-    /// `outcome` and telling the store what to write.
+    /// The `decide` callback of every command: checks `if_match` (when
+    /// given) and plans the command on `run`, leaving the caller's answer
+    /// in `outcome` and telling the store what to write.
     fn decide_update(
         &self,
         run: &FieldingRun,
+        if_match: Option<&IfMatch>,
         command: &Command,
         actor: UserId,
         outcome: &mut Option<Result<Applied, FieldingError>>,
     ) -> Update {
+        if let Some(if_match) = if_match {
+            if !if_match.matches(run.version) {
+                *outcome = Some(Err(FieldingError::PreconditionFailed { current: run.version }));
+                return Update::Skip;
+            }
+        }
         match self.plan(run.clone(), command, actor) {
             Err(err) => {
                 *outcome = Some(Err(err));
