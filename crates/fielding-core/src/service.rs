@@ -427,7 +427,7 @@ impl FieldingService {
                 return Update::Skip;
             }
         }
-        match self.plan(run.clone(), command, actor) {
+        match self.plan(run, command, actor) {
             Err(err) => {
                 *outcome = Some(Err(err));
                 Update::Skip
@@ -456,14 +456,14 @@ impl FieldingService {
     }
 
     /// Decides what `command` does to `run` as loaded, without I/O.
-    fn plan(&self, run: FieldingRun, command: &Command, actor: UserId) -> Result<Plan, FieldingError> {
+    fn plan(&self, run: &FieldingRun, command: &Command, actor: UserId) -> Result<Plan, FieldingError> {
         let now = self.clock.now();
         let status_from = run.effective_status(now);
-        let target = match lifecycle::decide(&run, command, now)? {
+        let target = match lifecycle::decide(run, command, now)? {
             Decision::Unchanged => {
                 return Ok(Plan::Unchanged(Applied {
                     etag: run.etag(),
-                    run: run.as_of(now),
+                    run: run.clone().as_of(now),
                     changed: false,
                 }))
             }
@@ -485,7 +485,8 @@ impl FieldingService {
             version,
             last_changed_at: now,
             last_changed_by: actor,
-            ..run
+            // Every other field is `Copy`: no clone of the whole run.
+            ..*run
         };
         let change = change_record(previous, &next, command.action());
         Ok(Plan::Write { expected, next, change })
