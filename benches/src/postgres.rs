@@ -48,10 +48,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
+use fielding_bench::series::Slot;
 use fielding_bench::{median, Plan};
 use fielding_core::{
-    lifecycle::Command, Action, ChangeRecord, FieldingRun, FieldingService, FieldingStore, IfMatch, RetryPolicy,
-    RunKey, Timestamp, UserId, Version,
+    lifecycle::Command, Action, ChangeRecord, FieldingService, FieldingStore, IfMatch, RetryPolicy, UserId, Version,
 };
 use fielding_memory::fixtures;
 use fielding_postgres::sqlx::postgres::{PgConnectOptions, PgConnection};
@@ -185,49 +185,6 @@ async fn seed(store: &PgStore, count: usize) -> Result<Vec<Slot>, String> {
         slots.push(Slot::new(&run)?);
     }
     Ok(slots)
-}
-
-/// A run as the workloads track it; every operation moves the end by 1 ms,
-/// alternately forwards and back.
-#[derive(Debug, Clone)]
-struct Slot {
-    key: RunKey,
-    start: Timestamp,
-    ends: [Timestamp; 2],
-    moved: bool,
-    version: Version,
-}
-
-impl Slot {
-    fn new(run: &FieldingRun) -> Result<Self, String> {
-        let moved = run
-            .end_fielding_at
-            .checked_add(TimeDelta::milliseconds(1))
-            .ok_or("end out of range")?;
-        Ok(Self {
-            key: run.key(),
-            start: run.start_fielding_at,
-            ends: [run.end_fielding_at, moved],
-            moved: false,
-            version: run.version,
-        })
-    }
-
-    fn next_end(&self) -> Timestamp {
-        self.ends[usize::from(!self.moved)]
-    }
-
-    fn advance(&mut self, version: Version) -> Result<(), String> {
-        if self.version.next() != Some(version) {
-            return Err(format!(
-                "{}: expected version {} + 1, got {version}",
-                self.key.id, self.version
-            ));
-        }
-        self.version = version;
-        self.moved = !self.moved;
-        Ok(())
-    }
 }
 
 async fn adapter_op(service: &FieldingService, slot: &mut Slot, actor: UserId) -> Result<(), String> {
