@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
 use fielding_core::lifecycle::Command;
-use fielding_core::{FieldingError, FieldingRun, FieldingService, FieldingStore, IfMatch, RunKey, UserId};
+use fielding_core::{
+    FieldingError, FieldingRun, FieldingService, FieldingStore, IfMatch, Precondition, RunKey, UserId,
+};
 use fielding_http::trace_context::TraceContext;
 use fielding_memory::fixtures;
 
@@ -113,9 +115,12 @@ async fn after(service: &FieldingService, slot: &mut Slot, me: UserId) -> Result
         end_fielding_at: slot.next_end(),
     };
     service
-        .execute_when(&slot.key, me, |_run: &FieldingRun| {
-            Ok::<_, FieldingError>(command.clone())
-        })
+        .execute_request(
+            &slot.key,
+            &Precondition::IfMatch(IfMatch::Any),
+            me,
+            |_run: &FieldingRun| Ok::<_, FieldingError>(command.clone()),
+        )
         .await
         .map(drop)
         .map_err(|e| e.to_string())

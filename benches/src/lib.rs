@@ -807,7 +807,7 @@ mod tests {
         let mut workload = ServiceWorkload::new(&fixture).expect("workload");
         workload.cursor.slots[0].version = Version::new(5).expect("version");
         match workload.run(1) {
-            Err(BenchError::Service(err)) => assert_eq!(err.http_status(), 412),
+            Err(BenchError::Service(err)) => assert_eq!(err.code(), "precondition_failed_error"),
             other => panic!("expected a precondition failure, got {other:?}"),
         }
         let mut bare = BareWorkload::new(&fixture).expect("workload");

@@ -502,7 +502,7 @@ async fn contention(
                 match outcome {
                     Ok(applied) if applied.changed => successes += 1,
                     Ok(_) => return Err("contention: an update changed nothing".to_string()),
-                    Err(e) if e.http_status() == 412 => gave_up += 1,
+                    Err(e) if e.code() == "precondition_failed_error" => gave_up += 1,
                     Err(e) => return Err(format!("contention: {e}")),
                 }
             }

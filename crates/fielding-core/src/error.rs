@@ -42,7 +42,6 @@ impl fmt::Display for InvalidParam {
 /// use fielding_core::{FieldingError, InvalidParam};
 /// let err = FieldingError::invalid([InvalidParam::new("end_fielding_at", "must be after start_fielding_at")]);
 /// assert_eq!(err.code(), "bad_request_error");
-/// assert_eq!(err.http_status(), 400);
 /// assert_eq!(err.invalid_params()[0].name, "end_fielding_at");
 /// ```
 #[derive(Debug, thiserror::Error)]
@@ -143,17 +142,6 @@ impl FieldingError {
         }
     }
 
-    /// The HTTP status the contract gives this kind of error.
-    pub fn http_status(&self) -> u16 {
-        match self {
-            FieldingError::Validation { .. } => 400,
-            FieldingError::NotFound { .. } => 404,
-            FieldingError::PreconditionFailed { .. } => 412,
-            FieldingError::InvalidState { .. } | FieldingError::TargetGroupHasRun { .. } => 422,
-            FieldingError::Storage { .. } => 500,
-        }
-    }
-
     /// The message safe to show a client: the error's own text, except for
     /// storage failures, whose details stay in the logs.
     pub fn public_detail(&self) -> String {
@@ -218,22 +206,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_and_statuses_follow_the_contract() {
-        let cases: Vec<(FieldingError, &str, u16)> = vec![
-            (FieldingError::invalid_field("x", "y"), "bad_request_error", 400),
+    fn codes_follow_the_contract() {
+        let cases: Vec<(FieldingError, &str)> = vec![
+            (FieldingError::invalid_field("x", "y"), "bad_request_error"),
             (
                 FieldingError::NotFound {
                     what: "fielding run".into(),
                 },
                 "not_found_error",
-                404,
             ),
             (
                 FieldingError::PreconditionFailed {
                     current: Version::INITIAL,
                 },
                 "precondition_failed_error",
-                412,
             ),
             (
                 FieldingError::InvalidState {
@@ -242,17 +228,14 @@ mod tests {
                     detail: "closed".into(),
                 },
                 "invalid_state_error",
-                422,
             ),
             (
                 FieldingError::from(StoreError::backend("disk on fire")),
                 "unexpected_internal_error",
-                500,
             ),
         ];
-        for (err, code, status) in cases {
+        for (err, code) in cases {
             assert_eq!(err.code(), code);
-            assert_eq!(err.http_status(), status);
         }
     }
 

@@ -33,17 +33,19 @@
 //! let launched = service.launch_now(&created.run.key(), &if_match, me).await?;
 //! assert_eq!(launched.run.status, Status::Live);
 //! let stale = service.pause(&created.run.key(), &if_match, me).await.unwrap_err();
-//! assert_eq!(stale.http_status(), 412);
+//! assert_eq!(stale.code(), "precondition_failed_error");
 //! # Ok(()) }
 //! ```
 #![warn(missing_docs)]
 
 mod change;
 mod clock;
+pub mod codec;
 mod error;
 mod ids;
 mod job;
 pub mod lifecycle;
+mod precondition;
 mod run;
 mod service;
 mod status;
@@ -60,10 +62,11 @@ pub use job::{
     JobRequest, JobState, JobTraceId,
 };
 pub use lifecycle::Command;
-pub use run::{FieldingRun, FieldingRunItem};
+pub use precondition::Precondition;
+pub use run::FieldingRun;
 pub use service::{Applied, FieldingService, NewJob, RetryPolicy, SubmittedJob, JOB_RESUME_AFTER};
 pub use status::Status;
-pub use store::{BoxError, Decide, FieldingStore, StoreError, Update, UpdateOutcome};
+pub use store::{BoxError, Decide, Decided, FieldingStore, PlannedWrite, StoreError, Update, UpdateOutcome};
 pub use time::{InvalidTimestamp, Timestamp};
 pub use version::{ETag, EntityTag, IfMatch, InvalidIfMatch, Version};
 

@@ -1,4 +1,4 @@
-//! The fielding run record and its contract-shaped view.
+//! The fielding run record.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +14,8 @@ use crate::{
 /// returns runs with the effective status already filled in.
 ///
 /// Serialized field names are the contract's (`start_fielding_at`, ...), with
-/// the scope fields added; [`FieldingRunItem`] is the exact contract shape.
+/// the scope fields added (the HTTP layer serves the contract's exact
+/// `FieldingRunItem` shape).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldingRun {
     /// The run's id (a ULID the library generates).
@@ -67,46 +68,4 @@ impl FieldingRun {
         self.status = self.effective_status(now);
         self
     }
-
-    /// The contract's `FieldingRunItem` view of this run.
-    pub fn to_item(&self) -> FieldingRunItem {
-        FieldingRunItem {
-            id: self.id,
-            last_changed_at: self.last_changed_at,
-            last_changed_by: self.last_changed_by,
-            start_fielding_at: self.start_fielding_at,
-            end_fielding_at: self.end_fielding_at,
-            status: self.status,
-            version: self.version,
-        }
-    }
-}
-
-/// Exactly the contract's `FieldingRunItem` / `GetFieldingRunResponse`.
-///
-/// ```
-/// use fielding_core::FieldingRunItem;
-/// let json = r#"{"id":"01BTGNYV6HRNK8K8VKZASZCFP1","last_changed_at":"2023-01-01T23:00:00.000Z",
-///   "last_changed_by":"b551326b-ac9d-4d32-8823-4f025787dab9","start_fielding_at":"2023-01-02T09:00:00.000Z",
-///   "end_fielding_at":"2023-01-31T23:59:59.000Z","status":"scheduled","version":5}"#;
-/// let item: FieldingRunItem = serde_json::from_str(json)?;
-/// assert_eq!(item.version.get(), 5);
-/// # Ok::<(), serde_json::Error>(())
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FieldingRunItem {
-    /// The run's id.
-    pub id: FieldingRunId,
-    /// When the last change was made.
-    pub last_changed_at: Timestamp,
-    /// Who made the last change.
-    pub last_changed_by: UserId,
-    /// When fielding starts.
-    pub start_fielding_at: Timestamp,
-    /// When fielding ends.
-    pub end_fielding_at: Timestamp,
-    /// The status (effective, when produced by the service).
-    pub status: Status,
-    /// The version; its ETag is `"<version>"`.
-    pub version: Version,
 }

@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::lifecycle::{self, Command, Decision, Target};
+use crate::precondition::check_if_match;
 use crate::{
-    Action, ChangeRecord, Clock, ETag, FieldingError, FieldingRun, FieldingRunId, FieldingStore, IfMatch, RunKey,
-    Scope, StoreError, SystemClock, Timestamp, UserId, Version,
+    Action, ChangeRecord, Clock, ETag, FieldingError, FieldingRun, FieldingRunId, FieldingStore, IfMatch, Precondition,
+    RunKey, Scope, StoreError, SystemClock, Timestamp, UserId, Version,
 };
 use crate::{Update, UpdateOutcome};
 
@@ -27,25 +28,55 @@ pub use jobs::{NewJob, SubmittedJob, JOB_RESUME_AFTER};
 /// it, the caller gets the 412 of the last lost race.
 const MAX_DECISIONS: u32 = 32;
 
-/// `inner`, polled after giving other tasks some turns: the back-off
-/// before deciding again after a lost race, doubling each time,
-/// so writers that keep colliding spread out. Yielding, not sleeping: this
-/// path must not need the runtime's timer, which an embedding runtime may
-/// not enable; it works on any executor.
-struct AfterBackOff<F> {
-    yields: u32,
-    inner: F,
+/// How the decision loop waits before deciding again after a lost race.
+#[derive(Clone, Copy)]
+enum Backoff<'a> {
+    /// Give other tasks some turns, doubling each time (0, 2, 4, ... up to
+    /// 256 turns), at most [`MAX_DECISIONS`] decisions. Yielding, not
+    /// sleeping: the HTTP path must not need the runtime's timer, which an
+    /// embedding runtime may not enable; it works on any executor.
+    Yield,
+    /// Sleep as the caller's policy says (full jitter), at most
+    /// `max_attempts` decisions.
+    Sleep(&'a RetryPolicy),
 }
 
-impl<F> AfterBackOff<F> {
-    /// After the `lost`-th lost race: 0, 2, 4, 8, ... up to 256 turns.
-    fn new(lost: u32, inner: F) -> Self {
-        let yields = if lost == 0 { 0 } else { 1u32 << lost.min(8) };
-        Self { yields, inner }
+impl Backoff<'_> {
+    /// Whether a `decisions + 1`-th decision is allowed.
+    fn again(self, decisions: u32) -> bool {
+        match self {
+            Backoff::Yield => decisions < MAX_DECISIONS,
+            Backoff::Sleep(policy) => decisions < policy.max_attempts,
+        }
+    }
+
+    /// `inner`, started after the pause that follows the `lost`-th lost race.
+    fn before<F>(self, lost: u32, inner: F) -> AfterPause<F> {
+        let (yields, sleep) = match self {
+            Backoff::Yield if lost > 0 => (1u32 << lost.min(8), None),
+            Backoff::Sleep(policy) if lost > 0 => {
+                let pause = policy.backoff(lost);
+                (0, (!pause.is_zero()).then(|| Box::pin(tokio::time::sleep(pause))))
+            }
+            _ => (0, None),
+        };
+        AfterPause { yields, sleep, inner }
     }
 }
 
-impl<F: std::future::Future + Unpin> std::future::Future for AfterBackOff<F> {
+/// `inner`, polled after a pause. One future around the store call, so a
+/// command has a single await point whether or not it ever pauses: a
+/// second await in the loop makes every command's future larger and
+/// slower, on the path every request takes.
+struct AfterPause<F> {
+    yields: u32,
+    /// Boxed because it is rare: only the retry helper sleeps, and only
+    /// after a lost race.
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    inner: F,
+}
+
+impl<F: std::future::Future + Unpin> std::future::Future for AfterPause<F> {
     type Output = F::Output;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
@@ -54,7 +85,44 @@ impl<F: std::future::Future + Unpin> std::future::Future for AfterBackOff<F> {
             cx.waker().wake_by_ref();
             return std::task::Poll::Pending;
         }
+        if let Some(sleep) = self.sleep.as_mut() {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return std::task::Poll::Pending;
+            }
+            self.sleep = None;
+        }
         std::pin::Pin::new(&mut self.inner).poll(cx)
+    }
+}
+
+/// The precondition a decision checks first.
+#[derive(Clone, Copy)]
+enum Condition<'a> {
+    /// As the request stated it (missing and malformed included).
+    Stated(&'a Precondition),
+    /// A parsed `If-Match` (no allocation for the per-command methods).
+    IfMatch(&'a IfMatch),
+    /// None: decide on whatever version is read (the retry helper).
+    Any,
+}
+
+impl Condition<'_> {
+    fn check(self, current: Version) -> Result<(), FieldingError> {
+        match self {
+            Condition::Stated(precondition) => precondition.check(current),
+            Condition::IfMatch(if_match) => check_if_match(if_match, current),
+            Condition::Any => Ok(()),
+        }
+    }
+
+    /// Whether the command may be decided again on a run another writer
+    /// has just moved to `current`.
+    fn admits(self, current: Version) -> bool {
+        match self {
+            Condition::Stated(precondition) => precondition.admits(current),
+            Condition::IfMatch(if_match) => if_match.matches(current),
+            Condition::Any => true,
+        }
     }
 }
 
@@ -220,101 +288,58 @@ impl FieldingService {
         command: &Command,
         actor: UserId,
     ) -> Result<Applied, FieldingError> {
-        // The precondition and the decision are made on the run as the
-        // store reads it inside `update`: one round trip, and for stores
-        // that override `update`, one atomic step. If another writer got in
-        // between the read and the write, decide again when the caller's
-        // precondition holds for what it wrote too (`If-Match: *`, or a
-        // list naming the new version), since the caller did not lose
-        // anything it asked to keep; else 412.
-        //
-        // One await point only (the back-off is folded into the awaited
-        // future): a second await in this function made every command's
-        // future and code larger, about 10% of the in-memory throughput
-        // (memory benchmark, callgrind).
-        let mut attempt = 0;
-        loop {
-            let mut outcome = None;
-            let mut decide = |run: &FieldingRun| self.decide_update(run, Some(if_match), command, actor, &mut outcome);
-            let found = AfterBackOff::new(attempt, self.store.update(key, &mut decide)).await;
-            match found {
-                Err(StoreError::VersionConflict { current, .. })
-                    if if_match.matches(current) && attempt + 1 < MAX_DECISIONS =>
-                {
-                    attempt += 1;
-                }
-                found => return finish(key, found, outcome),
-            }
-        }
+        self.decide_loop(
+            key,
+            Condition::IfMatch(if_match),
+            actor,
+            Backoff::Yield,
+            |_: &FieldingRun| Ok::<_, FieldingError>(command.clone()),
+        )
+        .await
     }
 
-    /// Like [`FieldingService::execute`], but the request is judged on the
-    /// run as read, in one step: `request` sees the stored run and answers
-    /// the command to run, or why the request is refused (its precondition,
-    /// then its body, checked in the caller's order). That is how an HTTP
-    /// handler keeps the contract's order of checks (not found, then
-    /// `If-Match`, then the body, then the lifecycle) with a single read
-    /// of the store instead of a read for the precondition and another for
-    /// the command.
+    /// Runs the command a request asks for, judging the request on the run
+    /// as read, in the contract's order: not found (404), then the
+    /// `precondition` (400 when missing or malformed, 412 when stale), then
+    /// `request`, which sees the stored run and turns the rest of the
+    /// request (its body) into the command or refuses it, then the
+    /// lifecycle (422). One store read per command; that is how an HTTP
+    /// handler keeps the order without reading the run once for the
+    /// precondition and again for the command.
     ///
-    /// `request` may be called again, on the newer run, when another writer
-    /// wins the race between the read and the write; it must check the
-    /// precondition every time (a specific ETag then fails: exactly one of
-    /// two racing writers wins).
+    /// `request` is called again, on the newer run, when another writer
+    /// wins the race between the read and the write and the precondition
+    /// admits the newer version (`*`, or a list naming it); with a specific
+    /// ETag the loser gets the 412 instead.
     ///
     /// ```
-    /// # use std::sync::Arc;
     /// # use fielding_core::*;
     /// # async fn demo(service: FieldingService, key: RunKey, me: UserId) -> Result<(), FieldingError> {
-    /// let if_match = IfMatch::parse(r#""3""#)?;
+    /// let stated = Precondition::from_header_lines([&b"\"3\""[..]]);
+    /// let body_ok = true;
     /// let applied = service
-    ///     .execute_when(&key, me, |run: &FieldingRun| {
-    ///         if !if_match.matches(run.version) {
-    ///             return Err(FieldingError::PreconditionFailed { current: run.version });
+    ///     .execute_request(&key, &stated, me, |_run: &FieldingRun| {
+    ///         if !body_ok {
+    ///             return Err(FieldingError::invalid_field("body", "must be empty"));
     ///         }
     ///         Ok(lifecycle::Command::Pause)
     ///     })
     ///     .await?;
     /// # Ok(()) }
     /// ```
-    pub async fn execute_when<E, F>(&self, key: &RunKey, actor: UserId, request: F) -> Result<Applied, E>
+    pub async fn execute_request<E, F>(
+        &self,
+        key: &RunKey,
+        precondition: &Precondition,
+        actor: UserId,
+        request: F,
+    ) -> Result<Applied, E>
     where
         E: From<FieldingError> + Send,
         F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
     {
-        self.decide_and_write(key, actor, request).await
-    }
-
-    /// The read–decide–write loop of `execute_when`: after a lost race,
-    /// `request` decides again on the newer run (and refuses with 412 if
-    /// its precondition no longer holds).
-    async fn decide_and_write<E, F>(&self, key: &RunKey, actor: UserId, mut request: F) -> Result<Applied, E>
-    where
-        E: From<FieldingError> + Send,
-        F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
-    {
-        let mut attempt = 1;
-        loop {
-            let mut outcome: Option<Result<Applied, E>> = None;
-            let mut decide = |run: &FieldingRun| match request(run) {
-                Err(refused) => {
-                    outcome = Some(Err(refused));
-                    Update::Skip
-                }
-                Ok(command) => {
-                    let mut decided = None;
-                    let update = self.decide_update(run, None, &command, actor, &mut decided);
-                    outcome = decided.map(|result| result.map_err(E::from));
-                    update
-                }
-            };
-            match AfterBackOff::new(attempt - 1, self.store.update(key, &mut decide)).await {
-                Err(StoreError::VersionConflict { .. }) if attempt < MAX_DECISIONS => {
-                    attempt += 1;
-                }
-                found => return finish(key, found, outcome),
-            }
-        }
+        self.decide_loop(key, Condition::Stated(precondition), actor, Backoff::Yield, request)
+            .await
     }
 
     /// Moves the dates (the contract's `PUT`). Same dates: success, no new
@@ -359,11 +384,14 @@ impl FieldingService {
         self.execute(key, if_match, &Command::Relaunch, actor).await
     }
 
-    /// For callers that are not HTTP clients: reads the run, asks `command`
-    /// what to do with it, and writes against the version just read. If
-    /// another writer wins in between, waits (exponential backoff with full
-    /// jitter) and starts over, at most `policy.max_attempts` times. Other
-    /// errors return at once.
+    /// For callers that are not HTTP clients (jobs, scripts): reads the
+    /// run, asks `command` what to do with it (shown with its effective
+    /// status), and writes against the version just read. If another
+    /// writer wins in between, waits (exponential backoff with full jitter,
+    /// like Kubernetes' `RetryOnConflict`) and decides again on the newer
+    /// run, at most `policy.max_attempts` decisions in all; past them the
+    /// answer is [`FieldingError::PreconditionFailed`] carrying the version
+    /// the run is at now. Other errors return at once.
     ///
     /// Needs a tokio runtime with the time driver when backoff is non-zero.
     ///
@@ -389,45 +417,70 @@ impl FieldingService {
     where
         F: FnMut(&FieldingRun) -> Command + Send,
     {
-        let mut attempt = 1;
+        let now = || self.clock.now();
+        self.decide_loop(
+            key,
+            Condition::Any,
+            actor,
+            Backoff::Sleep(policy),
+            |run: &FieldingRun| Ok::<_, FieldingError>(command(&run.clone().as_of(now()))),
+        )
+        .await
+    }
+
+    /// The one read → decide → write loop every command goes through:
+    /// the store reads the run and shows it to the decision (precondition,
+    /// then `request`, then the lifecycle); after a lost race the command
+    /// is decided again on the newer run if the precondition admits it,
+    /// up to the backoff's limit; else the lost race is the answer (412).
+    async fn decide_loop<E, F>(
+        &self,
+        key: &RunKey,
+        condition: Condition<'_>,
+        actor: UserId,
+        backoff: Backoff<'_>,
+        mut request: F,
+    ) -> Result<Applied, E>
+    where
+        E: From<FieldingError> + Send,
+        F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
+    {
+        let mut lost = 0;
         loop {
-            let mut outcome = None;
-            let mut decide = |run: &FieldingRun| {
-                let next = command(&run.clone().as_of(self.clock.now()));
-                self.decide_update(run, None, &next, actor, &mut outcome)
-            };
-            let found = self.store.update(key, &mut decide).await;
-            match finish(key, found, outcome) {
-                Err(FieldingError::PreconditionFailed { .. }) if attempt < policy.max_attempts => {
-                    let pause = policy.backoff(attempt);
-                    if !pause.is_zero() {
-                        tokio::time::sleep(pause).await;
-                    }
-                    attempt += 1;
+            let mut outcome: Option<Result<Applied, E>> = None;
+            let mut decide = |run: &FieldingRun| self.decide_update(run, condition, &mut request, actor, &mut outcome);
+            match backoff.before(lost, self.store.update(key, &mut decide)).await {
+                Err(StoreError::VersionConflict { current, .. })
+                    if condition.admits(current) && backoff.again(lost + 1) =>
+                {
+                    lost += 1;
                 }
-                outcome => return outcome,
+                found => return finish(key, found, outcome),
             }
         }
     }
 
-    /// The `decide` callback of every command: checks `if_match` (when
-    /// given) and plans the command on `run`, leaving the caller's answer
-    /// in `outcome` and telling the store what to write.
-    fn decide_update(
+    /// The `decide` callback of every command: checks the precondition,
+    /// asks `request` for the command and plans it on `run`, leaving the
+    /// caller's answer in `outcome` and telling the store what to write.
+    fn decide_update<E, F>(
         &self,
         run: &FieldingRun,
-        if_match: Option<&IfMatch>,
-        command: &Command,
+        condition: Condition<'_>,
+        request: &mut F,
         actor: UserId,
-        outcome: &mut Option<Result<Applied, FieldingError>>,
-    ) -> Update {
-        if let Some(if_match) = if_match {
-            if !if_match.matches(run.version) {
-                *outcome = Some(Err(FieldingError::PreconditionFailed { current: run.version }));
-                return Update::Skip;
-            }
-        }
-        match self.plan(run, command, actor) {
+        outcome: &mut Option<Result<Applied, E>>,
+    ) -> Update
+    where
+        E: From<FieldingError>,
+        F: FnMut(&FieldingRun) -> Result<Command, E>,
+    {
+        let planned = condition
+            .check(run.version)
+            .map_err(E::from)
+            .and_then(|()| request(run))
+            .and_then(|command| self.plan(run, &command, actor).map_err(E::from));
+        match planned {
             Err(err) => {
                 *outcome = Some(Err(err));
                 Update::Skip
@@ -513,13 +566,9 @@ fn finish<E: From<FieldingError>>(
     match found {
         Ok(UpdateOutcome::NotFound) | Err(StoreError::NotFound) => Err(not_found(key).into()),
         Ok(UpdateOutcome::Skipped | UpdateOutcome::Written) => outcome.unwrap_or_else(|| {
-            Err(FieldingError::Storage {
-                source: StoreError::Backend {
-                    message: "the store reported a run but never showed it to decide".into(),
-                    retryable: false,
-                    source: None,
-                },
-            }
+            Err(FieldingError::from(StoreError::internal(
+                "the store reported a run but never showed it to decide",
+            ))
             .into())
         }),
         Err(StoreError::VersionConflict { current, .. }) => Err(FieldingError::PreconditionFailed { current }.into()),

@@ -76,6 +76,38 @@ impl StoreError {
         }
     }
 
+    /// A stored value the store cannot read back (out of range, unknown,
+    /// or not fitting the other columns): permanent, since reading again
+    /// finds the same bytes. `what` says which value, for the logs.
+    ///
+    /// ```
+    /// let err = fielding_core::StoreError::corrupt("stored version 0 is out of range");
+    /// assert!(!err.is_retryable());
+    /// assert!(err.to_string().contains("corrupt data: stored version 0"));
+    /// ```
+    pub fn corrupt(what: impl Into<String>) -> Self {
+        StoreError::Backend {
+            message: format!("corrupt data: {}", what.into()),
+            retryable: false,
+            source: None,
+        }
+    }
+
+    /// A broken promise inside the store or between the store and its
+    /// caller (a bug, reported instead of a panic): permanent.
+    ///
+    /// ```
+    /// let err = fielding_core::StoreError::internal("the writer answered with the wrong kind of reply");
+    /// assert!(!err.is_retryable());
+    /// ```
+    pub fn internal(what: impl Into<String>) -> Self {
+        StoreError::Backend {
+            message: format!("internal error: {}", what.into()),
+            retryable: false,
+            source: None,
+        }
+    }
+
     /// Whether repeating the call may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Backend { retryable: true, .. })
@@ -112,6 +144,86 @@ pub enum UpdateOutcome {
     Skipped,
     /// The write happened, with its change record.
     Written,
+}
+
+/// A write that `decide` asked for, checked to be for the run that was
+/// read: what a store's `update` hands to its compare-and-swap.
+#[derive(Debug)]
+pub struct PlannedWrite {
+    /// The version the decision was made on.
+    pub expected: Version,
+    /// The next state of the run.
+    pub run: FieldingRun,
+    /// The record of this change.
+    pub change: ChangeRecord,
+}
+
+/// The step every [`FieldingStore::update`] shares between its read and
+/// its write, so that the trait's default and every override treat
+/// `decide`'s answer alike: a missing run is `NotFound` without calling
+/// `decide`; `Skip` writes nothing; a write of any run other than the one
+/// read is refused as a bug (a store must never let one key's decision
+/// write another key).
+///
+/// ```
+/// use fielding_core::{Decided, FieldingStore, RunKey, StoreError, UpdateOutcome};
+/// # async fn update(store: &dyn FieldingStore, key: &RunKey, decide: fielding_core::Decide<'_>) -> Result<UpdateOutcome, StoreError> {
+/// // An adapter's `update`: its own read, the shared step, its own write.
+/// let current = store.get(key).await?;
+/// Decided::new(key, current.as_ref(), decide)?
+///     .write_with(|w| async move { store.compare_and_swap(w.expected, &w.run, &w.change).await })
+///     .await
+/// # }
+/// ```
+#[derive(Debug)]
+pub enum Decided {
+    /// Nothing to write: the answer is this outcome.
+    Done(UpdateOutcome),
+    /// Write this, then answer [`UpdateOutcome::Written`].
+    Write(PlannedWrite),
+}
+
+impl Decided {
+    /// Shows `current` (the run read at `key`, if any) to `decide` and
+    /// checks its answer.
+    pub fn new(key: &RunKey, current: Option<&FieldingRun>, decide: Decide<'_>) -> Result<Self, StoreError> {
+        let Some(current) = current else {
+            return Ok(Decided::Done(UpdateOutcome::NotFound));
+        };
+        match decide(current) {
+            Update::Skip => Ok(Decided::Done(UpdateOutcome::Skipped)),
+            Update::Write { run, .. } if run.key() != *key => Err(StoreError::internal(format!(
+                "decide asked to write {} in place of {key}",
+                run.key()
+            ))),
+            Update::Write { expected, run, change } => Ok(Decided::Write(PlannedWrite { expected, run, change })),
+        }
+    }
+
+    /// Performs the planned write, if any, with `write` (a compare-and-swap
+    /// at `expected`), and answers what `update` reports.
+    pub async fn write_with<F, Fut>(self, write: F) -> Result<UpdateOutcome, StoreError>
+    where
+        F: FnOnce(PlannedWrite) -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        match self {
+            Decided::Done(outcome) => Ok(outcome),
+            Decided::Write(planned) => write(planned).await.map(|()| UpdateOutcome::Written),
+        }
+    }
+
+    /// [`Decided::write_with`] for a store that writes without awaiting
+    /// (under a lock it already holds).
+    pub fn write_now(
+        self,
+        write: impl FnOnce(PlannedWrite) -> Result<(), StoreError>,
+    ) -> Result<UpdateOutcome, StoreError> {
+        match self {
+            Decided::Done(outcome) => Ok(outcome),
+            Decided::Write(planned) => write(planned).map(|()| UpdateOutcome::Written),
+        }
+    }
 }
 
 /// The callback of [`FieldingStore::update`]. It may be called while the
@@ -228,15 +340,9 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
     /// transaction), saving a round trip; the outcomes must stay those the
     /// default could produce. The service sends every command through here.
     async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
-        let Some(current) = self.get(key).await? else {
-            return Ok(UpdateOutcome::NotFound);
-        };
-        match decide(&current) {
-            Update::Skip => Ok(UpdateOutcome::Skipped),
-            Update::Write { expected, run, change } => {
-                self.compare_and_swap(expected, &run, &change).await?;
-                Ok(UpdateOutcome::Written)
-            }
-        }
+        let current = self.get(key).await?;
+        Decided::new(key, current.as_ref(), decide)?
+            .write_with(|write| async move { self.compare_and_swap(write.expected, &write.run, &write.change).await })
+            .await
     }
 }

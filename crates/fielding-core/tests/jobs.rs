@@ -172,7 +172,7 @@ async fn someone_elses_run_fails_the_job_and_unknown_jobs_are_not_found() {
     assert_eq!(resumed.failure().unwrap().code, JobFailureCode::TargetGroupInvalidState);
     let missing = h.service.get_job(&scope, &JobId::generate()).await.unwrap_err();
     assert!(matches!(missing, FieldingError::NotFound { .. }));
-    assert_eq!(missing.http_status(), 404);
+    assert_eq!(missing.code(), "not_found_error");
 }
 
 #[tokio::test]
@@ -185,6 +185,6 @@ async fn a_reused_key_with_another_request_names_the_header() {
         end_fielding_at: t("2030-08-01T00:00:00Z"),
     };
     let err = h.service.submit_job(other).await.unwrap_err();
-    assert_eq!(err.http_status(), 400);
+    assert_eq!(err.code(), "bad_request_error");
     assert_eq!(err.invalid_params()[0].name, "idempotency-key");
 }

@@ -101,9 +101,32 @@ impl ApiError {
     }
 }
 
+/// The HTTP status the contract gives a kind of [`FieldingError`].
+///
+/// ```
+/// use axum::http::StatusCode;
+/// use fielding_core::{FieldingError, Version};
+/// use fielding_http::api_error::status_of;
+/// assert_eq!(status_of(&FieldingError::invalid_field("end_fielding_at", "is required")), StatusCode::BAD_REQUEST);
+/// assert_eq!(status_of(&FieldingError::PreconditionFailed { current: Version::INITIAL }), StatusCode::PRECONDITION_FAILED);
+/// ```
+pub fn status_of(error: &FieldingError) -> StatusCode {
+    match error {
+        FieldingError::Validation { .. } => StatusCode::BAD_REQUEST,
+        FieldingError::NotFound { .. } => StatusCode::NOT_FOUND,
+        FieldingError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+        FieldingError::InvalidState { .. } | FieldingError::TargetGroupHasRun { .. } => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        // Storage failures, and kinds added to the core later: never
+        // claim the client's fault for what the server cannot explain.
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<FieldingError> for ApiError {
     fn from(error: FieldingError) -> Self {
-        let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let status = status_of(&error);
         let body = ErrorBody::from_error(&error);
         if status.is_server_error() {
             // The cause goes to the logs under the id the client sees.

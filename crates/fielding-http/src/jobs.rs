@@ -14,7 +14,6 @@
 //! clients read a missing optional field as absent either way.
 
 use axum::body::Body;
-use axum::extract::rejection::PathRejection;
 use axum::extract::{OriginalUri, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,11 +23,9 @@ use serde_json::{Map, Value};
 
 use crate::api_error::ApiError;
 use crate::auth::Principal;
-use crate::router::{path_error, read_body, scope_of, timestamp_field, AppState};
+use crate::extract::{json_fields, path_error, read_body, scope_of, scope_path, timestamp_field, ItemPath, ScopePath};
+use crate::state::AppState;
 use crate::trace_context::TraceId;
-
-type JobPath = Result<Path<(String, String, String, String)>, PathRejection>;
-type ScopePath = Result<Path<(String, String, String)>, PathRejection>;
 
 /// `POST .../fielding-run-jobs/launch-from-draft`.
 pub(crate) async fn launch_from_draft(
@@ -94,10 +91,9 @@ async fn submit(
         headers,
         body,
     } = request;
-    let Path((account, project, target_group)) = path.map_err(path_error)?;
-    let (scope, _) = scope_of([&account, &project, &target_group], None, &headers, &principal)?;
+    let scope = scope_path(path, &headers, &principal)?;
     let idempotency_key = idempotency_key(&headers)?;
-    let request = job_body(kind, &read_body(&api, body).await?)?;
+    let request = job_body(kind, &read_body(api.body_limit, body).await?)?;
     let submitted = api
         .service
         .submit_job(NewJob {
@@ -118,7 +114,7 @@ async fn submit(
 pub(crate) async fn get_launch_job(
     state: AppState,
     principal: Extension<Principal>,
-    path: JobPath,
+    path: ItemPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     get_job(JobKind::LaunchFromDraft, state, principal, path, headers).await
@@ -128,7 +124,7 @@ pub(crate) async fn get_launch_job(
 pub(crate) async fn get_schedule_job(
     state: AppState,
     principal: Extension<Principal>,
-    path: JobPath,
+    path: ItemPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     get_job(JobKind::ScheduleFromDraft, state, principal, path, headers).await
@@ -138,7 +134,7 @@ async fn get_job(
     kind: JobKind,
     State(api): AppState,
     Extension(principal): Extension<Principal>,
-    path: JobPath,
+    path: ItemPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((account, project, target_group, job)) = path.map_err(path_error)?;
@@ -196,20 +192,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
 
 /// The body of a creation request: the fields the kind needs, nothing else.
 fn job_body(kind: JobKind, bytes: &[u8]) -> Result<JobRequest, ApiError> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::invalid_param("body", format!("is not valid JSON: {e}")))?;
-    let Value::Object(fields) = value else {
-        return Err(ApiError::invalid_param("body", "must be a JSON object"));
-    };
     let known: &[&str] = match kind {
         JobKind::LaunchFromDraft => &["end_fielding_at"],
         _ => &["start_fielding_at", "end_fielding_at"],
     };
-    let mut params: Vec<InvalidParam> = fields
-        .keys()
-        .filter(|k| !known.contains(&k.as_str()))
-        .map(|k| InvalidParam::new(k.clone(), "is not a known field"))
-        .collect();
+    let (fields, mut params) = json_fields(bytes, known)?;
     let request = match kind {
         JobKind::LaunchFromDraft => timestamp_field(&fields, "end_fielding_at", &mut params)
             .map(|end| JobRequest::LaunchFromDraft { end_fielding_at: end }),

@@ -22,10 +22,14 @@
 pub mod api_error;
 pub mod api_version;
 pub mod auth;
+mod extract;
 mod jobs;
+pub mod json;
 pub mod problem;
 pub mod rate_limit;
 mod router;
+mod runs;
+mod state;
 pub mod trace_context;
 
 pub use router::{FieldingApi, BASE_PATH, DEFAULT_BODY_LIMIT};

@@ -35,6 +35,51 @@
 
 use std::fmt;
 
+use axum::extract::Request;
+use axum::http::HeaderValue;
+use axum::middleware::Next;
+use axum::response::Response;
+use tracing::Instrument;
+
+/// Middleware for any axum router (`axum::middleware::from_fn(propagate)`):
+/// continues the caller's trace (or starts one), runs the request inside a
+/// `request` span carrying the trace id, makes the [`TraceId`] available
+/// to handlers as a request extension, and puts `traceparent` (and a valid
+/// `tracestate`) on every response, errors and fallbacks included.
+/// [`crate::FieldingApi::router`] mounts it; mount it on your own routes
+/// beside the API so that their responses join the caller's trace too.
+///
+/// ```
+/// use axum::{middleware, routing::get, Router};
+/// let health: Router = Router::new()
+///     .route("/health", get(|| async { "ok" }))
+///     .layer(middleware::from_fn(fielding_http::trace_context::propagate));
+/// ```
+pub async fn propagate(mut request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let context = TraceContext::from_header_lines(
+        headers.get_all("traceparent").iter().map(HeaderValue::as_bytes),
+        headers.get_all("tracestate").iter().map(HeaderValue::as_bytes),
+    );
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        trace_id = %context.trace_id(),
+        span_id = %context.span_id(),
+    );
+    request.extensions_mut().insert(context.trace_id());
+    let mut response = next.run(request).instrument(span).await;
+    let out = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&context.traceparent()) {
+        out.insert("traceparent", value);
+    }
+    if let Some(value) = context.tracestate().and_then(|s| HeaderValue::from_str(s).ok()) {
+        out.insert("tracestate", value);
+    }
+    response
+}
+
 /// The most list members a valid `tracestate` may have.
 pub const MAX_TRACESTATE_MEMBERS: usize = 32;
 

@@ -53,13 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stale = IfMatch::parse("\"1\"")?;
     match service.pause(&key, &stale, me).await {
         Err(err @ FieldingError::PreconditionFailed { .. }) => {
-            println!(
-                "{:<28} {} -> {} ({})",
-                "pause with stale ETag \"1\"",
-                err.http_status(),
-                err.code(),
-                err
-            )
+            println!("{:<28} -> {} ({})", "pause with stale ETag \"1\"", err.code(), err)
         }
         other => return Err(format!("expected a precondition failure, got {other:?}").into()),
     }
@@ -75,13 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .update_dates(&key, &if_match(&run), run.run.start_fielding_at, at(40)?, me)
         .await
     {
-        Err(err) => println!(
-            "{:<28} {} -> {} ({})",
-            "update after completion",
-            err.http_status(),
-            err.code(),
-            err
-        ),
+        Err(err) => println!("{:<28} -> {} ({})", "update after completion", err.code(), err),
         Ok(applied) => return Err(format!("expected a refusal, got {applied:?}").into()),
     }
 

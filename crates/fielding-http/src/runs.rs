@@ -1,0 +1,178 @@
+//! The run endpoints: list, GET, PUT (dates) and the command `POST`s.
+//!
+//! Every write goes through [`run_command`], which hands the request to
+//! [`FieldingService::execute_request`](fielding_core::FieldingService::execute_request)
+//! so that the service judges it in the contract's order on the run as
+//! the store reads it once: not found (404), then `If-Match` (400 when
+//! missing or malformed, 412 when stale), then the body (400), then the
+//! lifecycle (422). The body is read before the run, but judged only after
+//! the precondition, so a stale tag with a bad body is a 412.
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use fielding_core::{Applied, Command, ETag, FieldingRun, InvalidParam, Precondition, RunKey, Timestamp};
+use serde_json::{json, Value};
+
+use crate::api_error::ApiError;
+use crate::auth::Principal;
+use crate::extract::{json_fields, read_body, run_key, scope_path, timestamp_field, ItemPath, ScopePath};
+use crate::json::FieldingRunItem;
+use crate::state::{ApiState, AppState};
+
+/// Runs the command `command_of` makes of the request body; see the
+/// module documentation for the order of checks.
+async fn run_command(
+    api: &ApiState,
+    key: &RunKey,
+    principal: &Principal,
+    headers: &HeaderMap,
+    body: Body,
+    command_of: impl Fn(&[u8]) -> Result<Command, ApiError> + Send + Sync,
+) -> Result<Applied, ApiError> {
+    let precondition =
+        Precondition::from_header_lines(headers.get_all(header::IF_MATCH).iter().map(HeaderValue::as_bytes));
+    let bytes = read_body(api.body_limit, body).await;
+    api.service
+        .execute_request(key, &precondition, principal.user_id, |_: &FieldingRun| {
+            command_of(bytes.as_ref().map_err(Clone::clone)?)
+        })
+        .await
+}
+
+fn etag_header(etag: ETag) -> [(header::HeaderName, HeaderValue); 1] {
+    // A quoted decimal is always a valid header value.
+    let value = HeaderValue::from_str(&etag.to_string()).unwrap_or(HeaderValue::from_static("\"0\""));
+    [(header::ETAG, value)]
+}
+
+fn item(run: &FieldingRun) -> Value {
+    serde_json::to_value(FieldingRunItem::from(run)).unwrap_or(Value::Null)
+}
+
+pub(crate) async fn list_runs(
+    axum::extract::State(api): AppState,
+    Extension(principal): Extension<Principal>,
+    path: ScopePath,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let scope = scope_path(path, &headers, &principal)?;
+    let runs: Vec<Value> = api.service.find(&scope).await?.iter().map(item).collect();
+    Ok(Json(json!({ "data": runs, "has_more": false })).into_response())
+}
+
+pub(crate) async fn get_run(
+    axum::extract::State(api): AppState,
+    Extension(principal): Extension<Principal>,
+    path: ItemPath,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = run_key(path, &headers, &principal)?;
+    let run = api.service.get(&key).await?;
+    Ok((etag_header(run.etag()), Json(item(&run))).into_response())
+}
+
+/// The PUT body: exactly `start_fielding_at` and `end_fielding_at`, both
+/// RFC 3339 strings; every problem named.
+fn dates_body(bytes: &[u8]) -> Result<(Timestamp, Timestamp), ApiError> {
+    let (fields, mut params) = json_fields(bytes, &["start_fielding_at", "end_fielding_at"])?;
+    let start = timestamp_field(&fields, "start_fielding_at", &mut params);
+    let end = timestamp_field(&fields, "end_fielding_at", &mut params);
+    match (start, end) {
+        (Some(start), Some(end)) if params.is_empty() => Ok((start, end)),
+        _ => Err(ApiError::invalid(params)),
+    }
+}
+
+pub(crate) async fn update_dates(
+    axum::extract::State(api): AppState,
+    Extension(principal): Extension<Principal>,
+    path: ItemPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = run_key(path, &headers, &principal)?;
+    let applied = run_command(&api, &key, &principal, &headers, body, |bytes| {
+        let (start_fielding_at, end_fielding_at) = dates_body(bytes)?;
+        Ok(Command::UpdateDates {
+            start_fielding_at,
+            end_fielding_at,
+        })
+    })
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        etag_header(applied.etag),
+        Json(json!({ "id": applied.run.id })),
+    )
+        .into_response())
+}
+
+/// The command endpoints take no body: empty, or an empty JSON object.
+fn empty_body(bytes: &[u8]) -> Result<(), ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(fields)) if fields.is_empty() => Ok(()),
+        Ok(Value::Object(fields)) => Err(ApiError::invalid(
+            fields
+                .keys()
+                .map(|k| InvalidParam::new(k.clone(), "is not a known field"))
+                .collect(),
+        )),
+        _ => Err(ApiError::invalid_param("body", "must be empty")),
+    }
+}
+
+async fn command(
+    api: &ApiState,
+    principal: &Principal,
+    path: ItemPath,
+    headers: &HeaderMap,
+    body: Body,
+    command: Command,
+) -> Result<Applied, ApiError> {
+    let key = run_key(path, headers, principal)?;
+    run_command(api, &key, principal, headers, body, |bytes| {
+        empty_body(bytes)?;
+        Ok(command.clone())
+    })
+    .await
+}
+
+macro_rules! no_content_command {
+    ($name:ident, $command:expr) => {
+        pub(crate) async fn $name(
+            axum::extract::State(api): AppState,
+            Extension(principal): Extension<Principal>,
+            path: ItemPath,
+            headers: HeaderMap,
+            body: Body,
+        ) -> Result<Response, ApiError> {
+            let applied = command(&api, &principal, path, &headers, body, $command).await?;
+            Ok((StatusCode::NO_CONTENT, etag_header(applied.etag)).into_response())
+        }
+    };
+}
+
+no_content_command!(complete, Command::Complete);
+no_content_command!(pause, Command::Pause);
+no_content_command!(resume, Command::Resume);
+no_content_command!(relaunch, Command::Relaunch);
+
+pub(crate) async fn launch_now(
+    axum::extract::State(api): AppState,
+    Extension(principal): Extension<Principal>,
+    path: ItemPath,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let applied = command(&api, &principal, path, &headers, body, Command::LaunchNow).await?;
+    let dates = json!({
+        "start_fielding_at": applied.run.start_fielding_at,
+        "end_fielding_at": applied.run.end_fielding_at,
+    });
+    Ok((etag_header(applied.etag), Json(dates)).into_response())
+}
