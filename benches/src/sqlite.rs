@@ -164,8 +164,13 @@ pub(crate) fn create_db(path: &Path, runs: impl Iterator<Item = FieldingRun>) ->
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|e| setup("runtime")(e.to_string()))?;
-    rt.block_on(SqliteStore::migrate(path))
-        .map_err(|e| setup("migrate")(e.to_string()))?;
+    rt.block_on(async {
+        let store = SqliteStore::open_with(path, SqliteOptions::default().migrate(false)).await?;
+        let report = store.migrate().await;
+        store.close().await;
+        report
+    })
+    .map_err(|e| setup("migrate")(e.to_string()))?;
     let mut conn = Connection::open(path).map_err(|e| setup("open")(e.to_string()))?;
     pragmas(&conn, Durability::Normal).map_err(|e| setup("pragmas")(e.to_string()))?;
     let load = || -> rusqlite::Result<()> {

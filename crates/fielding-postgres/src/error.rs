@@ -6,7 +6,7 @@
 
 use fielding_core::StoreError;
 
-use crate::schema::InvalidSchemaName;
+use crate::schema_name::InvalidSchemaName;
 
 /// Why [`crate::PgStore::connect`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,13 +31,14 @@ pub enum MigrateError {
         "schema {schema:?} is at migration {found}, but this fielding-postgres knows migrations up to {known} only; \
          upgrade the library (or point it at another schema)"
     )]
-    DatabaseIsNewer {
+    SchemaTooNew {
         /// The schema.
         schema: String,
         /// The highest migration recorded in the database.
-        found: i64,
-        /// The highest migration this release knows.
-        known: i64,
+        found: u32,
+        /// The highest migration this release knows
+        /// ([`SCHEMA_VERSION`](crate::SCHEMA_VERSION)).
+        known: u32,
     },
     /// The database failed while migrating; nothing of the failed step was
     /// applied (each run of `migrate` is one transaction).

@@ -104,22 +104,27 @@
 //! creates it if needed and applies the embedded migrations (recorded in
 //! `<schema>.fielding_schema_migrations`) in one transaction holding an
 //! advisory lock derived from the schema name; a database migrated by a
-//! newer release is refused ([`MigrateError::DatabaseIsNewer`]).
+//! newer release is refused ([`MigrateError::SchemaTooNew`]).
 //!
 //! Timestamps are `timestamptz` (microsecond precision), so the library's
 //! whole-millisecond timestamps round-trip exactly; versions are `bigint`
 //! (up to `i64::MAX`), account ids `integer`.
 #![warn(missing_docs)]
 
+mod codec;
 mod error;
 mod jobs;
-mod migrate;
+mod migrations;
+mod open;
+mod options;
 mod parking;
-mod schema;
+mod runs;
+mod schema_name;
+mod sql;
 mod store;
 
 pub use error::{is_transient, ConnectError, MigrateError};
-pub use migrate::{Migrated, LATEST_MIGRATION};
-pub use schema::{InvalidSchemaName, SchemaName};
+pub use migrations::{MigrationReport, SCHEMA_VERSION};
+pub use schema_name::{InvalidSchemaName, SchemaName};
 pub use sqlx;
 pub use store::PgStore;

@@ -6,7 +6,7 @@ use fielding_core::{Action, ChangeRecord, FieldingStore};
 use fielding_memory::fixtures;
 use fielding_postgres::sqlx::postgres::PgConnection;
 use fielding_postgres::sqlx::{self, Connection};
-use fielding_postgres::{MigrateError, PgStore, LATEST_MIGRATION};
+use fielding_postgres::{MigrateError, PgStore, SCHEMA_VERSION};
 
 fn schema_name() -> String {
     let secs = std::time::SystemTime::now()
@@ -40,13 +40,14 @@ async fn instances_starting_at_once_apply_each_migration_exactly_once() {
         .collect();
     let mut applied = Vec::new();
     for m in migrations {
-        let migrated = m.await.expect("task").expect("migrate");
-        assert_eq!(migrated.version, LATEST_MIGRATION);
-        applied.extend(migrated.applied);
+        let report = m.await.expect("task").expect("migrate");
+        assert_eq!(report.to, SCHEMA_VERSION);
+        assert_eq!(report.applied(), report.applied_versions().count() as u32);
+        applied.extend(report.applied_versions());
     }
     assert_eq!(
         applied,
-        (1..=LATEST_MIGRATION).collect::<Vec<_>>(),
+        (1..=SCHEMA_VERSION).collect::<Vec<_>>(),
         "each step applied once in all"
     );
 
@@ -57,8 +58,8 @@ async fn instances_starting_at_once_apply_each_migration_exactly_once() {
     .fetch_all(&mut conn)
     .await
     .expect("migrations table");
-    assert_eq!(recorded, (1..=LATEST_MIGRATION).collect::<Vec<_>>());
-    assert_eq!(LATEST_MIGRATION, 2, "migration 2 adds fielding_run_jobs");
+    assert_eq!(recorded, (1..=i64::from(SCHEMA_VERSION)).collect::<Vec<_>>());
+    assert_eq!(SCHEMA_VERSION, 2, "migration 2 adds fielding_run_jobs");
     assert_eq!(
         tables(&mut conn, &name).await,
         [
@@ -71,7 +72,11 @@ async fn instances_starting_at_once_apply_each_migration_exactly_once() {
 
     // Again: nothing to do.
     let again = instances[0].migrate().await.expect("migrate again");
-    assert!(again.applied.is_empty());
+    assert_eq!(
+        (again.from, again.to, again.applied()),
+        (SCHEMA_VERSION, SCHEMA_VERSION, 0)
+    );
+    assert!(again.applied_versions().next().is_none());
 
     // Every instance works on the result.
     let run = fixtures::run().build();
@@ -122,9 +127,10 @@ async fn a_schema_at_version_1_migrates_to_version_2_with_its_runs_intact() {
 
     // A fresh instance (no state carried over from before) migrates it.
     let store = common::connect_store(&test.guard.url, &schema, "fielding_migrate_v1", 2).await;
-    let migrated = store.migrate().await.expect("migrate");
-    assert_eq!((migrated.applied.as_slice(), migrated.version), (&[2][..], 2));
-    assert!(store.migrate().await.expect("again").applied.is_empty());
+    let report = store.migrate().await.expect("migrate");
+    assert_eq!((report.from, report.to, report.applied()), (1, 2, 1));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2]);
+    assert_eq!(store.migrate().await.expect("again").applied(), 0);
     assert_eq!(store.get(&run.key()).await.expect("get"), Some(run.clone()));
     assert_eq!(store.changes(&run.key()).await.expect("changes"), vec![record]);
     let recorded: Vec<i64> = sqlx::query_scalar(&format!(
@@ -165,15 +171,15 @@ async fn a_database_migrated_by_a_newer_release_is_refused() {
         "INSERT INTO \"{}\".fielding_schema_migrations (version) VALUES ($1)",
         common::schema_of(&test)
     ))
-    .bind(LATEST_MIGRATION + 1)
+    .bind(i64::from(SCHEMA_VERSION) + 1)
     .execute(&mut conn)
     .await
     .expect("pretend a newer release migrated");
     match test.store.migrate().await {
-        Err(MigrateError::DatabaseIsNewer { found, known, .. }) => {
-            assert_eq!((found, known), (LATEST_MIGRATION + 1, LATEST_MIGRATION));
+        Err(MigrateError::SchemaTooNew { found, known, .. }) => {
+            assert_eq!((found, known), (SCHEMA_VERSION + 1, SCHEMA_VERSION));
         }
-        other => panic!("expected DatabaseIsNewer, got {other:?}"),
+        other => panic!("expected SchemaTooNew, got {other:?}"),
     }
 }
 

@@ -48,7 +48,7 @@
 //! SQLite calls block, so none of them runs on the caller's runtime: one
 //! writer thread owns the read-write connection and runs every write; two
 //! reader threads (configurable) own read-only connections and, thanks to
-//! WAL, read while the writer writes. The async methods send a job over a
+//! WAL, read while the writer writes. The async methods send a task over a
 //! channel and await the answer on a `tokio::sync::oneshot`. Writes from
 //! several processes on one file serialize on SQLite's lock, waiting up to
 //! the busy timeout; past it they fail with a *retryable*
@@ -79,9 +79,10 @@
 //! version 2, `fielding_run_jobs` (creation jobs, unique on account and
 //! idempotency key), created by
 //! embedded, numbered migrations recorded in `fielding_schema_migrations`.
-//! [`SqliteStore::open`] migrates; [`SqliteStore::migrate`] does it as an
-//! explicit step. Both are idempotent and safe when two processes start at
-//! once. A database whose schema is newer than [`SCHEMA_VERSION`] is refused
+//! [`SqliteStore::open`] migrates; with [`SqliteOptions::migrate`]`(false)`
+//! the store opens without migrating, refuses every operation while its
+//! schema is outdated, and [`SqliteStore::migrate`] does it as an explicit
+//! step. Both are idempotent and safe when two processes start at once. A database whose schema is newer than [`SCHEMA_VERSION`] is refused
 //! with [`OpenError::SchemaTooNew`]. Timestamps are stored as integer
 //! milliseconds since the Unix epoch (exact, and ordered as integers),
 //! versions as 64-bit integers.
@@ -98,14 +99,21 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+mod codec;
 mod error;
 mod jobs;
-mod schema;
+mod migrations;
+mod open;
+mod options;
+mod runs;
 mod sql;
+mod stats;
 mod store;
 mod writer;
 
 pub use error::OpenError;
+pub use migrations::{MigrationReport, SCHEMA_VERSION};
+pub use options::{Durability, SqliteOptions};
 pub use rusqlite;
-pub use schema::{MigrationReport, SCHEMA_VERSION};
-pub use store::{CheckpointStats, Durability, SqliteOptions, SqliteStore, WriteStats};
+pub use stats::{CheckpointStats, WriteStats};
+pub use store::SqliteStore;

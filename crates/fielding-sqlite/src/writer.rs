@@ -2,7 +2,7 @@
 //!
 //! Writes (`insert`, `compare_and_swap`, `create_job`, `finish_job`) arrive
 //! as data, not closures, so
-//! the writer can see several queued at once. When more than one job is
+//! the writer can see several queued at once. When more than one write is
 //! waiting, it runs them in **one** `BEGIN IMMEDIATE` transaction and
 //! commits once: one WAL append (and, with `synchronous = FULL`, one
 //! `fsync`) for the whole group. What each caller sees is unchanged:
@@ -36,7 +36,7 @@ use tokio::sync::oneshot;
 
 use crate::checkpoint::Nudge;
 use crate::error::{code, store_error};
-use crate::{jobs, sql};
+use crate::{jobs, runs};
 
 /// Counters of the writer thread, for [`crate::SqliteStore::write_stats`].
 #[derive(Debug, Default)]
@@ -48,16 +48,17 @@ pub(crate) struct Counters {
 /// The most writes committed together.
 const MAX_GROUP: usize = 64;
 
-/// A job for a worker thread: anything to run on its connection.
-pub(crate) type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+/// A task for a worker thread: anything to run on its connection. (Not to
+/// be confused with creation jobs, the `jobs` module.)
+pub(crate) type Task = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// What the writer thread receives.
 // Boxing the write would cost an allocation per write; a channel slot of a
 // few hundred bytes costs nothing.
 #[allow(clippy::large_enum_variant)]
-pub(crate) enum WriterJob {
+pub(crate) enum WriterTask {
     /// A closure (reads, when there are no reader threads).
-    Run(Job),
+    Run(Task),
     /// A write, which may be committed together with others.
     Write(Write),
 }
@@ -113,9 +114,9 @@ impl WriteKind {
     /// In its own transaction.
     fn run_alone(&self, conn: &mut Connection) -> Result<Written, StoreError> {
         match self {
-            WriteKind::Insert { run, change } => sql::insert(conn, run, change).map(|()| Written::Done),
+            WriteKind::Insert { run, change } => runs::insert(conn, run, change).map(|()| Written::Done),
             WriteKind::CompareAndSwap { expected, run, change } => {
-                sql::compare_and_swap(conn, *expected, run, change).map(|()| Written::Done)
+                runs::compare_and_swap(conn, *expected, run, change).map(|()| Written::Done)
             }
             WriteKind::CreateJob { job } => jobs::create_job(conn, job).map(Written::Job),
             WriteKind::FinishJob { scope, id, outcome } => {
@@ -127,9 +128,9 @@ impl WriteKind {
     /// Inside the caller's transaction.
     fn run_in(&self, conn: &Connection) -> Result<Written, StoreError> {
         match self {
-            WriteKind::Insert { run, change } => sql::insert_rows(conn, run, change).map(|()| Written::Done),
+            WriteKind::Insert { run, change } => runs::insert_rows(conn, run, change).map(|()| Written::Done),
             WriteKind::CompareAndSwap { expected, run, change } => {
-                sql::compare_and_swap_rows(conn, *expected, run, change).map(|()| Written::Done)
+                runs::compare_and_swap_rows(conn, *expected, run, change).map(|()| Written::Done)
             }
             WriteKind::CreateJob { job } => jobs::create_job_rows(conn, job).map(Written::Job),
             WriteKind::FinishJob { scope, id, outcome } => {
@@ -139,17 +140,17 @@ impl WriteKind {
     }
 }
 
-/// Runs `job`; a panic cannot leave a transaction open behind it.
-pub(crate) fn guarded(conn: &mut Connection, job: impl FnOnce(&mut Connection)) {
-    let outcome = catch_unwind(AssertUnwindSafe(|| job(conn)));
+/// Runs `task`; a panic cannot leave a transaction open behind it.
+pub(crate) fn guarded(conn: &mut Connection, task: impl FnOnce(&mut Connection)) {
+    let outcome = catch_unwind(AssertUnwindSafe(|| task(conn)));
     if outcome.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
 }
 
-/// The writer thread: serves jobs until the channel closes.
+/// The writer thread: serves tasks until the channel closes.
 ///
-/// It takes every job already queued (up to [`MAX_GROUP`] of each kind)
+/// It takes every task already queued (up to [`MAX_GROUP`] of each kind)
 /// and, with group commit, runs them in one transaction: the reads first,
 /// then the writes (see [`commit_group`]). Nothing in the batch has been
 /// answered yet, so running a read before writes queued ahead of it is
@@ -157,22 +158,22 @@ pub(crate) fn guarded(conn: &mut Connection, job: impl FnOnce(&mut Connection)) 
 /// was sent.
 pub(crate) fn serve(
     mut conn: Connection,
-    jobs: mpsc::Receiver<WriterJob>,
+    tasks: mpsc::Receiver<WriterTask>,
     group_commit: bool,
     counters: &Counters,
     checkpoints: Option<&Nudge>,
 ) {
-    let mut reads: Vec<Job> = Vec::new();
+    let mut reads: Vec<Task> = Vec::new();
     let mut writes: Vec<Write> = Vec::new();
-    while let Ok(first) = jobs.recv() {
+    while let Ok(first) = tasks.recv() {
         let mut next = Some(first);
-        while let Some(job) = next.take() {
-            match job {
-                WriterJob::Run(job) => reads.push(job),
-                WriterJob::Write(write) => writes.push(write),
+        while let Some(task) = next.take() {
+            match task {
+                WriterTask::Run(task) => reads.push(task),
+                WriterTask::Write(write) => writes.push(write),
             }
             if writes.len() < MAX_GROUP && reads.len() < MAX_GROUP {
-                next = jobs.try_recv().ok();
+                next = tasks.try_recv().ok();
             }
         }
         let wrote = !writes.is_empty();
@@ -180,8 +181,8 @@ pub(crate) fn serve(
             let (batch_reads, group) = (std::mem::take(&mut reads), std::mem::take(&mut writes));
             guarded(&mut conn, |conn| commit_group(conn, batch_reads, group, counters));
         } else {
-            for job in reads.drain(..) {
-                guarded(&mut conn, job);
+            for task in reads.drain(..) {
+                guarded(&mut conn, task);
             }
             for write in writes.drain(..) {
                 guarded(&mut conn, |conn| commit_group(conn, Vec::new(), vec![write], counters));
@@ -218,12 +219,12 @@ fn answer(group: Vec<Write>, outcomes: Vec<Result<Written, StoreError>>) {
 /// before failing: the whole transaction is rolled back, nothing has been
 /// answered yet, and the writes run again with a savepoint each
 /// ([`commit_with_savepoints`]).
-fn commit_group(conn: &mut Connection, reads: Vec<Job>, group: Vec<Write>, counters: &Counters) {
+fn commit_group(conn: &mut Connection, reads: Vec<Task>, group: Vec<Write>, counters: &Counters) {
     if group.is_empty() {
         // Reads only: one read transaction (one snapshot, one lock).
         let began = reads.len() > 1 && conn.execute_batch("BEGIN").is_ok();
-        for job in reads {
-            guarded(conn, job);
+        for task in reads {
+            guarded(conn, task);
         }
         if began && !conn.is_autocommit() {
             let _ = conn.execute_batch("COMMIT");
@@ -240,8 +241,8 @@ fn commit_group(conn: &mut Connection, reads: Vec<Job>, group: Vec<Write>, count
         return;
     }
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
-        for job in reads {
-            guarded(conn, job);
+        for task in reads {
+            guarded(conn, task);
         }
         let outcomes = group
             .iter()
@@ -250,8 +251,8 @@ fn commit_group(conn: &mut Connection, reads: Vec<Job>, group: Vec<Write>, count
         answer(group, outcomes);
         return;
     }
-    for job in reads {
-        guarded(conn, job);
+    for task in reads {
+        guarded(conn, task);
     }
     let mut outcomes = Vec::with_capacity(group.len());
     for write in &group {

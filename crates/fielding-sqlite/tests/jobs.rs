@@ -124,7 +124,8 @@ async fn a_version_1_database_migrates_to_version_2_with_its_runs_intact() {
     let path = dir.path().join("fielding.db");
     let (run, record) = version_1_database(&path).await;
 
-    let err = SqliteStore::open_with(&path, SqliteOptions::default().migrate(false))
+    // Read-only, it cannot be migrated: opening is refused.
+    let err = SqliteStore::open_with(&path, SqliteOptions::default().read_only(true))
         .await
         .unwrap_err();
     assert!(
@@ -138,13 +139,17 @@ async fn a_version_1_database_migrates_to_version_2_with_its_runs_intact() {
         ),
         "{err}"
     );
-    let report = SqliteStore::migrate(&path).await.unwrap();
-    assert_eq!((report.from, report.to, report.applied()), (1, 2, 1));
-    assert_eq!(SqliteStore::migrate(&path).await.unwrap().applied(), 0);
-
+    // Without migrating on open, the store refuses to work on version 1.
     let store = SqliteStore::open_with(&path, SqliteOptions::default().migrate(false))
         .await
         .unwrap();
+    let err = store.get(&run.key()).await.unwrap_err();
+    assert!(err.to_string().contains("version 1"), "{err}");
+    let report = store.migrate().await.unwrap();
+    assert_eq!((report.from, report.to, report.applied()), (1, 2, 1));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2]);
+    assert_eq!(store.migrate().await.unwrap().applied(), 0);
+
     assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
     assert_eq!(store.changes(&run.key()).await.unwrap(), vec![record]);
     let j = job(run.scope(), "after-migration", launch());

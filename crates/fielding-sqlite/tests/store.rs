@@ -104,21 +104,44 @@ async fn timestamps_are_integer_milliseconds_exact_at_both_ends_of_the_range() {
 }
 
 #[tokio::test]
-async fn migrating_is_explicit_idempotent_and_opening_without_it_is_refused() {
+async fn migrating_is_explicit_idempotent_and_using_the_store_without_it_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fielding.db");
-    let err = SqliteStore::open_with(&path, SqliteOptions::default().migrate(false))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, OpenError::SchemaOutdated { found: 0, .. }), "{err}");
-    assert!(err.to_string().contains("fielding.db"), "{err}");
-
-    let first = SqliteStore::migrate(&path).await.unwrap();
-    assert_eq!((first.from, first.to), (0, SCHEMA_VERSION));
-    assert_eq!(SqliteStore::migrate(&path).await.unwrap().applied(), 0);
     let store = SqliteStore::open_with(&path, SqliteOptions::default().migrate(false))
         .await
         .unwrap();
+    // Not migrated yet: every kind of operation (a read on a reader, a read
+    // on the writer, a write) is refused, naming the file and the version.
+    let run = fixtures::run().build();
+    let refusals = [
+        store.get(&run.key()).await.map(|_| ()),
+        store.changes(&run.key()).await.map(|_| ()),
+        store.insert(&run, &created(&run)).await,
+    ];
+    for refused in refusals {
+        let err = refused.unwrap_err();
+        assert!(matches!(err, StoreError::Backend { retryable: false, .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains("fielding.db") && text.contains("version 0") && text.contains("migrate"),
+            "{text}"
+        );
+    }
+
+    let first = store.migrate().await.unwrap();
+    assert_eq!((first.from, first.to), (0, SCHEMA_VERSION));
+    assert_eq!(
+        first.applied_versions().collect::<Vec<_>>(),
+        (1..=SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+    let again = store.migrate().await.unwrap();
+    assert_eq!((again.applied(), again.applied_versions().count()), (0, 0));
+    assert_eq!(store.get(&run.key()).await.unwrap(), None);
+    store.close().await;
+    let store = SqliteStore::open_with(&path, SqliteOptions::default().migrate(false))
+        .await
+        .unwrap();
+    assert_eq!(store.get(&run.key()).await.unwrap(), None);
     store.close().await;
     let conn = rusqlite::Connection::open(&path).unwrap();
     let recorded: i64 = conn
@@ -150,7 +173,7 @@ async fn migrating_is_explicit_idempotent_and_opening_without_it_is_refused() {
 async fn a_schema_newer_than_the_library_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("future.db");
-    SqliteStore::migrate(&path).await.unwrap();
+    let store = SqliteStore::open(&path).await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute(
         "INSERT INTO fielding_schema_migrations VALUES (?1, 'from the future', 0)",
@@ -169,10 +192,9 @@ async fn a_schema_newer_than_the_library_is_a_clear_error() {
         }
         assert!(err.to_string().contains("future.db") && err.to_string().contains("upgrade"));
     }
-    assert!(matches!(
-        SqliteStore::migrate(&path).await,
-        Err(OpenError::SchemaTooNew { .. })
-    ));
+    // A store opened before the newer release migrated refuses to migrate.
+    assert!(matches!(store.migrate().await, Err(OpenError::SchemaTooNew { .. })));
+    store.close().await;
 }
 
 #[tokio::test]
@@ -181,15 +203,15 @@ async fn a_file_that_is_not_a_database_is_refused_and_left_untouched() {
     let path = dir.path().join("notes.txt");
     let content = "Dear diary, today I did not write a SQLite header. ".repeat(100);
     std::fs::write(&path, &content).unwrap();
-    for options in [SqliteOptions::default(), SqliteOptions::default().read_only(true)] {
+    for options in [
+        SqliteOptions::default(),
+        SqliteOptions::default().migrate(false),
+        SqliteOptions::default().read_only(true),
+    ] {
         let err = SqliteStore::open_with(&path, options).await.unwrap_err();
         assert!(matches!(err, OpenError::NotADatabase { .. }), "{err:?}");
         assert!(err.to_string().contains("notes.txt"), "{err}");
     }
-    assert!(matches!(
-        SqliteStore::migrate(&path).await,
-        Err(OpenError::NotADatabase { .. })
-    ));
     assert_eq!(std::fs::read_to_string(&path).unwrap(), content);
 }
 

@@ -1,14 +1,15 @@
-//! Embedded, versioned migrations, applied by an explicit call.
+//! Embedded, versioned migrations: [`SCHEMA_VERSION`], [`MigrationReport`],
+//! and how a schema is migrated (by an explicit call).
 
 use sqlx::{Executor, PgPool};
 
 use crate::error::{is_transient, MigrateError};
-use crate::schema::SchemaName;
+use crate::schema_name::SchemaName;
 
 /// One embedded migration step. `{schema}` in the SQL stands for the
 /// quoted schema name.
 struct Step {
-    version: i64,
+    version: u32,
     sql: &'static str,
 }
 
@@ -85,25 +86,43 @@ CREATE TABLE {schema}.fielding_run_jobs (
     },
 ];
 
-/// The highest migration this release of the crate knows.
-pub const LATEST_MIGRATION: i64 = 2;
+/// The schema version this library writes and reads: the highest
+/// migration it knows.
+pub const SCHEMA_VERSION: u32 = 2;
 
-/// What [`crate::PgStore::migrate`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Migrated {
-    /// The migrations applied by this call, oldest first (empty when the
-    /// schema was already up to date).
-    pub applied: Vec<i64>,
-    /// The schema's migration version now.
-    pub version: i64,
+/// What [`PgStore::migrate`](crate::PgStore::migrate) did.
+///
+/// ```
+/// use fielding_postgres::{MigrationReport, SCHEMA_VERSION};
+/// let report = MigrationReport { from: 0, to: SCHEMA_VERSION };
+/// assert_eq!(report.applied(), SCHEMA_VERSION);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// The schema version before (0: a new, empty schema).
+    pub from: u32,
+    /// The schema version now: always [`SCHEMA_VERSION`].
+    pub to: u32,
+}
+
+impl MigrationReport {
+    /// How many migrations were applied (0 when already current).
+    pub fn applied(&self) -> u32 {
+        self.to - self.from
+    }
+
+    /// The versions of the migrations applied, oldest first (empty when
+    /// already current).
+    pub fn applied_versions(&self) -> std::ops::RangeInclusive<u32> {
+        self.from + 1..=self.to
+    }
 }
 
 /// Creates the schema if needed and applies the missing steps, all in one
 /// transaction holding the schema's advisory lock, so instances starting
 /// at once apply each step exactly once (the others wait, then find
 /// nothing to do).
-pub(crate) async fn migrate(pool: &PgPool, schema: &SchemaName) -> Result<Migrated, MigrateError> {
+pub(crate) async fn migrate(pool: &PgPool, schema: &SchemaName) -> Result<MigrationReport, MigrateError> {
     let db = |source: sqlx::Error| MigrateError::Database {
         schema: schema.to_string(),
         retryable: is_transient(&source),
@@ -128,31 +147,29 @@ pub(crate) async fn migrate(pool: &PgPool, schema: &SchemaName) -> Result<Migrat
             .fetch_one(&mut *tx)
             .await
             .map_err(db)?;
-    let found = found.unwrap_or(0);
-    if found > LATEST_MIGRATION {
-        return Err(MigrateError::DatabaseIsNewer {
+    let found = u32::try_from(found.unwrap_or(0)).unwrap_or(u32::MAX);
+    if found > SCHEMA_VERSION {
+        return Err(MigrateError::SchemaTooNew {
             schema: schema.to_string(),
             found,
-            known: LATEST_MIGRATION,
+            known: SCHEMA_VERSION,
         });
     }
-    let mut applied = Vec::new();
     for step in STEPS.iter().filter(|s| s.version > found) {
         let sql = step.sql.replace("{schema}", &quoted);
         (&mut *tx).execute(sql.as_str()).await.map_err(db)?;
         sqlx::query(&format!(
             "INSERT INTO {quoted}.fielding_schema_migrations (version) VALUES ($1)"
         ))
-        .bind(step.version)
+        .bind(i64::from(step.version))
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        applied.push(step.version);
     }
     tx.commit().await.map_err(db)?;
-    Ok(Migrated {
-        applied,
-        version: found.max(LATEST_MIGRATION),
+    Ok(MigrationReport {
+        from: found,
+        to: SCHEMA_VERSION,
     })
 }
 
@@ -163,9 +180,9 @@ mod tests {
     #[test]
     fn steps_are_contiguous_and_end_at_latest() {
         for (i, step) in STEPS.iter().enumerate() {
-            assert_eq!(step.version, i as i64 + 1);
+            assert_eq!(step.version as usize, i + 1);
             assert!(step.sql.contains("{schema}."));
         }
-        assert_eq!(STEPS.last().map(|s| s.version), Some(LATEST_MIGRATION));
+        assert_eq!(STEPS.last().map(|s| s.version), Some(SCHEMA_VERSION));
     }
 }

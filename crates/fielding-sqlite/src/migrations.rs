@@ -1,4 +1,5 @@
-//! Embedded, versioned migrations.
+//! Embedded, versioned migrations: [`SCHEMA_VERSION`], [`MigrationReport`],
+//! and how a schema is migrated or checked.
 //!
 //! Each migration has a number; the numbers applied to a database are
 //! recorded in `fielding_schema_migrations`, and the schema version is the
@@ -8,10 +9,14 @@
 //! and has nothing left to do.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+use fielding_core::StoreError;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use tokio::sync::oneshot;
 
 use crate::error::{open_error, OpenError};
+use crate::options::SqliteOptions;
 
 /// The schema version this library writes and reads.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -102,7 +107,7 @@ CREATE TABLE IF NOT EXISTS fielding_schema_migrations (
     applied_at_ms INTEGER NOT NULL
 ) STRICT;";
 
-/// What [`crate::SqliteStore::migrate`] did.
+/// What [`SqliteStore::migrate`](crate::SqliteStore::migrate) did.
 ///
 /// ```
 /// use fielding_sqlite::{MigrationReport, SCHEMA_VERSION};
@@ -121,6 +126,12 @@ impl MigrationReport {
     /// How many migrations were applied (0 when already current).
     pub fn applied(&self) -> u32 {
         self.to - self.from
+    }
+
+    /// The versions of the migrations applied, oldest first (empty when
+    /// already current).
+    pub fn applied_versions(&self) -> std::ops::RangeInclusive<u32> {
+        self.from + 1..=self.to
     }
 }
 
@@ -194,6 +205,91 @@ pub(crate) fn check(conn: &Connection, path: &Path) -> Result<(), OpenError> {
         });
     }
     Ok(())
+}
+
+/// The milliseconds since the Unix epoch, for `applied_at_ms`.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Migrates the database file at `path` on a thread of its own, with a
+/// connection of its own: its `BEGIN IMMEDIATE` waits for the store's
+/// writer (or another process) like any other writer, so it needs no pause
+/// of the store's threads. A read-only store only checks.
+pub(crate) async fn migrate_file(path: &Path, options: &SqliteOptions) -> Result<MigrationReport, OpenError> {
+    let path = path.to_path_buf();
+    let (tx, rx) = oneshot::channel();
+    let (thread_path, options) = (path.clone(), options.clone());
+    std::thread::Builder::new()
+        .name("fielding-sqlite-migrate".into())
+        .spawn(move || {
+            let _ = tx.send(migrate_on_new_connection(&thread_path, &options));
+        })
+        .map_err(|source| OpenError::Thread {
+            path: path.clone(),
+            source,
+        })?;
+    rx.await.map_err(|_| OpenError::WorkerStopped { path })?
+}
+
+fn migrate_on_new_connection(path: &Path, options: &SqliteOptions) -> Result<MigrationReport, OpenError> {
+    let access = if options.read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    };
+    let mut conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_NO_MUTEX | access)
+        .map_err(|e| open_error(path, "open the database", e))?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(|e| open_error(path, "set the busy timeout", e))?;
+    if options.read_only {
+        check(&conn, path)?;
+        return Ok(MigrationReport {
+            from: SCHEMA_VERSION,
+            to: SCHEMA_VERSION,
+        });
+    }
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
+        .map_err(|e| open_error(path, "switch to WAL mode", e))?;
+    conn.pragma_update(None, "synchronous", options.durability.pragma())
+        .map_err(|e| open_error(path, "set the durability (synchronous)", e))?;
+    migrate(&mut conn, path, now_ms())
+}
+
+/// The schema version a store has seen, shared by its handle and its
+/// writer thread: every operation is refused while it is below
+/// [`SCHEMA_VERSION`] (a store opened with `SqliteOptions::migrate(false)`
+/// on an outdated schema), until `SqliteStore::migrate` brings it up.
+#[derive(Debug, Default)]
+pub(crate) struct SchemaGate {
+    found: AtomicU32,
+}
+
+impl SchemaGate {
+    /// Records the schema version found or reached.
+    pub(crate) fn set(&self, version: u32) {
+        self.found.store(version, Ordering::Release);
+    }
+
+    /// `Ok` when the schema is current; else the error for `op`.
+    pub(crate) fn ready(&self, op: &'static str, path: &Path) -> Result<(), StoreError> {
+        let found = self.found.load(Ordering::Acquire);
+        if found == SCHEMA_VERSION {
+            return Ok(());
+        }
+        Err(StoreError::Backend {
+            message: format!(
+                "sqlite {op}: the schema of {} is at version {found}, this library needs {SCHEMA_VERSION}: \
+                 run SqliteStore::migrate first",
+                path.display()
+            ),
+            retryable: false,
+            source: None,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,56 @@
+//! Making a store: on the caller's pool ([`PgStore::new`]) or on a pool it
+//! connects ([`PgStore::connect`]).
+
+use std::sync::Arc;
+
+use sqlx::postgres::PgPool;
+
+use crate::error::ConnectError;
+use crate::schema_name::{InvalidSchemaName, SchemaName};
+use crate::sql::Statements;
+use crate::store::PgStore;
+
+impl PgStore {
+    /// A store on the caller's pool, keeping its tables in `schema`.
+    ///
+    /// Does no I/O: call [`PgStore::migrate`] once before use (at start-up,
+    /// by every instance or by a deploy step).
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = fielding_postgres::PgStore::new(pool, "fielding_staging")?;
+    /// assert_eq!(store.schema().as_str(), "fielding_staging");
+    /// # Ok(()) }
+    /// ```
+    pub fn new(pool: PgPool, schema: &str) -> Result<Self, InvalidSchemaName> {
+        let schema = SchemaName::new(schema)?;
+        Ok(Self::with_schema(pool, schema))
+    }
+
+    /// A store on `pool` in an already validated schema.
+    pub fn with_schema(pool: PgPool, schema: SchemaName) -> Self {
+        let sql = Arc::new(Statements::new(&schema));
+        Self {
+            pool,
+            schema,
+            sql,
+            parking: Arc::default(),
+        }
+    }
+
+    /// Connects a new pool ([`PgStore::pool_options`]) to `url`
+    /// (`postgres://user:password@host:port/database`) and makes a store on
+    /// it. Does not migrate.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = fielding_postgres::PgStore::connect("postgres://postgres@127.0.0.1:5432/postgres", "fielding").await?;
+    /// store.migrate().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(url: &str, schema: &str) -> Result<Self, ConnectError> {
+        let schema = SchemaName::new(schema)?;
+        let pool = Self::pool_options().connect(url).await.map_err(ConnectError::Connect)?;
+        Ok(Self::with_schema(pool, schema))
+    }
+}

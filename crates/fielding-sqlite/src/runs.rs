@@ -1,0 +1,206 @@
+//! The operations on runs and change records (`insert`,
+//! `compare_and_swap`, `get`, `find_by_target_group`, `changes`). Every
+//! function runs on a worker thread that owns the connection; the writes
+//! run on the writer thread, alone or inside its group's transaction.
+
+use fielding_core::{ChangeRecord, FieldingRun, RunKey, Scope, Status, StoreError, Version};
+use rusqlite::{ffi, params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::codec::{read_change, read_run, v, version, UserText};
+use crate::error::{extended_code, store_error};
+use crate::sql::{
+    CHANGES_AT_KEY, INSERT_CHANGE, INSERT_RUN, RUN_BY_KEY, RUN_BY_SCOPE, SCOPE_TAKEN, UPDATE_RUN, VERSION_AT_KEY,
+};
+
+fn insert_change(conn: &Connection, change: &ChangeRecord) -> rusqlite::Result<usize> {
+    let by = UserText::new(&change.changed_by);
+    conn.prepare_cached(INSERT_CHANGE)?.execute(params![
+        change.run_id.as_str(),
+        v(change.version),
+        change.action.as_str(),
+        change.changed_at.unix_millis(),
+        by.as_str(),
+        change.status_from.map(Status::as_str),
+        change.status_to.as_str(),
+        change.start_from.map(|t| t.unix_millis()),
+        change.start_to.unix_millis(),
+        change.end_from.map(|t| t.unix_millis()),
+        change.end_to.unix_millis(),
+    ])
+}
+
+fn scope_taken(conn: &Connection, scope: &Scope) -> rusqlite::Result<bool> {
+    Ok(conn
+        .prepare_cached(SCOPE_TAKEN)?
+        .query_row(
+            params![
+                i64::from(scope.account_id.get()),
+                scope.project_id.as_str(),
+                scope.target_group_id.as_str()
+            ],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// `insert`: the run and its first change record in one immediate
+/// transaction. A unique violation on the scope is `AlreadyExists`, told by
+/// SQLite's extended result code.
+pub(crate) fn insert(conn: &mut Connection, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| store_error("insert", e))?;
+    insert_rows(&tx, run, change)?;
+    tx.commit().map_err(|e| store_error("insert", e))
+}
+
+/// The statements of `insert`, inside the caller's transaction.
+pub(crate) fn insert_rows(tx: &Connection, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
+    let op = "insert";
+    let by = UserText::new(&run.last_changed_by);
+    let inserted = tx.prepare_cached(INSERT_RUN).and_then(|mut stmt| {
+        stmt.execute(params![
+            run.id.as_str(),
+            i64::from(run.account_id.get()),
+            run.project_id.as_str(),
+            run.target_group_id.as_str(),
+            run.start_fielding_at.unix_millis(),
+            run.end_fielding_at.unix_millis(),
+            run.status.as_str(),
+            v(run.version),
+            run.last_changed_at.unix_millis(),
+            by.as_str(),
+        ])
+    });
+    if let Err(err) = inserted {
+        return Err(match extended_code(&err) {
+            Some(ffi::SQLITE_CONSTRAINT_UNIQUE) => StoreError::AlreadyExists { scope: run.scope() },
+            // The id is taken. If the scope is taken too, that is what the
+            // caller needs to hear (as the in-memory store reports it).
+            Some(ffi::SQLITE_CONSTRAINT_PRIMARYKEY) => match scope_taken(tx, &run.scope()) {
+                Ok(true) => StoreError::AlreadyExists { scope: run.scope() },
+                Ok(false) => StoreError::Backend {
+                    message: format!("sqlite insert: fielding run id {} is already taken", run.id),
+                    retryable: false,
+                    source: Some(Box::new(err)),
+                },
+                Err(e) => store_error(op, e),
+            },
+            _ => store_error(op, err),
+        });
+    }
+    insert_change(tx, change).map_err(|e| store_error(op, e))?;
+    Ok(())
+}
+
+fn key_params(key: &RunKey) -> (&str, i64, &str, &str) {
+    (
+        key.id.as_str(),
+        i64::from(key.scope.account_id.get()),
+        key.scope.project_id.as_str(),
+        key.scope.target_group_id.as_str(),
+    )
+}
+
+/// `compare_and_swap`: conditional update, then the change record, in one
+/// immediate transaction. The conflict is told by the rows the update
+/// touched; then the current version is read in the same transaction.
+pub(crate) fn compare_and_swap(
+    conn: &mut Connection,
+    expected: Version,
+    run: &FieldingRun,
+    change: &ChangeRecord,
+) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| store_error("compare_and_swap", e))?;
+    compare_and_swap_rows(&tx, expected, run, change)?;
+    tx.commit().map_err(|e| store_error("compare_and_swap", e))
+}
+
+/// The statements of `compare_and_swap`, inside the caller's transaction.
+pub(crate) fn compare_and_swap_rows(
+    tx: &Connection,
+    expected: Version,
+    run: &FieldingRun,
+    change: &ChangeRecord,
+) -> Result<(), StoreError> {
+    let op = "compare_and_swap";
+    let by = UserText::new(&run.last_changed_by);
+    let key = run.key();
+    let (id, account, project, group) = key_params(&key);
+    let touched = tx
+        .prepare_cached(UPDATE_RUN)
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                run.start_fielding_at.unix_millis(),
+                run.end_fielding_at.unix_millis(),
+                run.status.as_str(),
+                v(run.version),
+                run.last_changed_at.unix_millis(),
+                by.as_str(),
+                id,
+                account,
+                project,
+                group,
+                v(expected),
+            ])
+        })
+        .map_err(|e| store_error(op, e))?;
+    if touched == 0 {
+        let current = tx
+            .prepare_cached(VERSION_AT_KEY)
+            .and_then(|mut stmt| {
+                stmt.query_row(params![id, account, project, group], |row| version(row, 0))
+                    .optional()
+            })
+            .map_err(|e| store_error(op, e))?;
+        return Err(match current {
+            None => StoreError::NotFound,
+            Some(current) => StoreError::VersionConflict { expected, current },
+        });
+    }
+    insert_change(tx, change).map_err(|e| store_error(op, e))?;
+    Ok(())
+}
+
+/// `get`: one statement, one snapshot.
+pub(crate) fn get(conn: &Connection, key: &RunKey) -> Result<Option<FieldingRun>, StoreError> {
+    let (id, account, project, group) = key_params(key);
+    conn.prepare_cached(RUN_BY_KEY)
+        .and_then(|mut stmt| {
+            stmt.query_row(params![id, account, project, group], read_run)
+                .optional()
+        })
+        .map_err(|e| store_error("get", e))
+}
+
+/// `find_by_target_group`: by the full scope (the unique index).
+pub(crate) fn find_by_scope(conn: &Connection, scope: &Scope) -> Result<Option<FieldingRun>, StoreError> {
+    conn.prepare_cached(RUN_BY_SCOPE)
+        .and_then(|mut stmt| {
+            stmt.query_row(
+                params![
+                    i64::from(scope.account_id.get()),
+                    scope.project_id.as_str(),
+                    scope.target_group_id.as_str()
+                ],
+                read_run,
+            )
+            .optional()
+        })
+        .map_err(|e| store_error("find_by_target_group", e))
+}
+
+/// `changes`: the records of the run at `key` (scope included), in version
+/// order, read in one statement so they match one committed state.
+pub(crate) fn changes(conn: &Connection, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {
+    let (id, account, project, group) = key_params(key);
+    conn.prepare_cached(CHANGES_AT_KEY)
+        .and_then(|mut stmt| {
+            stmt.query_map(params![id, account, project, group], read_change)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| store_error("changes", e))
+}
