@@ -115,16 +115,6 @@ pub(crate) fn backend(op: &'static str, err: sqlx::Error) -> StoreError {
     }
 }
 
-/// A permanent [`StoreError::Backend`] without a driver error (corrupt data,
-/// an impossible answer).
-pub(crate) fn corrupt(message: String) -> StoreError {
-    StoreError::Backend {
-        message,
-        retryable: false,
-        source: None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,10 @@
 //! The operations on creation jobs in `<schema>.fielding_run_jobs`, on the
 //! connection the store hands in.
 
-use fielding_core::{FieldingRunJob, JobCreated, JobId, JobOutcome, JobTraceId, Scope, StoreError};
+use fielding_core::{FieldingRunJob, JobCreated, JobId, JobOutcome, Scope, StoreError};
 use sqlx::postgres::PgConnection;
 
-use crate::codec::{account, decode_job, ts};
+use crate::codec::{account, bind_job, decode_job};
 use crate::error::{backend, constraint, sqlstate, UNIQUE_VIOLATION};
 use crate::sql::JobStatements;
 
@@ -22,24 +22,8 @@ pub(crate) async fn create_job(
     job: &FieldingRunJob,
 ) -> Result<JobCreated, StoreError> {
     let op = "create_job";
-    let (status, code, description) = job.state.to_columns();
     for _ in 0..CREATE_ATTEMPTS {
-        let inserted = sqlx::query_scalar::<_, String>(&sql.create)
-            .bind(job.id.as_str())
-            .bind(account(job.scope.account_id))
-            .bind(job.scope.project_id.as_str())
-            .bind(job.scope.target_group_id.as_str())
-            .bind(job.kind().as_str())
-            .bind(job.idempotency_key.as_str())
-            .bind(job.request.start_fielding_at().map(ts))
-            .bind(ts(job.request.end_fielding_at()))
-            .bind(job.fielding_run_id.as_str())
-            .bind(ts(job.created_at))
-            .bind(job.created_by.as_uuid())
-            .bind(job.trace_id.as_ref().map(JobTraceId::as_str))
-            .bind(status)
-            .bind(code)
-            .bind(description)
+        let inserted = bind_job(sqlx::query_scalar::<_, String>(&sql.create), job)
             .fetch_optional(&mut *conn)
             .await;
         let id_taken = match inserted {

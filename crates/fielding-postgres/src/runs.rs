@@ -4,8 +4,8 @@
 use fielding_core::{ChangeRecord, FieldingRun, RunKey, Scope, StoreError, Version};
 use sqlx::postgres::PgConnection;
 
-use crate::codec::{account, bind_change, bind_run, decode_change, decode_run, version_from_db, version_to_db};
-use crate::error::{backend, constraint, corrupt, sqlstate, UNIQUE_VIOLATION};
+use crate::codec::{account, bind_change, bind_run, decode_change, decode_run, version};
+use crate::error::{backend, constraint, sqlstate, UNIQUE_VIOLATION};
 use crate::sql::Statements;
 
 /// The unique key on the scope (one run per target group).
@@ -27,7 +27,7 @@ pub(crate) async fn insert(
         .await;
     match outcome {
         Ok(done) if done.rows_affected() == 1 => Ok(()),
-        Ok(done) => Err(corrupt(format!(
+        Ok(done) => Err(StoreError::internal(format!(
             "insert of {} wrote {} change records instead of 1",
             run.id,
             done.rows_affected()
@@ -91,7 +91,7 @@ async fn current_version(
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| backend("compare_and_swap", e))?;
-    row.map(version_from_db).transpose()
+    row.map(version).transpose()
 }
 
 /// `get` (and `update`'s read): the run at `key`, scope included.
@@ -124,7 +124,7 @@ pub(crate) async fn compare_and_swap(
 ) -> Result<(), StoreError> {
     let key = run.key();
     for _ in 0..CAS_ATTEMPTS {
-        let query = bind_run(sqlx::query(&sql.cas), run).bind(version_to_db(expected));
+        let query = bind_run(sqlx::query(&sql.cas), run).bind(fielding_core::codec::version_to_column(expected));
         let done = bind_change(query, change)
             .execute(&mut *conn)
             .await
@@ -133,7 +133,7 @@ pub(crate) async fn compare_and_swap(
             1 => return Ok(()),
             0 => {}
             n => {
-                return Err(corrupt(format!(
+                return Err(StoreError::internal(format!(
                     "{op} of {} wrote {n} change records instead of 1",
                     run.id
                 )))

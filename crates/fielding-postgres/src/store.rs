@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey, Scope,
-    StoreError, Update, UpdateOutcome, Version,
+    ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey,
+    Scope, StoreError, UpdateOutcome, Version,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
 
-use crate::error::{backend, corrupt, MigrateError};
+use crate::error::{backend, MigrateError};
 use crate::migrations::{self, MigrationReport};
 use crate::parking::Parking;
 use crate::schema_name::SchemaName;
@@ -212,7 +212,8 @@ impl FieldingStore for PgStore {
     }
 }
 
-/// `update` on one connection.
+/// `update` on one connection: its read, the core's decision step, its
+/// compare-and-swap.
 impl PgStore {
     async fn update_on(
         &self,
@@ -220,21 +221,11 @@ impl PgStore {
         key: &RunKey,
         decide: Decide<'_>,
     ) -> Result<UpdateOutcome, StoreError> {
-        let Some(current) = runs::get(conn, &self.sql, "update", key).await? else {
-            return Ok(UpdateOutcome::NotFound);
-        };
-        match decide(&current) {
-            Update::Skip => Ok(UpdateOutcome::Skipped),
-            Update::Write { expected, run, change } => {
-                if run.key() != *key {
-                    return Err(corrupt(format!(
-                        "decide asked to write {} in place of {key}",
-                        run.key()
-                    )));
-                }
-                runs::compare_and_swap(conn, &self.sql, "update", expected, &run, &change).await?;
-                Ok(UpdateOutcome::Written)
-            }
-        }
+        let current = runs::get(conn, &self.sql, "update", key).await?;
+        Decided::new(key, current.as_ref(), decide)?
+            .write_with(|w| async move {
+                runs::compare_and_swap(conn, &self.sql, "update", w.expected, &w.run, &w.change).await
+            })
+            .await
     }
 }

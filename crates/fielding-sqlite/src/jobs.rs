@@ -3,10 +3,11 @@
 //! owns the connection; the writes run on the writer thread, alone or
 //! inside its group's transaction.
 
-use fielding_core::{FieldingRunJob, IdempotencyKey, JobCreated, JobId, JobOutcome, JobTraceId, Scope, StoreError};
+use fielding_core::codec::JobRow;
+use fielding_core::{FieldingRunJob, IdempotencyKey, JobCreated, JobId, JobOutcome, Scope, StoreError};
 use rusqlite::{ffi, params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::codec::{account, read_job, UserText};
+use crate::codec::{account, job_params, read_job, UserText};
 use crate::error::{extended_code, store_error};
 use crate::sql::{finish_job_sql, job_by_id_sql, job_by_key_sql, INSERT_JOB};
 
@@ -45,28 +46,12 @@ pub(crate) fn create_job(conn: &mut Connection, job: &FieldingRunJob) -> Result<
 /// holds the key, read in the same transaction.
 pub(crate) fn create_job_rows(tx: &Connection, job: &FieldingRunJob) -> Result<JobCreated, StoreError> {
     let op = "create_job";
-    let by = UserText::new(&job.created_by);
-    let (status, code, description) = job.state.to_columns();
-    let account_id = account(&job.scope);
-    let inserted = tx.prepare_cached(INSERT_JOB).and_then(|mut stmt| {
-        stmt.execute(params![
-            job.id.as_str(),
-            account_id,
-            job.scope.project_id.as_str(),
-            job.scope.target_group_id.as_str(),
-            job.kind().as_str(),
-            job.idempotency_key.as_str(),
-            job.request.start_fielding_at().map(|t| t.unix_millis()),
-            job.request.end_fielding_at().unix_millis(),
-            job.fielding_run_id.as_str(),
-            job.created_at.unix_millis(),
-            by.as_str(),
-            job.trace_id.as_ref().map(JobTraceId::as_str),
-            status,
-            code,
-            description,
-        ])
-    });
+    let row = JobRow::encode(job);
+    let by = UserText::new(&row.created_by);
+    let account_id = row.account_id;
+    let inserted = tx
+        .prepare_cached(INSERT_JOB)
+        .and_then(|mut stmt| stmt.execute(job_params(&row, &by)));
     let id_taken = match inserted {
         Ok(1) => return Ok(JobCreated::Created),
         Ok(_) => None,

@@ -3,30 +3,20 @@
 //! function runs on a worker thread that owns the connection; the writes
 //! run on the writer thread, alone or inside its group's transaction.
 
-use fielding_core::{ChangeRecord, FieldingRun, RunKey, Scope, Status, StoreError, Version};
+use fielding_core::codec::{ChangeRow, RunRow};
+use fielding_core::{ChangeRecord, FieldingRun, RunKey, Scope, StoreError, Version};
 use rusqlite::{ffi, params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::codec::{read_change, read_run, v, version, UserText};
+use crate::codec::{change_params, read_change, read_run, read_version, run_params, UserText};
 use crate::error::{extended_code, store_error};
 use crate::sql::{
     CHANGES_AT_KEY, INSERT_CHANGE, INSERT_RUN, RUN_BY_KEY, RUN_BY_SCOPE, SCOPE_TAKEN, UPDATE_RUN, VERSION_AT_KEY,
 };
 
 fn insert_change(conn: &Connection, change: &ChangeRecord) -> rusqlite::Result<usize> {
-    let by = UserText::new(&change.changed_by);
-    conn.prepare_cached(INSERT_CHANGE)?.execute(params![
-        change.run_id.as_str(),
-        v(change.version),
-        change.action.as_str(),
-        change.changed_at.unix_millis(),
-        by.as_str(),
-        change.status_from.map(Status::as_str),
-        change.status_to.as_str(),
-        change.start_from.map(|t| t.unix_millis()),
-        change.start_to.unix_millis(),
-        change.end_from.map(|t| t.unix_millis()),
-        change.end_to.unix_millis(),
-    ])
+    let row = ChangeRow::encode(change);
+    let by = UserText::new(&row.changed_by);
+    conn.prepare_cached(INSERT_CHANGE)?.execute(change_params(&row, &by))
 }
 
 fn scope_taken(conn: &Connection, scope: &Scope) -> rusqlite::Result<bool> {
@@ -58,21 +48,11 @@ pub(crate) fn insert(conn: &mut Connection, run: &FieldingRun, change: &ChangeRe
 /// The statements of `insert`, inside the caller's transaction.
 pub(crate) fn insert_rows(tx: &Connection, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
     let op = "insert";
-    let by = UserText::new(&run.last_changed_by);
-    let inserted = tx.prepare_cached(INSERT_RUN).and_then(|mut stmt| {
-        stmt.execute(params![
-            run.id.as_str(),
-            i64::from(run.account_id.get()),
-            run.project_id.as_str(),
-            run.target_group_id.as_str(),
-            run.start_fielding_at.unix_millis(),
-            run.end_fielding_at.unix_millis(),
-            run.status.as_str(),
-            v(run.version),
-            run.last_changed_at.unix_millis(),
-            by.as_str(),
-        ])
-    });
+    let row = RunRow::encode(run);
+    let by = UserText::new(&row.last_changed_by);
+    let inserted = tx
+        .prepare_cached(INSERT_RUN)
+        .and_then(|mut stmt| stmt.execute(run_params(&row, &by)));
     if let Err(err) = inserted {
         return Err(match extended_code(&err) {
             Some(ffi::SQLITE_CONSTRAINT_UNIQUE) => StoreError::AlreadyExists { scope: run.scope() },
@@ -127,32 +107,23 @@ pub(crate) fn compare_and_swap_rows(
     change: &ChangeRecord,
 ) -> Result<(), StoreError> {
     let op = "compare_and_swap";
-    let by = UserText::new(&run.last_changed_by);
     let key = run.key();
     let (id, account, project, group) = key_params(&key);
+    let row = RunRow::encode(run);
+    let by = UserText::new(&row.last_changed_by);
+    let expected_column = fielding_core::codec::version_to_column(expected);
     let touched = tx
         .prepare_cached(UPDATE_RUN)
         .and_then(|mut stmt| {
-            stmt.execute(params![
-                run.start_fielding_at.unix_millis(),
-                run.end_fielding_at.unix_millis(),
-                run.status.as_str(),
-                v(run.version),
-                run.last_changed_at.unix_millis(),
-                by.as_str(),
-                id,
-                account,
-                project,
-                group,
-                v(expected),
-            ])
+            let [p1, p2, p3, p4, p5, p6, p7, p8, p9, p10] = run_params(&row, &by);
+            stmt.execute([p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, &expected_column])
         })
         .map_err(|e| store_error(op, e))?;
     if touched == 0 {
         let current = tx
             .prepare_cached(VERSION_AT_KEY)
             .and_then(|mut stmt| {
-                stmt.query_row(params![id, account, project, group], |row| version(row, 0))
+                stmt.query_row(params![id, account, project, group], read_version)
                     .optional()
             })
             .map_err(|e| store_error(op, e))?;

@@ -13,9 +13,11 @@ pub(crate) const INSERT_CHANGE: &str =
                              status_from, status_to, start_from_ms, start_to_ms, end_from_ms, end_to_ms) \
                              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
-pub(crate) const UPDATE_RUN: &str = "UPDATE fielding_runs SET start_ms = ?1, end_ms = ?2, status = ?3, version = ?4, \
-                          last_changed_at_ms = ?5, last_changed_by = ?6 \
-                          WHERE id = ?7 AND account_id = ?8 AND project_id = ?9 AND target_group_id = ?10 \
+/// Bound with a run's ten columns in table order (the key first, as in
+/// [`INSERT_RUN`]), then the expected version.
+pub(crate) const UPDATE_RUN: &str = "UPDATE fielding_runs SET start_ms = ?5, end_ms = ?6, status = ?7, version = ?8, \
+                          last_changed_at_ms = ?9, last_changed_by = ?10 \
+                          WHERE id = ?1 AND account_id = ?2 AND project_id = ?3 AND target_group_id = ?4 \
                           AND version = ?11";
 
 pub(crate) const VERSION_AT_KEY: &str = "SELECT version FROM fielding_runs \

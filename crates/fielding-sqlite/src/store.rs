@@ -6,8 +6,8 @@ use std::sync::{mpsc, Arc};
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey, Scope,
-    StoreError, Update, UpdateOutcome, Version,
+    ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey,
+    Scope, StoreError, UpdateOutcome, Version,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -230,27 +230,21 @@ impl FieldingStore for SqliteStore {
     /// with the default.
     async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
         let read_key = *key;
-        let Some(current) = self
+        let current = self
             .read_on_writer("update", move |conn| runs::get(conn, &read_key))
-            .await?
-        else {
-            return Ok(UpdateOutcome::NotFound);
-        };
-        match decide(&current) {
-            Update::Skip => Ok(UpdateOutcome::Skipped),
-            Update::Write { expected, run, change } => {
-                if run.key() != *key {
-                    return Err(StoreError::Backend {
-                        message: format!("sqlite update: decide asked to write {} in place of {key}", run.key()),
-                        retryable: false,
-                        source: None,
-                    });
-                }
-                let written = self.write(WriteKind::CompareAndSwap { expected, run, change }).await?;
-                expect_done("update", written)?;
-                Ok(UpdateOutcome::Written)
-            }
-        }
+            .await?;
+        Decided::new(key, current.as_ref(), decide)?
+            .write_with(|w| async move {
+                let kind = WriteKind::CompareAndSwap {
+                    expected: w.expected,
+                    run: w.run,
+                    change: w.change,
+                };
+                self.write(kind)
+                    .await
+                    .and_then(|written| expect_done("update", written))
+            })
+            .await
     }
 
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {
@@ -307,9 +301,7 @@ fn expect_done(op: &'static str, written: Written) -> Result<(), StoreError> {
 /// The writer answered a write with another write's kind of answer (a bug,
 /// reported rather than panicking).
 fn mismatched(op: &'static str, written: &Written) -> StoreError {
-    StoreError::Backend {
-        message: format!("sqlite {op}: the writer thread gave an unexpected answer {written:?}"),
-        retryable: false,
-        source: None,
-    }
+    StoreError::internal(format!(
+        "sqlite {op}: the writer thread gave an unexpected answer {written:?}"
+    ))
 }
