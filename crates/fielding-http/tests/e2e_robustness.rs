@@ -1,11 +1,13 @@
 //! Generated malformed requests over real TCP, against one live server per
-//! test (in-memory store, and SQLite on a temporary file): never a 5xx,
+//! test (in-memory store, SQLite on a temporary file, PostgreSQL in a fresh
+//! schema): never a 5xx,
 //! every response in the contract's shape (errors in its `Error` format),
 //! and the seeded runs never changed by a request that got a non-2xx answer.
 
 mod common {
     pub mod contract;
     pub mod live;
+    pub mod pg;
 }
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -429,6 +431,9 @@ fn fuzz(backend: Backend) {
         .enable_all()
         .build()
         .unwrap();
+    if backend == Backend::Postgres && !runtime.block_on(common::pg::available()) {
+        return; // a developer's machine without PostgreSQL: see `common::pg`
+    }
     let (live, runs) = runtime.block_on(async {
         let live = Live::start_with(
             backend,
@@ -453,7 +458,7 @@ fn fuzz(backend: Backend) {
     });
     let seen = Seen::default();
     // A new connection per request: an oversized body may leave the server
-    // closing a connection a pooled client would reuse (see e2e.rs,
+    // closing a connection a pooled client would reuse (see e2e_requests.rs,
     // `oversized_body_answer_announces_connection_close`).
     let client = common::live::unpooled_client();
     let result = runner.run(&cases(), |case| {
@@ -481,6 +486,11 @@ fn malformed_requests_over_tcp_memory() {
 #[test]
 fn malformed_requests_over_tcp_sqlite() {
     fuzz(Backend::Sqlite);
+}
+
+#[test]
+fn malformed_requests_over_tcp_postgres() {
+    fuzz(Backend::Postgres);
 }
 
 /// Each path shape the generator makes, checked once by hand so the

@@ -213,13 +213,23 @@ async fn stale_tag_with_malformed_json_is_412() {
 #[tokio::test]
 async fn end_before_start_is_400_naming_the_field() {
     let h = harness();
-    let run = seed(&h, Status::Live, 7);
+    // Both dates in the future and the start not in the past (a scheduled
+    // run may move it): only "end after start" can answer.
+    let run = seed(&h, Status::Scheduled, 7);
+    let in_days = |days| (chrono::Utc::now() + chrono::TimeDelta::days(days)).to_rfc3339();
     let body = format!(
-        r#"{{"start_fielding_at":"{}","end_fielding_at":"2000-01-01T00:00:00Z"}}"#,
-        run.start_fielding_at
+        r#"{{"start_fielding_at":"{}","end_fielding_at":"{}"}}"#,
+        in_days(10),
+        in_days(5)
     );
     let reply = put(&h, &run, &[("if-match", "\"7\"")], &body).await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "bad_request_error");
+    assert_eq!(
+        reply.json["invalid_params"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        reply.json
+    );
     assert_eq!(reply.json["invalid_params"][0]["name"], "end_fielding_at");
 }
 

@@ -1,5 +1,6 @@
-//! Checks responses against `../shared/contract/fielding-openapi.yml`,
-//! loaded at test time (the schemas are never copied by hand).
+//! Checks responses against the contract, `tests/contract/fielding-openapi.yml`
+//! (a copy of `shared/contract/`, see `tests/contract/README.md`), loaded at
+//! test time (the schemas are never copied by hand into code).
 //!
 //! For a response to `METHOD path` with status `S`, the contract's response
 //! object is found by matching the path against the contract's templates;
@@ -19,27 +20,19 @@ pub struct Contract {
     components: Value,
 }
 
-/// `FIELDING_CONTRACT` if set, else `shared/contract/fielding-openapi.yml`
-/// beside the repository (where CI and every development machine have it).
-fn contract_path() -> PathBuf {
-    std::env::var_os("FIELDING_CONTRACT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/contract/fielding-openapi.yml")
-        })
+/// The in-repository copy of a contract file, e.g. `fielding-openapi.yml`.
+pub fn contract_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/contract")
+        .join(name)
 }
 
 pub fn contract() -> &'static Contract {
     static CONTRACT: OnceLock<Contract> = OnceLock::new();
     CONTRACT.get_or_init(|| {
-        let path = contract_path();
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-            panic!(
-                "cannot read the contract at {}: {e} (expected ../shared beside the repository; \
-                     set FIELDING_CONTRACT to its path)",
-                path.display()
-            )
-        });
+        let path = contract_file("fielding-openapi.yml");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read the contract at {}: {e}", path.display()));
         let doc: Value = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("the contract is not YAML: {e}"));
         let components = to_json_schema(&doc["components"]);
         Contract { doc, components }

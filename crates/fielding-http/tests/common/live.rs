@@ -1,8 +1,9 @@
 //! A live server for end-to-end tests: `FieldingApi::router()` served by
 //! `axum::serve` on a tokio `TcpListener` bound to `127.0.0.1:0`, in a
-//! background task of the test's runtime, over either store (the in-memory
-//! `MemoryStore` or a `SqliteStore` on a temporary file). Requests go over
-//! real TCP with `reqwest`; every response is checked against the contract.
+//! background task of the test's runtime, over any of the stores (the
+//! in-memory `MemoryStore`, a `SqliteStore` on a temporary file, or a
+//! `PgStore` in a fresh schema, see `common::pg`). Requests go over real TCP
+//! with `reqwest`; every response is checked against the contract.
 
 #![allow(dead_code)]
 
@@ -18,6 +19,7 @@ use fielding_http::auth::{AccountAccess, Principal, StaticTokens};
 use fielding_http::rate_limit::RateLimitPolicy;
 use fielding_http::FieldingApi;
 use fielding_memory::{fixtures, Fault, MemoryStore};
+use fielding_postgres::PgStore;
 use fielding_sqlite::SqliteStore;
 use serde_json::Value;
 
@@ -39,6 +41,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Backend {
     Memory,
     Sqlite,
+    /// Check [`crate::common::pg::available`] before starting one.
+    Postgres,
 }
 
 /// How the server is set up.
@@ -63,6 +67,12 @@ enum Handle {
         path: PathBuf,
         // Removed (with the database) when the server goes.
         _dir: tempfile::TempDir,
+    },
+    Postgres {
+        store: PgStore,
+        schema: String,
+        // Drops the schema when the server goes.
+        _guard: crate::common::pg::SchemaGuard,
     },
 }
 
@@ -130,6 +140,18 @@ impl Live {
                 let store = SqliteStore::open(&path).await.expect("open a fresh SQLite database");
                 (Arc::new(store), Handle::Sqlite { path, _dir: dir })
             }
+            Backend::Postgres => {
+                let (store, guard) = crate::common::pg::fresh_store().await;
+                let schema = guard.name.clone();
+                (
+                    Arc::new(store.clone()),
+                    Handle::Postgres {
+                        store,
+                        schema,
+                        _guard: guard,
+                    },
+                )
+            }
         };
         let user = UserId::random();
         let tokens = StaticTokens::new()
@@ -178,17 +200,32 @@ impl Live {
     /// A run of account [`ACCOUNT`] in a fresh target group, inserted
     /// through the store with its first change record.
     pub async fn seed(&self, status: Status, version: u64) -> FieldingRun {
-        let scope = Scope::new(
+        let run = fixtures::run()
+            .scope(Self::scope())
+            .status(status)
+            .version(version)
+            .build();
+        self.insert(&run).await;
+        run
+    }
+
+    /// A run seeded as it is (its own scope and dates), with its first
+    /// change record: for runs [`Live::seed`] does not make, such as one
+    /// whose stored status time has since overtaken.
+    pub async fn insert(&self, run: &FieldingRun) {
+        self.store
+            .insert(run, &ChangeRecord::created(run, Action::Schedule))
+            .await
+            .expect("seed the run");
+    }
+
+    /// A fresh target group of account [`ACCOUNT`].
+    pub fn scope() -> Scope {
+        Scope::new(
             AccountId::new(ACCOUNT).unwrap(),
             fixtures::project_id(),
             fixtures::target_group_id(),
-        );
-        let run = fixtures::run().scope(scope).status(status).version(version).build();
-        self.store
-            .insert(&run, &ChangeRecord::created(&run, Action::Schedule))
-            .await
-            .expect("seed the run");
-        run
+        )
     }
 
     pub async fn snapshot(&self, key: &RunKey) -> Snapshot {
@@ -213,7 +250,7 @@ impl Live {
     }
 
     /// Every store operation fails from now on (a backend failure: 500):
-    /// on SQLite the runs and the jobs tables are renamed away.
+    /// on SQLite and PostgreSQL the runs and the jobs tables are renamed away.
     pub async fn break_store(&self) {
         match &self.handle {
             Handle::Memory(store) => store.faults().inject(Fault::Storage, u64::MAX / 2),
@@ -224,6 +261,15 @@ impl Live {
                      ALTER TABLE fielding_run_jobs RENAME TO fielding_run_jobs_gone;",
                 )
                 .await
+            }
+            Handle::Postgres { store, schema, .. } => {
+                for (table, renamed) in [
+                    ("fielding_runs", "fielding_runs_gone"),
+                    ("fielding_run_jobs", "fielding_run_jobs_gone"),
+                ] {
+                    let sql = format!("ALTER TABLE \"{schema}\".{table} RENAME TO {renamed}");
+                    crate::common::pg::execute(store, &sql).await;
+                }
             }
         }
     }
@@ -239,6 +285,15 @@ impl Live {
                      ALTER TABLE fielding_run_jobs_gone RENAME TO fielding_run_jobs;",
                 )
                 .await
+            }
+            Handle::Postgres { store, schema, .. } => {
+                for (table, renamed) in [
+                    ("fielding_runs_gone", "fielding_runs"),
+                    ("fielding_run_jobs_gone", "fielding_run_jobs"),
+                ] {
+                    let sql = format!("ALTER TABLE \"{schema}\".{table} RENAME TO {renamed}");
+                    crate::common::pg::execute(store, &sql).await;
+                }
             }
         }
     }
