@@ -45,6 +45,7 @@ mod error;
 mod ids;
 mod job;
 pub mod lifecycle;
+mod migration;
 mod precondition;
 mod run;
 mod service;
@@ -62,6 +63,7 @@ pub use job::{
     JobRequest, JobState, JobTraceId,
 };
 pub use lifecycle::Command;
+pub use migration::MigrationReport;
 pub use precondition::Precondition;
 pub use run::FieldingRun;
 pub use service::{Applied, FieldingService, NewJob, RetryPolicy, SubmittedJob, JOB_RESUME_AFTER};

@@ -124,7 +124,8 @@ mod sql;
 mod store;
 
 pub use error::{is_transient, ConnectError, MigrateError};
-pub use migrations::{MigrationReport, SCHEMA_VERSION};
+pub use fielding_core::MigrationReport;
+pub use migrations::SCHEMA_VERSION;
 pub use schema_name::{InvalidSchemaName, SchemaName};
 pub use sqlx;
 pub use store::PgStore;

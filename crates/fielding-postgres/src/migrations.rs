@@ -1,6 +1,8 @@
-//! Embedded, versioned migrations: [`SCHEMA_VERSION`], [`MigrationReport`],
+//! Embedded, versioned migrations: [`SCHEMA_VERSION`], the
+//! [`MigrationReport`](fielding_core::MigrationReport) of `migrate`,
 //! and how a schema is migrated (by an explicit call).
 
+use fielding_core::MigrationReport;
 use sqlx::{Executor, PgPool};
 
 use crate::error::{is_transient, MigrateError};
@@ -18,105 +20,19 @@ struct Step {
 const STEPS: &[Step] = &[
     Step {
         version: 1,
-        sql: r#"
-CREATE TABLE {schema}.fielding_runs (
-    id                text COLLATE "C" NOT NULL,
-    account_id        integer NOT NULL CHECK (account_id >= 1),
-    project_id        text COLLATE "C" NOT NULL,
-    target_group_id   text COLLATE "C" NOT NULL,
-    start_fielding_at timestamptz NOT NULL,
-    end_fielding_at   timestamptz NOT NULL,
-    status            text NOT NULL CHECK (status IN ('scheduled', 'live', 'paused', 'completed')),
-    version           bigint NOT NULL CHECK (version >= 1),
-    last_changed_at   timestamptz NOT NULL,
-    last_changed_by   uuid NOT NULL,
-    CONSTRAINT fielding_runs_pkey PRIMARY KEY (id),
-    CONSTRAINT fielding_runs_scope_key UNIQUE (account_id, project_id, target_group_id)
-) WITH (fillfactor = 80);
-
-CREATE TABLE {schema}.change_records (
-    run_id      text COLLATE "C" NOT NULL,
-    version     bigint NOT NULL CHECK (version >= 1),
-    action      text NOT NULL,
-    changed_at  timestamptz NOT NULL,
-    changed_by  uuid NOT NULL,
-    status_from text,
-    status_to   text NOT NULL,
-    start_from  timestamptz,
-    start_to    timestamptz NOT NULL,
-    end_from    timestamptz,
-    end_to      timestamptz NOT NULL,
-    CONSTRAINT change_records_pkey PRIMARY KEY (run_id, version)
-);
-"#,
+        sql: include_str!("../migrations/0001_runs_and_change_records.sql"),
     },
     // Creation jobs. A launch has no start, a schedule has one; a failure
     // code and its description are there exactly when the job failed.
     Step {
         version: 2,
-        sql: r#"
-CREATE TABLE {schema}.fielding_run_jobs (
-    id                  text COLLATE "C" NOT NULL,
-    account_id          integer NOT NULL CHECK (account_id >= 1),
-    project_id          text COLLATE "C" NOT NULL,
-    target_group_id     text COLLATE "C" NOT NULL,
-    kind                text COLLATE "C" NOT NULL,
-    idempotency_key     text COLLATE "C" NOT NULL,
-    start_fielding_at   timestamptz,
-    end_fielding_at     timestamptz NOT NULL,
-    fielding_run_id     text COLLATE "C" NOT NULL,
-    created_at          timestamptz NOT NULL,
-    created_by          uuid NOT NULL,
-    trace_id            text COLLATE "C",
-    status              text COLLATE "C" NOT NULL CHECK (status IN ('Processing', 'Completed', 'Failed')),
-    failure_code        text COLLATE "C",
-    failure_description text,
-    CONSTRAINT fielding_run_jobs_pkey PRIMARY KEY (id),
-    CONSTRAINT fielding_run_jobs_idempotency_key UNIQUE (account_id, idempotency_key),
-    CONSTRAINT fielding_run_jobs_request CHECK (
-        (kind <> 'launch-from-draft' OR start_fielding_at IS NULL)
-        AND (kind <> 'schedule-from-draft' OR start_fielding_at IS NOT NULL)
-    ),
-    CONSTRAINT fielding_run_jobs_failure CHECK (
-        (status = 'Failed') = (failure_code IS NOT NULL)
-        AND (failure_code IS NULL) = (failure_description IS NULL)
-    )
-);
-"#,
+        sql: include_str!("../migrations/0002_creation_jobs.sql"),
     },
 ];
 
 /// The schema version this library writes and reads: the highest
 /// migration it knows.
 pub const SCHEMA_VERSION: u32 = 2;
-
-/// What [`PgStore::migrate`](crate::PgStore::migrate) did.
-///
-/// ```
-/// use fielding_postgres::{MigrationReport, SCHEMA_VERSION};
-/// let report = MigrationReport { from: 0, to: SCHEMA_VERSION };
-/// assert_eq!(report.applied(), SCHEMA_VERSION);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MigrationReport {
-    /// The schema version before (0: a new, empty schema).
-    pub from: u32,
-    /// The schema version now: always [`SCHEMA_VERSION`].
-    pub to: u32,
-}
-
-impl MigrationReport {
-    /// How many migrations were applied (0 when already current).
-    pub fn applied(&self) -> u32 {
-        self.to - self.from
-    }
-
-    /// The versions of the migrations applied, oldest first (empty when
-    /// already current).
-    pub fn applied_versions(&self) -> std::ops::RangeInclusive<u32> {
-        self.from + 1..=self.to
-    }
-}
 
 /// Creates the schema if needed and applies the missing steps, all in one
 /// transaction holding the schema's advisory lock, so instances starting

@@ -13,11 +13,12 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
 
 use crate::error::{backend, MigrateError};
-use crate::migrations::{self, MigrationReport};
+use crate::migrations;
 use crate::parking::Parking;
 use crate::schema_name::SchemaName;
 use crate::sql::Statements;
 use crate::{jobs, runs};
+use fielding_core::MigrationReport;
 
 /// A [`FieldingStore`] on PostgreSQL, for many service instances sharing
 /// one database. Cheap to clone: clones share the pool.
@@ -142,14 +143,9 @@ impl FieldingStore for PgStore {
     /// `VersionConflict` and reports the version actually stored now. If
     /// that read shows the expected version (possible only for a run
     /// inserted after the update's snapshot), the whole step is repeated.
-    async fn compare_and_swap(
-        &self,
-        expected: Version,
-        run: &FieldingRun,
-        change: &ChangeRecord,
-    ) -> Result<(), StoreError> {
+    async fn compare_and_swap(&self, at: Version, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
         let mut conn = self.checkout("compare_and_swap").await?;
-        let outcome = runs::compare_and_swap(&mut conn, &self.sql, "compare_and_swap", expected, run, change).await;
+        let outcome = runs::compare_and_swap(&mut conn, &self.sql, "compare_and_swap", at, run, change).await;
         self.release(conn, &outcome);
         outcome
     }

@@ -105,20 +105,19 @@ pub(crate) fn finish_job_rows(
     id: &JobId,
     outcome: &JobOutcome,
 ) -> Result<Option<FieldingRunJob>, StoreError> {
-    let op = "finish_job";
-    let (status, code, description) = outcome.to_columns();
+    let columns = outcome.to_columns();
     tx.prepare_cached(&finish_job_sql())
         .and_then(|mut stmt| {
             stmt.execute(params![
-                status,
-                code,
-                description,
+                columns.0,
+                columns.1,
+                columns.2,
                 id.as_str(),
                 account(scope),
                 scope.project_id.as_str(),
                 scope.target_group_id.as_str()
             ])
         })
-        .map_err(|e| store_error(op, e))?;
-    job_by_id(tx, scope, id).map_err(|e| store_error(op, e))
+        .map_err(|e| store_error("finish_job", e))?;
+    job_by_id(tx, scope, id).map_err(|e| store_error("finish_job", e))
 }

@@ -112,7 +112,8 @@ mod store;
 mod writer;
 
 pub use error::OpenError;
-pub use migrations::{MigrationReport, SCHEMA_VERSION};
+pub use fielding_core::MigrationReport;
+pub use migrations::SCHEMA_VERSION;
 pub use options::{Durability, SqliteOptions};
 pub use rusqlite;
 pub use stats::{CheckpointStats, WriteStats};

@@ -1,4 +1,5 @@
-//! Embedded, versioned migrations: [`SCHEMA_VERSION`], [`MigrationReport`],
+//! Embedded, versioned migrations: [`SCHEMA_VERSION`], the
+//! [`MigrationReport`](fielding_core::MigrationReport) of `migrate`,
 //! and how a schema is migrated or checked.
 //!
 //! Each migration has a number; the numbers applied to a database are
@@ -8,6 +9,7 @@
 //! write lock: the second waits (busy timeout), then sees the first's work
 //! and has nothing left to do.
 
+use fielding_core::MigrationReport;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -33,70 +35,14 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         description: "fielding_runs and change_records",
-        sql: "
-CREATE TABLE fielding_runs (
-    id                 TEXT    NOT NULL PRIMARY KEY,
-    account_id         INTEGER NOT NULL,
-    project_id         TEXT    NOT NULL,
-    target_group_id    TEXT    NOT NULL,
-    start_ms           INTEGER NOT NULL,
-    end_ms             INTEGER NOT NULL,
-    status             TEXT    NOT NULL,
-    version            INTEGER NOT NULL CHECK (version >= 1),
-    last_changed_at_ms INTEGER NOT NULL,
-    last_changed_by    TEXT    NOT NULL,
-    CONSTRAINT fielding_runs_scope UNIQUE (account_id, project_id, target_group_id)
-) STRICT, WITHOUT ROWID;
-
-CREATE TABLE change_records (
-    run_id        TEXT    NOT NULL,
-    version       INTEGER NOT NULL CHECK (version >= 1),
-    action        TEXT    NOT NULL,
-    changed_at_ms INTEGER NOT NULL,
-    changed_by    TEXT    NOT NULL,
-    status_from   TEXT,
-    status_to     TEXT    NOT NULL,
-    start_from_ms INTEGER,
-    start_to_ms   INTEGER NOT NULL,
-    end_from_ms   INTEGER,
-    end_to_ms     INTEGER NOT NULL,
-    PRIMARY KEY (run_id, version)
-) STRICT, WITHOUT ROWID;
-",
+        sql: include_str!("../migrations/0001_runs_and_change_records.sql"),
     },
     Migration {
         version: 2,
         description: "fielding_run_jobs",
         // Requests: a launch has no start, a schedule has one. Outcomes: a
         // failure code and its description exactly when the job failed.
-        sql: "
-CREATE TABLE fielding_run_jobs (
-    id                  TEXT    NOT NULL PRIMARY KEY,
-    account_id          INTEGER NOT NULL,
-    project_id          TEXT    NOT NULL,
-    target_group_id     TEXT    NOT NULL,
-    kind                TEXT    NOT NULL,
-    idempotency_key     TEXT    NOT NULL,
-    start_ms            INTEGER,
-    end_ms              INTEGER NOT NULL,
-    fielding_run_id     TEXT    NOT NULL,
-    created_at_ms       INTEGER NOT NULL,
-    created_by          TEXT    NOT NULL,
-    trace_id            TEXT,
-    status              TEXT    NOT NULL CHECK (status IN ('Processing', 'Completed', 'Failed')),
-    failure_code        TEXT,
-    failure_description TEXT,
-    CONSTRAINT fielding_run_jobs_idempotency_key UNIQUE (account_id, idempotency_key),
-    CONSTRAINT fielding_run_jobs_request CHECK (
-        (kind <> 'launch-from-draft' OR start_ms IS NULL)
-        AND (kind <> 'schedule-from-draft' OR start_ms IS NOT NULL)
-    ),
-    CONSTRAINT fielding_run_jobs_failure CHECK (
-        (status = 'Failed') = (failure_code IS NOT NULL)
-        AND (failure_code IS NULL) = (failure_description IS NULL)
-    )
-) STRICT, WITHOUT ROWID;
-",
+        sql: include_str!("../migrations/0002_creation_jobs.sql"),
     },
 ];
 
@@ -106,34 +52,6 @@ CREATE TABLE IF NOT EXISTS fielding_schema_migrations (
     description   TEXT    NOT NULL,
     applied_at_ms INTEGER NOT NULL
 ) STRICT;";
-
-/// What [`SqliteStore::migrate`](crate::SqliteStore::migrate) did.
-///
-/// ```
-/// use fielding_sqlite::{MigrationReport, SCHEMA_VERSION};
-/// let report = MigrationReport { from: 0, to: SCHEMA_VERSION };
-/// assert_eq!(report.applied(), SCHEMA_VERSION);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MigrationReport {
-    /// The schema version before (0: a new, empty database).
-    pub from: u32,
-    /// The schema version now: always [`SCHEMA_VERSION`].
-    pub to: u32,
-}
-
-impl MigrationReport {
-    /// How many migrations were applied (0 when already current).
-    pub fn applied(&self) -> u32 {
-        self.to - self.from
-    }
-
-    /// The versions of the migrations applied, oldest first (empty when
-    /// already current).
-    pub fn applied_versions(&self) -> std::ops::RangeInclusive<u32> {
-        self.from + 1..=self.to
-    }
-}
 
 fn recorded_version(conn: &Connection) -> rusqlite::Result<u32> {
     let has_table: Option<i64> = conn

@@ -14,10 +14,11 @@ use tokio::sync::oneshot;
 
 use crate::checkpoint::CheckpointCounters;
 use crate::error::{stopped, OpenError};
-use crate::migrations::{self, MigrationReport, SchemaGate, SCHEMA_VERSION};
+use crate::migrations::{self, SchemaGate, SCHEMA_VERSION};
 use crate::options::{Durability, SqliteOptions};
 use crate::writer::{Counters, Task, Write, WriteKind, WriterTask, Written};
 use crate::{jobs, runs};
+use fielding_core::MigrationReport;
 
 /// A [`FieldingStore`] in a SQLite database.
 ///
@@ -206,14 +207,9 @@ impl FieldingStore for SqliteStore {
             .await
     }
 
-    async fn compare_and_swap(
-        &self,
-        expected: Version,
-        run: &FieldingRun,
-        change: &ChangeRecord,
-    ) -> Result<(), StoreError> {
+    async fn compare_and_swap(&self, at: Version, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
         self.write(WriteKind::CompareAndSwap {
-            expected,
+            expected: at,
             run: run.clone(),
             change: change.clone(),
         })
