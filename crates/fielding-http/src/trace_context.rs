@@ -96,9 +96,9 @@ pub struct SpanId([u8; 8]);
 pub struct TraceFlags(pub u8);
 
 /// Random bytes from the thread's generator (ChaCha, seeded from the OS and
-/// reseeded by `rand`): ids need to be unpredictable and unique, and a
-/// `getrandom` system call per id (what `Uuid::new_v4` costs) showed up at
-/// 3% of the server's profile under load.
+/// reseeded by `rand`): ids need to be unpredictable and unique, and every
+/// request makes one, so they must not cost a system call each (as
+/// `getrandom` per id would; see `docs/benchmarks.md`).
 fn random_bytes<const N: usize>() -> [u8; N] {
     use rand::RngCore;
     let mut out = [0u8; N];

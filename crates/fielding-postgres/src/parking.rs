@@ -2,9 +2,8 @@
 //!
 //! sqlx 0.8 pings every connection as it goes back to the pool (a round
 //! trip, run in a background task), and a checkout waits for that when no
-//! other connection is idle. On a one-connection pool that is one extra
-//! round trip per operation, about a third of the store's throughput
-//! (measured, see `docs/postgres.md`). So after a clean operation the store
+//! other connection is idle. On a small pool that is one extra round trip
+//! per operation (figures in `docs/postgres.md`). So after a clean operation the store
 //! keeps its connection for [`PARK_FOR`] instead of returning it, and the
 //! next operation takes it directly. A background timer returns every
 //! parked connection to the pool after [`PARK_FOR`], so other users of a

@@ -7,9 +7,9 @@
 //! that commit, and every write queued behind it, waits for the copy and
 //! the flush. The copy costs one page write per *distinct* page changed
 //! since the last checkpoint: a few dozen when all updates land in a small
-//! database, one or two per updated run in a large one. That is why, with
-//! checkpoints inline, an update in a database of 100,000 runs cost about
-//! 1.7 times one in a database of 1,000 (see `docs/sqlite.md`).
+//! database, one or two per updated run in a large one, so inline
+//! checkpoints make updates slower the larger the database (figures in
+//! `docs/sqlite.md`).
 //!
 //! So the writer turns the automatic checkpoint off and tells this thread
 //! when it commits. The thread, with a connection of its own, runs a

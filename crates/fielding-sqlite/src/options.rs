@@ -147,9 +147,9 @@ impl SqliteOptions {
 
     /// The page cache of each connection, in KiB (`PRAGMA cache_size`,
     /// default 2 MiB, about SQLite's own). Reads of pages not in the cache
-    /// come from the memory map ([`SqliteOptions::mmap_bytes`]); 16 and
-    /// 64 MiB made no measurable difference in the scale benchmark (1,000
-    /// runs updated in a database of 100,000).
+    /// come from the memory map ([`SqliteOptions::mmap_bytes`]), so a larger
+    /// cache mostly duplicates pages the map already serves (see
+    /// `docs/sqlite.md` for what was measured).
     pub fn cache_kib(mut self, kib: u32) -> Self {
         self.cache_kib = kib;
         self
