@@ -32,7 +32,7 @@ use chrono::TimeDelta;
 use fielding_core::lifecycle::Command;
 use fielding_core::{FieldingError, FieldingRun, FieldingService, FieldingStore, IfMatch, RunKey, UserId};
 use fielding_http::trace_context::TraceContext;
-use fielding_memory::fixtures;
+use fielding_testkit::fixtures;
 
 use crate::series::{pg_reachable, pg_url, PgSchema};
 use crate::{median, Plan};

@@ -705,7 +705,7 @@ async fn every_status_of_get_list(backend: Backend) {
     let empty = format!(
         "/demand/accounts/101/projects/{}/target-groups/{}/fielding-runs",
         run.project_id,
-        fielding_memory::fixtures::target_group_id()
+        fielding_testkit::fixtures::target_group_id()
     );
     let reply = live.send(Method::GET, &empty, &authed(&[]), "").await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -813,7 +813,7 @@ async fn every_status_of_get_run(backend: Backend) {
         ..run.clone()
     };
     let elsewhere = FieldingRun {
-        target_group_id: fielding_memory::fixtures::target_group_id(),
+        target_group_id: fielding_testkit::fixtures::target_group_id(),
         ..run.clone()
     };
     for missing in [ghost, elsewhere] {
@@ -1280,8 +1280,8 @@ const SCHEDULE: &str = "schedule-from-draft";
 fn draft() -> Scope {
     Scope::new(
         AccountId::new(common::live::ACCOUNT).unwrap(),
-        fielding_memory::fixtures::project_id(),
-        fielding_memory::fixtures::target_group_id(),
+        fielding_testkit::fixtures::project_id(),
+        fielding_testkit::fixtures::target_group_id(),
     )
 }
 
@@ -1574,8 +1574,8 @@ async fn replaying_the_same_key_and_body_returns_the_same_location_and_creates_n
     // Keys are per account: another account's same key is another job.
     let elsewhere = Scope::new(
         AccountId::new(202).unwrap(),
-        fielding_memory::fixtures::project_id(),
-        fielding_memory::fixtures::target_group_id(),
+        fielding_testkit::fixtures::project_id(),
+        fielding_testkit::fixtures::target_group_id(),
     );
     let other = format!("Bearer {OTHER_TOKEN}");
     let reply = submit_with(
@@ -1824,7 +1824,7 @@ async fn unknown_job_wrong_kind_or_another_target_group_is_404(backend: Backend)
     let other_group = draft();
     let other_project = Scope::new(
         scope.account_id,
-        fielding_memory::fixtures::project_id(),
+        fielding_testkit::fixtures::project_id(),
         scope.target_group_id,
     );
     let missing = [

@@ -7,7 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use fielding_core::{Action, ChangeRecord, FieldingStore};
-use fielding_memory::fixtures;
+use fielding_testkit::fixtures;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_connection_pool_stays_usable_by_others_and_closes_promptly() {

@@ -44,6 +44,9 @@ const UPDATE_DECIDES_ONCE: &str =
 const UPDATE_NEVER_GOES_BACK: &str =
     "update reads the current run and writes only on top of it: after a writer's update wrote version v, its next update shows decide version v or later (an older one means a write based on a stale read overwrote a newer version: a lost update)";
 
+const OBSERVED: &str =
+    "the atomicity case observes what it checks: each of its four observers reads the run and its records at least once (the two on the writer's task while the writes go on), otherwise nothing was checked";
+
 const ATOMIC_RECORDS: &str =
     "a write and its change record are one: no reader ever sees a run version without its change record, or a change record before its run version";
 
@@ -505,6 +508,15 @@ where
 /// include its version (and describe it); reading the records first, the
 /// run must already be at their last version or later. A store that writes
 /// the two in separate steps shows one without the other.
+///
+/// Every observer must have made at least one observation (a read of run
+/// and records that was not a tolerated busy answer), or the case would
+/// pass having checked nothing. All five start together; each parallel
+/// observer keeps going until the writer is done *and* it has observed
+/// once, however the threads are scheduled; the observers on the writer's
+/// task are polled every time the writer awaits, which it does at least
+/// once per increment, so each of them must have observed while the
+/// writes were going on.
 pub async fn change_records_are_atomic_with_the_write_they_describe<S>(
     store: Arc<S>,
     caps: Capabilities,
@@ -520,15 +532,25 @@ where
     let key = run.key();
     let start = run.version.get();
     let done = Arc::new(AtomicBool::new(false));
+    // The writer and the four observers start together: the writes only
+    // once the parallel observers run, the observations only once there is
+    // something to race with.
+    let start_line = Arc::new(Barrier::new(5));
 
-    let observer = |records_first: bool| {
+    let observer = |records_first: bool, parallel: bool| {
         let store = Arc::clone(&store);
         let done = Arc::clone(&done);
+        let start_line = Arc::clone(&start_line);
         async move {
+            start_line.wait().await;
             let mut observations = 0u64;
-            while !done.load(Ordering::SeqCst) {
-                observe(case, &*store, caps, &key, start, records_first).await?;
-                observations += 1;
+            // The parallel observers go on until they have observed once
+            // even if the writer is already done, so each checks something
+            // however the threads are scheduled.
+            while !done.load(Ordering::SeqCst) || (parallel && observations == 0) {
+                if observe(case, &*store, caps, &key, start, records_first).await? {
+                    observations += 1;
+                }
                 tokio::task::yield_now().await;
             }
             Ok::<_, CaseFailure>(observations)
@@ -536,8 +558,9 @@ where
     };
     // Two observers in parallel on other workers, and two on this task,
     // where they run whenever the writer awaits, also inside the store.
-    let parallel = [tokio::spawn(observer(false)), tokio::spawn(observer(true))];
+    let parallel = [tokio::spawn(observer(false, true)), tokio::spawn(observer(true, true))];
     let writer = async {
+        start_line.wait().await;
         let refusals = AtomicUsize::new(0);
         let mut last = None;
         let mut written = Vec::new();
@@ -566,19 +589,37 @@ where
         done.store(true, Ordering::SeqCst);
         outcome.map(|()| written)
     };
-    let (written, local_a, local_b) = tokio::join!(writer, observer(false), observer(true));
-    local_a?;
-    local_b?;
-    for task in parallel {
-        task.await
+    let (written, local_run_first, local_records_first) =
+        tokio::join!(writer, observer(false, false), observer(true, false));
+    let mut counts = vec![
+        ("on the writer's task, run first", local_run_first?),
+        ("on the writer's task, records first", local_records_first?),
+    ];
+    for (task, name) in parallel
+        .into_iter()
+        .zip(["in parallel, run first", "in parallel, records first"])
+    {
+        let observations = task
+            .await
             .map_err(|e| case.fail(ATOMIC_RECORDS, format!("an observer task panicked: {e}")))??;
+        counts.push((name, observations));
     }
     let written = written?;
+    case.ensure(counts.iter().all(|(_, n)| *n > 0), OBSERVED, || {
+        let counts: Vec<String> = counts.iter().map(|(name, n)| format!("{name}: {n}")).collect();
+        format!(
+            "observations of run and records during {} writes: {}",
+            written.len(),
+            counts.join(", ")
+        )
+    })?;
     let all: Vec<&Success> = written.iter().collect();
     verify_run(case, &*store, ATOMIC_RECORDS, &run, &creation, &all).await
 }
 
-/// One observation for the atomicity case.
+/// One observation for the atomicity case: `Ok(true)` when it read both the
+/// run and its records and they agree, `Ok(false)` when a tolerated busy
+/// answer left nothing to check.
 async fn observe<S: FieldingStore + ?Sized>(
     case: Case,
     store: &S,
@@ -586,7 +627,7 @@ async fn observe<S: FieldingStore + ?Sized>(
     key: &RunKey,
     start: u64,
     records_first: bool,
-) -> Result<(), CaseFailure> {
+) -> Result<bool, CaseFailure> {
     let (run, records) = if records_first {
         let records = store.changes(key).await;
         let run = store.get(key).await;
@@ -600,7 +641,7 @@ async fn observe<S: FieldingStore + ?Sized>(
         caps.retryable_errors_under_contention() && err.is_some_and(StoreError::is_retryable)
     };
     if busy(run.as_ref().err()) || busy(records.as_ref().err()) {
-        return Ok(()); // a tolerated busy answer: no observation this time
+        return Ok(false); // a tolerated busy answer: no observation this time
     }
     let run = case
         .ok(format!("get({key}) while a writer runs"), run)?
@@ -630,7 +671,7 @@ async fn observe<S: FieldingStore + ?Sized>(
                  older than its own change record",
                 run.version
             )
-        })
+        })?;
     } else {
         case.ensure(last >= run.version, ATOMIC_RECORDS, || {
             format!(
@@ -654,6 +695,7 @@ async fn observe<S: FieldingStore + ?Sized>(
                 run.version,
                 records.get(index)
             )
-        })
+        })?;
     }
+    Ok(true)
 }
