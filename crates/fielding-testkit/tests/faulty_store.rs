@@ -243,9 +243,9 @@ async fn update_meets_an_injected_conflict_after_deciding_and_writes_nothing() {
     let run = fixtures::run().status(Status::Live).version(3).build();
     let (memory, store) = faulty_with(&run);
     store.faults().inject(Fault::Conflict, 1);
-    let mut shown = Vec::new();
+    let shown = std::sync::Mutex::new(Vec::new());
     let mut decide = |current: &FieldingRun| {
-        shown.push(current.clone());
+        shown.lock().unwrap().push(current.clone());
         let (next, change) = next(current);
         Update::Write {
             expected: current.version,
@@ -257,7 +257,11 @@ async fn update_meets_an_injected_conflict_after_deciding_and_writes_nothing() {
         Err(StoreError::VersionConflict { expected, current }) => assert_eq!((expected, current), (v(3), v(4))),
         other => panic!("expected an injected conflict, got {other:?}"),
     }
-    assert_eq!(shown, vec![run.clone()], "decide saw the stored run once");
+    assert_eq!(
+        *shown.lock().unwrap(),
+        vec![run.clone()],
+        "decide saw the stored run once"
+    );
     assert_eq!(memory.run(&run.key()), Some(run.clone()), "nothing written");
     assert_eq!(store.faults().pending(Fault::Conflict), 0);
     assert_eq!(
