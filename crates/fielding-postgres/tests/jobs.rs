@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use fielding_core::{
-    FieldingRunId, FieldingRunJob, FieldingStore, IdempotencyKey, JobCreated, JobFailure, JobFailureCode, JobId,
-    JobOutcome, JobRequest, JobState, JobTraceId, Scope, StoreError, Timestamp, UserId,
+    FieldingRunJob, FieldingStore, IdempotencyKey, JobCreated, JobFailure, JobFailureCode, JobOutcome, JobState,
+    JobTraceId, StoreError, Timestamp,
 };
 use fielding_postgres::sqlx::postgres::PgConnection;
 use fielding_postgres::sqlx::{self, Connection};

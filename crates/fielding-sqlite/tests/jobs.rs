@@ -7,8 +7,8 @@ mod common;
 use std::sync::Arc;
 
 use fielding_core::{
-    Action, ChangeRecord, FieldingRunId, FieldingRunJob, FieldingStore, IdempotencyKey, JobCreated, JobFailure,
-    JobFailureCode, JobId, JobOutcome, JobRequest, JobState, JobTraceId, Scope, StoreError, Timestamp, UserId,
+    Action, ChangeRecord, FieldingRunJob, FieldingStore, IdempotencyKey, JobCreated, JobFailure, JobFailureCode,
+    JobOutcome, JobState, JobTraceId, StoreError, Timestamp,
 };
 use fielding_sqlite::{rusqlite, OpenError, SqliteOptions, SqliteStore, SCHEMA_VERSION};
 use fielding_testkit::fixtures::{self, job, launch, schedule};
