@@ -3,11 +3,11 @@
 //! Every place that needs the cases ([`crate::CASES`], [`crate::run_all`],
 //! the re-exports of [`crate::cases`] and the tests
 //! [`conformance_tests!`](crate::conformance_tests) generates) is generated
-//! from the list in [`__with_every_case!`], so a case is added by writing
+//! from the list in `__with_every_case!`, so a case is added by writing
 //! its function and one line here, and cannot be left out of one of them.
 
 /// Hands the list of every case, in the order they run, to
-/// [`__each_case!`] with the arguments given (what to generate). An
+/// `__each_case!` with the arguments given (what to generate). An
 /// implementation detail of the kit; not part of the public API.
 ///
 /// Each line is `kind module name;`: `store` cases take a fresh store,

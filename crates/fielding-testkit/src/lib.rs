@@ -1,6 +1,7 @@
 //! # fielding-testkit
 //!
-//! One conformance suite for every [`FieldingStore`]: ours and yours.
+//! One conformance suite for every [`FieldingStore`]: ours and yours; and
+//! the test support every crate shares: [`fixtures`] and [`FaultyStore`].
 //!
 //! The storage trait is only as good as the promise every adapter keeps.
 //! Its contract (in the docs of [`FieldingStore`]) is short: scope is part
@@ -99,6 +100,50 @@
 //! without `WHERE version = expected` (or a lock held across the three) is
 //! caught by `race_concurrent_updates_on_one_run_lose_no_update` even with
 //! two writers.
+//!
+//! # Fixtures and fault injection for your own tests
+//!
+//! The kit is also the test support of every crate in this workspace, and
+//! of yours: [`fixtures`] builds runs in any status and at any version
+//! (without walking the lifecycle), scopes and their neighbours, change
+//! records and creation jobs; [`FaultyStore`] wraps *any* store and makes
+//! its next operations fail on purpose ([`Fault::Storage`],
+//! [`Fault::TransientStorage`], [`Fault::Conflict`]), so you can test your
+//! own 412 and 500 handling against the memory store, SQLite, PostgreSQL
+//! or your adapter alike:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use fielding_core::{FieldingService, IfMatch, Status, UserId};
+//! use fielding_memory::MemoryStore;
+//! use fielding_testkit::{fixtures, Fault, FaultyStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A live run at version 7, put in place directly.
+//! let memory = MemoryStore::new();
+//! let run = fixtures::run().status(Status::Live).version(7).build();
+//! memory.seed(run.clone())?;
+//!
+//! // The service writes through the faulty wrapper; keep its faults handle.
+//! let store = FaultyStore::new(memory.clone());
+//! let faults = store.faults().clone();
+//! let service = FieldingService::new(Arc::new(store));
+//! let if_match = IfMatch::parse("\"7\"")?;
+//!
+//! faults.inject(Fault::Conflict, 1); // another writer wins the next write
+//! let lost = service.pause(&run.key(), &if_match, UserId::random()).await.unwrap_err();
+//! assert_eq!(lost.code(), "precondition_failed_error");
+//!
+//! faults.inject(Fault::Storage, 1); // the database fails once
+//! let failed = service.pause(&run.key(), &if_match, UserId::random()).await.unwrap_err();
+//! assert_eq!(failed.code(), "unexpected_internal_error");
+//!
+//! assert_eq!(memory.run(&run.key()), Some(run.clone()), "nothing was written");
+//! let paused = service.pause(&run.key(), &if_match, UserId::random()).await?;
+//! assert_eq!(paused.etag.to_string(), "\"8\"");
+//! # Ok(()) }
+//! ```
 //!
 //! # Running cases yourself
 //!
