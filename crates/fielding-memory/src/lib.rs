@@ -44,3 +44,6 @@ mod log;
 mod store;
 
 pub use store::{MemoryStore, SeedError};
+
+#[cfg(doc)]
+use fielding_core::FieldingStore;

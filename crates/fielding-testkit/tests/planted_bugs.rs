@@ -8,7 +8,7 @@
 //! ignore the scope, a change record written before its run, seconds
 //! instead of milliseconds, a conflict that guesses the current version, a
 //! compare-and-swap that creates a missing run or keeps the version, a
-//! write slot shared by all runs;
+//! batch of writes applied to each other's rows;
 //! and overrides of `update` that read and write under two locks, ignore
 //! the scope, ignore the expected version, or retry (and decide) again.
 //! One more behaviour is legitimate only when declared: answering
@@ -73,11 +73,13 @@ enum Bug {
     /// it), but the one the bump-by-one case exists for.
     CasKeepsVersion,
     /// Compare-and-swap serialises the writers of each run (a lock per run
-    /// held across the call), but stages the write in one slot shared by
-    /// the whole store and writes whatever the slot holds into the row it
-    /// addresses: right while one run is written at a time, while writers
-    /// of two runs overlap one's run (and record) lands on the other.
-    SharedScratchSlot,
+    /// held across the call) and batches the writes staged while other
+    /// calls are in flight, but applies the batch to the rows in reverse
+    /// order (the batch's row ids and runs out of step): right while one
+    /// run is written at a time, while writers of two runs overlap each
+    /// one's run (and record) lands on the other's row, whichever order
+    /// they come in.
+    ReversedWriteBatch,
     /// A conflict reports `expected + 1` as the current version instead of
     /// looking it up.
     GuessedConflictVersion,
@@ -113,8 +115,9 @@ enum Bug {
 
 #[derive(Debug, Default)]
 struct State {
-    /// The staging slot of [`Bug::SharedScratchSlot`].
-    scratch: Option<(FieldingRun, ChangeRecord)>,
+    /// The staged writes of [`Bug::ReversedWriteBatch`]: the row each is
+    /// for, the run and its record.
+    staged: Vec<(FieldingRunId, FieldingRun, ChangeRecord)>,
     runs: HashMap<FieldingRunId, Row>,
     by_scope: HashMap<Scope, FieldingRunId>,
     jobs: HashMap<JobId, FieldingRunJob>,
@@ -135,7 +138,7 @@ struct PlantedStore {
     state: Mutex<State>,
     in_flight: AtomicUsize,
     overlapping: AtomicUsize,
-    /// The per-run locks of [`Bug::SharedScratchSlot`].
+    /// The per-run locks of [`Bug::ReversedWriteBatch`].
     run_locks: Mutex<HashMap<FieldingRunId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
@@ -161,7 +164,7 @@ impl PlantedStore {
         }
     }
 
-    /// The lock of run `id`, for [`Bug::SharedScratchSlot`].
+    /// The lock of run `id`, for [`Bug::ReversedWriteBatch`].
     fn run_lock(&self, id: FieldingRunId) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.run_locks.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(locks.entry(id).or_default())
@@ -365,24 +368,27 @@ impl FieldingStore for PlantedStore {
                 state.runs.insert(run.id, row);
                 Ok(())
             }
-            Bug::SharedScratchSlot => {
+            Bug::ReversedWriteBatch => {
                 let run_lock = self.run_lock(run.id);
                 let _one_writer_per_run = run_lock.lock().await;
                 {
                     let mut state = self.lock();
                     let row = state.runs.get(&run.id).filter(|r| self.visible(r, &key));
                     self.check(row.ok_or(StoreError::NotFound)?, expected)?;
-                    state.scratch = Some((run.clone(), change.clone()));
+                    state.staged.push((run.id, run.clone(), change.clone()));
                 }
-                // The round trip that stages the write; meanwhile a writer
-                // of another run stages its own in the same slot.
+                // The round trip that stages the write; meanwhile writers
+                // of other runs stage theirs in the same batch.
                 tokio::task::yield_now().await;
                 let mut state = self.lock();
-                let (staged, staged_change) = state.scratch.take().unwrap_or_else(|| (run.clone(), change.clone()));
-                let row = state.runs.get_mut(&run.id).ok_or(StoreError::NotFound)?;
-                row.version = self.column(staged.version);
-                row.run = self.keep(staged);
-                self.append(&mut row.changes, &staged_change);
+                let batch = std::mem::take(&mut state.staged);
+                let rows: Vec<FieldingRunId> = batch.iter().rev().map(|(id, _, _)| *id).collect();
+                for (row_id, (_, staged, staged_change)) in rows.into_iter().zip(batch) {
+                    let row = state.runs.get_mut(&row_id).ok_or(StoreError::NotFound)?;
+                    row.version = self.column(staged.version);
+                    row.run = self.keep(staged);
+                    self.append(&mut row.changes, &staged_change);
+                }
                 Ok(())
             }
             _ => {
@@ -682,7 +688,7 @@ planted_bugs! {
             "compare_and_swap_on_a_missing_run_is_not_found",
             "scope_isolation_compare_and_swap_through_another_scope_is_not_found",
         ];
-    a_write_slot_shared_by_all_runs_mixes_runs_up: SharedScratchSlot,
+    a_write_batch_applied_to_the_wrong_rows_mixes_runs_up: ReversedWriteBatch,
         caught_by ["race_writers_spread_over_many_runs_do_not_cross_talk"],
         unaffected [
             "compare_and_swap_at_the_current_version_bumps_it_by_exactly_one",

@@ -32,4 +32,4 @@ mod update;
 // The functions of the one list of cases (see `case_list.rs`).
 use crate::linearizability;
 crate::__with_every_case! { reexport }
-pub use races::WRITES_PER_WRITER;
+pub use races::{EXTRA_ATOMICITY_WRITES, WRITES_PER_WRITER};

@@ -18,6 +18,14 @@ use crate::{Capabilities, CaseFailure};
 /// How many successful increments each writer makes in the race cases.
 pub const WRITES_PER_WRITER: usize = 50;
 
+/// How many increments the atomicity case makes at least (from version 90,
+/// so they cross 99→100).
+const MIN_ATOMICITY_WRITES: usize = 300;
+
+/// How many more increments the atomicity case makes, at most, waiting for
+/// every observer to have observed during the writes.
+pub const EXTRA_ATOMICITY_WRITES: usize = 3000;
+
 /// How many attempts one increment may take before the case gives up: far
 /// more than fair contention among 64 writers needs, so hitting it means
 /// the store refuses writes it should accept.
@@ -45,7 +53,7 @@ const UPDATE_NEVER_GOES_BACK: &str =
     "update reads the current run and writes only on top of it: after a writer's update wrote version v, its next update shows decide version v or later (an older one means a write based on a stale read overwrote a newer version: a lost update)";
 
 const OBSERVED: &str =
-    "the atomicity case observes what it checks: the two observers on the writer's task read the run and its records while the writes go on (with busy answers declared, at least one of the four observers does), otherwise nothing was checked during the writes";
+    "the atomicity case observes what it checks: each of its four observers reads the run and its records while the writes go on (with busy answers declared, at least one of them does), otherwise nothing was checked during the writes";
 
 const ATOMIC_RECORDS: &str =
     "a write and its change record are one: no reader ever sees a run version without its change record, or a change record before its run version";
@@ -500,24 +508,23 @@ where
     Ok(())
 }
 
-/// Change records are atomic with their write: while a writer makes 300
-/// increments (crossing 99→100), four observers keep reading the run and
-/// its records, in both orders: two in parallel on other worker threads,
-/// two on the writer's own task, where they run whenever it awaits, also
-/// between two steps inside the store. Reading the run first, the records must already
-/// include its version (and describe it); reading the records first, the
-/// run must already be at their last version or later. A store that writes
-/// the two in separate steps shows one without the other.
+/// Change records are atomic with their write: while a writer makes at
+/// least 300 increments (crossing 99→100), four observers keep reading the
+/// run and its records, in both orders: two in parallel on other worker
+/// threads, two on the writer's own task, where they run whenever it
+/// awaits, also between two steps inside the store. Reading the run first,
+/// the records must already include its version (and describe it); reading
+/// the records first, the run must already be at their last version or
+/// later. A store that writes the two in separate steps shows one without
+/// the other.
 ///
-/// The observations are counted, or the case could pass having checked
-/// nothing. All five start together, and each observer keeps going until
-/// the writer is done *and* it has observed once (a read of run and
-/// records that was not a tolerated busy answer), however the threads are
-/// scheduled. The observers on the writer's task are polled every time the
-/// writer awaits, which it does at least once per increment, so each of
-/// them must have observed while the writes went on; with busy answers
-/// declared (a busy store may refuse one observer every time), at least one
-/// of the four must have.
+/// The case must observe what it checks, or it would pass having checked
+/// nothing: each observer must read run and records (an answer that is not
+/// a tolerated busy one) while the writes go on. So the writer goes on past
+/// 300 increments until every observer has (with busy answers declared,
+/// any one of them, as a busy store may refuse one observer every time),
+/// within [`EXTRA_ATOMICITY_WRITES`] more; a store or schedule that keeps
+/// the observers from ever reading fails the case.
 pub async fn change_records_are_atomic_with_the_write_they_describe<S>(
     store: Arc<S>,
     caps: Capabilities,
@@ -533,51 +540,43 @@ where
     let key = run.key();
     let start = run.version.get();
     let done = Arc::new(AtomicBool::new(false));
-    // The writer and the four observers start together: the writes only
-    // once the parallel observers run, the observations only once there is
-    // something to race with.
-    let start_line = Arc::new(Barrier::new(5));
+    // How many observations each observer made while the writes went on.
+    let observed: Arc<[AtomicUsize; 4]> = Arc::new(Default::default());
+    let enough = |observed: &[AtomicUsize; 4]| {
+        let mut seen = observed.iter().map(|n| n.load(Ordering::SeqCst) > 0);
+        if caps.retryable_errors_under_contention() {
+            seen.any(|s| s)
+        } else {
+            seen.all(|s| s)
+        }
+    };
 
-    let observer = |records_first: bool| {
+    let observer = |index: usize, records_first: bool| {
         let store = Arc::clone(&store);
         let done = Arc::clone(&done);
-        let start_line = Arc::clone(&start_line);
+        let observed = Arc::clone(&observed);
         async move {
-            start_line.wait().await;
-            // (observations started while the writes went on, all of them)
-            let (mut during, mut observations) = (0u64, 0u64);
-            // Each observer goes on until it has observed once even if the
-            // writer is already done, so each checks something however the
-            // threads are scheduled and whatever busy answers it gets
-            // (within a bound, for a store that is busy forever).
-            let mut attempts_after_the_writes = 0;
-            loop {
-                let writing = !done.load(Ordering::SeqCst);
-                if !writing {
-                    if observations > 0 || attempts_after_the_writes == MAX_ATTEMPTS {
-                        break;
-                    }
-                    attempts_after_the_writes += 1;
-                }
+            while !done.load(Ordering::SeqCst) {
                 if observe(case, &*store, caps, &key, start, records_first).await? {
-                    observations += 1;
-                    during += u64::from(writing);
+                    observed[index].fetch_add(1, Ordering::SeqCst);
                 }
                 tokio::task::yield_now().await;
             }
-            Ok::<_, CaseFailure>(during)
+            Ok::<_, CaseFailure>(())
         }
     };
     // Two observers in parallel on other workers, and two on this task,
     // where they run whenever the writer awaits, also inside the store.
-    let parallel = [tokio::spawn(observer(false)), tokio::spawn(observer(true))];
+    let parallel = [tokio::spawn(observer(0, false)), tokio::spawn(observer(1, true))];
     let writer = async {
-        start_line.wait().await;
         let refusals = AtomicUsize::new(0);
         let mut last = None;
         let mut written = Vec::new();
         let mut outcome = Ok(());
-        for write in 0..300 {
+        for write in 0..MIN_ATOMICITY_WRITES + EXTRA_ATOMICITY_WRITES {
+            if write >= MIN_ATOMICITY_WRITES && enough(&observed) {
+                break;
+            }
             match increment(
                 case,
                 &*store,
@@ -601,32 +600,26 @@ where
         done.store(true, Ordering::SeqCst);
         outcome.map(|()| written)
     };
-    let (written, local_run_first, local_records_first) = tokio::join!(writer, observer(false), observer(true));
-    let mut counts = vec![
-        ("on the writer's task, run first", local_run_first?),
-        ("on the writer's task, records first", local_records_first?),
-    ];
-    for (task, name) in parallel
-        .into_iter()
-        .zip(["in parallel, run first", "in parallel, records first"])
-    {
-        let observations = task
-            .await
+    let (written, local_a, local_b) = tokio::join!(writer, observer(2, false), observer(3, true));
+    local_a?;
+    local_b?;
+    for task in parallel {
+        task.await
             .map_err(|e| case.fail(ATOMIC_RECORDS, format!("an observer task panicked: {e}")))??;
-        counts.push((name, observations));
     }
     let written = written?;
-    // The observers on the writer's task are polled each time the writer
-    // awaits, at least once per increment, so each of them observes while
-    // the writes go on, unless the store may answer them busy (then any
-    // one of them may be refused every time, but not all four).
-    let observed = if caps.retryable_errors_under_contention() {
-        counts.iter().any(|(_, n)| *n > 0)
-    } else {
-        counts[..2].iter().all(|(_, n)| *n > 0)
-    };
-    case.ensure(observed, OBSERVED, || {
-        let counts: Vec<String> = counts.iter().map(|(name, n)| format!("{name}: {n}")).collect();
+    case.ensure(enough(&observed), OBSERVED, || {
+        let names = [
+            "in parallel, run first",
+            "in parallel, records first",
+            "on the writer's task, run first",
+            "on the writer's task, records first",
+        ];
+        let counts: Vec<String> = names
+            .iter()
+            .zip(observed.iter())
+            .map(|(name, n)| format!("{name}: {}", n.load(Ordering::SeqCst)))
+            .collect();
         format!(
             "observations of run and records while {} writes went on: {}",
             written.len(),
