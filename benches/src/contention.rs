@@ -89,9 +89,9 @@ use fielding_core::{
     Action, ChangeRecord, Clock, FieldingRun, FieldingService, RunKey, Status, SystemClock, Timestamp,
 };
 use fielding_http::rate_limit::RateLimitPolicy;
-use fielding_memory::fixtures;
 use fielding_server::app::ApiLimits;
 use fielding_server::{Database, JwtAuthenticator, JwtSecret, OpenedStore};
+use fielding_testkit::fixtures;
 use tokio::runtime::Runtime;
 
 use crate::median;

@@ -34,7 +34,7 @@ use fielding_core::{
     FieldingError, FieldingRun, FieldingService, FieldingStore, IfMatch, Precondition, RunKey, UserId,
 };
 use fielding_http::trace_context::TraceContext;
-use fielding_memory::fixtures;
+use fielding_testkit::fixtures;
 
 use crate::series::{pg_reachable, pg_url, PgSchema};
 use crate::{median, Plan};

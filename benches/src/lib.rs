@@ -11,7 +11,7 @@
 //! ## The workloads
 //!
 //! Both workloads hold the same [`Fixture`]: `runs` scheduled fielding runs
-//! (default [`DEFAULT_RUNS`]) built with `fielding_memory::fixtures`. Both
+//! (default [`DEFAULT_RUNS`]) built with `fielding_testkit::fixtures`. Both
 //! walk the runs round-robin, one operation per run per round, and each
 //! operation moves the run's end by one millisecond, alternately forwards and
 //! back, so **every operation is a real change** that bumps the version. The
@@ -80,7 +80,8 @@ use fielding_core::{
     Clock, FieldingError, FieldingRun, FieldingRunId, FieldingService, IfMatch, RunKey, Status, SystemClock, Timestamp,
     UserId, Version,
 };
-use fielding_memory::{fixtures, MemoryStore};
+use fielding_memory::MemoryStore;
+use fielding_testkit::fixtures;
 use tokio::runtime::Runtime;
 
 pub mod contention;

@@ -53,10 +53,10 @@ use fielding_bench::{median, Plan};
 use fielding_core::{
     lifecycle::Command, Action, ChangeRecord, FieldingService, FieldingStore, IfMatch, RetryPolicy, UserId, Version,
 };
-use fielding_memory::fixtures;
 use fielding_postgres::sqlx::postgres::{PgConnectOptions, PgConnection};
 use fielding_postgres::sqlx::{self, Connection, Row};
 use fielding_postgres::PgStore;
+use fielding_testkit::fixtures;
 
 const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 

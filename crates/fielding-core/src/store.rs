@@ -176,6 +176,9 @@ pub struct PlannedWrite {
 /// # }
 /// ```
 #[derive(Debug)]
+// Lives on the stack for one `update`; boxing the write would cost an
+// allocation on every command.
+#[allow(clippy::large_enum_variant)]
 pub enum Decided {
     /// Nothing to write: the answer is this outcome.
     Done(UpdateOutcome),

@@ -8,7 +8,8 @@ use fielding_core::{
     ChangeRecord, FieldingError, FieldingRunJob, FieldingService, FieldingStore, IdempotencyKey, JobFailureCode, JobId,
     JobOutcome, JobRequest, JobState, ManualClock, NewJob, Scope, Timestamp, UserId,
 };
-use fielding_memory::{fixtures, MemoryStore};
+use fielding_memory::MemoryStore;
+use fielding_testkit::fixtures;
 
 fn t(text: &str) -> Timestamp {
     text.parse().unwrap()

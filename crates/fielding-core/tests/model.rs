@@ -10,7 +10,8 @@ use fielding_core::{
     Action, Applied, FieldingError, FieldingRunId, FieldingService, IfMatch, ManualClock, RunKey, Scope, Status,
     Timestamp, UserId,
 };
-use fielding_memory::{fixtures, Fault, MemoryStore};
+use fielding_memory::MemoryStore;
+use fielding_testkit::{fixtures, Fault, Faults, FaultyStore};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
@@ -387,6 +388,8 @@ impl Model {
 
 struct System {
     store: MemoryStore,
+    /// The faults of the store the service writes through.
+    faults: Faults,
     clock: ManualClock,
     service: FieldingService,
     scope: Scope,
@@ -398,10 +401,13 @@ impl System {
     fn new() -> Self {
         let store = MemoryStore::new();
         let clock = ManualClock::new(ts(t0()));
-        let service = FieldingService::with_clock(Arc::new(store.clone()), Arc::new(clock.clone()));
+        let faulty = FaultyStore::new(store.clone());
+        let faults = faulty.faults().clone();
+        let service = FieldingService::with_clock(Arc::new(faulty), Arc::new(clock.clone()));
         let scope = fixtures::scope();
         Self {
             store,
+            faults,
             clock,
             service,
             scope,
@@ -476,7 +482,7 @@ async fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
             }
             Step::InjectConflict => {
                 model.pending_conflicts += 1;
-                sys.store.faults().inject(Fault::Conflict, 1);
+                sys.faults.inject(Fault::Conflict, 1);
                 (Outcome::Ok { changed: false }, None)
             }
             Step::Schedule(s, e) => {
@@ -642,7 +648,7 @@ async fn check(steps: Vec<Step>) -> Result<(), TestCaseError> {
                 i
             );
         }
-        prop_assert_eq!(sys.store.faults().pending(Fault::Conflict), model.pending_conflicts);
+        prop_assert_eq!(sys.faults.pending(Fault::Conflict), model.pending_conflicts);
     }
     Ok(())
 }

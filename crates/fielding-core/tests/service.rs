@@ -19,7 +19,8 @@ use fielding_core::{
     FieldingService, FieldingStore, IfMatch, JobCreated, JobId, JobOutcome, ManualClock, RetryPolicy, RunKey, Scope,
     Status, StoreError, Timestamp, UserId, Version, INTERNAL_ERROR_DETAIL,
 };
-use fielding_memory::{fixtures, Fault, MemoryStore};
+use fielding_memory::MemoryStore;
+use fielding_testkit::{fixtures, Fault, Faults, FaultyStore};
 
 // ---------------------------------------------------------------------------
 // Harness
@@ -42,6 +43,8 @@ fn ms(millis: i64) -> TimeDelta {
 
 struct Harness {
     store: MemoryStore,
+    /// The faults of the store the service writes through.
+    faults: Faults,
     clock: ManualClock,
     service: FieldingService,
     actor: UserId,
@@ -50,10 +53,13 @@ struct Harness {
 impl Harness {
     fn new() -> Self {
         let store = MemoryStore::new();
+        let faulty = FaultyStore::new(store.clone());
+        let faults = faulty.faults().clone();
         let clock = ManualClock::new(t0());
-        let service = FieldingService::with_clock(Arc::new(store.clone()), Arc::new(clock.clone()));
+        let service = FieldingService::with_clock(Arc::new(faulty), Arc::new(clock.clone()));
         Self {
             store,
+            faults,
             clock,
             service,
             actor: UserId::random(),
@@ -1271,7 +1277,7 @@ async fn change_at_the_highest_storable_version_is_refused_and_writes_nothing() 
 async fn storage_fault_is_an_internal_error_without_its_details() {
     let h = Harness::new();
     let run = h.seed(Status::Live, 1);
-    h.store.faults().inject(Fault::Storage, 1);
+    h.faults.inject(Fault::Storage, 1);
     let err = h.service.pause(&run.key(), &IfMatch::Any, h.actor).await.unwrap_err();
     assert_eq!(err.code(), "unexpected_internal_error");
     assert!(matches!(err, FieldingError::Storage { .. }));
@@ -1281,14 +1287,14 @@ async fn storage_fault_is_an_internal_error_without_its_details() {
     assert!(!err.to_string().contains("injected"));
     assert_untouched(&h, &run, 1);
     // The fault is used up: the same call now works.
-    assert_eq!(h.store.faults().pending(Fault::Storage), 0);
+    assert_eq!(h.faults.pending(Fault::Storage), 0);
     h.service.pause(&run.key(), &IfMatch::Any, h.actor).await.unwrap();
 }
 
 #[tokio::test]
 async fn storage_fault_on_create_is_an_internal_error_and_creates_nothing() {
     let h = Harness::new();
-    h.store.faults().inject(Fault::Storage, 1);
+    h.faults.inject(Fault::Storage, 1);
     let err = h
         .service
         .schedule(fixtures::scope(), at(1), at(2), h.actor)
@@ -1303,7 +1309,7 @@ async fn storage_fault_on_create_is_an_internal_error_and_creates_nothing() {
 async fn storage_fault_on_get_and_changes_is_an_internal_error() {
     let h = Harness::new();
     let run = h.seed(Status::Live, 1);
-    h.store.faults().inject(Fault::Storage, 2);
+    h.faults.inject(Fault::Storage, 2);
     assert_eq!(
         h.service.get(&run.key()).await.unwrap_err().code(),
         "unexpected_internal_error"
@@ -1319,7 +1325,7 @@ async fn storage_fault_on_get_and_changes_is_an_internal_error() {
 async fn transient_storage_fault_is_retryable() {
     let h = Harness::new();
     let run = h.seed(Status::Live, 1);
-    h.store.faults().inject(Fault::TransientStorage, 1);
+    h.faults.inject(Fault::TransientStorage, 1);
     let err = h.service.pause(&run.key(), &IfMatch::Any, h.actor).await.unwrap_err();
     assert_eq!(err.code(), "unexpected_internal_error");
     assert!(err.is_retryable());
@@ -1331,7 +1337,7 @@ async fn transient_storage_fault_is_retryable() {
 async fn conflict_fault_is_412_and_writes_nothing() {
     let h = Harness::new();
     let run = h.seed(Status::Live, 4);
-    h.store.faults().inject(Fault::Conflict, 1);
+    h.faults.inject(Fault::Conflict, 1);
     let err = h
         .service
         .pause(&run.key(), &IfMatch::version(v(4)), h.actor)
@@ -1340,24 +1346,20 @@ async fn conflict_fault_is_412_and_writes_nothing() {
     assert!(matches!(err, FieldingError::PreconditionFailed { .. }), "{err:?}");
     assert_eq!(err.code(), "precondition_failed_error");
     assert_untouched(&h, &run, 1);
-    assert_eq!(h.store.faults().pending(Fault::Conflict), 0);
+    assert_eq!(h.faults.pending(Fault::Conflict), 0);
 }
 
 #[tokio::test]
 async fn conflict_fault_is_not_used_up_by_a_refused_command() {
     let h = Harness::new();
     let run = h.seed(Status::Scheduled, 1);
-    h.store.faults().inject(Fault::Conflict, 1);
+    h.faults.inject(Fault::Conflict, 1);
     expect_invalid_state(
         h.service.pause(&run.key(), &IfMatch::Any, h.actor).await,
         Action::Pause,
         Status::Scheduled,
     );
-    assert_eq!(
-        h.store.faults().pending(Fault::Conflict),
-        1,
-        "no compare-and-swap happened"
-    );
+    assert_eq!(h.faults.pending(Fault::Conflict), 1, "no compare-and-swap happened");
 }
 
 // ---------------------------------------------------------------------------
@@ -1375,7 +1377,7 @@ fn extend_end_by_an_hour(run: &FieldingRun) -> Command {
 async fn execute_with_retry_succeeds_after_fewer_conflicts_than_attempts() {
     let h = Harness::new();
     let run = h.seed(Status::Live, 1);
-    h.store.faults().inject(Fault::Conflict, 3);
+    h.faults.inject(Fault::Conflict, 3);
     let calls = AtomicU32::new(0);
     let applied = h
         .service
@@ -1392,14 +1394,14 @@ async fn execute_with_retry_succeeds_after_fewer_conflicts_than_attempts() {
         run.end_fielding_at.checked_add(TimeDelta::hours(1)).unwrap()
     );
     assert_eq!(h.store.change_records(&run.key()).len(), 2);
-    assert_eq!(h.store.faults().pending(Fault::Conflict), 0);
+    assert_eq!(h.faults.pending(Fault::Conflict), 0);
 }
 
 #[tokio::test]
 async fn execute_with_retry_gives_up_with_412_after_max_attempts() {
     let h = Harness::new();
     let run = h.seed(Status::Live, 1);
-    h.store.faults().inject(Fault::Conflict, 5);
+    h.faults.inject(Fault::Conflict, 5);
     let calls = AtomicU32::new(0);
     let result = h
         .service
@@ -1414,7 +1416,7 @@ async fn execute_with_retry_gives_up_with_412_after_max_attempts() {
     );
     assert_eq!(result.unwrap_err().code(), "precondition_failed_error");
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    assert_eq!(h.store.faults().pending(Fault::Conflict), 2, "exactly 3 attempts used");
+    assert_eq!(h.faults.pending(Fault::Conflict), 2, "exactly 3 attempts used");
     assert_untouched(&h, &run, 1);
 }
 
@@ -1422,7 +1424,7 @@ async fn execute_with_retry_gives_up_with_412_after_max_attempts() {
 async fn execute_with_retry_gives_up_when_conflicts_equal_attempts() {
     let h = Harness::new();
     let run = h.seed(Status::Live, 1);
-    h.store.faults().inject(Fault::Conflict, 2);
+    h.faults.inject(Fault::Conflict, 2);
     let result = h
         .service
         .execute_with_retry(&run.key(), h.actor, &RetryPolicy::immediate(2), extend_end_by_an_hour)
@@ -1470,7 +1472,7 @@ async fn execute_with_retry_does_not_retry_validation_errors() {
 async fn execute_with_retry_does_not_retry_storage_faults() {
     let h = Harness::new();
     let run = h.seed(Status::Live, 1);
-    h.store.faults().inject(Fault::TransientStorage, 1);
+    h.faults.inject(Fault::TransientStorage, 1);
     let calls = AtomicU32::new(0);
     let result = h
         .service
@@ -1519,7 +1521,7 @@ async fn execute_with_retry_shows_the_closure_the_effective_status() {
 async fn execute_with_retry_with_real_backoff_recovers_from_conflicts() {
     let h = Harness::new();
     let run = h.seed(Status::Live, 1);
-    h.store.faults().inject(Fault::Conflict, 3);
+    h.faults.inject(Fault::Conflict, 3);
     let applied = h
         .service
         .execute_with_retry(&run.key(), h.actor, &RetryPolicy::default(), extend_end_by_an_hour)
@@ -1769,7 +1771,7 @@ async fn a_lost_race_against_a_version_the_list_names_is_decided_again() {
     let key = run.key();
     // The run moves to 8 between this call's read and its write: a
     // store-level conflict injected once, as a racing writer would cause.
-    h.store.faults().inject(Fault::Conflict, 1);
+    h.faults.inject(Fault::Conflict, 1);
     let list = IfMatch::parse(r#""7", "8""#).unwrap();
     let end = run.end_fielding_at.checked_add(TimeDelta::hours(1)).unwrap();
     let applied = h
@@ -1779,7 +1781,7 @@ async fn a_lost_race_against_a_version_the_list_names_is_decided_again() {
         .expect("decided again");
     assert!(applied.changed);
     // A single stale tag does not get a second decision.
-    h.store.faults().inject(Fault::Conflict, 1);
+    h.faults.inject(Fault::Conflict, 1);
     let single = IfMatch::version(applied.run.version);
     let later = end.checked_add(TimeDelta::hours(1)).unwrap();
     let err = h

@@ -49,8 +49,8 @@ const SCHEDULE: &str = "schedule-from-draft";
 fn draft() -> Scope {
     Scope::new(
         AccountId::new(common::live::ACCOUNT).unwrap(),
-        fielding_memory::fixtures::project_id(),
-        fielding_memory::fixtures::target_group_id(),
+        fielding_testkit::fixtures::project_id(),
+        fielding_testkit::fixtures::target_group_id(),
     )
 }
 
@@ -338,8 +338,8 @@ async fn replaying_the_same_key_and_body_returns_the_same_location_and_creates_n
     // Keys are per account: another account's same key is another job.
     let elsewhere = Scope::new(
         AccountId::new(202).unwrap(),
-        fielding_memory::fixtures::project_id(),
-        fielding_memory::fixtures::target_group_id(),
+        fielding_testkit::fixtures::project_id(),
+        fielding_testkit::fixtures::target_group_id(),
     );
     let other = format!("Bearer {OTHER_TOKEN}");
     let reply = submit_with(
@@ -588,7 +588,7 @@ async fn unknown_job_wrong_kind_or_another_target_group_is_404(backend: Backend)
     let other_group = draft();
     let other_project = Scope::new(
         scope.account_id,
-        fielding_memory::fixtures::project_id(),
+        fielding_testkit::fixtures::project_id(),
         scope.target_group_id,
     );
     let missing = [

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use common::live::{run_path, Backend, Live, Options, Reply};
 use fielding_core::{AccountId, Action, ChangeRecord, FieldingRun, Scope, Status};
 use fielding_http::rate_limit::RateLimitPolicy;
-use fielding_memory::fixtures;
+use fielding_testkit::fixtures;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 

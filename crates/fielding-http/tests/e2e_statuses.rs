@@ -48,7 +48,7 @@ async fn every_status_of_get_list(backend: Backend) {
     let empty = format!(
         "/demand/accounts/101/projects/{}/target-groups/{}/fielding-runs",
         run.project_id,
-        fielding_memory::fixtures::target_group_id()
+        fielding_testkit::fixtures::target_group_id()
     );
     let reply = live.send(Method::GET, &empty, &authed(&[]), "").await;
     assert_eq!(reply.status, StatusCode::OK);
@@ -156,7 +156,7 @@ async fn every_status_of_get_run(backend: Backend) {
         ..run.clone()
     };
     let elsewhere = FieldingRun {
-        target_group_id: fielding_memory::fixtures::target_group_id(),
+        target_group_id: fielding_testkit::fixtures::target_group_id(),
         ..run.clone()
     };
     for missing in [ghost, elsewhere] {
@@ -414,7 +414,7 @@ async fn seed_from(live: &Live, from: From) -> FieldingRun {
             Some((at(chrono::TimeDelta::days(-30)), at(chrono::TimeDelta::hours(-1)))),
         ),
     };
-    let mut builder = fielding_memory::fixtures::run()
+    let mut builder = fielding_testkit::fixtures::run()
         .scope(Live::scope())
         .status(status)
         .version(7);

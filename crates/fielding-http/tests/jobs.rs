@@ -22,7 +22,8 @@ use fielding_core::{
 };
 use fielding_http::auth::{AccountAccess, Principal, StaticTokens};
 use fielding_http::FieldingApi;
-use fielding_memory::{fixtures, Fault, MemoryStore};
+use fielding_memory::MemoryStore;
+use fielding_testkit::{fixtures, Fault, Faults, FaultyStore};
 use tower::ServiceExt;
 
 const API_VERSION: &str = "2025-12-18";
@@ -31,6 +32,8 @@ const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 struct Harness {
     app: Router,
     store: MemoryStore,
+    /// The faults of the store the service writes through.
+    faults: Faults,
     clock: ManualClock,
     user: UserId,
 }
@@ -54,11 +57,14 @@ fn harness() -> Harness {
                 accounts: AccountAccess::Only(vec![AccountId::new(202).unwrap()]),
             },
         );
-    let service = FieldingService::with_clock(Arc::new(store.clone()), Arc::new(clock.clone()));
+    let faulty = FaultyStore::new(store.clone());
+    let faults = faulty.faults().clone();
+    let service = FieldingService::with_clock(Arc::new(faulty), Arc::new(clock.clone()));
     let app = FieldingApi::new(service, Arc::new(tokens)).router();
     Harness {
         app,
         store,
+        faults,
         clock,
         user,
     }
@@ -322,7 +328,7 @@ async fn reading_jobs_unknown_foreign_or_under_the_wrong_kind() {
 #[tokio::test]
 async fn a_storage_failure_is_a_500_and_a_retry_with_the_same_key_finishes_the_job() {
     let h = harness();
-    h.store.faults().inject(Fault::Storage, 1);
+    h.faults.inject(Fault::Storage, 1);
     let reply = submit(&h, "schedule-from-draft", "flaky", SCHEDULE).await;
     assert_eq!(reply.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(reply.json["object"], "unexpected_internal_error");

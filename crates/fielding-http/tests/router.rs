@@ -15,7 +15,8 @@ use axum::Router;
 use fielding_core::{AccountId, FieldingRun, FieldingService, Status, UserId};
 use fielding_http::auth::{AccountAccess, Principal, StaticTokens};
 use fielding_http::FieldingApi;
-use fielding_memory::{fixtures, MemoryStore};
+use fielding_memory::MemoryStore;
+use fielding_testkit::fixtures;
 
 const TOKEN: &str = "token-101";
 const API_VERSION: &str = "2025-12-18";

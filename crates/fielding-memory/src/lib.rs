@@ -10,15 +10,18 @@
 //! * **Shared.** `Clone` gives another handle to the same data, so a test
 //!   can hand one clone to the service and inspect the other.
 //! * **Fast.** O(1) hash lookups, no I/O; a million runs fit comfortably.
-//! * **Made for tests.** [`fixtures`] builds runs in any state without
-//!   walking the lifecycle, [`MemoryStore::seed`] puts them in place, and
-//!   [`Faults`] makes the next operations fail so you can test your own
-//!   412 and 500 handling.
+//! * **Made for tests.** [`MemoryStore::seed`] puts a run in place in any
+//!   state without walking the lifecycle. The builders to make those runs
+//!   (`fielding_testkit::fixtures`) and fault injection around any store
+//!   (`fielding_testkit::FaultyStore`, to test your own 412 and 500
+//!   handling) live in `fielding-testkit`, as a dev-dependency of your
+//!   tests.
 //!
 //! ```
 //! use std::sync::Arc;
 //! use fielding_core::{FieldingService, IfMatch, Status, UserId};
-//! use fielding_memory::{fixtures, MemoryStore};
+//! use fielding_memory::MemoryStore;
+//! use fielding_testkit::fixtures;
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -29,7 +32,7 @@
 //! let service = FieldingService::new(Arc::new(store.clone()));
 //! let me = UserId::random();
 //! let stale = service.pause(&run.key(), &IfMatch::parse("\"6\"")?, me).await.unwrap_err();
-//! assert_eq!(stale.http_status(), 412);
+//! assert_eq!(stale.code(), "precondition_failed_error");
 //! let paused = service.pause(&run.key(), &IfMatch::parse("\"7\"")?, me).await?;
 //! assert_eq!(paused.etag.to_string(), "\"8\"");
 //! assert_eq!(store.change_records(&run.key()).last().map(|c| c.version.get()), Some(8));
@@ -37,10 +40,10 @@
 //! ```
 #![warn(missing_docs)]
 
-mod faults;
-pub mod fixtures;
 mod log;
 mod store;
 
-pub use faults::{Fault, Faults};
 pub use store::{MemoryStore, SeedError};
+
+#[cfg(doc)]
+use fielding_core::FieldingStore;

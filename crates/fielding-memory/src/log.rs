@@ -74,7 +74,7 @@ impl ChangeLog {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures;
+    use fielding_testkit::fixtures;
 
     fn record(run: &fielding_core::FieldingRun, version: u64) -> ChangeRecord {
         ChangeRecord {

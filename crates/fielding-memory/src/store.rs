@@ -16,16 +16,16 @@ use fielding_core::{
 };
 
 use crate::log::{ChangeLog, LogIndex};
-use crate::Faults;
 
 /// Keyed (randomly seeded) and much faster than SipHash on 26-byte ids.
 /// Ids come from clients, so the hasher must resist chosen collisions.
 type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
 
-/// A [`FieldingStore`] in memory. Clones share the same data and faults.
+/// A [`FieldingStore`] in memory. Clones share the same data.
 ///
 /// ```
-/// use fielding_memory::{fixtures, MemoryStore};
+/// use fielding_memory::MemoryStore;
+/// use fielding_testkit::fixtures;
 /// let store = MemoryStore::new();
 /// let run = fixtures::run().build();
 /// store.seed(run.clone())?;
@@ -41,7 +41,6 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     state: Mutex<State>,
-    faults: Faults,
 }
 
 #[derive(Debug, Default)]
@@ -97,7 +96,6 @@ impl State {
 fn commit(
     entry: &mut Entry,
     log: &mut ChangeLog,
-    faults: &Faults,
     expected: Version,
     run: FieldingRun,
     change: ChangeRecord,
@@ -107,11 +105,6 @@ fn commit(
             expected,
             current: entry.run.version,
         });
-    }
-    // Checked against the real version first, so an injected conflict never
-    // hides a real one.
-    if let Some(conflict) = faults.conflict(expected) {
-        return Err(conflict);
     }
     entry.run = run;
     entry.last_change = Some(log.push(change, entry.last_change));
@@ -143,11 +136,6 @@ impl MemoryStore {
         // No code panics while holding the lock, but if a caller's panic ever
         // poisons it the data is still consistent: every write is one step.
         self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The fault injector shared by every clone of this store.
-    pub fn faults(&self) -> &Faults {
-        &self.inner.faults
     }
 
     /// Puts `run` in place as it is, in any status and at any version,
@@ -211,7 +199,7 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// Removes every run and change record (faults stay as they are).
+    /// Removes every run, change record and job.
     pub fn clear(&self) {
         let mut state = self.state();
         state.runs.clear();
@@ -225,23 +213,14 @@ impl MemoryStore {
 #[async_trait]
 impl FieldingStore for MemoryStore {
     async fn insert(&self, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
-        if let Some(fault) = self.inner.faults.storage_fault("insert") {
-            return Err(fault);
-        }
         self.state().insert(run.clone(), vec![change.clone()])
     }
 
     async fn get(&self, key: &RunKey) -> Result<Option<FieldingRun>, StoreError> {
-        if let Some(fault) = self.inner.faults.storage_fault("get") {
-            return Err(fault);
-        }
         Ok(self.state().entry(key).map(|e| e.run.clone()))
     }
 
     async fn find_by_target_group(&self, scope: &Scope) -> Result<Option<FieldingRun>, StoreError> {
-        if let Some(fault) = self.inner.faults.storage_fault("find_by_target_group") {
-            return Err(fault);
-        }
         let state = self.state();
         Ok(state
             .by_scope
@@ -256,9 +235,6 @@ impl FieldingStore for MemoryStore {
         run: &FieldingRun,
         change: &ChangeRecord,
     ) -> Result<(), StoreError> {
-        if let Some(fault) = self.inner.faults.storage_fault("compare_and_swap") {
-            return Err(fault);
-        }
         let mut guard = self.state();
         let state = &mut *guard;
         let entry = state
@@ -266,23 +242,12 @@ impl FieldingStore for MemoryStore {
             .get_mut(&run.id)
             .filter(|e| e.run.scope() == run.scope())
             .ok_or(StoreError::NotFound)?;
-        commit(
-            entry,
-            &mut state.log,
-            &self.inner.faults,
-            expected,
-            run.clone(),
-            change.clone(),
-        )
+        commit(entry, &mut state.log, expected, run.clone(), change.clone())
     }
 
     /// Read, decide and write under one lock: no other writer can come in
-    /// between, so this never reports a conflict it did not have to (an
-    /// injected [`crate::Fault::Conflict`] still does).
+    /// between, so this never reports a conflict it did not have to.
     async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
-        if let Some(fault) = self.inner.faults.storage_fault("update") {
-            return Err(fault);
-        }
         let mut guard = self.state();
         let state = &mut *guard;
         let Some(entry) = state.runs.get_mut(&key.id).filter(|e| e.run.scope() == key.scope) else {
@@ -299,21 +264,15 @@ impl FieldingStore for MemoryStore {
                 source: None,
             });
         }
-        commit(entry, &mut state.log, &self.inner.faults, expected, run, change)?;
+        commit(entry, &mut state.log, expected, run, change)?;
         Ok(UpdateOutcome::Written)
     }
 
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {
-        if let Some(fault) = self.inner.faults.storage_fault("changes") {
-            return Err(fault);
-        }
         Ok(self.change_records(key))
     }
 
     async fn create_job(&self, job: &FieldingRunJob) -> Result<JobCreated, StoreError> {
-        if let Some(fault) = self.inner.faults.storage_fault("create_job") {
-            return Err(fault);
-        }
         let mut guard = self.state();
         let state = &mut *guard;
         let key = (job.scope.account_id, job.idempotency_key.clone());
@@ -333,9 +292,6 @@ impl FieldingStore for MemoryStore {
     }
 
     async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
-        if let Some(fault) = self.inner.faults.storage_fault("get_job") {
-            return Err(fault);
-        }
         Ok(self.state().jobs.get(id).filter(|job| job.scope == *scope).cloned())
     }
 
@@ -345,9 +301,6 @@ impl FieldingStore for MemoryStore {
         id: &JobId,
         outcome: &JobOutcome,
     ) -> Result<Option<FieldingRunJob>, StoreError> {
-        if let Some(fault) = self.inner.faults.storage_fault("finish_job") {
-            return Err(fault);
-        }
         let mut state = self.state();
         let Some(job) = state.jobs.get_mut(id).filter(|job| job.scope == *scope) else {
             return Ok(None);

@@ -1,6 +1,7 @@
 //! Tests of `MemoryStore` itself: the `FieldingStore` contract (scope
-//! isolation, uniqueness, compare-and-swap, change records), seeding,
-//! sharing between clones, and fault injection.
+//! isolation, uniqueness, compare-and-swap, change records), seeding and
+//! sharing between clones. Fault injection is `fielding_testkit::FaultyStore`,
+//! tested in the kit; the fixtures are the kit's too.
 
 use std::sync::Arc;
 
@@ -9,7 +10,8 @@ use fielding_core::{
     AccountId, Action, ChangeRecord, FieldingRun, FieldingRunId, FieldingStore, RunKey, Scope, Status, StoreError,
     Timestamp, UserId, Version,
 };
-use fielding_memory::{fixtures, Fault, MemoryStore, SeedError};
+use fielding_memory::{MemoryStore, SeedError};
+use fielding_testkit::fixtures;
 
 fn t0() -> Timestamp {
     "2030-03-01T09:00:00Z".parse().unwrap()
@@ -120,16 +122,6 @@ async fn clones_share_runs_and_change_records() {
     store.compare_and_swap(run.version, &paused, &change).await.unwrap();
     assert_eq!(clone.get(&run.key()).await.unwrap(), Some(paused));
     assert_eq!(clone.change_records(&run.key()).len(), 2);
-}
-
-#[test]
-fn clones_share_faults() {
-    let store = MemoryStore::new();
-    let clone = store.clone();
-    store.faults().inject(Fault::Storage, 2);
-    assert_eq!(clone.faults().pending(Fault::Storage), 2);
-    clone.faults().clear();
-    assert_eq!(store.faults().pending(Fault::Storage), 0);
 }
 
 #[test]
@@ -479,150 +471,6 @@ async fn two_writers_on_one_version_exactly_one_wins() {
 }
 
 // ---------------------------------------------------------------------------
-// Faults
-// ---------------------------------------------------------------------------
-
-#[tokio::test]
-async fn storage_faults_count_down_exactly() {
-    let store = MemoryStore::new();
-    let run = live_run();
-    store.seed(run.clone()).unwrap();
-    store.faults().inject(Fault::Storage, 2);
-    for remaining in [1, 0] {
-        let err = store.get(&run.key()).await.unwrap_err();
-        assert!(matches!(err, StoreError::Backend { retryable: false, .. }), "{err:?}");
-        assert!(err.to_string().contains("injected"));
-        assert_eq!(store.faults().pending(Fault::Storage), remaining);
-    }
-    assert_eq!(store.get(&run.key()).await.unwrap(), Some(run));
-}
-
-#[test]
-fn injecting_adds_to_pending_faults() {
-    let store = MemoryStore::new();
-    store.faults().inject(Fault::Conflict, 2);
-    store.faults().inject(Fault::Conflict, 3);
-    assert_eq!(store.faults().pending(Fault::Conflict), 5);
-    assert_eq!(store.faults().pending(Fault::Storage), 0);
-}
-
-#[tokio::test]
-async fn clearing_faults_drops_every_kind() {
-    let store = MemoryStore::new();
-    let run = live_run();
-    store.seed(run.clone()).unwrap();
-    for fault in [Fault::Storage, Fault::TransientStorage, Fault::Conflict] {
-        store.faults().inject(fault, 3);
-    }
-    store.faults().clear();
-    for fault in [Fault::Storage, Fault::TransientStorage, Fault::Conflict] {
-        assert_eq!(store.faults().pending(fault), 0, "{fault:?}");
-    }
-    assert!(store.get(&run.key()).await.is_ok());
-    let (paused, change) = next(&run);
-    store.compare_and_swap(run.version, &paused, &change).await.unwrap();
-}
-
-#[tokio::test]
-async fn storage_fault_hits_every_operation() {
-    let store = MemoryStore::new();
-    let run = live_run();
-    store.seed(run.clone()).unwrap();
-    let other = live_run();
-    let (paused, change) = next(&run);
-
-    store.faults().inject(Fault::Storage, 5);
-    let errors = [
-        store.insert(&other, &record(&other, Action::Launch)).await.unwrap_err(),
-        store.get(&run.key()).await.unwrap_err(),
-        store.find_by_target_group(&run.scope()).await.unwrap_err(),
-        store.compare_and_swap(run.version, &paused, &change).await.unwrap_err(),
-        store.changes(&run.key()).await.unwrap_err(),
-    ];
-    for err in &errors {
-        assert!(matches!(err, StoreError::Backend { .. }), "{err:?}");
-        assert!(!err.is_retryable());
-    }
-    assert_eq!(store.faults().pending(Fault::Storage), 0);
-    assert_eq!(store.len(), 1, "the faulted insert wrote nothing");
-    assert_eq!(
-        store.run(&run.key()),
-        Some(run.clone()),
-        "the faulted swap wrote nothing"
-    );
-    assert_eq!(store.change_records(&run.key()).len(), 1);
-}
-
-#[tokio::test]
-async fn transient_storage_fault_is_retryable() {
-    let store = MemoryStore::new();
-    let run = live_run();
-    store.seed(run.clone()).unwrap();
-    store.faults().inject(Fault::TransientStorage, 1);
-    let err = store.get(&run.key()).await.unwrap_err();
-    assert!(err.is_retryable(), "{err:?}");
-    assert_eq!(store.faults().pending(Fault::TransientStorage), 0);
-    assert!(store.get(&run.key()).await.is_ok());
-}
-
-#[tokio::test]
-async fn conflict_fault_does_not_affect_get_or_other_reads() {
-    let store = MemoryStore::new();
-    let run = live_run();
-    store.seed(run.clone()).unwrap();
-    store.faults().inject(Fault::Conflict, 1);
-    assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
-    assert!(store.find_by_target_group(&run.scope()).await.unwrap().is_some());
-    assert_eq!(store.changes(&run.key()).await.unwrap().len(), 1);
-    let other = live_run();
-    store.insert(&other, &record(&other, Action::Launch)).await.unwrap();
-    assert_eq!(
-        store.faults().pending(Fault::Conflict),
-        1,
-        "not used up by other operations"
-    );
-}
-
-#[tokio::test]
-async fn conflict_fault_refuses_a_swap_as_if_one_writer_had_won() {
-    let store = MemoryStore::new();
-    let run = fixtures::run().status(Status::Live).version(3).build();
-    store.seed(run.clone()).unwrap();
-    store.faults().inject(Fault::Conflict, 1);
-    let (paused, change) = next(&run);
-    match store.compare_and_swap(v(3), &paused, &change).await {
-        Err(StoreError::VersionConflict { expected, current }) => assert_eq!((expected, current), (v(3), v(4))),
-        other => panic!("expected an injected conflict, got {other:?}"),
-    }
-    assert_eq!(store.run(&run.key()), Some(run.clone()), "nothing written");
-    assert_eq!(store.change_records(&run.key()).len(), 1);
-    assert_eq!(store.faults().pending(Fault::Conflict), 0);
-    store.compare_and_swap(v(3), &paused, &change).await.unwrap();
-}
-
-#[tokio::test]
-async fn real_conflict_is_reported_before_an_injected_one() {
-    let store = MemoryStore::new();
-    let run = fixtures::run().status(Status::Live).version(3).build();
-    store.seed(run.clone()).unwrap();
-    store.faults().inject(Fault::Conflict, 1);
-    let stale = FieldingRun {
-        version: v(1),
-        ..run.clone()
-    };
-    let (paused, change) = next(&stale);
-    match store.compare_and_swap(v(1), &paused, &change).await {
-        Err(StoreError::VersionConflict { current, .. }) => assert_eq!(current, v(3)),
-        other => panic!("expected the real conflict, got {other:?}"),
-    }
-    assert_eq!(
-        store.faults().pending(Fault::Conflict),
-        1,
-        "the injected conflict is still pending"
-    );
-}
-
-// ---------------------------------------------------------------------------
 // Bookkeeping
 // ---------------------------------------------------------------------------
 
@@ -642,11 +490,9 @@ fn len_is_empty_runs_and_clear() {
     expected.sort();
     assert_eq!(ids, expected);
 
-    store.faults().inject(Fault::Storage, 1);
     store.clear();
     assert!(store.is_empty());
     assert!(store.change_records(&a.key()).is_empty());
-    assert_eq!(store.faults().pending(Fault::Storage), 1, "clear keeps faults");
     // The scope is free again.
     store.seed(a).unwrap();
 }
@@ -721,27 +567,4 @@ async fn concurrent_swaps_on_one_version_exactly_one_wins() {
     assert_eq!(wins, 1);
     let changes = store.change_records(&run.key());
     assert_eq!(changes.iter().map(|c| c.version.get()).collect::<Vec<_>>(), vec![1, 2]);
-}
-
-// ---------------------------------------------------------------------------
-// Fixtures
-// ---------------------------------------------------------------------------
-
-#[test]
-fn fixture_runs_have_the_effective_status_asked_for() {
-    for status in Status::ALL {
-        let run = fixtures::run().status(status).at(t0()).build();
-        assert_eq!(run.effective_status(t0()), status, "{status}");
-        assert!(run.start_fielding_at < run.end_fielding_at);
-        assert_eq!(run.last_changed_at, t0());
-    }
-}
-
-#[test]
-fn fixture_scopes_are_distinct() {
-    let a = fixtures::scope();
-    let b = fixtures::scope();
-    assert_ne!(a, b);
-    assert_ne!(a.project_id, b.project_id);
-    assert_ne!(a.target_group_id, b.target_group_id);
 }

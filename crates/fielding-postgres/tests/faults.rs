@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 use fielding_core::{Action, ChangeRecord, FieldingRun, FieldingStore, StoreError, Version};
-use fielding_memory::fixtures;
 use fielding_postgres::sqlx::postgres::PgConnection;
 use fielding_postgres::sqlx::{self, Connection};
+use fielding_testkit::fixtures;
 
 /// A uniquely named application, so the test terminates only its own
 /// store's connections.

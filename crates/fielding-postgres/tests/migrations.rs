@@ -3,10 +3,10 @@
 mod common;
 
 use fielding_core::{Action, ChangeRecord, FieldingStore};
-use fielding_memory::fixtures;
 use fielding_postgres::sqlx::postgres::PgConnection;
 use fielding_postgres::sqlx::{self, Connection};
 use fielding_postgres::{MigrateError, PgStore, SCHEMA_VERSION};
+use fielding_testkit::fixtures;
 
 fn schema_name() -> String {
     let secs = std::time::SystemTime::now()

@@ -19,7 +19,7 @@ use chrono::TimeDelta;
 use fielding_core::{
     Action, ChangeRecord, FieldingRun, FieldingRunId, FieldingStore, RunKey, Scope, StoreError, UserId,
 };
-use fielding_memory::fixtures;
+use fielding_testkit::fixtures;
 
 const CHILD_ENV: &str = "FIELDING_PG_MULTI_INSTANCE_CHILD";
 const PROCESSES: usize = 2;

@@ -13,8 +13,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use fielding_core::{Action, ChangeRecord, FieldingStore};
-use fielding_memory::fixtures;
 use fielding_postgres::sqlx::{self, PgConnection};
+use fielding_testkit::fixtures;
 
 /// Bounds waits that only a bug would make long (a connection never given
 /// back, a drop that hangs), so such a bug fails the test instead of

@@ -161,15 +161,17 @@ async fn access_log(request: Request, next: Next) -> Response {
 mod tests {
     use super::*;
     use axum::body::Body;
+    use fielding_core::FieldingStore;
     use fielding_core::{AccountId, UserId};
     use fielding_http::auth::{AccountAccess, Principal, StaticTokens};
-    use fielding_memory::{Fault, MemoryStore};
+    use fielding_memory::MemoryStore;
+    use fielding_testkit::{Fault, FaultyStore};
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
     const LIST: &str = "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
 
-    fn build(store: Arc<MemoryStore>) -> Router {
+    fn build<S: FieldingStore + 'static>(store: Arc<S>) -> Router {
         let tokens = StaticTokens::new().with(
             "good",
             Principal {
@@ -230,7 +232,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_store_is_a_503_with_the_contract_error_body() {
-        let store = Arc::new(MemoryStore::new());
+        let store = Arc::new(FaultyStore::new(MemoryStore::new()));
         store.faults().inject(Fault::Storage, 1);
         let (status, headers, body) = send(build(store), get("/health")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

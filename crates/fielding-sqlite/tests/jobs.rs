@@ -7,42 +7,11 @@ mod common;
 use std::sync::Arc;
 
 use fielding_core::{
-    Action, ChangeRecord, FieldingRunId, FieldingRunJob, FieldingStore, IdempotencyKey, JobCreated, JobFailure,
-    JobFailureCode, JobId, JobOutcome, JobRequest, JobState, JobTraceId, Scope, StoreError, Timestamp, UserId,
+    Action, ChangeRecord, FieldingRunJob, FieldingStore, IdempotencyKey, JobCreated, JobFailure, JobFailureCode,
+    JobOutcome, JobState, JobTraceId, StoreError, Timestamp,
 };
-use fielding_memory::fixtures;
 use fielding_sqlite::{rusqlite, OpenError, SqliteOptions, SqliteStore, SCHEMA_VERSION};
-
-fn ts(text: &str) -> Timestamp {
-    text.parse().expect("a timestamp")
-}
-
-fn job(scope: Scope, key: &str, request: JobRequest) -> FieldingRunJob {
-    FieldingRunJob {
-        id: JobId::generate(),
-        scope,
-        idempotency_key: IdempotencyKey::parse(key).expect("a key"),
-        request,
-        fielding_run_id: FieldingRunId::generate(),
-        created_at: ts("2031-01-01T09:00:00.123Z"),
-        created_by: UserId::random(),
-        trace_id: None,
-        state: JobState::Processing,
-    }
-}
-
-fn schedule() -> JobRequest {
-    JobRequest::ScheduleFromDraft {
-        start_fielding_at: ts("2031-02-01T00:00:00.001Z"),
-        end_fielding_at: ts("2031-03-01T23:59:59.999Z"),
-    }
-}
-
-fn launch() -> JobRequest {
-    JobRequest::LaunchFromDraft {
-        end_fielding_at: ts("2031-03-01T23:59:59.999Z"),
-    }
-}
+use fielding_testkit::fixtures::{self, job, launch, schedule};
 
 fn assert_permanent(err: &StoreError) {
     match err {

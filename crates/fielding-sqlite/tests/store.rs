@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use fielding_core::{Action, ChangeRecord, FieldingRun, FieldingStore, StoreError, Timestamp, Version};
-use fielding_memory::fixtures;
 use fielding_sqlite::{rusqlite, Durability, OpenError, SqliteOptions, SqliteStore, SCHEMA_VERSION};
+use fielding_testkit::fixtures;
 
 fn created(run: &FieldingRun) -> ChangeRecord {
     ChangeRecord::created(run, Action::Schedule)

@@ -1,6 +1,7 @@
 //! # fielding-testkit
 //!
-//! One conformance suite for every [`FieldingStore`]: ours and yours.
+//! One conformance suite for every [`FieldingStore`]: ours and yours; and
+//! the test support every crate shares: [`fixtures`] and [`FaultyStore`].
 //!
 //! The storage trait is only as good as the promise every adapter keeps.
 //! Its contract (in the docs of [`FieldingStore`]) is short: scope is part
@@ -100,6 +101,50 @@
 //! caught by `race_concurrent_updates_on_one_run_lose_no_update` even with
 //! two writers.
 //!
+//! # Fixtures and fault injection for your own tests
+//!
+//! The kit is also the test support of every crate in this workspace, and
+//! of yours: [`fixtures`] builds runs in any status and at any version
+//! (without walking the lifecycle), scopes and their neighbours, change
+//! records and creation jobs; [`FaultyStore`] wraps *any* store and makes
+//! its next operations fail on purpose ([`Fault::Storage`],
+//! [`Fault::TransientStorage`], [`Fault::Conflict`]), so you can test your
+//! own 412 and 500 handling against the memory store, SQLite, PostgreSQL
+//! or your adapter alike:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use fielding_core::{FieldingService, IfMatch, Status, UserId};
+//! use fielding_memory::MemoryStore;
+//! use fielding_testkit::{fixtures, Fault, FaultyStore};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // A live run at version 7, put in place directly.
+//! let memory = MemoryStore::new();
+//! let run = fixtures::run().status(Status::Live).version(7).build();
+//! memory.seed(run.clone())?;
+//!
+//! // The service writes through the faulty wrapper; keep its faults handle.
+//! let store = FaultyStore::new(memory.clone());
+//! let faults = store.faults().clone();
+//! let service = FieldingService::new(Arc::new(store));
+//! let if_match = IfMatch::parse("\"7\"")?;
+//!
+//! faults.inject(Fault::Conflict, 1); // another writer wins the next write
+//! let lost = service.pause(&run.key(), &if_match, UserId::random()).await.unwrap_err();
+//! assert_eq!(lost.code(), "precondition_failed_error");
+//!
+//! faults.inject(Fault::Storage, 1); // the database fails once
+//! let failed = service.pause(&run.key(), &if_match, UserId::random()).await.unwrap_err();
+//! assert_eq!(failed.code(), "unexpected_internal_error");
+//!
+//! assert_eq!(memory.run(&run.key()), Some(run.clone()), "nothing was written");
+//! let paused = service.pause(&run.key(), &if_match, UserId::random()).await?;
+//! assert_eq!(paused.etag.to_string(), "\"8\"");
+//! # Ok(()) }
+//! ```
+//!
 //! # Running cases yourself
 //!
 //! Every case is a public function in [`cases`], returning `Ok(())` or a
@@ -116,9 +161,12 @@
 #![warn(missing_docs)]
 
 mod capabilities;
+mod case_list;
 pub mod cases;
 mod factory;
 mod failure;
+mod faults;
+pub mod fixtures;
 mod guarded;
 pub mod linearizability;
 mod sample;
@@ -127,6 +175,7 @@ mod suite;
 pub use capabilities::Capabilities;
 pub use factory::StoreFactory;
 pub use failure::CaseFailure;
+pub use faults::{Fault, Faults, FaultyStore};
 pub use guarded::Guarded;
 pub use suite::{run_all, SuiteReport, CASES};
 
@@ -172,59 +221,8 @@ macro_rules! conformance_tests {
             #[allow(unused_imports)]
             use $crate::__private::tokio;
 
-            $crate::__conformance_cases! {
-                ($factory) ($capabilities)
-            store round_trip_preserves_every_field;
-            store insert_refuses_a_second_run_for_the_same_target_group;
-            store concurrent_inserts_for_one_target_group_have_exactly_one_winner;
-            store scope_isolation_hides_the_run_from_every_other_scope;
-            store scope_isolation_compare_and_swap_through_another_scope_is_not_found;
-            store compare_and_swap_at_the_current_version_bumps_it_by_exactly_one;
-            store compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing;
-            store compare_and_swap_on_a_missing_run_is_not_found;
-            store compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31;
-            store update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide;
-            store update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing;
-            store update_write_at_the_read_version_bumps_it_by_exactly_one;
-            store update_write_with_a_stale_version_is_refused_and_changes_nothing;
-            store change_records_one_per_version_in_order_without_gaps;
-            store change_records_are_atomic_with_the_write_they_describe;
-            store race_concurrent_increments_on_one_run_lose_no_update;
-            store race_writers_spread_over_many_runs_do_not_cross_talk;
-            store race_concurrent_updates_on_one_run_lose_no_update;
-            store job_round_trip_preserves_every_field;
-            store job_idempotency_key_is_unique_per_account;
-            store concurrent_job_creations_with_one_key_have_exactly_one_winner;
-            store job_scope_isolation_hides_the_job_from_every_other_scope;
-            store finish_job_records_the_first_outcome_only;
-            factory linearizable_interleaved_read_then_write_cycles_match_the_model;
-            }
+            $crate::__with_every_case! { tests ($factory) ($capabilities) }
         }
-    };
-}
-
-/// One generated test per case; an implementation detail of
-/// [`conformance_tests!`].
-#[doc(hidden)]
-#[macro_export]
-macro_rules! __conformance_cases {
-    (($factory:expr) ($capabilities:expr)) => {};
-    (($factory:expr) ($capabilities:expr) store $name:ident; $($rest:tt)*) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let factory = $factory;
-            let store = $crate::StoreFactory::fresh_store(&factory).await;
-            $crate::__private::report($crate::cases::$name(store, $capabilities).await);
-        }
-        $crate::__conformance_cases! { ($factory) ($capabilities) $($rest)* }
-    };
-    (($factory:expr) ($capabilities:expr) factory $name:ident; $($rest:tt)*) => {
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $name() {
-            let factory = $factory;
-            $crate::__private::report($crate::cases::$name(&factory, $capabilities).await);
-        }
-        $crate::__conformance_cases! { ($factory) ($capabilities) $($rest)* }
     };
 }
 

@@ -6,11 +6,16 @@
 //! a write under two locks, versions ordered as text, a 32-bit version
 //! column, dropped change records, a racy uniqueness check, lookups that
 //! ignore the scope, a change record written before its run, seconds
-//! instead of milliseconds, a conflict that guesses the current version;
+//! instead of milliseconds, a conflict that guesses the current version, a
+//! compare-and-swap that creates a missing run or keeps the version, a
+//! batch of writes applied to each other's rows;
 //! and overrides of `update` that read and write under two locks, ignore
 //! the scope, ignore the expected version, or retry (and decide) again.
 //! One more behaviour is legitimate only when declared: answering
 //! contention with retryable "busy" errors.
+//!
+//! The bugs and the cases each must fail are one table (`planted_bugs!`),
+//! and every case of the kit must be required to fail by at least one bug.
 //!
 //! Run with `-- --nocapture` to see what each case reported.
 
@@ -58,6 +63,23 @@ enum Bug {
     RecordBeforeRun,
     /// Timestamps are kept in whole seconds.
     SecondPrecision,
+    /// Compare-and-swap is an upsert (`INSERT ... ON CONFLICT (id) DO
+    /// UPDATE ... WHERE version = expected`): a run that does not exist is
+    /// created instead of being `NotFound`.
+    CasUpsertsMissingRun,
+    /// Compare-and-swap writes every column but the version (left out of
+    /// the `SET` list): the run keeps its old version, with the new fields
+    /// and a record of the new version. Blunt (most cases that write catch
+    /// it), but the one the bump-by-one case exists for.
+    CasKeepsVersion,
+    /// Compare-and-swap serialises the writers of each run (a lock per run
+    /// held across the call) and batches the writes staged while other
+    /// calls are in flight, but applies the batch to the rows in reverse
+    /// order (the batch's row ids and runs out of step): right while one
+    /// run is written at a time, while writers of two runs overlap each
+    /// one's run (and record) lands on the other's row, whichever order
+    /// they come in.
+    ReversedWriteBatch,
     /// A conflict reports `expected + 1` as the current version instead of
     /// looking it up.
     GuessedConflictVersion,
@@ -93,6 +115,9 @@ enum Bug {
 
 #[derive(Debug, Default)]
 struct State {
+    /// The staged writes of [`Bug::ReversedWriteBatch`]: the row each is
+    /// for, the run and its record.
+    staged: Vec<(FieldingRunId, FieldingRun, ChangeRecord)>,
     runs: HashMap<FieldingRunId, Row>,
     by_scope: HashMap<Scope, FieldingRunId>,
     jobs: HashMap<JobId, FieldingRunJob>,
@@ -113,6 +138,8 @@ struct PlantedStore {
     state: Mutex<State>,
     in_flight: AtomicUsize,
     overlapping: AtomicUsize,
+    /// The per-run locks of [`Bug::ReversedWriteBatch`].
+    run_locks: Mutex<HashMap<FieldingRunId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// One call in flight, for [`Bug::BusyUnderContention`].
@@ -133,7 +160,14 @@ impl PlantedStore {
             state: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             overlapping: AtomicUsize::new(0),
+            run_locks: Mutex::default(),
         }
+    }
+
+    /// The lock of run `id`, for [`Bug::ReversedWriteBatch`].
+    fn run_lock(&self, id: FieldingRunId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.run_locks.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(locks.entry(id).or_default())
     }
 
     /// Starts a call; for [`Bug::BusyUnderContention`], may refuse it.
@@ -230,7 +264,9 @@ impl PlantedStore {
         if !(self.bug == Bug::IgnoresScope || row.run.scope() == key.scope) {
             return Err(StoreError::NotFound);
         }
-        row.version = self.column(run.version);
+        if self.bug != Bug::CasKeepsVersion {
+            row.version = self.column(run.version);
+        }
         row.run = self.keep(run.clone());
         Ok(())
     }
@@ -318,6 +354,42 @@ impl FieldingStore for PlantedStore {
                 tokio::task::yield_now().await;
                 let mut state = self.lock();
                 self.write_run(&mut state, run)
+            }
+            Bug::CasUpsertsMissingRun if !self.lock().runs.contains_key(&run.id) => {
+                let mut state = self.lock();
+                state.by_scope.entry(key.scope).or_insert(run.id);
+                let mut changes = Vec::new();
+                self.append(&mut changes, change);
+                let row = Row {
+                    run: self.keep(run.clone()),
+                    version: self.column(run.version),
+                    changes,
+                };
+                state.runs.insert(run.id, row);
+                Ok(())
+            }
+            Bug::ReversedWriteBatch => {
+                let run_lock = self.run_lock(run.id);
+                let _one_writer_per_run = run_lock.lock().await;
+                {
+                    let mut state = self.lock();
+                    let row = state.runs.get(&run.id).filter(|r| self.visible(r, &key));
+                    self.check(row.ok_or(StoreError::NotFound)?, expected)?;
+                    state.staged.push((run.id, run.clone(), change.clone()));
+                }
+                // The round trip that stages the write; meanwhile writers
+                // of other runs stage theirs in the same batch.
+                tokio::task::yield_now().await;
+                let mut state = self.lock();
+                let batch = std::mem::take(&mut state.staged);
+                let rows: Vec<FieldingRunId> = batch.iter().rev().map(|(id, _, _)| *id).collect();
+                for (row_id, (_, staged, staged_change)) in rows.into_iter().zip(batch) {
+                    let row = state.runs.get_mut(&row_id).ok_or(StoreError::NotFound)?;
+                    row.version = self.column(staged.version);
+                    row.run = self.keep(staged);
+                    self.append(&mut row.changes, &staged_change);
+                }
+                Ok(())
             }
             _ => {
                 let mut state = self.lock();
@@ -503,6 +575,231 @@ async fn assert_rejected(bug: Bug, caught_by: &[&str], unaffected: &[&str]) {
     }
 }
 
+/// One test per planted bug, from one table: `test: Bug, caught_by [cases
+/// that must fail], unaffected [cases that must pass];`. The same table is
+/// `PLANTED`, which `every_case_is_required_to_fail_by_a_planted_bug`
+/// checks against the list of cases.
+macro_rules! planted_bugs {
+    ($($test:ident: $bug:ident, caught_by [$($caught:expr),* $(,)?], unaffected [$($unaffected:expr),* $(,)?];)*) => {
+        /// Every planted bug with the cases that must fail on it.
+        const PLANTED: &[(Bug, &[&str])] = &[$((Bug::$bug, &[$($caught),*])),*];
+
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                assert_rejected(Bug::$bug, &[$($caught),*], &[$($unaffected),*]).await;
+            }
+        )*
+    };
+}
+
+planted_bugs! {
+    a_check_and_a_write_under_two_locks_loses_updates: SplitLock,
+        caught_by [
+            "race_concurrent_increments_on_one_run_lose_no_update",
+            "linearizable_interleaved_read_then_write_cycles_match_the_model",
+            "race_concurrent_updates_on_one_run_lose_no_update",
+        ],
+        unaffected [
+            "round_trip_preserves_every_field",
+            "compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing",
+            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
+        ];
+    versions_ordered_as_text_break_at_two_digits: TextOrderedVersions,
+        caught_by [
+            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
+            "change_records_one_per_version_in_order_without_gaps",
+            "race_concurrent_updates_on_one_run_lose_no_update",
+        ],
+        unaffected [
+            "compare_and_swap_at_the_current_version_bumps_it_by_exactly_one",
+            "compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing",
+        ];
+    an_i32_version_column_breaks_at_2_pow_31: I32VersionColumn,
+        caught_by [
+            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
+            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
+            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
+        ],
+        unaffected [
+            "round_trip_preserves_every_field",
+            "race_concurrent_increments_on_one_run_lose_no_update",
+        ];
+    comparing_the_low_32_bits_accepts_stale_versions: LowBitsCompare,
+        caught_by [
+            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
+            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
+        ],
+        unaffected ["compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing"];
+    dropped_change_records_are_caught: DropsChangeRecords,
+        caught_by [
+            "change_records_one_per_version_in_order_without_gaps",
+            "change_records_are_atomic_with_the_write_they_describe",
+            "race_concurrent_increments_on_one_run_lose_no_update",
+            "linearizable_interleaved_read_then_write_cycles_match_the_model",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
+            "race_concurrent_updates_on_one_run_lose_no_update",
+        ],
+        unaffected ["round_trip_preserves_every_field"];
+    a_missing_target_group_check_is_caught: NoTargetGroupCheck,
+        caught_by [
+            "insert_refuses_a_second_run_for_the_same_target_group",
+            "concurrent_inserts_for_one_target_group_have_exactly_one_winner",
+        ],
+        unaffected ["scope_isolation_hides_the_run_from_every_other_scope"];
+    a_racy_target_group_check_is_caught_only_by_the_race: RacyInsert,
+        caught_by ["concurrent_inserts_for_one_target_group_have_exactly_one_winner"],
+        unaffected ["insert_refuses_a_second_run_for_the_same_target_group"];
+    lookups_that_ignore_the_scope_are_caught: IgnoresScope,
+        caught_by [
+            "scope_isolation_hides_the_run_from_every_other_scope",
+            "scope_isolation_compare_and_swap_through_another_scope_is_not_found",
+            "update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide",
+        ],
+        unaffected ["round_trip_preserves_every_field"];
+    a_change_record_written_before_its_run_is_caught: RecordBeforeRun,
+        caught_by [
+            "change_records_are_atomic_with_the_write_they_describe",
+            "race_concurrent_increments_on_one_run_lose_no_update",
+        ],
+        unaffected ["change_records_one_per_version_in_order_without_gaps"];
+    whole_seconds_fail_the_round_trip: SecondPrecision,
+        caught_by [
+            "round_trip_preserves_every_field",
+            "linearizable_interleaved_read_then_write_cycles_match_the_model",
+        ],
+        unaffected [];
+    a_compare_and_swap_that_creates_a_missing_run_is_caught: CasUpsertsMissingRun,
+        caught_by ["compare_and_swap_on_a_missing_run_is_not_found"],
+        unaffected [
+            "compare_and_swap_at_the_current_version_bumps_it_by_exactly_one",
+            "scope_isolation_compare_and_swap_through_another_scope_is_not_found",
+            "update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide",
+            "race_writers_spread_over_many_runs_do_not_cross_talk",
+        ];
+    a_compare_and_swap_that_keeps_the_version_is_caught: CasKeepsVersion,
+        caught_by [
+            "compare_and_swap_at_the_current_version_bumps_it_by_exactly_one",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
+        ],
+        unaffected [
+            "insert_refuses_a_second_run_for_the_same_target_group",
+            "compare_and_swap_on_a_missing_run_is_not_found",
+            "scope_isolation_compare_and_swap_through_another_scope_is_not_found",
+        ];
+    a_write_batch_applied_to_the_wrong_rows_mixes_runs_up: ReversedWriteBatch,
+        caught_by ["race_writers_spread_over_many_runs_do_not_cross_talk"],
+        unaffected [
+            "compare_and_swap_at_the_current_version_bumps_it_by_exactly_one",
+            "race_concurrent_increments_on_one_run_lose_no_update",
+            "race_concurrent_updates_on_one_run_lose_no_update",
+            "change_records_are_atomic_with_the_write_they_describe",
+            "linearizable_interleaved_read_then_write_cycles_match_the_model",
+        ];
+    a_guessed_conflict_version_is_caught: GuessedConflictVersion,
+        caught_by [
+            "compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing",
+            "linearizable_interleaved_read_then_write_cycles_match_the_model",
+            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
+        ],
+        unaffected ["compare_and_swap_at_the_current_version_bumps_it_by_exactly_one"];
+    busy_answers_under_contention_fail_when_not_declared: BusyUnderContention,
+        caught_by [
+            "concurrent_inserts_for_one_target_group_have_exactly_one_winner",
+            "race_concurrent_increments_on_one_run_lose_no_update",
+            "linearizable_interleaved_read_then_write_cycles_match_the_model",
+            "race_concurrent_updates_on_one_run_lose_no_update",
+        ],
+        unaffected [
+            "round_trip_preserves_every_field",
+            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
+        ];
+    // The sequential `update` cases pass: a store right one call at a
+    // time passes them, whatever its concurrency bugs.
+    an_update_that_reads_and_writes_under_two_locks_loses_updates: SplitLockUpdate,
+        caught_by ["race_concurrent_updates_on_one_run_lose_no_update"],
+        unaffected [
+            "update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide",
+            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
+            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
+            "race_concurrent_increments_on_one_run_lose_no_update",
+            "round_trip_preserves_every_field",
+        ];
+    an_update_that_ignores_the_scope_is_caught: UpdateIgnoresScope,
+        caught_by ["update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide"],
+        unaffected [
+            "scope_isolation_hides_the_run_from_every_other_scope",
+            "scope_isolation_compare_and_swap_through_another_scope_is_not_found",
+            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
+            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
+            "race_concurrent_updates_on_one_run_lose_no_update",
+        ];
+    an_update_that_ignores_the_expected_version_is_caught: UpdateIgnoresExpected,
+        caught_by ["update_write_with_a_stale_version_is_refused_and_changes_nothing"],
+        unaffected [
+            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
+            "race_concurrent_updates_on_one_run_lose_no_update",
+        ];
+    an_update_that_retries_and_decides_again_is_caught: UpdateRetriesOnConflict,
+        caught_by ["update_write_with_a_stale_version_is_refused_and_changes_nothing"],
+        unaffected [
+            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
+        ];
+    a_racy_idempotency_key_check_creates_duplicate_jobs: RacyJobKey,
+        caught_by ["concurrent_job_creations_with_one_key_have_exactly_one_winner"],
+        unaffected [
+            "job_round_trip_preserves_every_field",
+            "job_idempotency_key_is_unique_per_account",
+        ];
+    idempotency_keys_per_target_group_are_caught: JobKeyPerTargetGroup,
+        caught_by ["job_idempotency_key_is_unique_per_account"],
+        unaffected [
+            "job_round_trip_preserves_every_field",
+            "finish_job_records_the_first_outcome_only",
+        ];
+    jobs_found_by_id_alone_leak_across_scopes: JobIgnoresScope,
+        caught_by ["job_scope_isolation_hides_the_job_from_every_other_scope"],
+        unaffected [
+            "job_round_trip_preserves_every_field",
+            "job_idempotency_key_is_unique_per_account",
+        ];
+    an_outcome_overwritten_by_a_later_one_is_caught: FinishOverwrites,
+        caught_by ["finish_job_records_the_first_outcome_only"],
+        unaffected ["job_scope_isolation_hides_the_job_from_every_other_scope"];
+    a_dropped_trace_id_is_caught: DropsJobTraceId,
+        caught_by ["job_round_trip_preserves_every_field"],
+        unaffected ["round_trip_preserves_every_field"];
+}
+
+/// Every case must be shown to bite: at least one planted bug requires it
+/// to fail. A case no bug requires could be weakened (or emptied) and the
+/// kit would not notice. Also every bug is planted once, so no entry of the
+/// table shadows another.
+#[test]
+fn every_case_is_required_to_fail_by_a_planted_bug() {
+    let unrequired: Vec<&str> = CASES
+        .iter()
+        .copied()
+        .filter(|case| !PLANTED.iter().any(|(_, caught_by)| caught_by.contains(case)))
+        .collect();
+    assert!(
+        unrequired.is_empty(),
+        "no planted bug requires these cases to fail: {unrequired:?}"
+    );
+    for (i, (bug, caught_by)) in PLANTED.iter().enumerate() {
+        assert!(!caught_by.is_empty(), "{bug:?} is required to fail no case");
+        assert!(
+            PLANTED[..i].iter().all(|(other, _)| other != bug),
+            "{bug:?} is planted twice"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_reference_store_without_a_bug_passes_every_case() {
     suite(Bug::None).await.assert_passed();
@@ -517,320 +814,19 @@ async fn memory_store_passes_every_case() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_check_and_a_write_under_two_locks_loses_updates() {
-    assert_rejected(
-        Bug::SplitLock,
-        &[
-            "race_concurrent_increments_on_one_run_lose_no_update",
-            "linearizable_interleaved_read_then_write_cycles_match_the_model",
-            "race_concurrent_updates_on_one_run_lose_no_update",
-        ],
-        &[
-            "round_trip_preserves_every_field",
-            "compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing",
-            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
-        ],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn versions_ordered_as_text_break_at_two_digits() {
-    assert_rejected(
-        Bug::TextOrderedVersions,
-        &[
-            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
-            "change_records_one_per_version_in_order_without_gaps",
-            "race_concurrent_updates_on_one_run_lose_no_update",
-        ],
-        &[
-            "compare_and_swap_at_the_current_version_bumps_it_by_exactly_one",
-            "compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing",
-        ],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_i32_version_column_breaks_at_2_pow_31() {
-    assert_rejected(
-        Bug::I32VersionColumn,
-        &[
-            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
-            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
-            "update_write_at_the_read_version_bumps_it_by_exactly_one",
-            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
-        ],
-        &[
-            "round_trip_preserves_every_field",
-            "race_concurrent_increments_on_one_run_lose_no_update",
-        ],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn comparing_the_low_32_bits_accepts_stale_versions() {
-    assert_rejected(
-        Bug::LowBitsCompare,
-        &[
-            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
-            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
-        ],
-        &["compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing"],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn dropped_change_records_are_caught() {
-    assert_rejected(
-        Bug::DropsChangeRecords,
-        &[
-            "change_records_one_per_version_in_order_without_gaps",
-            "change_records_are_atomic_with_the_write_they_describe",
-            "race_concurrent_increments_on_one_run_lose_no_update",
-            "linearizable_interleaved_read_then_write_cycles_match_the_model",
-            "update_write_at_the_read_version_bumps_it_by_exactly_one",
-            "race_concurrent_updates_on_one_run_lose_no_update",
-        ],
-        &["round_trip_preserves_every_field"],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_missing_target_group_check_is_caught() {
-    assert_rejected(
-        Bug::NoTargetGroupCheck,
-        &[
-            "insert_refuses_a_second_run_for_the_same_target_group",
-            "concurrent_inserts_for_one_target_group_have_exactly_one_winner",
-        ],
-        &["scope_isolation_hides_the_run_from_every_other_scope"],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_racy_target_group_check_is_caught_only_by_the_race() {
-    assert_rejected(
-        Bug::RacyInsert,
-        &["concurrent_inserts_for_one_target_group_have_exactly_one_winner"],
-        &["insert_refuses_a_second_run_for_the_same_target_group"],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn lookups_that_ignore_the_scope_are_caught() {
-    assert_rejected(
-        Bug::IgnoresScope,
-        &[
-            "scope_isolation_hides_the_run_from_every_other_scope",
-            "scope_isolation_compare_and_swap_through_another_scope_is_not_found",
-            "update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide",
-        ],
-        &["round_trip_preserves_every_field"],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_change_record_written_before_its_run_is_caught() {
-    assert_rejected(
-        Bug::RecordBeforeRun,
-        &[
-            "change_records_are_atomic_with_the_write_they_describe",
-            "race_concurrent_increments_on_one_run_lose_no_update",
-        ],
-        &["change_records_one_per_version_in_order_without_gaps"],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn whole_seconds_fail_the_round_trip() {
-    assert_rejected(
-        Bug::SecondPrecision,
-        &[
-            "round_trip_preserves_every_field",
-            "linearizable_interleaved_read_then_write_cycles_match_the_model",
-        ],
-        &[],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_guessed_conflict_version_is_caught() {
-    assert_rejected(
-        Bug::GuessedConflictVersion,
-        &[
-            "compare_and_swap_with_a_stale_version_is_refused_and_changes_nothing",
-            "linearizable_interleaved_read_then_write_cycles_match_the_model",
-            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
-        ],
-        &["compare_and_swap_at_the_current_version_bumps_it_by_exactly_one"],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn busy_answers_under_contention_pass_when_declared() {
     let declared = Capabilities::full().with_retryable_errors_under_contention(true);
     suite_with(Bug::BusyUnderContention, declared).await.assert_passed();
 }
 
+/// With the fewest writers a store may declare, one pair on one task still
+/// interleaves at the await between the read and the write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn busy_answers_under_contention_fail_when_not_declared() {
-    assert_rejected(
-        Bug::BusyUnderContention,
-        &[
-            "concurrent_inserts_for_one_target_group_have_exactly_one_winner",
-            "race_concurrent_increments_on_one_run_lose_no_update",
-            "linearizable_interleaved_read_then_write_cycles_match_the_model",
-            "race_concurrent_updates_on_one_run_lose_no_update",
-        ],
-        &[
-            "round_trip_preserves_every_field",
-            "compare_and_swap_behaves_the_same_past_9_99_and_2_pow_31",
-        ],
-    )
-    .await;
-}
-
-/// The four sequential `update` cases: a store right one call at a time
-/// passes them, whatever its concurrency bugs.
-const SEQUENTIAL_UPDATE_CASES: [&str; 4] = [
-    "update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide",
-    "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
-    "update_write_at_the_read_version_bumps_it_by_exactly_one",
-    "update_write_with_a_stale_version_is_refused_and_changes_nothing",
-];
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_update_that_reads_and_writes_under_two_locks_loses_updates() {
-    let mut unaffected = SEQUENTIAL_UPDATE_CASES.to_vec();
-    unaffected.extend([
-        "race_concurrent_increments_on_one_run_lose_no_update",
-        "round_trip_preserves_every_field",
-    ]);
-    assert_rejected(
-        Bug::SplitLockUpdate,
-        &["race_concurrent_updates_on_one_run_lose_no_update"],
-        &unaffected,
-    )
-    .await;
-    // Also with the fewest writers a store may declare: one pair on one
-    // task interleaves at the await between the read and the write.
+async fn an_update_that_reads_and_writes_under_two_locks_loses_updates_even_with_two_writers() {
     let fewest = suite_with(Bug::SplitLockUpdate, Capabilities::full().with_concurrent_writers(2)).await;
     let failed = fewest.failed_cases();
     assert!(
         failed.contains(&"race_concurrent_updates_on_one_run_lose_no_update"),
         "with 2 writers the update race should still fail\n{fewest}"
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_update_that_ignores_the_scope_is_caught() {
-    assert_rejected(
-        Bug::UpdateIgnoresScope,
-        &["update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide"],
-        &[
-            "scope_isolation_hides_the_run_from_every_other_scope",
-            "scope_isolation_compare_and_swap_through_another_scope_is_not_found",
-            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
-            "update_write_at_the_read_version_bumps_it_by_exactly_one",
-            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
-            "race_concurrent_updates_on_one_run_lose_no_update",
-        ],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_update_that_ignores_the_expected_version_is_caught() {
-    assert_rejected(
-        Bug::UpdateIgnoresExpected,
-        &["update_write_with_a_stale_version_is_refused_and_changes_nothing"],
-        &[
-            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
-            "update_write_at_the_read_version_bumps_it_by_exactly_one",
-            "race_concurrent_updates_on_one_run_lose_no_update",
-        ],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_update_that_retries_and_decides_again_is_caught() {
-    assert_rejected(
-        Bug::UpdateRetriesOnConflict,
-        &["update_write_with_a_stale_version_is_refused_and_changes_nothing"],
-        &[
-            "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
-            "update_write_at_the_read_version_bumps_it_by_exactly_one",
-        ],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_racy_idempotency_key_check_creates_duplicate_jobs() {
-    assert_rejected(
-        Bug::RacyJobKey,
-        &["concurrent_job_creations_with_one_key_have_exactly_one_winner"],
-        &[
-            "job_round_trip_preserves_every_field",
-            "job_idempotency_key_is_unique_per_account",
-        ],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn idempotency_keys_per_target_group_are_caught() {
-    assert_rejected(
-        Bug::JobKeyPerTargetGroup,
-        &["job_idempotency_key_is_unique_per_account"],
-        &[
-            "job_round_trip_preserves_every_field",
-            "finish_job_records_the_first_outcome_only",
-        ],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn jobs_found_by_id_alone_leak_across_scopes() {
-    assert_rejected(
-        Bug::JobIgnoresScope,
-        &["job_scope_isolation_hides_the_job_from_every_other_scope"],
-        &[
-            "job_round_trip_preserves_every_field",
-            "job_idempotency_key_is_unique_per_account",
-        ],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_outcome_overwritten_by_a_later_one_is_caught() {
-    assert_rejected(
-        Bug::FinishOverwrites,
-        &["finish_job_records_the_first_outcome_only"],
-        &["job_scope_isolation_hides_the_job_from_every_other_scope"],
-    )
-    .await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_dropped_trace_id_is_caught() {
-    assert_rejected(
-        Bug::DropsJobTraceId,
-        &["job_round_trip_preserves_every_field"],
-        &["round_trip_preserves_every_field"],
-    )
-    .await;
 }

@@ -18,9 +18,10 @@ use fielding_core::{
 use fielding_http::auth::{AccountAccess, Principal, StaticTokens};
 use fielding_http::rate_limit::RateLimitPolicy;
 use fielding_http::FieldingApi;
-use fielding_memory::{fixtures, Fault, MemoryStore};
+use fielding_memory::MemoryStore;
 use fielding_postgres::PgStore;
 use fielding_sqlite::SqliteStore;
+use fielding_testkit::{fixtures, Fault, Faults, FaultyStore};
 use serde_json::Value;
 
 /// The token of the principal allowed on account [`ACCOUNT`].
@@ -62,7 +63,8 @@ impl Default for Options {
 }
 
 enum Handle {
-    Memory(MemoryStore),
+    /// The faults of the memory store the server uses.
+    Memory(Faults),
     Sqlite {
         path: PathBuf,
         // Removed (with the database) when the server goes.
@@ -131,8 +133,9 @@ impl Live {
     pub async fn start_with(backend: Backend, options: Options) -> Self {
         let (store, handle): (Arc<dyn FieldingStore>, Handle) = match backend {
             Backend::Memory => {
-                let store = MemoryStore::new();
-                (Arc::new(store.clone()), Handle::Memory(store))
+                let store = FaultyStore::new(MemoryStore::new());
+                let faults = store.faults().clone();
+                (Arc::new(store), Handle::Memory(faults))
             }
             Backend::Sqlite => {
                 let dir = tempfile::tempdir().expect("a temporary directory");
@@ -253,7 +256,7 @@ impl Live {
     /// on SQLite and PostgreSQL the runs and the jobs tables are renamed away.
     pub async fn break_store(&self) {
         match &self.handle {
-            Handle::Memory(store) => store.faults().inject(Fault::Storage, u64::MAX / 2),
+            Handle::Memory(faults) => faults.inject(Fault::Storage, u64::MAX / 2),
             Handle::Sqlite { path, .. } => {
                 sqlite_exec(
                     path,
@@ -277,7 +280,7 @@ impl Live {
     /// Undoes [`Live::break_store`].
     pub async fn repair_store(&self) {
         match &self.handle {
-            Handle::Memory(store) => store.faults().clear(),
+            Handle::Memory(faults) => faults.clear(),
             Handle::Sqlite { path, .. } => {
                 sqlite_exec(
                     path,

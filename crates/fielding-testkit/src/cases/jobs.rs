@@ -6,8 +6,8 @@
 use std::sync::Arc;
 
 use fielding_core::{
-    FieldingRunId, FieldingRunJob, FieldingStore, IdempotencyKey, JobCreated, JobFailure, JobFailureCode, JobId,
-    JobOutcome, JobRequest, JobState, JobTraceId, Scope, StoreError, Timestamp, UserId,
+    FieldingRunJob, FieldingStore, JobCreated, JobFailure, JobFailureCode, JobId, JobOutcome, JobRequest, JobState,
+    JobTraceId, Scope, StoreError, Timestamp,
 };
 use tokio::sync::Barrier;
 
@@ -30,18 +30,13 @@ const JOB_SCOPE_ISOLATION: &str =
 const FIRST_OUTCOME_WINS: &str =
     "finish_job records an outcome only while the job is Processing and answers the job as stored: the first outcome wins, later ones change nothing, and a missing job is None";
 
-/// A processing job in `scope` under `key`, with every field distinct.
+/// A processing job in `scope` under `key`, with every field distinct: the
+/// public fixture with an odd-millisecond creation time and a trace id.
 fn job(scope: Scope, key: &str, request: JobRequest) -> FieldingRunJob {
     FieldingRunJob {
-        id: JobId::generate(),
-        scope,
-        idempotency_key: IdempotencyKey::parse(key).unwrap_or_else(|_| unreachable!("sample keys are valid")),
-        request,
-        fielding_run_id: FieldingRunId::generate(),
         created_at: at(BASE_MILLIS + (sample::random_u64() % 1_000_000) as i64),
-        created_by: UserId::random(),
         trace_id: JobTraceId::parse("0af7651916cd43dd8448eb211c80319c"),
-        state: JobState::Processing,
+        ..crate::fixtures::job(scope, key, request)
     }
 }
 

@@ -18,6 +18,14 @@ use crate::{Capabilities, CaseFailure};
 /// How many successful increments each writer makes in the race cases.
 pub const WRITES_PER_WRITER: usize = 50;
 
+/// How many increments the atomicity case makes at least (from version 90,
+/// so they cross 99→100).
+const MIN_ATOMICITY_WRITES: usize = 300;
+
+/// How many more increments the atomicity case makes, at most, waiting for
+/// every observer to have observed during the writes.
+pub const EXTRA_ATOMICITY_WRITES: usize = 3000;
+
 /// How many attempts one increment may take before the case gives up: far
 /// more than fair contention among 64 writers needs, so hitting it means
 /// the store refuses writes it should accept.
@@ -43,6 +51,9 @@ const UPDATE_DECIDES_ONCE: &str =
 
 const UPDATE_NEVER_GOES_BACK: &str =
     "update reads the current run and writes only on top of it: after a writer's update wrote version v, its next update shows decide version v or later (an older one means a write based on a stale read overwrote a newer version: a lost update)";
+
+const OBSERVED: &str =
+    "the atomicity case observes what it checks: each of its four observers reads the run and its records while the writes go on (with busy answers declared, at least one of them does), otherwise nothing was checked during the writes";
 
 const ATOMIC_RECORDS: &str =
     "a write and its change record are one: no reader ever sees a run version without its change record, or a change record before its run version";
@@ -497,14 +508,23 @@ where
     Ok(())
 }
 
-/// Change records are atomic with their write: while a writer makes 300
-/// increments (crossing 99→100), four observers keep reading the run and
-/// its records, in both orders: two in parallel on other worker threads,
-/// two on the writer's own task, where they run whenever it awaits, also
-/// between two steps inside the store. Reading the run first, the records must already
-/// include its version (and describe it); reading the records first, the
-/// run must already be at their last version or later. A store that writes
-/// the two in separate steps shows one without the other.
+/// Change records are atomic with their write: while a writer makes at
+/// least 300 increments (crossing 99→100), four observers keep reading the
+/// run and its records, in both orders: two in parallel on other worker
+/// threads, two on the writer's own task, where they run whenever it
+/// awaits, also between two steps inside the store. Reading the run first,
+/// the records must already include its version (and describe it); reading
+/// the records first, the run must already be at their last version or
+/// later. A store that writes the two in separate steps shows one without
+/// the other.
+///
+/// The case must observe what it checks, or it would pass having checked
+/// nothing: each observer must read run and records (an answer that is not
+/// a tolerated busy one) while the writes go on. So the writer goes on past
+/// 300 increments until every observer has (with busy answers declared,
+/// any one of them, as a busy store may refuse one observer every time),
+/// within [`EXTRA_ATOMICITY_WRITES`] more; a store or schedule that keeps
+/// the observers from ever reading fails the case.
 pub async fn change_records_are_atomic_with_the_write_they_describe<S>(
     store: Arc<S>,
     caps: Capabilities,
@@ -520,29 +540,43 @@ where
     let key = run.key();
     let start = run.version.get();
     let done = Arc::new(AtomicBool::new(false));
+    // How many observations each observer made while the writes went on.
+    let observed: Arc<[AtomicUsize; 4]> = Arc::new(Default::default());
+    let enough = |observed: &[AtomicUsize; 4]| {
+        let mut seen = observed.iter().map(|n| n.load(Ordering::SeqCst) > 0);
+        if caps.retryable_errors_under_contention() {
+            seen.any(|s| s)
+        } else {
+            seen.all(|s| s)
+        }
+    };
 
-    let observer = |records_first: bool| {
+    let observer = |index: usize, records_first: bool| {
         let store = Arc::clone(&store);
         let done = Arc::clone(&done);
+        let observed = Arc::clone(&observed);
         async move {
-            let mut observations = 0u64;
             while !done.load(Ordering::SeqCst) {
-                observe(case, &*store, caps, &key, start, records_first).await?;
-                observations += 1;
+                if observe(case, &*store, caps, &key, start, records_first).await? {
+                    observed[index].fetch_add(1, Ordering::SeqCst);
+                }
                 tokio::task::yield_now().await;
             }
-            Ok::<_, CaseFailure>(observations)
+            Ok::<_, CaseFailure>(())
         }
     };
     // Two observers in parallel on other workers, and two on this task,
     // where they run whenever the writer awaits, also inside the store.
-    let parallel = [tokio::spawn(observer(false)), tokio::spawn(observer(true))];
+    let parallel = [tokio::spawn(observer(0, false)), tokio::spawn(observer(1, true))];
     let writer = async {
         let refusals = AtomicUsize::new(0);
         let mut last = None;
         let mut written = Vec::new();
         let mut outcome = Ok(());
-        for write in 0..300 {
+        for write in 0..MIN_ATOMICITY_WRITES + EXTRA_ATOMICITY_WRITES {
+            if write >= MIN_ATOMICITY_WRITES && enough(&observed) {
+                break;
+            }
             match increment(
                 case,
                 &*store,
@@ -566,7 +600,7 @@ where
         done.store(true, Ordering::SeqCst);
         outcome.map(|()| written)
     };
-    let (written, local_a, local_b) = tokio::join!(writer, observer(false), observer(true));
+    let (written, local_a, local_b) = tokio::join!(writer, observer(2, false), observer(3, true));
     local_a?;
     local_b?;
     for task in parallel {
@@ -574,11 +608,31 @@ where
             .map_err(|e| case.fail(ATOMIC_RECORDS, format!("an observer task panicked: {e}")))??;
     }
     let written = written?;
+    case.ensure(enough(&observed), OBSERVED, || {
+        let names = [
+            "in parallel, run first",
+            "in parallel, records first",
+            "on the writer's task, run first",
+            "on the writer's task, records first",
+        ];
+        let counts: Vec<String> = names
+            .iter()
+            .zip(observed.iter())
+            .map(|(name, n)| format!("{name}: {}", n.load(Ordering::SeqCst)))
+            .collect();
+        format!(
+            "observations of run and records while {} writes went on: {}",
+            written.len(),
+            counts.join(", ")
+        )
+    })?;
     let all: Vec<&Success> = written.iter().collect();
     verify_run(case, &*store, ATOMIC_RECORDS, &run, &creation, &all).await
 }
 
-/// One observation for the atomicity case.
+/// One observation for the atomicity case: `Ok(true)` when it read both the
+/// run and its records and they agree, `Ok(false)` when a tolerated busy
+/// answer left nothing to check.
 async fn observe<S: FieldingStore + ?Sized>(
     case: Case,
     store: &S,
@@ -586,7 +640,7 @@ async fn observe<S: FieldingStore + ?Sized>(
     key: &RunKey,
     start: u64,
     records_first: bool,
-) -> Result<(), CaseFailure> {
+) -> Result<bool, CaseFailure> {
     let (run, records) = if records_first {
         let records = store.changes(key).await;
         let run = store.get(key).await;
@@ -600,7 +654,7 @@ async fn observe<S: FieldingStore + ?Sized>(
         caps.retryable_errors_under_contention() && err.is_some_and(StoreError::is_retryable)
     };
     if busy(run.as_ref().err()) || busy(records.as_ref().err()) {
-        return Ok(()); // a tolerated busy answer: no observation this time
+        return Ok(false); // a tolerated busy answer: no observation this time
     }
     let run = case
         .ok(format!("get({key}) while a writer runs"), run)?
@@ -630,7 +684,7 @@ async fn observe<S: FieldingStore + ?Sized>(
                  older than its own change record",
                 run.version
             )
-        })
+        })?;
     } else {
         case.ensure(last >= run.version, ATOMIC_RECORDS, || {
             format!(
@@ -654,6 +708,7 @@ async fn observe<S: FieldingStore + ?Sized>(
                 run.version,
                 records.get(index)
             )
-        })
+        })?;
     }
+    Ok(true)
 }

@@ -1,0 +1,311 @@
+//! Fault injection around any store: make the next operations fail on
+//! purpose, to test your own 412 and 500 handling.
+//!
+//! [`FaultyStore`] wraps any [`FieldingStore`] (the memory store, SQLite,
+//! PostgreSQL, yours) the way `object_store`'s `ThrottledStore` and
+//! `LimitStore` wrap any `ObjectStore`: every call goes to the inner store
+//! unless a fault is due, and [`Faults`] is the shared handle that says
+//! which faults are due.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use fielding_core::{
+    ChangeRecord, Decide, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey, Scope,
+    StoreError, Update, UpdateOutcome, Version,
+};
+
+/// A kind of failure to inject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Fault {
+    /// Any operation fails with [`StoreError::Backend`] (permanent).
+    Storage,
+    /// Any operation fails with a retryable [`StoreError::Backend`].
+    TransientStorage,
+    /// `compare_and_swap`, and the write step of `update`, refuse with
+    /// [`StoreError::VersionConflict`], as if another writer had just won:
+    /// the reported current version is one past the expected one. Nothing
+    /// is written. Other operations are not affected and do not use up the
+    /// count; a real conflict (or a missing run) is reported as it is and
+    /// does not use it up either, so an injected conflict never hides a
+    /// real one.
+    Conflict,
+}
+
+impl Fault {
+    /// Every kind, for tests that go through them all.
+    pub const ALL: [Fault; 3] = [Fault::Storage, Fault::TransientStorage, Fault::Conflict];
+}
+
+/// Counters of pending faults: a cheap handle, shared by every clone of it
+/// and of the [`FaultyStore`] it came from, so a test can keep one after
+/// handing the store to a service.
+///
+/// ```
+/// use std::sync::Arc;
+/// use fielding_memory::MemoryStore;
+/// use fielding_testkit::{Fault, FaultyStore};
+///
+/// let store = FaultyStore::new(MemoryStore::new());
+/// let faults = store.faults().clone();
+/// faults.inject(Fault::Storage, 2); // the next two operations fail
+/// assert_eq!(store.faults().pending(Fault::Storage), 2);
+/// faults.clear();
+/// assert_eq!(store.faults().pending(Fault::Storage), 0);
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    storage: AtomicU64,
+    transient: AtomicU64,
+    conflict: AtomicU64,
+}
+
+impl Faults {
+    fn counter(&self, fault: Fault) -> &AtomicU64 {
+        match fault {
+            Fault::Storage => &self.counters.storage,
+            Fault::TransientStorage => &self.counters.transient,
+            Fault::Conflict => &self.counters.conflict,
+        }
+    }
+
+    /// Makes the next `count` affected operations fail with `fault`
+    /// (adding to any already pending).
+    pub fn inject(&self, fault: Fault, count: u64) {
+        self.counter(fault).fetch_add(count, Ordering::SeqCst);
+    }
+
+    /// How many injected failures of this kind are still to come.
+    pub fn pending(&self, fault: Fault) -> u64 {
+        self.counter(fault).load(Ordering::SeqCst)
+    }
+
+    /// Drops every pending fault.
+    pub fn clear(&self) {
+        for fault in Fault::ALL {
+            self.counter(fault).store(0, Ordering::SeqCst);
+        }
+    }
+
+    /// Uses up one pending fault of this kind, if any.
+    fn take(&self, fault: Fault) -> bool {
+        self.counter(fault)
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// The storage fault to report for the operation `op`, if one is due.
+    fn storage_fault(&self, op: &'static str) -> Result<(), StoreError> {
+        if self.take(Fault::Storage) {
+            return Err(StoreError::Backend {
+                message: format!("injected storage fault in {op}"),
+                retryable: false,
+                source: None,
+            });
+        }
+        if self.take(Fault::TransientStorage) {
+            return Err(StoreError::Backend {
+                message: format!("injected transient storage fault in {op}"),
+                retryable: true,
+                source: None,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Any [`FieldingStore`] with fault injection: each operation fails with
+/// the next pending [`Fault`], or goes to the inner store.
+///
+/// Every operation (`insert`, `get`, `find_by_target_group`,
+/// `compare_and_swap`, `update`, `changes`, `create_job`, `get_job`,
+/// `finish_job`) uses up at most one pending storage fault. A
+/// [`Fault::Conflict`] hits only the compare-and-swap step.
+///
+/// `update` is the trait's default read → decide → write, done with the
+/// inner store's `get` and `compare_and_swap` (so the inner store's own
+/// `update` override is not used): that is what lets an injected conflict
+/// land exactly where a real one would, after `decide` and before the
+/// write. Clones share the inner store and the faults.
+///
+/// ```
+/// use std::sync::Arc;
+/// use fielding_core::{FieldingService, FieldingStore, IfMatch, Status, UserId};
+/// use fielding_memory::MemoryStore;
+/// use fielding_testkit::{fixtures, Fault, FaultyStore};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let memory = MemoryStore::new();
+/// let run = fixtures::run().status(Status::Live).version(3).build();
+/// memory.seed(run.clone())?;
+///
+/// let store = FaultyStore::new(memory.clone());
+/// let service = FieldingService::new(Arc::new(store.clone()));
+///
+/// // Another writer "wins" the next write: the command is refused.
+/// store.faults().inject(Fault::Conflict, 1);
+/// let err = service.pause(&run.key(), &IfMatch::parse("\"3\"")?, UserId::random()).await.unwrap_err();
+/// assert_eq!(err.code(), "precondition_failed_error");
+/// assert_eq!(memory.run(&run.key()), Some(run.clone()), "nothing was written");
+///
+/// // The database is down for one call.
+/// store.faults().inject(Fault::Storage, 1);
+/// assert!(store.get(&run.key()).await.is_err());
+/// assert_eq!(store.get(&run.key()).await?, Some(run));
+/// # Ok(()) }
+/// ```
+pub struct FaultyStore<S: ?Sized> {
+    inner: Arc<S>,
+    faults: Faults,
+}
+
+impl<S: FieldingStore> FaultyStore<S> {
+    /// `inner` with no fault pending.
+    pub fn new(inner: S) -> Self {
+        Self::from_arc(Arc::new(inner))
+    }
+}
+
+impl<S: FieldingStore + ?Sized> FaultyStore<S> {
+    /// A store you already share (`Arc<dyn FieldingStore>` included), with
+    /// no fault pending.
+    pub fn from_arc(inner: Arc<S>) -> Self {
+        Self {
+            inner,
+            faults: Faults::default(),
+        }
+    }
+
+    /// The faults of this store, shared by its clones; clone the handle to
+    /// keep it after handing the store away.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// The wrapped store, for looking at what was (not) written.
+    pub fn inner(&self) -> &Arc<S> {
+        &self.inner
+    }
+
+    /// The injected conflict for a write at `expected` of the run at `key`,
+    /// if one is pending and the run really is at `expected`; otherwise the
+    /// inner store decides.
+    async fn injected_conflict(&self, key: &RunKey, expected: Version) -> Result<(), StoreError> {
+        if self.faults.pending(Fault::Conflict) == 0 {
+            return Ok(());
+        }
+        // Checked against the real version first, so an injected conflict
+        // never hides a real one (or a missing run).
+        match self.inner.get(key).await? {
+            Some(current) if current.version == expected && self.faults.take(Fault::Conflict) => {
+                Err(StoreError::VersionConflict {
+                    expected,
+                    current: expected.next().unwrap_or(expected),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl<S: ?Sized> Clone for FaultyStore<S> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            faults: self.faults.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug + ?Sized> fmt::Debug for FaultyStore<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultyStore")
+            .field("inner", &self.inner)
+            .field("faults", &self.faults)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl<S: FieldingStore + ?Sized> FieldingStore for FaultyStore<S> {
+    async fn insert(&self, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
+        self.faults.storage_fault("insert")?;
+        self.inner.insert(run, change).await
+    }
+
+    async fn get(&self, key: &RunKey) -> Result<Option<FieldingRun>, StoreError> {
+        self.faults.storage_fault("get")?;
+        self.inner.get(key).await
+    }
+
+    async fn find_by_target_group(&self, scope: &Scope) -> Result<Option<FieldingRun>, StoreError> {
+        self.faults.storage_fault("find_by_target_group")?;
+        self.inner.find_by_target_group(scope).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        expected: Version,
+        run: &FieldingRun,
+        change: &ChangeRecord,
+    ) -> Result<(), StoreError> {
+        self.faults.storage_fault("compare_and_swap")?;
+        self.injected_conflict(&run.key(), expected).await?;
+        self.inner.compare_and_swap(expected, run, change).await
+    }
+
+    async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
+        self.faults.storage_fault("update")?;
+        let Some(current) = self.inner.get(key).await? else {
+            return Ok(UpdateOutcome::NotFound);
+        };
+        let (expected, run, change) = match decide(&current) {
+            Update::Skip => return Ok(UpdateOutcome::Skipped),
+            Update::Write { expected, run, change } => (expected, run, change),
+        };
+        if run.key() != *key {
+            return Err(StoreError::Backend {
+                message: format!("decide asked to write {} in place of {key}", run.key()),
+                retryable: false,
+                source: None,
+            });
+        }
+        self.injected_conflict(key, expected).await?;
+        self.inner.compare_and_swap(expected, &run, &change).await?;
+        Ok(UpdateOutcome::Written)
+    }
+
+    async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {
+        self.faults.storage_fault("changes")?;
+        self.inner.changes(key).await
+    }
+
+    async fn create_job(&self, job: &FieldingRunJob) -> Result<JobCreated, StoreError> {
+        self.faults.storage_fault("create_job")?;
+        self.inner.create_job(job).await
+    }
+
+    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+        self.faults.storage_fault("get_job")?;
+        self.inner.get_job(scope, id).await
+    }
+
+    async fn finish_job(
+        &self,
+        scope: &Scope,
+        id: &JobId,
+        outcome: &JobOutcome,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
+        self.faults.storage_fault("finish_job")?;
+        self.inner.finish_job(scope, id, outcome).await
+    }
+}
