@@ -72,7 +72,7 @@ enum Handle {
         store: PgStore,
         schema: String,
         // Drops the schema when the server goes.
-        _guard: crate::common::pg::SchemaGuard,
+        _guard: fielding_postgres::testing::TestSchema,
     },
 }
 
@@ -142,7 +142,7 @@ impl Live {
             }
             Backend::Postgres => {
                 let (store, guard) = crate::common::pg::fresh_store().await;
-                let schema = guard.name.clone();
+                let schema = guard.name().to_string();
                 (
                     Arc::new(store.clone()),
                     Handle::Postgres {
