@@ -106,8 +106,8 @@ pub async fn server() -> Option<String> {
             // Straight to the process's stderr, past the test harness's capture.
             let _ = writeln!(
                 std::io::stderr().lock(),
-                "SKIPPED {binary} (PostgreSQL tests): PostgreSQL is not reachable at {url} ({error}); \
-                 {START_HINT}. (Skipping only because FIELDING_PG_URL and CI are unset.)"
+                "SKIPPED {binary}: PostgreSQL is not reachable at {url} ({error}); {START_HINT}. \
+                 (Skipping its PostgreSQL tests only because FIELDING_PG_URL and CI are unset.)"
             );
         });
         return None;
