@@ -108,6 +108,12 @@
 //! Timestamps are `timestamptz` (microsecond precision), so the library's
 //! whole-millisecond timestamps round-trip exactly; versions are `bigint`
 //! (up to `i64::MAX`), account ids `integer`.
+//!
+//! ## Testing
+//!
+//! [`testing`] gives your own test suites a throwaway, migrated schema on a
+//! real PostgreSQL ([`testing::TestSchema`]), dropped when the test ends,
+//! with the rule for when a test may skip because no server is running.
 #![warn(missing_docs)]
 
 mod codec;
@@ -121,6 +127,7 @@ mod runs;
 mod schema_name;
 mod sql;
 mod store;
+pub mod testing;
 
 pub use error::{is_transient, ConnectError, MigrateError};
 pub use fielding_core::MigrationReport;

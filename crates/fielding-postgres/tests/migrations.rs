@@ -5,31 +5,18 @@ mod common;
 use fielding_core::{Action, ChangeRecord, FieldingStore};
 use fielding_postgres::sqlx::postgres::PgConnection;
 use fielding_postgres::sqlx::{self, Connection};
+use fielding_postgres::testing::TestSchema;
 use fielding_postgres::{MigrateError, PgStore, SCHEMA_VERSION};
 use fielding_testkit::fixtures;
 
-fn schema_name() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    format!(
-        "fielding_test_{secs}_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_starting_at_once_apply_each_migration_exactly_once() {
-    let Some(url) = common::server().await else { return };
-    let name = schema_name();
-    let _guard = common::SchemaGuard {
-        url: url.clone(),
-        name: name.clone(),
-    };
+    // A fresh schema nothing has migrated yet.
+    let Some(schema) = TestSchema::new().await else { return };
+    let (url, name) = (schema.url(), schema.name());
     let mut instances = Vec::new();
     for i in 0..4 {
-        instances.push(common::connect_store(&url, &name, &format!("fielding_migrate_{i}"), 2).await);
+        instances.push(common::connect_store(url, name, &format!("fielding_migrate_{i}"), 2).await);
     }
     let migrations: Vec<_> = instances
         .iter()
@@ -51,7 +38,7 @@ async fn instances_starting_at_once_apply_each_migration_exactly_once() {
         "each step applied once in all"
     );
 
-    let mut conn = PgConnection::connect(&url).await.expect("connect");
+    let mut conn = PgConnection::connect(url).await.expect("connect");
     let recorded: Vec<i64> = sqlx::query_scalar(&format!(
         "SELECT version FROM \"{name}\".fielding_schema_migrations ORDER BY version"
     ))
@@ -61,7 +48,7 @@ async fn instances_starting_at_once_apply_each_migration_exactly_once() {
     assert_eq!(recorded, (1..=i64::from(SCHEMA_VERSION)).collect::<Vec<_>>());
     assert_eq!(SCHEMA_VERSION, 2, "migration 2 adds fielding_run_jobs");
     assert_eq!(
-        tables(&mut conn, &name).await,
+        tables(&mut conn, name).await,
         [
             "change_records",
             "fielding_run_jobs",

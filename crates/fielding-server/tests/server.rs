@@ -634,88 +634,16 @@ fn token_prints_only_the_token() {
     }
 }
 
-/// The PostgreSQL server the tests use: `FIELDING_PG_URL`, default
-/// `postgres://postgres@127.0.0.1:5432/postgres`. The rule of the
-/// PostgreSQL crate's tests: an unreachable server fails the test with a
-/// hint, except on a developer's machine (neither `FIELDING_PG_URL` nor `CI`
-/// set), where the test prints a `SKIPPED` line and returns `None`.
-async fn postgres_url() -> Option<String> {
-    use fielding_postgres::sqlx::{Connection, PgConnection};
-    let url =
-        std::env::var("FIELDING_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
-    let error = match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&url)).await {
-        Ok(Ok(conn)) => {
-            let _ = conn.close().await;
-            return Some(url);
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => "no answer within 5 s".to_owned(),
-    };
-    let hint = "start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
-                (or point FIELDING_PG_URL at a server)";
-    if std::env::var_os("FIELDING_PG_URL").is_none() && std::env::var_os("CI").is_none() {
-        // Straight to the process's stderr, past the test harness's capture.
-        use std::io::Write;
-        let _ = writeln!(
-            std::io::stderr().lock(),
-            "SKIPPED the PostgreSQL server test: PostgreSQL is not reachable at {url} ({error}); {hint}. \
-             (Skipping only because FIELDING_PG_URL and CI are unset.)"
-        );
-        return None;
-    }
-    panic!("PostgreSQL is not reachable at {url}: {error}. {hint}");
-}
-
-/// Drops a test schema when dropped, also after a failed assertion (on a
-/// thread of its own, with its own runtime, so it works from anywhere).
-struct SchemaGuard {
-    url: String,
-    name: String,
-}
-
-impl Drop for SchemaGuard {
-    fn drop(&mut self) {
-        let (url, name) = (self.url.clone(), self.name.clone());
-        let dropper = std::thread::spawn(move || {
-            use fielding_postgres::sqlx::{self, Connection};
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
-                return;
-            };
-            runtime.block_on(async move {
-                if let Ok(mut conn) = sqlx::PgConnection::connect(&url).await {
-                    let _ = sqlx::query("SET lock_timeout = '10s'").execute(&mut conn).await;
-                    let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
-                        .execute(&mut conn)
-                        .await;
-                    let _ = conn.close().await;
-                }
-            });
-        });
-        let _ = dropper.join();
-    }
-}
-
 /// The server on PostgreSQL: wherever `FIELDING_PG_URL` or `CI` is set it
-/// runs (and fails without a server); see [`postgres_url`].
+/// runs (and fails without a server); see [`fielding_postgres::testing`].
 #[tokio::test]
 async fn health_and_a_list_on_postgresql_in_a_schema_of_its_own() {
-    let Some(url) = postgres_url().await else {
+    // A schema of its own, dropped at the end, so parallel runs do not meet.
+    let Some(test_schema) = fielding_postgres::testing::TestSchema::new().await else {
         return;
     };
-    // A schema of its own, dropped at the end, so parallel runs do not meet;
-    // named as the PostgreSQL crate names test schemas, so a run killed
-    // before the drop leaves one its sweep removes.
-    let seconds = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let random = UserId::random().as_uuid().simple().to_string();
-    let schema = format!("fielding_test_{seconds}_{}", &random[..12]);
-    let _guard = SchemaGuard {
-        url: url.clone(),
-        name: schema.clone(),
-    };
-    let mut server = Server::start(&["--database", &url, "--pg-schema", &schema, "--jwt-secret", SECRET]);
+    let (url, schema) = (test_schema.url(), test_schema.name());
+    let mut server = Server::start(&["--database", url, "--pg-schema", schema, "--jwt-secret", SECRET]);
     let (status, _, body) = get(&server, "/health", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["store"], "postgres");
@@ -725,9 +653,9 @@ async fn health_and_a_list_on_postgresql_in_a_schema_of_its_own() {
     assert!(status.success(), "{status:?}\n{}", server.printed());
     // The server migrated its schema there.
     use fielding_postgres::sqlx::{self, Connection};
-    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
     let tables: i64 = sqlx::query_scalar("SELECT count(*) FROM information_schema.tables WHERE table_schema = $1")
-        .bind(&schema)
+        .bind(schema)
         .fetch_one(&mut conn)
         .await
         .unwrap();

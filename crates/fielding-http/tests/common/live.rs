@@ -74,7 +74,7 @@ enum Handle {
         store: PgStore,
         schema: String,
         // Drops the schema when the server goes.
-        _guard: crate::common::pg::SchemaGuard,
+        _guard: fielding_postgres::testing::TestSchema,
     },
 }
 
@@ -145,7 +145,7 @@ impl Live {
             }
             Backend::Postgres => {
                 let (store, guard) = crate::common::pg::fresh_store().await;
-                let schema = guard.name.clone();
+                let schema = guard.name().to_string();
                 (
                     Arc::new(store.clone()),
                     Handle::Postgres {
