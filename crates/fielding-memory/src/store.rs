@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use fielding_core::{
-    AccountId, Action, ChangeRecord, Decide, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore, IdempotencyKey,
-    JobCreated, JobId, JobOutcome, JobState, RunKey, Scope, Status, StoreError, Update, UpdateOutcome, Version,
+    AccountId, Action, ChangeRecord, Decide, Decided, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore,
+    IdempotencyKey, JobCreated, JobId, JobOutcome, JobState, RunKey, Scope, Status, StoreError, UpdateOutcome, Version,
 };
 
 use crate::log::{ChangeLog, LogIndex};
@@ -253,19 +253,8 @@ impl FieldingStore for MemoryStore {
         let Some(entry) = state.runs.get_mut(&key.id).filter(|e| e.run.scope() == key.scope) else {
             return Ok(UpdateOutcome::NotFound);
         };
-        let (expected, run, change) = match decide(&entry.run) {
-            Update::Skip => return Ok(UpdateOutcome::Skipped),
-            Update::Write { expected, run, change } => (expected, run, change),
-        };
-        if run.key() != *key {
-            return Err(StoreError::Backend {
-                message: format!("decide asked to write {} in place of {key}", run.key()),
-                retryable: false,
-                source: None,
-            });
-        }
-        commit(entry, &mut state.log, expected, run, change)?;
-        Ok(UpdateOutcome::Written)
+        Decided::new(key, Some(&entry.run), decide)?
+            .write_now(|w| commit(entry, &mut state.log, w.expected, w.run, w.change))
     }
 
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {

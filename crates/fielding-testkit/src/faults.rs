@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey, Scope,
-    StoreError, Update, UpdateOutcome, Version,
+    ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey,
+    Scope, StoreError, UpdateOutcome, Version,
 };
 
 /// A kind of failure to inject.
@@ -265,23 +265,13 @@ impl<S: FieldingStore + ?Sized> FieldingStore for FaultyStore<S> {
 
     async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
         self.faults.storage_fault("update")?;
-        let Some(current) = self.inner.get(key).await? else {
-            return Ok(UpdateOutcome::NotFound);
-        };
-        let (expected, run, change) = match decide(&current) {
-            Update::Skip => return Ok(UpdateOutcome::Skipped),
-            Update::Write { expected, run, change } => (expected, run, change),
-        };
-        if run.key() != *key {
-            return Err(StoreError::Backend {
-                message: format!("decide asked to write {} in place of {key}", run.key()),
-                retryable: false,
-                source: None,
-            });
-        }
-        self.injected_conflict(key, expected).await?;
-        self.inner.compare_and_swap(expected, &run, &change).await?;
-        Ok(UpdateOutcome::Written)
+        let current = self.inner.get(key).await?;
+        Decided::new(key, current.as_ref(), decide)?
+            .write_with(|w| async move {
+                self.injected_conflict(key, w.expected).await?;
+                self.inner.compare_and_swap(w.expected, &w.run, &w.change).await
+            })
+            .await
     }
 
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {
