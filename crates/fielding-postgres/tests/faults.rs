@@ -196,7 +196,13 @@ async fn kill_idle_connections(test: &common::TestStore, app: &str, count: usize
         held.push(test.store.pool().acquire().await.expect("acquire"));
     }
     drop(held);
-    tokio::time::sleep(Duration::from_millis(50)).await; // let the releases finish
+    // Released connections go back to the pool in the background: wait
+    // until they are all idle there, so none is in flight when it is killed.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while test.store.pool().num_idle() < count {
+        assert!(std::time::Instant::now() < deadline, "the pool never got its connections back");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let mut admin = PgConnection::connect(&test.guard.url).await.expect("admin");
     let killed: i64 = sqlx::query_scalar(
         "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = $1",
