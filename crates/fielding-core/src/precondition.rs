@@ -80,12 +80,18 @@ impl From<IfMatch> for Precondition {
 }
 
 /// `if_match` against the run's `current` version.
+#[inline]
 pub(crate) fn check_if_match(if_match: &IfMatch, current: Version) -> Result<(), FieldingError> {
     if if_match.matches(current) {
         Ok(())
     } else {
-        Err(FieldingError::PreconditionFailed { current })
+        Err(stale(current))
     }
+}
+
+#[cold]
+fn stale(current: Version) -> FieldingError {
+    FieldingError::PreconditionFailed { current }
 }
 
 #[cfg(test)]

@@ -43,6 +43,7 @@ enum Backoff<'a> {
 
 impl Backoff<'_> {
     /// Whether a `decisions + 1`-th decision is allowed.
+    #[inline]
     fn again(self, decisions: u32) -> bool {
         match self {
             Backoff::Yield => decisions < MAX_DECISIONS,
@@ -51,6 +52,7 @@ impl Backoff<'_> {
     }
 
     /// `inner`, started after the pause that follows the `lost`-th lost race.
+    #[inline]
     fn before<F>(self, lost: u32, inner: F) -> AfterPause<F> {
         let (yields, sleep) = match self {
             Backoff::Yield if lost > 0 => (1u32 << lost.min(8), None),
@@ -107,6 +109,7 @@ enum Condition<'a> {
 }
 
 impl Condition<'_> {
+    #[inline]
     fn check(self, current: Version) -> Result<(), FieldingError> {
         match self {
             Condition::Stated(precondition) => precondition.check(current),
@@ -281,13 +284,15 @@ impl FieldingService {
     /// and a new decision on the new state when it does (`*`, or a list
     /// that names it): RFC 9110's `If-Match: *` holds for any current
     /// version, so it never loses a race.
-    pub async fn execute(
-        &self,
-        key: &RunKey,
-        if_match: &IfMatch,
-        command: &Command,
+    // Not `async fn`: the loop's own future is returned as it is, so the
+    // per-command methods do not nest one more state machine around it.
+    pub fn execute<'a>(
+        &'a self,
+        key: &'a RunKey,
+        if_match: &'a IfMatch,
+        command: &'a Command,
         actor: UserId,
-    ) -> Result<Applied, FieldingError> {
+    ) -> impl std::future::Future<Output = Result<Applied, FieldingError>> + Send + 'a {
         self.decide_loop(
             key,
             Condition::IfMatch(if_match),
@@ -295,7 +300,6 @@ impl FieldingService {
             Backoff::Yield,
             |_: &FieldingRun| Ok::<_, FieldingError>(command.clone()),
         )
-        .await
     }
 
     /// Runs the command a request asks for, judging the request on the run
@@ -475,14 +479,22 @@ impl FieldingService {
         E: From<FieldingError>,
         F: FnMut(&FieldingRun) -> Result<Command, E>,
     {
-        let planned = condition
-            .check(run.version)
-            .map_err(E::from)
-            .and_then(|()| request(run))
-            .and_then(|command| self.plan(run, &command, actor).map_err(E::from));
-        match planned {
+        if let Err(refused) = condition.check(run.version) {
+            *outcome = Some(Err(E::from(refused)));
+            return Update::Skip;
+        }
+        let command = match request(run) {
+            Ok(command) => command,
+            Err(refused) => {
+                *outcome = Some(Err(refused));
+                return Update::Skip;
+            }
+        };
+        // Matched where it is made: a `map_err` here would copy the whole
+        // planned run and record on every command.
+        match self.plan(run, &command, actor) {
             Err(err) => {
-                *outcome = Some(Err(err));
+                *outcome = Some(Err(E::from(err)));
                 Update::Skip
             }
             Ok(Plan::Unchanged(applied)) => {
@@ -509,6 +521,9 @@ impl FieldingService {
     }
 
     /// Decides what `command` does to `run` as loaded, without I/O.
+    // Inlined into the decision so the planned run and record are built in
+    // place instead of being returned through memory.
+    #[inline(always)]
     fn plan(&self, run: &FieldingRun, command: &Command, actor: UserId) -> Result<Plan, FieldingError> {
         let now = self.clock.now();
         let status_from = run.effective_status(now);

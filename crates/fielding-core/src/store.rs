@@ -190,16 +190,60 @@ impl Decided {
     /// Shows `current` (the run read at `key`, if any) to `decide` and
     /// checks its answer.
     pub fn new(key: &RunKey, current: Option<&FieldingRun>, decide: Decide<'_>) -> Result<Self, StoreError> {
-        let Some(current) = current else {
-            return Ok(Decided::Done(UpdateOutcome::NotFound));
+        let mut planned = None;
+        let outcome = Self::in_place(
+            key,
+            current,
+            |run| *run,
+            decide,
+            |_, expected, run, change| {
+                planned = Some(PlannedWrite { expected, run, change });
+                Ok(())
+            },
+        )?;
+        Ok(match planned {
+            Some(write) => Decided::Write(write),
+            None => Decided::Done(outcome),
+        })
+    }
+
+    /// The whole step for a store that writes where it read, under a lock
+    /// it already holds (no `.await` between read and write, like
+    /// `MemoryStore`): `slot` is what was found at `key` (`None`: nothing),
+    /// `run_of` shows the run in it, and `write` applies the planned write
+    /// (expected version, next run, change record) to the slot. The parts
+    /// are handed over as they come out of `decide`, not gathered into a
+    /// struct first: on the in-memory path every copy of a run counts.
+    ///
+    /// ```
+    /// use fielding_core::{Decided, RunKey, StoreError, UpdateOutcome};
+    /// # fn update(slot: Option<&mut fielding_core::FieldingRun>, key: &RunKey, decide: fielding_core::Decide<'_>) -> Result<UpdateOutcome, StoreError> {
+    /// Decided::in_place(key, slot, |run| &**run, decide, |run, expected, next, _change| {
+    ///     if run.version != expected {
+    ///         return Err(StoreError::VersionConflict { expected, current: run.version });
+    ///     }
+    ///     *run = next; // and append the change record
+    ///     Ok(())
+    /// })
+    /// # }
+    /// ```
+    #[inline(always)]
+    pub fn in_place<S>(
+        key: &RunKey,
+        slot: Option<S>,
+        run_of: impl FnOnce(&S) -> &FieldingRun,
+        decide: Decide<'_>,
+        write: impl FnOnce(S, Version, FieldingRun, ChangeRecord) -> Result<(), StoreError>,
+    ) -> Result<UpdateOutcome, StoreError> {
+        let Some(slot) = slot else {
+            return Ok(UpdateOutcome::NotFound);
         };
-        match decide(current) {
-            Update::Skip => Ok(Decided::Done(UpdateOutcome::Skipped)),
-            Update::Write { run, .. } if run.key() != *key => Err(StoreError::internal(format!(
-                "decide asked to write {} in place of {key}",
-                run.key()
-            ))),
-            Update::Write { expected, run, change } => Ok(Decided::Write(PlannedWrite { expected, run, change })),
+        match decide(run_of(&slot)) {
+            Update::Skip => Ok(UpdateOutcome::Skipped),
+            Update::Write { run, .. } if run.key() != *key => Err(wrong_key(key, &run)),
+            Update::Write { expected, run, change } => {
+                write(slot, expected, run, change).map(|()| UpdateOutcome::Written)
+            }
         }
     }
 
@@ -215,18 +259,11 @@ impl Decided {
             Decided::Write(planned) => write(planned).await.map(|()| UpdateOutcome::Written),
         }
     }
+}
 
-    /// [`Decided::write_with`] for a store that writes without awaiting
-    /// (under a lock it already holds).
-    pub fn write_now(
-        self,
-        write: impl FnOnce(PlannedWrite) -> Result<(), StoreError>,
-    ) -> Result<UpdateOutcome, StoreError> {
-        match self {
-            Decided::Done(outcome) => Ok(outcome),
-            Decided::Write(planned) => write(planned).map(|()| UpdateOutcome::Written),
-        }
-    }
+#[cold]
+fn wrong_key(key: &RunKey, run: &FieldingRun) -> StoreError {
+    StoreError::internal(format!("decide asked to write {} in place of {key}", run.key()))
 }
 
 /// The callback of [`FieldingStore::update`]. It may be called while the

@@ -250,11 +250,14 @@ impl FieldingStore for MemoryStore {
     async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
         let mut guard = self.state();
         let state = &mut *guard;
-        let Some(entry) = state.runs.get_mut(&key.id).filter(|e| e.run.scope() == key.scope) else {
-            return Ok(UpdateOutcome::NotFound);
-        };
-        Decided::new(key, Some(&entry.run), decide)?
-            .write_now(|w| commit(entry, &mut state.log, w.expected, w.run, w.change))
+        let entry = state.runs.get_mut(&key.id).filter(|e| e.run.scope() == key.scope);
+        Decided::in_place(
+            key,
+            entry,
+            |entry| &entry.run,
+            decide,
+            |entry, expected, run, change| commit(entry, &mut state.log, expected, run, change),
+        )
     }
 
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {

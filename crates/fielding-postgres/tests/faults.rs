@@ -200,7 +200,10 @@ async fn kill_idle_connections(test: &common::TestStore, app: &str, count: usize
     // until they are all idle there, so none is in flight when it is killed.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while test.store.pool().num_idle() < count {
-        assert!(std::time::Instant::now() < deadline, "the pool never got its connections back");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool never got its connections back"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let mut admin = PgConnection::connect(&test.guard.url).await.expect("admin");
