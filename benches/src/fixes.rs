@@ -11,9 +11,9 @@
 //!   `If-Match` (to answer 404 and 412 before judging the body) and then
 //!   run the command, which reads it again inside `FieldingStore::update`;
 //!   they now check everything on the one read of `update`
-//!   (`FieldingService::execute_when`). Measured as the handler's store
+//!   (`FieldingService::execute_request`). Measured as the handler's store
 //!   work, `update_dates` on distinct runs from one caller: before =
-//!   `service.get` + `service.execute`, after = `service.execute_when`.
+//!   `service.get` + `service.execute`, after = `service.execute_request`.
 //!   (The in-memory store's reads cost a lock and a clone, too little to
 //!   show through HTTP; the figure is for the stores where a read is a
 //!   thread hop or a network round trip.)
