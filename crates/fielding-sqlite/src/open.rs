@@ -159,7 +159,7 @@ async fn start_worker(
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` with the default
-    /// options: migrates the schema, WAL mode, [`Durability::Full`].
+    /// options: migrates the schema, WAL mode, [`Durability::Full`](crate::Durability::Full).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
