@@ -216,10 +216,7 @@ mod tests {
 
     #[test]
     fn migrations_are_numbered_one_by_one_up_to_the_schema_version() {
-        for (i, m) in MIGRATIONS.iter().enumerate() {
-            assert_eq!(m.version as usize, i + 1);
-        }
-        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
+        assert!(MIGRATIONS.iter().map(|m| m.version).eq(1..=SCHEMA_VERSION));
     }
 
     #[test]
