@@ -153,13 +153,8 @@ impl SqliteStore {
         op: &'static str,
         work: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.schema.ready(op, &self.path)?;
-        let (tx, rx) = oneshot::channel();
-        let task: Task = Box::new(move |conn: &mut Connection| {
-            let _ = tx.send(work(conn));
-        });
-        self.writer.send(WriterTask::Run(task)).map_err(|_| stopped(op))?;
-        rx.await.map_err(|_| stopped(op))?
+        self.run_task(op, work, |task| self.writer.send(WriterTask::Run(task)).is_ok())
+            .await
     }
 
     /// Runs `work` on a reader thread (on the writer thread when there are
@@ -169,16 +164,27 @@ impl SqliteStore {
         op: &'static str,
         work: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.run_task(op, work, |task| match &self.readers {
+            Some(readers) => readers.send(task).is_ok(),
+            None => self.writer.send(WriterTask::Run(task)).is_ok(),
+        })
+        .await
+    }
+
+    /// Wraps `work` as a task for a worker thread, hands it to `send`
+    /// (`false`: the thread is gone) and awaits the answer.
+    async fn run_task<R: Send + 'static>(
+        &self,
+        op: &'static str,
+        work: impl FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+        send: impl FnOnce(Task) -> bool,
+    ) -> Result<R, StoreError> {
         self.schema.ready(op, &self.path)?;
         let (tx, rx) = oneshot::channel();
         let task: Task = Box::new(move |conn: &mut Connection| {
             let _ = tx.send(work(conn));
         });
-        let sent = match &self.readers {
-            Some(readers) => readers.send(task).is_ok(),
-            None => self.writer.send(WriterTask::Run(task)).is_ok(),
-        };
-        if !sent {
+        if !send(task) {
             return Err(stopped(op));
         }
         rx.await.map_err(|_| stopped(op))?
