@@ -23,19 +23,7 @@ fn v(n: u64) -> Version {
 
 /// The change record that produced `run` at its version.
 fn record(run: &FieldingRun, action: Action) -> ChangeRecord {
-    ChangeRecord {
-        run_id: run.id,
-        version: run.version,
-        action,
-        changed_at: run.last_changed_at,
-        changed_by: run.last_changed_by,
-        status_from: None,
-        status_to: run.status,
-        start_from: None,
-        start_to: run.start_fielding_at,
-        end_from: None,
-        end_to: run.end_fielding_at,
-    }
+    ChangeRecord::created(run, action)
 }
 
 /// A history `1..=run.version` for `run`.
