@@ -369,6 +369,11 @@ impl Scope {
     pub fn run(self, id: FieldingRunId) -> RunKey {
         RunKey { scope: self, id }
     }
+
+    /// The address of the creation job `id` inside this scope.
+    pub fn job(self, id: JobId) -> JobKey {
+        JobKey { scope: self, id }
+    }
 }
 
 impl fmt::Display for Scope {
@@ -388,6 +393,22 @@ pub struct RunKey {
     pub scope: Scope,
     /// The run's own id.
     pub id: FieldingRunId,
+}
+
+/// The full address of one creation job: the scope it was submitted for
+/// and its id. A job is found only through its own scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobKey {
+    /// Account, project and target group.
+    pub scope: Scope,
+    /// The job's own id.
+    pub id: JobId,
+}
+
+impl fmt::Display for JobKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "job {} ({})", self.id, self.scope)
+    }
 }
 
 impl fmt::Display for RunKey {

@@ -456,6 +456,11 @@ pub struct FieldingRunJob {
 }
 
 impl FieldingRunJob {
+    /// The job's address: its scope and id.
+    pub fn key(&self) -> crate::JobKey {
+        self.scope.job(self.id)
+    }
+
     /// The endpoint the job came from.
     pub fn kind(&self) -> JobKind {
         self.request.kind()

@@ -57,7 +57,7 @@ mod version;
 pub use change::{Action, ChangeRecord};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{FieldingError, InvalidParam, INTERNAL_ERROR_DETAIL};
-pub use ids::{AccountId, FieldingRunId, InvalidId, JobId, ProjectId, RunKey, Scope, TargetGroupId, UserId};
+pub use ids::{AccountId, FieldingRunId, InvalidId, JobId, JobKey, ProjectId, RunKey, Scope, TargetGroupId, UserId};
 pub use job::{
     FieldingRunJob, IdempotencyKey, InvalidJobColumns, JobCreated, JobFailure, JobFailureCode, JobKind, JobOutcome,
     JobRequest, JobState, JobTraceId,

@@ -10,7 +10,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::{ChangeRecord, FieldingRun, FieldingRunJob, JobCreated, JobId, JobOutcome, RunKey, Scope, Version};
+use crate::{ChangeRecord, FieldingRun, FieldingRunJob, JobCreated, JobKey, JobOutcome, RunKey, Scope, Version};
 
 /// A boxed error from a storage backend.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -358,17 +358,12 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
 
     /// The job `id` of target group `scope`, or `None` (also when the job
     /// exists under another scope).
-    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError>;
+    async fn get_job(&self, key: &JobKey) -> Result<Option<FieldingRunJob>, StoreError>;
 
     /// Records how job `id` ended, if it is still processing; the first
     /// outcome recorded wins and later calls change nothing. Returns the
     /// job as stored afterwards, or `None` when there is no such job.
-    async fn finish_job(
-        &self,
-        scope: &Scope,
-        id: &JobId,
-        outcome: &JobOutcome,
-    ) -> Result<Option<FieldingRunJob>, StoreError>;
+    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError>;
 
     /// Read-modify-write in one call: reads the run at `key`, shows it to
     /// `decide` (once), and performs the write it asks for.

@@ -16,7 +16,7 @@ use chrono::TimeDelta;
 use fielding_core::lifecycle::Command;
 use fielding_core::{
     AccountId, Action, Applied, ChangeRecord, FieldingError, FieldingRun, FieldingRunId, FieldingRunJob,
-    FieldingService, FieldingStore, IfMatch, JobCreated, JobId, JobOutcome, ManualClock, RetryPolicy, RunKey, Scope,
+    FieldingService, FieldingStore, IfMatch, JobCreated, JobKey, JobOutcome, ManualClock, RetryPolicy, RunKey, Scope,
     Status, StoreError, Timestamp, UserId, Version, INTERNAL_ERROR_DETAIL,
 };
 use fielding_memory::MemoryStore;
@@ -1577,19 +1577,14 @@ impl FieldingStore for YieldingStore {
         self.0.create_job(job).await
     }
 
-    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn get_job(&self, key: &JobKey) -> Result<Option<FieldingRunJob>, StoreError> {
         tokio::task::yield_now().await;
-        self.0.get_job(scope, id).await
+        self.0.get_job(key).await
     }
 
-    async fn finish_job(
-        &self,
-        scope: &Scope,
-        id: &JobId,
-        outcome: &JobOutcome,
-    ) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
         tokio::task::yield_now().await;
-        self.0.finish_job(scope, id, outcome).await
+        self.0.finish_job(key, outcome).await
     }
 }
 

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use fielding_core::{
     AccountId, Action, ChangeRecord, Decide, Decided, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore,
-    IdempotencyKey, JobCreated, JobId, JobOutcome, JobState, RunKey, Scope, Status, StoreError, UpdateOutcome, Version,
+    IdempotencyKey, JobCreated, JobId, JobKey, JobOutcome, JobState, RunKey, Scope, Status, StoreError, UpdateOutcome,
+    Version,
 };
 
 use crate::log::{ChangeLog, LogIndex};
@@ -283,16 +284,13 @@ impl FieldingStore for MemoryStore {
         Ok(JobCreated::Created)
     }
 
-    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn get_job(&self, key: &JobKey) -> Result<Option<FieldingRunJob>, StoreError> {
+        let (scope, id) = (&key.scope, &key.id);
         Ok(self.state().jobs.get(id).filter(|job| job.scope == *scope).cloned())
     }
 
-    async fn finish_job(
-        &self,
-        scope: &Scope,
-        id: &JobId,
-        outcome: &JobOutcome,
-    ) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
+        let (scope, id) = (&key.scope, &key.id);
         let mut state = self.state();
         let Some(job) = state.jobs.get_mut(id).filter(|job| job.scope == *scope) else {
             return Ok(None);

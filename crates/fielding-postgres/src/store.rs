@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey,
+    ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey,
     Scope, StoreError, UpdateOutcome, Version,
 };
 use sqlx::pool::PoolConnection;
@@ -183,7 +183,8 @@ impl FieldingStore for PgStore {
         outcome
     }
 
-    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn get_job(&self, key: &JobKey) -> Result<Option<FieldingRunJob>, StoreError> {
+        let (scope, id) = (&key.scope, &key.id);
         let mut conn = self.checkout("get_job").await?;
         let outcome = jobs::get_job(&mut conn, &self.sql.jobs, "get_job", scope, id).await;
         self.release(conn, &outcome);
@@ -195,12 +196,8 @@ impl FieldingStore for PgStore {
     /// row (no such job, or already finished: a concurrent finisher has
     /// committed by then, the update waited for it), a fresh read returns
     /// the job as stored.
-    async fn finish_job(
-        &self,
-        scope: &Scope,
-        id: &JobId,
-        outcome: &JobOutcome,
-    ) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
+        let (scope, id) = (&key.scope, &key.id);
         let mut conn = self.checkout("finish_job").await?;
         let done = jobs::finish_job(&mut conn, &self.sql.jobs, scope, id, outcome).await;
         self.release(conn, &done);

@@ -37,7 +37,7 @@ async fn jobs_round_trip_exactly_through_another_pool() {
         assert_eq!(test.create_job(j).await.expect("create"), JobCreated::Created);
     }
     let completed = test
-        .finish_job(&launched.scope, &launched.id, &JobOutcome::Completed)
+        .finish_job(&launched.key(), &JobOutcome::Completed)
         .await
         .expect("finish")
         .expect("the launch job");
@@ -46,7 +46,7 @@ async fn jobs_round_trip_exactly_through_another_pool() {
         description: "ünïcode, \"quotes\" and 'apostrophes' survive".into(),
     });
     let failed = test
-        .finish_job(&failed.scope, &failed.id, &failure)
+        .finish_job(&failed.key(), &failure)
         .await
         .expect("finish")
         .expect("the failed job");
@@ -55,11 +55,7 @@ async fn jobs_round_trip_exactly_through_another_pool() {
     let other = common::connect_store(&test.guard.url, common::schema_of(&test), "fielding_jobs_other", 2).await;
     for expected in [&scheduled, &completed, &failed, &extreme] {
         assert_eq!(
-            other
-                .get_job(&expected.scope, &expected.id)
-                .await
-                .expect("get")
-                .as_ref(),
+            other.get_job(&expected.key()).await.expect("get").as_ref(),
             Some(expected)
         );
     }
@@ -70,7 +66,7 @@ async fn jobs_round_trip_exactly_through_another_pool() {
     );
     // Another scope, or another account with the same key.
     assert_eq!(
-        other.get_job(&fixtures::scope(), &scheduled.id).await.expect("get"),
+        other.get_job(&fixtures::scope().job(scheduled.id)).await.expect("get"),
         None
     );
     let elsewhere = job(fixtures::scope(), "key-1", launch());
@@ -120,7 +116,7 @@ async fn racing_creations_across_instances_create_exactly_one_job() {
         assert_eq!(existing.len(), candidates.len() - 1);
         assert!(existing.iter().all(|found| *found == winners[0]));
         for candidate in &candidates {
-            let stored = test.get_job(&candidate.scope, &candidate.id).await.expect("get");
+            let stored = test.get_job(&candidate.key()).await.expect("get");
             assert_eq!(stored.is_some(), candidate.id == winners[0].id);
         }
     }
@@ -153,14 +149,14 @@ async fn racing_outcomes_across_instances_keep_the_first() {
                     })
                 };
                 let (scope, id) = (j.scope, j.id);
-                tokio::spawn(async move { store.finish_job(&scope, &id, &outcome).await })
+                tokio::spawn(async move { store.finish_job(&scope.job(id), &outcome).await })
             })
             .collect();
         let mut seen = Vec::new();
         for task in tasks {
             seen.push(task.await.expect("task").expect("finish_job").expect("the job"));
         }
-        let stored = test.get_job(&j.scope, &j.id).await.expect("get").expect("the job");
+        let stored = test.get_job(&j.key()).await.expect("get").expect("the job");
         assert_ne!(stored.state, JobState::Processing);
         assert!(seen.iter().all(|s| *s == stored), "every caller sees the first outcome");
     }
@@ -184,7 +180,7 @@ async fn a_job_id_taken_under_another_key_is_a_permanent_backend_error() {
         test.create_job(&first).await.expect("replay"),
         JobCreated::Existing(first.clone())
     );
-    assert_eq!(test.get_job(&twin.scope, &twin.id).await.expect("get"), None);
+    assert_eq!(test.get_job(&twin.key()).await.expect("get"), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +209,7 @@ async fn the_table_refuses_rows_that_break_the_invariants() {
         let code = err.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
         assert_eq!(code.as_deref(), Some("23514"), "{change}: {err}");
     }
-    assert_eq!(test.get_job(&j.scope, &j.id).await.expect("get"), Some(j));
+    assert_eq!(test.get_job(&j.key()).await.expect("get"), Some(j));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,11 +245,8 @@ async fn stored_values_that_do_not_parse_are_permanent_backend_errors() {
             .unwrap_or_else(|e| panic!("{damage}: {e}"));
         assert_eq!(done.rows_affected(), 1, "{damage}");
         if at_its_id {
-            assert_permanent(&test.get_job(&j.scope, &j.id).await.unwrap_err());
-            let err = test
-                .finish_job(&j.scope, &j.id, &JobOutcome::Completed)
-                .await
-                .unwrap_err();
+            assert_permanent(&test.get_job(&j.key()).await.unwrap_err());
+            let err = test.finish_job(&j.key(), &JobOutcome::Completed).await.unwrap_err();
             assert_permanent(&err);
         }
         if at_its_key {

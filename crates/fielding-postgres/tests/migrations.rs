@@ -145,7 +145,7 @@ async fn a_schema_at_version_1_migrates_to_version_2_with_its_runs_intact() {
         store.create_job(&job).await.expect("create_job"),
         fielding_core::JobCreated::Created
     );
-    assert_eq!(store.get_job(&job.scope, &job.id).await.expect("get_job"), Some(job));
+    assert_eq!(store.get_job(&job.key()).await.expect("get_job"), Some(job));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use std::sync::{mpsc, Arc};
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey,
+    ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey,
     Scope, StoreError, UpdateOutcome, Version,
 };
 use rusqlite::Connection;
@@ -266,7 +266,8 @@ impl FieldingStore for SqliteStore {
         }
     }
 
-    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn get_job(&self, key: &JobKey) -> Result<Option<FieldingRunJob>, StoreError> {
+        let (scope, id) = (&key.scope, &key.id);
         let (scope, id) = (*scope, *id);
         self.read("get_job", move |conn| jobs::get_job(conn, &scope, &id)).await
     }
@@ -274,12 +275,8 @@ impl FieldingStore for SqliteStore {
     /// One write on the writer thread: `UPDATE ... WHERE id AND scope AND
     /// status = 'Processing'`, then the job as it stands, in the same
     /// transaction.
-    async fn finish_job(
-        &self,
-        scope: &Scope,
-        id: &JobId,
-        outcome: &JobOutcome,
-    ) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
+        let (scope, id) = (&key.scope, &key.id);
         let kind = WriteKind::FinishJob {
             scope: *scope,
             id: *id,

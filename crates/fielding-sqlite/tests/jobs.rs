@@ -37,7 +37,7 @@ async fn jobs_survive_closing_and_reopening_with_every_field_equal() {
         assert_eq!(store.create_job(j).await.unwrap(), JobCreated::Created);
     }
     let completed = store
-        .finish_job(&launched.scope, &launched.id, &JobOutcome::Completed)
+        .finish_job(&launched.key(), &JobOutcome::Completed)
         .await
         .unwrap()
         .expect("the launch job");
@@ -46,7 +46,7 @@ async fn jobs_survive_closing_and_reopening_with_every_field_equal() {
         description: "The target group already has a fielding run; ünïcode and \"quotes\" survive.".into(),
     });
     let failed = store
-        .finish_job(&failed.scope, &failed.id, &failure)
+        .finish_job(&failed.key(), &failure)
         .await
         .unwrap()
         .expect("the failed job");
@@ -55,10 +55,7 @@ async fn jobs_survive_closing_and_reopening_with_every_field_equal() {
 
     let store = SqliteStore::open(&path).await.unwrap();
     for expected in [&scheduled, &completed, &failed, &extreme] {
-        assert_eq!(
-            store.get_job(&expected.scope, &expected.id).await.unwrap().as_ref(),
-            Some(expected)
-        );
+        assert_eq!(store.get_job(&expected.key()).await.unwrap().as_ref(), Some(expected));
     }
     assert_eq!(completed.created_fielding_run_id(), Some(launched.fielding_run_id));
     // The key is still taken after reopening.
@@ -123,7 +120,7 @@ async fn a_version_1_database_migrates_to_version_2_with_its_runs_intact() {
     assert_eq!(store.changes(&run.key()).await.unwrap(), vec![record]);
     let j = job(run.scope(), "after-migration", launch());
     assert_eq!(store.create_job(&j).await.unwrap(), JobCreated::Created);
-    assert_eq!(store.get_job(&j.scope, &j.id).await.unwrap(), Some(j));
+    assert_eq!(store.get_job(&j.key()).await.unwrap(), Some(j));
     store.close().await;
 
     let conn = rusqlite::Connection::open(&path).unwrap();
@@ -173,7 +170,7 @@ async fn rows_that_break_the_jobs_invariants_are_refused_by_the_schema() {
             "{change}: {err}"
         );
     }
-    assert_eq!(store.get_job(&j.scope, &j.id).await.unwrap(), Some(j));
+    assert_eq!(store.get_job(&j.key()).await.unwrap(), Some(j));
 }
 
 #[tokio::test]
@@ -202,14 +199,11 @@ async fn stored_values_that_do_not_parse_are_permanent_backend_errors() {
         let sql = format!("UPDATE fielding_run_jobs SET {damage} WHERE id = ?1");
         assert_eq!(conn.execute(&sql, [j.id.as_str()]).unwrap(), 1, "{damage}");
         if at_its_id {
-            let err = store.get_job(&j.scope, &j.id).await.unwrap_err();
+            let err = store.get_job(&j.key()).await.unwrap_err();
             assert_permanent(&err);
             assert!(err.to_string().contains("get_job"), "{damage}: {err}");
             // finish_job reads the row back: the same error, not a panic.
-            let err = store
-                .finish_job(&j.scope, &j.id, &JobOutcome::Completed)
-                .await
-                .unwrap_err();
+            let err = store.finish_job(&j.key(), &JobOutcome::Completed).await.unwrap_err();
             assert_permanent(&err);
         }
         // A replay under the key reads the stored job: an error too.
@@ -243,7 +237,7 @@ async fn a_job_id_taken_under_another_key_is_a_permanent_backend_error() {
         store.create_job(&first).await.unwrap(),
         JobCreated::Existing(first.clone())
     );
-    assert_eq!(store.get_job(&twin.scope, &twin.id).await.unwrap(), None);
+    assert_eq!(store.get_job(&twin.key()).await.unwrap(), None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -284,16 +278,10 @@ async fn racing_creations_with_one_key_create_exactly_one_job_under_group_commit
         assert_eq!(existing.len(), candidates.len() - 1);
         assert!(existing.iter().all(|found| *found == winners[0]));
         let winner = &winners[0];
-        assert_eq!(
-            store.get_job(&winner.scope, &winner.id).await.unwrap().as_ref(),
-            Some(winner)
-        );
-        assert_eq!(
-            store.get_job(&elsewhere.scope, &elsewhere.id).await.unwrap(),
-            Some(elsewhere)
-        );
+        assert_eq!(store.get_job(&winner.key()).await.unwrap().as_ref(), Some(winner));
+        assert_eq!(store.get_job(&elsewhere.key()).await.unwrap(), Some(elsewhere));
         for loser in candidates.iter().filter(|c| c.id != winner.id) {
-            assert_eq!(store.get_job(&loser.scope, &loser.id).await.unwrap(), None);
+            assert_eq!(store.get_job(&loser.key()).await.unwrap(), None);
         }
     }
 }
@@ -320,23 +308,26 @@ async fn racing_outcomes_keep_the_first_and_everyone_sees_it() {
         .map(|outcome| {
             let store = store.clone();
             let (scope, id) = (j.scope, j.id);
-            tokio::spawn(async move { store.finish_job(&scope, &id, &outcome).await })
+            tokio::spawn(async move { store.finish_job(&scope.job(id), &outcome).await })
         })
         .collect();
     let mut seen = Vec::new();
     for task in tasks {
         seen.push(task.await.unwrap().unwrap().expect("the job"));
     }
-    let stored = store.get_job(&j.scope, &j.id).await.unwrap().expect("the job");
+    let stored = store.get_job(&j.key()).await.unwrap().expect("the job");
     assert_ne!(stored.state, JobState::Processing);
     assert!(seen.iter().all(|s| *s == stored), "every caller sees the first outcome");
     // Another scope does not find it, and cannot finish it.
     let other = fixtures::scope();
     assert_eq!(
-        store.finish_job(&other, &j.id, &JobOutcome::Completed).await.unwrap(),
+        store
+            .finish_job(&other.job(j.id), &JobOutcome::Completed)
+            .await
+            .unwrap(),
         None
     );
-    assert_eq!(store.get_job(&other, &j.id).await.unwrap(), None);
+    assert_eq!(store.get_job(&other.job(j.id)).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -351,19 +342,14 @@ async fn a_read_only_database_reads_jobs_and_refuses_to_write_them() {
     let store = SqliteStore::open_with(&path, SqliteOptions::default().read_only(true))
         .await
         .unwrap();
-    assert_eq!(store.get_job(&j.scope, &j.id).await.unwrap(), Some(j.clone()));
+    assert_eq!(store.get_job(&j.key()).await.unwrap(), Some(j.clone()));
     assert_permanent(
         &store
             .create_job(&job(fixtures::scope(), "k2", launch()))
             .await
             .unwrap_err(),
     );
-    assert_permanent(
-        &store
-            .finish_job(&j.scope, &j.id, &JobOutcome::Completed)
-            .await
-            .unwrap_err(),
-    );
-    assert_eq!(store.get_job(&j.scope, &j.id).await.unwrap(), Some(j));
+    assert_permanent(&store.finish_job(&j.key(), &JobOutcome::Completed).await.unwrap_err());
+    assert_eq!(store.get_job(&j.key()).await.unwrap(), Some(j));
     store.close().await;
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey,
+    ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey,
     Scope, StoreError, UpdateOutcome, Version,
 };
 
@@ -284,18 +284,13 @@ impl<S: FieldingStore + ?Sized> FieldingStore for FaultyStore<S> {
         self.inner.create_job(job).await
     }
 
-    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn get_job(&self, key: &JobKey) -> Result<Option<FieldingRunJob>, StoreError> {
         self.faults.storage_fault("get_job")?;
-        self.inner.get_job(scope, id).await
+        self.inner.get_job(key).await
     }
 
-    async fn finish_job(
-        &self,
-        scope: &Scope,
-        id: &JobId,
-        outcome: &JobOutcome,
-    ) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
         self.faults.storage_fault("finish_job")?;
-        self.inner.finish_job(scope, id, outcome).await
+        self.inner.finish_job(key, outcome).await
     }
 }

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome, RunKey, Scope,
+    ChangeRecord, Decide, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope,
     StoreError, UpdateOutcome, Version,
 };
 
@@ -79,16 +79,11 @@ where
         self.store.create_job(job).await
     }
 
-    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
-        self.store.get_job(scope, id).await
+    async fn get_job(&self, key: &JobKey) -> Result<Option<FieldingRunJob>, StoreError> {
+        self.store.get_job(key).await
     }
 
-    async fn finish_job(
-        &self,
-        scope: &Scope,
-        id: &JobId,
-        outcome: &JobOutcome,
-    ) -> Result<Option<FieldingRunJob>, StoreError> {
-        self.store.finish_job(scope, id, outcome).await
+    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
+        self.store.finish_job(key, outcome).await
     }
 }

@@ -140,9 +140,9 @@ async fn storage_fault_hits_every_operation_and_writes_nothing() {
         store.update(&run.key(), &mut decide).await.unwrap_err(),
         store.changes(&run.key()).await.unwrap_err(),
         store.create_job(&job).await.unwrap_err(),
-        store.get_job(&job.scope, &job.id).await.unwrap_err(),
+        store.get_job(&job.key()).await.unwrap_err(),
         store
-            .finish_job(&job.scope, &job.id, &fielding_core::JobOutcome::Completed)
+            .finish_job(&job.key(), &fielding_core::JobOutcome::Completed)
             .await
             .unwrap_err(),
     ];
@@ -159,7 +159,7 @@ async fn storage_fault_hits_every_operation_and_writes_nothing() {
         "the faulted writes wrote nothing"
     );
     assert_eq!(memory.change_records(&run.key()).len(), 1);
-    assert_eq!(memory.get_job(&job.scope, &job.id).await.unwrap(), None);
+    assert_eq!(memory.get_job(&job.key()).await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore, JobCreated, JobId, JobOutcome,
-    JobState, RunKey, Scope, StoreError, Timestamp, Update, UpdateOutcome, Version,
+    ChangeRecord, Decide, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore, JobCreated, JobId, JobKey,
+    JobOutcome, JobState, RunKey, Scope, StoreError, Timestamp, Update, UpdateOutcome, Version,
 };
 use fielding_memory::MemoryStore;
 use fielding_testkit::{run_all, Capabilities, SuiteReport, CASES};
@@ -517,7 +517,8 @@ impl FieldingStore for PlantedStore {
         Ok(JobCreated::Created)
     }
 
-    async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn get_job(&self, key: &JobKey) -> Result<Option<FieldingRunJob>, StoreError> {
+        let (scope, id) = (&key.scope, &key.id);
         let _call = self.enter().await?;
         let state = self.lock();
         Ok(state
@@ -527,12 +528,8 @@ impl FieldingStore for PlantedStore {
             .cloned())
     }
 
-    async fn finish_job(
-        &self,
-        scope: &Scope,
-        id: &JobId,
-        outcome: &JobOutcome,
-    ) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
+        let (scope, id) = (&key.scope, &key.id);
         let _call = self.enter().await?;
         let mut state = self.lock();
         let Some(job) = state

@@ -112,7 +112,7 @@ impl FieldingService {
     /// abandoned in `Processing` for longer than [`JOB_RESUME_AFTER`] is
     /// finished first.
     pub async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<FieldingRunJob, FieldingError> {
-        let Some(job) = self.store.get_job(scope, id).await? else {
+        let Some(job) = self.store.get_job(&scope.job(*id)).await? else {
             return Err(FieldingError::NotFound {
                 what: format!("job {id} ({scope})"),
             });
@@ -129,7 +129,7 @@ impl FieldingService {
     async fn run_job(&self, job: FieldingRunJob) -> Result<FieldingRunJob, FieldingError> {
         let outcome = self.job_outcome(&job).await?;
         self.store
-            .finish_job(&job.scope, &job.id, &outcome)
+            .finish_job(&job.key(), &outcome)
             .await?
             .ok_or_else(|| FieldingError::NotFound {
                 what: format!("job {} ({})", job.id, job.scope),

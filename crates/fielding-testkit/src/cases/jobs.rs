@@ -90,7 +90,7 @@ async fn read<S: FieldingStore + ?Sized>(
     expected: Option<&FieldingRunJob>,
     when: &str,
 ) -> Result<(), CaseFailure> {
-    let seen = case.ok(format!("get_job({id}) {when}"), store.get_job(scope, id).await)?;
+    let seen = case.ok(format!("get_job({id}) {when}"), store.get_job(&scope.job(*id)).await)?;
     case.ensure(seen.as_ref() == expected, promise, || {
         format!("get_job({id}) through {scope} {when}: expected {expected:?}, read {seen:?}")
     })
@@ -156,7 +156,7 @@ where
         let done = finished(job, outcome);
         let answered = case.ok(
             format!("finish_job({})", job.id),
-            store.finish_job(&job.scope, &job.id, outcome).await,
+            store.finish_job(&job.key(), outcome).await,
         )?;
         case.ensure(answered.as_ref() == Some(&done), JOB_ROUND_TRIP, || {
             format!("finish_job answered {answered:?}, expected {done:?}")
@@ -370,7 +370,7 @@ where
         .await?;
         let answer = case.ok(
             format!("finish_job({}) through {name}", stored.id),
-            store.finish_job(&other, &stored.id, &JobOutcome::Completed).await,
+            store.finish_job(&other.job(stored.id), &JobOutcome::Completed).await,
         )?;
         case.ensure(answer.is_none(), JOB_SCOPE_ISOLATION, || {
             format!("finish_job through {name} ({other}) answered {answer:?}, expected None")
@@ -409,7 +409,7 @@ where
     let missing = case.ok(
         "finish_job of a missing job",
         store
-            .finish_job(&scope, &JobId::generate(), &JobOutcome::Completed)
+            .finish_job(&scope.job(JobId::generate()), &JobOutcome::Completed)
             .await,
     )?;
     case.ensure(missing.is_none(), FIRST_OUTCOME_WINS, || {
@@ -426,7 +426,7 @@ where
     {
         let answer = case.ok(
             format!("finish_job #{i}"),
-            store.finish_job(&scope, &stored.id, outcome).await,
+            store.finish_job(&scope.job(stored.id), outcome).await,
         )?;
         case.ensure(answer.as_ref() == Some(&done), FIRST_OUTCOME_WINS, || {
             format!("finish_job #{i} with {outcome:?} answered {answer:?}, expected {done:?}")
@@ -463,7 +463,7 @@ where
                 barrier.wait().await;
                 let mut retries = 0;
                 loop {
-                    match store.finish_job(&scope, &id, &outcome).await {
+                    match store.finish_job(&scope.job(id), &outcome).await {
                         Err(err)
                             if err.is_retryable() && caps.retryable_errors_under_contention() && retries < 1000 =>
                         {
@@ -482,7 +482,7 @@ where
                 .map_err(|e| case.fail(FIRST_OUTCOME_WINS, format!("a finishing task panicked: {e}")))?;
             answers.push(case.ok("a racing finish_job", answer)?);
         }
-        let stuck = case.ok("get_job after the race", store.get_job(&scope, &racing.id).await)?;
+        let stuck = case.ok("get_job after the race", store.get_job(&scope.job(racing.id)).await)?;
         let consistent = stuck.as_ref().is_some_and(|job| job.state != JobState::Processing)
             && answers.iter().all(|answer| answer == &stuck);
         case.ensure(consistent, FIRST_OUTCOME_WINS, || {
