@@ -356,11 +356,11 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
     /// duplicate id with a backend error.
     async fn create_job(&self, job: &FieldingRunJob) -> Result<JobCreated, StoreError>;
 
-    /// The job `id` of target group `scope`, or `None` (also when the job
-    /// exists under another scope).
+    /// The job at `key` (its id, under exactly that target group), or
+    /// `None` (also when the job exists under another scope).
     async fn get_job(&self, key: &JobKey) -> Result<Option<FieldingRunJob>, StoreError>;
 
-    /// Records how job `id` ended, if it is still processing; the first
+    /// Records how the job at `key` ended, if it is still processing; the first
     /// outcome recorded wins and later calls change nothing. Returns the
     /// job as stored afterwards, or `None` when there is no such job.
     async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError>;
