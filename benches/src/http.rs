@@ -708,7 +708,14 @@ fn server_command(server: &Path, database: &str, pg_schema: Option<&str>) -> Com
     let mut command = Command::new(server);
     command
         .args(["--listen", "127.0.0.1:0", "--database", database])
-        .args(["--jwt-secret", JWT_SECRET, "--rate-limit-per-second", "0"])
+        .args([
+            "--jwt-secret",
+            JWT_SECRET,
+            "--rate-limit-per-second",
+            "0",
+            "--address-rate-limit-per-second",
+            "0",
+        ])
         .env("RUST_LOG", "warn");
     if let Some(schema) = pg_schema {
         command.args(["--pg-schema", schema]);

@@ -1,65 +1,75 @@
 //! The server's whole axum app: the contract's routes ([`FieldingApi`]),
-//! `GET /health`, and an access log.
+//! `GET /health` and `GET /ready` ([`crate::health`]), the per-address
+//! limit ([`crate::address_limit`]) and an access log.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::extract::Request;
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::get;
-use axum::{Json, Router};
-use fielding_core::{FieldingService, Scope, INTERNAL_ERROR_DETAIL};
+use axum::Router;
+use fielding_core::FieldingService;
 use fielding_http::api_error::ApiError;
 use fielding_http::auth::Authenticator;
-use fielding_http::problem::{object, ErrorBody};
 use fielding_http::rate_limit::{RateLimitPolicy, RateLimiter};
 use fielding_http::{FieldingApi, DEFAULT_BODY_LIMIT};
-use serde::Serialize;
 
-/// The health check's path.
-pub const HEALTH_PATH: &str = "/health";
-
-/// How long the health check waits for the store before answering 503.
-pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::address_limit::{self, AddressLimiter};
+use crate::health::{self, Health};
+pub use crate::health::{HEALTH_PATH, READY_PATH};
+use crate::limits::DEFAULT_BODY_READ_TIMEOUT;
+use crate::telemetry::{self, SampledLog, REFUSAL_SUMMARY_EVERY};
 
 /// How the API is limited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApiLimits {
     /// Requests per principal.
     pub rate_limit: RateLimitPolicy,
+    /// Requests per client address, before authentication; `None` for no
+    /// limit.
+    pub address_rate_limit: Option<RateLimitPolicy>,
     /// The largest request body, in bytes.
     pub body_limit: usize,
+    /// How long a request body may take to arrive in full (408 past it).
+    pub body_read_timeout: Duration,
 }
 
 impl Default for ApiLimits {
-    /// [`RateLimitPolicy::default`] and [`DEFAULT_BODY_LIMIT`].
+    /// [`RateLimitPolicy::default`] per principal,
+    /// [`address_limit::default_policy`] per address,
+    /// [`DEFAULT_BODY_LIMIT`] and [`DEFAULT_BODY_READ_TIMEOUT`].
     fn default() -> Self {
         Self {
             rate_limit: RateLimitPolicy::default(),
+            address_rate_limit: Some(address_limit::default_policy()),
             body_limit: DEFAULT_BODY_LIMIT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         }
     }
 }
 
-/// The app and the rate limiter's buckets (for the housekeeping task that
-/// calls [`RateLimiter::forget_idle`]).
+/// The app and its rate limiters' buckets (for the housekeeping task that
+/// forgets idle ones).
 #[derive(Debug)]
 pub struct App {
     /// Everything the server serves.
     pub router: Router,
     /// The API's per-principal buckets.
     pub rate_limiter: Arc<RateLimiter>,
+    /// The per-address buckets, when that limit is on.
+    pub address_limiter: Option<Arc<AddressLimiter>>,
 }
 
-/// The server's app: `GET /health` (reporting `store` as its kind) next to
-/// the contract's routes, with an access log around both.
+/// The server's app: `GET /health` and `GET /ready` (reporting `store` as
+/// the store's kind) next to the contract's routes, behind the
+/// per-address limit, with an access log around everything.
 ///
-/// `/health` needs no token and is not rate limited; like every API
-/// response it carries `traceparent`. Anything else goes to the
-/// [`FieldingApi`] router, including its contract-shaped 404 for unknown
-/// paths.
+/// `/health` and `/ready` need no token and skip the per-principal limit;
+/// like every API response they carry `traceparent`. Anything else goes to
+/// the [`FieldingApi`] router, including its contract-shaped 404 for
+/// unknown paths.
 ///
 /// ```
 /// use std::sync::Arc;
@@ -80,64 +90,59 @@ pub fn app(
         .rate_limit(limits.rate_limit)
         .body_limit(limits.body_limit);
     let rate_limiter = api.rate_limiter();
-    let health = Router::new()
-        .route(
-            HEALTH_PATH,
-            get(health).fallback(|| async { ApiError::method_not_allowed() }),
-        )
+    let not_allowed = || async { ApiError::method_not_allowed() };
+    let checks = Router::new()
+        .route(HEALTH_PATH, get(health::liveness).fallback(not_allowed))
+        .route(READY_PATH, get(health::readiness).fallback(not_allowed))
         .layer(middleware::from_fn(fielding_http::trace_context::propagate))
-        .with_state(Arc::new(Health { service, store }));
-    let router = health.merge(api.router()).layer(middleware::from_fn(access_log));
-    App { router, rate_limiter }
-}
-
-struct Health {
-    service: FieldingService,
-    store: &'static str,
-}
-
-#[derive(Serialize)]
-struct Healthy {
-    status: &'static str,
-    store: &'static str,
-}
-
-/// 200 `{"status":"ok","store":KIND}` when a read through the store
-/// succeeds within [`HEALTH_TIMEOUT`]; 503 with the contract's error body
-/// (`unexpected_internal_error`) otherwise, the cause logged under the id
-/// the body shows.
-async fn health(State(health): State<Arc<Health>>) -> Response {
-    let probe = async {
-        // Any scope will do: the read proves the store answers.
-        let scope =
-            Scope::parse("1", "00000000000000000000000000", "00000000000000000000000000").map_err(|e| e.to_string())?;
-        health.service.find(&scope).await.map_err(|e| format!("{e:?}"))?;
-        Ok::<(), String>(())
-    };
-    let outcome = match tokio::time::timeout(HEALTH_TIMEOUT, probe).await {
-        Ok(outcome) => outcome,
-        Err(_) => Err(format!("the store did not answer within {HEALTH_TIMEOUT:?}")),
-    };
-    match outcome {
-        Ok(()) => Json(Healthy {
-            status: "ok",
-            store: health.store,
-        })
-        .into_response(),
-        Err(cause) => {
-            let body = ErrorBody::new(object::INTERNAL, INTERNAL_ERROR_DETAIL);
-            tracing::error!(error_id = %body.id, store = health.store, cause = %cause, "health check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
-        }
+        .with_state(Arc::new(Health::new(service, store)));
+    let mut router = checks.merge(api.router());
+    let address_limiter = limits
+        .address_rate_limit
+        .map(|policy| Arc::new(AddressLimiter::new(policy)));
+    if let Some(limiter) = &address_limiter {
+        router = router.layer(middleware::from_fn_with_state(
+            Arc::clone(limiter),
+            address_limit::limit_by_address,
+        ));
+    }
+    let refusals = Arc::new(SampledLog::new(REFUSAL_SUMMARY_EVERY));
+    let router = router.layer(middleware::from_fn(move |request: Request, next: Next| {
+        access_log(Arc::clone(&refusals), request, next)
+    }));
+    App {
+        router,
+        rate_limiter,
+        address_limiter,
     }
 }
 
-/// One log line per request: method, path, status, duration, trace id.
-async fn access_log(request: Request, next: Next) -> Response {
+/// One log line per request (method, path, status, duration, trace id):
+/// at `info` for answered requests, at `debug` for refusals (4xx), which
+/// are summarised at `info` at most once per [`REFUSAL_SUMMARY_EVERY`]
+/// instead, so a flood of refusals cannot flood the log. Every response
+/// is counted by status class.
+async fn access_log(refusals: Arc<SampledLog>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
-    let path = request.uri().path().to_owned();
     let started = Instant::now();
+    let path = request.uri().path().to_owned();
     let response = next.run(request).await;
+    let status = response.status().as_u16();
+    metrics::counter!(telemetry::RESPONSES, "status" => telemetry::status_class(status)).increment(1);
+    let refused = (400..500).contains(&status);
+    if refused {
+        if let Some(count) = refusals.record() {
+            tracing::info!(
+                target: "fielding_server::access",
+                refused = count,
+                seconds = REFUSAL_SUMMARY_EVERY.as_secs(),
+                "requests refused with 4xx since the last summary (each logged at debug)"
+            );
+        }
+        if !tracing::enabled!(target: "fielding_server::access", tracing::Level::DEBUG) {
+            return response;
+        }
+    }
     let trace_id = response
         .headers()
         .get("traceparent")
@@ -145,15 +150,12 @@ async fn access_log(request: Request, next: Next) -> Response {
         .and_then(|v| v.get(3..35))
         .unwrap_or("-")
         .to_owned();
-    tracing::info!(
-        target: "fielding_server::access",
-        %method,
-        path,
-        status = response.status().as_u16(),
-        elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-        trace_id,
-        "request"
-    );
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if refused {
+        tracing::debug!(target: "fielding_server::access", %method, path, status, elapsed_ms, trace_id, "request");
+    } else {
+        tracing::info!(target: "fielding_server::access", %method, path, status, elapsed_ms, trace_id, "request");
+    }
     response
 }
 
@@ -161,8 +163,9 @@ async fn access_log(request: Request, next: Next) -> Response {
 mod tests {
     use super::*;
     use axum::body::Body;
-    use fielding_core::FieldingStore;
+    use axum::http::StatusCode;
     use fielding_core::{AccountId, UserId};
+    use fielding_core::{FieldingStore, INTERNAL_ERROR_DETAIL};
     use fielding_http::auth::{AccountAccess, Principal, StaticTokens};
     use fielding_memory::MemoryStore;
     use fielding_testkit::{Fault, FaultyStore};
@@ -231,10 +234,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failing_store_is_a_503_with_the_contract_error_body() {
+    async fn a_failing_store_fails_readiness_with_the_contract_error_body_but_not_liveness() {
         let store = Arc::new(FaultyStore::new(MemoryStore::new()));
         store.faults().inject(Fault::Storage, 1);
-        let (status, headers, body) = send(build(store), get("/health")).await;
+        let (status, body_of_health) = {
+            let (status, _, body) = send(build(store.clone()), get("/health")).await;
+            (status, body)
+        };
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "liveness does not read the store: {body_of_health}"
+        );
+        let (status, headers, body) = send(build(store), get("/ready")).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["object"], "unexpected_internal_error");
         assert_eq!(body["detail"], INTERNAL_ERROR_DETAIL);
@@ -243,6 +255,45 @@ mod tests {
             "{body}"
         );
         assert!(headers.contains_key("traceparent"));
+    }
+
+    #[tokio::test]
+    async fn ready_reports_the_store_kind() {
+        let (status, _, body) = send(build(Arc::new(MemoryStore::new())), get("/ready")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, serde_json::json!({"status": "ready", "store": "memory"}));
+    }
+
+    #[tokio::test]
+    async fn the_address_limit_refuses_a_flooding_address_with_429_and_retry_after() {
+        let tokens = StaticTokens::new();
+        let limits = ApiLimits {
+            address_rate_limit: RateLimitPolicy::per_second(1, 2),
+            ..ApiLimits::default()
+        };
+        let router = app(
+            FieldingService::new(Arc::new(MemoryStore::new())),
+            Arc::new(tokens),
+            "memory",
+            limits,
+        )
+        .router;
+        let from = |ip: &str| {
+            let mut request = get("/health");
+            let peer: std::net::SocketAddr = format!("{ip}:40000").parse().unwrap();
+            request.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            request
+        };
+        for _ in 0..2 {
+            let (status, _, _) = send(router.clone(), from("192.0.2.1")).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let (status, headers, body) = send(router.clone(), from("192.0.2.1")).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert!(headers.contains_key("retry-after"));
+        assert_eq!(body["object"], "too_many_requests_problem_details", "{body}");
+        let (status, _, _) = send(router, from("192.0.2.2")).await;
+        assert_eq!(status, StatusCode::OK, "other addresses are not affected");
     }
 
     #[tokio::test]

@@ -12,6 +12,10 @@ use uuid::Uuid;
 use crate::app::ApiLimits;
 use crate::database::Database;
 use crate::jwt::{JwtSecret, SecretError, DEFAULT_TTL};
+use crate::limits::{
+    auto_max_connections, ConnectionLimits, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, MIN_MAX_HEADER_BYTES,
+};
 
 /// The sustained rate that stands for "no limit" when
 /// `--rate-limit-per-second 0` is given: a billion requests per second per
@@ -113,6 +117,84 @@ pub struct ServeArgs {
     /// The largest request body accepted, in bytes (413 above it).
     #[arg(long, env = "FIELDING_BODY_LIMIT", value_name = "BYTES", default_value_t = DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
+
+    /// Requests per second each client address may make, sustained,
+    /// before authentication (IPv6: per /64); 0 turns the limit off
+    /// (do that, or raise it, behind a reverse proxy).
+    #[arg(
+        long,
+        env = "FIELDING_ADDRESS_RATE_LIMIT_PER_SECOND",
+        value_name = "N",
+        default_value_t = 1_000
+    )]
+    pub address_rate_limit_per_second: u32,
+
+    /// How many requests an address may make at once before its sustained
+    /// rate applies (at least 1).
+    #[arg(
+        long,
+        env = "FIELDING_ADDRESS_RATE_LIMIT_BURST",
+        value_name = "N",
+        default_value_t = 2_000,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub address_rate_limit_burst: u32,
+
+    /// Seconds a client has to send a complete request head, from the
+    /// connection's opening (first request) or the request's first byte
+    /// (later ones); the connection is closed past it.
+    #[arg(
+        long,
+        env = "FIELDING_HEADER_READ_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub header_read_timeout: u64,
+
+    /// Seconds a request body may take to arrive in full; past it the
+    /// request is answered 408 and the connection closed.
+    #[arg(
+        long,
+        env = "FIELDING_BODY_READ_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_BODY_READ_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub body_read_timeout: u64,
+
+    /// Seconds a kept-alive connection may wait for its next request
+    /// before it is closed.
+    #[arg(
+        long,
+        env = "FIELDING_IDLE_TIMEOUT",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_IDLE_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub idle_timeout: u64,
+
+    /// The most connections open at once; more wait in the listen backlog.
+    /// Default: the open-file limit (raised to its hard limit at start-up)
+    /// less 128, at most 10000.
+    #[arg(
+        long,
+        env = "FIELDING_MAX_CONNECTIONS",
+        value_name = "N",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub max_connections: Option<u64>,
+
+    /// The largest request head (request line and headers), in bytes
+    /// (431 above it).
+    #[arg(
+        long,
+        env = "FIELDING_MAX_HEADER_BYTES",
+        value_name = "BYTES",
+        default_value_t = DEFAULT_MAX_HEADER_BYTES as u64,
+        value_parser = clap::value_parser!(u64).range(MIN_MAX_HEADER_BYTES as u64..=(1 << 20))
+    )]
+    pub max_header_bytes: u64,
 }
 
 /// The `token` subcommand's arguments.
@@ -187,6 +269,8 @@ pub struct ServerConfig {
     /// After a shutdown signal, how long requests in flight may take before
     /// their connections are closed anyway.
     pub shutdown_grace: Duration,
+    /// Timeouts, the connection cap and the head size.
+    pub connections: ConnectionLimits,
 }
 
 impl ServerConfig {
@@ -201,6 +285,7 @@ impl ServerConfig {
             secret_source: SecretSource::Given,
             limits: ApiLimits::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -219,11 +304,33 @@ impl ServeArgs {
         })
     }
 
+    /// The per-address limit the flags ask for: `None` when it is off.
+    pub fn address_rate_limit_policy(&self) -> Option<RateLimitPolicy> {
+        RateLimitPolicy::per_second(self.address_rate_limit_per_second, self.address_rate_limit_burst)
+    }
+
+    /// The connection limits the flags ask for.
+    pub fn connection_limits(&self) -> ConnectionLimits {
+        let max_connections = self
+            .max_connections
+            .map_or_else(auto_max_connections, |n| usize::try_from(n).unwrap_or(usize::MAX));
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(self.header_read_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            body_read_timeout: Duration::from_secs(self.body_read_timeout),
+            max_connections,
+            max_header_bytes: usize::try_from(self.max_header_bytes).unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+        }
+    }
+
     /// The settings, generating a secret when none was given.
     pub fn into_config(self) -> Result<ServerConfig, ConfigError> {
+        let connections = self.connection_limits();
         let limits = ApiLimits {
             rate_limit: self.rate_limit_policy()?,
+            address_rate_limit: self.address_rate_limit_policy(),
             body_limit: self.body_limit,
+            body_read_timeout: connections.body_read_timeout,
         };
         let (jwt_secret, secret_source) = match self.jwt_secret {
             Some(secret) => (secret, SecretSource::Given),
@@ -237,6 +344,7 @@ impl ServeArgs {
             secret_source,
             limits,
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
+            connections,
         })
     }
 }
@@ -280,6 +388,67 @@ mod tests {
         assert_eq!(config.secret_source, SecretSource::Given);
         assert_eq!(config.limits.rate_limit, RateLimitPolicy::per_second(5, 10).unwrap());
         assert_eq!(config.limits.body_limit, 1024);
+    }
+
+    #[test]
+    fn connection_flags_parse_into_limits() {
+        let args = parse(&[
+            "--header-read-timeout",
+            "3",
+            "--idle-timeout",
+            "4",
+            "--body-read-timeout",
+            "5",
+            "--max-connections",
+            "64",
+            "--max-header-bytes",
+            "4096",
+            "--address-rate-limit-per-second",
+            "7",
+            "--address-rate-limit-burst",
+            "9",
+        ])
+        .unwrap()
+        .serve;
+        let config = args.into_config().unwrap();
+        assert_eq!(
+            config.connections,
+            ConnectionLimits {
+                header_read_timeout: Duration::from_secs(3),
+                idle_timeout: Duration::from_secs(4),
+                body_read_timeout: Duration::from_secs(5),
+                max_connections: 64,
+                max_header_bytes: 4096,
+            }
+        );
+        assert_eq!(config.limits.body_read_timeout, Duration::from_secs(5));
+        assert_eq!(config.limits.address_rate_limit, RateLimitPolicy::per_second(7, 9));
+    }
+
+    #[test]
+    fn connection_defaults_and_bounds() {
+        let args = parse(&[]).unwrap().serve;
+        let limits = args.connection_limits();
+        assert_eq!(limits.header_read_timeout, DEFAULT_HEADER_READ_TIMEOUT);
+        assert_eq!(limits.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(limits.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
+        assert_eq!(limits.max_connections, auto_max_connections());
+        assert!(args.address_rate_limit_policy().is_some(), "on by default");
+        assert!(parse(&["--address-rate-limit-per-second", "0"])
+            .unwrap()
+            .serve
+            .address_rate_limit_policy()
+            .is_none());
+        for bad in [
+            ["--header-read-timeout", "0"],
+            ["--idle-timeout", "0"],
+            ["--body-read-timeout", "0"],
+            ["--max-connections", "0"],
+            ["--max-header-bytes", "100"],
+            ["--address-rate-limit-burst", "0"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

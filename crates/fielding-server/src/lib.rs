@@ -12,20 +12,32 @@
 //! * [`Database`]: the `--database` value, parsed.
 //! * [`jwt`]: [`JwtAuthenticator`] (the [`fielding_http::auth::Authenticator`]
 //!   for HS256 tokens) and [`mint_token`].
-//! * [`app`]: the router: `/health` next to the API, with an access log.
+//! * [`app`]: the router: [`health`] (`/health` liveness, `/ready`
+//!   readiness) next to the API, behind the per-address limit
+//!   ([`address_limit`]), with an access log.
 //! * [`Server`]: open the store, bind, serve until a shutdown future
-//!   completes ([`shutdown_signal`] for SIGINT/SIGTERM).
+//!   completes ([`shutdown_signal`] for SIGINT/SIGTERM), every connection
+//!   under the [`limits`] (timeouts, connection cap, head size).
+//! * [`telemetry`]: the metrics the server records (through the `metrics`
+//!   facade) and the sampling that keeps refusals out of the log.
 //!
 //! See `docs/server.md` for the flags, the token command and examples.
 #![warn(missing_docs)]
 
+pub mod address_limit;
 pub mod app;
 pub mod cli;
+mod connection;
 pub mod database;
+pub mod health;
 pub mod jwt;
+pub mod limits;
 pub mod server;
+pub mod telemetry;
 
 pub use cli::{Cli, Command, ConfigError, SecretSource, ServeArgs, ServerConfig, TokenArgs};
+pub use connection::ShuttingDown;
 pub use database::{Database, DatabaseError};
 pub use jwt::{mint_token, Claims, JwtAuthenticator, JwtSecret, TokenError};
+pub use limits::ConnectionLimits;
 pub use server::{open_store, shutdown_signal, OpenedStore, Server, ServerError};

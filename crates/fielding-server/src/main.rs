@@ -82,7 +82,14 @@ fn init_logs() {
 
 fn serve(args: ServeArgs) -> Result<(), Box<dyn Error>> {
     init_logs();
+    // Before the connection cap is derived from it.
+    let open_files = fielding_server::limits::raise_open_file_limit();
     let config = args.into_config()?;
+    tracing::info!(
+        open_files,
+        max_connections = config.connections.max_connections,
+        "connection cap"
+    );
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = Server::bind(&config).await?;

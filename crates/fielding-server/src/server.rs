@@ -1,6 +1,6 @@
 //! Opening the store, binding the listener, serving until shut down.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +11,18 @@ use fielding_memory::MemoryStore;
 use fielding_postgres::PgStore;
 use fielding_sqlite::SqliteStore;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
+use crate::address_limit::AddressLimiter;
 use crate::app::{app, App};
 use crate::cli::ServerConfig;
+use crate::connection;
 use crate::database::Database;
 use crate::jwt::JwtAuthenticator;
+use crate::limits::ConnectionLimits;
+use crate::telemetry::{self, SampledLog};
 
 /// How often idle rate-limit buckets are forgotten.
 const FORGET_IDLE_EVERY: Duration = Duration::from_secs(60);
@@ -42,10 +49,11 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    /// Serving failed.
-    #[error("the server failed: {0}")]
-    Serve(#[source] std::io::Error),
 }
+
+/// How long the accept loop pauses after an error such as running out of
+/// file descriptors, so it does not spin while connections close.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// A store, opened, with the SQLite store kept by type so it can be closed
 /// cleanly at shutdown.
@@ -126,6 +134,7 @@ pub struct Server {
     app: App,
     store: OpenedStore,
     shutdown_grace: Duration,
+    limits: ConnectionLimits,
 }
 
 impl Server {
@@ -147,6 +156,7 @@ impl Server {
             app,
             store,
             shutdown_grace: config.shutdown_grace,
+            limits: config.connections,
         })
     }
 
@@ -161,60 +171,106 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then stops accepting connections,
-    /// finishes the requests in flight (for at most
+    /// closes idle ones (and those still sending a request head) at once,
+    /// lets requests in flight finish (for at most
     /// [`ServerConfig::shutdown_grace`]), and closes the store.
+    ///
+    /// At most [`ConnectionLimits::max_connections`] connections are open
+    /// at once; past it, new ones wait in the listen backlog.
     pub async fn serve<F>(self, shutdown: F) -> Result<(), ServerError>
     where
         F: Future<Output = ()> + Send + 'static,
     {
         let Server {
             listener,
-            app: App { router, rate_limiter },
+            app:
+                App {
+                    router,
+                    rate_limiter,
+                    address_limiter,
+                },
             store,
             shutdown_grace,
+            limits,
             ..
         } = self;
-        let housekeeping = tokio::spawn(forget_idle(rate_limiter));
-        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
-        let shutdown = async move {
-            shutdown.await;
-            let _ = signalled.send(());
-        };
-        let serving = axum::serve(listener, router).with_graceful_shutdown(shutdown);
-        let grace_over = async move {
-            match on_signal.await {
-                Ok(()) => tokio::time::sleep(shutdown_grace).await,
-                // The server stopped without a signal: nothing to time.
-                Err(_) => std::future::pending().await,
-            }
-        };
-        let served = tokio::select! {
-            served = serving.into_future() => served.map_err(ServerError::Serve),
-            () = grace_over => {
-                // Dropping the server stops its connections' tasks with the
-                // runtime; their clients see the connection close.
-                tracing::warn!(
-                    grace_seconds = shutdown_grace.as_secs(),
-                    "requests still in flight after the shutdown grace period: closing their connections"
-                );
-                Ok(())
-            }
-        };
+        let housekeeping = tokio::spawn(forget_idle(rate_limiter, address_limiter));
+        let stop = CancellationToken::new();
+        let http1 = Arc::new(connection::http1(&limits));
+        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        let accept_errors = SampledLog::new(Duration::from_secs(10));
+        let mut connections = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            // A permit first: at the cap, connections wait in the backlog
+            // rather than being accepted and left unserved.
+            let permit = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => permit,
+                () = &mut shutdown => break,
+            };
+            let Ok(permit) = permit else { break };
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = &mut shutdown => break,
+            };
+            let (socket, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    if let Some(count) = accept_errors.record() {
+                        tracing::warn!(%error, errors = count, "cannot accept connections");
+                    }
+                    // Running out of file descriptors or memory clears up as
+                    // connections close; a client that gave up before its
+                    // connection was accepted costs nothing to skip.
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            };
+            // Small JSON answers: send them without Nagle's delay.
+            let _ = socket.set_nodelay(true);
+            metrics::counter!(telemetry::CONNECTIONS_ACCEPTED).increment(1);
+            metrics::gauge!(telemetry::CONNECTIONS_OPEN).increment(1.0);
+            let served = connection::serve(socket, peer, router.clone(), Arc::clone(&http1), limits, stop.clone());
+            connections.spawn(async move {
+                served.await;
+                metrics::gauge!(telemetry::CONNECTIONS_OPEN).decrement(1.0);
+                drop(permit);
+            });
+            while connections.try_join_next().is_some() {}
+        }
+        drop(listener);
+        stop.cancel();
+        let drained = tokio::time::timeout(shutdown_grace, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                grace_seconds = shutdown_grace.as_secs(),
+                connections = connections.len(),
+                "requests still in flight after the shutdown grace period: closing their connections"
+            );
+            connections.shutdown().await;
+        }
         housekeeping.abort();
-        // The housekeeping task holds no store; the router is gone with
-        // `serve`, so the store is usually ours alone now.
+        // The connections, and with them the router's clones of the
+        // service, are gone: the store is usually ours alone now.
+        drop(router);
         store.close().await;
-        served
+        Ok(())
     }
 }
 
-async fn forget_idle(rate_limiter: Arc<RateLimiter>) {
+async fn forget_idle(rate_limiter: Arc<RateLimiter>, address_limiter: Option<Arc<AddressLimiter>>) {
     let mut every = tokio::time::interval(FORGET_IDLE_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     every.tick().await;
     loop {
         every.tick().await;
         rate_limiter.forget_idle();
+        if let Some(limiter) = &address_limiter {
+            limiter.forget_idle();
+        }
     }
 }
 

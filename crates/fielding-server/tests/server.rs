@@ -758,14 +758,16 @@ fn token_ignores_the_servers_environment() {
     assert_eq!(String::from_utf8(output.stdout).unwrap().trim().split('.').count(), 3);
 }
 
-/// A client that stalls mid-request holds shutdown up only for the grace
-/// period; then its connection is closed and the process exits cleanly.
+/// A client that stalls mid-body does not hold the shutdown: once the
+/// server is shutting down, a body that stops arriving is cut within about
+/// a second, well before the 30 s grace period, and the process exits
+/// cleanly.
 #[test]
-fn a_stalled_request_cannot_hold_shutdown_past_the_grace_period() {
+fn a_stalled_body_is_cut_at_shutdown_without_waiting_out_the_grace_period() {
     use std::io::Write;
     use std::net::TcpStream;
 
-    let mut server = Server::start(&["--database", "memory", "--jwt-secret", SECRET, "--shutdown-grace", "1"]);
+    let mut server = Server::start(&["--database", "memory", "--jwt-secret", SECRET, "--shutdown-grace", "30"]);
     let bearer = token(SECRET, &[101]);
     let mut socket = TcpStream::connect(server.addr).unwrap();
     socket.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -773,7 +775,7 @@ fn a_stalled_request_cannot_hold_shutdown_past_the_grace_period() {
     let head = format!(
         "POST /demand/accounts/101/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-run-jobs/launch-from-draft HTTP/1.1\r\n\
          Host: {}\r\nAuthorization: Bearer {bearer}\r\nCint-API-Version: {API_VERSION}\r\n\
-         idempotency-key: stalled\r\nContent-Length: 200\r\nExpect: 100-continue\r\n\r\n",
+         idempotency-key: stalled\r\nContent-Type: application/json\r\nContent-Length: 200\r\nExpect: 100-continue\r\n\r\n",
         server.addr
     );
     socket.write_all(head.as_bytes()).unwrap();
@@ -788,10 +790,14 @@ fn a_stalled_request_cannot_hold_shutdown_past_the_grace_period() {
     let status = server.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status:?}\n{}", server.printed());
     assert!(
-        started.elapsed() < Duration::from_secs(30),
+        started.elapsed() < Duration::from_secs(10),
         "took {:?}",
         started.elapsed()
     );
-    assert!(server.printed().contains("grace period"), "{}", server.printed());
+    assert!(
+        !server.printed().contains("grace period"),
+        "the stall was cut, not waited out:\n{}",
+        server.printed()
+    );
     drop(socket);
 }

@@ -1,0 +1,134 @@
+//! The per-address limit: one token bucket per client address, checked
+//! before anything else (authentication included), so one address cannot
+//! take more than its share however it calls, with or without a token.
+//!
+//! IPv6 clients are bucketed by their /64 prefix: a single host usually
+//! holds a whole /64 and could otherwise rotate through addresses.
+//! Behind a reverse proxy every client shares the proxy's address: raise
+//! or turn off the limit there (`docs/server.md`).
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use fielding_http::problem::TooManyRequests;
+use fielding_http::rate_limit::RateLimitPolicy;
+use governor::clock::Clock;
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+use crate::telemetry;
+
+/// The default per-address policy: ten times the default per-principal
+/// rate, so it only bites floods and crowds behind one address.
+pub fn default_policy() -> RateLimitPolicy {
+    RateLimitPolicy::per_second(1_000, 2_000).unwrap_or_default()
+}
+
+/// The buckets of every client address.
+#[derive(Debug)]
+pub struct AddressLimiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl AddressLimiter {
+    /// Buckets that follow `policy`.
+    pub fn new(policy: RateLimitPolicy) -> Self {
+        let rate = std::num::NonZeroU32::new(policy.rate()).unwrap_or(std::num::NonZeroU32::MIN);
+        let burst = std::num::NonZeroU32::new(policy.burst()).unwrap_or(std::num::NonZeroU32::MIN);
+        Self {
+            limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+        }
+    }
+
+    /// Takes one request from `address`'s bucket, or says how many whole
+    /// seconds (at least 1) until one would pass.
+    pub fn check(&self, address: IpAddr) -> Result<(), u64> {
+        self.limiter.check_key(&bucket_of(address)).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.limiter.clock().now());
+            wait.as_secs().saturating_add(u64::from(wait.subsec_nanos() > 0)).max(1)
+        })
+    }
+
+    /// Forgets buckets that are full again (call now and then).
+    pub fn forget_idle(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+/// The key an address is counted under: IPv4 as is (and IPv4-mapped IPv6
+/// as IPv4), IPv6 by its /64 prefix.
+fn bucket_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
+
+/// Middleware: 429 with `Retry-After` and the contract's body when the
+/// caller's address has no token left; requests without a known peer
+/// address (an app driven in-process) pass.
+pub async fn limit_by_address(State(limiter): State<Arc<AddressLimiter>>, request: Request, next: Next) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0.ip());
+    if let Some(peer) = peer {
+        if let Err(seconds) = limiter.check(peer) {
+            metrics::counter!(telemetry::ADDRESS_LIMITED).increment(1);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, HeaderValue::from(seconds))],
+                Json(TooManyRequests::after_seconds(seconds)),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_burst_passes_then_the_address_waits() {
+        let limiter = AddressLimiter::new(RateLimitPolicy::per_second(1, 2).unwrap());
+        assert!(limiter.check(ip("192.0.2.1")).is_ok());
+        assert!(limiter.check(ip("192.0.2.1")).is_ok());
+        let wait = limiter.check(ip("192.0.2.1")).unwrap_err();
+        assert!((1..=2).contains(&wait), "{wait}");
+        assert!(
+            limiter.check(ip("192.0.2.2")).is_ok(),
+            "another address has its own bucket"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_host_is_one_client_per_64_prefix() {
+        let limiter = AddressLimiter::new(RateLimitPolicy::per_second(1, 1).unwrap());
+        assert!(limiter.check(ip("2001:db8:1:2::1")).is_ok());
+        assert!(
+            limiter.check(ip("2001:db8:1:2:ffff::9")).is_err(),
+            "same /64, same bucket"
+        );
+        assert!(limiter.check(ip("2001:db8:1:3::1")).is_ok(), "another /64");
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_count_as_ipv4() {
+        assert_eq!(bucket_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(bucket_of(ip("2001:db8::1")), ip("2001:db8::"));
+    }
+}

@@ -1,0 +1,443 @@
+//! Serving one accepted connection: hyper's HTTP/1 on the socket, with the
+//! header, idle and shutdown rules of [`ConnectionLimits`].
+//!
+//! hyper bounds the size of a request head (`max_header_size`, answered
+//! 431). Time is watched here rather than with hyper's own
+//! `header_read_timeout`, because hyper starts that one timer as soon as a
+//! connection is idle, so it cannot tell a client that is slow to send a
+//! head (cut after [`ConnectionLimits::header_read_timeout`]) from a
+//! kept-alive client between requests (cut after
+//! [`ConnectionLimits::idle_timeout`]).
+//!
+//! A connection is always in one of three phases ([`Phase`]):
+//! * **head**: request bytes may be arriving, no request is being served;
+//!   the head must be complete within the header read timeout;
+//! * **busy**: a request is being served, until its response is fully
+//!   written; the request body's own deadline is the API's
+//!   (`FieldingApi::body_timeout`), so nothing is timed here;
+//! * **idle**: a response was written and no byte of the next request has
+//!   arrived; the idle timeout applies.
+//!
+//! At shutdown a head or idle connection is closed at once (no request of
+//! its own is lost), and a busy one finishes its response, then closes; a
+//! request whose body stops arriving for [`STALL_AT_SHUTDOWN`] is cut (its
+//! body read fails), so a stalled upload cannot hold the shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::body::Bytes;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response};
+use axum::Router;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tower::ServiceExt;
+
+use crate::limits::ConnectionLimits;
+use crate::telemetry;
+
+/// Where a connection is in its request cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for (the rest of) a request head since `since`.
+    Head { since: Instant },
+    /// Serving this many requests (HTTP/1: one, or briefly two while the
+    /// previous response's body is released).
+    Busy { requests: usize },
+    /// Nothing to do since `since`.
+    Idle { since: Instant },
+}
+
+/// Why the server closed a connection on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Expiry {
+    /// The request head took too long.
+    HeaderTimeout,
+    /// The connection sat idle too long.
+    IdleTimeout,
+}
+
+impl Expiry {
+    fn label(self) -> &'static str {
+        match self {
+            Expiry::HeaderTimeout => "header_timeout",
+            Expiry::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
+/// The phase of one connection, shared by its socket, its requests and
+/// its watchdog.
+#[derive(Debug)]
+struct Activity {
+    phase: Mutex<Phase>,
+    /// Wakes the watchdog when a deadline may have moved.
+    changed: Notify,
+}
+
+impl Activity {
+    fn new(opened: Instant) -> Self {
+        Self {
+            phase: Mutex::new(Phase::Head { since: opened }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        *self.phase.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn update(&self, change: impl FnOnce(Phase) -> Phase) {
+        let mut phase = self.phase.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let next = change(*phase);
+        if next != *phase {
+            *phase = next;
+            drop(phase);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Bytes arrived from the client: an idle connection starts a head.
+    fn bytes_arrived(&self) {
+        self.update(|phase| match phase {
+            Phase::Idle { .. } => Phase::Head { since: Instant::now() },
+            other => other,
+        });
+    }
+
+    /// hyper handed a request to the app.
+    fn request_started(self: &Arc<Self>) -> BusyGuard {
+        self.update(|phase| match phase {
+            Phase::Busy { requests } => Phase::Busy { requests: requests + 1 },
+            Phase::Head { .. } | Phase::Idle { .. } => Phase::Busy { requests: 1 },
+        });
+        BusyGuard(Arc::clone(self))
+    }
+
+    fn request_finished(&self) {
+        self.update(|phase| match phase {
+            Phase::Busy { requests } if requests > 1 => Phase::Busy { requests: requests - 1 },
+            _ => Phase::Idle { since: Instant::now() },
+        });
+    }
+
+    /// When the connection expires if nothing changes, and why; `None`
+    /// while a request is being served.
+    fn deadline(&self, limits: &ConnectionLimits) -> Option<(Instant, Expiry)> {
+        match self.phase() {
+            Phase::Head { since } => Some((since + limits.header_read_timeout, Expiry::HeaderTimeout)),
+            Phase::Idle { since } => Some((since + limits.idle_timeout, Expiry::IdleTimeout)),
+            Phase::Busy { .. } => None,
+        }
+    }
+}
+
+/// Held from the moment a request reaches the app until its response
+/// body is written (or dropped): the connection is busy meanwhile.
+#[derive(Debug)]
+struct BusyGuard(Arc<Activity>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.request_finished();
+    }
+}
+
+/// The socket, reporting arriving bytes to the connection's [`Activity`].
+struct Watched {
+    socket: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.socket).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.socket).poll_write_vectored(cx, data)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+}
+
+/// How long, once the server is shutting down, a request body may go
+/// without a byte before the request is cut: a client still uploading
+/// finishes, one that stalled does not hold the shutdown.
+pub const STALL_AT_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// The server is shutting down and the request body stopped arriving.
+#[derive(Debug, thiserror::Error)]
+#[error("the server is shutting down and the request body stopped arriving")]
+pub struct ShuttingDown;
+
+/// A request body that fails once the server is shutting down and no
+/// byte has arrived for [`STALL_AT_SHUTDOWN`].
+struct RequestBody {
+    incoming: Incoming,
+    shutdown: CancellationToken,
+    /// Made the first time the body has to wait for the client: most
+    /// bodies arrive with their head and never need it.
+    cancelled: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+    /// While shutting down: when the wait for the next frame gives up.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.incoming).poll_frame(cx) {
+            this.stall = None;
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        if !this.shutdown.is_cancelled() {
+            let shutdown = &this.shutdown;
+            let cancelled = this
+                .cancelled
+                .get_or_insert_with(|| Box::pin(shutdown.clone().cancelled_owned()));
+            if cancelled.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        let stall = this
+            .stall
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(STALL_AT_SHUTDOWN)));
+        match stall.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(ShuttingDown)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+/// A response body that keeps its connection busy until it is written.
+struct ResponseBody {
+    inner: Body,
+    _busy: BusyGuard,
+}
+
+impl http_body::Body for ResponseBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// hyper's HTTP/1 settings for every connection.
+pub(crate) fn http1(limits: &ConnectionLimits) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // Timed by the watchdog instead (see the module docs).
+        .header_read_timeout(None)
+        .max_header_size(limits.max_header_bytes)
+        // hyper's read buffer never needs to outgrow the largest head; its
+        // minimum is 8 KiB.
+        .max_buf_size(limits.max_header_bytes.max(8192));
+    builder
+}
+
+/// Serves `socket` until the client leaves, a timeout closes it, or the
+/// shutdown completes it.
+pub(crate) async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    http1: Arc<hyper::server::conn::http1::Builder>,
+    limits: ConnectionLimits,
+    shutdown: CancellationToken,
+) {
+    let activity = Arc::new(Activity::new(Instant::now()));
+    let io = TokioIo::new(Watched {
+        socket,
+        activity: Arc::clone(&activity),
+    });
+    let service = {
+        let activity = Arc::clone(&activity);
+        let shutdown = shutdown.clone();
+        hyper::service::service_fn(move |request: Request<Incoming>| {
+            let busy = activity.request_started();
+            let shutdown = shutdown.clone();
+            let router = router.clone();
+            async move {
+                let mut request = request.map(|incoming| {
+                    Body::new(RequestBody {
+                        incoming,
+                        shutdown,
+                        cancelled: None,
+                        stall: None,
+                    })
+                });
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let response = match router.oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                };
+                Ok::<Response<Body>, Infallible>(response.map(|inner| Body::new(ResponseBody { inner, _busy: busy })))
+            }
+        })
+    };
+    let connection = http1.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        let deadline = activity.deadline(&limits);
+        let expire = async {
+            match deadline {
+                Some((at, why)) => {
+                    tokio::time::sleep_until(at).await;
+                    why
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(error) = served {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                return;
+            }
+            why = expire => {
+                // The phase may have moved on just as the timer fired.
+                if activity.deadline(&limits).is_some_and(|(at, _)| at <= Instant::now()) {
+                    metrics::counter!(telemetry::CONNECTIONS_CLOSED, "reason" => why.label()).increment(1);
+                    tracing::debug!(%peer, reason = why.label(), "closing the connection");
+                    return;
+                }
+            }
+            () = activity.changed.notified() => {}
+            () = shutdown.cancelled(), if !draining => {
+                if activity.deadline(&limits).is_some() {
+                    metrics::counter!(telemetry::CONNECTIONS_CLOSED, "reason" => "shutdown").increment(1);
+                    return;
+                }
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> ConnectionLimits {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            ..ConnectionLimits::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_phases_move_the_deadline() {
+        let opened = Instant::now();
+        let activity = Arc::new(Activity::new(opened));
+        let limits = limits();
+        assert_eq!(
+            activity.deadline(&limits),
+            Some((opened + Duration::from_secs(10), Expiry::HeaderTimeout)),
+            "a new connection has the header timeout for its first request"
+        );
+        let busy = activity.request_started();
+        assert_eq!(activity.deadline(&limits), None, "nothing is timed while serving");
+        activity.bytes_arrived();
+        assert_eq!(activity.deadline(&limits), None, "body bytes do not start a head");
+        tokio::time::advance(Duration::from_secs(3)).await;
+        drop(busy);
+        let idle_since = Instant::now();
+        assert_eq!(
+            activity.deadline(&limits),
+            Some((idle_since + Duration::from_secs(30), Expiry::IdleTimeout))
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        activity.bytes_arrived();
+        assert_eq!(
+            activity.deadline(&limits),
+            Some((Instant::now() + Duration::from_secs(10), Expiry::HeaderTimeout)),
+            "the next request's first byte starts its header timeout"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn overlapping_requests_keep_the_connection_busy_until_the_last_ends() {
+        let activity = Arc::new(Activity::new(Instant::now()));
+        let first = activity.request_started();
+        let second = activity.request_started();
+        drop(first);
+        assert_eq!(activity.deadline(&limits()), None);
+        drop(second);
+        assert!(activity.deadline(&limits()).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_phase_change_wakes_the_watchdog() {
+        let activity = Arc::new(Activity::new(Instant::now()));
+        let busy = activity.request_started();
+        let woken = activity.changed.notified();
+        drop(busy);
+        tokio::time::timeout(Duration::from_secs(1), woken)
+            .await
+            .expect("the end of a request wakes the watchdog");
+    }
+}
