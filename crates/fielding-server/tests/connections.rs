@@ -242,3 +242,32 @@ async fn shutdown_closes_idle_and_half_sent_connections_at_once() {
         stopping.elapsed()
     );
 }
+
+#[tokio::test]
+async fn a_stalled_body_is_answered_408_and_closed_at_the_body_read_timeout() {
+    let server = start(limits()).await;
+    let secret = JwtSecret::new("a secret for the connection tests!").unwrap();
+    let token = fielding_server::mint_token(
+        &secret,
+        uuid::Uuid::new_v4(),
+        &[fielding_core::AccountId::new(101).unwrap()],
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let mut socket = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-run-jobs/launch-from-draft HTTP/1.1\r\n\
+         Host: test\r\nAuthorization: Bearer {token}\r\nCint-API-Version: 2025-12-18\r\nidempotency-key: stalled\r\n\
+         Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"end_fie"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let sent = Instant::now();
+    let answer = read_to_close(&mut socket).await;
+    let waited = sent.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("bad_request_error") || answer.contains("\"object\""), "{answer:?}");
+    assert!(
+        waited >= Duration::from_millis(1800) && waited < Duration::from_secs(5),
+        "answered after {waited:?}, the body timeout is 2 s"
+    );
+}
