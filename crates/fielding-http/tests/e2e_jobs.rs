@@ -349,6 +349,7 @@ async fn replaying_the_same_key_and_body_returns_the_same_location_and_creates_n
         &[
             ("authorization", &other),
             ("cint-api-version", API_VERSION),
+            ("content-type", "application/json"),
             ("idempotency-key", "retry-me"),
         ],
         &job_body(SCHEDULE),

@@ -414,9 +414,15 @@ pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
     map
 }
 
-/// `Authorization: Bearer token-101` and `Cint-API-Version`, then `extra`.
+/// `Authorization: Bearer token-101`, `Cint-API-Version` and
+/// `Content-Type: application/json` (as a JSON client sends it, with or
+/// without a body), then `extra`.
 pub fn authed<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut headers = vec![("authorization", "Bearer token-101"), ("cint-api-version", API_VERSION)];
+    let mut headers = vec![
+        ("authorization", "Bearer token-101"),
+        ("cint-api-version", API_VERSION),
+        ("content-type", "application/json"),
+    ];
     headers.extend_from_slice(extra);
     headers
 }
