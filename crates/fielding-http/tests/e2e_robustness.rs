@@ -441,6 +441,7 @@ fn fuzz(backend: Backend) {
             Options {
                 rate_limit: Some(RateLimitPolicy::per_second(100_000, 100_000).unwrap()),
                 body_limit: 1024,
+                ..Options::default()
             },
         )
         .await;
