@@ -123,11 +123,6 @@ impl ApiError {
         matches!(self.status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT)
     }
 
-    /// The refusal this error is counted as, if any (see [`crate::refusal`]).
-    pub fn refusal(&self) -> Option<Refusal> {
-        self.refusal
-    }
-
     /// The status this error is sent with.
     pub fn status(&self) -> StatusCode {
         self.status
@@ -185,6 +180,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            // What would have been accepted (RFC 9110, section 15.5.16).
+            response
+                .headers_mut()
+                .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         }
         if ends_connection {
             // The rest of the body is never read, so the connection cannot

@@ -143,6 +143,7 @@ async fn a_body_not_declared_json_is_415_and_changes_nothing(backend: Backend) {
             )
             .await;
         assert_error(&reply, StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_request_error");
+        assert_eq!(reply.header("accept"), Some("application/json"), "{content_type:?}");
         assert!(
             reply.json["detail"]
                 .as_str()
