@@ -2,12 +2,15 @@
 //! response has the contract's body and status, and 500s are logged with
 //! their cause but shown without it.
 
+use std::time::Duration;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use fielding_core::{FieldingError, InvalidParam};
 
 use crate::problem::{object, ErrorBody};
+use crate::refusal::Refusal;
 
 /// A refusal: a status and the contract's `Error` body.
 #[derive(Debug, Clone)]
@@ -16,29 +19,28 @@ pub struct ApiError {
     body: ErrorBody,
     /// Sent as `WWW-Authenticate: Bearer` (401 only).
     challenge: bool,
+    /// Counted in [`crate::refusal::COUNTER`] when sent.
+    refusal: Option<Refusal>,
 }
 
 impl ApiError {
     fn new(status: StatusCode, object: &'static str, detail: impl Into<String>) -> Self {
+        Self::with_body(status, ErrorBody::new(object, detail))
+    }
+
+    fn with_body(status: StatusCode, body: ErrorBody) -> Self {
         Self {
             status,
-            body: ErrorBody::new(object, detail),
+            body,
             challenge: false,
+            refusal: Refusal::of_status(status),
         }
     }
 
-    /// 400 naming each bad parameter.
+    /// 400 naming each bad parameter (the first
+    /// [`crate::problem::MAX_LISTED_PARAMS`] of them, then how many more).
     pub fn invalid(params: Vec<InvalidParam>) -> Self {
-        let detail = params
-            .iter()
-            .map(|p| format!("{}: {}", p.name, p.reason))
-            .collect::<Vec<_>>()
-            .join("; ");
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            body: ErrorBody::invalid(format!("invalid request: {detail}"), params),
-            challenge: false,
-        }
+        Self::with_body(StatusCode::BAD_REQUEST, ErrorBody::listing(params))
     }
 
     /// 400 for one bad parameter.
@@ -69,7 +71,10 @@ impl ApiError {
 
     /// 404 for a path no route serves.
     pub fn no_route() -> Self {
-        Self::new(StatusCode::NOT_FOUND, object::NOT_FOUND, "resource not found")
+        Self {
+            refusal: Some(Refusal::NoRoute),
+            ..Self::new(StatusCode::NOT_FOUND, object::NOT_FOUND, "resource not found")
+        }
     }
 
     /// 405, in the error format (never axum's empty default).
@@ -88,6 +93,34 @@ impl ApiError {
             object::BAD_REQUEST,
             format!("the request body is larger than {limit} bytes"),
         )
+    }
+
+    /// 415: a body that is not declared `application/json`. The contract
+    /// has no 415 response; the body is its `Error`, as for 405 and 413.
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            object::BAD_REQUEST,
+            "a request body must be JSON, sent with Content-Type: application/json",
+        )
+    }
+
+    /// 408: the body did not arrive whole within `timeout`.
+    pub fn request_timeout(timeout: Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            object::BAD_REQUEST,
+            format!(
+                "the request body was not received within {} ms; send it whole, at once",
+                timeout.as_millis()
+            ),
+        )
+    }
+
+    /// Whether the request's body may be left partly unread when this is
+    /// sent (413, 408): then the connection cannot carry another request.
+    pub fn ends_connection(&self) -> bool {
+        matches!(self.status, StatusCode::PAYLOAD_TOO_LARGE | StatusCode::REQUEST_TIMEOUT)
     }
 
     /// The status this error is sent with.
@@ -132,23 +165,29 @@ impl From<FieldingError> for ApiError {
             // The cause goes to the logs under the id the client sees.
             tracing::error!(error_id = %body.id, error = ?error, "request failed");
         }
-        Self {
-            status,
-            body,
-            challenge: false,
-        }
+        Self::with_body(status, body)
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let Some(refusal) = self.refusal {
+            refusal.count();
+        }
+        let ends_connection = self.ends_connection();
         let mut response = (self.status, Json(self.body)).into_response();
         if self.challenge {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+        if self.status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            // What would have been accepted (RFC 9110, section 15.5.16).
+            response
+                .headers_mut()
+                .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        }
+        if ends_connection {
             // The rest of the body is never read, so the connection cannot
             // carry another request: say so (RFC 9112, section 9.6), or a
             // client that pools connections will send its next request into

@@ -1,5 +1,9 @@
 //! The `Cint-API-Version` header: required on every request, a
-//! `YYYY-MM-DD` date.
+//! `YYYY-MM-DD` date, and one of the versions this crate implements
+//! ([`SUPPORTED`]). The contract describes versions as dates that select
+//! behaviour, so a date the server does not implement is refused (400
+//! naming the supported versions) rather than served as some other
+//! version's behaviour.
 
 use chrono::NaiveDate;
 use fielding_core::InvalidParam;
@@ -9,6 +13,45 @@ pub const HEADER: &str = "Cint-API-Version";
 
 /// The API version this crate implements (the contract's `info.version`).
 pub const IMPLEMENTED: &str = "2025-12-18";
+
+/// Every version a request may ask for, oldest first. Only
+/// [`IMPLEMENTED`] today: the contract (`fielding-openapi.yml` and
+/// `fielding-batch-openapi.yml`) defines no other.
+pub const SUPPORTED: &[&str] = &[IMPLEMENTED];
+
+/// Reads the header's values as [`parse`] does, then requires one of
+/// [`SUPPORTED`]; returns it.
+///
+/// ```
+/// use fielding_http::api_version::{negotiate, IMPLEMENTED};
+/// assert_eq!(negotiate([IMPLEMENTED.as_bytes()]), Ok(IMPLEMENTED));
+/// let refused = negotiate([&b"2099-01-01"[..]]).unwrap_err();
+/// assert!(refused.reason.contains(IMPLEMENTED), "{}", refused.reason);
+/// ```
+pub fn negotiate<'a, I>(lines: I) -> Result<&'static str, InvalidParam>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
+    let value = one_line(lines)?;
+    date(value)?;
+    SUPPORTED
+        .iter()
+        .find(|version| version.as_bytes() == value)
+        .copied()
+        .ok_or_else(|| {
+            // `date` accepted it: ten ASCII characters, safe to echo.
+            let asked = String::from_utf8_lossy(value);
+            InvalidParam::new(
+                HEADER,
+                format!("version {asked} is not supported; supported versions: {}", supported()),
+            )
+        })
+}
+
+/// The supported versions as a list for a reason text.
+fn supported() -> String {
+    SUPPORTED.join(", ")
+}
 
 /// Reads the header's values (all its lines): exactly one line holding a
 /// real calendar date in `YYYY-MM-DD` form.
@@ -23,12 +66,27 @@ pub fn parse<'a, I>(lines: I) -> Result<NaiveDate, InvalidParam>
 where
     I: IntoIterator<Item = &'a [u8]>,
 {
+    date(one_line(lines)?)
+}
+
+/// Exactly one header line.
+fn one_line<'a, I>(lines: I) -> Result<&'a [u8], InvalidParam>
+where
+    I: IntoIterator<Item = &'a [u8]>,
+{
     let mut lines = lines.into_iter();
-    let value = match (lines.next(), lines.next()) {
-        (Some(only), None) => only,
-        (None, _) => return Err(InvalidParam::new(HEADER, "is required (a date such as 2025-12-18)")),
-        (Some(_), Some(_)) => return Err(InvalidParam::new(HEADER, "must be sent once")),
-    };
+    match (lines.next(), lines.next()) {
+        (Some(only), None) => Ok(only),
+        (None, _) => Err(InvalidParam::new(
+            HEADER,
+            format!("is required (supported versions: {})", supported()),
+        )),
+        (Some(_), Some(_)) => Err(InvalidParam::new(HEADER, "must be sent once")),
+    }
+}
+
+/// A real calendar date in `YYYY-MM-DD` form.
+fn date(value: &[u8]) -> Result<NaiveDate, InvalidParam> {
     let shaped = value.len() == 10
         && value.iter().enumerate().all(|(i, b)| {
             if i == 4 || i == 7 {
@@ -39,7 +97,15 @@ where
         });
     let text = std::str::from_utf8(value).ok().filter(|_| shaped);
     text.and_then(|t| NaiveDate::parse_from_str(t, "%Y-%m-%d").ok())
-        .ok_or_else(|| InvalidParam::new(HEADER, "must be a date in YYYY-MM-DD form, such as 2025-12-18"))
+        .ok_or_else(|| {
+            InvalidParam::new(
+                HEADER,
+                format!(
+                    "must be a date in YYYY-MM-DD form (supported versions: {})",
+                    supported()
+                ),
+            )
+        })
 }
 
 #[cfg(test)]
@@ -69,6 +135,31 @@ mod tests {
             let err = parse([bad.as_bytes()]).unwrap_err();
             assert_eq!(err.name, HEADER, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn only_supported_versions_pass_negotiation() {
+        assert_eq!(SUPPORTED, [IMPLEMENTED]);
+        for version in SUPPORTED {
+            assert_eq!(negotiate([version.as_bytes()]), Ok(*version));
+        }
+        for unsupported in ["2099-01-01", "2025-12-17", "2025-12-19", "1999-01-01"] {
+            let err = negotiate([unsupported.as_bytes()]).unwrap_err();
+            assert_eq!(err.name, HEADER);
+            assert!(err.reason.contains(unsupported), "{}", err.reason);
+            assert!(err.reason.contains("supported versions: 2025-12-18"), "{}", err.reason);
+        }
+        // Malformed, missing and repeated values are refused as `parse` does,
+        // and name the supported versions too where the client has to pick.
+        assert!(negotiate([&b"2025-02-30"[..]])
+            .unwrap_err()
+            .reason
+            .contains("YYYY-MM-DD"));
+        assert!(negotiate(std::iter::empty::<&[u8]>())
+            .unwrap_err()
+            .reason
+            .contains(IMPLEMENTED));
+        assert!(negotiate([IMPLEMENTED.as_bytes(), IMPLEMENTED.as_bytes()]).is_err());
     }
 
     #[test]

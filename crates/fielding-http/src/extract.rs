@@ -5,13 +5,15 @@
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderValue};
 use fielding_core::{FieldingRunId, InvalidParam, RunKey, Scope, Timestamp};
 use http_body_util::LengthLimitError;
 use serde_json::{Map, Value};
 
 use crate::api_error::ApiError;
 use crate::auth::Principal;
+use crate::state::BodyRules;
+use crate::strict_json;
 
 /// The path of a collection under a target group.
 pub(crate) type ScopePath = Result<Path<(String, String, String)>, PathRejection>;
@@ -32,7 +34,7 @@ pub(crate) fn scope_of(
     let run_id = run_id.map(FieldingRunId::parse).transpose().map_err(|e| {
         params.push(InvalidParam::new(e.field(), e.reason()));
     });
-    if let Err(param) = crate::api_version::parse(
+    if let Err(param) = crate::api_version::negotiate(
         headers
             .get_all(crate::api_version::HEADER)
             .iter()
@@ -71,34 +73,85 @@ pub(crate) fn run_key(path: ItemPath, headers: &HeaderMap, principal: &Principal
     run_id.map(|id| scope.run(id)).ok_or_else(ApiError::no_route)
 }
 
-/// The request body, up to `limit` bytes: 413 past it; 400 naming `body`
-/// when it cannot be read at all (malformed chunked encoding, a client
-/// that went away mid-body).
-pub(crate) async fn read_body(limit: usize, body: Body) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|err| {
+/// The request body, read whole within the rules: 408 when it has not
+/// arrived within `rules.timeout` (counted from the first read, so the
+/// time spent on the headers is not included), 413 past `rules.limit`
+/// bytes, 400 naming `body` when it cannot be read at all (malformed
+/// chunked encoding, a client that went away mid-body), and 415 when it is
+/// not empty and not declared JSON ([`declares_json`]).
+///
+/// The body is read before its `Content-Type` is judged: a refused body
+/// then never stays half-read on the connection, and at most
+/// `rules.limit` bytes are read for it.
+pub(crate) async fn read_body(rules: BodyRules, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let read = tokio::time::timeout(rules.timeout, axum::body::to_bytes(body, rules.limit))
+        .await
+        .map_err(|_| ApiError::request_timeout(rules.timeout))?;
+    let bytes = read.map_err(|err| {
         let too_long = std::error::Error::source(&err).is_some_and(|source| source.is::<LengthLimitError>());
         if too_long {
-            ApiError::payload_too_large(limit)
+            ApiError::payload_too_large(rules.limit)
         } else {
             ApiError::invalid_param("body", format!("could not be read: {err}"))
         }
-    })
+    })?;
+    if !bytes.is_empty() && !declares_json(headers) {
+        return Err(ApiError::unsupported_media_type());
+    }
+    Ok(bytes)
 }
 
-/// A JSON object body, and a refusal already noted for each field not in
-/// `known` (400 for a body that is not a JSON object at all).
+/// Whether `Content-Type` declares JSON the way the contract's request
+/// bodies are declared: one header line, the media type
+/// `application/json` (any case), and no parameter but an optional
+/// `charset=utf-8` (any case, quoted or not). Structured-syntax types such
+/// as `application/merge-patch+json` mean something else and are refused,
+/// as are other charsets: JSON between systems is UTF-8 (RFC 8259, 8.1).
+pub(crate) fn declares_json(headers: &HeaderMap) -> bool {
+    let mut lines = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(only), None) = (lines.next(), lines.next()) else {
+        return false;
+    };
+    let Ok(text) = only.to_str() else {
+        return false;
+    };
+    let mut parts = text.split(';');
+    let essence = parts.next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        && parts.all(|parameter| {
+            let parameter = parameter.trim();
+            match parameter.split_once('=') {
+                Some((name, value)) => {
+                    name.eq_ignore_ascii_case("charset") && value.trim_matches('"').eq_ignore_ascii_case("utf-8")
+                }
+                None => parameter.is_empty(),
+            }
+        })
+}
+
+/// A JSON object body, and a refusal already noted for each key sent more
+/// than once (at any depth, named by its path) and each field not in
+/// `known` (400 for a body that is not a JSON object at all). Callers list
+/// their own findings first: those are the ones worth reading when the
+/// list is cut.
 pub(crate) fn json_fields(bytes: &[u8], known: &[&str]) -> Result<(Map<String, Value>, Vec<InvalidParam>), ApiError> {
-    let value: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::invalid_param("body", format!("is not valid JSON: {e}")))?;
-    let Value::Object(fields) = value else {
+    let parsed =
+        strict_json::parse(bytes).map_err(|e| ApiError::invalid_param("body", format!("is not valid JSON: {e}")))?;
+    let Value::Object(fields) = parsed.value else {
         return Err(ApiError::invalid_param("body", "must be a JSON object"));
     };
-    let unknown = fields
-        .keys()
-        .filter(|k| !known.contains(&k.as_str()))
-        .map(|k| InvalidParam::new(k.clone(), "is not a known field"))
+    let mut params: Vec<InvalidParam> = parsed
+        .repeated
+        .into_iter()
+        .map(|path| InvalidParam::new(path, "is sent more than once; send each field once"))
         .collect();
-    Ok((fields, unknown))
+    params.extend(
+        fields
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .map(|k| InvalidParam::new(crate::problem::clip(k).into_owned(), "is not a known field")),
+    );
+    Ok((fields, params))
 }
 
 /// The required RFC 3339 timestamp field `name`, or a refusal noted in
@@ -117,4 +170,136 @@ pub(crate) fn timestamp_field(
         Some(_) => params.push(InvalidParam::new(name, "must be an RFC 3339 timestamp string")),
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use axum::http::StatusCode;
+    use http_body_util::channel::Channel;
+
+    use super::*;
+
+    fn with_type(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    const RULES: BodyRules = BodyRules {
+        limit: 64,
+        timeout: Duration::from_millis(200),
+    };
+
+    #[test]
+    fn json_is_application_json_with_at_most_a_utf8_charset() {
+        for json in [
+            "application/json",
+            "Application/JSON",
+            "application/json; charset=utf-8",
+            "application/json;charset=UTF-8",
+            "application/json ; charset=\"utf-8\"",
+            "application/json;",
+        ] {
+            assert!(declares_json(&with_type(&[json])), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "application/xml",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/merge-patch+json",
+            "application/jsonx",
+            "application/json; charset=latin1",
+            "application/json; version=2",
+            "application/json, text/plain",
+            "",
+            "json",
+        ] {
+            assert!(!declares_json(&with_type(&[other])), "{other}");
+        }
+        assert!(!declares_json(&HeaderMap::new()), "missing");
+        assert!(
+            !declares_json(&with_type(&["application/json", "application/json"])),
+            "two lines are not one declaration"
+        );
+        let mut latin = HeaderMap::new();
+        latin.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_bytes(b"application/json\xff").unwrap(),
+        );
+        assert!(!declares_json(&latin));
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_needs_no_content_type_and_any_other_needs_json() {
+        let empty = read_body(RULES, &HeaderMap::new(), Body::empty()).await.unwrap();
+        assert!(empty.is_empty());
+        let empty = read_body(RULES, &with_type(&["text/plain"]), Body::empty()).await;
+        assert!(empty.is_ok(), "no content, nothing to declare");
+        for headers in [HeaderMap::new(), with_type(&["text/plain"])] {
+            let err = read_body(RULES, &headers, Body::from("{}")).await.unwrap_err();
+            assert_eq!(err.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+            assert_eq!(err.body().object, "bad_request_error");
+        }
+        let json = read_body(RULES, &with_type(&["application/json"]), Body::from("{}")).await;
+        assert_eq!(json.unwrap(), "{}");
+        let big = read_body(RULES, &with_type(&["text/plain"]), Body::from(vec![b' '; 65])).await;
+        assert_eq!(
+            big.unwrap_err().status(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "size is judged first"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_arriving_is_408_after_the_timeout() {
+        let (mut sender, stalled) = Channel::<Bytes, std::convert::Infallible>::new(1);
+        // Part of the body arrives; the rest never does (the sender lives on).
+        sender.send_data(Bytes::from_static(b"{\"end")).await.unwrap();
+        let started = Instant::now();
+        let err = read_body(RULES, &with_type(&["application/json"]), Body::new(stalled))
+            .await
+            .unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
+        assert!(err.ends_connection());
+        assert!(err.body().detail.contains("200 ms"), "{}", err.body().detail);
+        assert!(waited >= RULES.timeout, "{waited:?}");
+        assert!(waited < RULES.timeout + Duration::from_secs(5), "{waited:?}");
+        drop(sender);
+    }
+
+    #[tokio::test]
+    async fn the_timeout_bounds_the_whole_body_not_each_read() {
+        let (mut sender, trickle) = Channel::<Bytes, std::convert::Infallible>::new(1);
+        // A byte every 50 ms never waits long for the next read, yet the
+        // whole body takes longer than the timeout.
+        let feeder = tokio::spawn(async move {
+            for _ in 0..60 {
+                if sender.send_data(Bytes::from_static(b" ")).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let err = read_body(RULES, &with_type(&["application/json"]), Body::new(trickle))
+            .await
+            .unwrap_err();
+        assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
+        feeder.abort();
+    }
+
+    #[test]
+    fn repeated_and_unknown_keys_are_noted_after_parsing_once() {
+        let (fields, params) = json_fields(br#"{"a":1,"b":2,"a":3,"zz":{"q":1,"q":2}}"#, &["a", "b"]).unwrap();
+        assert_eq!(fields["a"], 3);
+        let names: Vec<&str> = params.iter().map(|p| p.name.as_ref()).collect();
+        assert_eq!(names, ["a", "zz.q", "zz"]);
+        assert!(params[0].reason.contains("more than once"), "{}", params[0].reason);
+        assert_eq!(params[2].reason, "is not a known field");
+    }
 }

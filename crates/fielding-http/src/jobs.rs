@@ -93,7 +93,7 @@ async fn submit(
     } = request;
     let scope = scope_path(path, &headers, &principal)?;
     let idempotency_key = idempotency_key(&headers)?;
-    let request = job_body(kind, &read_body(api.body_limit, body).await?)?;
+    let request = job_body(kind, &read_body(api.body, &headers, body).await?)?;
     let submitted = api
         .service
         .submit_job(NewJob {
@@ -196,7 +196,8 @@ fn job_body(kind: JobKind, bytes: &[u8]) -> Result<JobRequest, ApiError> {
         JobKind::LaunchFromDraft => &["end_fielding_at"],
         _ => &["start_fielding_at", "end_fielding_at"],
     };
-    let (fields, mut params) = json_fields(bytes, known)?;
+    let (fields, found) = json_fields(bytes, known)?;
+    let mut params = Vec::new();
     let request = match kind {
         JobKind::LaunchFromDraft => timestamp_field(&fields, "end_fielding_at", &mut params)
             .map(|end| JobRequest::LaunchFromDraft { end_fielding_at: end }),
@@ -209,6 +210,7 @@ fn job_body(kind: JobKind, bytes: &[u8]) -> Result<JobRequest, ApiError> {
             })
         }
     };
+    params.extend(found);
     match request {
         Some(request) if params.is_empty() => Ok(request),
         _ => Err(ApiError::invalid(params)),

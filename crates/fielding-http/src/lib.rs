@@ -13,6 +13,13 @@
 //!   refusal including unknown routes and methods.
 //! * [`api_version`]: the required `Cint-API-Version` header.
 //! * [`rate_limit`]: a token bucket per principal (429 with `Retry-After`).
+//! * [`refusal`]: refusals counted through the `metrics` facade
+//!   (`fielding_http_refusals_total{reason}`), not logged one by one.
+//! * Strict input (see `docs/http.md`): a body must be declared
+//!   `application/json` (415), arrive whole within
+//!   [`FieldingApi::body_timeout`] (408) and under
+//!   [`FieldingApi::body_limit`] (413), and repeat no key (400 naming it);
+//!   error bodies list at most [`problem::MAX_LISTED_PARAMS`] parameters.
 //!
 //! * Creation jobs: `POST fielding-run-jobs/launch-from-draft` and
 //!   `.../schedule-from-draft` (with the required `idempotency-key`), and
@@ -27,9 +34,11 @@ mod jobs;
 pub mod json;
 pub mod problem;
 pub mod rate_limit;
+pub mod refusal;
 mod router;
 mod runs;
 mod state;
+mod strict_json;
 pub mod trace_context;
 
-pub use router::{FieldingApi, BASE_PATH, DEFAULT_BODY_LIMIT};
+pub use router::{FieldingApi, BASE_PATH, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT};

@@ -4,10 +4,16 @@
 //! authentication (401) → malformed path ids or `Cint-API-Version` (400) →
 //! account not permitted (403) → not found (404) → missing or malformed
 //! `If-Match` (400) → precondition (412) → body validation (400) →
-//! lifecycle (422). The body is read only after the precondition holds, so a
-//! stale tag with a bad body is a 412.
+//! lifecycle (422). The body's content is judged only after the
+//! precondition holds, so a stale tag with a bad body is a 412; a body that
+//! did not arrive whole in time (408), is too large (413) or is not
+//! declared JSON (415) is refused before the run is read.
+//!
+//! Refusals are counted (see [`crate::refusal`]), not logged at `info`: an
+//! anonymous flood must not become a flood of log lines.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -21,7 +27,8 @@ use crate::api_error::ApiError;
 use crate::auth::Authenticator;
 use crate::problem::TooManyRequests;
 use crate::rate_limit::{RateLimitPolicy, RateLimiter};
-use crate::state::ApiState;
+use crate::refusal::Refusal;
+use crate::state::{ApiState, BodyRules};
 use crate::{jobs, runs, trace_context};
 
 /// The path every endpoint lives under.
@@ -29,6 +36,14 @@ pub const BASE_PATH: &str = "/demand/accounts/{account_id}/projects/{project_id}
 
 /// The default largest request body, in bytes.
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
+
+/// The default longest time a request body may take to arrive whole.
+///
+/// A client's bodies here are at most [`DEFAULT_BODY_LIMIT`] bytes: 10 s
+/// admits them at under 2 KB/s, far slower than any real client, while a
+/// client that stops sending mid-body holds its connection and handler
+/// for 10 s at most instead of forever.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the fielding-run [`Router`].
 ///
@@ -39,13 +54,14 @@ pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
 /// let service = FieldingService::new(Arc::new(fielding_memory::MemoryStore::new()));
 /// let app: axum::Router = FieldingApi::new(service, Arc::new(StaticTokens::new()))
 ///     .body_limit(8 * 1024)
+///     .body_timeout(std::time::Duration::from_secs(5))
 ///     .router();
 /// ```
 #[derive(Clone)]
 pub struct FieldingApi {
     service: FieldingService,
     gate: Gate,
-    body_limit: usize,
+    body: BodyRules,
 }
 
 /// What the authentication middleware needs.
@@ -64,7 +80,10 @@ impl FieldingApi {
                 authenticator,
                 rate_limiter: Arc::new(RateLimiter::new(RateLimitPolicy::default())),
             },
-            body_limit: DEFAULT_BODY_LIMIT,
+            body: BodyRules {
+                limit: DEFAULT_BODY_LIMIT,
+                timeout: DEFAULT_BODY_TIMEOUT,
+            },
         }
     }
 
@@ -83,7 +102,20 @@ impl FieldingApi {
 
     /// The largest request body accepted (413 above it).
     pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.body_limit = bytes;
+        self.body.limit = bytes;
+        self
+    }
+
+    /// The longest a request body may take to arrive whole, counted from
+    /// the handler's first read of it (default [`DEFAULT_BODY_TIMEOUT`]).
+    /// Past it the request is answered 408 with `Connection: close`. It
+    /// bounds the body only: the time to send the headers is the server's
+    /// to bound (see `fielding-server`'s header read timeout).
+    ///
+    /// The timer needs a tokio runtime with its time driver enabled
+    /// (`#[tokio::main]` and `Builder::enable_all` do that).
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.body.timeout = timeout;
         self
     }
 
@@ -94,7 +126,7 @@ impl FieldingApi {
         let jobs = format!("{BASE_PATH}/fielding-run-jobs");
         let state = Arc::new(ApiState {
             service: self.service,
-            body_limit: self.body_limit,
+            body: self.body,
         });
         Router::new()
             .route(&runs, get(runs::list_runs))
@@ -138,13 +170,15 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
     match gate.authenticator.authenticate(&token).await {
         Ok(principal) => {
             if let Err(seconds) = gate.rate_limiter.check(&principal.user_id) {
+                Refusal::RateLimited.count();
                 return too_many_requests(seconds);
             }
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
         Err(err) => {
-            tracing::info!(reason = err.reason(), "authentication refused");
+            // Counted by the 401 itself; a line per refusal only when asked.
+            tracing::debug!(reason = err.reason(), "authentication refused");
             ApiError::unauthorized().into_response()
         }
     }

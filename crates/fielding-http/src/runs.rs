@@ -7,12 +7,17 @@
 //! missing or malformed, 412 when stale), then the body (400), then the
 //! lifecycle (422). The body is read before the run, but judged only after
 //! the precondition, so a stale tag with a bad body is a 412.
+//!
+//! A body that was not received whole or not declared JSON (408, 413,
+//! 415, or 400 naming `body` when its framing is broken) is refused before
+//! the run is read: there is no request to judge, and the store is spared
+//! the read.
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use fielding_core::{Applied, Command, ETag, FieldingRun, InvalidParam, Precondition, RunKey, Timestamp};
+use fielding_core::{Applied, Command, ETag, FieldingRun, Precondition, RunKey, Timestamp};
 use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
@@ -33,10 +38,10 @@ async fn run_command(
 ) -> Result<Applied, ApiError> {
     let precondition =
         Precondition::from_header_lines(headers.get_all(header::IF_MATCH).iter().map(HeaderValue::as_bytes));
-    let bytes = read_body(api.body_limit, body).await;
+    let bytes = read_body(api.body, headers, body).await?;
     api.service
         .execute_request(key, &precondition, principal.user_id, |_: &FieldingRun| {
-            command_of(bytes.as_ref().map_err(Clone::clone)?)
+            command_of(&bytes)
         })
         .await
 }
@@ -76,9 +81,11 @@ pub(crate) async fn get_run(
 /// The PUT body: exactly `start_fielding_at` and `end_fielding_at`, both
 /// RFC 3339 strings; every problem named.
 fn dates_body(bytes: &[u8]) -> Result<(Timestamp, Timestamp), ApiError> {
-    let (fields, mut params) = json_fields(bytes, &["start_fielding_at", "end_fielding_at"])?;
+    let (fields, found) = json_fields(bytes, &["start_fielding_at", "end_fielding_at"])?;
+    let mut params = Vec::new();
     let start = timestamp_field(&fields, "start_fielding_at", &mut params);
     let end = timestamp_field(&fields, "end_fielding_at", &mut params);
+    params.extend(found);
     match (start, end) {
         (Some(start), Some(end)) if params.is_empty() => Ok((start, end)),
         _ => Err(ApiError::invalid(params)),
@@ -114,15 +121,10 @@ fn empty_body(bytes: &[u8]) -> Result<(), ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(());
     }
-    match serde_json::from_slice::<Value>(bytes) {
-        Ok(Value::Object(fields)) if fields.is_empty() => Ok(()),
-        Ok(Value::Object(fields)) => Err(ApiError::invalid(
-            fields
-                .keys()
-                .map(|k| InvalidParam::new(k.clone(), "is not a known field"))
-                .collect(),
-        )),
-        _ => Err(ApiError::invalid_param("body", "must be empty")),
+    match json_fields(bytes, &[]) {
+        Ok((fields, _)) if fields.is_empty() => Ok(()),
+        Ok((_, params)) => Err(ApiError::invalid(params)),
+        Err(_) => Err(ApiError::invalid_param("body", "must be empty")),
     }
 }
 

@@ -1,6 +1,7 @@
-//! What the handlers share: the service and the body limit.
+//! What the handlers share: the service and the rules for reading bodies.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use fielding_core::FieldingService;
@@ -8,8 +9,16 @@ use fielding_core::FieldingService;
 /// The handlers' state, built by [`crate::FieldingApi::router`].
 pub(crate) struct ApiState {
     pub(crate) service: FieldingService,
+    pub(crate) body: BodyRules,
+}
+
+/// How a request body is read (see `extract::read_body`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BodyRules {
     /// The largest request body accepted (413 above it).
-    pub(crate) body_limit: usize,
+    pub(crate) limit: usize,
+    /// The longest the whole body may take to arrive (408 after it).
+    pub(crate) timeout: Duration,
 }
 
 /// The extractor every handler takes.

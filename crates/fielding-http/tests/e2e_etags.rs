@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use axum::http::{HeaderValue, Method, StatusCode};
 use common::e2e::{assert_etag, post, put, CURRENT, STALE};
-use common::live::{assert_error, authed, header_map, invalid_names, new_dates, run_path, Backend, Live};
-use fielding_core::{FieldingRun, FieldingRunId, Status};
+use common::live::{assert_error, authed, ghost, header_map, invalid_names, new_dates, run_path, Backend, Live};
+use fielding_core::Status;
 use serde_json::json;
 
 e2e!(
@@ -133,10 +133,7 @@ async fn unknown_run_is_404_with_star_or_a_stale_tag(backend: Backend) {
     let live = Live::start(backend).await;
     let run = live.seed(Status::Live, 7).await;
     let before = live.snapshot(&run.key()).await;
-    let ghost = FieldingRun {
-        id: FieldingRunId::generate(),
-        ..run.clone()
-    };
+    let ghost = ghost(&run);
     for if_match in ["*", STALE, CURRENT] {
         let reply = put(&live, &ghost, &[if_match], &new_dates(&run, 1)).await;
         assert_error(&reply, StatusCode::NOT_FOUND, "not_found_error");

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use axum::http::{Method, StatusCode};
 use common::e2e::{assert_etag, in_days, until_429};
 use common::live::{
-    assert_error, authed, invalid_names, Backend, Live, Options, Reply, API_VERSION, OTHER_TOKEN, TRACEPARENT,
+    assert_error, authed, invalid_names, jobs_path, Backend, Live, Options, Reply, API_VERSION, OTHER_TOKEN,
+    TRACEPARENT,
 };
 use fielding_core::{AccountId, FieldingRun, FieldingRunId, JobId, Scope, Status};
 use fielding_http::rate_limit::RateLimitPolicy;
@@ -57,13 +58,6 @@ fn draft() -> Scope {
 /// The target group of a seeded run.
 fn scope_of(run: &FieldingRun) -> Scope {
     Scope::new(run.account_id, run.project_id, run.target_group_id)
-}
-
-fn jobs_path(scope: &Scope, kind: &str) -> String {
-    format!(
-        "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-run-jobs/{kind}",
-        scope.account_id, scope.project_id, scope.target_group_id
-    )
 }
 
 fn launch_body(end_days: i64) -> String {
@@ -349,6 +343,7 @@ async fn replaying_the_same_key_and_body_returns_the_same_location_and_creates_n
         &[
             ("authorization", &other),
             ("cint-api-version", API_VERSION),
+            ("content-type", "application/json"),
             ("idempotency-key", "retry-me"),
         ],
         &job_body(SCHEDULE),

@@ -78,6 +78,10 @@ enum Mutation {
     /// PUT: the end a day before the start.
     EndBeforeStart,
     JunkBody(Vec<u8>),
+    /// No `Content-Type` line.
+    NoContentType,
+    /// A `Content-Type` other than JSON.
+    ContentType(Vec<u8>),
     /// Well-formed or junk; either way the request is served.
     Traceparent(Vec<u8>),
 }
@@ -154,6 +158,13 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         "/[a-z-]{0,12}".prop_map(Mutation::JunkTail),
         Just(Mutation::EndBeforeStart),
         junk_body().prop_map(Mutation::JunkBody),
+        Just(Mutation::NoContentType),
+        prop_oneof![
+            Just(b"text/plain".to_vec()),
+            Just(b"application/merge-patch+json".to_vec()),
+            junk_header()
+        ]
+        .prop_map(Mutation::ContentType),
         prop_oneof![
             Just(b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_vec()),
             junk_header()
@@ -258,6 +269,7 @@ impl Case {
         let mut authorization = Some(b"Bearer t".to_vec());
         let mut api_version = Some(API_VERSION.as_bytes().to_vec());
         let mut if_match = Some(format!("\"{VERSION}\"").into_bytes());
+        let mut content_type = Some(b"application/json".to_vec());
         let mut traceparent = None;
         for mutation in &self.mutations {
             match mutation {
@@ -272,6 +284,8 @@ impl Case {
                 Mutation::JunkTag(junk) => if_match = Some(junk.clone()),
                 Mutation::StarTag => if_match = Some(b"*".to_vec()),
                 Mutation::Traceparent(value) => traceparent = Some(value.clone()),
+                Mutation::NoContentType => content_type = None,
+                Mutation::ContentType(value) => content_type = Some(value.clone()),
                 _ => {}
             }
         }
@@ -279,6 +293,7 @@ impl Case {
             ("authorization", authorization),
             ("cint-api-version", api_version),
             ("if-match", if_match),
+            ("content-type", content_type),
             ("traceparent", traceparent),
         ]
         .into_iter()
@@ -403,7 +418,11 @@ async fn one_case(case: Case, seen: &Seen) -> Result<(), TestCaseError> {
 
 #[test]
 fn generated_requests_never_5xx_never_panic_and_refusals_never_change_a_run() {
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    // The time driver: the router bounds each body read with a timer.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let mut runner = TestRunner::new(Config {
         cases: 512,
         failure_persistence: None,
@@ -434,6 +453,7 @@ fn generated_requests_never_5xx_never_panic_and_refusals_never_change_a_run() {
         StatusCode::NOT_FOUND,
         StatusCode::METHOD_NOT_ALLOWED,
         StatusCode::PRECONDITION_FAILED,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
         StatusCode::UNPROCESSABLE_ENTITY,
     ];
     let missing: Vec<u16> = expected

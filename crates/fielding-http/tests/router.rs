@@ -70,7 +70,11 @@ fn run_url(run: &FieldingRun) -> String {
 }
 
 fn authed<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut headers = vec![("authorization", "Bearer token-101"), ("cint-api-version", API_VERSION)];
+    let mut headers = vec![
+        ("authorization", "Bearer token-101"),
+        ("cint-api-version", API_VERSION),
+        ("content-type", "application/json"),
+    ];
     headers.extend_from_slice(extra);
     headers
 }

@@ -88,7 +88,8 @@ pub fn app(
 ) -> App {
     let api = FieldingApi::new(service.clone(), authenticator)
         .rate_limit(limits.rate_limit)
-        .body_limit(limits.body_limit);
+        .body_limit(limits.body_limit)
+        .body_timeout(limits.body_read_timeout);
     let rate_limiter = api.rate_limiter();
     let not_allowed = || async { ApiError::method_not_allowed() };
     let checks = Router::new()

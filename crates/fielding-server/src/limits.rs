@@ -12,10 +12,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default [`ConnectionLimits::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The default [`ConnectionLimits::body_read_timeout`]: a request body is
-/// at most a few kilobytes, so ten seconds is generous even on a poor
-/// link.
-pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default [`ConnectionLimits::body_read_timeout`]: the API router's
+/// ([`fielding_http::DEFAULT_BODY_TIMEOUT`]).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = fielding_http::DEFAULT_BODY_TIMEOUT;
 
 /// The default [`ConnectionLimits::max_header_bytes`]: room for a long
 /// bearer token and trace headers, far below what would let a few

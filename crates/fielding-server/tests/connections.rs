@@ -265,7 +265,10 @@ async fn a_stalled_body_is_answered_408_and_closed_at_the_body_read_timeout() {
     let answer = read_to_close(&mut socket).await;
     let waited = sent.elapsed();
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
-    assert!(answer.contains("bad_request_error") || answer.contains("\"object\""), "{answer:?}");
+    assert!(
+        answer.contains("bad_request_error") || answer.contains("\"object\""),
+        "{answer:?}"
+    );
     assert!(
         waited >= Duration::from_millis(1800) && waited < Duration::from_secs(5),
         "answered after {waited:?}, the body timeout is 2 s"

@@ -18,7 +18,8 @@ use fielding_server::telemetry;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower::ServiceExt;
 
-const LIST: &str = "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
+const LIST: &str =
+    "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
 
 /// Log output captured in memory.
 #[derive(Clone, Default)]
@@ -70,7 +71,11 @@ async fn refusals_are_counted_but_not_logged_one_by_one_at_the_default_level() {
         if !token.is_empty() {
             request = request.header("Authorization", *token);
         }
-        let response = router.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        let response = router
+            .clone()
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     }
     let request = Request::get(LIST)
@@ -83,20 +88,26 @@ async fn refusals_are_counted_but_not_logged_one_by_one_at_the_default_level() {
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert_eq!(text.matches("status=401").count(), 0, "{text}");
-    assert_eq!(text.matches("status=200").count(), 1, "answered requests are logged: {text}");
+    assert_eq!(
+        text.matches("status=200").count(),
+        1,
+        "answered requests are logged: {text}"
+    );
     assert!(text.lines().count() <= 2, "at most the 200 and one summary: {text}");
 
+    // One snapshot: taking one resets the recorder's counters.
+    let snapshot = snapshotter.snapshot().into_vec();
     let counted = |class: &str| {
-        snapshotter
-            .snapshot()
-            .into_vec()
-            .into_iter()
+        snapshot
+            .iter()
             .find_map(|(key, _, _, value)| {
                 let key = key.key();
                 let matches = key.name() == telemetry::RESPONSES
-                    && key.labels().any(|label| label.key() == "status" && label.value() == class);
+                    && key
+                        .labels()
+                        .any(|label| label.key() == "status" && label.value() == class);
                 match value {
-                    DebugValue::Counter(n) if matches => Some(n),
+                    DebugValue::Counter(n) if matches => Some(*n),
                     _ => None,
                 }
             })

@@ -7,7 +7,8 @@
 //! its JSON body must validate against the declared schema (OpenAPI 3.0,
 //! converted to JSON Schema: `nullable` becomes a `null` alternative), and
 //! every header the contract marks required must be present. Statuses the
-//! contract does not list (405, 413) must still carry its `Error` body.
+//! contract does not list (405, 408, 413, 415) must still carry its `Error`
+//! body.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -124,7 +125,13 @@ impl Contract {
         let response = operation["responses"].get(status.as_str()).map(|r| self.resolve(r));
         let Some(response) = response else {
             assert!(
-                matches!(status, StatusCode::METHOD_NOT_ALLOWED | StatusCode::PAYLOAD_TOO_LARGE) || operation.is_null(),
+                matches!(
+                    status,
+                    StatusCode::METHOD_NOT_ALLOWED
+                        | StatusCode::REQUEST_TIMEOUT
+                        | StatusCode::PAYLOAD_TOO_LARGE
+                        | StatusCode::UNSUPPORTED_MEDIA_TYPE
+                ) || operation.is_null(),
                 "{method} {template}: status {status} is not in the contract"
             );
             self.validate(&error_schema, body)

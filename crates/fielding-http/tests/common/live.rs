@@ -51,6 +51,8 @@ pub enum Backend {
 pub struct Options {
     pub rate_limit: Option<RateLimitPolicy>,
     pub body_limit: usize,
+    /// `None`: the router's default.
+    pub body_timeout: Option<Duration>,
 }
 
 impl Default for Options {
@@ -58,6 +60,7 @@ impl Default for Options {
         Self {
             rate_limit: None,
             body_limit: 1024,
+            body_timeout: None,
         }
     }
 }
@@ -176,6 +179,9 @@ impl Live {
             FieldingApi::new(FieldingService::new(store.clone()), Arc::new(tokens)).body_limit(options.body_limit);
         if let Some(policy) = options.rate_limit {
             api = api.rate_limit(policy);
+        }
+        if let Some(timeout) = options.body_timeout {
+            api = api.body_timeout(timeout);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -414,9 +420,15 @@ pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
     map
 }
 
-/// `Authorization: Bearer token-101` and `Cint-API-Version`, then `extra`.
+/// `Authorization: Bearer token-101`, `Cint-API-Version` and
+/// `Content-Type: application/json` (as a JSON client sends it, with or
+/// without a body), then `extra`.
 pub fn authed<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-    let mut headers = vec![("authorization", "Bearer token-101"), ("cint-api-version", API_VERSION)];
+    let mut headers = vec![
+        ("authorization", "Bearer token-101"),
+        ("cint-api-version", API_VERSION),
+        ("content-type", "application/json"),
+    ];
     headers.extend_from_slice(extra);
     headers
 }
@@ -425,6 +437,23 @@ pub fn run_path(run: &FieldingRun) -> String {
     format!(
         "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}",
         run.account_id, run.project_id, run.target_group_id, run.id
+    )
+}
+
+/// `run` under an id nobody has: the address of a run that does not exist.
+pub fn ghost(run: &FieldingRun) -> FieldingRun {
+    FieldingRun {
+        id: fielding_core::FieldingRunId::generate(),
+        ..run.clone()
+    }
+}
+
+/// The collection of creation jobs of `kind` (`launch-from-draft`,
+/// `schedule-from-draft`) under `scope`.
+pub fn jobs_path(scope: &Scope, kind: &str) -> String {
+    format!(
+        "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-run-jobs/{kind}",
+        scope.account_id, scope.project_id, scope.target_group_id
     )
 }
 
