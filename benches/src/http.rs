@@ -1124,6 +1124,10 @@ pub fn run(plan: &HttpPlan, progress: &mut dyn FnMut(&str)) -> Result<Figures> {
         .map_err(io_error("cannot build a tokio runtime"))?;
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        // Below the server's idle timeout: between checks this runtime is
+        // not running, so the pool cannot notice the server closing an
+        // idle connection, and must not hand one out that old.
+        .pool_idle_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| HttpBenchError::Check(format!("cannot build an HTTP client: {e}")))?;
     let dir = tempfile::Builder::new()
