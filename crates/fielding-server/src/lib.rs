@@ -23,6 +23,7 @@ pub mod app;
 pub mod cli;
 pub mod database;
 pub mod jwt;
+pub mod retention;
 pub mod server;
 
 pub use cli::{Cli, Command, ConfigError, SecretSource, ServeArgs, ServerConfig, TokenArgs};
