@@ -7,8 +7,10 @@
 //! [`RetentionConfig::batch`] jobs per call until a call removes fewer, so
 //! each store call is short (one statement, one lock hold) however large
 //! the backlog, and the sweep ends: only jobs finished before the fixed
-//! cutoff are eligible, and no new job can finish in the past. Processing
-//! jobs are never removed (the store promises it).
+//! cutoff are eligible, and no new job can finish in the past. Between two
+//! batches it pauses as long as the last one took, so a backlog takes at
+//! most about half of the store's time. Processing jobs are never removed
+//! (the store promises it).
 //!
 //! Errors are logged and the next sweep tries again; the task never stops
 //! on its own. Stop it by dropping (aborting) its future: every batch is
@@ -32,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fielding_core::{Clock, FieldingStore, StoreError, Timestamp};
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior};
 
 /// How long a finished job is kept by default: 7 days. The contract says
 /// nothing about how long a job stays readable or its idempotency key
@@ -136,6 +138,7 @@ pub async fn sweep_expired_jobs(
     };
     let (mut removed, mut calls) = (0, 0);
     loop {
+        let started = Instant::now();
         let this = store
             .expire_jobs(before, batch)
             .await
@@ -149,9 +152,12 @@ pub async fn sweep_expired_jobs(
                 calls,
             });
         }
-        // Let the requests waiting on this runtime (and, for SQLite, the
-        // writes queued behind this batch) go first.
-        tokio::task::yield_now().await;
+        // A backlog (after downtime) takes many batches in a row. Leave the
+        // store idle for as long as the batch took before the next one, so
+        // that expiry takes at most about half of its time: with SQLite's
+        // single writer, back-to-back batches would make nearly every
+        // concurrent write wait behind one.
+        tokio::time::sleep(started.elapsed()).await;
     }
 }
 
