@@ -10,7 +10,9 @@ use std::fmt;
 
 use async_trait::async_trait;
 
-use crate::{ChangeRecord, FieldingRun, FieldingRunJob, JobCreated, JobKey, JobOutcome, RunKey, Scope, Version};
+use crate::{
+    ChangeRecord, FieldingRun, FieldingRunJob, JobCreated, JobKey, JobOutcome, RunKey, Scope, Timestamp, Version,
+};
 
 /// A boxed error from a storage backend.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -360,10 +362,44 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
     /// `None` (also when the job exists under another scope).
     async fn get_job(&self, key: &JobKey) -> Result<Option<FieldingRunJob>, StoreError>;
 
-    /// Records how the job at `key` ended, if it is still processing; the first
-    /// outcome recorded wins and later calls change nothing. Returns the
-    /// job as stored afterwards, or `None` when there is no such job.
-    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError>;
+    /// Records how the job at `key` ended, and when (`finished_at`, the
+    /// instant [`expire_jobs`](Self::expire_jobs) measures a job's age
+    /// from), if it is still processing; the first outcome recorded wins
+    /// and later calls change nothing, neither the outcome nor its time.
+    /// Returns the job as stored afterwards, or `None` when there is no
+    /// such job.
+    ///
+    /// The finish time is kept by the store but is not part of
+    /// [`FieldingRunJob`]: the contract's job has no such field. A job
+    /// handed to [`create_job`](Self::create_job) already finished counts
+    /// as finished at its `created_at`.
+    async fn finish_job(
+        &self,
+        key: &JobKey,
+        outcome: &JobOutcome,
+        finished_at: Timestamp,
+    ) -> Result<Option<FieldingRunJob>, StoreError>;
+
+    /// Removes up to `limit` finished jobs whose outcome was recorded
+    /// strictly before `finished_before`, each together with its
+    /// idempotency key, and answers how many it removed. Afterwards the
+    /// job reads as missing (`get_job` answers `None`) and its key is free:
+    /// the account can use it for a new job.
+    ///
+    /// * **Never a processing job**, however old: its outcome is still to
+    ///   be recorded (perhaps by a resumed attempt), and its key still
+    ///   guards against a second run.
+    /// * **Bounded**: one call does at most `limit` removals, so a caller
+    ///   can keep each call short (one SQL statement, one lock hold) and
+    ///   repeat until the answer is below `limit`. `limit == 0` removes
+    ///   nothing. Which of the eligible jobs go first is the store's
+    ///   choice (the SQL adapters take the oldest, through an index).
+    /// * **Atomic per job**: a job and its key go together; a concurrent
+    ///   `create_job` with that key sees either the old job or none.
+    ///
+    /// Required, with no default: a default that removed nothing would let
+    /// an adapter look finished while its jobs pile up forever.
+    async fn expire_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError>;
 
     /// Read-modify-write in one call: reads the run at `key`, shows it to
     /// `decide` (once), and performs the write it asks for.

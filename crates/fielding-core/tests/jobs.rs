@@ -189,3 +189,38 @@ async fn a_reused_key_with_another_request_names_the_header() {
     assert_eq!(err.code(), "bad_request_error");
     assert_eq!(err.invalid_params()[0].name, "idempotency-key");
 }
+
+/// The service records when a job finished by its own clock (a resumed
+/// job: when it was resumed, not when it was created), which is what
+/// expiry measures from; an expired job is not found, and its key starts
+/// a new job.
+#[tokio::test]
+async fn jobs_age_from_when_the_service_finished_them_and_expired_ones_are_not_found() {
+    let h = harness();
+    let scope = scope();
+    let prompt = h.service.submit_job(launch(scope, "prompt")).await.unwrap().job;
+    let finished_at = fielding_core::Clock::now(&h.clock);
+    let slow = abandoned(&h, fixtures::scope()).await;
+    h.clock.advance(TimeDelta::hours(1));
+    // Resumed an hour after its creation: it finishes now.
+    let resumed = h.service.get_job(&slow.scope, &slow.id).await.unwrap();
+    assert_ne!(resumed.state, JobState::Processing);
+
+    assert_eq!(
+        h.store.expire_jobs(finished_at, 10).await.unwrap(),
+        0,
+        "the cutoff is exclusive"
+    );
+    let just_after = finished_at.checked_add(TimeDelta::milliseconds(1)).unwrap();
+    assert_eq!(h.store.expire_jobs(just_after, 10).await.unwrap(), 1);
+    assert!(
+        h.store.get_job(&slow.key()).await.unwrap().is_some(),
+        "finished an hour later"
+    );
+
+    let gone = h.service.get_job(&scope, &prompt.id).await.unwrap_err();
+    assert_eq!(gone.code(), "not_found_error");
+    let again = h.service.submit_job(launch(scope, "prompt")).await.unwrap();
+    assert!(!again.replayed, "the key is free again");
+    assert_ne!(again.job.id, prompt.id);
+}

@@ -1582,9 +1582,19 @@ impl FieldingStore for YieldingStore {
         self.0.get_job(key).await
     }
 
-    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn finish_job(
+        &self,
+        key: &JobKey,
+        outcome: &JobOutcome,
+        finished_at: Timestamp,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
         tokio::task::yield_now().await;
-        self.0.finish_job(key, outcome).await
+        self.0.finish_job(key, outcome, finished_at).await
+    }
+
+    async fn expire_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.expire_jobs(finished_before, limit).await
     }
 }
 

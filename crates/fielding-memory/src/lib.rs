@@ -10,6 +10,10 @@
 //! * **Shared.** `Clone` gives another handle to the same data, so a test
 //!   can hand one clone to the service and inspect the other.
 //! * **Fast.** O(1) hash lookups, no I/O; a million runs fit comfortably.
+//! * **Bounded jobs, if asked.** `expire_jobs` removes finished creation
+//!   jobs like every store's; [`MemoryStore::with_job_retention`] also
+//!   does it by itself on job writes, so a long-running process holds about
+//!   one retention period of jobs (see `docs/jobs.md`).
 //! * **Made for tests.** [`MemoryStore::seed`] puts a run in place in any
 //!   state without walking the lifecycle. The builders to make those runs
 //!   (`fielding_testkit::fixtures`) and fault injection around any store

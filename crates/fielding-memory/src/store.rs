@@ -6,17 +6,24 @@
 //! record, one run per target group) true by construction. The benchmark in
 //! `benches/` measures what this costs against a bare `Mutex<HashMap>`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use fielding_core::{
     AccountId, Action, ChangeRecord, Decide, Decided, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore,
-    IdempotencyKey, JobCreated, JobId, JobKey, JobOutcome, JobState, RunKey, Scope, Status, StoreError, UpdateOutcome,
-    Version,
+    IdempotencyKey, JobCreated, JobId, JobKey, JobOutcome, JobState, RunKey, Scope, Status, StoreError, Timestamp,
+    UpdateOutcome, Version,
 };
 
 use crate::log::{ChangeLog, LogIndex};
+
+/// How many expired jobs a store with automatic retention removes on each
+/// job write, at most: more than one, so that a backlog left by a burst
+/// shrinks while writes go on (each write adds at most one job), and few,
+/// so that no single write pays for a large sweep.
+const SWEEP_PER_WRITE: usize = 4;
 
 /// Keyed (randomly seeded) and much faster than SipHash on 26-byte ids.
 /// Ids come from clients, so the hasher must resist chosen collisions.
@@ -42,6 +49,9 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     state: Mutex<State>,
+    /// Automatic retention ([`MemoryStore::with_job_retention`]): how long
+    /// a finished job is kept, in milliseconds.
+    job_retention_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +62,9 @@ struct State {
     jobs: FastMap<JobId, FieldingRunJob>,
     /// Idempotency keys are unique per account.
     job_keys: FastMap<(AccountId, IdempotencyKey), JobId>,
+    /// Every finished job by its finish time, oldest first: what
+    /// `expire_jobs` takes from the front, without looking at the others.
+    finished: BTreeSet<(Timestamp, JobId)>,
 }
 
 #[derive(Debug)]
@@ -89,6 +102,27 @@ impl State {
         self.entry(key)
             .map(|e| self.log.history(e.last_change))
             .unwrap_or_default()
+    }
+
+    /// Removes up to `limit` jobs finished before `cutoff`, oldest first,
+    /// with their idempotency keys.
+    fn expire_jobs(&mut self, cutoff: Timestamp, limit: usize) -> usize {
+        let mut removed = 0;
+        while removed < limit {
+            match self.finished.first() {
+                Some(&(at, id)) if at < cutoff => {
+                    self.finished.pop_first();
+                    // Only finished jobs are in `finished`: a processing job
+                    // is never reached from here.
+                    if let Some(job) = self.jobs.remove(&id) {
+                        self.job_keys.remove(&(job.scope.account_id, job.idempotency_key));
+                    }
+                    removed += 1;
+                }
+                _ => break,
+            }
+        }
+        removed
     }
 }
 
@@ -131,6 +165,64 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that forgets finished jobs (and frees their
+    /// idempotency keys) once they have been finished for longer than
+    /// `retention`, without anyone calling
+    /// [`FieldingStore::expire_jobs`]: for a long-running process (a test
+    /// server, a demo) whose jobs must not pile up.
+    ///
+    /// The sweep is amortised over the job writes: each `create_job` and
+    /// `finish_job` removes up to a few expired jobs, oldest first, so no
+    /// write pays for a large sweep and no timer or thread is needed.
+    /// "Now" is the time the write carries (the new job's `created_at`,
+    /// the outcome's `finished_at`), which comes from the service's clock:
+    /// a test on a `ManualClock` sees jobs expire as its clock moves, and
+    /// a store nobody writes to keeps what it has. A `retention` too large
+    /// for a timestamp never expires anything.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use chrono::TimeDelta;
+    /// use fielding_core::{FieldingStore, JobOutcome};
+    /// use fielding_memory::MemoryStore;
+    /// use fielding_testkit::fixtures;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), fielding_core::StoreError> {
+    /// let store = MemoryStore::with_job_retention(Duration::from_secs(3600));
+    /// let old = fixtures::job(fixtures::scope(), "old", fixtures::launch());
+    /// store.create_job(&old).await?;
+    /// store.finish_job(&old.key(), &JobOutcome::Completed, old.created_at).await?;
+    ///
+    /// // Two hours later, another job's write sweeps the old one away.
+    /// let mut new = fixtures::job(fixtures::scope(), "new", fixtures::launch());
+    /// new.created_at = old.created_at.checked_add(TimeDelta::hours(2)).unwrap();
+    /// store.create_job(&new).await?;
+    /// assert_eq!(store.get_job(&old.key()).await?, None);
+    /// assert_eq!(store.job_count(), 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_job_retention(retention: Duration) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::default(),
+                job_retention_ms: i64::try_from(retention.as_millis()).ok(),
+            }),
+        }
+    }
+
+    /// The automatic sweep of [`MemoryStore::with_job_retention`], for a job
+    /// write made at `now`, under the write's lock.
+    fn sweep_on_write(&self, state: &mut State, now: Timestamp) {
+        let cutoff = self.inner.job_retention_ms.and_then(|retention| {
+            // Below the earliest timestamp: nothing can be that old.
+            Timestamp::from_unix_millis(now.unix_millis().checked_sub(retention)?)
+        });
+        if let Some(cutoff) = cutoff {
+            state.expire_jobs(cutoff, SWEEP_PER_WRITE);
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -200,6 +292,11 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// How many creation jobs are stored (processing and finished).
+    pub fn job_count(&self) -> usize {
+        self.state().jobs.len()
+    }
+
     /// Removes every run, change record and job.
     pub fn clear(&self) {
         let mut state = self.state();
@@ -208,6 +305,7 @@ impl MemoryStore {
         state.log.clear();
         state.jobs.clear();
         state.job_keys.clear();
+        state.finished.clear();
     }
 }
 
@@ -281,6 +379,11 @@ impl FieldingStore for MemoryStore {
         }
         state.job_keys.insert(key, job.id);
         state.jobs.insert(job.id, job.clone());
+        if job.state != JobState::Processing {
+            // Handed over finished: it finished when it was created.
+            state.finished.insert((job.created_at, job.id));
+        }
+        self.sweep_on_write(state, job.created_at);
         Ok(JobCreated::Created)
     }
 
@@ -289,15 +392,33 @@ impl FieldingStore for MemoryStore {
         Ok(self.state().jobs.get(id).filter(|job| job.scope == *scope).cloned())
     }
 
-    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn finish_job(
+        &self,
+        key: &JobKey,
+        outcome: &JobOutcome,
+        finished_at: Timestamp,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
         let (scope, id) = (&key.scope, &key.id);
-        let mut state = self.state();
+        let mut guard = self.state();
+        let state = &mut *guard;
         let Some(job) = state.jobs.get_mut(id).filter(|job| job.scope == *scope) else {
             return Ok(None);
         };
-        if job.state == JobState::Processing {
-            job.state = JobState::Finished(outcome.clone());
+        if job.state != JobState::Processing {
+            return Ok(Some(job.clone()));
         }
-        Ok(Some(job.clone()))
+        job.state = JobState::Finished(outcome.clone());
+        let answer = job.clone();
+        state.finished.insert((finished_at, *id));
+        // The job just finished is not older than `finished_at`, so with any
+        // retention this sweep leaves it alone.
+        self.sweep_on_write(state, finished_at);
+        Ok(Some(answer))
+    }
+
+    /// Takes the oldest entries of the finish-time index, so a call costs
+    /// O(`limit` log n) whatever the number of jobs.
+    async fn expire_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        Ok(self.state().expire_jobs(finished_before, limit))
     }
 }

@@ -1,7 +1,7 @@
 //! The operations on creation jobs in `<schema>.fielding_run_jobs`, on the
 //! connection the store hands in.
 
-use fielding_core::{FieldingRunJob, JobCreated, JobId, JobOutcome, Scope, StoreError};
+use fielding_core::{FieldingRunJob, JobCreated, JobId, JobOutcome, Scope, StoreError, Timestamp};
 use sqlx::postgres::PgConnection;
 
 use crate::codec::{account, bind_job, decode_job};
@@ -90,6 +90,7 @@ pub(crate) async fn finish_job(
     scope: &Scope,
     id: &JobId,
     outcome: &JobOutcome,
+    finished_at: Timestamp,
 ) -> Result<Option<FieldingRunJob>, StoreError> {
     let op = "finish_job";
     let (status, code, description) = outcome.to_columns();
@@ -101,6 +102,7 @@ pub(crate) async fn finish_job(
         .bind(status)
         .bind(code)
         .bind(description)
+        .bind(finished_at.as_datetime())
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| backend(op, e))?;
@@ -110,4 +112,22 @@ pub(crate) async fn finish_job(
         // (a new statement, so it sees a concurrent finisher's commit).
         None => get_job(conn, sql, op, scope, id).await,
     }
+}
+
+pub(crate) async fn expire_jobs(
+    conn: &mut PgConnection,
+    sql: &JobStatements,
+    finished_before: Timestamp,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    // PostgreSQL's LIMIT is a bigint; anything larger means "no limit".
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let done = sqlx::query(&sql.expire)
+        .bind(finished_before.as_datetime())
+        .bind(limit)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| backend("expire_jobs", e))?;
+    // At most `limit` rows, which came from a `usize`.
+    Ok(usize::try_from(done.rows_affected()).unwrap_or(usize::MAX))
 }

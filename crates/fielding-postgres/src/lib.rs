@@ -50,7 +50,9 @@
 //!   (account_id, idempotency_key) DO NOTHING`, which waits for a racing
 //!   inserter of the same key, then (when it inserted nothing) a read of the
 //!   job holding the key; `finish_job` a conditional `UPDATE ... WHERE
-//!   status = 'Processing'`, so the first outcome wins.
+//!   status = 'Processing'`, so the first outcome wins; `expire_jobs` one
+//!   `DELETE` of the oldest finished jobs (`FOR UPDATE SKIP LOCKED`, so
+//!   instances sweeping at once share the work).
 //! * **Reads** are single statements against the primary: they see the
 //!   latest committed write. Do not point a store at a lagging replica.
 //!

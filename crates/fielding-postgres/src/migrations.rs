@@ -28,11 +28,16 @@ const STEPS: &[Step] = &[
         version: 2,
         sql: include_str!("../migrations/0002_creation_jobs.sql"),
     },
+    // The finish time of jobs, which job expiry goes by, with its index.
+    Step {
+        version: 3,
+        sql: include_str!("../migrations/0003_job_finish_time.sql"),
+    },
 ];
 
 /// The schema version this library writes and reads: the highest
 /// migration it knows.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Creates the schema if needed and applies the missing steps, all in one
 /// transaction holding the schema's advisory lock, so instances starting

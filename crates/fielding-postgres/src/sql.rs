@@ -79,31 +79,46 @@ pub(crate) struct JobStatements {
     pub(crate) by_key: String,
     pub(crate) get: String,
     pub(crate) finish: String,
+    pub(crate) expire: String,
 }
 
 impl JobStatements {
     pub(crate) fn new(schema: &SchemaName) -> Self {
         let jobs = format!("{}.fielding_run_jobs", schema.quoted());
         let at = "id = $1 AND account_id = $2 AND project_id = $3 AND target_group_id = $4";
+        let processing = JobState::PROCESSING;
         Self {
+            // A job handed over already finished counts as finished when it
+            // was created.
             create: format!(
-                "INSERT INTO {jobs} ({JOB_COLUMNS}) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+                "INSERT INTO {jobs} ({JOB_COLUMNS}, finished_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+                 CASE WHEN $13 = '{processing}' THEN NULL ELSE $10 END) \
                  ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING id"
             ),
             by_key: format!("SELECT {JOB_COLUMNS} FROM {jobs} WHERE account_id = $1 AND idempotency_key = $2"),
             get: format!("SELECT {JOB_COLUMNS} FROM {jobs} WHERE {at}"),
             finish: format!(
-                "UPDATE {jobs} SET status = $5, failure_code = $6, failure_description = $7 \
-                 WHERE {at} AND status = '{}' RETURNING {JOB_COLUMNS}",
-                JobState::PROCESSING
+                "UPDATE {jobs} SET status = $5, failure_code = $6, failure_description = $7, finished_at = $8 \
+                 WHERE {at} AND status = '{processing}' RETURNING {JOB_COLUMNS}"
+            ),
+            // At most $2 jobs finished before $1, oldest first through the
+            // partial index on finished_at. SKIP LOCKED: two instances
+            // sweeping at once take different rows instead of queueing on
+            // each other's. The status test is a second guard (the CHECK
+            // already keeps processing jobs out of the index). The key is a
+            // column of the row, so it goes with it.
+            expire: format!(
+                "DELETE FROM {jobs} WHERE id IN (SELECT id FROM {jobs} \
+                 WHERE finished_at < $1 AND status <> '{processing}' \
+                 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
             ),
         }
     }
 
     #[cfg(test)]
-    fn all(&self) -> [&str; 4] {
-        [&self.create, &self.by_key, &self.get, &self.finish]
+    fn all(&self) -> [&str; 5] {
+        [&self.create, &self.by_key, &self.get, &self.finish, &self.expire]
     }
 }
 
@@ -138,6 +153,12 @@ mod tests {
             assert!(text.contains("\"env_a\".fielding_run_jobs"), "{text}");
             assert!(!text.contains(" fielding_run_jobs "), "{text}");
         }
+    }
+
+    #[test]
+    fn expiry_never_matches_the_core_processing_status() {
+        let sql = JobStatements::new(&SchemaName::new("env_a").unwrap());
+        assert!(sql.expire.contains("AND status <> 'Processing'"), "{}", sql.expire);
     }
 
     #[test]

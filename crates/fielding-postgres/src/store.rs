@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use fielding_core::{
     ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey,
-    Scope, StoreError, UpdateOutcome, Version,
+    Scope, StoreError, Timestamp, UpdateOutcome, Version,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
@@ -196,12 +196,29 @@ impl FieldingStore for PgStore {
     /// row (no such job, or already finished: a concurrent finisher has
     /// committed by then, the update waited for it), a fresh read returns
     /// the job as stored.
-    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn finish_job(
+        &self,
+        key: &JobKey,
+        outcome: &JobOutcome,
+        finished_at: Timestamp,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
         let (scope, id) = (&key.scope, &key.id);
         let mut conn = self.checkout("finish_job").await?;
-        let done = jobs::finish_job(&mut conn, &self.sql.jobs, scope, id, outcome).await;
+        let done = jobs::finish_job(&mut conn, &self.sql.jobs, scope, id, outcome, finished_at).await;
         self.release(conn, &done);
         done
+    }
+
+    /// One statement: `DELETE ... WHERE id IN (SELECT ... ORDER BY
+    /// finished_at LIMIT $limit FOR UPDATE SKIP LOCKED)`, so concurrent
+    /// sweepers (several server instances) share the work instead of
+    /// waiting on each other. A `create_job` racing with the removal of
+    /// the job under its key retries its read (see `jobs::create_job`).
+    async fn expire_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let mut conn = self.checkout("expire_jobs").await?;
+        let removed = jobs::expire_jobs(&mut conn, &self.sql.jobs, finished_before, limit).await;
+        self.release(conn, &removed);
+        removed
     }
 }
 

@@ -37,7 +37,7 @@ async fn jobs_round_trip_exactly_through_another_pool() {
         assert_eq!(test.create_job(j).await.expect("create"), JobCreated::Created);
     }
     let completed = test
-        .finish_job(&launched.key(), &JobOutcome::Completed)
+        .finish_job(&launched.key(), &JobOutcome::Completed, launched.created_at)
         .await
         .expect("finish")
         .expect("the launch job");
@@ -46,7 +46,7 @@ async fn jobs_round_trip_exactly_through_another_pool() {
         description: "ünïcode, \"quotes\" and 'apostrophes' survive".into(),
     });
     let failed = test
-        .finish_job(&failed.key(), &failure)
+        .finish_job(&failed.key(), &failure, failed.created_at)
         .await
         .expect("finish")
         .expect("the failed job");
@@ -73,18 +73,25 @@ async fn jobs_round_trip_exactly_through_another_pool() {
     assert_eq!(other.create_job(&elsewhere).await.expect("create"), JobCreated::Created);
 }
 
+/// `count` more stores on the test's schema, each with a pool of its own
+/// (as separate server instances have), named `{name}_{i}`.
+async fn instances(test: &common::TestStore, count: usize, name: &str) -> Vec<Arc<fielding_postgres::PgStore>> {
+    let schema = common::schema_of(test).to_string();
+    let mut out = Vec::new();
+    for i in 0..count {
+        out.push(Arc::new(
+            common::connect_store(&test.guard.url, &schema, &format!("{name}_{i}"), 4).await,
+        ));
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_creations_across_instances_create_exactly_one_job() {
     let Some(test) = common::fresh_store().await else {
         return;
     };
-    let schema = common::schema_of(&test).to_string();
-    let mut instances = Vec::new();
-    for i in 0..3 {
-        instances.push(Arc::new(
-            common::connect_store(&test.guard.url, &schema, &format!("fielding_jobs_race_{i}"), 4).await,
-        ));
-    }
+    let instances = instances(&test, 3, "fielding_jobs_race").await;
     for round in 0..5 {
         let account = fixtures::scope().account_id;
         let key = format!("race-{round}");
@@ -127,13 +134,7 @@ async fn racing_outcomes_across_instances_keep_the_first() {
     let Some(test) = common::fresh_store().await else {
         return;
     };
-    let schema = common::schema_of(&test).to_string();
-    let mut instances = Vec::new();
-    for i in 0..2 {
-        instances.push(Arc::new(
-            common::connect_store(&test.guard.url, &schema, &format!("fielding_jobs_finish_{i}"), 4).await,
-        ));
-    }
+    let instances = instances(&test, 2, "fielding_jobs_finish").await;
     for _ in 0..5 {
         let j = job(fixtures::scope(), "k", schedule());
         test.create_job(&j).await.expect("create");
@@ -149,7 +150,7 @@ async fn racing_outcomes_across_instances_keep_the_first() {
                     })
                 };
                 let (scope, id) = (j.scope, j.id);
-                tokio::spawn(async move { store.finish_job(&scope.job(id), &outcome).await })
+                tokio::spawn(async move { store.finish_job(&scope.job(id), &outcome, Timestamp::UNIX_EPOCH).await })
             })
             .collect();
         let mut seen = Vec::new();
@@ -229,7 +230,7 @@ async fn stored_values_that_do_not_parse_are_permanent_backend_errors() {
         ("trace_id = '0AF7651916CD43DD8448EB211C80319C'", true, true),
         ("trace_id = ''", true, true),
         (
-            "status = 'Failed', failure_code = 'NoSuchCode', failure_description = 'x'",
+            "status = 'Failed', failure_code = 'NoSuchCode', failure_description = 'x', finished_at = created_at",
             true,
             true,
         ),
@@ -246,7 +247,10 @@ async fn stored_values_that_do_not_parse_are_permanent_backend_errors() {
         assert_eq!(done.rows_affected(), 1, "{damage}");
         if at_its_id {
             assert_permanent(&test.get_job(&j.key()).await.unwrap_err());
-            let err = test.finish_job(&j.key(), &JobOutcome::Completed).await.unwrap_err();
+            let err = test
+                .finish_job(&j.key(), &JobOutcome::Completed, j.created_at)
+                .await
+                .unwrap_err();
             assert_permanent(&err);
         }
         if at_its_key {
@@ -258,4 +262,142 @@ async fn stored_values_that_do_not_parse_are_permanent_backend_errors() {
             .await
             .expect("clean up");
     }
+}
+
+/// `at` plus `millis`.
+fn plus(at: Timestamp, millis: i64) -> Timestamp {
+    Timestamp::from_unix_millis(at.unix_millis() + millis).expect("in range")
+}
+
+/// Sweepers in several instances at once (`FOR UPDATE SKIP LOCKED`) share
+/// the work: every old job is removed exactly once, the answers add up,
+/// nobody waits out another's batch or fails, and creations reusing the
+/// freed keys meanwhile each get a new job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_sweepers_across_instances_remove_each_job_once() {
+    let Some(test) = common::fresh_store().await else {
+        return;
+    };
+    let instances = instances(&test, 3, "fielding_jobs_expiry").await;
+    let base = Timestamp::from_unix_millis(1_000_000).expect("in range");
+    let mut old = Vec::new();
+    for i in 0..90 {
+        let mut j = job(fixtures::scope(), &format!("old-{i}"), launch());
+        j.created_at = base;
+        test.create_job(&j).await.expect("create");
+        test.finish_job(&j.key(), &JobOutcome::Completed, plus(base, i))
+            .await
+            .expect("finish");
+        old.push(j);
+    }
+    let sweepers: Vec<_> = instances
+        .iter()
+        .cloned()
+        .map(|store| {
+            tokio::spawn(async move {
+                let mut removed = 0;
+                loop {
+                    let batch = store.expire_jobs(plus(base, 1_000), 7).await.expect("expire_jobs");
+                    assert!(batch <= 7, "{batch}");
+                    removed += batch;
+                    if batch < 7 {
+                        return removed;
+                    }
+                }
+            })
+        })
+        .collect();
+    let reusers: Vec<_> = old
+        .iter()
+        .step_by(10)
+        .map(|gone| {
+            let store = instances[0].clone();
+            let scope = gone.scope;
+            let key = gone.idempotency_key.as_str().to_owned();
+            tokio::spawn(async move {
+                // Until its old job is gone, the key answers that job.
+                loop {
+                    let fresh = job(scope, &key, schedule());
+                    match store.create_job(&fresh).await.expect("create_job") {
+                        JobCreated::Created => return fresh,
+                        JobCreated::Existing(_) => tokio::task::yield_now().await,
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut removed = 0;
+    for sweeper in sweepers {
+        removed += sweeper.await.expect("sweeper");
+    }
+    assert_eq!(removed, old.len(), "each old job removed exactly once");
+    for j in &old {
+        assert_eq!(test.get_job(&j.key()).await.expect("get"), None);
+    }
+    for reuser in reusers {
+        let fresh = reuser.await.expect("reuser");
+        assert_eq!(test.get_job(&fresh.key()).await.expect("get"), Some(fresh));
+    }
+}
+
+/// A schema at version 2 (jobs without a finish time) gets migration 3:
+/// jobs finished before it count as finished when created, processing
+/// jobs have no finish time, and the CHECK holds the two together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_3_dates_jobs_finished_before_it_by_their_creation() {
+    let Some(test) = common::fresh_store().await else {
+        return;
+    };
+    let schema = common::schema_of(&test).to_string();
+    let done = job(fixtures::scope(), "done", launch());
+    let busy = job(fixtures::scope(), "busy", launch());
+    for j in [&done, &busy] {
+        test.create_job(j).await.expect("create");
+    }
+    test.finish_job(&done.key(), &JobOutcome::Completed, plus(done.created_at, 5_000))
+        .await
+        .expect("finish");
+    let mut conn = PgConnection::connect(&test.guard.url).await.expect("connect");
+    let table = format!("\"{schema}\".fielding_run_jobs");
+    sqlx::query(&format!("ALTER TABLE {table} DROP COLUMN finished_at"))
+        .execute(&mut conn)
+        .await
+        .expect("back to version 2's table");
+    sqlx::query(&format!(
+        "DELETE FROM \"{schema}\".fielding_schema_migrations WHERE version >= 3"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect("forget migration 3");
+
+    let store = common::connect_store(&test.guard.url, &schema, "fielding_migrate_v2", 2).await;
+    let report = store.migrate().await.expect("migrate");
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [3]);
+    let finished: Vec<(String, Option<i64>)> = sqlx::query_as(&format!(
+        "SELECT idempotency_key, (extract(epoch FROM finished_at) * 1000)::bigint FROM {table} ORDER BY idempotency_key"
+    ))
+    .fetch_all(&mut conn)
+    .await
+    .expect("finish times");
+    assert_eq!(
+        finished,
+        [
+            ("busy".to_owned(), None),
+            ("done".to_owned(), Some(done.created_at.unix_millis()))
+        ]
+    );
+    let err = sqlx::query(&format!(
+        "UPDATE {table} SET finished_at = NULL WHERE idempotency_key = 'done'"
+    ))
+    .execute(&mut conn)
+    .await
+    .expect_err("a finished job without a finish time");
+    assert!(err.to_string().contains("fielding_run_jobs_finished"), "{err}");
+    // Expiry goes by the filled-in time.
+    assert_eq!(store.expire_jobs(done.created_at, 10).await.expect("expire"), 0);
+    assert_eq!(
+        store.expire_jobs(plus(done.created_at, 1), 10).await.expect("expire"),
+        1
+    );
+    assert!(store.get_job(&busy.key()).await.expect("get").is_some());
 }

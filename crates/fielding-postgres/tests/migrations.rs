@@ -46,7 +46,7 @@ async fn instances_starting_at_once_apply_each_migration_exactly_once() {
     .await
     .expect("migrations table");
     assert_eq!(recorded, (1..=i64::from(SCHEMA_VERSION)).collect::<Vec<_>>());
-    assert_eq!(SCHEMA_VERSION, 2, "migration 2 adds fielding_run_jobs");
+    assert_eq!(SCHEMA_VERSION, 3, "migration 3 adds the finish time of jobs");
     assert_eq!(
         tables(&mut conn, name).await,
         [
@@ -83,10 +83,11 @@ async fn tables(conn: &mut PgConnection, schema: &str) -> Vec<String> {
 }
 
 /// A schema as the release before jobs left it: migration 1 applied and
-/// recorded, no `fielding_run_jobs`, runs in it. Migration 2 only adds a
-/// table, so removing that table and its record gives exactly that layout.
+/// recorded, no `fielding_run_jobs`, runs in it. Migrations 2 and 3 only
+/// add that table (and a column and index of it), so removing the table
+/// and their records gives exactly that layout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_schema_at_version_1_migrates_to_version_2_with_its_runs_intact() {
+async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_intact() {
     let Some(test) = common::fresh_store().await else {
         return;
     };
@@ -115,8 +116,8 @@ async fn a_schema_at_version_1_migrates_to_version_2_with_its_runs_intact() {
     // A fresh instance (no state carried over from before) migrates it.
     let store = common::connect_store(&test.guard.url, &schema, "fielding_migrate_v1", 2).await;
     let report = store.migrate().await.expect("migrate");
-    assert_eq!((report.from, report.to, report.applied()), (1, 2, 1));
-    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2]);
+    assert_eq!((report.from, report.to, report.applied()), (1, 3, 2));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2, 3]);
     assert_eq!(store.migrate().await.expect("again").applied(), 0);
     assert_eq!(store.get(&run.key()).await.expect("get"), Some(run.clone()));
     assert_eq!(store.changes(&run.key()).await.expect("changes"), vec![record]);
@@ -126,7 +127,7 @@ async fn a_schema_at_version_1_migrates_to_version_2_with_its_runs_intact() {
     .fetch_all(&mut conn)
     .await
     .expect("migrations table");
-    assert_eq!(recorded, [1, 2]);
+    assert_eq!(recorded, [1, 2, 3]);
 
     let job = fielding_core::FieldingRunJob {
         id: fielding_core::JobId::generate(),

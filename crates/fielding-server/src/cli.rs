@@ -16,6 +16,7 @@ use crate::limits::{
     auto_max_connections, ConnectionLimits, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, MIN_MAX_HEADER_BYTES,
 };
+use crate::retention::{RetentionConfig, DEFAULT_JOB_RETENTION};
 
 /// The sustained rate that stands for "no limit" when
 /// `--rate-limit-per-second 0` is given: a billion requests per second per
@@ -195,6 +196,16 @@ pub struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(MIN_MAX_HEADER_BYTES as u64..=(1 << 20))
     )]
     pub max_header_bytes: u64,
+
+    /// Seconds a finished creation job (and its idempotency key) is kept
+    /// before it is deleted; 0 keeps jobs forever.
+    #[arg(
+        long,
+        env = "FIELDING_JOB_RETENTION",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_JOB_RETENTION.as_secs()
+    )]
+    pub job_retention: u64,
 }
 
 /// The `token` subcommand's arguments.
@@ -271,6 +282,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Timeouts, the connection cap and the head size.
     pub connections: ConnectionLimits,
+    /// How finished jobs expire; `None` keeps them forever.
+    pub job_retention: Option<RetentionConfig>,
 }
 
 impl ServerConfig {
@@ -286,6 +299,7 @@ impl ServerConfig {
             limits: ApiLimits::default(),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             connections: ConnectionLimits::default(),
+            job_retention: Some(RetentionConfig::default()),
         }
     }
 }
@@ -345,6 +359,8 @@ impl ServeArgs {
             limits,
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             connections,
+            job_retention: (self.job_retention > 0)
+                .then(|| RetentionConfig::with_retention(Duration::from_secs(self.job_retention))),
         })
     }
 }
@@ -423,6 +439,18 @@ mod tests {
         );
         assert_eq!(config.limits.body_read_timeout, Duration::from_secs(5));
         assert_eq!(config.limits.address_rate_limit, RateLimitPolicy::per_second(7, 9));
+        assert_eq!(config.job_retention, Some(RetentionConfig::default()));
+        let kept_forever = parse(&["--job-retention", "0"]).unwrap().serve.into_config().unwrap();
+        assert_eq!(kept_forever.job_retention, None);
+        let an_hour = parse(&["--job-retention", "3600"])
+            .unwrap()
+            .serve
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            an_hour.job_retention.map(|config| config.retention),
+            Some(Duration::from_secs(3600))
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fielding_core::{FieldingService, FieldingStore};
+use fielding_core::{FieldingService, FieldingStore, SystemClock};
 use fielding_http::rate_limit::RateLimiter;
 use fielding_memory::MemoryStore;
 use fielding_postgres::PgStore;
@@ -22,6 +22,7 @@ use crate::connection;
 use crate::database::Database;
 use crate::jwt::JwtAuthenticator;
 use crate::limits::ConnectionLimits;
+use crate::retention::{run_job_retention, RetentionConfig};
 use crate::telemetry::{self, SampledLog};
 
 /// How often idle rate-limit buckets are forgotten.
@@ -135,6 +136,7 @@ pub struct Server {
     store: OpenedStore,
     shutdown_grace: Duration,
     limits: ConnectionLimits,
+    job_retention: Option<RetentionConfig>,
 }
 
 impl Server {
@@ -157,6 +159,7 @@ impl Server {
             store,
             shutdown_grace: config.shutdown_grace,
             limits: config.connections,
+            job_retention: config.job_retention,
         })
     }
 
@@ -192,9 +195,17 @@ impl Server {
             store,
             shutdown_grace,
             limits,
+            job_retention,
             ..
         } = self;
         let housekeeping = tokio::spawn(forget_idle(rate_limiter, address_limiter));
+        let retention = job_retention.map(|config| {
+            tokio::spawn(run_job_retention(
+                Arc::clone(&store.store),
+                Arc::new(SystemClock),
+                config,
+            ))
+        });
         let stop = CancellationToken::new();
         let http1 = Arc::new(connection::http1(&limits));
         let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -253,6 +264,13 @@ impl Server {
             connections.shutdown().await;
         }
         housekeeping.abort();
+        if let Some(retention) = retention {
+            // Each batch is one store call: stopping between or inside
+            // them loses nothing. Awaited so its handle on the store is
+            // gone before the store is closed.
+            retention.abort();
+            let _ = retention.await;
+        }
         // The connections, and with them the router's clones of the
         // service, are gone: the store is usually ours alone now.
         drop(router);

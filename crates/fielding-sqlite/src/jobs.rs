@@ -1,15 +1,15 @@
 //! The operations on creation jobs (`create_job`, `get_job`,
-//! `finish_job`). Like `runs`, every function runs on a worker thread that
+//! `finish_job`, `expire_jobs`). Like `runs`, every function runs on a worker thread that
 //! owns the connection; the writes run on the writer thread, alone or
 //! inside its group's transaction.
 
 use fielding_core::codec::JobRow;
-use fielding_core::{FieldingRunJob, IdempotencyKey, JobCreated, JobId, JobOutcome, Scope, StoreError};
+use fielding_core::{FieldingRunJob, IdempotencyKey, JobCreated, JobId, JobOutcome, Scope, StoreError, Timestamp};
 use rusqlite::{ffi, params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::codec::{account, job_params, read_job, UserText};
 use crate::error::{extended_code, store_error};
-use crate::sql::{finish_job_sql, job_by_id_sql, job_by_key_sql, INSERT_JOB};
+use crate::sql::{expire_jobs_sql, finish_job_sql, job_by_id_sql, job_by_key_sql, INSERT_JOB};
 
 fn job_by_key(conn: &Connection, account_id: i64, key: &IdempotencyKey) -> rusqlite::Result<Option<FieldingRunJob>> {
     conn.prepare_cached(&job_by_key_sql())?
@@ -87,11 +87,12 @@ pub(crate) fn finish_job(
     scope: &Scope,
     id: &JobId,
     outcome: &JobOutcome,
+    finished_at: Timestamp,
 ) -> Result<Option<FieldingRunJob>, StoreError> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| store_error("finish_job", e))?;
-    let finished = finish_job_rows(&tx, scope, id, outcome)?;
+    let finished = finish_job_rows(&tx, scope, id, outcome, finished_at)?;
     tx.commit().map_err(|e| store_error("finish_job", e))?;
     Ok(finished)
 }
@@ -104,6 +105,7 @@ pub(crate) fn finish_job_rows(
     scope: &Scope,
     id: &JobId,
     outcome: &JobOutcome,
+    finished_at: Timestamp,
 ) -> Result<Option<FieldingRunJob>, StoreError> {
     let columns = outcome.to_columns();
     tx.prepare_cached(&finish_job_sql())
@@ -115,9 +117,34 @@ pub(crate) fn finish_job_rows(
                 id.as_str(),
                 account(scope),
                 scope.project_id.as_str(),
-                scope.target_group_id.as_str()
+                scope.target_group_id.as_str(),
+                finished_at.unix_millis()
             ])
         })
         .map_err(|e| store_error("finish_job", e))?;
     job_by_id(tx, scope, id).map_err(|e| store_error("finish_job", e))
+}
+
+/// `expire_jobs` in its own immediate transaction.
+pub(crate) fn expire_jobs(
+    conn: &mut Connection,
+    finished_before: Timestamp,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| store_error("expire_jobs", e))?;
+    let removed = expire_jobs_rows(&tx, finished_before, limit)?;
+    tx.commit().map_err(|e| store_error("expire_jobs", e))?;
+    Ok(removed)
+}
+
+/// The statement of `expire_jobs`, inside the caller's transaction: one
+/// `DELETE` of at most `limit` rows (a job and its key are one row).
+pub(crate) fn expire_jobs_rows(tx: &Connection, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+    // SQLite's LIMIT is an i64; anything larger means "no limit" anyway.
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    tx.prepare_cached(&expire_jobs_sql())
+        .and_then(|mut stmt| stmt.execute(params![finished_before.unix_millis(), limit]))
+        .map_err(|e| store_error("expire_jobs", e))
 }

@@ -77,7 +77,8 @@
 //! Tables `fielding_runs` (unique on account, project and target group),
 //! `change_records` (primary key run id and version) and, since schema
 //! version 2, `fielding_run_jobs` (creation jobs, unique on account and
-//! idempotency key), created by
+//! idempotency key; since version 3 with their finish time and an index on
+//! it, for `expire_jobs`), created by
 //! embedded, numbered migrations recorded in `fielding_schema_migrations`.
 //! [`SqliteStore::open`] migrates; with [`SqliteOptions::migrate`]`(false)`
 //! the store opens without migrating, refuses every operation while its

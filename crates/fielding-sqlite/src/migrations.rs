@@ -21,7 +21,7 @@ use crate::error::{open_error, OpenError};
 use crate::options::SqliteOptions;
 
 /// The schema version this library writes and reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 struct Migration {
     version: u32,
@@ -43,6 +43,12 @@ const MIGRATIONS: &[Migration] = &[
         // Requests: a launch has no start, a schedule has one. Outcomes: a
         // failure code and its description exactly when the job failed.
         sql: include_str!("../migrations/0002_creation_jobs.sql"),
+    },
+    Migration {
+        version: 3,
+        description: "fielding_run_jobs.finished_at_ms",
+        // The finish time job expiry goes by, with its index.
+        sql: include_str!("../migrations/0003_job_finish_time.sql"),
     },
 ];
 
@@ -244,6 +250,68 @@ mod tests {
         ));
     }
 
+    /// A database as the release before job expiry left it: migrations 1
+    /// and 2, recorded.
+    fn at_version_2() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(CREATE_MIGRATIONS_TABLE).unwrap();
+        for migration in &MIGRATIONS[..2] {
+            conn.execute_batch(migration.sql).unwrap();
+            conn.execute(
+                "INSERT INTO fielding_schema_migrations VALUES (?1, ?2, 5)",
+                rusqlite::params![migration.version, migration.description],
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    #[test]
+    fn migration_3_dates_jobs_finished_before_it_by_their_creation_and_indexes_the_expiry() {
+        let mut conn = at_version_2();
+        let insert = "INSERT INTO fielding_run_jobs (id, account_id, project_id, target_group_id, kind, \
+                      idempotency_key, end_ms, fielding_run_id, created_at_ms, created_by, status, failure_code, \
+                      failure_description) VALUES (?1, 101, 'p', 't', 'launch-from-draft', ?1, 9, 'r', ?2, 'u', ?3, ?4, ?5)";
+        for (id, created, status, code, description) in [
+            ("done", 1_000, "Completed", None, None),
+            ("failed", 2_000, "Failed", Some("InvalidFieldingDates"), Some("bad")),
+            ("busy", 3_000, "Processing", None, None),
+        ] {
+            conn.execute(insert, rusqlite::params![id, created, status, code, description])
+                .unwrap();
+        }
+        let report = migrate(&mut conn, Path::new(":memory:"), 9).unwrap();
+        assert_eq!((report.from, report.to), (2, 3));
+        let finished: Vec<(String, Option<i64>)> = conn
+            .prepare("SELECT id, finished_at_ms FROM fielding_run_jobs ORDER BY id")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            finished,
+            [
+                ("busy".to_string(), None),
+                ("done".to_string(), Some(1_000)),
+                ("failed".to_string(), Some(2_000))
+            ]
+        );
+        // The expiry's search walks the partial index, not the table.
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", crate::sql::expire_jobs_sql()))
+            .unwrap()
+            .query_map(rusqlite::params![10_000, 10], |row| row.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX fielding_run_jobs_finished_at")),
+            "{plan:?}"
+        );
+    }
+
     fn tables(conn: &Connection) -> Vec<String> {
         conn.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
             .unwrap()
@@ -254,7 +322,7 @@ mod tests {
     }
 
     #[test]
-    fn a_database_with_only_migration_1_gets_migration_2_alone() {
+    fn a_database_with_only_migration_1_gets_the_later_ones_only() {
         let mut conn = Connection::open_in_memory().unwrap();
         let path = Path::new(":memory:");
         // What the release before jobs did: migration 1, recorded.
@@ -274,12 +342,15 @@ mod tests {
             check(&conn, path),
             Err(OpenError::SchemaOutdated {
                 found: 1,
-                needed: 2,
+                needed: SCHEMA_VERSION,
                 ..
             })
         ));
         let report = migrate(&mut conn, path, 9).unwrap();
-        assert_eq!((report.from, report.to, report.applied()), (1, 2, 1));
+        assert_eq!(
+            (report.from, report.to, report.applied()),
+            (1, SCHEMA_VERSION, SCHEMA_VERSION - 1)
+        );
         check(&conn, path).unwrap();
         assert_eq!(
             tables(&conn),
@@ -301,6 +372,6 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(applied, [(1, 5), (2, 9)]);
+        assert_eq!(applied, [(1, 5), (2, 9), (3, 9)]);
     }
 }

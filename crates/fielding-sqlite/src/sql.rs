@@ -53,20 +53,38 @@ pub(crate) const JOB_COLUMNS: &str =
 
 /// Records a job unless the account has one under its key: the unique key
 /// `(account_id, idempotency_key)` decides, so no check-then-insert gap.
+/// A job handed over already finished counts as finished when it was
+/// created (`finished_at_ms`).
 pub(crate) const INSERT_JOB: &str =
     "INSERT INTO fielding_run_jobs (id, account_id, project_id, target_group_id, kind, \
                           idempotency_key, start_ms, end_ms, fielding_run_id, created_at_ms, created_by, trace_id, \
-                          status, failure_code, failure_description) \
-                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+                          status, failure_code, failure_description, finished_at_ms) \
+                          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
+                          CASE WHEN ?13 = 'Processing' THEN NULL ELSE ?10 END) \
                           ON CONFLICT (account_id, idempotency_key) DO NOTHING";
 
 /// Records an outcome, only while the job is processing (first one wins).
 /// The status columns are the core's ([`JobOutcome::to_columns`](fielding_core::JobOutcome::to_columns)).
 pub(crate) fn finish_job_sql() -> String {
     format!(
-        "UPDATE fielding_run_jobs SET status = ?1, failure_code = ?2, failure_description = ?3 \
+        "UPDATE fielding_run_jobs SET status = ?1, failure_code = ?2, failure_description = ?3, \
+         finished_at_ms = ?8 \
          WHERE id = ?4 AND account_id = ?5 AND project_id = ?6 AND target_group_id = ?7 \
          AND status = '{}'",
+        JobState::PROCESSING
+    )
+}
+
+/// Removes up to `?2` jobs finished before `?1`, oldest first: the search
+/// walks the partial index on `finished_at_ms`, so a call costs its limit,
+/// not the table. The status test is a second guard: a processing job has
+/// no finish time and is never in the index anyway. The idempotency key is
+/// a column of the row, so it goes with it.
+pub(crate) fn expire_jobs_sql() -> String {
+    format!(
+        "DELETE FROM fielding_run_jobs WHERE id IN (\
+         SELECT id FROM fielding_run_jobs WHERE finished_at_ms < ?1 AND status <> '{}' \
+         ORDER BY finished_at_ms LIMIT ?2)",
         JobState::PROCESSING
     )
 }
@@ -85,6 +103,15 @@ pub(crate) fn job_by_id_sql() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expiry_never_matches_the_core_processing_status() {
+        assert!(
+            expire_jobs_sql().contains("AND status <> 'Processing'"),
+            "{}",
+            expire_jobs_sql()
+        );
+    }
 
     #[test]
     fn finish_only_matches_the_core_processing_status() {

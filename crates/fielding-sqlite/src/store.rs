@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc};
 use async_trait::async_trait;
 use fielding_core::{
     ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey,
-    Scope, StoreError, UpdateOutcome, Version,
+    Scope, StoreError, Timestamp, UpdateOutcome, Version,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -275,16 +275,34 @@ impl FieldingStore for SqliteStore {
     /// One write on the writer thread: `UPDATE ... WHERE id AND scope AND
     /// status = 'Processing'`, then the job as it stands, in the same
     /// transaction.
-    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn finish_job(
+        &self,
+        key: &JobKey,
+        outcome: &JobOutcome,
+        finished_at: Timestamp,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
         let (scope, id) = (&key.scope, &key.id);
         let kind = WriteKind::FinishJob {
             scope: *scope,
             id: *id,
             outcome: outcome.clone(),
+            finished_at,
         };
         match self.write(kind).await? {
             Written::Finished(job) => Ok(job),
             other => Err(mismatched("finish_job", &other)),
+        }
+    }
+
+    /// One write on the writer thread: a `DELETE` of at most `limit` rows
+    /// found through the finish-time index, oldest first. A write like the
+    /// others, so it joins their group commit, and its answer leaves only
+    /// after the commit; a large `limit` holds the other writes up for as
+    /// long as the delete takes, which is why callers sweep in batches.
+    async fn expire_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        match self.write(WriteKind::ExpireJobs { finished_before, limit }).await? {
+            Written::Expired(removed) => Ok(removed),
+            other => Err(mismatched("expire_jobs", &other)),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The writer thread's loop, with group commit.
 //!
-//! Writes (`insert`, `compare_and_swap`, `create_job`, `finish_job`) arrive
+//! Writes (`insert`, `compare_and_swap`, `create_job`, `finish_job`,
+//! `expire_jobs`) arrive
 //! as data, not closures, so
 //! the writer can see several queued at once. When more than one write is
 //! waiting, it runs them in **one** `BEGIN IMMEDIATE` transaction and
@@ -29,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use fielding_core::{
-    ChangeRecord, FieldingRun, FieldingRunJob, JobCreated, JobId, JobOutcome, Scope, StoreError, Version,
+    ChangeRecord, FieldingRun, FieldingRunJob, JobCreated, JobId, JobOutcome, Scope, StoreError, Timestamp, Version,
 };
 use rusqlite::{Connection, ErrorCode};
 use tokio::sync::oneshot;
@@ -78,6 +79,8 @@ pub(crate) enum Written {
     Job(JobCreated),
     /// `finish_job`: the job as stored after the write.
     Finished(Option<FieldingRunJob>),
+    /// `expire_jobs`: how many jobs were removed.
+    Expired(usize),
 }
 
 /// The writes of the trait.
@@ -98,6 +101,11 @@ pub(crate) enum WriteKind {
         scope: Scope,
         id: JobId,
         outcome: JobOutcome,
+        finished_at: Timestamp,
+    },
+    ExpireJobs {
+        finished_before: Timestamp,
+        limit: usize,
     },
 }
 
@@ -108,6 +116,7 @@ impl WriteKind {
             WriteKind::CompareAndSwap { .. } => "compare_and_swap",
             WriteKind::CreateJob { .. } => "create_job",
             WriteKind::FinishJob { .. } => "finish_job",
+            WriteKind::ExpireJobs { .. } => "expire_jobs",
         }
     }
 
@@ -119,8 +128,14 @@ impl WriteKind {
                 runs::compare_and_swap(conn, *expected, run, change).map(|()| Written::Done)
             }
             WriteKind::CreateJob { job } => jobs::create_job(conn, job).map(Written::Job),
-            WriteKind::FinishJob { scope, id, outcome } => {
-                jobs::finish_job(conn, scope, id, outcome).map(Written::Finished)
+            WriteKind::FinishJob {
+                scope,
+                id,
+                outcome,
+                finished_at,
+            } => jobs::finish_job(conn, scope, id, outcome, *finished_at).map(Written::Finished),
+            WriteKind::ExpireJobs { finished_before, limit } => {
+                jobs::expire_jobs(conn, *finished_before, *limit).map(Written::Expired)
             }
         }
     }
@@ -133,8 +148,14 @@ impl WriteKind {
                 runs::compare_and_swap_rows(conn, *expected, run, change).map(|()| Written::Done)
             }
             WriteKind::CreateJob { job } => jobs::create_job_rows(conn, job).map(Written::Job),
-            WriteKind::FinishJob { scope, id, outcome } => {
-                jobs::finish_job_rows(conn, scope, id, outcome).map(Written::Finished)
+            WriteKind::FinishJob {
+                scope,
+                id,
+                outcome,
+                finished_at,
+            } => jobs::finish_job_rows(conn, scope, id, outcome, *finished_at).map(Written::Finished),
+            WriteKind::ExpireJobs { finished_before, limit } => {
+                jobs::expire_jobs_rows(conn, *finished_before, *limit).map(Written::Expired)
             }
         }
     }

@@ -37,7 +37,7 @@ async fn jobs_survive_closing_and_reopening_with_every_field_equal() {
         assert_eq!(store.create_job(j).await.unwrap(), JobCreated::Created);
     }
     let completed = store
-        .finish_job(&launched.key(), &JobOutcome::Completed)
+        .finish_job(&launched.key(), &JobOutcome::Completed, launched.created_at)
         .await
         .unwrap()
         .expect("the launch job");
@@ -46,7 +46,7 @@ async fn jobs_survive_closing_and_reopening_with_every_field_equal() {
         description: "The target group already has a fielding run; ünïcode and \"quotes\" survive.".into(),
     });
     let failed = store
-        .finish_job(&failed.key(), &failure)
+        .finish_job(&failed.key(), &failure, failed.created_at)
         .await
         .unwrap()
         .expect("the failed job");
@@ -84,8 +84,8 @@ async fn version_1_database(path: &std::path::Path) -> (fielding_core::FieldingR
 }
 
 #[tokio::test]
-async fn a_version_1_database_migrates_to_version_2_with_its_runs_intact() {
-    assert_eq!(SCHEMA_VERSION, 2);
+async fn a_version_1_database_migrates_to_the_current_version_with_its_runs_intact() {
+    assert_eq!(SCHEMA_VERSION, 3);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fielding.db");
     let (run, record) = version_1_database(&path).await;
@@ -99,7 +99,7 @@ async fn a_version_1_database_migrates_to_version_2_with_its_runs_intact() {
             err,
             OpenError::SchemaOutdated {
                 found: 1,
-                needed: 2,
+                needed: SCHEMA_VERSION,
                 ..
             }
         ),
@@ -112,8 +112,8 @@ async fn a_version_1_database_migrates_to_version_2_with_its_runs_intact() {
     let err = store.get(&run.key()).await.unwrap_err();
     assert!(err.to_string().contains("version 1"), "{err}");
     let report = store.migrate().await.unwrap();
-    assert_eq!((report.from, report.to, report.applied()), (1, 2, 1));
-    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2]);
+    assert_eq!((report.from, report.to, report.applied()), (1, 3, 2));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2, 3]);
     assert_eq!(store.migrate().await.unwrap().applied(), 0);
 
     assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
@@ -131,7 +131,7 @@ async fn a_version_1_database_migrates_to_version_2_with_its_runs_intact() {
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
 }
 
 #[tokio::test]
@@ -203,7 +203,10 @@ async fn stored_values_that_do_not_parse_are_permanent_backend_errors() {
             assert_permanent(&err);
             assert!(err.to_string().contains("get_job"), "{damage}: {err}");
             // finish_job reads the row back: the same error, not a panic.
-            let err = store.finish_job(&j.key(), &JobOutcome::Completed).await.unwrap_err();
+            let err = store
+                .finish_job(&j.key(), &JobOutcome::Completed, j.created_at)
+                .await
+                .unwrap_err();
             assert_permanent(&err);
         }
         // A replay under the key reads the stored job: an error too.
@@ -308,7 +311,7 @@ async fn racing_outcomes_keep_the_first_and_everyone_sees_it() {
         .map(|outcome| {
             let store = store.clone();
             let (scope, id) = (j.scope, j.id);
-            tokio::spawn(async move { store.finish_job(&scope.job(id), &outcome).await })
+            tokio::spawn(async move { store.finish_job(&scope.job(id), &outcome, Timestamp::UNIX_EPOCH).await })
         })
         .collect();
     let mut seen = Vec::new();
@@ -322,7 +325,7 @@ async fn racing_outcomes_keep_the_first_and_everyone_sees_it() {
     let other = fixtures::scope();
     assert_eq!(
         store
-            .finish_job(&other.job(j.id), &JobOutcome::Completed)
+            .finish_job(&other.job(j.id), &JobOutcome::Completed, j.created_at)
             .await
             .unwrap(),
         None
@@ -349,7 +352,92 @@ async fn a_read_only_database_reads_jobs_and_refuses_to_write_them() {
             .await
             .unwrap_err(),
     );
-    assert_permanent(&store.finish_job(&j.key(), &JobOutcome::Completed).await.unwrap_err());
+    assert_permanent(
+        &store
+            .finish_job(&j.key(), &JobOutcome::Completed, j.created_at)
+            .await
+            .unwrap_err(),
+    );
+    assert_permanent(&store.expire_jobs(Timestamp::MAX, 10).await.unwrap_err());
     assert_eq!(store.get_job(&j.key()).await.unwrap(), Some(j));
     store.close().await;
+}
+
+/// `at` plus `millis`.
+fn plus(at: Timestamp, millis: i64) -> Timestamp {
+    Timestamp::from_unix_millis(at.unix_millis() + millis).expect("in range")
+}
+
+#[tokio::test]
+async fn expiry_is_durable_and_frees_keys_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fielding.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let old = job(fixtures::scope(), "old", launch());
+    let new = job(fixtures::scope(), "new", launch());
+    for j in [&old, &new] {
+        store.create_job(j).await.unwrap();
+    }
+    store
+        .finish_job(&old.key(), &JobOutcome::Completed, old.created_at)
+        .await
+        .unwrap();
+    store
+        .finish_job(&new.key(), &JobOutcome::Completed, plus(old.created_at, 60_000))
+        .await
+        .unwrap();
+    assert_eq!(store.expire_jobs(plus(old.created_at, 1), 100).await.unwrap(), 1);
+    store.close().await;
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    assert_eq!(store.get_job(&old.key()).await.unwrap(), None);
+    assert!(store.get_job(&new.key()).await.unwrap().is_some());
+    let reuse = job(old.scope, "old", schedule());
+    assert_eq!(store.create_job(&reuse).await.unwrap(), JobCreated::Created);
+    store.close().await;
+}
+
+/// Expiry as a write among others in one group commit: job creations,
+/// finishes and expiries queued together each get their own answer, and
+/// the removals add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expiry_shares_group_commits_with_other_job_writes() {
+    let store = Arc::new(common::temp_store().await);
+    let base = Timestamp::from_unix_millis(1_000_000).unwrap();
+    let mut old = Vec::new();
+    for i in 0..60 {
+        let mut j = job(fixtures::scope(), &format!("old-{i}"), launch());
+        j.created_at = base;
+        store.create_job(&j).await.unwrap();
+        store
+            .finish_job(&j.key(), &JobOutcome::Completed, plus(base, i))
+            .await
+            .unwrap();
+        old.push(j);
+    }
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let fresh = job(fixtures::scope(), &format!("fresh-{i}"), launch());
+            store.create_job(&fresh).await.unwrap();
+            store
+                .finish_job(&fresh.key(), &JobOutcome::Completed, fresh.created_at)
+                .await
+                .unwrap();
+            store.expire_jobs(plus(base, 60), 5).await.unwrap()
+        }));
+    }
+    let mut removed = 0;
+    for task in tasks {
+        let answer = task.await.unwrap();
+        assert!(answer <= 5, "{answer}");
+        removed += answer;
+    }
+    // The fresh jobs finished at the fixtures' "now", far after the cutoff.
+    removed += store.expire_jobs(plus(base, 60), 1_000).await.unwrap();
+    assert_eq!(removed, 60);
+    for j in &old {
+        assert_eq!(store.get_job(&j.key()).await.unwrap(), None);
+    }
 }

@@ -41,6 +41,7 @@ macro_rules! __with_every_case {
             store jobs concurrent_job_creations_with_one_key_have_exactly_one_winner;
             store jobs job_scope_isolation_hides_the_job_from_every_other_scope;
             store jobs finish_job_records_the_first_outcome_only;
+            store expiry expire_jobs_removes_old_finished_jobs_with_their_keys_in_bounded_batches;
             factory linearizability linearizable_interleaved_read_then_write_cycles_match_the_model;
         }
     };

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use fielding_core::{
     ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey,
-    Scope, StoreError, UpdateOutcome, Version,
+    Scope, StoreError, Timestamp, UpdateOutcome, Version,
 };
 
 /// A kind of failure to inject.
@@ -127,7 +127,7 @@ impl Faults {
 ///
 /// Every operation (`insert`, `get`, `find_by_target_group`,
 /// `compare_and_swap`, `update`, `changes`, `create_job`, `get_job`,
-/// `finish_job`) uses up at most one pending storage fault. A
+/// `finish_job`, `expire_jobs`) uses up at most one pending storage fault. A
 /// [`Fault::Conflict`] hits only the compare-and-swap step.
 ///
 /// `update` is the trait's default read → decide → write, done with the
@@ -289,8 +289,18 @@ impl<S: FieldingStore + ?Sized> FieldingStore for FaultyStore<S> {
         self.inner.get_job(key).await
     }
 
-    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn finish_job(
+        &self,
+        key: &JobKey,
+        outcome: &JobOutcome,
+        finished_at: Timestamp,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
         self.faults.storage_fault("finish_job")?;
-        self.inner.finish_job(key, outcome).await
+        self.inner.finish_job(key, outcome, finished_at).await
+    }
+
+    async fn expire_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        self.faults.storage_fault("expire_jobs")?;
+        self.inner.expire_jobs(finished_before, limit).await
     }
 }

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use fielding_core::{
     ChangeRecord, Decide, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope,
-    StoreError, UpdateOutcome, Version,
+    StoreError, Timestamp, UpdateOutcome, Version,
 };
 
 /// `store` together with a `guard` it needs for its lifetime: the
@@ -83,7 +83,16 @@ where
         self.store.get_job(key).await
     }
 
-    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
-        self.store.finish_job(key, outcome).await
+    async fn finish_job(
+        &self,
+        key: &JobKey,
+        outcome: &JobOutcome,
+        finished_at: Timestamp,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
+        self.store.finish_job(key, outcome, finished_at).await
+    }
+
+    async fn expire_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        self.store.expire_jobs(finished_before, limit).await
     }
 }

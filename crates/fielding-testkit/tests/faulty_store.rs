@@ -120,8 +120,14 @@ async fn storage_fault_hits_every_operation_and_writes_nothing() {
     let other = live_run();
     let (paused, change) = next(&run);
     let job = fixtures::job(run.scope(), "faulted", fixtures::launch());
+    let done = fixtures::job(run.scope(), "done", fixtures::launch());
+    memory.create_job(&done).await.unwrap();
+    let done = memory
+        .finish_job(&done.key(), &fielding_core::JobOutcome::Completed, done.created_at)
+        .await
+        .unwrap();
 
-    store.faults().inject(Fault::Storage, 9);
+    store.faults().inject(Fault::Storage, 10);
     let mut decided = 0;
     let mut decide = |current: &FieldingRun| {
         decided += 1;
@@ -142,9 +148,10 @@ async fn storage_fault_hits_every_operation_and_writes_nothing() {
         store.create_job(&job).await.unwrap_err(),
         store.get_job(&job.key()).await.unwrap_err(),
         store
-            .finish_job(&job.key(), &fielding_core::JobOutcome::Completed)
+            .finish_job(&job.key(), &fielding_core::JobOutcome::Completed, job.created_at)
             .await
             .unwrap_err(),
+        store.expire_jobs(fielding_core::Timestamp::MAX, 10).await.unwrap_err(),
     ];
     for err in &errors {
         assert!(matches!(err, StoreError::Backend { .. }), "{err:?}");
@@ -160,6 +167,11 @@ async fn storage_fault_hits_every_operation_and_writes_nothing() {
     );
     assert_eq!(memory.change_records(&run.key()).len(), 1);
     assert_eq!(memory.get_job(&job.key()).await.unwrap(), None);
+    assert_eq!(
+        memory.get_job(&done.as_ref().expect("the job").key()).await.unwrap(),
+        done,
+        "the faulted expiry removed nothing"
+    );
 }
 
 #[tokio::test]

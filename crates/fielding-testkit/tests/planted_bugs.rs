@@ -10,7 +10,10 @@
 //! compare-and-swap that creates a missing run or keeps the version, a
 //! batch of writes applied to each other's rows;
 //! and overrides of `update` that read and write under two locks, ignore
-//! the scope, ignore the expected version, or retry (and decide) again.
+//! the scope, ignore the expected version, or retry (and decide) again;
+//! and job expiry that removes processing jobs, ignores its limit, ages
+//! jobs from their creation, includes the cutoff, leaves keys behind, or
+//! lets a second `finish_job` refresh the finish time.
 //! One more behaviour is legitimate only when declared: answering
 //! contention with retryable "busy" errors.
 //!
@@ -111,6 +114,25 @@ enum Bug {
     FinishOverwrites,
     /// The trace id of a job is not stored.
     DropsJobTraceId,
+    /// `expire_jobs` picks jobs by age alone (`COALESCE(finished_at,
+    /// created_at) < cutoff`), without asking whether they finished: an
+    /// old processing job goes too.
+    ExpiresProcessingJobs,
+    /// `expire_jobs` removes every eligible job, whatever the limit.
+    ExpiryIgnoresLimit,
+    /// `expire_jobs` measures age from `created_at`: a job created long ago
+    /// but finished recently goes early.
+    ExpiresByCreationTime,
+    /// `expire_jobs` compares with `<=`: a job finished exactly at the
+    /// cutoff goes too.
+    InclusiveExpiryCutoff,
+    /// `expire_jobs` removes the job but leaves its idempotency key behind
+    /// (a key table of its own, not cleaned): the key answers the removed
+    /// job forever.
+    ExpiryKeepsKeys,
+    /// `finish_job` of a finished job keeps the outcome but records the
+    /// new finish time, so a job told twice never grows old.
+    FinishRefreshesTime,
 }
 
 #[derive(Debug, Default)]
@@ -121,6 +143,10 @@ struct State {
     runs: HashMap<FieldingRunId, Row>,
     by_scope: HashMap<Scope, FieldingRunId>,
     jobs: HashMap<JobId, FieldingRunJob>,
+    /// When each finished job finished.
+    finished_at: HashMap<JobId, Timestamp>,
+    /// The jobs whose keys [`Bug::ExpiryKeepsKeys`] left behind.
+    retired: Vec<FieldingRunJob>,
 }
 
 #[derive(Debug)]
@@ -510,8 +536,11 @@ impl FieldingStore for PlantedStore {
         }
         // The check and the insert under one lock.
         let mut state = self.lock();
-        if let Some(existing) = state.jobs.values().find(|j| same_key(j)) {
+        if let Some(existing) = state.jobs.values().chain(&state.retired).find(|j| same_key(j)) {
             return Ok(JobCreated::Existing(existing.clone()));
+        }
+        if job.state != JobState::Processing {
+            state.finished_at.insert(job.id, job.created_at);
         }
         state.jobs.insert(job.id, stored);
         Ok(JobCreated::Created)
@@ -528,10 +557,16 @@ impl FieldingStore for PlantedStore {
             .cloned())
     }
 
-    async fn finish_job(&self, key: &JobKey, outcome: &JobOutcome) -> Result<Option<FieldingRunJob>, StoreError> {
+    async fn finish_job(
+        &self,
+        key: &JobKey,
+        outcome: &JobOutcome,
+        finished_at: Timestamp,
+    ) -> Result<Option<FieldingRunJob>, StoreError> {
         let (scope, id) = (&key.scope, &key.id);
         let _call = self.enter().await?;
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let Some(job) = state
             .jobs
             .get_mut(id)
@@ -539,10 +574,56 @@ impl FieldingStore for PlantedStore {
         else {
             return Ok(None);
         };
-        if job.state == JobState::Processing || self.bug == Bug::FinishOverwrites {
+        let processing = job.state == JobState::Processing;
+        if processing || self.bug == Bug::FinishOverwrites {
             job.state = JobState::Finished(outcome.clone());
         }
+        if processing || self.bug == Bug::FinishRefreshesTime {
+            state.finished_at.insert(*id, finished_at);
+        }
         Ok(Some(job.clone()))
+    }
+
+    async fn expire_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let _call = self.enter().await?;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let expired = |job: &FieldingRunJob| {
+            let finished = state.finished_at.get(&job.id).copied();
+            let age_from = match self.bug {
+                Bug::ExpiresProcessingJobs => finished.or(Some(job.created_at)),
+                Bug::ExpiresByCreationTime => finished.map(|_| job.created_at),
+                _ => finished,
+            };
+            age_from.is_some_and(|at| {
+                if self.bug == Bug::InclusiveExpiryCutoff {
+                    at <= finished_before
+                } else {
+                    at < finished_before
+                }
+            })
+        };
+        let limit = if self.bug == Bug::ExpiryIgnoresLimit {
+            usize::MAX
+        } else {
+            limit
+        };
+        let doomed: Vec<JobId> = state
+            .jobs
+            .values()
+            .filter(|job| expired(job))
+            .map(|job| job.id)
+            .take(limit)
+            .collect();
+        for id in &doomed {
+            state.finished_at.remove(id);
+            if let Some(job) = state.jobs.remove(id) {
+                if self.bug == Bug::ExpiryKeepsKeys {
+                    state.retired.push(job);
+                }
+            }
+        }
+        Ok(doomed.len())
     }
 }
 
@@ -771,6 +852,24 @@ planted_bugs! {
     a_dropped_trace_id_is_caught: DropsJobTraceId,
         caught_by ["job_round_trip_preserves_every_field"],
         unaffected ["round_trip_preserves_every_field"];
+    an_expiry_that_removes_processing_jobs_is_caught: ExpiresProcessingJobs,
+        caught_by ["expire_jobs_removes_old_finished_jobs_with_their_keys_in_bounded_batches"],
+        unaffected ["job_round_trip_preserves_every_field", "finish_job_records_the_first_outcome_only"];
+    an_expiry_that_ignores_the_limit_is_caught: ExpiryIgnoresLimit,
+        caught_by ["expire_jobs_removes_old_finished_jobs_with_their_keys_in_bounded_batches"],
+        unaffected ["job_round_trip_preserves_every_field"];
+    an_expiry_by_creation_time_is_caught: ExpiresByCreationTime,
+        caught_by ["expire_jobs_removes_old_finished_jobs_with_their_keys_in_bounded_batches"],
+        unaffected ["job_round_trip_preserves_every_field"];
+    an_inclusive_expiry_cutoff_is_caught: InclusiveExpiryCutoff,
+        caught_by ["expire_jobs_removes_old_finished_jobs_with_their_keys_in_bounded_batches"],
+        unaffected ["job_round_trip_preserves_every_field"];
+    an_expiry_that_leaves_the_key_behind_is_caught: ExpiryKeepsKeys,
+        caught_by ["expire_jobs_removes_old_finished_jobs_with_their_keys_in_bounded_batches"],
+        unaffected ["job_idempotency_key_is_unique_per_account"];
+    a_finish_time_refreshed_by_a_later_finish_job_is_caught: FinishRefreshesTime,
+        caught_by ["expire_jobs_removes_old_finished_jobs_with_their_keys_in_bounded_batches"],
+        unaffected ["finish_job_records_the_first_outcome_only"];
 }
 
 /// Every case must be shown to bite: at least one planted bug requires it

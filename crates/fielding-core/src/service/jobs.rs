@@ -129,7 +129,7 @@ impl FieldingService {
     async fn run_job(&self, job: FieldingRunJob) -> Result<FieldingRunJob, FieldingError> {
         let outcome = self.job_outcome(&job).await?;
         self.store
-            .finish_job(&job.key(), &outcome)
+            .finish_job(&job.key(), &outcome, self.clock.now())
             .await?
             .ok_or_else(|| FieldingError::NotFound {
                 what: format!("job {} ({})", job.id, job.scope),

@@ -30,9 +30,16 @@ const JOB_SCOPE_ISOLATION: &str =
 const FIRST_OUTCOME_WINS: &str =
     "finish_job records an outcome only while the job is Processing and answers the job as stored: the first outcome wins, later ones change nothing, and a missing job is None";
 
+/// When these cases' jobs finish: after the window the expiry case works
+/// in (see `expiry`), so that on a store shared between cases its
+/// `expire_jobs` calls never reach these jobs.
+pub(crate) fn finish_time() -> Timestamp {
+    at(BASE_MILLIS)
+}
+
 /// A processing job in `scope` under `key`, with every field distinct: the
 /// public fixture with an odd-millisecond creation time and a trace id.
-fn job(scope: Scope, key: &str, request: JobRequest) -> FieldingRunJob {
+pub(crate) fn job(scope: Scope, key: &str, request: JobRequest) -> FieldingRunJob {
     FieldingRunJob {
         created_at: at(BASE_MILLIS + (sample::random_u64() % 1_000_000) as i64),
         trace_id: JobTraceId::parse("0af7651916cd43dd8448eb211c80319c"),
@@ -40,7 +47,7 @@ fn job(scope: Scope, key: &str, request: JobRequest) -> FieldingRunJob {
     }
 }
 
-fn launch(end_millis: i64) -> JobRequest {
+pub(crate) fn launch(end_millis: i64) -> JobRequest {
     JobRequest::LaunchFromDraft {
         end_fielding_at: at(end_millis),
     }
@@ -54,25 +61,25 @@ fn schedule(start_millis: i64, end_millis: i64) -> JobRequest {
 }
 
 /// A key no other case or run uses.
-fn fresh_key(prefix: &str) -> String {
+pub(crate) fn fresh_key(prefix: &str) -> String {
     format!("{prefix}-{:016x}", sample::random_u64())
 }
 
-fn failed(code: JobFailureCode, description: &str) -> JobOutcome {
+pub(crate) fn failed(code: JobFailureCode, description: &str) -> JobOutcome {
     JobOutcome::Failed(JobFailure {
         code,
         description: description.to_owned(),
     })
 }
 
-fn finished(job: &FieldingRunJob, outcome: &JobOutcome) -> FieldingRunJob {
+pub(crate) fn finished(job: &FieldingRunJob, outcome: &JobOutcome) -> FieldingRunJob {
     FieldingRunJob {
         state: JobState::Finished(outcome.clone()),
         ..job.clone()
     }
 }
 
-async fn create<S: FieldingStore + ?Sized>(
+pub(crate) async fn create<S: FieldingStore + ?Sized>(
     case: Case,
     store: &S,
     job: &FieldingRunJob,
@@ -81,7 +88,7 @@ async fn create<S: FieldingStore + ?Sized>(
 }
 
 /// `get_job` must answer exactly `expected`.
-async fn read<S: FieldingStore + ?Sized>(
+pub(crate) async fn read<S: FieldingStore + ?Sized>(
     case: Case,
     store: &S,
     promise: &'static str,
@@ -156,7 +163,7 @@ where
         let done = finished(job, outcome);
         let answered = case.ok(
             format!("finish_job({})", job.id),
-            store.finish_job(&job.key(), outcome).await,
+            store.finish_job(&job.key(), outcome, finish_time()).await,
         )?;
         case.ensure(answered.as_ref() == Some(&done), JOB_ROUND_TRIP, || {
             format!("finish_job answered {answered:?}, expected {done:?}")
@@ -370,7 +377,9 @@ where
         .await?;
         let answer = case.ok(
             format!("finish_job({}) through {name}", stored.id),
-            store.finish_job(&other.job(stored.id), &JobOutcome::Completed).await,
+            store
+                .finish_job(&other.job(stored.id), &JobOutcome::Completed, finish_time())
+                .await,
         )?;
         case.ensure(answer.is_none(), JOB_SCOPE_ISOLATION, || {
             format!("finish_job through {name} ({other}) answered {answer:?}, expected None")
@@ -409,7 +418,7 @@ where
     let missing = case.ok(
         "finish_job of a missing job",
         store
-            .finish_job(&scope.job(JobId::generate()), &JobOutcome::Completed)
+            .finish_job(&scope.job(JobId::generate()), &JobOutcome::Completed, finish_time())
             .await,
     )?;
     case.ensure(missing.is_none(), FIRST_OUTCOME_WINS, || {
@@ -426,7 +435,7 @@ where
     {
         let answer = case.ok(
             format!("finish_job #{i}"),
-            store.finish_job(&scope.job(stored.id), outcome).await,
+            store.finish_job(&scope.job(stored.id), outcome, finish_time()).await,
         )?;
         case.ensure(answer.as_ref() == Some(&done), FIRST_OUTCOME_WINS, || {
             format!("finish_job #{i} with {outcome:?} answered {answer:?}, expected {done:?}")
@@ -463,7 +472,7 @@ where
                 barrier.wait().await;
                 let mut retries = 0;
                 loop {
-                    match store.finish_job(&scope.job(id), &outcome).await {
+                    match store.finish_job(&scope.job(id), &outcome, finish_time()).await {
                         Err(err)
                             if err.is_retryable() && caps.retryable_errors_under_contention() && retries < 1000 =>
                         {

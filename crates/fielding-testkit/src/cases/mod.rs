@@ -25,6 +25,7 @@
 
 mod check;
 mod contract;
+mod expiry;
 mod jobs;
 mod races;
 mod update;

@@ -1,0 +1,362 @@
+//! Job retention: finished creation jobs (and their idempotency keys) are
+//! removed once they have been finished for longer than the retention
+//! period, by a task that sweeps the store periodically.
+//!
+//! The work is [`FieldingStore::expire_jobs`], in batches: one sweep fixes
+//! its cutoff (`now - retention`) once, then removes up to
+//! [`RetentionConfig::batch`] jobs per call until a call removes fewer, so
+//! each store call is short (one statement, one lock hold) however large
+//! the backlog, and the sweep ends: only jobs finished before the fixed
+//! cutoff are eligible, and no new job can finish in the past. Between two
+//! batches it pauses as long as the last one took, so a backlog takes at
+//! most about half of the store's time. Processing jobs are never removed
+//! (the store promises it).
+//!
+//! Errors are logged and the next sweep tries again; the task never stops
+//! on its own. Stop it by dropping (aborting) its future: every batch is
+//! one atomic store call, so stopping anywhere loses nothing.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use fielding_core::{FieldingStore, SystemClock};
+//! use fielding_server::retention::{run_job_retention, RetentionConfig};
+//!
+//! # fn spawn(store: Arc<dyn FieldingStore>) {
+//! let task = tokio::spawn(run_job_retention(store, Arc::new(SystemClock), RetentionConfig::default()));
+//! // ... on shutdown:
+//! task.abort();
+//! # }
+//! ```
+//!
+//! See `docs/jobs.md` for the default retention and why.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fielding_core::{Clock, FieldingStore, StoreError, Timestamp};
+use tokio::time::{Instant, MissedTickBehavior};
+
+/// How long a finished job is kept by default: 7 days. The contract says
+/// nothing about how long a job stays readable or its idempotency key
+/// binding. A client polls a job for seconds (jobs finish before their
+/// `201`), but a client that retries a submission after an outage (a
+/// weekend, a failed deployment) must still get the first job back rather
+/// than create a second run; a week covers that with room, and bounds the
+/// store at one week of jobs (at the default rate limit, about 60 million
+/// rows or some 40 GiB on disk per busy account, so a deployment with
+/// heavy job traffic should choose a shorter period).
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+
+/// How often a sweep runs by default: each minute, so that one sweep's
+/// work is about one minute's worth of newly expired jobs (a few batches
+/// at most at the highest rates), never a day's.
+pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How many jobs one store call removes at most by default: large enough
+/// that a busy minute needs few calls, small enough that one call (one
+/// SQLite write transaction, which other writes queue behind) stays short.
+pub const DEFAULT_SWEEP_BATCH: usize = 1_000;
+
+/// What the retention task does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// How long a job stays after it finished.
+    pub retention: Duration,
+    /// The time between the starts of two sweeps (the first runs at once).
+    pub interval: Duration,
+    /// The `limit` of each [`FieldingStore::expire_jobs`] call; at least 1
+    /// is used.
+    pub batch: usize,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            retention: DEFAULT_JOB_RETENTION,
+            interval: DEFAULT_SWEEP_INTERVAL,
+            batch: DEFAULT_SWEEP_BATCH,
+        }
+    }
+}
+
+impl RetentionConfig {
+    /// The default interval and batch with this `retention`.
+    pub fn with_retention(retention: Duration) -> Self {
+        Self {
+            retention,
+            ..Self::default()
+        }
+    }
+}
+
+/// What one sweep did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sweep {
+    /// Jobs finished before this instant were eligible (`None`: the
+    /// retention reaches back past the earliest timestamp, nothing is old
+    /// enough and the store was not asked).
+    pub cutoff: Option<Timestamp>,
+    /// How many jobs were removed.
+    pub removed: usize,
+    /// How many `expire_jobs` calls it took.
+    pub calls: usize,
+}
+
+/// A sweep that stopped on a store error, after removing `removed` jobs.
+#[derive(Debug, thiserror::Error)]
+#[error("job expiry failed after removing {removed} jobs: {source}")]
+pub struct SweepError {
+    /// The jobs removed before the failing call.
+    pub removed: usize,
+    /// What the store reported.
+    #[source]
+    pub source: StoreError,
+}
+
+/// The instant before which a job finished is expired at `now`, if any
+/// (none when it would lie before the earliest timestamp).
+fn cutoff(now: Timestamp, retention: Duration) -> Option<Timestamp> {
+    let retention = i64::try_from(retention.as_millis()).ok()?;
+    Timestamp::from_unix_millis(now.unix_millis().checked_sub(retention)?)
+}
+
+/// One sweep: removes every job finished more than `config.retention`
+/// before `clock`'s now, `config.batch` per store call, until a call
+/// removes fewer than the batch.
+pub async fn sweep_expired_jobs(
+    store: &dyn FieldingStore,
+    clock: &dyn Clock,
+    config: &RetentionConfig,
+) -> Result<Sweep, SweepError> {
+    let batch = config.batch.max(1);
+    let Some(before) = cutoff(clock.now(), config.retention) else {
+        return Ok(Sweep {
+            cutoff: None,
+            removed: 0,
+            calls: 0,
+        });
+    };
+    let (mut removed, mut calls) = (0, 0);
+    loop {
+        let started = Instant::now();
+        let this = store
+            .expire_jobs(before, batch)
+            .await
+            .map_err(|source| SweepError { removed, source })?;
+        removed += this;
+        calls += 1;
+        if this < batch {
+            return Ok(Sweep {
+                cutoff: Some(before),
+                removed,
+                calls,
+            });
+        }
+        // A backlog (after downtime) takes many batches in a row. Leave the
+        // store idle for as long as the batch took before the next one, so
+        // that expiry takes at most about half of its time: with SQLite's
+        // single writer, back-to-back batches would make nearly every
+        // concurrent write wait behind one.
+        tokio::time::sleep(started.elapsed()).await;
+    }
+}
+
+/// Sweeps `store` every `config.interval`, starting at once, for as long as
+/// the future is polled: it never returns. Removals are logged at `info`
+/// (nothing to remove at `debug`), failures at `warn`; a failure ends
+/// only that sweep. A sweep that overruns the interval delays the next
+/// one instead of starting sweeps back to back.
+pub async fn run_job_retention(store: Arc<dyn FieldingStore>, clock: Arc<dyn Clock>, config: RetentionConfig) {
+    let mut ticks = tokio::time::interval(config.interval.max(Duration::from_millis(1)));
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match sweep_expired_jobs(&*store, &*clock, &config).await {
+            Ok(Sweep {
+                cutoff: Some(cutoff),
+                removed,
+                calls,
+            }) if removed > 0 => {
+                tracing::info!(removed, calls, %cutoff, "expired finished jobs removed");
+            }
+            Ok(sweep) => tracing::debug!(cutoff = ?sweep.cutoff, "no finished jobs to expire"),
+            Err(error) => tracing::warn!(
+                removed = error.removed,
+                error = %error.source,
+                retryable = error.source.is_retryable(),
+                "job expiry failed; the next sweep tries again"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use fielding_core::{FieldingRunJob, JobOutcome, ManualClock};
+    use fielding_memory::MemoryStore;
+    use fielding_testkit::{fixtures, Fault, FaultyStore};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn t0() -> Timestamp {
+        "2030-01-01T00:00:00Z".parse().expect("a timestamp")
+    }
+
+    /// `by` after [`t0`].
+    fn later(by: Duration) -> Timestamp {
+        let by = i64::try_from(by.as_millis()).expect("a short duration");
+        Timestamp::from_unix_millis(t0().unix_millis() + by).expect("in range")
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// A job created at `t0`, finished at `finished` (or processing).
+    async fn job(store: &dyn FieldingStore, key: &str, finished: Option<Timestamp>) -> FieldingRunJob {
+        let job = FieldingRunJob {
+            created_at: t0(),
+            ..fixtures::job(fixtures::scope(), key, fixtures::launch())
+        };
+        store.create_job(&job).await.expect("create_job");
+        match finished {
+            Some(at) => store
+                .finish_job(&job.key(), &JobOutcome::Completed, at)
+                .await
+                .expect("finish_job")
+                .expect("the job"),
+            None => job,
+        }
+    }
+
+    async fn present(store: &dyn FieldingStore, job: &FieldingRunJob) -> bool {
+        store.get_job(&job.key()).await.expect("get_job").is_some()
+    }
+
+    #[tokio::test]
+    async fn a_sweep_removes_expired_jobs_in_batches_until_one_falls_short() {
+        let store = MemoryStore::new();
+        let mut old = Vec::new();
+        for i in 0..5u64 {
+            old.push(job(&store, &format!("old-{i}"), Some(later(secs(i)))).await);
+        }
+        let recent = job(&store, "recent", Some(later(secs(90 * 60)))).await;
+        let processing = job(&store, "processing", None).await;
+        let clock = ManualClock::new(later(2 * HOUR));
+        let config = RetentionConfig {
+            retention: HOUR,
+            interval: HOUR,
+            batch: 2,
+        };
+
+        let sweep = sweep_expired_jobs(&store, &clock, &config).await.expect("sweep");
+        assert_eq!(
+            sweep,
+            Sweep {
+                cutoff: Some(later(HOUR)),
+                removed: 5,
+                calls: 3
+            }
+        );
+        for gone in &old {
+            assert!(!present(&store, gone).await);
+        }
+        assert!(present(&store, &recent).await);
+        assert!(present(&store, &processing).await);
+
+        // A multiple of the batch needs one more call to see the end.
+        for i in 0..4 {
+            job(&store, &format!("more-{i}"), Some(t0())).await;
+        }
+        let sweep = sweep_expired_jobs(&store, &clock, &config).await.expect("sweep");
+        assert_eq!((sweep.removed, sweep.calls), (4, 3));
+        // Nothing left: one call.
+        let sweep = sweep_expired_jobs(&store, &clock, &config).await.expect("sweep");
+        assert_eq!((sweep.removed, sweep.calls), (0, 1));
+        assert_eq!(store.job_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_retention_reaching_past_the_earliest_timestamp_asks_the_store_nothing() {
+        let store = FaultyStore::new(MemoryStore::new());
+        store.faults().inject(Fault::Storage, 1);
+        let clock = ManualClock::new(Timestamp::MIN);
+        let config = RetentionConfig::with_retention(Duration::from_secs(1));
+        let sweep = sweep_expired_jobs(&store, &clock, &config).await.expect("sweep");
+        assert_eq!(sweep.cutoff, None);
+        assert_eq!(store.faults().pending(Fault::Storage), 1, "no store call was made");
+        let forever = RetentionConfig::with_retention(Duration::MAX);
+        let sweep = sweep_expired_jobs(&store, &ManualClock::new(t0()), &forever)
+            .await
+            .expect("sweep");
+        assert_eq!(sweep.cutoff, None);
+    }
+
+    #[tokio::test]
+    async fn a_failed_sweep_is_an_error_and_the_next_one_does_the_work() {
+        let memory = MemoryStore::new();
+        for i in 0..3 {
+            job(&memory, &format!("old-{i}"), Some(t0())).await;
+        }
+        let store = FaultyStore::new(memory.clone());
+        let clock = ManualClock::new(later(2 * HOUR));
+        let config = RetentionConfig {
+            batch: 2,
+            ..RetentionConfig::with_retention(HOUR)
+        };
+        store.faults().inject(Fault::Storage, 1);
+        let err = sweep_expired_jobs(&store, &clock, &config).await.unwrap_err();
+        assert_eq!(err.removed, 0);
+        assert!(matches!(err.source, StoreError::Backend { .. }), "{err}");
+        assert_eq!(memory.job_count(), 3, "the failed call removed nothing");
+        let sweep = sweep_expired_jobs(&store, &clock, &config).await.expect("sweep");
+        assert_eq!(sweep.removed, 3);
+        assert_eq!(memory.job_count(), 0);
+    }
+
+    /// The periodic task removes what expires as the clock moves on, and
+    /// keeps going through store failures.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_task_sweeps_periodically_and_survives_failures() {
+        let memory = MemoryStore::new();
+        let faulty = Arc::new(FaultyStore::new(memory.clone()));
+        let clock = ManualClock::new(t0());
+        let config = RetentionConfig {
+            retention: HOUR,
+            interval: Duration::from_millis(5),
+            batch: 10,
+        };
+        let store: Arc<dyn FieldingStore> = faulty.clone();
+        let task = tokio::spawn(run_job_retention(store, Arc::new(clock.clone()), config));
+
+        let first = job(&memory, "first", Some(t0())).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(present(&memory, &first).await, "not expired yet: kept");
+
+        clock.set(later(HOUR + Duration::from_millis(1)));
+        wait_until_gone(&memory, &first).await;
+
+        // Three sweeps fail; the task logs them and carries on.
+        faulty.faults().inject(Fault::Storage, 3);
+        let second = job(&memory, "second", Some(clock.now())).await;
+        clock.set(later(3 * HOUR + Duration::from_millis(2)));
+        wait_until_gone(&memory, &second).await;
+        assert_eq!(faulty.faults().pending(Fault::Storage), 0, "the failing sweeps ran");
+        assert!(!task.is_finished());
+        task.abort();
+    }
+
+    async fn wait_until_gone(store: &MemoryStore, job: &FieldingRunJob) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while present(store, job).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {} was not expired within 10 s",
+                job.id
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}

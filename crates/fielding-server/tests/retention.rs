@@ -1,0 +1,96 @@
+//! Job retention through the whole server: a finished creation job is
+//! readable until its retention runs out, then its GET is a 404 and its
+//! idempotency key records a new job.
+
+use std::time::Duration;
+
+use fielding_core::{AccountId, Timestamp};
+use fielding_server::retention::RetentionConfig;
+use fielding_server::{mint_token, Database, JwtSecret, Server, ServerConfig};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const JOBS: &str = "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-run-jobs/schedule-from-draft";
+
+fn in_days(days: i64) -> Timestamp {
+    let now = fielding_core::Clock::now(&fielding_core::SystemClock).unix_millis();
+    Timestamp::from_unix_millis(now + days * 86_400_000).expect("a date in range")
+}
+
+#[tokio::test]
+async fn an_expired_job_is_a_404_and_its_key_records_a_new_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = JwtSecret::new("a secret for the retention test...").unwrap();
+    let mut config = ServerConfig::new(Database::Sqlite(dir.path().join("jobs.sqlite3")), secret.clone());
+    config.job_retention = Some(RetentionConfig {
+        retention: Duration::from_secs(1),
+        interval: Duration::from_millis(100),
+        batch: 10,
+    });
+    let server = Server::bind(&config).await.unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(async {
+        let _ = stopped.await;
+    }));
+    let bearer = mint_token(
+        &secret,
+        uuid::Uuid::new_v4(),
+        &[AccountId::new(101).unwrap()],
+        Duration::from_secs(600),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    let body = format!(
+        r#"{{"start_fielding_at":"{}","end_fielding_at":"{}"}}"#,
+        in_days(10),
+        in_days(40)
+    );
+    let submit = |key: &'static str| {
+        client
+            .post(format!("{base}{JOBS}"))
+            .bearer_auth(&bearer)
+            .header("Cint-API-Version", "2025-12-18")
+            .header("idempotency-key", key)
+            .header("Content-Type", "application/json")
+            .body(body.clone())
+            .send()
+    };
+    let read = |location: String| {
+        client
+            .get(format!("{base}{location}"))
+            .bearer_auth(&bearer)
+            .header("Cint-API-Version", "2025-12-18")
+            .send()
+    };
+
+    let created = submit("kept-a-second").await.unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let location = created.headers()["location"].to_str().unwrap().to_owned();
+    let job = read(location.clone()).await.unwrap();
+    assert_eq!(job.status(), StatusCode::OK, "readable while within its retention");
+
+    // Retention 1 s, a sweep every 100 ms: gone within a few seconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let job = read(location.clone()).await.unwrap();
+        if job.status() == StatusCode::NOT_FOUND {
+            let body: Value = job.json().await.unwrap();
+            assert_eq!(body["object"], "not_found_error", "{body}");
+            break;
+        }
+        assert_eq!(job.status(), StatusCode::OK);
+        assert!(tokio::time::Instant::now() < deadline, "the job never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The key is free again: the same submission records a new job (it
+    // fails, since the target group has its run now, but it is recorded).
+    let again = submit("kept-a-second").await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    let new_location = again.headers()["location"].to_str().unwrap().to_owned();
+    assert_ne!(new_location, location, "a new job, not the expired one");
+
+    stop.send(()).unwrap();
+    serving.await.unwrap().unwrap();
+}
