@@ -466,17 +466,25 @@ type Windows = Vec<Vec<u64>>;
 /// other work, a burst of it spoils the windows it falls in rather than
 /// the whole figure.
 pub fn windowed_p99(windows: &[Vec<u64>]) -> f64 {
-    let p99s = windows.iter().filter(|w| !w.is_empty()).map(|window| {
-        let mut sorted = window.clone();
-        sorted.sort_unstable();
-        percentile(&sorted, 99.0).unwrap_or(0) as f64
-    });
-    let median = crate::median(p99s);
+    let median = crate::median(window_p99s(windows).into_iter().map(|p99| p99 as f64));
     if median.is_nan() {
         0.0
     } else {
         median
     }
+}
+
+/// Each non-empty window's 99th percentile, in order.
+fn window_p99s(windows: &[Vec<u64>]) -> Vec<u64> {
+    windows
+        .iter()
+        .filter(|w| !w.is_empty())
+        .map(|window| {
+            let mut sorted = window.clone();
+            sorted.sort_unstable();
+            percentile(&sorted, 99.0).unwrap_or(0)
+        })
+        .collect()
 }
 
 /// The server's resident memory, in bytes.
@@ -664,6 +672,12 @@ fn attack_figures(
             if let Some(error) = failed {
                 return Err(HostileError::Answer(format!("after the attack: {error}")));
             }
+            progress(&format!(
+                "window p99s (µs), to judge the noise: before {:?}, under {:?}, after {:?}",
+                window_p99s(&without),
+                window_p99s(&under),
+                window_p99s(&after)
+            ));
             without.extend(after);
         }
     }
