@@ -155,9 +155,9 @@ pub const HTTP_TARGET_RATIO: f64 = 0.5;
 /// The JWT secret the servers are started with (the bench's own; nothing
 /// outside the bench ever sees a token signed with it).
 const JWT_SECRET: &str = "fielding-bench-http-secret-0123456789abcdef";
-const ACCOUNT: u32 = 101;
-const PROJECT: &str = "01BTGNYV6HRNK8K8VKZASZCFP0";
-const API_VERSION: &str = "2025-12-18";
+pub(crate) const ACCOUNT: u32 = 101;
+pub(crate) const PROJECT: &str = "01BTGNYV6HRNK8K8VKZASZCFP0";
+pub(crate) const API_VERSION: &str = "2025-12-18";
 /// Every run's start.
 pub const START_AT: &str = "2031-01-01T09:00:00.000Z";
 /// Every run's end as seeded; PUTs move it forward from here.
@@ -593,7 +593,7 @@ pub fn find_wrk() -> Result<PathBuf> {
 }
 
 /// A binary next to the bench's own executable.
-fn sibling_binary(name: &'static str) -> Result<PathBuf> {
+pub(crate) fn sibling_binary(name: &'static str) -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(io_error("cannot find the bench's own executable"))?;
     let dir = exe.parent().ok_or_else(|| HttpBenchError::Io {
         what: format!("{} has no parent directory", exe.display()),
@@ -609,11 +609,11 @@ fn sibling_binary(name: &'static str) -> Result<PathBuf> {
 
 /// A spawned server: killed and reaped when dropped, on every path.
 #[derive(Debug)]
-struct Spawned {
-    child: Child,
-    what: String,
-    addr: SocketAddr,
-    log: PathBuf,
+pub(crate) struct Spawned {
+    pub(crate) child: Child,
+    pub(crate) what: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) log: PathBuf,
 }
 
 impl Drop for Spawned {
@@ -625,7 +625,7 @@ impl Drop for Spawned {
 }
 
 /// The last few lines of a log file, for error messages.
-fn log_tail(path: &Path) -> String {
+pub(crate) fn log_tail(path: &Path) -> String {
     let mut text = String::new();
     if let Ok(mut file) = File::open(path) {
         let _ = file.read_to_string(&mut text);
@@ -641,7 +641,7 @@ fn log_tail(path: &Path) -> String {
 
 /// Spawns `command`, stdout piped and drained, stderr to `log`, and waits
 /// for its `NAME listening on http://ADDR` line.
-fn spawn_listening(mut command: Command, name: &str, what: String, log: PathBuf) -> Result<Spawned> {
+pub(crate) fn spawn_listening(mut command: Command, name: &str, what: String, log: PathBuf) -> Result<Spawned> {
     let stderr = File::create(&log).map_err(io_error(format!("cannot create {}", log.display())))?;
     command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
     let mut child = command
@@ -704,7 +704,7 @@ fn spawn_listening(mut command: Command, name: &str, what: String, log: PathBuf)
 
 /// The server's flags, its environment cleaned of every `FIELDING_*`
 /// setting that could override them.
-fn server_command(server: &Path, database: &str, pg_schema: Option<&str>) -> Command {
+pub(crate) fn server_command(server: &Path, database: &str, pg_schema: Option<&str>) -> Command {
     let mut command = Command::new(server);
     command
         .args(["--listen", "127.0.0.1:0", "--database", database])
@@ -735,7 +735,7 @@ fn server_command(server: &Path, database: &str, pg_schema: Option<&str>) -> Com
 }
 
 /// A token for account 101, from `fielding-server token`.
-fn mint_token(server: &Path) -> Result<String> {
+pub(crate) fn mint_token(server: &Path) -> Result<String> {
     let account = ACCOUNT.to_string();
     let output = Command::new(server)
         .args(["token", "--secret", JWT_SECRET, "--account", &account, "--ttl", "86400"])

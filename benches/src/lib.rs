@@ -86,6 +86,7 @@ use tokio::runtime::Runtime;
 
 pub mod contention;
 pub mod fixes;
+pub mod hostile;
 pub mod http;
 pub mod scale;
 pub mod series;

@@ -81,6 +81,20 @@ names follow the sizes used), update_dates on 1,000 runs spread over them
     scale_{store}_cost_ratio_{largest}_vs_1e3 R   (target: within 1.5)
     scale_memory_bytes_per_run_{size} N           resident memory growth / runs
     scale_{sqlite,postgres}_db_bytes_{size} N     file + -wal; pg_total_relation_size
+then the hostile figures (section `hostile`, module fielding_bench::hostile):
+the release fielding-server (built as for `http`) under 2,000 connections
+that send nothing or an unfinished header (trickling), while one keep-alive
+client connected before them GETs a run on the memory store; then a flood
+of job creations on a SQLite file (20 s; 5 s with --quick). Server flags for
+the section: fielding_bench::hostile::SERVER_FLAGS plus the words of
+FIELDING_BENCH_HOSTILE_FLAGS. The open files soft limit is raised to the
+hard limit first. First
+    hostile_p99_ratio R             p99 under attack / p99 without (target <= 3)
+    hostile_rss_bytes_per_conn N    server RSS growth / hostile connection (target <= 65536)
+    hostile_open_at_end N           hostile connections the server still held at the end
+    sqlite_wal_peak_mib N           largest -wal during the flood (target <= 64)
+    sqlite_wal_idle_mib N           -wal after the flood and a pause
+    sqlite_wal_left_after_stop 0|1  -wal or -shm left after a clean SIGTERM
 Progress and commentary go to stderr.
 
 OPTIONS:
@@ -99,7 +113,7 @@ OPTIONS:
                        valgrind --tool=callgrind target/release/fielding-bench --profile service --ops 200000
     --ops N            operations for --profile (default 1000000)
     --only LIST        run only these sections, comma-separated: memory, sqlite,
-                       postgres, http, contention, scale, fixes (default: all, in
+                       postgres, http, contention, scale, fixes, hostile (default: all, in
                        that order; fixes: same-run before/after figures of the
                        changes the profiles led to, see fielding_bench::fixes)
     --csv DIR          also write the raw series of the contention and scale
@@ -124,6 +138,7 @@ enum Section {
     Contention,
     Scale,
     Fixes,
+    Hostile,
 }
 
 /// Every section's name, comma-separated, in order.
@@ -132,7 +147,7 @@ fn section_names() -> String {
 }
 
 impl Section {
-    const ALL: [Section; 7] = [
+    const ALL: [Section; 8] = [
         Section::Memory,
         Section::Sqlite,
         Section::Postgres,
@@ -140,6 +155,7 @@ impl Section {
         Section::Contention,
         Section::Scale,
         Section::Fixes,
+        Section::Hostile,
     ];
 
     fn name(self) -> &'static str {
@@ -151,6 +167,7 @@ impl Section {
             Section::Contention => "contention",
             Section::Scale => "scale",
             Section::Fixes => "fixes",
+            Section::Hostile => "hostile",
         }
     }
 }
@@ -362,6 +379,7 @@ fn main() -> ExitCode {
             Section::Contention => fielding_bench::contention::run_and_print(&args.plan, args.csv.as_deref()),
             Section::Scale => fielding_bench::scale::run_and_print(&args.plan, args.csv.as_deref()),
             Section::Fixes => fielding_bench::fixes::run(&args.plan).and_then(|f| fielding_bench::series::emit(&f)),
+            Section::Hostile => fielding_bench::hostile::run_and_print(&args.plan),
         }),
     };
     match outcome {
