@@ -150,7 +150,7 @@ impl Server {
             addr: config.listen.clone(),
             source,
         };
-        let listener = TcpListener::bind(&config.listen).await.map_err(bind_error)?;
+        let listener = listen(&config.listen).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
         Ok(Self {
             listener,
@@ -277,6 +277,38 @@ impl Server {
         store.close().await;
         Ok(())
     }
+}
+
+/// The listen backlog asked for; the kernel caps it (Linux:
+/// `net.core.somaxconn`, 4096 by default since 5.4). A deep backlog lets a
+/// burst of new connections, or those waiting at the connection cap, queue
+/// instead of having their SYNs dropped and retried a second later.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds the first address `listen` resolves to that can be bound, with
+/// `SO_REUSEADDR` (as the standard library does) and a
+/// [`LISTEN_BACKLOG`]-deep backlog.
+async fn listen(listen: &str) -> std::io::Result<TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(listen).await? {
+        let bound = (|| {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            #[cfg(unix)]
+            socket.set_reuseaddr(true)?;
+            socket.bind(addr)?;
+            socket.listen(LISTEN_BACKLOG)
+        })();
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the address resolves to nothing")))
 }
 
 async fn forget_idle(rate_limiter: Arc<RateLimiter>, address_limiter: Option<Arc<AddressLimiter>>) {

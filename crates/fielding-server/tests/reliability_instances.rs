@@ -82,8 +82,10 @@ async fn two_instances_on_one_postgresql_schema_lose_no_update() {
         schema.name(),
         "--jwt-secret",
         SECRET,
-        // The writers share one principal.
+        // The writers share one principal and one address.
         "--rate-limit-per-second",
+        "0",
+        "--address-rate-limit-per-second",
         "0",
     ];
     // One after the other: the second finds the schema migrated.

@@ -96,8 +96,19 @@ impl Db {
                 .map(str::to_owned)
                 .to_vec(),
         };
-        // Rate limiting off: the writers share one principal.
-        args.extend(["--jwt-secret", SECRET, "--rate-limit-per-second", "0"].map(str::to_owned));
+        // Rate limiting off: the writers share one principal and one
+        // address.
+        args.extend(
+            [
+                "--jwt-secret",
+                SECRET,
+                "--rate-limit-per-second",
+                "0",
+                "--address-rate-limit-per-second",
+                "0",
+            ]
+            .map(str::to_owned),
+        );
         args
     }
 

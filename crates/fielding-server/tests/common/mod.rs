@@ -29,7 +29,7 @@ pub const TARGET_GROUP: &str = "01BTGNYV6HRNK8K8VKZASZCFP1";
 /// How long a server may take to start, or to stop, on a busy machine.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
-pub const ENV_VARS: [&str; 8] = [
+pub const ENV_VARS: [&str; 16] = [
     "FIELDING_LISTEN",
     "FIELDING_DATABASE",
     "FIELDING_PG_SCHEMA",
@@ -38,6 +38,14 @@ pub const ENV_VARS: [&str; 8] = [
     "FIELDING_RATE_LIMIT_BURST",
     "FIELDING_BODY_LIMIT",
     "FIELDING_SHUTDOWN_GRACE",
+    "FIELDING_ADDRESS_RATE_LIMIT_PER_SECOND",
+    "FIELDING_ADDRESS_RATE_LIMIT_BURST",
+    "FIELDING_HEADER_READ_TIMEOUT",
+    "FIELDING_BODY_READ_TIMEOUT",
+    "FIELDING_IDLE_TIMEOUT",
+    "FIELDING_MAX_CONNECTIONS",
+    "FIELDING_MAX_HEADER_BYTES",
+    "FIELDING_JOB_RETENTION",
 ];
 
 pub fn list_path(account: u32) -> String {
