@@ -103,12 +103,11 @@ use crate::Plan;
 
 /// Flags every server in this section gets on top of the `http` section's:
 /// the single place to set the hardening flags (header read timeout,
-/// connection cap, idle timeout, ...) for this measurement. The timeouts,
-/// cap and head size are the server's defaults; only the per-address
-/// limit is off, because here the measuring client and the attackers
-/// share 127.0.0.1, which they would not in real life (the `http` section
-/// already turns it off for the same reason).
-pub const SERVER_FLAGS: &[&str] = &["--address-rate-limit-per-second", "0"];
+/// connection cap, idle timeout, ...) for this measurement. Empty: the
+/// server's defaults, except the rate limits the `http` section's command
+/// turns off (there the measuring client and the attackers share
+/// 127.0.0.1, which they would not in real life).
+pub const SERVER_FLAGS: &[&str] = &[];
 
 /// More flags, from the environment, split on whitespace (for trying
 /// values without a rebuild).
