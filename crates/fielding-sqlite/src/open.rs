@@ -72,8 +72,9 @@ fn open_writer(path: &Path, options: &SqliteOptions, schema: &SchemaGate) -> Res
         // The checkpoint thread does this work, off the commit path.
         conn.pragma_update(None, "wal_autocheckpoint", 0)
             .map_err(|e| open_error(path, "turn off the automatic checkpoint", e))?;
-        // When the log starts over, a file that outgrew the restart limit
-        // is cut back to it (SQLite only ever does this on this setting).
+        // When the log starts over, a file that outgrew the restart length
+        // is cut back to it: short of a TRUNCATE checkpoint, SQLite shrinks
+        // the file only with this setting.
         let page: u64 = conn
             .query_row("PRAGMA page_size", [], |row| row.get(0))
             .map_err(|e| open_error(path, "read the page size", e))?;
