@@ -52,6 +52,26 @@
 //!   loading and `ANALYZE`.
 //! * `..._bytes_per_run_{size}` divide by N.
 //!
+//! ## The SQLite `-wal` file under a write flood
+//!
+//! A fresh SQLite store with the default options (what the server opens:
+//! durability `FULL`, the log restarting at 10,000 pages) takes, for 5 s
+//! (`--quick`) or 20 s, job submissions from 16 concurrent tasks, each
+//! followed by four date updates of the run the job created (the server's
+//! `POST` flood plus `PUT`s), while a thread samples the size of its `-wal`
+//! file every millisecond:
+//!
+//! * `scale_sqlite_wal_peak_mib`: the largest size seen (target: 64 MiB,
+//!   the bound `docs/sqlite.md` states);
+//! * `scale_sqlite_wal_writes_per_sec`: store writes during the flood (a
+//!   submission is three: the job, its run, its outcome);
+//! * `scale_sqlite_wal_restarts`, `scale_sqlite_wal_longest_pause_ms`: the
+//!   log restarts and the longest the writer was held for one;
+//! * `scale_sqlite_wal_truncated_ms`: time from the flood's end until the
+//!   file is empty (the store truncates it after 1 s without commits);
+//! * `scale_sqlite_wal_files_after_close`: how many of `-wal` and `-shm`
+//!   exist after `SqliteStore::close` (target 0).
+//!
 //! ## `scale.csv` (with `--csv DIR`)
 //!
 //! One row per timed trial: `store`, `runs` (N), `round` (0-based),
@@ -66,7 +86,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fielding_core::{
-    Action, Clock, FieldingRun, FieldingService, FieldingStore, IfMatch, SystemClock, Timestamp, UserId,
+    Action, Clock, FieldingRun, FieldingService, FieldingStore, IdempotencyKey, IfMatch, JobRequest, NewJob,
+    SystemClock, Timestamp, UserId,
 };
 use fielding_memory::MemoryStore;
 use fielding_postgres::sqlx::postgres::PgConnectOptions;
@@ -95,6 +116,8 @@ pub struct ScalePlan {
     pub trial: Duration,
     /// Rounds (one trial per size each).
     pub rounds: usize,
+    /// How long the SQLite `-wal` flood lasts (see [`wal_flood`]).
+    pub wal_flood: Duration,
 }
 
 impl ScalePlan {
@@ -106,6 +129,7 @@ impl ScalePlan {
             warmup: Duration::from_millis(150),
             trial: Duration::from_millis(300),
             rounds: 5,
+            wal_flood: Duration::from_secs(5),
         }
     }
 
@@ -117,6 +141,7 @@ impl ScalePlan {
             warmup: Duration::from_millis(500),
             trial: Duration::from_secs(1),
             rounds: 7,
+            wal_flood: Duration::from_secs(20),
         }
     }
 
@@ -665,6 +690,15 @@ fn measure_all(plan: &ScalePlan, csv: &mut Csv, out: &mut Vec<(String, String)>)
             drop(l);
         }
         measured?;
+        let flooded = rt.block_on(wal_flood(plan.wal_flood, &scratch))?;
+        log(format!(
+            "sqlite -wal flood: {} jobs and {} updates in {:.1} s, peak {:.1} MiB",
+            flooded.jobs,
+            flooded.updates,
+            plan.wal_flood.as_secs_f64(),
+            mib(flooded.peak_bytes)
+        ));
+        flooded.figures(plan.wal_flood, out);
     }
 
     let url = pg_url();
@@ -695,6 +729,174 @@ fn measure_all(plan: &ScalePlan, csv: &mut Csv, out: &mut Vec<(String, String)>)
     }
     outcome?;
     dropped
+}
+
+/// Tasks submitting jobs in the `-wal` flood.
+const FLOOD_TASKS: usize = 16;
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
+}
+
+/// What the `-wal` flood measured.
+#[derive(Debug, Default)]
+struct WalFlood {
+    jobs: u64,
+    updates: u64,
+    peak_bytes: u64,
+    restarts: u64,
+    longest_pause: Duration,
+    /// From the flood's end until the file was empty; `None` if it was not
+    /// within the wait.
+    truncated_after: Option<Duration>,
+    files_after_close: usize,
+}
+
+impl WalFlood {
+    fn figures(&self, flood: Duration, out: &mut Vec<(String, String)>) {
+        let peak = mib(self.peak_bytes);
+        eprintln!(
+            "scale: sqlite -wal peak {peak:.1} MiB under a {:.0} s write flood (target: at most 64 MiB): {}",
+            flood.as_secs_f64(),
+            if peak <= 64.0 { "met" } else { "NOT met" }
+        );
+        // A submission writes the job, its run and its outcome.
+        let writes = 3 * self.jobs + self.updates;
+        let truncated = self
+            .truncated_after
+            .map_or_else(|| "never".to_string(), |d| d.as_millis().to_string());
+        let figures = [
+            ("scale_sqlite_wal_peak_mib", format!("{peak:.1}")),
+            (
+                "scale_sqlite_wal_writes_per_sec",
+                format!("{:.0}", writes as f64 / flood.as_secs_f64()),
+            ),
+            ("scale_sqlite_wal_restarts", self.restarts.to_string()),
+            (
+                "scale_sqlite_wal_longest_pause_ms",
+                format!("{:.1}", self.longest_pause.as_secs_f64() * 1e3),
+            ),
+            ("scale_sqlite_wal_truncated_ms", truncated),
+            ("scale_sqlite_wal_files_after_close", self.files_after_close.to_string()),
+        ];
+        out.extend(figures.map(|(name, value)| (name.to_string(), value)));
+    }
+}
+
+/// A job submission, then four date updates of the run it created, over
+/// and over until `deadline`; (submissions, updates).
+async fn submit_and_update(service: FieldingService, deadline: Instant) -> Result<(u64, u64), String> {
+    let actor = UserId::random();
+    let (mut jobs, mut updates) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        let scope = fielding_testkit::fixtures::scope();
+        let end = SystemClock
+            .now()
+            .checked_add(chrono::TimeDelta::days(30))
+            .ok_or("the end of the flood's runs is out of range")?;
+        let key = IdempotencyKey::parse(&format!("wal-flood-{jobs}")).map_err(|e| e.to_string())?;
+        let submitted = service
+            .submit_job(NewJob {
+                scope,
+                idempotency_key: key,
+                request: JobRequest::LaunchFromDraft { end_fielding_at: end },
+                actor,
+                trace_id: None,
+            })
+            .await
+            .map_err(|e| format!("submit_job: {e}"))?;
+        jobs += 1;
+        let run_id = submitted
+            .job
+            .created_fielding_run_id()
+            .ok_or_else(|| format!("job {} did not create its run", submitted.job.id))?;
+        let mut run = service
+            .get(&scope.run(run_id))
+            .await
+            .map_err(|e| format!("get {run_id}: {e}"))?;
+        for step in 1..=4 {
+            let moved = end
+                .checked_add(chrono::TimeDelta::milliseconds(step))
+                .ok_or("a moved end is out of range")?;
+            let if_match = IfMatch::version(run.version);
+            run = service
+                .update_dates(&run.key(), &if_match, run.start_fielding_at, moved, actor)
+                .await
+                .map_err(|e| format!("update_dates of {run_id}: {e}"))?
+                .run;
+            updates += 1;
+        }
+    }
+    Ok((jobs, updates))
+}
+
+/// Samples the size of the file at `path` every millisecond on a thread of
+/// its own until `stop` is sent (or dropped); the largest seen.
+fn sample_peak(path: std::path::PathBuf, stop: std::sync::mpsc::Receiver<()>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        loop {
+            peak = peak.max(file_size(&path));
+            if stop.recv_timeout(Duration::from_millis(1)) != Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                return peak;
+            }
+        }
+    })
+}
+
+/// Floods a fresh store under `scratch` with writes for `flood`, then
+/// waits for the log's truncation and closes the store (see the module
+/// docs).
+async fn wal_flood(flood: Duration, scratch: &Scratch) -> Result<WalFlood, String> {
+    let db = scratch.db().with_file_name("wal-flood.db");
+    let sidecar = |suffix: &str| db.with_file_name(format!("wal-flood.db{suffix}"));
+    let store = SqliteStore::open(&db)
+        .await
+        .map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+    let store = Arc::new(store);
+    let service = FieldingService::new(Arc::clone(&store) as Arc<dyn FieldingStore>);
+    let (stop, stopped) = std::sync::mpsc::channel();
+    let sampler = sample_peak(sidecar("-wal"), stopped);
+    let deadline = Instant::now() + flood;
+    let tasks: Vec<_> = (0..FLOOD_TASKS)
+        .map(|_| tokio::spawn(submit_and_update(service.clone(), deadline)))
+        .collect();
+    let mut figures = WalFlood::default();
+    let mut failure = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok((jobs, updates))) => {
+                figures.jobs += jobs;
+                figures.updates += updates;
+            }
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(e) => {
+                failure.get_or_insert(format!("a flooding task failed: {e}"));
+            }
+        }
+    }
+    let ended = Instant::now();
+    let _ = stop.send(());
+    figures.peak_bytes = sampler.join().map_err(|_| "the -wal sampler panicked")?;
+    if let Some(e) = failure {
+        return Err(format!("sqlite -wal flood: {e}"));
+    }
+    let wait = ended + Duration::from_secs(10);
+    while file_size(&sidecar("-wal")) > 0 && Instant::now() < wait {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if file_size(&sidecar("-wal")) == 0 {
+        figures.truncated_after = Some(ended.elapsed());
+    }
+    let stats = store.checkpoint_stats();
+    (figures.restarts, figures.longest_pause) = (stats.restarts, stats.longest_pause);
+    drop(service);
+    let store = Arc::into_inner(store).ok_or("the flood's store is still shared")?;
+    store.close().await;
+    figures.files_after_close = ["-wal", "-shm"].iter().filter(|s| sidecar(s).exists()).count();
+    Ok(figures)
 }
 
 #[cfg(test)]
@@ -749,6 +951,7 @@ mod tests {
             warmup: Duration::from_millis(5),
             trial: Duration::from_millis(10),
             rounds: 2,
+            wal_flood: Duration::ZERO,
         };
         let rt = runtime().expect("runtime");
         let mut loaded = load_memory(&plan).expect("loaded");
@@ -768,5 +971,38 @@ mod tests {
             ]
         );
         assert_eq!(csv.render().lines().count(), 1 + 2 * 2);
+    }
+
+    #[test]
+    fn a_short_wal_flood_reports_every_figure() {
+        let scratch = Scratch::new("scale-test").expect("scratch");
+        let flood = Duration::from_millis(300);
+        let flooded = runtime()
+            .expect("runtime")
+            .block_on(wal_flood(flood, &scratch))
+            .expect("flooded");
+        assert!(flooded.jobs > 0, "{flooded:?}");
+        assert_eq!(
+            flooded.updates,
+            4 * flooded.jobs,
+            "each submission is followed by four updates"
+        );
+        assert!(flooded.peak_bytes > 0, "{flooded:?}");
+        assert!(flooded.truncated_after.is_some(), "{flooded:?}");
+        assert_eq!(flooded.files_after_close, 0);
+        let mut out = Vec::new();
+        flooded.figures(flood, &mut out);
+        let names: Vec<&str> = out.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "scale_sqlite_wal_peak_mib",
+                "scale_sqlite_wal_writes_per_sec",
+                "scale_sqlite_wal_restarts",
+                "scale_sqlite_wal_longest_pause_ms",
+                "scale_sqlite_wal_truncated_ms",
+                "scale_sqlite_wal_files_after_close",
+            ]
+        );
     }
 }

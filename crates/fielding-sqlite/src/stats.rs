@@ -2,6 +2,7 @@
 //! [`CheckpointStats`].
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use crate::store::SqliteStore;
 
@@ -10,7 +11,7 @@ use crate::store::SqliteStore;
 /// ```
 /// use fielding_sqlite::CheckpointStats;
 /// let stats = CheckpointStats::default();
-/// assert_eq!(stats.passive + stats.restarts + stats.failures, 0);
+/// assert_eq!(stats.passive + stats.restarts + stats.truncations + stats.failures, 0);
 /// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CheckpointStats {
@@ -19,11 +20,17 @@ pub struct CheckpointStats {
     /// Restart checkpoints run because the log passed
     /// [`SqliteOptions::wal_restart_pages`](crate::SqliteOptions::wal_restart_pages).
     pub restarts: u64,
+    /// Truncations of the `-wal` file to zero bytes: after
+    /// [`SqliteOptions::wal_truncate_after`](crate::SqliteOptions::wal_truncate_after)
+    /// without a commit, and when the store closes.
+    pub truncations: u64,
     /// Checkpoints that failed (another process was checkpointing, an I/O
     /// error); the pages stay in the log and the next one tries again.
     pub failures: u64,
     /// Pages in the log after the latest checkpoint.
     pub log_pages: u64,
+    /// The longest the writer was held for a restart or truncation.
+    pub longest_pause: Duration,
 }
 
 /// How the writer thread has committed, from [`SqliteStore::write_stats`].
@@ -87,8 +94,10 @@ impl SqliteStore {
         CheckpointStats {
             passive: c.passive.load(Ordering::Relaxed),
             restarts: c.restarts.load(Ordering::Relaxed),
+            truncations: c.truncations.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
             log_pages: c.log_pages.load(Ordering::Relaxed),
+            longest_pause: Duration::from_nanos(c.longest_pause_ns.load(Ordering::Relaxed)),
         }
     }
 }

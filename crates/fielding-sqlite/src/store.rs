@@ -32,6 +32,9 @@ use fielding_core::MigrationReport;
 /// Dropping the store closes its channels: the threads finish the tasks
 /// already queued, close their connections and exit, without blocking the
 /// dropping thread. [`SqliteStore::close`] does the same and waits for it.
+/// The writer closes its connection last, after truncating the log, so
+/// unless another process has the database open SQLite removes the `-wal`
+/// and `-shm` files.
 ///
 /// A write whose caller stops waiting (its future dropped) still completes
 /// or fails as a whole on the writer thread; the caller just does not
@@ -120,8 +123,12 @@ impl SqliteStore {
 
     /// Closes the store and waits until every worker thread has finished
     /// its queued tasks and closed its connection (so the file can be
-    /// reopened, copied or removed). Dropping the store does the same
-    /// without waiting.
+    /// reopened, copied or removed). The readers and the checkpoint thread
+    /// close first; then the writer truncates the log (`PRAGMA
+    /// wal_checkpoint(TRUNCATE)`) and closes the last connection, and
+    /// SQLite removes the `-wal` and `-shm` files (when another process
+    /// still has the database open, they stay, the log empty). Dropping
+    /// the store does the same without waiting.
     pub async fn close(self) {
         let SqliteStore {
             writer,

@@ -35,7 +35,7 @@ use fielding_core::{
 use rusqlite::{Connection, ErrorCode};
 use tokio::sync::oneshot;
 
-use crate::checkpoint::Nudge;
+use crate::checkpoint::WriterLink;
 use crate::error::{code, store_error};
 use crate::{jobs, runs};
 
@@ -177,12 +177,17 @@ pub(crate) fn guarded(conn: &mut Connection, task: impl FnOnce(&mut Connection))
 /// answered yet, so running a read before writes queued ahead of it is
 /// still a valid order: none of those writes had completed when the read
 /// was sent.
+///
+/// With a checkpoint thread (`checkpoints`), each batch runs in the
+/// writer's turn of the [`WriterGate`](crate::checkpoint::WriterGate), so
+/// the checkpoint thread can hold the writer between two batches, and the
+/// thread is nudged after each batch that wrote.
 pub(crate) fn serve(
-    mut conn: Connection,
+    conn: &mut Connection,
     tasks: mpsc::Receiver<WriterTask>,
     group_commit: bool,
     counters: &Counters,
-    checkpoints: Option<&Nudge>,
+    checkpoints: Option<&WriterLink>,
 ) {
     let mut reads: Vec<Task> = Vec::new();
     let mut writes: Vec<Write> = Vec::new();
@@ -198,19 +203,36 @@ pub(crate) fn serve(
             }
         }
         let wrote = !writes.is_empty();
-        if group_commit {
-            let (batch_reads, group) = (std::mem::take(&mut reads), std::mem::take(&mut writes));
-            guarded(&mut conn, |conn| commit_group(conn, batch_reads, group, counters));
-        } else {
-            for task in reads.drain(..) {
-                guarded(&mut conn, task);
+        let mut batch = || run_batch(conn, &mut reads, &mut writes, group_commit, counters);
+        match checkpoints {
+            Some(link) => {
+                link.write(batch);
+                if wrote {
+                    link.committed();
+                }
             }
-            for write in writes.drain(..) {
-                guarded(&mut conn, |conn| commit_group(conn, Vec::new(), vec![write], counters));
-            }
+            None => batch(),
         }
-        if let (true, Some(nudge)) = (wrote, checkpoints) {
-            nudge.committed();
+    }
+}
+
+/// Runs the batch taken from the queue: one group, or each task alone.
+fn run_batch(
+    conn: &mut Connection,
+    reads: &mut Vec<Task>,
+    writes: &mut Vec<Write>,
+    group_commit: bool,
+    counters: &Counters,
+) {
+    if group_commit {
+        let (batch_reads, group) = (std::mem::take(reads), std::mem::take(writes));
+        guarded(conn, |conn| commit_group(conn, batch_reads, group, counters));
+    } else {
+        for task in reads.drain(..) {
+            guarded(conn, task);
+        }
+        for write in writes.drain(..) {
+            guarded(conn, |conn| commit_group(conn, Vec::new(), vec![write], counters));
         }
     }
 }
