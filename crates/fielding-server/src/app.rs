@@ -119,10 +119,11 @@ pub fn app(
 }
 
 /// One log line per request (method, path, status, duration, trace id):
-/// at `info` for answered requests, at `debug` for refusals (4xx), which
-/// are summarised at `info` at most once per [`REFUSAL_SUMMARY_EVERY`]
-/// instead, so a flood of refusals cannot flood the log. Every response
-/// is counted by status class.
+/// at `info` for answered API requests; at `debug` for `/health` and
+/// `/ready` and for refusals (4xx), which are summarised at `info` at most
+/// once per [`REFUSAL_SUMMARY_EVERY`] instead, so neither probes nor a
+/// flood of refusals fill the log. Every response is counted by status
+/// class.
 async fn access_log(refusals: Arc<SampledLog>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let started = Instant::now();
@@ -131,6 +132,9 @@ async fn access_log(refusals: Arc<SampledLog>, request: Request, next: Next) -> 
     let status = response.status().as_u16();
     metrics::counter!(telemetry::RESPONSES, "status" => telemetry::status_class(status)).increment(1);
     let refused = (400..500).contains(&status);
+    // Probes come every few seconds from orchestrators and need no token:
+    // like refusals, they are not worth a line each at the default level.
+    let probe = path == HEALTH_PATH || path == READY_PATH;
     if refused {
         if let Some(count) = refusals.record() {
             tracing::info!(
@@ -140,9 +144,9 @@ async fn access_log(refusals: Arc<SampledLog>, request: Request, next: Next) -> 
                 "requests refused with 4xx since the last summary (each logged at debug)"
             );
         }
-        if !tracing::enabled!(target: "fielding_server::access", tracing::Level::DEBUG) {
-            return response;
-        }
+    }
+    if (refused || probe) && !tracing::enabled!(target: "fielding_server::access", tracing::Level::DEBUG) {
+        return response;
     }
     let trace_id = response
         .headers()
@@ -152,7 +156,7 @@ async fn access_log(refusals: Arc<SampledLog>, request: Request, next: Next) -> 
         .unwrap_or("-")
         .to_owned();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if refused {
+    if refused || probe {
         tracing::debug!(target: "fielding_server::access", %method, path, status, elapsed_ms, trace_id, "request");
     } else {
         tracing::info!(target: "fielding_server::access", %method, path, status, elapsed_ms, trace_id, "request");

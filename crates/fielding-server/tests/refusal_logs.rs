@@ -1,5 +1,6 @@
-//! Refusals are counted through the `metrics` facade and kept out of the
-//! log at the default level, so an anonymous flood cannot flood the log.
+//! Refusals and health probes are counted through the `metrics` facade and
+//! kept out of the log at the default level, so an anonymous flood cannot
+//! flood the log.
 //!
 //! Alone in its own test binary: `tracing` caches per call site whether
 //! anyone listens, and tests running at the same time on other threads
@@ -78,6 +79,14 @@ async fn refusals_are_counted_but_not_logged_one_by_one_at_the_default_level() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     }
+    for probe in ["/health", "/ready"].iter().cycle().take(10) {
+        let response = router
+            .clone()
+            .oneshot(Request::get(*probe).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
     let request = Request::get(LIST)
         .header("Authorization", "Bearer good")
         .header("Cint-API-Version", "2025-12-18")
@@ -88,6 +97,10 @@ async fn refusals_are_counted_but_not_logged_one_by_one_at_the_default_level() {
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert_eq!(text.matches("status=401").count(), 0, "{text}");
+    assert!(
+        !text.contains("/health") && !text.contains("/ready"),
+        "probes are not logged one by one either: {text}"
+    );
     assert_eq!(
         text.matches("status=200").count(),
         1,
@@ -114,5 +127,5 @@ async fn refusals_are_counted_but_not_logged_one_by_one_at_the_default_level() {
             .unwrap_or(0)
     };
     assert_eq!(counted("4xx"), 50);
-    assert_eq!(counted("2xx"), 1);
+    assert_eq!(counted("2xx"), 11);
 }
