@@ -116,7 +116,7 @@ pub struct ScalePlan {
     pub trial: Duration,
     /// Rounds (one trial per size each).
     pub rounds: usize,
-    /// How long the SQLite `-wal` flood lasts (see [`wal_flood`]).
+    /// How long the SQLite `-wal` flood lasts (the flood at the end of the scale section).
     pub wal_flood: Duration,
 }
 
