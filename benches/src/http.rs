@@ -715,6 +715,8 @@ pub(crate) fn server_command(server: &Path, database: &str, pg_schema: Option<&s
             "0",
             "--address-rate-limit-per-second",
             "0",
+            "--max-connections-per-address",
+            "0",
         ])
         .env("RUST_LOG", "warn");
     if let Some(schema) = pg_schema {

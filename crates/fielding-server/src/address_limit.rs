@@ -1,14 +1,18 @@
-//! The per-address limit: one token bucket per client address, checked
+//! The per-address limits: one token bucket per client address, checked
 //! before anything else (authentication included), so one address cannot
-//! take more than its share however it calls, with or without a token.
+//! take more than its share however it calls, with or without a token;
+//! and a count of each address's open connections
+//! ([`ConnectionsPerAddress`]), so one address cannot fill the connection
+//! cap with connections that never send a request.
 //!
 //! IPv6 clients are bucketed by their /64 prefix: a single host usually
 //! holds a whole /64 and could otherwise rotate through addresses.
 //! Behind a reverse proxy every client shares the proxy's address: raise
 //! or turn off the limit there (`docs/server.md`).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -72,6 +76,70 @@ fn bucket_of(address: IpAddr) -> IpAddr {
     }
 }
 
+/// How many connections each client address has open, against a maximum.
+#[derive(Debug)]
+pub struct ConnectionsPerAddress {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One admitted connection: its address's count goes down when dropped.
+#[derive(Debug)]
+pub struct AddressSlot {
+    connections: Arc<ConnectionsPerAddress>,
+    bucket: IpAddr,
+}
+
+impl ConnectionsPerAddress {
+    /// At most `max` open connections per address (IPv6: per /64).
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for one more connection from `address`, or `None` when the
+    /// address has its maximum open already.
+    pub fn admit(self: &Arc<Self>, address: IpAddr) -> Option<AddressSlot> {
+        let bucket = bucket_of(address);
+        let mut open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = open.entry(bucket).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            connections: Arc::clone(self),
+            bucket,
+        })
+    }
+
+    /// How many connections `address` has open.
+    pub fn open(&self, address: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        open.get(&bucket_of(address)).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .connections
+            .open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Entries go when their last connection does: the map holds only
+        // addresses with connections open.
+        if let Some(count) = open.get_mut(&self.bucket) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.bucket);
+            }
+        }
+    }
+}
+
 /// Middleware: 429 with `Retry-After` and the contract's body when the
 /// caller's address has no token left; requests without a known peer
 /// address (an app driven in-process) pass.
@@ -124,6 +192,29 @@ mod tests {
             "same /64, same bucket"
         );
         assert!(limiter.check(ip("2001:db8:1:3::1")).is_ok(), "another /64");
+    }
+
+    #[test]
+    fn an_address_gets_at_most_its_connections_and_frees_them_on_close() {
+        let connections = ConnectionsPerAddress::new(2);
+        let first = connections.admit(ip("192.0.2.1")).unwrap();
+        let _second = connections.admit(ip("192.0.2.1")).unwrap();
+        assert!(connections.admit(ip("192.0.2.1")).is_none(), "a third is refused");
+        assert!(
+            connections.admit(ip("2001:db8::1")).is_some(),
+            "others are not affected"
+        );
+        drop(first);
+        assert_eq!(connections.open(ip("192.0.2.1")), 1);
+        assert!(
+            connections.admit(ip("192.0.2.1")).is_some(),
+            "a closed one frees its slot"
+        );
+        assert_eq!(
+            connections.open(ip("2001:db8::1")),
+            0,
+            "entries go with their last connection"
+        );
     }
 
     #[test]

@@ -119,11 +119,12 @@ pub fn app(
 }
 
 /// One log line per request (method, path, status, duration, trace id):
-/// at `info` for answered API requests; at `debug` for `/health` and
-/// `/ready` and for refusals (4xx), which are summarised at `info` at most
-/// once per [`REFUSAL_SUMMARY_EVERY`] instead, so neither probes nor a
-/// flood of refusals fill the log. Every response is counted by status
-/// class.
+/// at `info` for answered API requests (a run's 404, 412 and 422
+/// included); at `debug` for `/health` and `/ready` and for refusals
+/// (401, 403, 429, 400, 405, 408, 413, 415: `fielding_http::refusal`),
+/// which are summarised at `info` instead, at most once per
+/// [`REFUSAL_SUMMARY_EVERY`], so neither probes nor a flood of refusals
+/// fill the log. Every response is counted by status class.
 async fn access_log(refusals: Arc<SampledLog>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let started = Instant::now();
@@ -131,17 +132,19 @@ async fn access_log(refusals: Arc<SampledLog>, request: Request, next: Next) -> 
     let response = next.run(request).await;
     let status = response.status().as_u16();
     metrics::counter!(telemetry::RESPONSES, "status" => telemetry::status_class(status)).increment(1);
-    let refused = (400..500).contains(&status);
+    // The statuses the API counts as refusals (not a run's 404, nor 412 or
+    // 422: those are answers about the resource and stay at `info`).
+    let refused = fielding_http::refusal::Refusal::of_status(response.status()).is_some();
     // Probes come every few seconds from orchestrators and need no token:
     // like refusals, they are not worth a line each at the default level.
     let probe = path == HEALTH_PATH || path == READY_PATH;
     if refused {
-        if let Some(count) = refusals.record() {
+        if let Some(summary) = refusals.record() {
             tracing::info!(
                 target: "fielding_server::access",
-                refused = count,
-                seconds = REFUSAL_SUMMARY_EVERY.as_secs(),
-                "requests refused with 4xx since the last summary (each logged at debug)"
+                refused = summary.count,
+                seconds = summary.over.as_secs_f64(),
+                "requests refused since the previous summary (each logged at debug)"
             );
         }
     }

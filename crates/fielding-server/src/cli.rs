@@ -14,7 +14,8 @@ use crate::database::Database;
 use crate::jwt::{JwtSecret, SecretError, DEFAULT_TTL};
 use crate::limits::{
     auto_max_connections, ConnectionLimits, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_HEADER_BYTES, MIN_MAX_HEADER_BYTES,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_HEADER_BYTES, MAX_MAX_CONNECTIONS,
+    MIN_MAX_HEADER_BYTES,
 };
 use crate::retention::{RetentionConfig, DEFAULT_JOB_RETENTION};
 
@@ -182,9 +183,20 @@ pub struct ServeArgs {
         long,
         env = "FIELDING_MAX_CONNECTIONS",
         value_name = "N",
-        value_parser = clap::value_parser!(u64).range(1..)
+        value_parser = clap::value_parser!(u64).range(1..=MAX_MAX_CONNECTIONS)
     )]
     pub max_connections: Option<u64>,
+
+    /// The most connections one client address (IPv6: one /64) may have
+    /// open; its further connections are closed at once. 0 turns the limit
+    /// off (do that behind a reverse proxy).
+    #[arg(
+        long,
+        env = "FIELDING_MAX_CONNECTIONS_PER_ADDRESS",
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS as u64
+    )]
+    pub max_connections_per_address: u64,
 
     /// The largest request head (request line and headers), in bytes
     /// (431 above it).
@@ -331,8 +343,9 @@ impl ServeArgs {
         ConnectionLimits {
             header_read_timeout: Duration::from_secs(self.header_read_timeout),
             idle_timeout: Duration::from_secs(self.idle_timeout),
-            body_read_timeout: Duration::from_secs(self.body_read_timeout),
             max_connections,
+            max_connections_per_address: (self.max_connections_per_address > 0)
+                .then(|| usize::try_from(self.max_connections_per_address).unwrap_or(usize::MAX)),
             max_header_bytes: usize::try_from(self.max_header_bytes).unwrap_or(DEFAULT_MAX_HEADER_BYTES),
         }
     }
@@ -344,7 +357,7 @@ impl ServeArgs {
             rate_limit: self.rate_limit_policy()?,
             address_rate_limit: self.address_rate_limit_policy(),
             body_limit: self.body_limit,
-            body_read_timeout: connections.body_read_timeout,
+            body_read_timeout: Duration::from_secs(self.body_read_timeout),
         };
         let (jwt_secret, secret_source) = match self.jwt_secret {
             Some(secret) => (secret, SecretSource::Given),
@@ -417,6 +430,8 @@ mod tests {
             "5",
             "--max-connections",
             "64",
+            "--max-connections-per-address",
+            "8",
             "--max-header-bytes",
             "4096",
             "--address-rate-limit-per-second",
@@ -432,8 +447,8 @@ mod tests {
             ConnectionLimits {
                 header_read_timeout: Duration::from_secs(3),
                 idle_timeout: Duration::from_secs(4),
-                body_read_timeout: Duration::from_secs(5),
                 max_connections: 64,
+                max_connections_per_address: Some(8),
                 max_header_bytes: 4096,
             }
         );
@@ -461,6 +476,19 @@ mod tests {
         assert_eq!(limits.idle_timeout, DEFAULT_IDLE_TIMEOUT);
         assert_eq!(limits.max_header_bytes, DEFAULT_MAX_HEADER_BYTES);
         assert_eq!(limits.max_connections, auto_max_connections());
+        assert_eq!(
+            limits.max_connections_per_address,
+            Some(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
+        );
+        assert_eq!(
+            parse(&["--max-connections-per-address", "0"])
+                .unwrap()
+                .serve
+                .connection_limits()
+                .max_connections_per_address,
+            None
+        );
+        assert!(parse(&["--max-connections", "1000001"]).is_err());
         assert!(args.address_rate_limit_policy().is_some(), "on by default");
         assert!(parse(&["--address-rate-limit-per-second", "0"])
             .unwrap()

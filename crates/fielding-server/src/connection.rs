@@ -55,8 +55,14 @@ enum Phase {
     /// Waiting for (the rest of) a request head since `since`.
     Head { since: Instant },
     /// Serving this many requests (HTTP/1: one, or briefly two while the
-    /// previous response's body is released).
-    Busy { requests: usize },
+    /// previous response's body is released). Once the latest request's
+    /// body has arrived in full (`body_done`), further bytes belong to the
+    /// next request's head: `next_head` is when the first of them came.
+    Busy {
+        requests: usize,
+        body_done: bool,
+        next_head: Option<Instant>,
+    },
     /// Nothing to do since `since`.
     Idle { since: Instant },
 }
@@ -110,26 +116,69 @@ impl Activity {
         }
     }
 
-    /// Bytes arrived from the client: an idle connection starts a head.
+    /// Bytes arrived from the client: an idle connection starts a head, and
+    /// so does a busy one whose request body is complete (the head is
+    /// timed once the response is written).
     fn bytes_arrived(&self) {
         self.update(|phase| match phase {
             Phase::Idle { .. } => Phase::Head { since: Instant::now() },
+            Phase::Busy {
+                requests,
+                body_done: true,
+                next_head: None,
+            } => Phase::Busy {
+                requests,
+                body_done: true,
+                next_head: Some(Instant::now()),
+            },
             other => other,
         });
     }
 
     /// hyper handed a request to the app.
     fn request_started(self: &Arc<Self>) -> BusyGuard {
-        self.update(|phase| match phase {
-            Phase::Busy { requests } => Phase::Busy { requests: requests + 1 },
-            Phase::Head { .. } | Phase::Idle { .. } => Phase::Busy { requests: 1 },
+        self.update(|phase| {
+            let requests = match phase {
+                Phase::Busy { requests, .. } => requests + 1,
+                Phase::Head { .. } | Phase::Idle { .. } => 1,
+            };
+            Phase::Busy {
+                requests,
+                body_done: false,
+                next_head: None,
+            }
         });
         BusyGuard(Arc::clone(self))
     }
 
+    /// The latest request's body has arrived in full (or it had none).
+    fn body_finished(&self) {
+        self.update(|phase| match phase {
+            Phase::Busy {
+                requests, next_head, ..
+            } => Phase::Busy {
+                requests,
+                body_done: true,
+                next_head,
+            },
+            other => other,
+        });
+    }
+
     fn request_finished(&self) {
         self.update(|phase| match phase {
-            Phase::Busy { requests } if requests > 1 => Phase::Busy { requests: requests - 1 },
+            Phase::Busy {
+                requests,
+                body_done,
+                next_head,
+            } if requests > 1 => Phase::Busy {
+                requests: requests - 1,
+                body_done,
+                next_head,
+            },
+            Phase::Busy {
+                next_head: Some(since), ..
+            } => Phase::Head { since },
             _ => Phase::Idle { since: Instant::now() },
         });
     }
@@ -213,6 +262,8 @@ pub struct ShuttingDown;
 /// byte has arrived for [`STALL_AT_SHUTDOWN`].
 struct RequestBody {
     incoming: Incoming,
+    /// Told when the body has arrived in full.
+    activity: Arc<Activity>,
     shutdown: CancellationToken,
     /// Made the first time the body has to wait for the client: most
     /// bodies arrive with their head and never need it.
@@ -229,6 +280,9 @@ impl http_body::Body for RequestBody {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.incoming).poll_frame(cx) {
             this.stall = None;
+            if frame.is_none() || this.incoming.is_end_stream() {
+                this.activity.body_finished();
+            }
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
         if !this.shutdown.is_cancelled() {
@@ -319,7 +373,11 @@ pub(crate) async fn serve(
             let router = router.clone();
             async move {
                 let mut request = request.map(|incoming| {
+                    if http_body::Body::is_end_stream(&incoming) {
+                        busy.0.body_finished();
+                    }
                     Body::new(RequestBody {
+                        activity: Arc::clone(&busy.0),
                         incoming,
                         shutdown,
                         cancelled: None,
@@ -403,6 +461,7 @@ mod tests {
         assert_eq!(activity.deadline(&limits), None, "nothing is timed while serving");
         activity.bytes_arrived();
         assert_eq!(activity.deadline(&limits), None, "body bytes do not start a head");
+        activity.body_finished();
         tokio::time::advance(Duration::from_secs(3)).await;
         drop(busy);
         let idle_since = Instant::now();
@@ -416,6 +475,24 @@ mod tests {
             activity.deadline(&limits),
             Some((Instant::now() + Duration::from_secs(10), Expiry::HeaderTimeout)),
             "the next request's first byte starts its header timeout"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_after_the_body_start_the_next_heads_timeout_even_while_busy() {
+        let activity = Arc::new(Activity::new(Instant::now()));
+        let busy = activity.request_started();
+        activity.body_finished();
+        let arrived = Instant::now();
+        activity.bytes_arrived();
+        assert_eq!(activity.deadline(&limits()), None, "still serving");
+        tokio::time::advance(Duration::from_secs(4)).await;
+        activity.bytes_arrived();
+        drop(busy);
+        assert_eq!(
+            activity.deadline(&limits()),
+            Some((arrived + Duration::from_secs(10), Expiry::HeaderTimeout)),
+            "the head is timed from its first byte, not from the response"
         );
     }
 

@@ -12,7 +12,7 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default [`ConnectionLimits::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The default [`ConnectionLimits::body_read_timeout`]: the API router's
+/// The default [`crate::app::ApiLimits::body_read_timeout`]: the API router's
 /// ([`fielding_http::DEFAULT_BODY_TIMEOUT`]).
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = fielding_http::DEFAULT_BODY_TIMEOUT;
 
@@ -34,6 +34,15 @@ pub const RESERVED_FILE_DESCRIPTORS: u64 = 128;
 /// automatic cap.
 pub const FALLBACK_MAX_CONNECTIONS: usize = 1024;
 
+/// The default [`ConnectionLimits::max_connections_per_address`]: far more
+/// than a client's connection pool needs, far fewer than the cap, so one
+/// address that opens connections and sends nothing cannot keep everyone
+/// else waiting at the cap.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+
+/// The largest `--max-connections` accepted.
+pub const MAX_MAX_CONNECTIONS: u64 = 1_000_000;
+
 /// The largest automatic cap, however high the open-file limit: beyond
 /// it, more connections only mean more memory for clients that wait.
 pub const MAX_AUTO_CONNECTIONS: usize = 10_000;
@@ -49,13 +58,15 @@ pub struct ConnectionLimits {
     /// How long a kept-alive connection may sit between requests (after a
     /// response, before the first byte of the next request).
     pub idle_timeout: Duration,
-    /// How long a request body may take to arrive in full; past it the
-    /// request is answered 408 and the connection closed.
-    pub body_read_timeout: Duration,
     /// The most connections open at once. Past it the server stops
     /// accepting: new connections wait in the listen backlog until one
     /// closes, and those already admitted are served as before.
     pub max_connections: usize,
+    /// The most connections one client address (IPv6: one /64) may have
+    /// open; past it its new connections are closed at once. `None`: no
+    /// such limit (behind a reverse proxy, where every client shares the
+    /// proxy's address).
+    pub max_connections_per_address: Option<usize>,
     /// The largest request head (request line plus headers) in bytes;
     /// larger ones are answered 431 and the connection closed.
     pub max_header_bytes: usize,
@@ -68,8 +79,8 @@ impl Default for ConnectionLimits {
         Self {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             max_connections: auto_max_connections(),
+            max_connections_per_address: Some(DEFAULT_MAX_CONNECTIONS_PER_ADDRESS),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         }
     }

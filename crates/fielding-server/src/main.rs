@@ -90,6 +90,15 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn Error>> {
         max_connections = config.connections.max_connections,
         "connection cap"
     );
+    let fits = fielding_server::limits::RESERVED_FILE_DESCRIPTORS;
+    if open_files.is_some_and(|files| config.connections.max_connections as u64 > files.saturating_sub(fits)) {
+        tracing::warn!(
+            open_files,
+            max_connections = config.connections.max_connections,
+            "--max-connections is more than the open-file limit allows (less {fits} for the store and logs): \
+             past it, accepting fails instead of new connections waiting their turn"
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let server = Server::bind(&config).await?;

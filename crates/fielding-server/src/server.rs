@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::address_limit::AddressLimiter;
+use crate::address_limit::{AddressLimiter, ConnectionsPerAddress};
 use crate::app::{app, App};
 use crate::cli::ServerConfig;
 use crate::connection;
@@ -107,7 +107,12 @@ impl OpenedStore {
         if let Some(sqlite) = sqlite {
             match Arc::try_unwrap(sqlite) {
                 Ok(sqlite) => sqlite.close().await,
-                Err(_) => tracing::debug!("the SQLite store is still in use; it closes when dropped"),
+                // Dropping it closes it too, but the process may exit
+                // before its threads truncate the log.
+                Err(_) => tracing::warn!(
+                    "the SQLite store is still in use at shutdown: closing it without waiting; \
+                     its -wal file may be left behind"
+                ),
             }
         }
     }
@@ -179,7 +184,9 @@ impl Server {
     /// [`ServerConfig::shutdown_grace`]), and closes the store.
     ///
     /// At most [`ConnectionLimits::max_connections`] connections are open
-    /// at once; past it, new ones wait in the listen backlog.
+    /// at once; past it, new ones wait in the listen backlog. An address
+    /// past [`ConnectionLimits::max_connections_per_address`] has its new
+    /// connections closed at once.
     pub async fn serve<F>(self, shutdown: F) -> Result<(), ServerError>
     where
         F: Future<Output = ()> + Send + 'static,
@@ -208,7 +215,10 @@ impl Server {
         });
         let stop = CancellationToken::new();
         let http1 = Arc::new(connection::http1(&limits));
-        let permits = Arc::new(Semaphore::new(limits.max_connections));
+        // Clamped: tokio refuses more permits than this, and no machine
+        // holds that many sockets anyway.
+        let permits = Arc::new(Semaphore::new(limits.max_connections.min(Semaphore::MAX_PERMITS)));
+        let per_address = limits.max_connections_per_address.map(ConnectionsPerAddress::new);
         let accept_errors = SampledLog::new(Duration::from_secs(10));
         let mut connections = JoinSet::new();
         tokio::pin!(shutdown);
@@ -227,8 +237,13 @@ impl Server {
             let (socket, peer) = match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    if let Some(count) = accept_errors.record() {
-                        tracing::warn!(%error, errors = count, "cannot accept connections");
+                    if let Some(summary) = accept_errors.record() {
+                        tracing::warn!(
+                            %error,
+                            errors = summary.count,
+                            seconds = summary.over.as_secs_f64(),
+                            "cannot accept connections (errors since the previous warning)"
+                        );
                     }
                     // Running out of file descriptors or memory clears up as
                     // connections close; a client that gave up before its
@@ -236,6 +251,17 @@ impl Server {
                     tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
+            };
+            let address_slot = match &per_address {
+                Some(connections) => match connections.admit(peer.ip()) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        // Closed before a byte is read: the cheapest refusal.
+                        metrics::counter!(telemetry::CONNECTIONS_REFUSED, "reason" => "per_address").increment(1);
+                        continue;
+                    }
+                },
+                None => None,
             };
             // Small JSON answers: send them without Nagle's delay.
             let _ = socket.set_nodelay(true);
@@ -245,7 +271,7 @@ impl Server {
             connections.spawn(async move {
                 served.await;
                 metrics::gauge!(telemetry::CONNECTIONS_OPEN).decrement(1.0);
-                drop(permit);
+                drop((permit, address_slot));
             });
             while connections.try_join_next().is_some() {}
         }

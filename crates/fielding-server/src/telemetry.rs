@@ -3,8 +3,8 @@
 //!
 //! Refused requests (any 4xx) are cheap to make, so logging each one
 //! would let an anonymous client fill the disk: they are counted instead,
-//! logged per request only at `debug`, and summarised at `info` at most
-//! once per [`REFUSAL_SUMMARY_EVERY`].
+//! logged per request only at `debug`, and summarised at `info`: the first
+//! at once, then at most once per [`REFUSAL_SUMMARY_EVERY`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -17,6 +17,9 @@ pub const CONNECTIONS_ACCEPTED: &str = "fielding_server_connections_accepted_tot
 /// Counter: connections the server closed on its own, by `reason`
 /// (`header_timeout`, `idle_timeout`, `shutdown`).
 pub const CONNECTIONS_CLOSED: &str = "fielding_server_connections_closed_total";
+/// Counter: connections closed as soon as they were accepted, by `reason`
+/// (`per_address`: the address had its maximum open).
+pub const CONNECTIONS_REFUSED: &str = "fielding_server_connections_refused_total";
 /// Counter: responses, by `status` class (`2xx`, `4xx`, `5xx`, ...).
 pub const RESPONSES: &str = "fielding_server_responses_total";
 /// Counter: requests refused by the per-address limit.
@@ -25,12 +28,24 @@ pub const ADDRESS_LIMITED: &str = "fielding_server_address_limited_total";
 /// How often, at most, refusals are summarised in the log.
 pub const REFUSAL_SUMMARY_EVERY: Duration = Duration::from_secs(10);
 
-/// Counts events and says when to write one summary line for them.
+/// Counts events and says when to write one summary line for them: at the
+/// first event, then at the first event at least `every` after the
+/// previous summary.
 #[derive(Debug)]
 pub struct SampledLog {
     every: Duration,
     since_last: AtomicU64,
-    last: Mutex<Instant>,
+    /// When the previous summary was written; `None` before the first.
+    last: Mutex<Option<Instant>>,
+}
+
+/// What a summary line reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    /// Events since the previous summary, this one included.
+    pub count: u64,
+    /// Time since the previous summary (zero for the first).
+    pub over: Duration,
 }
 
 impl SampledLog {
@@ -39,21 +54,25 @@ impl SampledLog {
         Self {
             every,
             since_last: AtomicU64::new(0),
-            last: Mutex::new(Instant::now()),
+            last: Mutex::new(None),
         }
     }
 
-    /// Counts one event; returns how many happened since the last summary
-    /// when it is time for the next one.
-    pub fn record(&self) -> Option<u64> {
+    /// Counts one event; returns what to report when a summary is due.
+    pub fn record(&self) -> Option<Summary> {
         self.since_last.fetch_add(1, Ordering::Relaxed);
         // Never wait for the lock: another thread is writing the summary.
         let mut last = self.last.try_lock().ok()?;
-        if last.elapsed() < self.every {
-            return None;
-        }
-        *last = Instant::now();
-        Some(self.since_last.swap(0, Ordering::Relaxed))
+        let over = match *last {
+            Some(at) if at.elapsed() < self.every => return None,
+            Some(at) => at.elapsed(),
+            None => Duration::ZERO,
+        };
+        *last = Some(Instant::now());
+        Some(Summary {
+            count: self.since_last.swap(0, Ordering::Relaxed),
+            over,
+        })
     }
 }
 
@@ -73,15 +92,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_summary_per_window_counting_everything_in_between() {
+    fn the_first_event_is_reported_then_one_summary_per_window() {
         let log = SampledLog::new(Duration::from_millis(50));
-        assert_eq!(log.record(), None, "the first window has just begun");
+        assert_eq!(
+            log.record(),
+            Some(Summary {
+                count: 1,
+                over: Duration::ZERO
+            }),
+            "the first is reported at once"
+        );
+        assert_eq!(log.record(), None);
         assert_eq!(log.record(), None);
         std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(log.record(), Some(3));
+        let summary = log.record().unwrap();
+        assert_eq!(summary.count, 3, "everything since the previous summary");
+        assert!(summary.over >= Duration::from_millis(50), "{summary:?}");
         assert_eq!(log.record(), None);
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(log.record(), Some(2));
+        std::thread::sleep(Duration::from_millis(120));
+        let summary = log.record().unwrap();
+        assert_eq!(summary.count, 2);
+        assert!(
+            summary.over >= Duration::from_millis(120),
+            "the real time since the previous summary: {summary:?}"
+        );
     }
 
     #[test]

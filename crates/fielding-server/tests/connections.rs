@@ -29,8 +29,8 @@ fn limits() -> ConnectionLimits {
     ConnectionLimits {
         header_read_timeout: Duration::from_secs(1),
         idle_timeout: Duration::from_secs(3),
-        body_read_timeout: Duration::from_secs(2),
         max_connections: 64,
+        max_connections_per_address: None,
         max_header_bytes: 4096,
     }
 }
@@ -39,7 +39,7 @@ async fn start(connections: ConnectionLimits) -> Running {
     let secret = JwtSecret::new("a secret for the connection tests!").unwrap();
     let mut config = ServerConfig::new(Database::Memory, secret);
     config.connections = connections;
-    config.limits.body_read_timeout = connections.body_read_timeout;
+    config.limits.body_read_timeout = Duration::from_secs(2);
     let server = Server::bind(&config).await.unwrap();
     let addr = server.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -152,6 +152,21 @@ async fn an_idle_keep_alive_connection_has_the_idle_timeout_not_the_header_timeo
 }
 
 #[tokio::test]
+async fn a_second_head_left_unfinished_gets_the_header_timeout_not_the_idle_one() {
+    let server = start(limits()).await;
+    let mut socket = TcpStream::connect(server.addr).await.unwrap();
+    assert!(exchange(&mut socket, HEALTH).await.starts_with("HTTP/1.1 200"));
+    socket.write_all(b"GET /health HTTP/1.1\r\nX-Slow: ").await.unwrap();
+    let started = Instant::now();
+    assert_eq!(read_to_close(&mut socket).await, "");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
+        "closed after {waited:?}: the head timeout is 1 s, the idle one 3 s"
+    );
+}
+
+#[tokio::test]
 async fn a_head_past_the_size_limit_is_refused_with_431_and_closed() {
     let server = start(limits()).await;
     let mut socket = TcpStream::connect(server.addr).await.unwrap();
@@ -209,6 +224,46 @@ async fn at_the_connection_cap_an_admitted_client_is_served_and_a_newcomer_waits
     }
     assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"));
     drop(silent);
+}
+
+#[tokio::test]
+async fn an_address_past_its_connection_limit_has_new_connections_closed_at_once() {
+    let server = start(ConnectionLimits {
+        max_connections_per_address: Some(2),
+        ..limits()
+    })
+    .await;
+    let mut first = TcpStream::connect(server.addr).await.unwrap();
+    let _silent = TcpStream::connect(server.addr).await.unwrap();
+    assert!(exchange(&mut first, HEALTH).await.starts_with("HTTP/1.1 200"));
+    let mut third = TcpStream::connect(server.addr).await.unwrap();
+    let _ = third.write_all(HEALTH).await;
+    let refused = Instant::now();
+    assert_eq!(read_to_close(&mut third).await, "", "closed without an answer");
+    assert!(
+        refused.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        refused.elapsed()
+    );
+    // Admitted connections are served as before, and a closed one frees
+    // its slot.
+    assert!(exchange(&mut first, HEALTH).await.starts_with("HTTP/1.1 200"));
+    drop(first);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let mut again = TcpStream::connect(server.addr).await.unwrap();
+        let _ = again.write_all(HEALTH).await;
+        let mut buf = [0u8; 16];
+        match tokio::time::timeout(PATIENCE, again.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                assert!(buf.starts_with(b"HTTP/1.1 200"));
+                break;
+            }
+            // The server may not have seen the first one close yet.
+            _ => assert!(Instant::now() < deadline, "the slot was never freed"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]

@@ -92,8 +92,16 @@ async fn refusals_are_counted_but_not_logged_one_by_one_at_the_default_level() {
         .header("Cint-API-Version", "2025-12-18")
         .body(Body::empty())
         .unwrap();
-    let response = router.oneshot(request).await.unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // An answer about the resource, not a refusal: logged like a 200.
+    let request = Request::get(format!("{LIST}/01BTGNYV6HRNK8K8VKZASZCFP9"))
+        .header("Authorization", "Bearer good")
+        .header("Cint-API-Version", "2025-12-18")
+        .body(Body::empty())
+        .unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
     let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert_eq!(text.matches("status=401").count(), 0, "{text}");
@@ -106,7 +114,13 @@ async fn refusals_are_counted_but_not_logged_one_by_one_at_the_default_level() {
         1,
         "answered requests are logged: {text}"
     );
-    assert!(text.lines().count() <= 2, "at most the 200 and one summary: {text}");
+    assert_eq!(text.matches("status=404").count(), 1, "a run's 404 is logged: {text}");
+    assert_eq!(
+        text.matches("refused since the previous summary").count(),
+        1,
+        "the first refusal is summarised at once, the rest wait for the next window: {text}"
+    );
+    assert_eq!(text.lines().count(), 3, "the 200, the 404 and one summary: {text}");
 
     // One snapshot: taking one resets the recorder's counters.
     let snapshot = snapshotter.snapshot().into_vec();
@@ -126,6 +140,6 @@ async fn refusals_are_counted_but_not_logged_one_by_one_at_the_default_level() {
             })
             .unwrap_or(0)
     };
-    assert_eq!(counted("4xx"), 50);
+    assert_eq!(counted("4xx"), 51);
     assert_eq!(counted("2xx"), 11);
 }

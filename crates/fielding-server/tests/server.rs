@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -200,6 +200,12 @@ async fn a_creation_job_survives_a_restart_on_a_sqlite_file() {
     let status = server.stop_with(libc::SIGTERM);
     assert!(status.success(), "{status:?}\n{}", server.printed());
     drop(server);
+    // A clean stop checkpoints and closes every connection last to first:
+    // SQLite removes its log and shared-memory files.
+    for suffix in ["-wal", "-shm"] {
+        let leftover = PathBuf::from(format!("{path_text}{suffix}"));
+        assert!(!leftover.exists(), "{} left after a clean stop", leftover.display());
+    }
 
     let mut server = Server::start(&["--database", &path_text, "--jwt-secret", SECRET]);
     let (status, _, after) = get(&server, &location, Some(&bearer)).await;

@@ -29,7 +29,7 @@ pub const TARGET_GROUP: &str = "01BTGNYV6HRNK8K8VKZASZCFP1";
 /// How long a server may take to start, or to stop, on a busy machine.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
-pub const ENV_VARS: [&str; 16] = [
+pub const ENV_VARS: [&str; 17] = [
     "FIELDING_LISTEN",
     "FIELDING_DATABASE",
     "FIELDING_PG_SCHEMA",
@@ -44,6 +44,7 @@ pub const ENV_VARS: [&str; 16] = [
     "FIELDING_BODY_READ_TIMEOUT",
     "FIELDING_IDLE_TIMEOUT",
     "FIELDING_MAX_CONNECTIONS",
+    "FIELDING_MAX_CONNECTIONS_PER_ADDRESS",
     "FIELDING_MAX_HEADER_BYTES",
     "FIELDING_JOB_RETENTION",
 ];
