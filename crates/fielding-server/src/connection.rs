@@ -41,7 +41,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tower::ServiceExt;
@@ -87,18 +86,20 @@ impl Expiry {
 
 /// The phase of one connection, shared by its socket, its requests and
 /// its watchdog.
+///
+/// The watchdog is never woken by a phase change (that would cost the
+/// connection's task an extra poll, and a read attempt, per request);
+/// instead it looks again at [`Activity::look_again_at`], which is never
+/// later than any deadline a phase starting in between could have.
 #[derive(Debug)]
 struct Activity {
     phase: Mutex<Phase>,
-    /// Wakes the watchdog when a deadline may have moved.
-    changed: Notify,
 }
 
 impl Activity {
     fn new(opened: Instant) -> Self {
         Self {
             phase: Mutex::new(Phase::Head { since: opened }),
-            changed: Notify::new(),
         }
     }
 
@@ -108,12 +109,7 @@ impl Activity {
 
     fn update(&self, change: impl FnOnce(Phase) -> Phase) {
         let mut phase = self.phase.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let next = change(*phase);
-        if next != *phase {
-            *phase = next;
-            drop(phase);
-            self.changed.notify_one();
-        }
+        *phase = change(*phase);
     }
 
     /// Bytes arrived from the client: an idle connection starts a head, and
@@ -135,8 +131,10 @@ impl Activity {
         });
     }
 
-    /// hyper handed a request to the app.
-    fn request_started(self: &Arc<Self>) -> BusyGuard {
+    /// hyper handed a request to the app; `has_body`: whether body bytes
+    /// are still to come (until [`Activity::body_finished`], arriving bytes
+    /// are the body's, not the next head's).
+    fn request_started(self: &Arc<Self>, has_body: bool) -> BusyGuard {
         self.update(|phase| {
             let requests = match phase {
                 Phase::Busy { requests, .. } => requests + 1,
@@ -144,7 +142,7 @@ impl Activity {
             };
             Phase::Busy {
                 requests,
-                body_done: false,
+                body_done: !has_body,
                 next_head: None,
             }
         });
@@ -181,6 +179,20 @@ impl Activity {
             } => Phase::Head { since },
             _ => Phase::Idle { since: Instant::now() },
         });
+    }
+
+    /// When the watchdog must look again, at `now`: the head's deadline;
+    /// otherwise no later than `now` plus the shorter timeout, because a
+    /// head or idle phase that starts after `now` expires no sooner than
+    /// that. (A busy connection is looked at once per that period, an idle
+    /// one a few times per idle timeout.)
+    fn look_again_at(&self, limits: &ConnectionLimits, now: Instant) -> Instant {
+        let soonest_new_deadline = now + limits.header_read_timeout.min(limits.idle_timeout);
+        match self.phase() {
+            Phase::Head { since } => since + limits.header_read_timeout,
+            Phase::Idle { since } => (since + limits.idle_timeout).min(soonest_new_deadline),
+            Phase::Busy { .. } => soonest_new_deadline,
+        }
     }
 
     /// When the connection expires if nothing changes, and why; `None`
@@ -368,21 +380,24 @@ pub(crate) async fn serve(
         let activity = Arc::clone(&activity);
         let shutdown = shutdown.clone();
         hyper::service::service_fn(move |request: Request<Incoming>| {
-            let busy = activity.request_started();
+            let has_body = !http_body::Body::is_end_stream(request.body());
+            let busy = activity.request_started(has_body);
             let shutdown = shutdown.clone();
             let router = router.clone();
             async move {
                 let mut request = request.map(|incoming| {
-                    if http_body::Body::is_end_stream(&incoming) {
-                        busy.0.body_finished();
+                    if has_body {
+                        Body::new(RequestBody {
+                            activity: Arc::clone(&busy.0),
+                            incoming,
+                            shutdown,
+                            cancelled: None,
+                            stall: None,
+                        })
+                    } else {
+                        // Nothing to wait for: no wrapper to allocate.
+                        Body::empty()
                     }
-                    Body::new(RequestBody {
-                        activity: Arc::clone(&busy.0),
-                        incoming,
-                        shutdown,
-                        cancelled: None,
-                        stall: None,
-                    })
                 });
                 request.extensions_mut().insert(ConnectInfo(peer));
                 let response = match router.oneshot(request).await {
@@ -396,17 +411,9 @@ pub(crate) async fn serve(
     let connection = http1.serve_connection(io, service);
     tokio::pin!(connection);
     let mut draining = false;
+    let look_again = tokio::time::sleep_until(activity.look_again_at(&limits, Instant::now()));
+    tokio::pin!(look_again);
     loop {
-        let deadline = activity.deadline(&limits);
-        let expire = async {
-            match deadline {
-                Some((at, why)) => {
-                    tokio::time::sleep_until(at).await;
-                    why
-                }
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             served = connection.as_mut() => {
                 if let Err(error) = served {
@@ -414,15 +421,17 @@ pub(crate) async fn serve(
                 }
                 return;
             }
-            why = expire => {
-                // The phase may have moved on just as the timer fired.
-                if activity.deadline(&limits).is_some_and(|(at, _)| at <= Instant::now()) {
-                    metrics::counter!(telemetry::CONNECTIONS_CLOSED, "reason" => why.label()).increment(1);
-                    tracing::debug!(%peer, reason = why.label(), "closing the connection");
-                    return;
+            () = look_again.as_mut() => {
+                let now = Instant::now();
+                if let Some((at, why)) = activity.deadline(&limits) {
+                    if at <= now {
+                        metrics::counter!(telemetry::CONNECTIONS_CLOSED, "reason" => why.label()).increment(1);
+                        tracing::debug!(%peer, reason = why.label(), "closing the connection");
+                        return;
+                    }
                 }
+                look_again.as_mut().reset(activity.look_again_at(&limits, now));
             }
-            () = activity.changed.notified() => {}
             () = shutdown.cancelled(), if !draining => {
                 if activity.deadline(&limits).is_some() {
                     metrics::counter!(telemetry::CONNECTIONS_CLOSED, "reason" => "shutdown").increment(1);
@@ -457,7 +466,7 @@ mod tests {
             Some((opened + Duration::from_secs(10), Expiry::HeaderTimeout)),
             "a new connection has the header timeout for its first request"
         );
-        let busy = activity.request_started();
+        let busy = activity.request_started(true);
         assert_eq!(activity.deadline(&limits), None, "nothing is timed while serving");
         activity.bytes_arrived();
         assert_eq!(activity.deadline(&limits), None, "body bytes do not start a head");
@@ -481,7 +490,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bytes_after_the_body_start_the_next_heads_timeout_even_while_busy() {
         let activity = Arc::new(Activity::new(Instant::now()));
-        let busy = activity.request_started();
+        let busy = activity.request_started(true);
         activity.body_finished();
         let arrived = Instant::now();
         activity.bytes_arrived();
@@ -499,8 +508,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn overlapping_requests_keep_the_connection_busy_until_the_last_ends() {
         let activity = Arc::new(Activity::new(Instant::now()));
-        let first = activity.request_started();
-        let second = activity.request_started();
+        let first = activity.request_started(false);
+        let second = activity.request_started(false);
         drop(first);
         assert_eq!(activity.deadline(&limits()), None);
         drop(second);
@@ -508,13 +517,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_phase_change_wakes_the_watchdog() {
-        let activity = Arc::new(Activity::new(Instant::now()));
-        let busy = activity.request_started();
-        let woken = activity.changed.notified();
+    async fn the_watchdog_looks_again_before_any_deadline_a_new_phase_could_have() {
+        let limits = limits();
+        let opened = Instant::now();
+        let activity = Arc::new(Activity::new(opened));
+        assert_eq!(
+            activity.look_again_at(&limits, opened),
+            opened + Duration::from_secs(10),
+            "a head: its deadline"
+        );
+        let busy = activity.request_started(false);
+        let now = Instant::now();
+        assert_eq!(
+            activity.look_again_at(&limits, now),
+            now + Duration::from_secs(10),
+            "busy: once per the shorter timeout"
+        );
         drop(busy);
-        tokio::time::timeout(Duration::from_secs(1), woken)
-            .await
-            .expect("the end of a request wakes the watchdog");
+        let idle_since = Instant::now();
+        assert_eq!(
+            activity.look_again_at(&limits, idle_since),
+            idle_since + Duration::from_secs(10),
+            "idle: soon enough to catch a head starting now"
+        );
+        tokio::time::advance(Duration::from_secs(25)).await;
+        assert_eq!(
+            activity.look_again_at(&limits, Instant::now()),
+            idle_since + Duration::from_secs(30),
+            "idle near its end: the idle deadline"
+        );
+        // A head starting at any moment after a look is due no sooner than
+        // the next look.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        activity.bytes_arrived();
+        let (due, why) = activity.deadline(&limits).unwrap();
+        assert_eq!(why, Expiry::HeaderTimeout);
+        assert!(due >= idle_since + Duration::from_secs(30));
     }
 }
