@@ -215,41 +215,6 @@ pub fn server_flags(extra: Option<&str>) -> Vec<String> {
         .collect()
 }
 
-/// Raises this process's soft limit on open files to its hard limit (its
-/// children inherit it) and returns the limit now in force.
-pub fn raise_open_files_limit() -> Result<u64> {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes into the struct we own and pass by pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return Err(io_error("getrlimit(RLIMIT_NOFILE)")(std::io::Error::last_os_error()));
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit reads the struct we own; raising the soft limit
-        // up to the hard one needs no privilege.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit = raised;
-        } else {
-            // An unlimited hard limit cannot be a soft one (the kernel caps
-            // it at fs.nr_open); keep the old one and let the check say
-            // whether it is enough.
-            eprintln!(
-                "hostile: cannot raise the open files limit from {} to {}: {}",
-                limit.rlim_cur,
-                limit.rlim_max,
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-    Ok(limit.rlim_cur)
-}
-
 /// The target group of flood job `n`: `01HF100D` and 18 digits.
 pub fn flood_target_group(n: u64) -> String {
     format!("01HF100D{n:018}")
@@ -854,7 +819,9 @@ fn flood_figures(
 
 /// Measures everything; `progress` gets one line per step.
 pub fn run(plan: &HostilePlan, progress: &mut dyn FnMut(&str)) -> Result<Figures> {
-    let limit = raise_open_files_limit()?;
+    // The server's own helper: children (the server) inherit the limit.
+    let limit = fielding_server::limits::raise_open_file_limit()
+        .ok_or_else(|| HostileError::Answer("cannot read the open files limit (getrlimit)".to_owned()))?;
     let needed = plan.connections as u64 + 256;
     if limit < needed {
         return Err(HostileError::Answer(format!(
@@ -981,17 +948,5 @@ mod tests {
         let path = Path::new("/tmp/x/flood.sqlite3");
         assert_eq!(with_suffix(path, "-wal"), Path::new("/tmp/x/flood.sqlite3-wal"));
         assert_eq!(size_of(Path::new("/nonexistent/fielding-bench")), 0);
-    }
-
-    #[test]
-    fn the_limit_is_raised_to_the_hard_one() {
-        let limit = raise_open_files_limit().expect("getrlimit works");
-        let mut now = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: as in raise_open_files_limit.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) }, 0);
-        assert_eq!(now.rlim_cur, limit);
     }
 }

@@ -6,12 +6,18 @@
 //! cannot starve another). A refusal carries the whole seconds until a
 //! request would pass, at least 1: the `Retry-After` value.
 
+use std::hash::Hash;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 use fielding_core::UserId;
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota};
+
+use crate::problem::TooManyRequests;
 
 /// How many requests a principal may make.
 ///
@@ -57,13 +63,17 @@ impl Default for RateLimitPolicy {
     }
 }
 
-/// The buckets of every principal.
+/// One token bucket per key: per principal by default (the API's limit);
+/// the server keys another by client address.
 #[derive(Debug)]
-pub struct RateLimiter {
-    limiter: DefaultKeyedRateLimiter<UserId>,
+pub struct RateLimiter<K = UserId>
+where
+    K: Clone + Eq + Hash,
+{
+    limiter: DefaultKeyedRateLimiter<K>,
 }
 
-impl RateLimiter {
+impl<K: Clone + Eq + Hash> RateLimiter<K> {
     /// Buckets that follow `policy`.
     pub fn new(policy: RateLimitPolicy) -> Self {
         let quota = Quota::per_second(policy.per_second).allow_burst(policy.burst);
@@ -72,10 +82,10 @@ impl RateLimiter {
         }
     }
 
-    /// Takes one request from `principal`'s bucket, or says how many whole
+    /// Takes one request from `key`'s bucket, or says how many whole
     /// seconds (at least 1) until one would pass.
-    pub fn check(&self, principal: &UserId) -> Result<(), u64> {
-        self.limiter.check_key(principal).map_err(|not_until| {
+    pub fn check(&self, key: &K) -> Result<(), u64> {
+        self.limiter.check_key(key).map_err(|not_until| {
             let wait = not_until.wait_time_from(self.limiter.clock().now());
             retry_after_seconds(wait)
         })
@@ -88,6 +98,17 @@ impl RateLimiter {
         self.limiter.retain_recent();
         self.limiter.shrink_to_fit();
     }
+}
+
+/// The refusal: 429 with `Retry-After: seconds` and the contract's
+/// `TooManyRequestsProblemDetails` body.
+pub fn too_many_requests(seconds: u64) -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, HeaderValue::from(seconds))],
+        Json(TooManyRequests::after_seconds(seconds)),
+    )
+        .into_response()
 }
 
 /// Whole seconds, rounded up, never below 1.

@@ -16,17 +16,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use fielding_core::FieldingService;
 
 use crate::api_error::ApiError;
 use crate::auth::Authenticator;
-use crate::problem::TooManyRequests;
-use crate::rate_limit::{RateLimitPolicy, RateLimiter};
+use crate::rate_limit::{too_many_requests, RateLimitPolicy, RateLimiter};
 use crate::refusal::Refusal;
 use crate::state::{ApiState, BodyRules};
 use crate::{jobs, runs, trace_context};
@@ -182,15 +181,6 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
             ApiError::unauthorized().into_response()
         }
     }
-}
-
-fn too_many_requests(seconds: u64) -> Response {
-    (
-        StatusCode::TOO_MANY_REQUESTS,
-        [(header::RETRY_AFTER, HeaderValue::from(seconds))],
-        Json(TooManyRequests::after_seconds(seconds)),
-    )
-        .into_response()
 }
 
 /// The token of `Bearer <token>` (the scheme is case-insensitive).

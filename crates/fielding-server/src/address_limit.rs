@@ -15,14 +15,9 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::Json;
-use fielding_http::problem::TooManyRequests;
-use fielding_http::rate_limit::RateLimitPolicy;
-use governor::clock::Clock;
-use governor::{DefaultKeyedRateLimiter, Quota};
+use axum::response::Response;
+use fielding_http::rate_limit::{too_many_requests, RateLimitPolicy, RateLimiter};
 
 use crate::telemetry;
 
@@ -32,35 +27,30 @@ pub fn default_policy() -> RateLimitPolicy {
     RateLimitPolicy::per_second(1_000, 2_000).unwrap_or_default()
 }
 
-/// The buckets of every client address.
+/// The buckets of every client address: the API's keyed limiter, keyed by
+/// [`bucket_of`] the address.
 #[derive(Debug)]
 pub struct AddressLimiter {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    limiter: RateLimiter<IpAddr>,
 }
 
 impl AddressLimiter {
     /// Buckets that follow `policy`.
     pub fn new(policy: RateLimitPolicy) -> Self {
-        let rate = std::num::NonZeroU32::new(policy.rate()).unwrap_or(std::num::NonZeroU32::MIN);
-        let burst = std::num::NonZeroU32::new(policy.burst()).unwrap_or(std::num::NonZeroU32::MIN);
         Self {
-            limiter: DefaultKeyedRateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            limiter: RateLimiter::new(policy),
         }
     }
 
     /// Takes one request from `address`'s bucket, or says how many whole
     /// seconds (at least 1) until one would pass.
     pub fn check(&self, address: IpAddr) -> Result<(), u64> {
-        self.limiter.check_key(&bucket_of(address)).map_err(|not_until| {
-            let wait = not_until.wait_time_from(self.limiter.clock().now());
-            wait.as_secs().saturating_add(u64::from(wait.subsec_nanos() > 0)).max(1)
-        })
+        self.limiter.check(&bucket_of(address))
     }
 
     /// Forgets buckets that are full again (call now and then).
     pub fn forget_idle(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        self.limiter.forget_idle();
     }
 }
 
@@ -151,12 +141,7 @@ pub async fn limit_by_address(State(limiter): State<Arc<AddressLimiter>>, reques
     if let Some(peer) = peer {
         if let Err(seconds) = limiter.check(peer) {
             metrics::counter!(telemetry::ADDRESS_LIMITED).increment(1);
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, HeaderValue::from(seconds))],
-                Json(TooManyRequests::after_seconds(seconds)),
-            )
-                .into_response();
+            return too_many_requests(seconds);
         }
     }
     next.run(request).await
