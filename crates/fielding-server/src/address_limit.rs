@@ -28,7 +28,7 @@ pub fn default_policy() -> RateLimitPolicy {
 }
 
 /// The buckets of every client address: the API's keyed limiter, keyed by
-/// [`bucket_of`] the address.
+/// the address (IPv6: its /64 prefix).
 #[derive(Debug)]
 pub struct AddressLimiter {
     limiter: RateLimiter<IpAddr>,
