@@ -13,6 +13,9 @@
 //!   (`fielding-memory`, `fielding-sqlite`, `fielding-postgres`).
 //! * [`FieldingService`]: the use cases, each load → check → decide →
 //!   compare-and-swap, with [`FieldingError`] for every failure.
+//! * [`BulkJob`] and [`BulkRunner`]: one action over many target groups,
+//!   recorded by a submission and worked in the background, each item
+//!   applied at most once (see `docs/jobs.md`).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -38,6 +41,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod bulk;
 mod change;
 mod clock;
 pub mod codec;
@@ -48,12 +52,17 @@ pub mod lifecycle;
 mod migration;
 mod precondition;
 mod run;
+mod runner;
 mod service;
 mod status;
 mod store;
 mod time;
 mod version;
 
+pub use bulk::{
+    BulkAction, BulkClaim, BulkItem, BulkItemFailure, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey,
+    BulkJobStatus, ClaimToken, DecideItem, ItemUpdate,
+};
 pub use change::{Action, ChangeRecord};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{FieldingError, InvalidParam, INTERNAL_ERROR_DETAIL};
@@ -66,7 +75,10 @@ pub use lifecycle::Command;
 pub use migration::MigrationReport;
 pub use precondition::Precondition;
 pub use run::FieldingRun;
-pub use service::{Applied, FieldingService, NewJob, RetryPolicy, SubmittedJob, JOB_RESUME_AFTER};
+pub use runner::{BulkRunner, BulkRunnerOptions};
+pub use service::{
+    Applied, FieldingService, NewBulkJob, NewJob, RetryPolicy, SubmittedBulkJob, SubmittedJob, JOB_RESUME_AFTER,
+};
 pub use status::Status;
 pub use store::{BoxError, Decide, Decided, FieldingStore, PlannedWrite, StoreError, Update, UpdateOutcome};
 pub use time::{InvalidTimestamp, Timestamp};

@@ -19,8 +19,10 @@ use crate::{
 };
 use crate::{Update, UpdateOutcome};
 
+mod bulk;
 mod jobs;
 
+pub use bulk::{NewBulkJob, SubmittedBulkJob};
 pub use jobs::{NewJob, SubmittedJob, JOB_RESUME_AFTER};
 
 /// How many times [`FieldingService::execute`] decides when other writers
@@ -142,7 +144,7 @@ pub struct Applied {
 
 /// The fielding-run use cases over any store.
 ///
-/// Cheap to clone: it holds two `Arc`s.
+/// Cheap to clone: it holds three `Arc`s.
 ///
 /// ```
 /// # use std::sync::Arc;
@@ -164,6 +166,8 @@ pub struct Applied {
 pub struct FieldingService {
     store: Arc<dyn FieldingStore>,
     clock: Arc<dyn Clock>,
+    /// Wakes the bulk runners of this service when a job is submitted.
+    bulk_wakeup: Arc<tokio::sync::Notify>,
 }
 
 impl FieldingService {
@@ -174,7 +178,11 @@ impl FieldingService {
 
     /// A service over `store` that reads the time from `clock`.
     pub fn with_clock(store: Arc<dyn FieldingStore>, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            bulk_wakeup: Arc::new(tokio::sync::Notify::new()),
+        }
     }
 
     /// The store this service writes to.

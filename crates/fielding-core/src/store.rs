@@ -11,7 +11,9 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::{
-    ChangeRecord, FieldingRun, FieldingRunJob, JobCreated, JobKey, JobOutcome, RunKey, Scope, Timestamp, Version,
+    BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken,
+    DecideItem, FieldingRun, FieldingRunJob, JobCreated, JobKey, JobOutcome, RunKey, Scope, TargetGroupId, Timestamp,
+    Version,
 };
 
 /// A boxed error from a storage backend.
@@ -40,6 +42,17 @@ pub enum StoreError {
         expected: Version,
         /// The version the run is at now.
         current: Version,
+    },
+
+    /// A bulk-job write by a runner that no longer holds the job: another
+    /// runner claimed it (after this one's lease ran out), or it is
+    /// finished or gone. Nothing was written.
+    #[error("{key} is no longer held by claim {token}")]
+    ClaimLost {
+        /// The job.
+        key: BulkJobKey,
+        /// The token that was refused.
+        token: ClaimToken,
     },
 
     /// The backend failed (I/O, connection, corrupt data, ...). Nothing was
@@ -400,6 +413,75 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
     /// Required, with no default: a default that removed nothing would let
     /// an adapter look finished while its jobs pile up forever.
     async fn expire_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError>;
+
+    /// Records a bulk job (status `Processing`, every item pending), unless
+    /// the account already has a *bulk* job under `job.idempotency_key`:
+    /// then nothing is written and the stored job comes back. Atomic: of
+    /// many concurrent calls with one key and account, exactly one gets
+    /// [`BulkJobCreated::Created`]. Bulk jobs and creation jobs have
+    /// separate key namespaces.
+    async fn create_bulk_job(&self, job: &BulkJob) -> Result<BulkJobCreated, StoreError>;
+
+    /// The bulk job at `key` with every item in submission order, or
+    /// `None` (also when it exists under another account or project).
+    async fn get_bulk_job(&self, key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError>;
+
+    /// Takes one `Processing` bulk job that nobody holds (never claimed, or
+    /// its lease ended at or before `now`) and gives it to `claim`: its
+    /// token replaces any earlier one, which from then on is refused
+    /// ([`StoreError::ClaimLost`]). Oldest job first. Atomic: of many
+    /// runners (in any number of processes) claiming at once, each job goes
+    /// to exactly one. `None` when there is nothing to take.
+    async fn claim_bulk_job(&self, now: Timestamp, claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError>;
+
+    /// Moves the lease of the job at `key` to `claim.lease_until` if
+    /// `claim.token` still holds it (a runner renews while it works, and
+    /// releases the job early by renewing to a past instant). `false` when
+    /// the token no longer holds the job.
+    async fn renew_bulk_claim(&self, key: &BulkJobKey, claim: &BulkClaim) -> Result<bool, StoreError>;
+
+    /// Applies the job's action to `items` (target groups of the job) in
+    /// one atomic step, for the holder of `token`:
+    ///
+    /// * an item that already has an outcome keeps it, and `decide` is not
+    ///   called for it;
+    /// * for every other item, the run of that target group (in the job's
+    ///   account and project; `None` if there is none) is shown to
+    ///   `decide`, once, and what it answers is done: an outcome recorded,
+    ///   or the run written (compare-and-swap at `expected`, with its
+    ///   change record) and the item recorded as updated.
+    ///
+    /// **All or nothing**: every run write, change record and item outcome
+    /// of the call commits together, or none does. That is what makes an
+    /// item applied at most once across crashes. A run that is not at
+    /// `expected` fails the whole call with [`StoreError::VersionConflict`]
+    /// (the caller decides again); a token that does not hold the job,
+    /// with [`StoreError::ClaimLost`]. Answers each item's outcome, in the
+    /// order of `items`.
+    async fn apply_bulk_items(
+        &self,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        items: &[TargetGroupId],
+        decide: DecideItem<'_>,
+    ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError>;
+
+    /// Records the job's final `status` and `finished_at` (what
+    /// [`expire_bulk_jobs`](Self::expire_bulk_jobs) measures age from) and
+    /// ends the claim, if `token` holds the job; `false` otherwise.
+    async fn finish_bulk_job(
+        &self,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        status: BulkJobStatus,
+        finished_at: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes up to `limit` finished bulk jobs (with their items and
+    /// idempotency keys) finished strictly before `finished_before`; never
+    /// a `Processing` one. Answers how many. The same promises as
+    /// [`expire_jobs`](Self::expire_jobs).
+    async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError>;
 
     /// Read-modify-write in one call: reads the run at `key`, shows it to
     /// `decide` (once), and performs the write it asks for.

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use chrono::TimeDelta;
 use fielding_core::lifecycle::Command;
 use fielding_core::{
-    AccountId, Action, Applied, ChangeRecord, FieldingError, FieldingRun, FieldingRunId, FieldingRunJob,
-    FieldingService, FieldingStore, IfMatch, JobCreated, JobKey, JobOutcome, ManualClock, RetryPolicy, RunKey, Scope,
-    Status, StoreError, Timestamp, UserId, Version, INTERNAL_ERROR_DETAIL,
+    AccountId, Action, Applied, BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus,
+    ChangeRecord, ClaimToken, DecideItem, FieldingError, FieldingRun, FieldingRunId, FieldingRunJob, FieldingService,
+    FieldingStore, IfMatch, JobCreated, JobKey, JobOutcome, ManualClock, RetryPolicy, RunKey, Scope, Status,
+    StoreError, TargetGroupId, Timestamp, UserId, Version, INTERNAL_ERROR_DETAIL,
 };
 use fielding_memory::MemoryStore;
 use fielding_testkit::{fixtures, Fault, Faults, FaultyStore};
@@ -1595,6 +1596,53 @@ impl FieldingStore for YieldingStore {
     async fn expire_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
         tokio::task::yield_now().await;
         self.0.expire_jobs(finished_before, limit).await
+    }
+
+    async fn create_bulk_job(&self, job: &BulkJob) -> Result<BulkJobCreated, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.create_bulk_job(job).await
+    }
+
+    async fn get_bulk_job(&self, key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.get_bulk_job(key).await
+    }
+
+    async fn claim_bulk_job(&self, now: Timestamp, claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.claim_bulk_job(now, claim).await
+    }
+
+    async fn renew_bulk_claim(&self, key: &BulkJobKey, claim: &BulkClaim) -> Result<bool, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.renew_bulk_claim(key, claim).await
+    }
+
+    async fn apply_bulk_items(
+        &self,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        items: &[TargetGroupId],
+        decide: DecideItem<'_>,
+    ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.apply_bulk_items(key, token, items, decide).await
+    }
+
+    async fn finish_bulk_job(
+        &self,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        status: BulkJobStatus,
+        finished_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.finish_bulk_job(key, token, status, finished_at).await
+    }
+
+    async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.expire_bulk_jobs(finished_before, limit).await
     }
 }
 

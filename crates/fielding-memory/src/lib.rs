@@ -44,6 +44,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod bulk;
 mod log;
 mod store;
 

@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fielding_core::{
-    AccountId, Action, ChangeRecord, Decide, Decided, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore,
-    IdempotencyKey, JobCreated, JobId, JobKey, JobOutcome, JobState, RunKey, Scope, Status, StoreError, Timestamp,
-    UpdateOutcome, Version,
+    AccountId, Action, BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord,
+    ClaimToken, Decide, DecideItem, Decided, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore, IdempotencyKey,
+    ItemUpdate, JobCreated, JobId, JobKey, JobOutcome, JobState, RunKey, Scope, Status, StoreError, TargetGroupId,
+    Timestamp, UpdateOutcome, Version,
 };
 
+use crate::bulk::BulkJobs;
 use crate::log::{ChangeLog, LogIndex};
 
 /// How many expired jobs a store with automatic retention removes on each
@@ -65,6 +67,7 @@ struct State {
     /// Every finished job by its finish time, oldest first: what
     /// `expire_jobs` takes from the front, without looking at the others.
     finished: BTreeSet<(Timestamp, JobId)>,
+    bulk: BulkJobs,
 }
 
 #[derive(Debug)]
@@ -174,7 +177,8 @@ impl MemoryStore {
     /// server, a demo) whose jobs must not pile up.
     ///
     /// The sweep is amortised over the job writes: each `create_job` and
-    /// `finish_job` removes up to a few expired jobs, oldest first, so no
+    /// `finish_job` removes up to a few expired jobs, oldest first (and each
+    /// `finish_bulk_job` up to a few expired bulk jobs), so no
     /// write pays for a large sweep and no timer or thread is needed.
     /// "Now" is the time the write carries (the new job's `created_at`,
     /// the outcome's `finished_at`), which comes from the service's clock:
@@ -216,13 +220,18 @@ impl MemoryStore {
     /// The automatic sweep of [`MemoryStore::with_job_retention`], for a job
     /// write made at `now`, under the write's lock.
     fn sweep_on_write(&self, state: &mut State, now: Timestamp) {
-        let cutoff = self.inner.job_retention_ms.and_then(|retention| {
-            // Below the earliest timestamp: nothing can be that old.
-            Timestamp::from_unix_millis(now.unix_millis().checked_sub(retention)?)
-        });
-        if let Some(cutoff) = cutoff {
+        if let Some(cutoff) = self.retention_cutoff(now) {
             state.expire_jobs(cutoff, SWEEP_PER_WRITE);
         }
+    }
+
+    /// With automatic retention, the finish time before which a job
+    /// written at `now` may go.
+    fn retention_cutoff(&self, now: Timestamp) -> Option<Timestamp> {
+        self.inner.job_retention_ms.and_then(|retention| {
+            // Below the earliest timestamp: nothing can be that old.
+            Timestamp::from_unix_millis(now.unix_millis().checked_sub(retention)?)
+        })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -306,6 +315,12 @@ impl MemoryStore {
         state.jobs.clear();
         state.job_keys.clear();
         state.finished.clear();
+        state.bulk.clear();
+    }
+
+    /// How many bulk jobs are stored (processing and finished).
+    pub fn bulk_job_count(&self) -> usize {
+        self.state().bulk.len()
     }
 }
 
@@ -414,6 +429,108 @@ impl FieldingStore for MemoryStore {
         // retention this sweep leaves it alone.
         self.sweep_on_write(state, finished_at);
         Ok(Some(answer))
+    }
+
+    async fn create_bulk_job(&self, job: &BulkJob) -> Result<BulkJobCreated, StoreError> {
+        self.state().bulk.create(job)
+    }
+
+    async fn get_bulk_job(&self, key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError> {
+        Ok(self.state().bulk.get(key).map(|stored| stored.job.clone()))
+    }
+
+    async fn claim_bulk_job(&self, now: Timestamp, claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
+        Ok(self.state().bulk.claim(now, claim))
+    }
+
+    async fn renew_bulk_claim(&self, key: &BulkJobKey, claim: &BulkClaim) -> Result<bool, StoreError> {
+        Ok(self.state().bulk.renew(key, claim))
+    }
+
+    /// Decides every item first and writes only if every planned write
+    /// fits, all under the one lock: a batch is all or nothing.
+    async fn apply_bulk_items(
+        &self,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        items: &[TargetGroupId],
+        decide: DecideItem<'_>,
+    ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let job = state.bulk.held(key, token)?;
+        let mut planned = Vec::with_capacity(items.len());
+        for target_group_id in items {
+            if let Some(outcome) = job.outcome(target_group_id)? {
+                planned.push((*target_group_id, None, outcome));
+                continue;
+            }
+            let scope = Scope::new(key.account_id, key.project_id, *target_group_id);
+            let run = state
+                .by_scope
+                .get(&scope)
+                .and_then(|id| state.runs.get(id))
+                .map(|e| &e.run);
+            match decide(*target_group_id, run) {
+                ItemUpdate::Record(outcome) => planned.push((*target_group_id, None, outcome)),
+                ItemUpdate::Write {
+                    expected,
+                    run: next,
+                    change,
+                } => {
+                    let current = run.ok_or_else(|| {
+                        StoreError::internal(format!("decide asked to write {} where there is no run", next.key()))
+                    })?;
+                    if next.key() != current.key() {
+                        return Err(StoreError::internal(format!(
+                            "decide asked to write {} in place of {}",
+                            next.key(),
+                            current.key()
+                        )));
+                    }
+                    if current.version != expected {
+                        return Err(StoreError::VersionConflict {
+                            expected,
+                            current: current.version,
+                        });
+                    }
+                    planned.push((
+                        *target_group_id,
+                        Some((expected, next, change)),
+                        BulkItemOutcome::Updated,
+                    ));
+                }
+            }
+        }
+        let mut answer = Vec::with_capacity(planned.len());
+        for (target_group_id, write, outcome) in planned {
+            if let Some((expected, next, change)) = write {
+                let entry = state.runs.get_mut(&next.id).ok_or(StoreError::NotFound)?;
+                commit(entry, &mut state.log, expected, next, change)?;
+            }
+            state.bulk.held(key, token)?.record(&target_group_id, outcome);
+            answer.push((target_group_id, outcome));
+        }
+        Ok(answer)
+    }
+
+    async fn finish_bulk_job(
+        &self,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        status: BulkJobStatus,
+        finished_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let mut guard = self.state();
+        let finished = guard.bulk.finish(key, token, status, finished_at);
+        if let Some(cutoff) = self.retention_cutoff(finished_at) {
+            guard.bulk.expire(cutoff, SWEEP_PER_WRITE);
+        }
+        Ok(finished)
+    }
+
+    async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        Ok(self.state().bulk.expire(finished_before, limit))
     }
 
     /// Takes the oldest entries of the finish-time index, so a call costs

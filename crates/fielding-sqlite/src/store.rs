@@ -6,8 +6,9 @@ use std::sync::{mpsc, Arc};
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey,
-    Scope, StoreError, Timestamp, UpdateOutcome, Version,
+    BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken, Decide,
+    DecideItem, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope,
+    StoreError, TargetGroupId, Timestamp, UpdateOutcome, Version,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -312,6 +313,46 @@ impl FieldingStore for SqliteStore {
             other => Err(mismatched("expire_jobs", &other)),
         }
     }
+
+    async fn create_bulk_job(&self, _job: &BulkJob) -> Result<BulkJobCreated, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn get_bulk_job(&self, _key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn claim_bulk_job(&self, _now: Timestamp, _claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn renew_bulk_claim(&self, _key: &BulkJobKey, _claim: &BulkClaim) -> Result<bool, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn apply_bulk_items(
+        &self,
+        _key: &BulkJobKey,
+        _token: ClaimToken,
+        _items: &[TargetGroupId],
+        _decide: DecideItem<'_>,
+    ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn finish_bulk_job(
+        &self,
+        _key: &BulkJobKey,
+        _token: ClaimToken,
+        _status: BulkJobStatus,
+        _finished_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn expire_bulk_jobs(&self, _finished_before: Timestamp, _limit: usize) -> Result<usize, StoreError> {
+        Err(not_yet())
+    }
 }
 
 /// The answer of `insert` and `compare_and_swap`.
@@ -328,4 +369,9 @@ fn mismatched(op: &'static str, written: &Written) -> StoreError {
     StoreError::internal(format!(
         "sqlite {op}: the writer thread gave an unexpected answer {written:?}"
     ))
+}
+
+// TEMPORARY while issue 13 is in progress: replaced by the real bulk-job methods.
+fn not_yet() -> StoreError {
+    StoreError::internal("bulk jobs are not implemented by this store yet")
 }

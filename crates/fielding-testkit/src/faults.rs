@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey,
-    Scope, StoreError, Timestamp, UpdateOutcome, Version,
+    BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken, Decide,
+    DecideItem, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope,
+    StoreError, TargetGroupId, Timestamp, UpdateOutcome, Version,
 };
 
 /// A kind of failure to inject.
@@ -302,5 +303,52 @@ impl<S: FieldingStore + ?Sized> FieldingStore for FaultyStore<S> {
     async fn expire_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
         self.faults.storage_fault("expire_jobs")?;
         self.inner.expire_jobs(finished_before, limit).await
+    }
+
+    async fn create_bulk_job(&self, job: &BulkJob) -> Result<BulkJobCreated, StoreError> {
+        self.faults.storage_fault("create_bulk_job")?;
+        self.inner.create_bulk_job(job).await
+    }
+
+    async fn get_bulk_job(&self, key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError> {
+        self.faults.storage_fault("get_bulk_job")?;
+        self.inner.get_bulk_job(key).await
+    }
+
+    async fn claim_bulk_job(&self, now: Timestamp, claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
+        self.faults.storage_fault("claim_bulk_job")?;
+        self.inner.claim_bulk_job(now, claim).await
+    }
+
+    async fn renew_bulk_claim(&self, key: &BulkJobKey, claim: &BulkClaim) -> Result<bool, StoreError> {
+        self.faults.storage_fault("renew_bulk_claim")?;
+        self.inner.renew_bulk_claim(key, claim).await
+    }
+
+    async fn apply_bulk_items(
+        &self,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        items: &[TargetGroupId],
+        decide: DecideItem<'_>,
+    ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
+        self.faults.storage_fault("apply_bulk_items")?;
+        self.inner.apply_bulk_items(key, token, items, decide).await
+    }
+
+    async fn finish_bulk_job(
+        &self,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        status: BulkJobStatus,
+        finished_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.faults.storage_fault("finish_bulk_job")?;
+        self.inner.finish_bulk_job(key, token, status, finished_at).await
+    }
+
+    async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        self.faults.storage_fault("expire_bulk_jobs")?;
+        self.inner.expire_bulk_jobs(finished_before, limit).await
     }
 }

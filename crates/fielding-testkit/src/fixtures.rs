@@ -41,8 +41,9 @@
 
 use chrono::TimeDelta;
 use fielding_core::{
-    AccountId, Action, ChangeRecord, FieldingRun, FieldingRunId, FieldingRunJob, IdempotencyKey, JobId, JobRequest,
-    JobState, ProjectId, Scope, Status, TargetGroupId, Timestamp, UserId, Version,
+    AccountId, Action, BulkAction, BulkItem, BulkJob, BulkJobStatus, ChangeRecord, FieldingRun, FieldingRunId,
+    FieldingRunJob, IdempotencyKey, JobId, JobRequest, JobState, ProjectId, Scope, Status, TargetGroupId, Timestamp,
+    UserId, Version,
 };
 
 #[cfg(doc)]
@@ -342,5 +343,43 @@ pub fn schedule() -> JobRequest {
 pub fn launch() -> JobRequest {
     JobRequest::LaunchFromDraft {
         end_fielding_at: days_from(now(), 30),
+    }
+}
+
+/// A processing bulk job: `action` over `target_groups` (each pending) in
+/// the account and project of `scope`, under the idempotency key `key`,
+/// with a fresh id, created now (to the millisecond) by a random user.
+/// Change any field with struct update syntax.
+///
+/// ```
+/// use fielding_core::{BulkAction, BulkJobStatus};
+/// use fielding_testkit::fixtures;
+/// let scope = fixtures::scope();
+/// let job = fixtures::bulk_job(scope, "pause-1", BulkAction::Pause, &[scope.target_group_id]);
+/// assert_eq!(job.status, BulkJobStatus::Processing);
+/// assert_eq!(job.pending().count(), 1);
+/// ```
+///
+/// # Panics
+/// If `key` is not a valid idempotency key: a fixture bug.
+pub fn bulk_job(scope: Scope, key: &str, action: BulkAction, target_groups: &[TargetGroupId]) -> BulkJob {
+    BulkJob {
+        id: JobId::generate(),
+        account_id: scope.account_id,
+        project_id: scope.project_id,
+        action,
+        idempotency_key: IdempotencyKey::parse(key)
+            .unwrap_or_else(|err| panic!("fixture idempotency key {key:?} is invalid: {err}")),
+        created_at: now(),
+        created_by: UserId::random(),
+        trace_id: None,
+        status: BulkJobStatus::Processing,
+        items: target_groups
+            .iter()
+            .map(|target_group_id| BulkItem {
+                target_group_id: *target_group_id,
+                outcome: None,
+            })
+            .collect(),
     }
 }

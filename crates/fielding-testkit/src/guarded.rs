@@ -2,8 +2,9 @@
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope,
-    StoreError, Timestamp, UpdateOutcome, Version,
+    BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken, Decide,
+    DecideItem, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope, StoreError,
+    TargetGroupId, Timestamp, UpdateOutcome, Version,
 };
 
 /// `store` together with a `guard` it needs for its lifetime: the
@@ -94,5 +95,45 @@ where
 
     async fn expire_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
         self.store.expire_jobs(finished_before, limit).await
+    }
+
+    async fn create_bulk_job(&self, job: &BulkJob) -> Result<BulkJobCreated, StoreError> {
+        self.store.create_bulk_job(job).await
+    }
+
+    async fn get_bulk_job(&self, key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError> {
+        self.store.get_bulk_job(key).await
+    }
+
+    async fn claim_bulk_job(&self, now: Timestamp, claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
+        self.store.claim_bulk_job(now, claim).await
+    }
+
+    async fn renew_bulk_claim(&self, key: &BulkJobKey, claim: &BulkClaim) -> Result<bool, StoreError> {
+        self.store.renew_bulk_claim(key, claim).await
+    }
+
+    async fn apply_bulk_items(
+        &self,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        items: &[TargetGroupId],
+        decide: DecideItem<'_>,
+    ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
+        self.store.apply_bulk_items(key, token, items, decide).await
+    }
+
+    async fn finish_bulk_job(
+        &self,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        status: BulkJobStatus,
+        finished_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        self.store.finish_bulk_job(key, token, status, finished_at).await
+    }
+
+    async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        self.store.expire_bulk_jobs(finished_before, limit).await
     }
 }

@@ -28,8 +28,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use fielding_core::{
-    ChangeRecord, Decide, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore, JobCreated, JobId, JobKey,
-    JobOutcome, JobState, RunKey, Scope, StoreError, Timestamp, Update, UpdateOutcome, Version,
+    BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken, Decide,
+    DecideItem, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore, JobCreated, JobId, JobKey, JobOutcome,
+    JobState, RunKey, Scope, StoreError, TargetGroupId, Timestamp, Update, UpdateOutcome, Version,
 };
 use fielding_memory::MemoryStore;
 use fielding_testkit::{run_all, Capabilities, SuiteReport, CASES};
@@ -625,6 +626,46 @@ impl FieldingStore for PlantedStore {
         }
         Ok(doomed.len())
     }
+
+    async fn create_bulk_job(&self, _job: &BulkJob) -> Result<BulkJobCreated, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn get_bulk_job(&self, _key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn claim_bulk_job(&self, _now: Timestamp, _claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn renew_bulk_claim(&self, _key: &BulkJobKey, _claim: &BulkClaim) -> Result<bool, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn apply_bulk_items(
+        &self,
+        _key: &BulkJobKey,
+        _token: ClaimToken,
+        _items: &[TargetGroupId],
+        _decide: DecideItem<'_>,
+    ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn finish_bulk_job(
+        &self,
+        _key: &BulkJobKey,
+        _token: ClaimToken,
+        _status: BulkJobStatus,
+        _finished_at: Timestamp,
+    ) -> Result<bool, StoreError> {
+        Err(not_yet())
+    }
+
+    async fn expire_bulk_jobs(&self, _finished_before: Timestamp, _limit: usize) -> Result<usize, StoreError> {
+        Err(not_yet())
+    }
 }
 
 async fn suite(bug: Bug) -> SuiteReport {
@@ -925,4 +966,9 @@ async fn an_update_that_reads_and_writes_under_two_locks_loses_updates_even_with
         failed.contains(&"race_concurrent_updates_on_one_run_lose_no_update"),
         "with 2 writers the update race should still fail\n{fewest}"
     );
+}
+
+// TEMPORARY while issue 13 is in progress: the planted store gets its bulk-job methods (and bugs) next.
+fn not_yet() -> StoreError {
+    StoreError::internal("bulk jobs are not implemented by this store yet")
 }

@@ -1,0 +1,323 @@
+//! The bulk-job runner: claims jobs from the store and works through their
+//! items in batches, in the caller's own tokio runtime.
+//!
+//! What must stay true:
+//!
+//! * **One holder per job.** A job is worked only under a claim
+//!   ([`FieldingStore::claim_bulk_job`]) whose token the store checks on
+//!   every write; a runner whose lease ran out and whose job was taken over
+//!   gets [`StoreError::ClaimLost`] and stops. So many runners, in one
+//!   process or many on one database, never work one job together.
+//! * **At most once per item.** Each batch's run writes and item outcomes
+//!   commit together ([`FieldingStore::apply_bulk_items`]); a runner that
+//!   resumes a job (after a crash, a lost lease, a stop) only ever sees
+//!   items without an outcome, whose runs the job has not touched.
+//! * **Bounded waiting.** A runner is woken by submissions through the same
+//!   [`FieldingService`] and otherwise looks for work every
+//!   `poll_interval` (jobs submitted by another process, jobs whose holder
+//!   died and whose lease ended).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::{
+    BulkClaim, BulkItemOutcome, BulkJob, BulkJobStatus, ClaimToken, FieldingError, FieldingService, StoreError,
+    Timestamp,
+};
+
+/// How a [`BulkRunner`] works. Builder methods set each field.
+///
+/// ```
+/// use std::time::Duration;
+/// use fielding_core::BulkRunnerOptions;
+/// let options = BulkRunnerOptions::default().with_concurrency(8).with_lease(Duration::from_secs(10));
+/// assert_eq!(options.concurrency, 8);
+/// assert_eq!(options.batch_size, 100);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BulkRunnerOptions {
+    /// Jobs worked at the same time by one runner (default 4; at least 1).
+    pub concurrency: usize,
+    /// Items applied per store step (default 100; at least 1): one
+    /// transaction, one commit for that many runs. Larger batches cost
+    /// fewer commits; smaller ones hold locks for less time and lose less
+    /// work to a crash (none is repeated either way).
+    pub batch_size: usize,
+    /// How long a claim holds without renewal (default 30 s). The holder
+    /// renews it every third of this while it works; a job whose holder
+    /// died is taken over once it ends.
+    pub lease: Duration,
+    /// How often an idle runner looks for jobs it was not woken for
+    /// (default 1 s).
+    pub poll_interval: Duration,
+}
+
+impl Default for BulkRunnerOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            batch_size: 100,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl BulkRunnerOptions {
+    /// Sets [`concurrency`](Self::concurrency) (0 counts as 1).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
+    }
+
+    /// Sets [`batch_size`](Self::batch_size) (0 counts as 1).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    /// Sets [`lease`](Self::lease) (at least 1 ms).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Sets [`poll_interval`](Self::poll_interval) (at least 1 ms).
+    pub fn with_poll_interval(mut self, poll_interval: Duration) -> Self {
+        self.poll_interval = poll_interval.max(Duration::from_millis(1));
+        self
+    }
+}
+
+/// Works bulk jobs in the background. Spawn [`BulkRunner::run`] in your
+/// runtime next to your server, with the same [`FieldingService`] (or a
+/// clone) that takes submissions, so that submissions wake it:
+///
+/// ```
+/// # use std::sync::Arc;
+/// # use fielding_core::*;
+/// # async fn demo(service: FieldingService) {
+/// let runner = BulkRunner::new(service.clone(), BulkRunnerOptions::default());
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let handle = tokio::spawn(async move { runner.run(async { stopped.await.ok(); }).await });
+/// // ... serve requests ...
+/// stop.send(()).ok(); // graceful: each job finishes its current batch
+/// handle.await.ok();
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct BulkRunner {
+    service: FieldingService,
+    options: BulkRunnerOptions,
+}
+
+/// Why a job's work ended before the job was finished.
+enum Interrupted {
+    /// The runner is stopping; the claim was released.
+    Stopping,
+    /// Another runner holds the job now.
+    ClaimLost,
+    /// The store failed; the claim is left to run out, which spaces the
+    /// next attempt.
+    Store(StoreError),
+}
+
+impl BulkRunner {
+    /// A runner over `service`'s store.
+    pub fn new(service: FieldingService, options: BulkRunnerOptions) -> Self {
+        Self { service, options }
+    }
+
+    /// The options it works with.
+    pub fn options(&self) -> &BulkRunnerOptions {
+        &self.options
+    }
+
+    /// Works jobs until `shutdown` completes, then stops gracefully: no new
+    /// claims, each job in hand finishes its current batch and releases its
+    /// claim (so another instance can take it at once), and this returns
+    /// when all have.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let permits = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
+        let (stop, stopping) = watch::channel(false);
+        let mut workers = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            while let Some(done) = workers.try_join_next() {
+                if let Err(err) = done {
+                    tracing::error!(error = %err, "a bulk-job worker panicked; its job is taken over when its lease ends");
+                }
+            }
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+            };
+            // Registered before the claim, so a submission between an
+            // empty claim and the wait below is not missed.
+            let woken = self.service.bulk_wakeup().notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            match self.claim().await {
+                Ok(Some((job, claim))) => {
+                    let runner = self.clone();
+                    let stopping = stopping.clone();
+                    workers.spawn(async move { runner.work_claimed(job, claim, stopping, permit).await });
+                    continue;
+                }
+                Ok(None) => {}
+                Err(err) => tracing::warn!(error = %err, "claiming a bulk job failed; trying again"),
+            }
+            drop(permit);
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = woken => {}
+                () = tokio::time::sleep(self.options.poll_interval) => {}
+            }
+        }
+        stop.send_replace(true);
+        while let Some(done) = workers.join_next().await {
+            if let Err(err) = done {
+                tracing::error!(error = %err, "a bulk-job worker panicked while stopping");
+            }
+        }
+    }
+
+    /// Claims and works jobs one at a time until none is left to claim,
+    /// and answers how many it finished. For tests, scripts and a process
+    /// that works jobs on its own schedule; a server runs [`BulkRunner::run`].
+    pub async fn run_until_idle(&self) -> Result<usize, FieldingError> {
+        let (_stop, stopping) = watch::channel(false);
+        let mut finished = 0;
+        while let Some((job, claim)) = self.claim().await? {
+            match self.work(job, claim, &stopping).await {
+                Ok(()) => finished += 1,
+                Err(Interrupted::Store(err)) => return Err(err.into()),
+                Err(Interrupted::ClaimLost | Interrupted::Stopping) => {}
+            }
+        }
+        Ok(finished)
+    }
+
+    async fn claim(&self) -> Result<Option<(BulkJob, BulkClaim)>, StoreError> {
+        let now = self.service.clock().now();
+        let claim = BulkClaim {
+            token: ClaimToken::generate(),
+            lease_until: self.lease_from(now),
+        };
+        let job = self.service.store().claim_bulk_job(now, &claim).await?;
+        Ok(job.map(|job| (job, claim)))
+    }
+
+    fn lease_from(&self, now: Timestamp) -> Timestamp {
+        let lease = TimeDelta::from_std(self.options.lease).unwrap_or(TimeDelta::MAX);
+        now.checked_add(lease).unwrap_or(now)
+    }
+
+    async fn work_claimed(
+        &self,
+        job: BulkJob,
+        claim: BulkClaim,
+        stopping: watch::Receiver<bool>,
+        _permit: OwnedSemaphorePermit,
+    ) {
+        let key = job.key();
+        match self.work(job, claim, &stopping).await {
+            Ok(()) => {}
+            Err(Interrupted::Stopping) => {
+                tracing::info!(job = %key, "stopped working a bulk job; another runner may resume it")
+            }
+            Err(Interrupted::ClaimLost) => tracing::info!(job = %key, "another runner took over a bulk job"),
+            Err(Interrupted::Store(err)) => tracing::warn!(
+                job = %key,
+                error = %err,
+                "a bulk job's batch failed; it is resumed once its lease ends"
+            ),
+        }
+    }
+
+    /// Works `job` under `claim` until every item has an outcome, then
+    /// records the job's status.
+    async fn work(
+        &self,
+        mut job: BulkJob,
+        mut claim: BulkClaim,
+        stopping: &watch::Receiver<bool>,
+    ) -> Result<(), Interrupted> {
+        let key = job.key();
+        let store = self.service.store();
+        let renew_every = self.options.lease / 3;
+        let mut renewed_at = Instant::now();
+        let pending: Vec<_> = job.pending().collect();
+        for batch in pending.chunks(self.options.batch_size.max(1)) {
+            if *stopping.borrow() {
+                // Give the job back at once instead of letting the lease run out.
+                let release = BulkClaim {
+                    lease_until: self.service.clock().now(),
+                    ..claim
+                };
+                store
+                    .renew_bulk_claim(&key, &release)
+                    .await
+                    .map_err(Interrupted::Store)?;
+                return Err(Interrupted::Stopping);
+            }
+            if renewed_at.elapsed() >= renew_every {
+                claim.lease_until = self.lease_from(self.service.clock().now());
+                if !store.renew_bulk_claim(&key, &claim).await.map_err(Interrupted::Store)? {
+                    return Err(Interrupted::ClaimLost);
+                }
+                renewed_at = Instant::now();
+            }
+            let outcomes = match self.service.apply_bulk_batch(&job, claim.token, batch).await {
+                Ok(outcomes) => outcomes,
+                Err(StoreError::ClaimLost { .. }) => return Err(Interrupted::ClaimLost),
+                Err(err) => return Err(Interrupted::Store(err)),
+            };
+            record(&mut job, &outcomes);
+            // A store that never suspends (in memory) would otherwise keep
+            // the thread for the whole job: let other tasks, and the stop
+            // signal, in between batches.
+            tokio::task::yield_now().await;
+        }
+        let status = job.settled_status();
+        if status == BulkJobStatus::Processing {
+            return Err(Interrupted::Store(StoreError::internal(
+                "a bulk job still has pending items after every batch was applied",
+            )));
+        }
+        let finished_at = self.service.clock().now();
+        if !store
+            .finish_bulk_job(&key, claim.token, status, finished_at)
+            .await
+            .map_err(Interrupted::Store)?
+        {
+            return Err(Interrupted::ClaimLost);
+        }
+        tracing::debug!(job = %key, status = status.as_str(), items = job.items.len(), "bulk job finished");
+        Ok(())
+    }
+}
+
+/// Copies a batch's outcomes into the job's items.
+fn record(job: &mut BulkJob, outcomes: &[(crate::TargetGroupId, BulkItemOutcome)]) {
+    // Outcomes come back in the order of the batch, which follows the
+    // items' order: one forward walk finds them all.
+    let mut items = job.items.iter_mut();
+    for (target_group_id, outcome) in outcomes {
+        for item in items.by_ref() {
+            if item.target_group_id == *target_group_id {
+                item.outcome = Some(*outcome);
+                break;
+            }
+        }
+    }
+}
