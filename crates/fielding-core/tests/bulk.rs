@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use fielding_core::{
     Action, BulkAction, BulkClaim, BulkItemFailure, BulkItemOutcome, BulkJob, BulkJobStatus, BulkRunner,
-    BulkRunnerOptions, ClaimToken, Clock, FieldingRun, FieldingService, FieldingStore, IdempotencyKey, IfMatch, ManualClock,
-    NewBulkJob, Scope, Status, TargetGroupId, Timestamp, UserId,
+    BulkRunnerOptions, ClaimToken, Clock, FieldingRun, FieldingService, FieldingStore, IdempotencyKey, IfMatch,
+    ManualClock, NewBulkJob, Scope, Status, TargetGroupId, Timestamp, UserId,
 };
 use fielding_memory::MemoryStore;
 use fielding_testkit::fixtures;
@@ -102,7 +102,11 @@ async fn every_action_on_every_status_follows_the_rules() {
             .submit_bulk_job(new_job(p.scope, action, ids, "every-status"))
             .await
             .unwrap();
-        assert_eq!(submitted.job.status, BulkJobStatus::Processing, "a submission does no work");
+        assert_eq!(
+            submitted.job.status,
+            BulkJobStatus::Processing,
+            "a submission does no work"
+        );
         assert!(submitted.job.pending().count() == 5);
 
         let runner = BulkRunner::new(service.clone(), BulkRunnerOptions::default());
@@ -111,13 +115,27 @@ async fn every_action_on_every_status_follows_the_rules() {
         assert_eq!(done.status, BulkJobStatus::Completed, "{action}");
         for run in &p.runs {
             let outcome = outcome_of(&done, run.target_group_id);
-            assert_eq!(outcome, Some(expected(action, run.status)), "{action} on {}", run.status);
+            assert_eq!(
+                outcome,
+                Some(expected(action, run.status)),
+                "{action} on {}",
+                run.status
+            );
             let stored = store.run(&run.key()).unwrap();
             let history = store.change_records(&run.key());
             if run.status == action.desired_status() || outcome != Some(BulkItemOutcome::Updated) {
-                assert_eq!(stored.version, run.version, "{action} on {}: nothing to write", run.status);
+                assert_eq!(
+                    stored.version, run.version,
+                    "{action} on {}: nothing to write",
+                    run.status
+                );
             } else {
-                assert_eq!(stored.version, run.version.next().unwrap(), "{action} on {}", run.status);
+                assert_eq!(
+                    stored.version,
+                    run.version.next().unwrap(),
+                    "{action} on {}",
+                    run.status
+                );
                 assert_eq!(stored.effective_status(now()), action.desired_status());
                 assert_eq!(stored.last_changed_by, done.created_by, "the submitter is recorded");
                 assert_eq!(history.last().unwrap().action, action.command().action());
@@ -145,7 +163,10 @@ async fn a_job_whose_every_item_failed_is_failed() {
         .run_until_idle()
         .await
         .unwrap();
-    assert_eq!(service.get_bulk_job(&job.key()).await.unwrap().status, BulkJobStatus::Failed);
+    assert_eq!(
+        service.get_bulk_job(&job.key()).await.unwrap().status,
+        BulkJobStatus::Failed
+    );
 }
 
 #[tokio::test]
@@ -154,9 +175,17 @@ async fn runs_of_another_account_or_project_are_not_found() {
     let service = FieldingService::new(Arc::new(store.clone()));
     let p = project(&store, &[Status::Live]);
     let run = &p.runs[0];
-    for elsewhere in [fixtures::other_account(run.scope()), fixtures::other_project(run.scope())] {
+    for elsewhere in [
+        fixtures::other_account(run.scope()),
+        fixtures::other_project(run.scope()),
+    ] {
         let job = service
-            .submit_bulk_job(new_job(elsewhere, BulkAction::Pause, vec![run.target_group_id], "foreign"))
+            .submit_bulk_job(new_job(
+                elsewhere,
+                BulkAction::Pause,
+                vec![run.target_group_id],
+                "foreign",
+            ))
             .await
             .unwrap()
             .job;
@@ -173,7 +202,10 @@ async fn runs_of_another_account_or_project_are_not_found() {
         let mut wrong = job.key();
         wrong.project_id = run.project_id;
         wrong.account_id = run.account_id;
-        assert_eq!(service.get_bulk_job(&wrong).await.unwrap_err().code(), "not_found_error");
+        assert_eq!(
+            service.get_bulk_job(&wrong).await.unwrap_err().code(),
+            "not_found_error"
+        );
     }
     assert_eq!(store.run(&run.key()).unwrap().status, Status::Live, "untouched");
 }
@@ -193,7 +225,10 @@ async fn the_same_key_gives_the_same_job_and_a_different_request_is_refused() {
         .submit_bulk_job(new_job(p.scope, BulkAction::Pause, vec![b, a], "k1"))
         .await
         .unwrap();
-    assert!(again.replayed, "the same target groups in another order are the same request");
+    assert!(
+        again.replayed,
+        "the same target groups in another order are the same request"
+    );
     assert_eq!(again.job.id, first.job.id);
 
     for different in [
@@ -209,7 +244,12 @@ async fn the_same_key_gives_the_same_job_and_a_different_request_is_refused() {
 
     // Another account has its own keys.
     let other = service
-        .submit_bulk_job(new_job(fixtures::other_account(p.scope), BulkAction::Resume, vec![a], "k1"))
+        .submit_bulk_job(new_job(
+            fixtures::other_account(p.scope),
+            BulkAction::Resume,
+            vec![a],
+            "k1",
+        ))
         .await
         .unwrap();
     assert!(!other.replayed);
@@ -262,7 +302,10 @@ async fn a_job_of_the_maximum_size_is_worked_in_batches() {
         .unwrap();
     let done = service.get_bulk_job(&job.key()).await.unwrap();
     assert_eq!(done.status, BulkJobStatus::Completed);
-    assert!(done.items.iter().all(|item| item.outcome == Some(BulkItemOutcome::Updated)));
+    assert!(done
+        .items
+        .iter()
+        .all(|item| item.outcome == Some(BulkItemOutcome::Updated)));
     assert!(store.runs().iter().all(|run| run.status == Status::Paused));
 }
 
@@ -337,7 +380,10 @@ async fn a_job_taken_over_half_way_applies_each_item_at_most_once() {
     assert_eq!(runner.run_until_idle().await.unwrap(), 1);
     let done = service.get_bulk_job(&job.key()).await.unwrap();
     assert_eq!(done.status, BulkJobStatus::Completed);
-    assert!(done.items.iter().all(|item| item.outcome == Some(BulkItemOutcome::Updated)));
+    assert!(done
+        .items
+        .iter()
+        .all(|item| item.outcome == Some(BulkItemOutcome::Updated)));
     assert_eq!(
         store.run(&runs[0].key()).unwrap().status,
         Status::Live,
@@ -353,8 +399,13 @@ async fn a_job_taken_over_half_way_applies_each_item_at_most_once() {
     }
 
     // The first holder wakes up: its writes are refused.
-    let late = store.apply_bulk_items(&job.key(), first.token, &ids[3..], &mut decide).await;
-    assert!(matches!(late, Err(fielding_core::StoreError::ClaimLost { .. })), "{late:?}");
+    let late = store
+        .apply_bulk_items(&job.key(), first.token, &ids[3..], &mut decide)
+        .await;
+    assert!(
+        matches!(late, Err(fielding_core::StoreError::ClaimLost { .. })),
+        "{late:?}"
+    );
     assert!(!store.renew_bulk_claim(&job.key(), &first).await.unwrap());
 }
 
@@ -394,7 +445,9 @@ async fn concurrent_runners_share_jobs_and_apply_each_item_once() {
         );
         let mut stopped = stopped.clone();
         handles.push(tokio::spawn(async move {
-            runner.run(async move { stopped.wait_for(|s| *s).await.map(|_| ()).unwrap_or(()) }).await
+            runner
+                .run(async move { stopped.wait_for(|s| *s).await.map(|_| ()).unwrap_or(()) })
+                .await
         }));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -442,7 +495,12 @@ async fn a_submission_wakes_a_sleeping_runner() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let job = service
-        .submit_bulk_job(new_job(p.scope, BulkAction::Pause, vec![p.runs[0].target_group_id], "wake"))
+        .submit_bulk_job(new_job(
+            p.scope,
+            BulkAction::Pause,
+            vec![p.runs[0].target_group_id],
+            "wake",
+        ))
         .await
         .unwrap()
         .job;
@@ -499,5 +557,8 @@ async fn a_stopping_runner_releases_its_job_for_another() {
     // Released, not left to its 30 s lease: another runner takes it now.
     let next = BulkRunner::new(service.clone(), BulkRunnerOptions::default());
     assert_eq!(next.run_until_idle().await.unwrap(), 1);
-    assert_eq!(service.get_bulk_job(&job.key()).await.unwrap().status, BulkJobStatus::Completed);
+    assert_eq!(
+        service.get_bulk_job(&job.key()).await.unwrap().status,
+        BulkJobStatus::Completed
+    );
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use fielding_core::AccountId;
+use fielding_core::{AccountId, BulkRunnerOptions};
 use fielding_http::rate_limit::RateLimitPolicy;
 use fielding_http::DEFAULT_BODY_LIMIT;
 use uuid::Uuid;
@@ -218,6 +218,44 @@ pub struct ServeArgs {
         default_value_t = DEFAULT_JOB_RETENTION.as_secs()
     )]
     pub job_retention: u64,
+
+    /// Bulk jobs this instance works at the same time; 0: this instance
+    /// works none (it still accepts and reports them; another instance on
+    /// the same database works them).
+    #[arg(long, env = "FIELDING_BULK_CONCURRENCY", value_name = "JOBS", default_value_t = 4)]
+    pub bulk_concurrency: usize,
+
+    /// Target groups a bulk job applies per store transaction.
+    #[arg(
+        long,
+        env = "FIELDING_BULK_BATCH_SIZE",
+        value_name = "ITEMS",
+        default_value_t = 100,
+        value_parser = clap::value_parser!(u64).range(1..=10_000)
+    )]
+    pub bulk_batch_size: u64,
+
+    /// Seconds a claim on a bulk job holds without renewal: the time after
+    /// which another instance takes over the job of an instance that died.
+    #[arg(
+        long,
+        env = "FIELDING_BULK_LEASE",
+        value_name = "SECONDS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub bulk_lease: u64,
+
+    /// Milliseconds between two looks for bulk jobs this instance was not
+    /// woken for (submitted to another instance, or left by one that died).
+    #[arg(
+        long,
+        env = "FIELDING_BULK_POLL_INTERVAL_MS",
+        value_name = "MILLISECONDS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(1..=3_600_000)
+    )]
+    pub bulk_poll_interval_ms: u64,
 }
 
 /// The `token` subcommand's arguments.
@@ -296,6 +334,8 @@ pub struct ServerConfig {
     pub connections: ConnectionLimits,
     /// How finished jobs expire; `None` keeps them forever.
     pub job_retention: Option<RetentionConfig>,
+    /// How this instance works bulk jobs; `None`: it works none.
+    pub bulk_runner: Option<BulkRunnerOptions>,
 }
 
 impl ServerConfig {
@@ -312,6 +352,7 @@ impl ServerConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             connections: ConnectionLimits::default(),
             job_retention: Some(RetentionConfig::default()),
+            bulk_runner: Some(BulkRunnerOptions::default()),
         }
     }
 }
@@ -374,6 +415,13 @@ impl ServeArgs {
             connections,
             job_retention: (self.job_retention > 0)
                 .then(|| RetentionConfig::with_retention(Duration::from_secs(self.job_retention))),
+            bulk_runner: (self.bulk_concurrency > 0).then(|| {
+                BulkRunnerOptions::default()
+                    .with_concurrency(self.bulk_concurrency)
+                    .with_batch_size(usize::try_from(self.bulk_batch_size).unwrap_or(usize::MAX))
+                    .with_lease(Duration::from_secs(self.bulk_lease))
+                    .with_poll_interval(Duration::from_millis(self.bulk_poll_interval_ms))
+            }),
         })
     }
 }

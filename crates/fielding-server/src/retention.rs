@@ -1,8 +1,9 @@
-//! Job retention: finished creation jobs (and their idempotency keys) are
+//! Job retention: finished creation and bulk jobs (and their idempotency keys) are
 //! removed once they have been finished for longer than the retention
 //! period, by a task that sweeps the store periodically.
 //!
-//! The work is [`FieldingStore::expire_jobs`], in batches: one sweep fixes
+//! The work is [`FieldingStore::expire_jobs`] (then
+//! [`FieldingStore::expire_bulk_jobs`]), in batches: one sweep fixes
 //! its cutoff (`now - retention`) once, then removes up to
 //! [`RetentionConfig::batch`] jobs per call until a call removes fewer, so
 //! each store call is short (one statement, one lock hold) however large
@@ -96,9 +97,11 @@ pub struct Sweep {
     /// retention reaches back past the earliest timestamp, nothing is old
     /// enough and the store was not asked).
     pub cutoff: Option<Timestamp>,
-    /// How many jobs were removed.
+    /// How many creation jobs were removed.
     pub removed: usize,
-    /// How many `expire_jobs` calls it took.
+    /// How many bulk jobs were removed.
+    pub removed_bulk: usize,
+    /// How many `expire_jobs` and `expire_bulk_jobs` calls it took.
     pub calls: usize,
 }
 
@@ -120,9 +123,16 @@ fn cutoff(now: Timestamp, retention: Duration) -> Option<Timestamp> {
     Timestamp::from_unix_millis(now.unix_millis().checked_sub(retention)?)
 }
 
-/// One sweep: removes every job finished more than `config.retention`
-/// before `clock`'s now, `config.batch` per store call, until a call
-/// removes fewer than the batch.
+/// Which jobs a batch expires.
+#[derive(Clone, Copy)]
+enum Kind {
+    Creation,
+    Bulk,
+}
+
+/// One sweep: removes every job (creation jobs, then bulk jobs) finished
+/// more than `config.retention` before `clock`'s now, `config.batch` per
+/// store call, until a call removes fewer than the batch.
 pub async fn sweep_expired_jobs(
     store: &dyn FieldingStore,
     clock: &dyn Clock,
@@ -133,32 +143,44 @@ pub async fn sweep_expired_jobs(
         return Ok(Sweep {
             cutoff: None,
             removed: 0,
+            removed_bulk: 0,
             calls: 0,
         });
     };
-    let (mut removed, mut calls) = (0, 0);
-    loop {
-        let started = Instant::now();
-        let this = store
-            .expire_jobs(before, batch)
-            .await
-            .map_err(|source| SweepError { removed, source })?;
-        removed += this;
-        calls += 1;
-        if this < batch {
-            return Ok(Sweep {
-                cutoff: Some(before),
-                removed,
-                calls,
-            });
+    let mut sweep = Sweep {
+        cutoff: Some(before),
+        removed: 0,
+        removed_bulk: 0,
+        calls: 0,
+    };
+    for kind in [Kind::Creation, Kind::Bulk] {
+        loop {
+            let started = Instant::now();
+            let expired = match kind {
+                Kind::Creation => store.expire_jobs(before, batch).await,
+                Kind::Bulk => store.expire_bulk_jobs(before, batch).await,
+            };
+            let this = expired.map_err(|source| SweepError {
+                removed: sweep.removed + sweep.removed_bulk,
+                source,
+            })?;
+            match kind {
+                Kind::Creation => sweep.removed += this,
+                Kind::Bulk => sweep.removed_bulk += this,
+            }
+            sweep.calls += 1;
+            if this < batch {
+                break;
+            }
+            // A backlog (after downtime) takes many batches in a row. Leave
+            // the store idle for as long as the batch took before the next
+            // one, so that expiry takes at most about half of its time:
+            // with SQLite's single writer, back-to-back batches would make
+            // nearly every concurrent write wait behind one.
+            tokio::time::sleep(started.elapsed()).await;
         }
-        // A backlog (after downtime) takes many batches in a row. Leave the
-        // store idle for as long as the batch took before the next one, so
-        // that expiry takes at most about half of its time: with SQLite's
-        // single writer, back-to-back batches would make nearly every
-        // concurrent write wait behind one.
-        tokio::time::sleep(started.elapsed()).await;
     }
+    Ok(sweep)
 }
 
 /// Sweeps `store` every `config.interval`, starting at once, for as long as
@@ -175,9 +197,10 @@ pub async fn run_job_retention(store: Arc<dyn FieldingStore>, clock: Arc<dyn Clo
             Ok(Sweep {
                 cutoff: Some(cutoff),
                 removed,
+                removed_bulk,
                 calls,
-            }) if removed > 0 => {
-                tracing::info!(removed, calls, %cutoff, "expired finished jobs removed");
+            }) if removed + removed_bulk > 0 => {
+                tracing::info!(removed, removed_bulk, calls, %cutoff, "expired finished jobs removed");
             }
             Ok(sweep) => tracing::debug!(cutoff = ?sweep.cutoff, "no finished jobs to expire"),
             Err(error) => tracing::warn!(
@@ -257,7 +280,9 @@ mod tests {
             Sweep {
                 cutoff: Some(later(HOUR)),
                 removed: 5,
-                calls: 3
+                removed_bulk: 0,
+                // Three for the creation jobs, one to find no bulk job.
+                calls: 4
             }
         );
         for gone in &old {
@@ -271,10 +296,10 @@ mod tests {
             job(&store, &format!("more-{i}"), Some(t0())).await;
         }
         let sweep = sweep_expired_jobs(&store, &clock, &config).await.expect("sweep");
-        assert_eq!((sweep.removed, sweep.calls), (4, 3));
-        // Nothing left: one call.
+        assert_eq!((sweep.removed, sweep.calls), (4, 4));
+        // Nothing left: one call of each kind.
         let sweep = sweep_expired_jobs(&store, &clock, &config).await.expect("sweep");
-        assert_eq!((sweep.removed, sweep.calls), (0, 1));
+        assert_eq!((sweep.removed, sweep.calls), (0, 2));
         assert_eq!(store.job_count(), 2);
     }
 
@@ -358,5 +383,51 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_sweep_removes_expired_bulk_jobs_but_never_a_processing_one() {
+        use fielding_core::{BulkAction, BulkClaim, BulkJobStatus, ClaimToken};
+        let store = MemoryStore::new();
+        let scope = fixtures::scope();
+        let mut finished = Vec::new();
+        for i in 0..3 {
+            let job = fielding_core::BulkJob {
+                created_at: t0(),
+                ..fixtures::bulk_job(scope, &format!("bulk-{i}"), BulkAction::Pause, &[scope.target_group_id])
+            };
+            store.create_bulk_job(&job).await.expect("create");
+            let claim = BulkClaim {
+                token: ClaimToken::generate(),
+                lease_until: later(HOUR),
+            };
+            store
+                .claim_bulk_job(t0(), &claim)
+                .await
+                .expect("claim")
+                .expect("a job to claim");
+            assert!(store
+                .finish_bulk_job(&job.key(), claim.token, BulkJobStatus::Failed, later(secs(i)))
+                .await
+                .expect("finish"));
+            finished.push(job);
+        }
+        let processing = fielding_core::BulkJob {
+            created_at: t0(),
+            ..fixtures::bulk_job(scope, "bulk-processing", BulkAction::Pause, &[scope.target_group_id])
+        };
+        store.create_bulk_job(&processing).await.expect("create");
+        let clock = ManualClock::new(later(2 * HOUR));
+        let config = RetentionConfig {
+            retention: HOUR,
+            interval: HOUR,
+            batch: 2,
+        };
+        let sweep = sweep_expired_jobs(&store, &clock, &config).await.expect("sweep");
+        assert_eq!((sweep.removed, sweep.removed_bulk), (0, 3));
+        for job in &finished {
+            assert_eq!(store.get_bulk_job(&job.key()).await.expect("get"), None);
+        }
+        assert!(store.get_bulk_job(&processing.key()).await.expect("get").is_some());
     }
 }

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fielding_core::{FieldingService, FieldingStore, SystemClock};
+use fielding_core::{BulkRunner, FieldingService, FieldingStore, SystemClock};
 use fielding_http::rate_limit::RateLimiter;
 use fielding_memory::MemoryStore;
 use fielding_postgres::PgStore;
@@ -142,6 +142,8 @@ pub struct Server {
     shutdown_grace: Duration,
     limits: ConnectionLimits,
     job_retention: Option<RetentionConfig>,
+    /// Works bulk jobs in the background; `None` when this instance works none.
+    bulk_runner: Option<BulkRunner>,
 }
 
 impl Server {
@@ -150,6 +152,12 @@ impl Server {
         let store = open_store(&config.database, &config.pg_schema).await?;
         let service = FieldingService::new(store.store.clone());
         let authenticator = Arc::new(JwtAuthenticator::new(&config.jwt_secret));
+        // The runner shares the service with the API, so every submission
+        // wakes it at once.
+        let bulk_runner = config
+            .bulk_runner
+            .clone()
+            .map(|options| BulkRunner::new(service.clone(), options));
         let app = app(service, authenticator, store.kind, config.limits);
         let bind_error = |source| ServerError::Bind {
             addr: config.listen.clone(),
@@ -165,6 +173,7 @@ impl Server {
             shutdown_grace: config.shutdown_grace,
             limits: config.connections,
             job_retention: config.job_retention,
+            bulk_runner,
         })
     }
 
@@ -203,6 +212,7 @@ impl Server {
             shutdown_grace,
             limits,
             job_retention,
+            bulk_runner,
             ..
         } = self;
         let housekeeping = tokio::spawn(forget_idle(rate_limiter, address_limiter));
@@ -214,6 +224,10 @@ impl Server {
             ))
         });
         let stop = CancellationToken::new();
+        let mut bulk = bulk_runner.map(|runner| {
+            let stopping = stop.clone();
+            tokio::spawn(async move { runner.run(stopping.cancelled_owned()).await })
+        });
         let http1 = Arc::new(connection::http1(&limits));
         // Clamped: tokio refuses more permits than this, and no machine
         // holds that many sockets anyway.
@@ -277,8 +291,14 @@ impl Server {
         }
         drop(listener);
         stop.cancel();
+        // The runner stops with the connections: each job in hand finishes
+        // its current batch (one transaction) and is handed back, so
+        // another instance can resume it at once.
         let drained = tokio::time::timeout(shutdown_grace, async {
             while connections.join_next().await.is_some() {}
+            if let Some(bulk) = &mut bulk {
+                let _ = bulk.await;
+            }
         })
         .await;
         if drained.is_err() {
@@ -288,6 +308,14 @@ impl Server {
                 "requests still in flight after the shutdown grace period: closing their connections"
             );
             connections.shutdown().await;
+        }
+        if let Some(bulk) = bulk.take().filter(|handle| !handle.is_finished()) {
+            // Past the grace period. Its batches are atomic: stopping one
+            // half-way loses nothing, and its jobs are resumed once their
+            // leases end. Awaited so its handle on the store is gone before
+            // the store is closed.
+            bulk.abort();
+            let _ = bulk.await;
         }
         housekeeping.abort();
         if let Some(retention) = retention {
