@@ -84,6 +84,7 @@ use fielding_memory::MemoryStore;
 use fielding_testkit::fixtures;
 use tokio::runtime::Runtime;
 
+pub mod bulk;
 pub mod contention;
 pub mod fixes;
 pub mod hostile;

@@ -95,6 +95,15 @@ hard limit first. First
     sqlite_wal_peak_mib N           largest -wal during the flood (target <= 64)
     sqlite_wal_idle_mib N           -wal after the flood and a pause
     sqlite_wal_left_after_stop 0|1  -wal or -shm left after a clean SIGTERM
+then the bulk figures (section `bulk`, module fielding_bench::bulk): a bulk
+pause then resume job over 1,000 live runs (also 10,000 without --quick),
+worked by the BulkRunner, against a loop of single-run pause/resume calls on
+the same runs, in alternating pairs, on SQLite and PostgreSQL (when
+reachable); then batch POSTs of 10, 1,000 and 10,000 ids answered 201 by the
+server's app in-process (no runner: processing is not included)
+    bulk_{sqlite,postgres}_vs_loop R    items/s, job / loop, 1,000 runs (target >= 1.0)
+    bulk_{store}_vs_loop_{N} R, bulk_{store}_items_per_sec_{N} N, loop_{store}_items_per_sec_{N} N
+    bulk_{store}_post_us_{10,1000,10000} N   median time to 201
 Progress and commentary go to stderr.
 
 OPTIONS:
@@ -113,7 +122,7 @@ OPTIONS:
                        valgrind --tool=callgrind target/release/fielding-bench --profile service --ops 200000
     --ops N            operations for --profile (default 1000000)
     --only LIST        run only these sections, comma-separated: memory, sqlite,
-                       postgres, http, contention, scale, fixes, hostile (default: all, in
+                       postgres, http, contention, scale, fixes, hostile, bulk (default: all, in
                        that order; fixes: same-run before/after figures of the
                        changes the profiles led to, see fielding_bench::fixes)
     --csv DIR          also write the raw series of the contention and scale
@@ -139,6 +148,7 @@ enum Section {
     Scale,
     Fixes,
     Hostile,
+    Bulk,
 }
 
 /// Every section's name, comma-separated, in order.
@@ -147,7 +157,7 @@ fn section_names() -> String {
 }
 
 impl Section {
-    const ALL: [Section; 8] = [
+    const ALL: [Section; 9] = [
         Section::Memory,
         Section::Sqlite,
         Section::Postgres,
@@ -156,6 +166,7 @@ impl Section {
         Section::Scale,
         Section::Fixes,
         Section::Hostile,
+        Section::Bulk,
     ];
 
     fn name(self) -> &'static str {
@@ -168,6 +179,7 @@ impl Section {
             Section::Scale => "scale",
             Section::Fixes => "fixes",
             Section::Hostile => "hostile",
+            Section::Bulk => "bulk",
         }
     }
 }
@@ -380,6 +392,7 @@ fn main() -> ExitCode {
             Section::Scale => fielding_bench::scale::run_and_print(&args.plan, args.csv.as_deref()),
             Section::Fixes => fielding_bench::fixes::run(&args.plan).and_then(|f| fielding_bench::series::emit(&f)),
             Section::Hostile => fielding_bench::hostile::run_and_print(&args.plan),
+            Section::Bulk => fielding_bench::bulk::run_and_print(&args.plan),
         }),
     };
     match outcome {
