@@ -213,7 +213,8 @@ impl BulkRunner {
             token: ClaimToken::generate(),
             lease_until: self.lease_from(now),
         };
-        let job = self.service.store().claim_bulk_job(now, &claim).await?;
+        let store = self.service.store();
+        let job = retry_transient("claim", || store.claim_bulk_job(now, &claim)).await?;
         Ok(job.map(|job| (job, claim)))
     }
 
@@ -272,12 +273,14 @@ impl BulkRunner {
             }
             if renewed_at.elapsed() >= renew_every {
                 claim.lease_until = self.lease_from(self.service.clock().now());
-                if !store.renew_bulk_claim(&key, &claim).await.map_err(Interrupted::Store)? {
+                let renewed = retry_transient("renewal", || store.renew_bulk_claim(&key, &claim)).await;
+                if !renewed.map_err(Interrupted::Store)? {
                     return Err(Interrupted::ClaimLost);
                 }
                 renewed_at = Instant::now();
             }
-            let outcomes = match self.service.apply_bulk_batch(&job, claim.token, batch).await {
+            let applied = retry_transient("batch", || self.service.apply_bulk_batch(&job, claim.token, batch)).await;
+            let outcomes = match applied {
                 Ok(outcomes) => outcomes,
                 Err(StoreError::ClaimLost { .. }) => return Err(Interrupted::ClaimLost),
                 Err(err) => return Err(Interrupted::Store(err)),
@@ -295,17 +298,46 @@ impl BulkRunner {
             )));
         }
         let finished_at = self.service.clock().now();
-        if !store
-            .finish_bulk_job(&key, claim.token, status, finished_at)
-            .await
-            .map_err(Interrupted::Store)?
-        {
+        let finished = retry_transient("finish", || {
+            store.finish_bulk_job(&key, claim.token, status, finished_at)
+        })
+        .await;
+        if !finished.map_err(Interrupted::Store)? {
             return Err(Interrupted::ClaimLost);
         }
         tracing::debug!(job = %key, status = status.as_str(), items = job.items.len(), "bulk job finished");
         Ok(())
     }
 }
+
+/// Runs a store call, again after a transient failure (a dropped
+/// connection, a busy database) a few times with growing pauses: a blip
+/// should not stall a job for a whole lease. Every call the runner makes
+/// is safe to repeat: a failed one wrote nothing.
+async fn retry_transient<T, F, Fut>(what: &'static str, mut call: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut pause = Duration::from_millis(10);
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(err) if err.is_retryable() && attempt < TRANSIENT_ATTEMPTS => {
+                tracing::debug!(error = %err, attempt, "a bulk-job {what} failed; trying it again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 4).min(Duration::from_secs(1));
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Attempts of one store call when the store keeps failing transiently
+/// (10 ms, 40 ms, 160 ms, 640 ms apart); past them a batch's job waits for
+/// its lease to end and is resumed then.
+const TRANSIENT_ATTEMPTS: u32 = 5;
 
 /// Copies a batch's outcomes into the job's items.
 fn record(job: &mut BulkJob, outcomes: &[(crate::TargetGroupId, BulkItemOutcome)]) {

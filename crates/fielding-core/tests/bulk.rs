@@ -562,3 +562,50 @@ async fn a_stopping_runner_releases_its_job_for_another() {
         BulkJobStatus::Completed
     );
 }
+
+#[tokio::test]
+async fn transient_store_failures_do_not_stop_a_job() {
+    let inner = MemoryStore::new();
+    let store = fielding_testkit::FaultyStore::new(inner.clone());
+    let faults = store.faults().clone();
+    let service = FieldingService::new(Arc::new(store));
+    let p = project(&inner, &[Status::Live, Status::Live, Status::Live]);
+    let ids = p.runs.iter().map(|run| run.target_group_id).collect();
+    let job = service
+        .submit_bulk_job(new_job(p.scope, BulkAction::Pause, ids, "blip"))
+        .await
+        .unwrap()
+        .job;
+    let runner = BulkRunner::new(service.clone(), BulkRunnerOptions::default().with_batch_size(1));
+    // Whichever calls they hit (claim, batches, finish), each is retried.
+    faults.inject(fielding_testkit::Fault::TransientStorage, 4);
+    assert_eq!(runner.run_until_idle().await.unwrap(), 1);
+    assert_eq!(faults.pending(fielding_testkit::Fault::TransientStorage), 0);
+    assert_eq!(
+        service.get_bulk_job(&job.key()).await.unwrap().status,
+        BulkJobStatus::Completed
+    );
+    assert!(inner
+        .runs()
+        .iter()
+        .all(|run| run.status == Status::Paused && run.version.get() == 2));
+
+    // A permanent failure is reported, and the job is left for later.
+    let again = service
+        .submit_bulk_job(new_job(
+            p.scope,
+            BulkAction::Resume,
+            vec![p.runs[0].target_group_id],
+            "hard",
+        ))
+        .await
+        .unwrap()
+        .job;
+    faults.inject(fielding_testkit::Fault::Storage, 1);
+    assert!(runner.run_until_idle().await.is_err());
+    assert_eq!(
+        service.get_bulk_job(&again.key()).await.unwrap().status,
+        BulkJobStatus::Processing
+    );
+    assert_eq!(runner.run_until_idle().await.unwrap(), 1);
+}
