@@ -228,9 +228,10 @@ mod tests {
 
     #[test]
     fn every_bad_entry_is_named_by_its_index() {
-        let err =
-            target_groups(br#"{"target_group_ids":["01BTGNYV6HRNK8K8VKZASZCFP1","nope",5,null,"01btgnyv6hrnk8k8vkzaszcfp1"]}"#)
-                .unwrap_err();
+        let err = target_groups(
+            br#"{"target_group_ids":["01BTGNYV6HRNK8K8VKZASZCFP1","nope",5,null,"01btgnyv6hrnk8k8vkzaszcfp1"]}"#,
+        )
+        .unwrap_err();
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         assert_eq!(
             names(&err),

@@ -162,8 +162,7 @@ fn status_name<S: Serializer>(status: &BulkJobStatus, serializer: S) -> Result<S
 
 fn status_parsed<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BulkJobStatus, D::Error> {
     let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
-    BulkJobStatus::parse(&text)
-        .ok_or_else(|| serde::de::Error::custom(format!("unknown bulk job status {text:?}")))
+    BulkJobStatus::parse(&text).ok_or_else(|| serde::de::Error::custom(format!("unknown bulk job status {text:?}")))
 }
 
 #[cfg(test)]

@@ -26,8 +26,7 @@ use common::live::{
     API_VERSION, OTHER_TOKEN, TRACEPARENT,
 };
 use fielding_core::{
-    AccountId, BulkAction, BulkJob, BulkJobKey, FieldingRun, JobId, JobTraceId, ProjectId, Scope, Status,
-    TargetGroupId,
+    AccountId, BulkAction, BulkJob, BulkJobKey, FieldingRun, JobId, JobTraceId, ProjectId, Scope, Status, TargetGroupId,
 };
 use fielding_http::{DEFAULT_BODY_LIMIT, DEFAULT_BULK_BODY_LIMIT};
 use fielding_testkit::fixtures;
@@ -264,7 +263,10 @@ async fn each_action_is_201_with_a_location_whose_job_reports_every_outcome_in_o
         // found in this one.
         let elsewhere = seed_in(&live, fixtures::project_id(), case.movable).await;
         let ghost = fixtures::target_group_id();
-        let mut untouched = vec![live.snapshot(&already.key()).await, live.snapshot(&elsewhere.key()).await];
+        let mut untouched = vec![
+            live.snapshot(&already.key()).await,
+            live.snapshot(&elsewhere.key()).await,
+        ];
         if let Some(refused) = &refused {
             untouched.push(live.snapshot(&refused.key()).await);
         }
@@ -484,7 +486,12 @@ async fn every_400_of_the_batch_endpoints_names_the_field_and_records_nothing(ba
         for key in keys {
             let reply = submit_with(&live, &path, &authed(key), &valid).await;
             assert_error(&reply, StatusCode::BAD_REQUEST, "bad_request_error");
-            assert_eq!(invalid_names(&reply), ["idempotency-key"], "{action} {key:?}: {}", reply.json);
+            assert_eq!(
+                invalid_names(&reply),
+                ["idempotency-key"],
+                "{action} {key:?}: {}",
+                reply.json
+            );
         }
         // The key is checked before the body.
         let reply = submit_with(&live, &path, &authed(&[]), "{not json").await;
@@ -508,7 +515,10 @@ async fn every_400_of_the_batch_endpoints_names_the_field_and_records_nothing(ba
         ("null".into(), vec!["body"]),
         ("{}".into(), vec!["target_group_ids"]),
         (json!({ "target_group_ids": tg }).to_string(), vec!["target_group_ids"]),
-        (json!({ "target_group_ids": null }).to_string(), vec!["target_group_ids"]),
+        (
+            json!({ "target_group_ids": null }).to_string(),
+            vec!["target_group_ids"],
+        ),
         (json!({ "target_group_ids": [] }).to_string(), vec!["target_group_ids"]),
         (
             json!({ "target_group_ids": [tg, 5, "nope", tg.to_lowercase()] }).to_string(),
@@ -552,7 +562,10 @@ async fn every_400_of_the_batch_endpoints_names_the_field_and_records_nothing(ba
     let path = jobs_path(account(), project, BulkAction::Pause);
     for (headers, name) in [
         (
-            vec![("authorization", "Bearer token-101"), ("content-type", "application/json")],
+            vec![
+                ("authorization", "Bearer token-101"),
+                ("content-type", "application/json"),
+            ],
             "Cint-API-Version",
         ),
         (
@@ -582,10 +595,7 @@ async fn every_400_of_the_batch_endpoints_names_the_field_and_records_nothing(ba
     let project_text = project.to_string();
     for (bad, name) in [
         (path.replace("/accounts/101/", "/accounts/0/"), "account_id"),
-        (
-            path.replace(&project_text, &project_text.to_lowercase()),
-            "project_id",
-        ),
+        (path.replace(&project_text, &project_text.to_lowercase()), "project_id"),
     ] {
         let reply = submit(&live, &bad, "k", &valid).await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "bad_request_error");
@@ -596,7 +606,7 @@ async fn every_400_of_the_batch_endpoints_names_the_field_and_records_nothing(ba
     // None of these recorded the key: it is free for a first request.
     let location = job_location(&submit(&live, &path, "k", &valid).await, &path);
     let job = finished(&live, &location).await;
-    assert_eq!(updated(&job), [tg.clone()]);
+    assert_eq!(updated(&job), [tg]);
 
     // GET: a malformed job id (400 naming it, as for a creation job), the
     // API version.
@@ -619,7 +629,10 @@ async fn every_400_of_the_batch_endpoints_names_the_field_and_records_nothing(ba
     let reply = live
         .send(
             Method::GET,
-            &format!("/demand/accounts/0/projects/nope/batch-jobs/{}/x", BulkAction::Pause.path_segment()),
+            &format!(
+                "/demand/accounts/0/projects/nope/batch-jobs/{}/x",
+                BulkAction::Pause.path_segment()
+            ),
             &[("authorization", "Bearer token-101")],
             "",
         )
@@ -673,20 +686,41 @@ async fn the_documented_maximum_list_is_accepted_and_a_larger_body_is_413(backen
     let mut over = pretty_list(&ids[..10]);
     over.push_str(&" ".repeat(DEFAULT_BULK_BODY_LIMIT + 1 - over.len()));
     assert_eq!(over.len(), DEFAULT_BULK_BODY_LIMIT + 1);
-    let reply = send_unpooled(&live, Method::POST, &path, &authed(&[("idempotency-key", "too-big")]), over).await;
+    let reply = send_unpooled(
+        &live,
+        Method::POST,
+        &path,
+        &authed(&[("idempotency-key", "too-big")]),
+        over,
+    )
+    .await;
     assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "bad_request_error");
     assert_eq!(reply.header("connection"), Some("close"));
     // Exactly at the limit is read (and then judged: here, a valid list).
     let mut at = pretty_list(&[runs[0].target_group_id]);
     at.push_str(&" ".repeat(DEFAULT_BULK_BODY_LIMIT - at.len()));
-    let reply = send_unpooled(&live, Method::POST, &path, &authed(&[("idempotency-key", "at-limit")]), at).await;
+    let reply = send_unpooled(
+        &live,
+        Method::POST,
+        &path,
+        &authed(&[("idempotency-key", "at-limit")]),
+        at,
+    )
+    .await;
     job_location(&reply, &path);
 
     // Every other endpoint keeps its own, smaller limit (1 KiB here).
     let scope = Scope::new(account(), project, fixtures::target_group_id());
     let creation = common::live::jobs_path(&scope, "launch-from-draft");
     let padded = format!(r#"{{"end_fielding_at":"2031-01-01T00:00:00Z"{}}}"#, " ".repeat(2048));
-    let reply = send_unpooled(&live, Method::POST, &creation, &authed(&[("idempotency-key", "big")]), padded).await;
+    let reply = send_unpooled(
+        &live,
+        Method::POST,
+        &creation,
+        &authed(&[("idempotency-key", "big")]),
+        padded,
+    )
+    .await;
     assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "bad_request_error");
     // ... and the batch limit is the app's to set.
     let small = start_with(
@@ -706,7 +740,11 @@ async fn the_documented_maximum_list_is_accepted_and_a_larger_body_is_413(backen
     )
     .await;
     assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "bad_request_error");
-    assert!(reply.json["detail"].as_str().unwrap().contains("4096"), "{}", reply.json);
+    assert!(
+        reply.json["detail"].as_str().unwrap().contains("4096"),
+        "{}",
+        reply.json
+    );
 }
 
 /// Sends on a connection of its own (a 413 closes it), checked against
@@ -893,7 +931,11 @@ async fn unknown_job_wrong_action_or_another_project_or_account_is_404(backend: 
     let unknown = path.replace("pause-fielding-runs", "archive-fielding-runs");
     let reply = submit(&live, &unknown, "k", &list_body(&[run.target_group_id])).await;
     assert_error(&reply, StatusCode::NOT_FOUND, "not_found_error");
-    for (method, target) in [(Method::GET, &path), (Method::PUT, &location), (Method::DELETE, &location)] {
+    for (method, target) in [
+        (Method::GET, &path),
+        (Method::PUT, &location),
+        (Method::DELETE, &location),
+    ] {
         let reply = live.send(method.clone(), target, &authed(&[]), "").await;
         assert_error(&reply, StatusCode::METHOD_NOT_ALLOWED, "bad_request_error");
     }

@@ -126,7 +126,6 @@ impl File {
             Err(errors.join("; "))
         }
     }
-
 }
 
 impl Contract {
@@ -175,14 +174,15 @@ impl Contract {
                 ) || operation.is_null(),
                 "{method} {template}: status {status} is not in the contract"
             );
-            file.validate(&error_schema, body)
-                .unwrap_or_else(|e| panic!("{name}: {method} {path} {status}: body is not the contract's Error: {e}\n{body}"));
+            file.validate(&error_schema, body).unwrap_or_else(|e| {
+                panic!("{name}: {method} {path} {status}: body is not the contract's Error: {e}\n{body}")
+            });
             return;
         };
         match response.pointer("/content/application~1json/schema") {
-            Some(schema) => file
-                .validate(schema, body)
-                .unwrap_or_else(|e| panic!("{name}: {method} {template} {status}: body breaks the contract: {e}\n{body}")),
+            Some(schema) => file.validate(schema, body).unwrap_or_else(|e| {
+                panic!("{name}: {method} {template} {status}: body breaks the contract: {e}\n{body}")
+            }),
             None => assert!(
                 body.is_null(),
                 "{name}: {method} {template} {status}: the contract declares no body, got {body}"
