@@ -24,7 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use fielding_core::{
-    BulkAction, BulkJobKey, FieldingError, InvalidParam, JobId, JobTraceId, NewBulkJob, TargetGroupId,
+    BulkAction, BulkJob, BulkJobKey, FieldingError, InvalidParam, JobId, JobTraceId, NewBulkJob, TargetGroupId,
 };
 use serde_json::Value;
 
@@ -113,8 +113,9 @@ async fn submit(
     let (account_id, project_id) = project_of([&account, &project], None, &headers, &principal)?;
     let idempotency_key = idempotency_key(&headers)?;
     let target_group_ids = target_groups(&read_body(api.bulk_body, &headers, body).await?)?;
-    // The list's length and repeats are the service's to judge (400
-    // naming `target_group_ids` or `target_group_ids[i]`).
+    // An empty list and repeats are the service's to judge (400 naming
+    // `target_group_ids` or `target_group_ids[i]`), as is the length of
+    // any list that reaches it.
     let submitted = api
         .service
         .submit_bulk_job(NewBulkJob {
@@ -141,6 +142,20 @@ fn target_groups(bytes: &[u8]) -> Result<Vec<TargetGroupId>, ApiError> {
     let ids = match fields.get(FIELD) {
         None => {
             params.push(InvalidParam::new(FIELD, "is required"));
+            None
+        }
+        Some(Value::Array(items)) if items.len() > BulkJob::MAX_TARGET_GROUPS => {
+            // Refused as a whole, before any entry is judged: a body of
+            // half a million bad entries must not cost half a million
+            // findings.
+            params.push(InvalidParam::new(
+                FIELD,
+                format!(
+                    "must name at most {} target groups, got {}",
+                    BulkJob::MAX_TARGET_GROUPS,
+                    items.len()
+                ),
+            ));
             None
         }
         Some(Value::Array(items)) => {
@@ -242,6 +257,15 @@ mod tests {
                 "target_group_ids[4]"
             ]
         );
+    }
+
+    #[test]
+    fn a_list_over_the_maximum_is_refused_whole_without_judging_its_entries() {
+        let entries = vec!["1"; BulkJob::MAX_TARGET_GROUPS + 1].join(",");
+        let err = target_groups(format!(r#"{{"target_group_ids":[{entries}]}}"#).as_bytes()).unwrap_err();
+        assert_eq!(names(&err), ["target_group_ids"]);
+        assert!(err.body().detail.contains("at most 10000"), "{}", err.body().detail);
+        assert!(!err.body().detail.contains("more invalid"), "{}", err.body().detail);
     }
 
     #[test]
