@@ -6,7 +6,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue};
-use fielding_core::{FieldingRunId, InvalidParam, RunKey, Scope, Timestamp};
+use fielding_core::{AccountId, FieldingRunId, InvalidId, InvalidParam, ProjectId, RunKey, Scope, Timestamp};
 use http_body_util::LengthLimitError;
 use serde_json::{Map, Value};
 
@@ -34,14 +34,7 @@ pub(crate) fn scope_of(
     let run_id = run_id.map(FieldingRunId::parse).transpose().map_err(|e| {
         params.push(InvalidParam::new(e.field(), e.reason()));
     });
-    if let Err(param) = crate::api_version::negotiate(
-        headers
-            .get_all(crate::api_version::HEADER)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    ) {
-        params.push(param);
-    }
+    params.extend(version_problem(headers));
     match (scope, run_id) {
         (Ok(scope), Ok(run_id)) if params.is_empty() => {
             if principal.may_access(scope.account_id) {
@@ -52,6 +45,45 @@ pub(crate) fn scope_of(
         }
         _ => Err(ApiError::invalid(params)),
     }
+}
+
+/// The account and project of a batch path, checked as [`scope_of`]
+/// checks a target group's: every malformed id named (400), with `bad`, a
+/// further path id the caller found malformed (a job id), and a bad
+/// `Cint-API-Version`; then the principal's access to the account (403).
+pub(crate) fn project_of(
+    ids: [&str; 2],
+    bad: Option<&InvalidId>,
+    headers: &HeaderMap,
+    principal: &Principal,
+) -> Result<(AccountId, ProjectId), ApiError> {
+    let named = |e: InvalidId| InvalidParam::new(e.field(), e.reason().to_owned());
+    let mut params: Vec<InvalidParam> = Vec::new();
+    let account = ids[0].parse::<AccountId>().map_err(|e| params.push(named(e)));
+    let project = ProjectId::parse(ids[1]).map_err(|e| params.push(named(e)));
+    params.extend(bad.cloned().map(named));
+    params.extend(version_problem(headers));
+    match (account, project) {
+        (Ok(account), Ok(project)) if params.is_empty() => {
+            if principal.may_access(account) {
+                Ok((account, project))
+            } else {
+                Err(ApiError::forbidden())
+            }
+        }
+        _ => Err(ApiError::invalid(params)),
+    }
+}
+
+/// What is wrong with the request's `Cint-API-Version`, if anything.
+fn version_problem(headers: &HeaderMap) -> Option<InvalidParam> {
+    crate::api_version::negotiate(
+        headers
+            .get_all(crate::api_version::HEADER)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+    .err()
 }
 
 /// A path axum could not split into its parameters.

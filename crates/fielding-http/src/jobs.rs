@@ -166,8 +166,9 @@ async fn get_job(
     Ok(Json(job_body_json(&job)).into_response())
 }
 
-/// The required `idempotency-key` header: exactly one, valid.
-fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
+/// The required `idempotency-key` header: exactly one, valid. Shared with
+/// the batch endpoints, which require it the same way.
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<IdempotencyKey, ApiError> {
     let mut lines = headers.get_all(IdempotencyKey::FIELD).iter();
     let value = match (lines.next(), lines.next()) {
         (None, _) => {

@@ -1,7 +1,8 @@
 //! # fielding-http
 //!
 //! The HTTP face of fielding: an axum [`axum::Router`] serving the
-//! fielding-run endpoints of `fielding-openapi.yml`, for teams to mount in
+//! fielding-run endpoints of `fielding-openapi.yml` and the batch
+//! endpoints of `fielding-batch-openapi.yml`, for teams to mount in
 //! their own app. It takes the service, and an [`auth::Authenticator`] the
 //! app implements.
 //!
@@ -24,11 +25,18 @@
 //! * Creation jobs: `POST fielding-run-jobs/launch-from-draft` and
 //!   `.../schedule-from-draft` (with the required `idempotency-key`), and
 //!   `GET` of a job; see `FieldingService::submit_job`.
+//! * Bulk jobs (`fielding-batch-openapi.yml`): `POST
+//!   .../batch-jobs/{action}-fielding-runs-by-target-group-id` for
+//!   complete, launch, pause, relaunch and resume (with the required
+//!   `idempotency-key`, under [`FieldingApi::bulk_body_limit`]), and `GET`
+//!   of a job; see `FieldingService::submit_bulk_job`. The app runs a
+//!   `fielding_core::BulkRunner` over the same service to work them.
 #![warn(missing_docs)]
 
 pub mod api_error;
 pub mod api_version;
 pub mod auth;
+mod bulk;
 mod extract;
 mod jobs;
 pub mod json;
@@ -41,4 +49,4 @@ mod state;
 mod strict_json;
 pub mod trace_context;
 
-pub use router::{FieldingApi, BASE_PATH, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT};
+pub use router::{FieldingApi, BASE_PATH, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, DEFAULT_BULK_BODY_LIMIT};

@@ -28,7 +28,7 @@ use crate::auth::Authenticator;
 use crate::rate_limit::{too_many_requests, RateLimitPolicy, RateLimiter};
 use crate::refusal::Refusal;
 use crate::state::{ApiState, BodyRules};
-use crate::{jobs, runs, trace_context};
+use crate::{bulk, jobs, runs, trace_context};
 
 /// The path every endpoint lives under.
 pub const BASE_PATH: &str = "/demand/accounts/{account_id}/projects/{project_id}/target-groups/{target_group_id}";
@@ -36,12 +36,22 @@ pub const BASE_PATH: &str = "/demand/accounts/{account_id}/projects/{project_id}
 /// The default largest request body, in bytes.
 pub const DEFAULT_BODY_LIMIT: usize = 16 * 1024;
 
+/// The default largest request body of the batch endpoints, in bytes.
+///
+/// Their body lists up to `BulkJob::MAX_TARGET_GROUPS` (10,000) target
+/// group ids; pretty-printed, an id takes about 40 bytes, so the largest
+/// list a client may send is about 400 KB. 1 MiB admits it with room for
+/// wider indentation, while every other endpoint keeps
+/// [`DEFAULT_BODY_LIMIT`].
+pub const DEFAULT_BULK_BODY_LIMIT: usize = 1024 * 1024;
+
 /// The default longest time a request body may take to arrive whole.
 ///
 /// A client's bodies here are at most [`DEFAULT_BODY_LIMIT`] bytes: 10 s
 /// admits them at under 2 KB/s, far slower than any real client, while a
 /// client that stops sending mid-body holds its connection and handler
-/// for 10 s at most instead of forever.
+/// for 10 s at most instead of forever. The largest batch body
+/// ([`DEFAULT_BULK_BODY_LIMIT`]) needs about 100 KB/s to arrive within it.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds the fielding-run [`Router`].
@@ -53,6 +63,7 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// let service = FieldingService::new(Arc::new(fielding_memory::MemoryStore::new()));
 /// let app: axum::Router = FieldingApi::new(service, Arc::new(StaticTokens::new()))
 ///     .body_limit(8 * 1024)
+///     .bulk_body_limit(512 * 1024)
 ///     .body_timeout(std::time::Duration::from_secs(5))
 ///     .router();
 /// ```
@@ -61,6 +72,7 @@ pub struct FieldingApi {
     service: FieldingService,
     gate: Gate,
     body: BodyRules,
+    bulk_body_limit: usize,
 }
 
 /// What the authentication middleware needs.
@@ -83,6 +95,7 @@ impl FieldingApi {
                 limit: DEFAULT_BODY_LIMIT,
                 timeout: DEFAULT_BODY_TIMEOUT,
             },
+            bulk_body_limit: DEFAULT_BULK_BODY_LIMIT,
         }
     }
 
@@ -99,9 +112,19 @@ impl FieldingApi {
         self.gate.rate_limiter.clone()
     }
 
-    /// The largest request body accepted (413 above it).
+    /// The largest request body accepted (413 above it), except on the
+    /// batch endpoints (see [`FieldingApi::bulk_body_limit`]).
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body.limit = bytes;
+        self
+    }
+
+    /// The largest request body the batch endpoints
+    /// (`POST .../batch-jobs/...`) accept (413 above it; default
+    /// [`DEFAULT_BULK_BODY_LIMIT`]). It must admit the longest list a
+    /// client may send: `BulkJob::MAX_TARGET_GROUPS` ids.
+    pub fn bulk_body_limit(mut self, bytes: usize) -> Self {
+        self.bulk_body_limit = bytes;
         self
     }
 
@@ -126,8 +149,12 @@ impl FieldingApi {
         let state = Arc::new(ApiState {
             service: self.service,
             body: self.body,
+            bulk_body: BodyRules {
+                limit: self.bulk_body_limit,
+                ..self.body
+            },
         });
-        Router::new()
+        let router = Router::new()
             .route(&runs, get(runs::list_runs))
             .route(&run, get(runs::get_run).put(runs::update_dates))
             .route(&format!("{run}/complete"), post(runs::complete))
@@ -144,7 +171,8 @@ impl FieldingApi {
             .route(
                 &format!("{jobs}/schedule-from-draft/{{job_id}}"),
                 get(jobs::get_schedule_job),
-            )
+            );
+        bulk::routes(router)
             .fallback(|| async { ApiError::no_route() })
             .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
             .layer(middleware::from_fn_with_state(self.gate, authenticate))

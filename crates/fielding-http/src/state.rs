@@ -10,6 +10,9 @@ use fielding_core::FieldingService;
 pub(crate) struct ApiState {
     pub(crate) service: FieldingService,
     pub(crate) body: BodyRules,
+    /// The rules for the batch endpoints' bodies: a larger limit, for
+    /// lists of up to `BulkJob::MAX_TARGET_GROUPS` ids.
+    pub(crate) bulk_body: BodyRules,
 }
 
 /// How a request body is read (see `extract::read_body`).
@@ -21,5 +24,8 @@ pub(crate) struct BodyRules {
     pub(crate) timeout: Duration,
 }
 
+/// The router's state.
+pub(crate) type SharedState = Arc<ApiState>;
+
 /// The extractor every handler takes.
-pub(crate) type AppState = State<Arc<ApiState>>;
+pub(crate) type AppState = State<SharedState>;

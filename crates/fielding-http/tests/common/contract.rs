@@ -1,14 +1,17 @@
 //! Checks responses against the contract, `tests/contract/fielding-openapi.yml`
-//! (a copy of `shared/contract/`, see `tests/contract/README.md`), loaded at
-//! test time (the schemas are never copied by hand into code).
+//! and `tests/contract/fielding-batch-openapi.yml` (copies of
+//! `shared/contract/`, see `tests/contract/README.md`), loaded at test time
+//! (the schemas are never copied by hand into code).
 //!
 //! For a response to `METHOD path` with status `S`, the contract's response
-//! object is found by matching the path against the contract's templates;
-//! its JSON body must validate against the declared schema (OpenAPI 3.0,
-//! converted to JSON Schema: `nullable` becomes a `null` alternative), and
-//! every header the contract marks required must be present. Statuses the
-//! contract does not list (405, 408, 413, 415) must still carry its `Error`
-//! body.
+//! object is found by matching the path against the templates of both
+//! files (each path belongs to at most one); its JSON body must validate
+//! against the declared schema (OpenAPI 3.0, converted to JSON Schema:
+//! `nullable` becomes a `null` alternative), every header the contract
+//! marks required must be present, and every declared header that is
+//! present must match its schema (`Location` a `uri-reference`,
+//! `Retry-After` an integer). Statuses the contract does not list (405,
+//! 408, 413, 415) must still carry its `Error` body.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -16,7 +19,18 @@ use std::sync::OnceLock;
 use axum::http::{HeaderMap, Method, StatusCode};
 use serde_json::{json, Map, Value};
 
+/// The contract files, every response checked against the one whose paths
+/// match.
+pub const FILES: [&str; 2] = ["fielding-openapi.yml", "fielding-batch-openapi.yml"];
+
+/// Both contract files.
 pub struct Contract {
+    files: Vec<File>,
+}
+
+/// One contract file.
+struct File {
+    name: &'static str,
     doc: Value,
     components: Value,
 }
@@ -30,14 +44,20 @@ pub fn contract_file(name: &str) -> PathBuf {
 
 pub fn contract() -> &'static Contract {
     static CONTRACT: OnceLock<Contract> = OnceLock::new();
-    CONTRACT.get_or_init(|| {
-        let path = contract_file("fielding-openapi.yml");
+    CONTRACT.get_or_init(|| Contract {
+        files: FILES.into_iter().map(File::load).collect(),
+    })
+}
+
+impl File {
+    fn load(name: &'static str) -> Self {
+        let path = contract_file(name);
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read the contract at {}: {e}", path.display()));
-        let doc: Value = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("the contract is not YAML: {e}"));
+        let doc: Value = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{name} is not YAML: {e}"));
         let components = to_json_schema(&doc["components"]);
-        Contract { doc, components }
-    })
+        File { name, doc, components }
+    }
 }
 
 /// OpenAPI 3.0 schema → JSON Schema: `nullable: true` admits `null`.
@@ -61,7 +81,7 @@ fn to_json_schema(value: &Value) -> Value {
     }
 }
 
-impl Contract {
+impl File {
     /// Follows a local `$ref` such as `#/components/responses/Error_NotFound`.
     fn resolve<'a>(&'a self, value: &'a Value) -> &'a Value {
         match value.get("$ref").and_then(Value::as_str) {
@@ -106,23 +126,43 @@ impl Contract {
             Err(errors.join("; "))
         }
     }
+}
+
+impl Contract {
+    /// The file serving `path` and its template, if any.
+    fn find(&self, path: &str) -> Option<(&File, &str)> {
+        self.files
+            .iter()
+            .find_map(|file| file.template(path).map(|template| (file, template)))
+    }
+
+    /// The contract file named `name`.
+    fn file(&self, name: &str) -> &File {
+        self.files
+            .iter()
+            .find(|file| file.name == name)
+            .unwrap_or_else(|| panic!("no contract file {name}"))
+    }
 
     /// Panics with the contract's words when the response breaks it.
     #[track_caller]
     pub fn check(&self, method: &Method, path: &str, status: StatusCode, headers: &HeaderMap, body: &Value) {
         let error_schema = json!({ "$ref": "#/components/schemas/Error" });
-        let Some(template) = self.template(path) else {
+        let Some((file, template)) = self.find(path) else {
+            // Either file's `Error` (they are the same schema).
+            let file = &self.files[0];
             // A path the contract does not serve must answer in its error format.
             assert!(
                 !status.is_success(),
                 "{method} {path}: {status} for a path outside the contract"
             );
-            self.validate(&error_schema, body)
+            file.validate(&error_schema, body)
                 .unwrap_or_else(|e| panic!("{method} {path} {status}: body is not the contract's Error: {e}\n{body}"));
             return;
         };
-        let operation = &self.doc["paths"][template][method.as_str().to_lowercase()];
-        let response = operation["responses"].get(status.as_str()).map(|r| self.resolve(r));
+        let name = file.name;
+        let operation = &file.doc["paths"][template][method.as_str().to_lowercase()];
+        let response = operation["responses"].get(status.as_str()).map(|r| file.resolve(r));
         let Some(response) = response else {
             assert!(
                 matches!(
@@ -134,35 +174,42 @@ impl Contract {
                 ) || operation.is_null(),
                 "{method} {template}: status {status} is not in the contract"
             );
-            self.validate(&error_schema, body)
-                .unwrap_or_else(|e| panic!("{method} {path} {status}: body is not the contract's Error: {e}\n{body}"));
+            file.validate(&error_schema, body).unwrap_or_else(|e| {
+                panic!("{name}: {method} {path} {status}: body is not the contract's Error: {e}\n{body}")
+            });
             return;
         };
         match response.pointer("/content/application~1json/schema") {
-            Some(schema) => self
-                .validate(schema, body)
-                .unwrap_or_else(|e| panic!("{method} {template} {status}: body breaks the contract: {e}\n{body}")),
+            Some(schema) => file.validate(schema, body).unwrap_or_else(|e| {
+                panic!("{name}: {method} {template} {status}: body breaks the contract: {e}\n{body}")
+            }),
             None => assert!(
                 body.is_null(),
-                "{method} {template} {status}: the contract declares no body, got {body}"
+                "{name}: {method} {template} {status}: the contract declares no body, got {body}"
             ),
         }
         if let Some(declared) = response["headers"].as_object() {
-            for (name, header) in declared {
-                let header = self.resolve(header);
-                let value = headers.get(name.as_str());
+            for (header_name, header) in declared {
+                let header = file.resolve(header);
+                let value = headers.get(header_name.as_str());
                 if header["required"] == Value::Bool(true) {
                     assert!(
                         value.is_some(),
-                        "{method} {template} {status}: required header {name} is missing"
+                        "{name}: {method} {template} {status}: required header {header_name} is missing"
                     );
                 }
-                if let (Some(value), Some("integer")) = (value, header["schema"]["type"].as_str()) {
-                    let text = value.to_str().unwrap_or_default();
+                let Some(value) = value else { continue };
+                let text = value.to_str().unwrap_or_default();
+                let schema = file.resolve(&header["schema"]);
+                if schema["type"].as_str() == Some("integer") {
                     assert!(
                         !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()),
-                        "{method} {template} {status}: header {name} must be an integer, got {text:?}"
+                        "{name}: {method} {template} {status}: header {header_name} must be an integer, got {text:?}"
                     );
+                } else {
+                    file.validate(schema, &Value::String(text.to_owned())).unwrap_or_else(|e| {
+                        panic!("{name}: {method} {template} {status}: header {header_name} {text:?} breaks the contract: {e}")
+                    });
                 }
             }
         }
@@ -175,11 +222,42 @@ impl Contract {
 
 #[test]
 fn the_contract_loads_and_its_schemas_compile() {
-    let c = contract();
-    assert!(c
-        .template("/demand/accounts/1/projects/P/target-groups/T/fielding-runs/R")
-        .is_some());
-    assert!(c.template("/nope").is_none());
+    let all = contract();
+    assert_eq!(
+        all.find("/demand/accounts/1/projects/P/target-groups/T/fielding-runs/R")
+            .map(|(file, _)| file.name),
+        Some("fielding-openapi.yml")
+    );
+    for action in ["complete", "launch", "pause", "relaunch", "resume"] {
+        let jobs = format!("/demand/accounts/1/projects/P/batch-jobs/{action}-fielding-runs-by-target-group-id");
+        for path in [jobs.clone(), format!("{jobs}/J")] {
+            assert_eq!(
+                all.find(&path).map(|(file, _)| file.name),
+                Some("fielding-batch-openapi.yml"),
+                "{path}"
+            );
+        }
+    }
+    assert!(all.find("/nope").is_none());
+    let batch = all.file("fielding-batch-openapi.yml");
+    let job = json!({
+        "job_id": "01BTGNYV6HRNK8K8VKZASZCFP1", "created_at": "2023-01-01T23:00:00.000Z",
+        "created_by": "b551326b-ac9d-4d32-8823-4f025787dab9", "status": "Processing",
+        "updated_target_groups": { "data": [], "has_more": false },
+        "failed_target_groups": { "data": [], "has_more": false },
+    });
+    let schema = json!({ "$ref": "#/components/schemas/GetBulkPauseTargetGroupJobResponse" });
+    batch.validate(&schema, &job).unwrap();
+    let mut paginated = job.clone();
+    paginated["updated_target_groups"]["has_more"] = json!(true);
+    assert!(batch.validate(&schema, &paginated).is_err());
+    let mut lowercase = job.clone();
+    lowercase["status"] = json!("processing");
+    assert!(batch.validate(&schema, &lowercase).is_err());
+    let location = json!({ "type": "string", "format": "uri-reference" });
+    assert!(batch.validate(&location, &json!("/a/b")).is_ok());
+    assert!(batch.validate(&location, &json!("/a b")).is_err());
+    let c = all.file("fielding-openapi.yml");
     c.validate(
         &json!({ "$ref": "#/components/schemas/Error" }),
         &json!({ "object": "x", "detail": "y" }),

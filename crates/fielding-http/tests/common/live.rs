@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use fielding_core::{
-    AccountId, Action, ChangeRecord, FieldingRun, FieldingService, FieldingStore, RunKey, Scope, Status, UserId,
+    AccountId, Action, BulkRunner, BulkRunnerOptions, ChangeRecord, FieldingRun, FieldingService, FieldingStore,
+    RunKey, Scope, Status, UserId,
 };
 use fielding_http::auth::{AccountAccess, Principal, StaticTokens};
 use fielding_http::rate_limit::RateLimitPolicy;
@@ -53,6 +54,11 @@ pub struct Options {
     pub body_limit: usize,
     /// `None`: the router's default.
     pub body_timeout: Option<Duration>,
+    /// `None`: the router's default (`DEFAULT_BULK_BODY_LIMIT`).
+    pub bulk_body_limit: Option<usize>,
+    /// Runs a `BulkRunner` over the router's own service, as a server
+    /// does, so bulk submissions wake it.
+    pub bulk_runner: bool,
 }
 
 impl Default for Options {
@@ -61,6 +67,8 @@ impl Default for Options {
             rate_limit: None,
             body_limit: 1024,
             body_timeout: None,
+            bulk_body_limit: None,
+            bulk_runner: false,
         }
     }
 }
@@ -92,11 +100,15 @@ pub struct Live {
     pub user: UserId,
     handle: Handle,
     server: tokio::task::JoinHandle<()>,
+    runner: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Drop for Live {
     fn drop(&mut self) {
         self.server.abort();
+        if let Some(runner) = &self.runner {
+            runner.abort();
+        }
     }
 }
 
@@ -175,8 +187,16 @@ impl Live {
                     accounts: AccountAccess::Only(vec![AccountId::new(202).unwrap()]),
                 },
             );
-        let mut api =
-            FieldingApi::new(FieldingService::new(store.clone()), Arc::new(tokens)).body_limit(options.body_limit);
+        let service = FieldingService::new(store.clone());
+        let mut api = FieldingApi::new(service.clone(), Arc::new(tokens)).body_limit(options.body_limit);
+        if let Some(limit) = options.bulk_body_limit {
+            api = api.bulk_body_limit(limit);
+        }
+        let runner = options.bulk_runner.then(|| {
+            let runner = BulkRunner::new(service, BulkRunnerOptions::default());
+            // Stopped by aborting the task when the server goes.
+            tokio::spawn(async move { runner.run(std::future::pending::<()>()).await })
+        });
         if let Some(policy) = options.rate_limit {
             api = api.rate_limit(policy);
         }
@@ -203,6 +223,7 @@ impl Live {
             user,
             handle,
             server,
+            runner,
         }
     }
 
