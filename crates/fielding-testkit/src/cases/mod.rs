@@ -23,6 +23,9 @@
 //! [`Capabilities`]: crate::Capabilities
 //! [`CaseFailure`]: crate::CaseFailure
 
+mod bulk;
+mod bulk_apply;
+mod bulk_expiry;
 mod check;
 mod contract;
 mod expiry;
