@@ -18,7 +18,7 @@ use fielding_core::{
 use tokio::sync::Barrier;
 
 use crate::cases::bulk::{
-    bulk_job, claim_job, claim_ours, create, finish, job_diff, lease_end, now, read, refused_apply, with_outcomes,
+    bulk_job, claim_job, claim_ours, create, finish, job_diff, lease_end, read, refused_apply, with_outcomes,
     NOT_ALLOWED, NOT_FOUND,
 };
 use crate::cases::check;
@@ -274,7 +274,6 @@ where
         &job.key(),
         claim.token,
         BulkJobStatus::Completed,
-        now(),
         true,
     )
     .await
@@ -396,7 +395,6 @@ where
         &job.key(),
         claim.token,
         BulkJobStatus::Completed,
-        now(),
         true,
     )
     .await
@@ -420,10 +418,10 @@ where
     let job = bulk_job(scope, BulkAction::Pause, &items);
     create(case, store, FENCED, &job).await?;
     let untouched = &[(run.clone(), vec![created.clone()])];
-    let job = &job;
+    let stored = &job;
     let nothing_written = |when: &'static str| async move {
         runs_are(case, store, FENCED, untouched, when).await?;
-        read(case, store, FENCED, &job.key(), Some(&job), when).await
+        read(case, store, FENCED, &stored.key(), Some(stored), when).await
     };
 
     let stranger = ClaimToken::generate();
@@ -500,7 +498,6 @@ where
         &job.key(),
         second.token,
         BulkJobStatus::Completed,
-        now(),
         true,
     )
     .await?;
@@ -639,7 +636,6 @@ where
             &job.key(),
             claim.token,
             BulkJobStatus::Completed,
-            now(),
             true,
         )
         .await?;

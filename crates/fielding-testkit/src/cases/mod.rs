@@ -25,6 +25,7 @@
 
 mod bulk;
 mod bulk_apply;
+mod bulk_claims;
 mod bulk_expiry;
 mod check;
 mod contract;
