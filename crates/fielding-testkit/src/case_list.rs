@@ -42,6 +42,19 @@ macro_rules! __with_every_case {
             store jobs job_scope_isolation_hides_the_job_from_every_other_scope;
             store jobs finish_job_records_the_first_outcome_only;
             store expiry expire_jobs_removes_old_finished_jobs_with_their_keys_in_bounded_batches;
+            store bulk bulk_job_round_trip_preserves_every_field_and_item_order;
+            store bulk bulk_idempotency_key_is_unique_per_account;
+            store bulk concurrent_bulk_job_creations_with_one_key_have_exactly_one_winner;
+            store bulk bulk_job_scope_isolation_hides_the_job_from_every_other_account_and_project;
+            store bulk_claims claim_takes_unheld_processing_bulk_jobs_oldest_first_and_respects_leases;
+            store bulk_claims concurrent_claims_hand_each_bulk_job_to_exactly_one_runner;
+            store bulk_claims renew_bulk_claim_moves_the_lease_only_for_the_holding_token;
+            store bulk_claims finish_bulk_job_needs_the_holding_token_and_ends_the_claim;
+            store bulk_apply apply_bulk_items_decides_each_pending_item_once_with_its_run;
+            store bulk_apply apply_bulk_items_is_all_or_nothing_when_one_write_conflicts;
+            store bulk_apply apply_bulk_items_by_a_token_that_does_not_hold_the_job_is_claim_lost;
+            store bulk_apply concurrent_appliers_of_one_job_change_each_run_exactly_once;
+            store bulk_expiry expire_bulk_jobs_removes_old_finished_bulk_jobs_with_their_items_and_keys_in_bounded_batches;
             factory linearizability linearizable_interleaved_read_then_write_cycles_match_the_model;
         }
     };

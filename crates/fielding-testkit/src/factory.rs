@@ -26,8 +26,10 @@ use fielding_core::FieldingStore;
 /// the linearizability case. Cases only touch runs in scopes they make up
 /// with random ids, so a factory for a slow backend may hand out the same
 /// database every time, as long as nothing else writes to it meanwhile.
-/// (The expiry case reaches every job, but only removes jobs finished in
-/// the year 2000, which no other case makes.)
+/// (The expiry cases reach every job, but only remove jobs finished in
+/// the year 2000, which no other case makes. A bulk-job claim may take a
+/// job another case left processing: the cases finish such a leftover and
+/// claim again.)
 ///
 /// A type that holds state (a connection pool) implements it directly:
 ///

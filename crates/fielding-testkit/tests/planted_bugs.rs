@@ -13,7 +13,16 @@
 //! the scope, ignore the expected version, or retry (and decide) again;
 //! and job expiry that removes processing jobs, ignores its limit, ages
 //! jobs from their creation, includes the cutoff, leaves keys behind, or
-//! lets a second `finish_job` refresh the finish time.
+//! lets a second `finish_job` refresh the finish time;
+//! and bulk jobs whose keys race, are per project or share the creation
+//! jobs' table, whose items come back sorted, which leak across projects,
+//! whose claims ignore leases, keep the old token, take the newest job or
+//! race, whose renewals and finishes ignore the token or keep the claim,
+//! whose `apply_bulk_items` is not fenced, decides recorded items again,
+//! writes item by item, ignores the expected version, records without
+//! writing, drops change records, finds runs in other accounts, or decides
+//! and writes under two locks, and whose expiry removes processing jobs,
+//! ignores its limit, leaves items behind or ages jobs from their creation.
 //! One more behaviour is legitimate only when declared: answering
 //! contention with retryable "busy" errors.
 //!
@@ -28,9 +37,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use async_trait::async_trait;
 use fielding_core::{
-    BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken, Decide,
-    DecideItem, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore, JobCreated, JobId, JobKey, JobOutcome,
-    JobState, RunKey, Scope, StoreError, TargetGroupId, Timestamp, Update, UpdateOutcome, Version,
+    BulkClaim, BulkItem, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken,
+    Decide, DecideItem, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore, ItemUpdate, JobCreated, JobId,
+    JobKey, JobOutcome, JobState, RunKey, Scope, StoreError, TargetGroupId, Timestamp, Update, UpdateOutcome, Version,
 };
 use fielding_memory::MemoryStore;
 use fielding_testkit::{run_all, Capabilities, SuiteReport, CASES};
@@ -134,6 +143,81 @@ enum Bug {
     /// `finish_job` of a finished job keeps the outcome but records the
     /// new finish time, so a job told twice never grows old.
     FinishRefreshesTime,
+    /// `create_bulk_job` looks the key up, awaits, then inserts: concurrent
+    /// submissions of one key all create a bulk job.
+    RacyBulkKey,
+    /// Bulk idempotency keys are unique per account and project, not per
+    /// account.
+    BulkKeyPerProject,
+    /// Bulk jobs and creation jobs share one key table: a bulk job under a
+    /// key a creation job used fails on the unique index.
+    BulkKeySharedWithJobs,
+    /// Items are read back by target group id (a `SELECT` without `ORDER
+    /// BY position`), not in submission order.
+    BulkItemsSorted,
+    /// Bulk jobs are found by account and id, whatever the project.
+    BulkJobIgnoresProject,
+    /// `claim_bulk_job` takes held jobs too, whatever their lease.
+    ClaimIgnoresLease,
+    /// `claim_bulk_job` of a job claimed before only moves the lease and
+    /// keeps the old token (`COALESCE(token, $new)`): the old holder keeps
+    /// writing, the new one is refused.
+    ClaimKeepsToken,
+    /// `claim_bulk_job` takes the newest job first.
+    ClaimNewestFirst,
+    /// `claim_bulk_job` picks a job, awaits, then sets the claim without
+    /// checking again (a `SELECT` then an `UPDATE` without `FOR UPDATE
+    /// SKIP LOCKED`): concurrent claimers all get the same job.
+    RacyClaim,
+    /// `renew_bulk_claim` moves the lease of a processing job for any
+    /// token.
+    RenewIgnoresToken,
+    /// `finish_bulk_job` finishes a processing job for any token.
+    FinishIgnoresToken,
+    /// `finish_bulk_job` leaves the claim in place, and holding is checked
+    /// by token alone: the finished job's token still renews and applies.
+    FinishKeepsClaim,
+    /// `apply_bulk_items` ignores the token: anyone may apply.
+    ApplyNotFenced,
+    /// `apply_bulk_items` decides every item, even one with an outcome, and
+    /// does what it answers again.
+    ApplyRedecides,
+    /// `apply_bulk_items` writes each item as it goes: a conflict on a
+    /// later item leaves the earlier ones written.
+    ApplyNotAtomic,
+    /// `apply_bulk_items` writes whatever `decide` asks for without
+    /// comparing `expected` with the stored version.
+    ApplyIgnoresExpected,
+    /// `apply_bulk_items` records `Updated` without writing the run.
+    ApplyRecordsWithoutWrite,
+    /// `apply_bulk_items` writes the run without its change record.
+    ApplyDropsChangeRecord,
+    /// `apply_bulk_items` finds each item's run by target group alone, in
+    /// any account and project.
+    ApplyIgnoresScope,
+    /// `apply_bulk_items` decides (and checks versions and outcomes) under
+    /// one lock, awaits, and writes under another without checking again:
+    /// right one call at a time, but concurrent appliers of the same items
+    /// both write.
+    ApplySplitLock,
+    /// `expire_bulk_jobs` removes old processing bulk jobs too.
+    BulkExpiresProcessing,
+    /// `expire_bulk_jobs` removes every eligible bulk job, whatever the
+    /// limit.
+    BulkExpiryIgnoresLimit,
+    /// `expire_bulk_jobs` removes the job but not its items (no `ON DELETE
+    /// CASCADE`): a new job under the same id reads the old outcomes back.
+    BulkExpiryKeepsItems,
+    /// `expire_bulk_jobs` measures age from `created_at`.
+    BulkExpiresByCreationTime,
+}
+
+/// A bulk job of the [`PlantedStore`].
+#[derive(Debug, Clone)]
+struct StoredBulk {
+    job: BulkJob,
+    claim: Option<BulkClaim>,
+    finished_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Default)]
@@ -148,6 +232,9 @@ struct State {
     finished_at: HashMap<JobId, Timestamp>,
     /// The jobs whose keys [`Bug::ExpiryKeepsKeys`] left behind.
     retired: Vec<FieldingRunJob>,
+    bulk: HashMap<JobId, StoredBulk>,
+    /// The items [`Bug::BulkExpiryKeepsItems`] left behind, by job id.
+    leftover_items: HashMap<JobId, Vec<BulkItem>>,
 }
 
 #[derive(Debug)]
@@ -627,44 +714,331 @@ impl FieldingStore for PlantedStore {
         Ok(doomed.len())
     }
 
-    async fn create_bulk_job(&self, _job: &BulkJob) -> Result<BulkJobCreated, StoreError> {
-        Err(not_yet())
+    async fn create_bulk_job(&self, job: &BulkJob) -> Result<BulkJobCreated, StoreError> {
+        let _call = self.enter().await?;
+        let same_key = |stored: &StoredBulk| {
+            stored.job.idempotency_key == job.idempotency_key
+                && stored.job.account_id == job.account_id
+                && (self.bug != Bug::BulkKeyPerProject || stored.job.project_id == job.project_id)
+        };
+        if self.bug == Bug::RacyBulkKey {
+            if let Some(existing) = self.lock().bulk.values().find(|s| same_key(s)) {
+                return Ok(BulkJobCreated::Existing(self.shown(&existing.job)));
+            }
+            tokio::task::yield_now().await;
+            self.lock().bulk.insert(job.id, StoredBulk::new(job.clone()));
+            return Ok(BulkJobCreated::Created);
+        }
+        // The check and the insert under one lock.
+        let mut state = self.lock();
+        if let Some(existing) = state.bulk.values().find(|s| same_key(s)) {
+            return Ok(BulkJobCreated::Existing(self.shown(&existing.job)));
+        }
+        let shared_key = state
+            .jobs
+            .values()
+            .any(|j| j.idempotency_key == job.idempotency_key && j.scope.account_id == job.account_id);
+        if self.bug == Bug::BulkKeySharedWithJobs && shared_key {
+            return Err(StoreError::backend(
+                "duplicate key value violates unique constraint \"idempotency_keys_pkey\"",
+            ));
+        }
+        if state.bulk.contains_key(&job.id) {
+            return Err(StoreError::backend(format!("bulk job id {} is taken", job.id)));
+        }
+        let mut stored = job.clone();
+        if let Some(leftovers) = state.leftover_items.remove(&job.id) {
+            for item in &mut stored.items {
+                if let Some(old) = leftovers.iter().find(|o| o.target_group_id == item.target_group_id) {
+                    item.outcome = old.outcome;
+                }
+            }
+        }
+        state.bulk.insert(job.id, StoredBulk::new(stored));
+        Ok(BulkJobCreated::Created)
     }
 
-    async fn get_bulk_job(&self, _key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError> {
-        Err(not_yet())
+    async fn get_bulk_job(&self, key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError> {
+        let _call = self.enter().await?;
+        let state = self.lock();
+        Ok(state
+            .bulk
+            .get(&key.id)
+            .filter(|stored| self.bulk_visible(stored, key))
+            .map(|stored| self.shown(&stored.job)))
     }
 
-    async fn claim_bulk_job(&self, _now: Timestamp, _claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
-        Err(not_yet())
+    async fn claim_bulk_job(&self, now: Timestamp, claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
+        let _call = self.enter().await?;
+        let pick = |state: &State| {
+            let unheld = state.bulk.values().filter(|stored| {
+                stored.job.status == BulkJobStatus::Processing
+                    && (self.bug == Bug::ClaimIgnoresLease || stored.claim.is_none_or(|held| held.lease_until <= now))
+            });
+            let age = |stored: &&StoredBulk| (stored.job.created_at, stored.job.id);
+            if self.bug == Bug::ClaimNewestFirst {
+                unheld.max_by_key(age).map(|stored| stored.job.id)
+            } else {
+                unheld.min_by_key(age).map(|stored| stored.job.id)
+            }
+        };
+        let picked = if self.bug == Bug::RacyClaim {
+            let picked = pick(&self.lock());
+            // The round trip between the SELECT and the UPDATE.
+            tokio::task::yield_now().await;
+            picked
+        } else {
+            None
+        };
+        let mut state = self.lock();
+        let Some(id) = picked.or_else(|| pick(&state)) else {
+            return Ok(None);
+        };
+        let Some(stored) = state.bulk.get_mut(&id) else {
+            return Ok(None);
+        };
+        stored.claim = match (self.bug, stored.claim) {
+            (Bug::ClaimKeepsToken, Some(old)) => Some(BulkClaim {
+                token: old.token,
+                lease_until: claim.lease_until,
+            }),
+            _ => Some(*claim),
+        };
+        Ok(Some(self.shown(&stored.job)))
     }
 
-    async fn renew_bulk_claim(&self, _key: &BulkJobKey, _claim: &BulkClaim) -> Result<bool, StoreError> {
-        Err(not_yet())
+    async fn renew_bulk_claim(&self, key: &BulkJobKey, claim: &BulkClaim) -> Result<bool, StoreError> {
+        let _call = self.enter().await?;
+        let mut state = self.lock();
+        let Some(stored) = state.bulk.get_mut(&key.id) else {
+            return Ok(false);
+        };
+        let anyone = self.bug == Bug::RenewIgnoresToken
+            && self.bulk_visible(stored, key)
+            && stored.job.status == BulkJobStatus::Processing;
+        if !anyone && !self.bulk_holds(stored, key, claim.token) {
+            return Ok(false);
+        }
+        stored.claim = Some(BulkClaim {
+            token: stored.claim.map_or(claim.token, |held| held.token),
+            lease_until: claim.lease_until,
+        });
+        Ok(true)
     }
 
     async fn apply_bulk_items(
         &self,
-        _key: &BulkJobKey,
-        _token: ClaimToken,
-        _items: &[TargetGroupId],
-        _decide: DecideItem<'_>,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        items: &[TargetGroupId],
+        decide: DecideItem<'_>,
     ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
-        Err(not_yet())
+        let _call = self.enter().await?;
+        let mut planned = Vec::with_capacity(items.len());
+        {
+            let mut guard = self.lock();
+            let state = &mut *guard;
+            let allowed = state.bulk.get(&key.id).is_some_and(|stored| {
+                self.bulk_visible(stored, key)
+                    && (self.bug == Bug::ApplyNotFenced || self.bulk_holds(stored, key, token))
+            });
+            if !allowed {
+                return Err(StoreError::ClaimLost { key: *key, token });
+            }
+            for id in items {
+                let recorded = state
+                    .bulk
+                    .get(&key.id)
+                    .and_then(|stored| stored.job.items.iter().find(|item| item.target_group_id == *id))
+                    .ok_or_else(|| StoreError::internal(format!("{id} is not an item of {key}")))?
+                    .outcome;
+                if let Some(outcome) = recorded.filter(|_| self.bug != Bug::ApplyRedecides) {
+                    planned.push((*id, None, outcome));
+                    continue;
+                }
+                let row_id = self.run_of(state, key, id);
+                let current = match row_id.and_then(|row_id| state.runs.get(&row_id)) {
+                    Some(row) => Some(self.read(row)?),
+                    None => None,
+                };
+                let (write, outcome) = match decide(*id, current.as_ref()) {
+                    ItemUpdate::Record(outcome) => (None, outcome),
+                    ItemUpdate::Write { expected, run, change } => {
+                        let row = row_id
+                            .and_then(|row_id| state.runs.get(&row_id))
+                            .ok_or_else(|| StoreError::internal("decide asked to write where there is no run"))?;
+                        if self.bug != Bug::ApplyIgnoresExpected {
+                            self.check(row, expected)?;
+                        }
+                        (Some((run, change)), BulkItemOutcome::Updated)
+                    }
+                };
+                if self.bug == Bug::ApplyNotAtomic {
+                    self.commit_item(state, key, *id, write, outcome)?;
+                    planned.push((*id, None, outcome));
+                } else {
+                    planned.push((*id, write, outcome));
+                }
+            }
+            if self.bug != Bug::ApplySplitLock {
+                return self.commit_items(state, key, planned);
+            }
+        }
+        // The round trip between the decisions and the writes, which do not
+        // say `WHERE version = expected` nor look at the outcomes again.
+        tokio::task::yield_now().await;
+        let mut state = self.lock();
+        self.commit_items(&mut state, key, planned)
     }
 
     async fn finish_bulk_job(
         &self,
-        _key: &BulkJobKey,
-        _token: ClaimToken,
-        _status: BulkJobStatus,
-        _finished_at: Timestamp,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        status: BulkJobStatus,
+        finished_at: Timestamp,
     ) -> Result<bool, StoreError> {
-        Err(not_yet())
+        let _call = self.enter().await?;
+        let mut state = self.lock();
+        let Some(stored) = state.bulk.get_mut(&key.id) else {
+            return Ok(false);
+        };
+        let anyone = self.bug == Bug::FinishIgnoresToken
+            && self.bulk_visible(stored, key)
+            && stored.job.status == BulkJobStatus::Processing;
+        if !anyone && !self.bulk_holds(stored, key, token) {
+            return Ok(false);
+        }
+        stored.job.status = status;
+        stored.finished_at = Some(finished_at);
+        if self.bug != Bug::FinishKeepsClaim {
+            stored.claim = None;
+        }
+        Ok(true)
     }
 
-    async fn expire_bulk_jobs(&self, _finished_before: Timestamp, _limit: usize) -> Result<usize, StoreError> {
-        Err(not_yet())
+    async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let _call = self.enter().await?;
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let expired = |stored: &StoredBulk| {
+            let age_from = match self.bug {
+                Bug::BulkExpiresProcessing => stored.finished_at.or(Some(stored.job.created_at)),
+                Bug::BulkExpiresByCreationTime => stored.finished_at.map(|_| stored.job.created_at),
+                _ => stored.finished_at,
+            };
+            age_from.is_some_and(|at| at < finished_before)
+        };
+        let limit = if self.bug == Bug::BulkExpiryIgnoresLimit {
+            usize::MAX
+        } else {
+            limit
+        };
+        let doomed: Vec<JobId> = state
+            .bulk
+            .values()
+            .filter(|stored| expired(stored))
+            .map(|stored| stored.job.id)
+            .take(limit)
+            .collect();
+        for id in &doomed {
+            if let Some(stored) = state.bulk.remove(id) {
+                if self.bug == Bug::BulkExpiryKeepsItems {
+                    state.leftover_items.insert(*id, stored.job.items);
+                }
+            }
+        }
+        Ok(doomed.len())
+    }
+}
+
+impl StoredBulk {
+    fn new(job: BulkJob) -> Self {
+        let finished_at = (job.status != BulkJobStatus::Processing).then_some(job.created_at);
+        Self {
+            job,
+            claim: None,
+            finished_at,
+        }
+    }
+}
+
+/// The bulk-job helpers of the planted store.
+impl PlantedStore {
+    fn bulk_visible(&self, stored: &StoredBulk, key: &BulkJobKey) -> bool {
+        stored.job.account_id == key.account_id
+            && (self.bug == Bug::BulkJobIgnoresProject || stored.job.project_id == key.project_id)
+    }
+
+    /// Whether `token` holds the job at `key`.
+    fn bulk_holds(&self, stored: &StoredBulk, key: &BulkJobKey, token: ClaimToken) -> bool {
+        self.bulk_visible(stored, key)
+            && stored.claim.is_some_and(|held| held.token == token)
+            && (self.bug == Bug::FinishKeepsClaim || stored.job.status == BulkJobStatus::Processing)
+    }
+
+    /// The job as reads answer it.
+    fn shown(&self, job: &BulkJob) -> BulkJob {
+        let mut shown = job.clone();
+        if self.bug == Bug::BulkItemsSorted {
+            shown.items.sort_by_key(|item| item.target_group_id);
+        }
+        shown
+    }
+
+    /// The run an item of the job at `key` acts on.
+    fn run_of(&self, state: &State, key: &BulkJobKey, id: &TargetGroupId) -> Option<FieldingRunId> {
+        if self.bug == Bug::ApplyIgnoresScope {
+            return state
+                .runs
+                .values()
+                .find(|row| row.run.target_group_id == *id)
+                .map(|row| row.run.id);
+        }
+        state
+            .by_scope
+            .get(&Scope::new(key.account_id, key.project_id, *id))
+            .copied()
+    }
+
+    /// Writes what `apply_bulk_items` planned and answers the outcomes.
+    #[allow(clippy::type_complexity)]
+    fn commit_items(
+        &self,
+        state: &mut State,
+        key: &BulkJobKey,
+        planned: Vec<(TargetGroupId, Option<(FieldingRun, ChangeRecord)>, BulkItemOutcome)>,
+    ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
+        let mut answer = Vec::with_capacity(planned.len());
+        for (id, write, outcome) in planned {
+            self.commit_item(state, key, id, write, outcome)?;
+            answer.push((id, outcome));
+        }
+        Ok(answer)
+    }
+
+    /// One item's write (if any) and outcome.
+    fn commit_item(
+        &self,
+        state: &mut State,
+        key: &BulkJobKey,
+        id: TargetGroupId,
+        write: Option<(FieldingRun, ChangeRecord)>,
+        outcome: BulkItemOutcome,
+    ) -> Result<(), StoreError> {
+        if let Some((run, change)) = write.filter(|_| self.bug != Bug::ApplyRecordsWithoutWrite) {
+            let row = state.runs.get_mut(&run.id).ok_or(StoreError::NotFound)?;
+            if self.bug != Bug::ApplyDropsChangeRecord {
+                self.append(&mut row.changes, &change);
+            }
+            self.write_run(state, &run)?;
+        }
+        if let Some(stored) = state.bulk.get_mut(&key.id) {
+            for item in stored.job.items.iter_mut().filter(|item| item.target_group_id == id) {
+                item.outcome = Some(outcome);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -911,6 +1285,113 @@ planted_bugs! {
     a_finish_time_refreshed_by_a_later_finish_job_is_caught: FinishRefreshesTime,
         caught_by ["expire_jobs_removes_old_finished_jobs_with_their_keys_in_bounded_batches"],
         unaffected ["finish_job_records_the_first_outcome_only"];
+    a_racy_bulk_idempotency_key_check_creates_duplicate_bulk_jobs: RacyBulkKey,
+        caught_by ["concurrent_bulk_job_creations_with_one_key_have_exactly_one_winner"],
+        unaffected [
+            "bulk_job_round_trip_preserves_every_field_and_item_order",
+            "bulk_idempotency_key_is_unique_per_account",
+        ];
+    bulk_idempotency_keys_per_project_are_caught: BulkKeyPerProject,
+        caught_by ["bulk_idempotency_key_is_unique_per_account"],
+        unaffected ["bulk_job_round_trip_preserves_every_field_and_item_order"];
+    bulk_and_creation_jobs_sharing_one_key_table_are_caught: BulkKeySharedWithJobs,
+        caught_by ["bulk_idempotency_key_is_unique_per_account"],
+        unaffected [
+            "bulk_job_round_trip_preserves_every_field_and_item_order",
+            "job_idempotency_key_is_unique_per_account",
+        ];
+    items_read_back_out_of_submission_order_are_caught: BulkItemsSorted,
+        caught_by ["bulk_job_round_trip_preserves_every_field_and_item_order"],
+        unaffected ["concurrent_claims_hand_each_bulk_job_to_exactly_one_runner"];
+    bulk_jobs_found_without_their_project_leak_across_projects: BulkJobIgnoresProject,
+        caught_by ["bulk_job_scope_isolation_hides_the_job_from_every_other_account_and_project"],
+        unaffected [
+            "bulk_job_round_trip_preserves_every_field_and_item_order",
+            "bulk_idempotency_key_is_unique_per_account",
+        ];
+    a_claim_that_ignores_the_lease_is_caught: ClaimIgnoresLease,
+        caught_by ["claim_takes_unheld_processing_bulk_jobs_oldest_first_and_respects_leases"],
+        unaffected ["bulk_job_round_trip_preserves_every_field_and_item_order"];
+    a_claim_that_keeps_the_old_token_is_caught: ClaimKeepsToken,
+        caught_by ["claim_takes_unheld_processing_bulk_jobs_oldest_first_and_respects_leases"],
+        unaffected [
+            "bulk_job_round_trip_preserves_every_field_and_item_order",
+            "concurrent_claims_hand_each_bulk_job_to_exactly_one_runner",
+        ];
+    a_claim_of_the_newest_job_first_is_caught: ClaimNewestFirst,
+        caught_by ["claim_takes_unheld_processing_bulk_jobs_oldest_first_and_respects_leases"],
+        unaffected ["bulk_job_round_trip_preserves_every_field_and_item_order"];
+    a_racy_claim_hands_one_job_to_several_runners: RacyClaim,
+        caught_by ["concurrent_claims_hand_each_bulk_job_to_exactly_one_runner"],
+        unaffected [
+            "claim_takes_unheld_processing_bulk_jobs_oldest_first_and_respects_leases",
+            "renew_bulk_claim_moves_the_lease_only_for_the_holding_token",
+        ];
+    a_renewal_by_any_token_is_caught: RenewIgnoresToken,
+        caught_by ["renew_bulk_claim_moves_the_lease_only_for_the_holding_token"],
+        unaffected ["claim_takes_unheld_processing_bulk_jobs_oldest_first_and_respects_leases"];
+    a_finish_by_any_token_is_caught: FinishIgnoresToken,
+        caught_by ["finish_bulk_job_needs_the_holding_token_and_ends_the_claim"],
+        unaffected ["bulk_job_round_trip_preserves_every_field_and_item_order"];
+    a_finish_that_keeps_the_claim_is_caught: FinishKeepsClaim,
+        caught_by [
+            "finish_bulk_job_needs_the_holding_token_and_ends_the_claim",
+            "renew_bulk_claim_moves_the_lease_only_for_the_holding_token",
+        ],
+        unaffected ["bulk_job_round_trip_preserves_every_field_and_item_order"];
+    an_apply_without_fencing_is_caught: ApplyNotFenced,
+        caught_by ["apply_bulk_items_by_a_token_that_does_not_hold_the_job_is_claim_lost"],
+        unaffected [
+            "apply_bulk_items_decides_each_pending_item_once_with_its_run",
+            "apply_bulk_items_is_all_or_nothing_when_one_write_conflicts",
+        ];
+    an_apply_that_decides_recorded_items_again_is_caught: ApplyRedecides,
+        caught_by [
+            "apply_bulk_items_decides_each_pending_item_once_with_its_run",
+            "concurrent_appliers_of_one_job_change_each_run_exactly_once",
+        ],
+        unaffected ["apply_bulk_items_is_all_or_nothing_when_one_write_conflicts"];
+    an_apply_that_writes_item_by_item_is_caught: ApplyNotAtomic,
+        caught_by ["apply_bulk_items_is_all_or_nothing_when_one_write_conflicts"],
+        unaffected [
+            "apply_bulk_items_decides_each_pending_item_once_with_its_run",
+            "apply_bulk_items_by_a_token_that_does_not_hold_the_job_is_claim_lost",
+        ];
+    an_apply_that_ignores_the_expected_version_is_caught: ApplyIgnoresExpected,
+        caught_by ["apply_bulk_items_is_all_or_nothing_when_one_write_conflicts"],
+        unaffected ["apply_bulk_items_decides_each_pending_item_once_with_its_run"];
+    an_apply_that_records_updated_without_writing_is_caught: ApplyRecordsWithoutWrite,
+        caught_by [
+            "apply_bulk_items_decides_each_pending_item_once_with_its_run",
+            "apply_bulk_items_is_all_or_nothing_when_one_write_conflicts",
+        ],
+        unaffected ["bulk_job_round_trip_preserves_every_field_and_item_order"];
+    an_apply_that_drops_the_change_record_is_caught: ApplyDropsChangeRecord,
+        caught_by ["apply_bulk_items_decides_each_pending_item_once_with_its_run"],
+        unaffected ["bulk_job_round_trip_preserves_every_field_and_item_order"];
+    an_apply_that_finds_runs_in_other_accounts_and_projects_is_caught: ApplyIgnoresScope,
+        caught_by ["apply_bulk_items_decides_each_pending_item_once_with_its_run"],
+        unaffected ["apply_bulk_items_is_all_or_nothing_when_one_write_conflicts"];
+    // Right one call at a time: only the race sees it.
+    an_apply_that_decides_and_writes_under_two_locks_applies_items_twice: ApplySplitLock,
+        caught_by ["concurrent_appliers_of_one_job_change_each_run_exactly_once"],
+        unaffected [
+            "apply_bulk_items_decides_each_pending_item_once_with_its_run",
+            "apply_bulk_items_is_all_or_nothing_when_one_write_conflicts",
+            "apply_bulk_items_by_a_token_that_does_not_hold_the_job_is_claim_lost",
+        ];
+    a_bulk_expiry_that_removes_processing_jobs_is_caught: BulkExpiresProcessing,
+        caught_by ["expire_bulk_jobs_removes_old_finished_bulk_jobs_with_their_items_and_keys_in_bounded_batches"],
+        unaffected ["bulk_job_round_trip_preserves_every_field_and_item_order"];
+    a_bulk_expiry_that_ignores_the_limit_is_caught: BulkExpiryIgnoresLimit,
+        caught_by ["expire_bulk_jobs_removes_old_finished_bulk_jobs_with_their_items_and_keys_in_bounded_batches"],
+        unaffected ["bulk_job_round_trip_preserves_every_field_and_item_order"];
+    a_bulk_expiry_that_leaves_the_items_behind_is_caught: BulkExpiryKeepsItems,
+        caught_by ["expire_bulk_jobs_removes_old_finished_bulk_jobs_with_their_items_and_keys_in_bounded_batches"],
+        unaffected ["bulk_job_round_trip_preserves_every_field_and_item_order"];
+    a_bulk_expiry_by_creation_time_is_caught: BulkExpiresByCreationTime,
+        caught_by ["expire_bulk_jobs_removes_old_finished_bulk_jobs_with_their_items_and_keys_in_bounded_batches"],
+        unaffected ["bulk_job_round_trip_preserves_every_field_and_item_order"];
 }
 
 /// Every case must be shown to bite: at least one planted bug requires it
@@ -966,9 +1447,4 @@ async fn an_update_that_reads_and_writes_under_two_locks_loses_updates_even_with
         failed.contains(&"race_concurrent_updates_on_one_run_lose_no_update"),
         "with 2 writers the update race should still fail\n{fewest}"
     );
-}
-
-// TEMPORARY while issue 13 is in progress: the planted store gets its bulk-job methods (and bugs) next.
-fn not_yet() -> StoreError {
-    StoreError::internal("bulk jobs are not implemented by this store yet")
 }

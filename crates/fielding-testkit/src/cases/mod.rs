@@ -23,6 +23,10 @@
 //! [`Capabilities`]: crate::Capabilities
 //! [`CaseFailure`]: crate::CaseFailure
 
+mod bulk;
+mod bulk_apply;
+mod bulk_claims;
+mod bulk_expiry;
 mod check;
 mod contract;
 mod expiry;
