@@ -457,7 +457,10 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
     /// `expected` fails the whole call with [`StoreError::VersionConflict`]
     /// (the caller decides again); a token that does not hold the job,
     /// with [`StoreError::ClaimLost`]. Answers each item's outcome, in the
-    /// order of `items`.
+    /// order of `items`. `items` are distinct (the runner never repeats
+    /// one): a target group named twice is a caller's bug, which a store
+    /// may refuse (failing the call, writing nothing) or answer with the
+    /// first occurrence's outcome, but never by writing the run twice.
     async fn apply_bulk_items(
         &self,
         key: &BulkJobKey,

@@ -459,6 +459,12 @@ impl FieldingStore for MemoryStore {
         let mut guard = self.state();
         let state = &mut *guard;
         let job = state.bulk.held(key, token)?;
+        let distinct: std::collections::HashSet<_> = items.iter().collect();
+        if distinct.len() != items.len() {
+            return Err(StoreError::internal(format!(
+                "apply_bulk_items for {key} names a target group twice"
+            )));
+        }
         let mut planned = Vec::with_capacity(items.len());
         for target_group_id in items {
             if let Some(outcome) = job.outcome(target_group_id)? {

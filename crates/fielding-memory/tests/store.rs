@@ -556,3 +556,35 @@ async fn concurrent_swaps_on_one_version_exactly_one_wins() {
     let changes = store.change_records(&run.key());
     assert_eq!(changes.iter().map(|c| c.version.get()).collect::<Vec<_>>(), vec![1, 2]);
 }
+
+/// A target group named twice in one `apply_bulk_items` is refused before
+/// anything is written: planning both at the version read and committing
+/// the first would leave half a batch behind.
+#[tokio::test]
+async fn a_bulk_batch_naming_a_target_group_twice_writes_nothing() {
+    use fielding_core::{BulkAction, BulkClaim, ClaimToken, ItemUpdate, TargetGroupId};
+    let store = MemoryStore::new();
+    let run = live_run();
+    store.seed(run.clone()).unwrap();
+    let job = fixtures::bulk_job(run.scope(), "twice", BulkAction::Pause, &[run.target_group_id]);
+    store.create_bulk_job(&job).await.unwrap();
+    let claim = BulkClaim {
+        token: ClaimToken::generate(),
+        lease_until: Timestamp::MAX,
+    };
+    store.claim_bulk_job(t0(), &claim).await.unwrap().unwrap();
+    let mut decide = |_: TargetGroupId, current: Option<&FieldingRun>| {
+        let current = current.unwrap();
+        let (run, change) = next(current);
+        ItemUpdate::Write {
+            expected: current.version,
+            run,
+            change,
+        }
+    };
+    let twice = [run.target_group_id, run.target_group_id];
+    let refused = store.apply_bulk_items(&job.key(), claim.token, &twice, &mut decide).await;
+    assert!(matches!(refused, Err(StoreError::Backend { .. })), "{refused:?}");
+    assert_eq!(store.run(&run.key()).unwrap(), run, "nothing written");
+    assert_eq!(store.get_bulk_job(&job.key()).await.unwrap().unwrap().pending().count(), 1);
+}

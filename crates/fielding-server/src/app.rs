@@ -14,7 +14,7 @@ use fielding_core::FieldingService;
 use fielding_http::api_error::ApiError;
 use fielding_http::auth::Authenticator;
 use fielding_http::rate_limit::{RateLimitPolicy, RateLimiter};
-use fielding_http::{FieldingApi, DEFAULT_BODY_LIMIT};
+use fielding_http::{FieldingApi, DEFAULT_BODY_LIMIT, DEFAULT_BULK_BODY_LIMIT};
 
 use crate::address_limit::{self, AddressLimiter};
 use crate::health::{self, Health};
@@ -32,6 +32,8 @@ pub struct ApiLimits {
     pub address_rate_limit: Option<RateLimitPolicy>,
     /// The largest request body, in bytes.
     pub body_limit: usize,
+    /// The largest body of a batch `POST` (a bulk job's list), in bytes.
+    pub bulk_body_limit: usize,
     /// How long a request body may take to arrive in full (408 past it).
     pub body_read_timeout: Duration,
 }
@@ -39,12 +41,14 @@ pub struct ApiLimits {
 impl Default for ApiLimits {
     /// [`RateLimitPolicy::default`] per principal,
     /// [`address_limit::default_policy`] per address,
-    /// [`DEFAULT_BODY_LIMIT`] and [`DEFAULT_BODY_READ_TIMEOUT`].
+    /// [`DEFAULT_BODY_LIMIT`], [`DEFAULT_BULK_BODY_LIMIT`] for batch
+    /// `POST`s and [`DEFAULT_BODY_READ_TIMEOUT`].
     fn default() -> Self {
         Self {
             rate_limit: RateLimitPolicy::default(),
             address_rate_limit: Some(address_limit::default_policy()),
             body_limit: DEFAULT_BODY_LIMIT,
+            bulk_body_limit: DEFAULT_BULK_BODY_LIMIT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         }
     }
@@ -89,6 +93,7 @@ pub fn app(
     let api = FieldingApi::new(service.clone(), authenticator)
         .rate_limit(limits.rate_limit)
         .body_limit(limits.body_limit)
+        .bulk_body_limit(limits.bulk_body_limit)
         .body_timeout(limits.body_read_timeout);
     let rate_limiter = api.rate_limiter();
     let not_allowed = || async { ApiError::method_not_allowed() };

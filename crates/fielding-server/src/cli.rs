@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use fielding_core::{AccountId, BulkRunnerOptions};
 use fielding_http::rate_limit::RateLimitPolicy;
-use fielding_http::DEFAULT_BODY_LIMIT;
+use fielding_http::{DEFAULT_BODY_LIMIT, DEFAULT_BULK_BODY_LIMIT};
 use uuid::Uuid;
 
 use crate::app::ApiLimits;
@@ -119,6 +119,16 @@ pub struct ServeArgs {
     /// The largest request body accepted, in bytes (413 above it).
     #[arg(long, env = "FIELDING_BODY_LIMIT", value_name = "BYTES", default_value_t = DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
+
+    /// The largest body of a batch POST (a bulk job's list of up to 10,000
+    /// target groups), in bytes (413 above it).
+    #[arg(
+        long,
+        env = "FIELDING_BULK_BODY_LIMIT",
+        value_name = "BYTES",
+        default_value_t = DEFAULT_BULK_BODY_LIMIT
+    )]
+    pub bulk_body_limit: usize,
 
     /// Requests per second each client address may make, sustained,
     /// before authentication (IPv6: per /64); 0 turns the limit off
@@ -398,6 +408,7 @@ impl ServeArgs {
             rate_limit: self.rate_limit_policy()?,
             address_rate_limit: self.address_rate_limit_policy(),
             body_limit: self.body_limit,
+            bulk_body_limit: self.bulk_body_limit,
             body_read_timeout: Duration::from_secs(self.body_read_timeout),
         };
         let (jwt_secret, secret_source) = match self.jwt_secret {

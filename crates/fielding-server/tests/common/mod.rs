@@ -29,7 +29,7 @@ pub const TARGET_GROUP: &str = "01BTGNYV6HRNK8K8VKZASZCFP1";
 /// How long a server may take to start, or to stop, on a busy machine.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
-pub const ENV_VARS: [&str; 21] = [
+pub const ENV_VARS: [&str; 22] = [
     "FIELDING_LISTEN",
     "FIELDING_DATABASE",
     "FIELDING_PG_SCHEMA",
@@ -51,6 +51,7 @@ pub const ENV_VARS: [&str; 21] = [
     "FIELDING_BULK_BATCH_SIZE",
     "FIELDING_BULK_LEASE",
     "FIELDING_BULK_POLL_INTERVAL_MS",
+    "FIELDING_BULK_BODY_LIMIT",
 ];
 
 pub fn list_path(account: u32) -> String {
