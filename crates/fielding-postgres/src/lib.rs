@@ -118,6 +118,7 @@
 //! with the rule for when a test may skip because no server is running.
 #![warn(missing_docs)]
 
+mod bulk;
 mod codec;
 mod error;
 mod jobs;
