@@ -26,6 +26,16 @@ use crate::sql::BulkStatements;
 /// The unique key on the bulk job id.
 const JOB_ID_KEY: &str = "fielding_bulk_jobs_pkey";
 
+/// Opens a batch's transaction, in the same round trip as `BEGIN`, with
+/// a plan made for each statement's actual arrays. Left to choose, the
+/// server switches a prepared statement to a generic plan after five runs,
+/// and for these that plan is blind to the arrays' lengths: it scans every
+/// run of the project and every item of the job per batch instead of
+/// looking up the batch's rows (measured: 4 ms for a batch of 100 on a
+/// custom plan, 70 ms on the generic one). Planning each statement anew
+/// costs far less than that.
+const BEGIN_BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan";
+
 /// How often `create` tries again when its insert found the key taken but
 /// the read that followed found no job under it (possible only if the job
 /// expired in between).
@@ -209,7 +219,7 @@ pub(crate) async fn apply_items(
     decide: DecideItem<'_>,
 ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
     let op = "apply_bulk_items";
-    let mut tx = conn.begin().await.map_err(|e| backend(op, e))?;
+    let mut tx = conn.begin_with(BEGIN_BATCH).await.map_err(|e| backend(op, e))?;
     let outcome = apply_in(&mut tx, sql, key, token, items, decide).await;
     end(tx, op, outcome).await
 }
@@ -430,7 +440,8 @@ fn decode_job(row: &PgRow) -> Result<BulkJob, StoreError> {
         created_by: UserId::new(column(row, 6)?),
         trace_id: trace_id
             .map(|text| {
-                JobTraceId::parse(&text).ok_or_else(|| StoreError::corrupt(format!("stored trace id {text:?} is invalid")))
+                JobTraceId::parse(&text)
+                    .ok_or_else(|| StoreError::corrupt(format!("stored trace id {text:?} is invalid")))
             })
             .transpose()?,
         status: BulkJobStatus::parse(&status)

@@ -332,7 +332,12 @@ mod tests {
         let sql = BulkStatements::new(&SchemaName::new("env_a").unwrap());
         for text in sql.all() {
             assert!(text.contains("\"env_a\"."), "{text}");
-            for table in ["fielding_bulk_jobs", "fielding_bulk_job_items", "fielding_runs", "change_records"] {
+            for table in [
+                "fielding_bulk_jobs",
+                "fielding_bulk_job_items",
+                "fielding_runs",
+                "change_records",
+            ] {
                 assert!(!text.contains(&format!(" {table} ")), "{text}");
                 assert!(!text.contains(&format!(" {table}(")), "{text}");
             }
@@ -346,7 +351,10 @@ mod tests {
         assert!(sql.claim.contains("FOR UPDATE SKIP LOCKED"), "{}", sql.claim);
         assert!(sql.expire.contains("AND status <> 'Processing'"), "{}", sql.expire);
         for text in [&sql.renew, &sql.lock, &sql.finish] {
-            assert!(text.contains("AND claim_token = $4 AND status = 'Processing'"), "{text}");
+            assert!(
+                text.contains("AND claim_token = $4 AND status = 'Processing'"),
+                "{text}"
+            );
         }
     }
 }

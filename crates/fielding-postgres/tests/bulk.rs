@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use fielding_core::{
     BulkAction, BulkClaim, BulkItemFailure, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobStatus, BulkRunner,
-    BulkRunnerOptions, ClaimToken, FieldingRun, FieldingService, FieldingStore, IdempotencyKey, ItemUpdate,
-    NewBulkJob, Scope, Status, StoreError, TargetGroupId, Timestamp, UserId,
+    BulkRunnerOptions, ClaimToken, FieldingRun, FieldingService, FieldingStore, IdempotencyKey, ItemUpdate, NewBulkJob,
+    Scope, Status, StoreError, TargetGroupId, Timestamp, UserId,
 };
 use fielding_postgres::sqlx::postgres::PgConnection;
 use fielding_postgres::sqlx::{self, Connection};
@@ -117,14 +117,24 @@ async fn every_action_on_every_status_through_the_service_and_the_runner() {
         );
         for run in &runs {
             let outcome = outcome_of(&done, run.target_group_id);
-            assert_eq!(outcome, Some(expected(action, run.status)), "{action} on {}", run.status);
+            assert_eq!(
+                outcome,
+                Some(expected(action, run.status)),
+                "{action} on {}",
+                run.status
+            );
             let stored = store.get(&run.key()).await.expect("get").expect("the run");
             let history = store.changes(&run.key()).await.expect("changes");
             if run.status == action.desired_status() || outcome != Some(BulkItemOutcome::Updated) {
                 assert_eq!(stored, *run, "{action} on {}: nothing to write", run.status);
                 assert_eq!(history.len(), 1);
             } else {
-                assert_eq!(stored.version, run.version.next().expect("next"), "{action} on {}", run.status);
+                assert_eq!(
+                    stored.version,
+                    run.version.next().expect("next"),
+                    "{action} on {}",
+                    run.status
+                );
                 assert_eq!(stored.effective_status(now()), action.desired_status());
                 assert_eq!(stored.last_changed_by, done.created_by, "the submitter is recorded");
                 assert_eq!(history.len(), 2);
@@ -173,7 +183,10 @@ async fn jobs_are_scoped_keyed_per_account_and_read_back_through_another_pool() 
         &[runs[0].target_group_id, fixtures::target_group_id()],
     );
     job.trace_id = fielding_core::JobTraceId::parse("0af7651916cd43dd8448eb211c80319c");
-    assert_eq!(test.create_bulk_job(&job).await.expect("create"), BulkJobCreated::Created);
+    assert_eq!(
+        test.create_bulk_job(&job).await.expect("create"),
+        BulkJobCreated::Created
+    );
 
     let other = common::connect_store(&test.guard.url, common::schema_of(&test), "fielding_bulk_other", 2).await;
     assert_eq!(other.get_bulk_job(&job.key()).await.expect("get"), Some(job.clone()));
@@ -188,7 +201,12 @@ async fn jobs_are_scoped_keyed_per_account_and_read_back_through_another_pool() 
     }
 
     // The same key in the same account: the stored job, nothing written.
-    let mut again = fixtures::bulk_job(scope, job.idempotency_key.as_str(), BulkAction::Resume, &[scope.target_group_id]);
+    let mut again = fixtures::bulk_job(
+        scope,
+        job.idempotency_key.as_str(),
+        BulkAction::Resume,
+        &[scope.target_group_id],
+    );
     again.project_id = fixtures::project_id();
     assert_eq!(
         other.create_bulk_job(&again).await.expect("create again"),
@@ -202,7 +220,10 @@ async fn jobs_are_scoped_keyed_per_account_and_read_back_through_another_pool() 
         BulkAction::Pause,
         &[scope.target_group_id],
     );
-    assert_eq!(other.create_bulk_job(&foreign).await.expect("create"), BulkJobCreated::Created);
+    assert_eq!(
+        other.create_bulk_job(&foreign).await.expect("create"),
+        BulkJobCreated::Created
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +234,15 @@ async fn racing_creations_with_one_key_across_pools_record_one_job() {
     let scope = fixtures::scope();
     let mut stores = Vec::new();
     for i in 0..4 {
-        stores.push(common::connect_store(&test.guard.url, common::schema_of(&test), &format!("fielding_bulk_race_{i}"), 2).await);
+        stores.push(
+            common::connect_store(
+                &test.guard.url,
+                common::schema_of(&test),
+                &format!("fielding_bulk_race_{i}"),
+                2,
+            )
+            .await,
+        );
     }
     let tasks: Vec<_> = stores
         .iter()
@@ -234,7 +263,10 @@ async fn racing_creations_with_one_key_across_pools_record_one_job() {
         }
     }
     assert_eq!(created.len(), 1, "exactly one creation wins");
-    assert!(existing.iter().all(|found| *found == created[0]), "the others see the winner, items and all");
+    assert!(
+        existing.iter().all(|found| *found == created[0]),
+        "the others see the winner, items and all"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +306,10 @@ async fn a_job_of_the_maximum_size_round_trips_and_is_worked_in_batches() {
     assert_eq!(updated, runs.len());
     assert!(done.items.iter().all(|item| item.outcome.is_some()));
     for run in &runs {
-        assert_eq!(test.get(&run.key()).await.expect("get").expect("run").status, Status::Paused);
+        assert_eq!(
+            test.get(&run.key()).await.expect("get").expect("run").status,
+            Status::Paused
+        );
     }
 }
 
@@ -340,7 +375,10 @@ async fn two_instances_share_the_jobs_and_change_each_run_exactly_once() {
             if stored.status != BulkJobStatus::Processing {
                 assert_eq!(stored.status, BulkJobStatus::Completed);
                 assert!(
-                    stored.items.iter().all(|item| item.outcome == Some(BulkItemOutcome::Updated)),
+                    stored
+                        .items
+                        .iter()
+                        .all(|item| item.outcome == Some(BulkItemOutcome::Updated)),
                     "every item of {} updated",
                     job.id
                 );
@@ -367,7 +405,10 @@ async fn two_instances_share_the_jobs_and_change_each_run_exactly_once() {
             run.id
         );
         let stored = test.get(&run.key()).await.expect("get").expect("run");
-        assert_eq!((stored.status, stored.version), (Status::Paused, run.version.next().expect("next")));
+        assert_eq!(
+            (stored.status, stored.version),
+            (Status::Paused, run.version.next().expect("next"))
+        );
     }
 }
 
@@ -431,7 +472,11 @@ async fn a_runner_whose_claim_was_taken_over_is_fenced_out() {
         .finish_bulk_job(&job.key(), a.token, BulkJobStatus::Completed, later(t0, 31))
         .await
         .expect("finish"));
-    assert_eq!(test.get_bulk_job(&job.key()).await.expect("get"), Some(job.clone()), "nothing written");
+    assert_eq!(
+        test.get_bulk_job(&job.key()).await.expect("get"),
+        Some(job.clone()),
+        "nothing written"
+    );
     for run in &runs {
         assert_eq!(test.get(&run.key()).await.expect("get").as_ref(), Some(run));
         assert_eq!(test.changes(&run.key()).await.expect("changes").len(), 1);
@@ -475,7 +520,10 @@ async fn a_batch_is_all_or_nothing_and_recorded_items_are_not_decided_again() {
         token: ClaimToken::generate(),
         lease_until: later(now(), 60),
     };
-    test.claim_bulk_job(now(), &claim).await.expect("claim").expect("the job");
+    test.claim_bulk_job(now(), &claim)
+        .await
+        .expect("claim")
+        .expect("the job");
 
     // The second run's write names a version it is not at.
     let stale = runs[1].target_group_id;
@@ -484,19 +532,38 @@ async fn a_batch_is_all_or_nothing_and_recorded_items_are_not_decided_again() {
         Some(run) => {
             let (next, change) = fixtures::change(run, 1, UserId::random()).expect("a change");
             let expected = if tg == stale { next.version } else { run.version };
-            ItemUpdate::Write { expected, run: next, change }
+            ItemUpdate::Write {
+                expected,
+                run: next,
+                change,
+            }
         }
     };
     match test.apply_bulk_items(&job.key(), claim.token, &ids, &mut decide).await {
         Err(StoreError::VersionConflict { expected, current }) => {
-            assert_eq!((expected, current), (runs[1].version.next().expect("next"), runs[1].version));
+            assert_eq!(
+                (expected, current),
+                (runs[1].version.next().expect("next"), runs[1].version)
+            );
         }
         other => panic!("expected VersionConflict, got {other:?}"),
     }
-    assert_eq!(test.get_bulk_job(&job.key()).await.expect("get"), Some(job.clone()), "no outcome recorded");
+    assert_eq!(
+        test.get_bulk_job(&job.key()).await.expect("get"),
+        Some(job.clone()),
+        "no outcome recorded"
+    );
     for run in &runs {
-        assert_eq!(test.get(&run.key()).await.expect("get").as_ref(), Some(run), "no run written");
-        assert_eq!(test.changes(&run.key()).await.expect("changes").len(), 1, "no change record");
+        assert_eq!(
+            test.get(&run.key()).await.expect("get").as_ref(),
+            Some(run),
+            "no run written"
+        );
+        assert_eq!(
+            test.changes(&run.key()).await.expect("changes").len(),
+            1,
+            "no change record"
+        );
     }
 
     // A write in place of another run is refused as a bug, also atomically.
@@ -564,7 +631,11 @@ async fn a_batch_is_all_or_nothing_and_recorded_items_are_not_decided_again() {
         ]
     );
     for run in &runs {
-        assert_eq!(test.changes(&run.key()).await.expect("changes").len(), 2, "changed once");
+        assert_eq!(
+            test.changes(&run.key()).await.expect("changes").len(),
+            2,
+            "changed once"
+        );
     }
     // A target group that is not an item of the job is a caller's bug.
     let err = test
@@ -586,7 +657,12 @@ async fn expiry_removes_finished_jobs_with_their_items() {
     let t0 = now();
     let mut finished = Vec::new();
     for n in 0..3 {
-        let job = fixtures::bulk_job(scope, &format!("done-{n}"), BulkAction::Pause, &[fixtures::target_group_id()]);
+        let job = fixtures::bulk_job(
+            scope,
+            &format!("done-{n}"),
+            BulkAction::Pause,
+            &[fixtures::target_group_id()],
+        );
         test.create_bulk_job(&job).await.expect("create");
         let claim = BulkClaim {
             token: ClaimToken::generate(),
@@ -609,9 +685,16 @@ async fn expiry_removes_finished_jobs_with_their_items() {
     assert_eq!(test.get_bulk_job(&finished[0].key()).await.expect("get"), None);
     assert!(test.get_bulk_job(&finished[1].key()).await.expect("get").is_some());
     assert_eq!(test.expire_bulk_jobs(later(t0, 1000), 1).await.expect("expire"), 1);
-    assert_eq!(test.get_bulk_job(&finished[1].key()).await.expect("get"), None, "oldest first");
+    assert_eq!(
+        test.get_bulk_job(&finished[1].key()).await.expect("get"),
+        None,
+        "oldest first"
+    );
     assert_eq!(test.expire_bulk_jobs(later(t0, 1000), 10).await.expect("expire"), 1);
-    assert!(test.get_bulk_job(&processing.key()).await.expect("get").is_some(), "never processing");
+    assert!(
+        test.get_bulk_job(&processing.key()).await.expect("get").is_some(),
+        "never processing"
+    );
 
     let mut conn = PgConnection::connect(&test.guard.url).await.expect("connect");
     let items: i64 = sqlx::query_scalar(&format!(
@@ -624,5 +707,8 @@ async fn expiry_removes_finished_jobs_with_their_items() {
     assert_eq!(items, 1, "only the processing job's item is left");
     // The key is free again.
     let reused = fixtures::bulk_job(scope, "done-0", BulkAction::Resume, &[fixtures::target_group_id()]);
-    assert_eq!(test.create_bulk_job(&reused).await.expect("create"), BulkJobCreated::Created);
+    assert_eq!(
+        test.create_bulk_job(&reused).await.expect("create"),
+        BulkJobCreated::Created
+    );
 }
