@@ -306,7 +306,12 @@ async fn apply_in(
     let mut changes = ChangeArrays::default();
     let mut decided: Vec<&str> = Vec::with_capacity(pending.len());
     let mut decided_outcomes: Vec<&'static str> = Vec::with_capacity(pending.len());
-    for target_group_id in &pending {
+    // In the order asked (`pending` is sorted, for the locks); an item
+    // asked twice is decided once, the first time.
+    for target_group_id in items {
+        if recorded.get(target_group_id) != Some(&None) {
+            continue;
+        }
         let current = runs.get(target_group_id);
         let outcome = match decide(*target_group_id, current) {
             ItemUpdate::Record(outcome) => outcome,

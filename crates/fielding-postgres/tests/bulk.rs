@@ -599,17 +599,29 @@ async fn a_batch_is_all_or_nothing_and_recorded_items_are_not_decided_again() {
             }
         }
     };
+    // Asked against their sort order (and one of them twice): decided
+    // once each, in the order asked, and answered for every entry.
+    let mut two = ids[..2].to_vec();
+    two.sort_unstable();
+    two.reverse();
+    let asked = [two[0], two[1], two[0]];
+    let mut order = Vec::new();
     let first = test
-        .apply_bulk_items(&job.key(), claim.token, &ids[..2], &mut fine)
+        .apply_bulk_items(&job.key(), claim.token, &asked, &mut |tg, run| {
+            order.push(tg);
+            fine(tg, run)
+        })
         .await
         .expect("apply");
-    assert_eq!(
-        first,
-        [
-            (missing, BulkItemOutcome::Failed(BulkItemFailure::TargetGroupNotFound)),
-            (runs[0].target_group_id, BulkItemOutcome::Updated)
-        ]
-    );
+    assert_eq!(order, two, "decided once each, in the order asked");
+    let outcome = |tg: TargetGroupId| {
+        if tg == missing {
+            BulkItemOutcome::Failed(BulkItemFailure::TargetGroupNotFound)
+        } else {
+            BulkItemOutcome::Updated
+        }
+    };
+    assert_eq!(first, asked.iter().map(|tg| (*tg, outcome(*tg))).collect::<Vec<_>>());
     let mut seen = Vec::new();
     let mut counting = |tg: TargetGroupId, run: Option<&FieldingRun>| {
         seen.push(tg);
