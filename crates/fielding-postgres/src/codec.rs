@@ -74,6 +74,106 @@ pub(crate) fn bind_job<'q, O>(
         .bind(row.failure_description)
 }
 
+/// The runs of a batch write as one array per column (what `UNNEST`
+/// takes), filled from the same core codec as `bind_run`. Only the columns
+/// a write changes, and the row's id: a write never moves a run's scope.
+#[derive(Debug, Default)]
+pub(crate) struct RunArrays {
+    id: Vec<String>,
+    start_fielding_at: Vec<DateTime<Utc>>,
+    end_fielding_at: Vec<DateTime<Utc>>,
+    status: Vec<String>,
+    version: Vec<i64>,
+    last_changed_at: Vec<DateTime<Utc>>,
+    last_changed_by: Vec<uuid::Uuid>,
+    expected: Vec<i64>,
+}
+
+impl RunArrays {
+    /// Adds `run`, to be written if the stored run is at `expected`.
+    pub(crate) fn push(&mut self, run: &FieldingRun, expected: fielding_core::Version) {
+        let row = RunRow::encode(run);
+        self.id.push(row.id.to_owned());
+        self.start_fielding_at.push(time(row.start_fielding_at));
+        self.end_fielding_at.push(time(row.end_fielding_at));
+        self.status.push(row.status.to_owned());
+        self.version.push(row.version);
+        self.last_changed_at.push(time(row.last_changed_at));
+        self.last_changed_by.push(row.last_changed_by);
+        self.expected.push(codec::version_to_column(expected));
+    }
+
+    /// How many runs.
+    pub(crate) fn len(&self) -> usize {
+        self.id.len()
+    }
+
+    /// Binds the eight arrays: id, the five changed columns and the
+    /// version, then the expected version.
+    pub(crate) fn bind(self, query: PgQuery<'_>) -> PgQuery<'_> {
+        query
+            .bind(self.id)
+            .bind(self.start_fielding_at)
+            .bind(self.end_fielding_at)
+            .bind(self.status)
+            .bind(self.version)
+            .bind(self.last_changed_at)
+            .bind(self.last_changed_by)
+            .bind(self.expected)
+    }
+}
+
+/// Change records as one array per column, `run_id` included, in table
+/// order (the columns `bind_change` binds, after the run id).
+#[derive(Debug, Default)]
+pub(crate) struct ChangeArrays {
+    run_id: Vec<String>,
+    version: Vec<i64>,
+    action: Vec<String>,
+    changed_at: Vec<DateTime<Utc>>,
+    changed_by: Vec<uuid::Uuid>,
+    status_from: Vec<Option<String>>,
+    status_to: Vec<String>,
+    start_from: Vec<Option<DateTime<Utc>>>,
+    start_to: Vec<DateTime<Utc>>,
+    end_from: Vec<Option<DateTime<Utc>>>,
+    end_to: Vec<DateTime<Utc>>,
+}
+
+impl ChangeArrays {
+    /// Adds `change`.
+    pub(crate) fn push(&mut self, change: &ChangeRecord) {
+        let row = ChangeRow::encode(change);
+        self.run_id.push(row.run_id.to_owned());
+        self.version.push(row.version);
+        self.action.push(row.action.to_owned());
+        self.changed_at.push(time(row.changed_at));
+        self.changed_by.push(row.changed_by);
+        self.status_from.push(row.status_from.map(str::to_owned));
+        self.status_to.push(row.status_to.to_owned());
+        self.start_from.push(row.start_from.map(time));
+        self.start_to.push(time(row.start_to));
+        self.end_from.push(row.end_from.map(time));
+        self.end_to.push(time(row.end_to));
+    }
+
+    /// Binds the eleven arrays, in table order.
+    pub(crate) fn bind(self, query: PgQuery<'_>) -> PgQuery<'_> {
+        query
+            .bind(self.run_id)
+            .bind(self.version)
+            .bind(self.action)
+            .bind(self.changed_at)
+            .bind(self.changed_by)
+            .bind(self.status_from)
+            .bind(self.status_to)
+            .bind(self.start_from)
+            .bind(self.start_to)
+            .bind(self.end_from)
+            .bind(self.end_to)
+    }
+}
+
 /// An account as the `integer` column (1 to `i32::MAX` by construction).
 pub(crate) fn account(id: AccountId) -> i32 {
     integer(i64::from(id.get()))
@@ -85,12 +185,12 @@ fn integer(value: i64) -> i32 {
 
 /// Unix milliseconds as `timestamptz`. The core's timestamps lie in years
 /// 0000-9999, well inside chrono's range.
-fn time(millis: i64) -> DateTime<Utc> {
+pub(crate) fn time(millis: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(millis).unwrap_or_default()
 }
 
 /// A `timestamptz` as Unix milliseconds (the core checks the range).
-fn millis(value: DateTime<Utc>) -> i64 {
+pub(crate) fn millis(value: DateTime<Utc>) -> i64 {
     value.timestamp_millis()
 }
 

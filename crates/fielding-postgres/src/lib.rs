@@ -53,6 +53,14 @@
 //!   status = 'Processing'`, so the first outcome wins; `expire_jobs` one
 //!   `DELETE` of the oldest finished jobs (`FOR UPDATE SKIP LOCKED`, so
 //!   instances sweeping at once share the work).
+//! * **Bulk jobs**: a runner claims a job with one `UPDATE ... WHERE id =
+//!   (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)`, which sets a fresh
+//!   fencing token and a lease; every later write of the runner matches
+//!   that token, so once another instance has taken the job over the old
+//!   holder writes nothing. A batch of items is one transaction of six
+//!   round trips whatever its size (lock the job, read the outcomes, lock
+//!   the runs, one `UNNEST` statement writing runs, change records and
+//!   outcomes).
 //! * **Reads** are single statements against the primary: they see the
 //!   latest committed write. Do not point a store at a lagging replica.
 //!
@@ -118,6 +126,7 @@
 //! with the rule for when a test may skip because no server is running.
 #![warn(missing_docs)]
 
+mod bulk;
 mod codec;
 mod error;
 mod jobs;

@@ -33,11 +33,17 @@ const STEPS: &[Step] = &[
         version: 3,
         sql: include_str!("../migrations/0003_job_finish_time.sql"),
     },
+    // Bulk jobs and their items, with the claim (token and lease) runners
+    // take them by.
+    Step {
+        version: 4,
+        sql: include_str!("../migrations/0004_bulk_jobs.sql"),
+    },
 ];
 
 /// The schema version this library writes and reads: the highest
 /// migration it knows.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 /// Creates the schema if needed and applies the missing steps, all in one
 /// transaction holding the schema's advisory lock, so instances starting

@@ -1,8 +1,8 @@
-//! The SQL text of every statement on runs, change records and creation
-//! jobs, with the schema spliced in once per store. The schema itself is
-//! in `migrations`.
+//! The SQL text of every statement on runs, change records, creation jobs
+//! and bulk jobs, with the schema spliced in once per store. The schema
+//! itself is in `migrations`.
 
-use fielding_core::JobState;
+use fielding_core::{BulkJobStatus, JobState};
 
 use crate::schema_name::SchemaName;
 
@@ -31,6 +31,7 @@ pub(crate) struct Statements {
     pub(crate) scope_taken: String,
     pub(crate) changes: String,
     pub(crate) jobs: JobStatements,
+    pub(crate) bulk: BulkStatements,
 }
 
 impl Statements {
@@ -69,6 +70,7 @@ impl Statements {
                  AND EXISTS (SELECT 1 FROM {runs} WHERE id = $1 AND {scope}) ORDER BY version"
             ),
             jobs: JobStatements::new(schema),
+            bulk: BulkStatements::new(schema),
         }
     }
 }
@@ -122,6 +124,160 @@ impl JobStatements {
     }
 }
 
+/// The columns of `fielding_bulk_jobs` a job is read from and created
+/// with, in the order `bulk::decode_job` reads them and `bulk::create`
+/// binds them.
+const BULK_JOB_COLUMNS: &str = "id, account_id, project_id, action, idempotency_key, created_at, created_by, \
+                                trace_id, status";
+
+/// The SQL of the bulk-job operations, with the schema spliced in once.
+pub(crate) struct BulkStatements {
+    pub(crate) create: String,
+    pub(crate) by_key: String,
+    pub(crate) get: String,
+    pub(crate) claim: String,
+    pub(crate) renew: String,
+    pub(crate) lock: String,
+    pub(crate) outcomes: String,
+    pub(crate) runs: String,
+    pub(crate) write: String,
+    pub(crate) finish: String,
+    pub(crate) expire: String,
+}
+
+impl BulkStatements {
+    pub(crate) fn new(schema: &SchemaName) -> Self {
+        let s = schema.quoted();
+        let jobs = format!("{s}.fielding_bulk_jobs");
+        let items = format!("{s}.fielding_bulk_job_items");
+        let runs = format!("{s}.fielding_runs");
+        let records = format!("{s}.change_records");
+        let processing = BulkJobStatus::Processing.as_str();
+        let at = "id = $1 AND account_id = $2 AND project_id = $3";
+        // A job row with its items as two arrays in submission order: one
+        // row however many items, instead of the job's columns repeated on
+        // every item's row.
+        let with_items = |from: &str| {
+            format!(
+                "SELECT {BULK_JOB_COLUMNS}, \
+                 ARRAY(SELECT target_group_id FROM {items} i WHERE i.job_id = j.id ORDER BY position), \
+                 ARRAY(SELECT outcome FROM {items} i WHERE i.job_id = j.id ORDER BY position) \
+                 FROM {from}"
+            )
+        };
+        Self {
+            // The job and its items in one statement, so one implicit
+            // transaction: all of it or none. When the key is taken the
+            // job insert returns no row, so no item is inserted either.
+            create: format!(
+                "WITH job AS (INSERT INTO {jobs} ({BULK_JOB_COLUMNS}, finished_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                 CASE WHEN $9 = '{processing}' THEN NULL ELSE $6 END) \
+                 ON CONFLICT (account_id, idempotency_key) DO NOTHING RETURNING id), \
+                 added AS (INSERT INTO {items} (job_id, position, target_group_id, outcome) \
+                 SELECT job.id, item.ordinality - 1, item.target_group_id, item.outcome FROM job, \
+                 UNNEST($10::text[], $11::text[]) WITH ORDINALITY AS item(target_group_id, outcome, ordinality) \
+                 RETURNING 1) \
+                 SELECT (SELECT count(*) FROM job), (SELECT count(*) FROM added)"
+            ),
+            by_key: format!(
+                "{} WHERE account_id = $1 AND idempotency_key = $2",
+                with_items(&format!("{jobs} j"))
+            ),
+            get: format!("{} WHERE {at}", with_items(&format!("{jobs} j"))),
+            // The oldest processing job nobody holds, through the partial
+            // index. SKIP LOCKED: claimers running at once take different
+            // jobs instead of queueing behind each other's row lock; and
+            // under READ COMMITTED a row whose claim was committed after
+            // this statement's snapshot is re-checked against its new
+            // lease before it is locked, so it is not taken twice.
+            claim: format!(
+                "WITH claimed AS (UPDATE {jobs} SET claim_token = $1, lease_until = $2 \
+                 WHERE id = (SELECT id FROM {jobs} WHERE status = '{processing}' \
+                 AND (claim_token IS NULL OR lease_until <= $3) \
+                 ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING *) {}",
+                with_items("claimed j")
+            ),
+            renew: format!(
+                "UPDATE {jobs} SET lease_until = $5 \
+                 WHERE {at} AND claim_token = $4 AND status = '{processing}'"
+            ),
+            // Taken first by every batch: fences out a runner whose token
+            // was replaced, and makes two batches of one job wait for each
+            // other, so the outcomes read next are current.
+            lock: format!(
+                "SELECT id FROM {jobs} WHERE {at} AND claim_token = $4 AND status = '{processing}' FOR UPDATE"
+            ),
+            outcomes: format!(
+                "SELECT target_group_id, outcome FROM {items} WHERE job_id = $1 AND target_group_id = ANY($2)"
+            ),
+            // The pending items' runs, locked in one order (target group
+            // id) by every batch, so two batches over overlapping target
+            // groups cannot deadlock.
+            runs: format!(
+                "SELECT {RUN_COLUMNS} FROM {runs} WHERE account_id = $1 AND project_id = $2 \
+                 AND target_group_id = ANY($3) ORDER BY target_group_id FOR UPDATE"
+            ),
+            // Every run write of a batch, their change records and the
+            // items' outcomes in one statement. Each update still checks
+            // its expected version; the counts tell the caller whether
+            // every row was written.
+            write: format!(
+                "WITH next AS (SELECT * FROM UNNEST($4::text[], $5::timestamptz[], $6::timestamptz[], $7::text[], \
+                 $8::bigint[], $9::timestamptz[], $10::uuid[], $11::bigint[]) \
+                 AS n(id, start_fielding_at, end_fielding_at, status, version, last_changed_at, last_changed_by, \
+                 expected)), \
+                 upd AS (UPDATE {runs} r SET start_fielding_at = next.start_fielding_at, \
+                 end_fielding_at = next.end_fielding_at, status = next.status, version = next.version, \
+                 last_changed_at = next.last_changed_at, last_changed_by = next.last_changed_by \
+                 FROM next WHERE r.id = next.id AND r.account_id = $1 AND r.project_id = $2 \
+                 AND r.version = next.expected RETURNING r.id), \
+                 rec AS (INSERT INTO {records} ({CHANGE_COLUMNS}) \
+                 SELECT c.run_id, c.version, c.action, c.changed_at, c.changed_by, c.status_from, c.status_to, \
+                 c.start_from, c.start_to, c.end_from, c.end_to \
+                 FROM UNNEST($12::text[], $13::bigint[], $14::text[], $15::timestamptz[], $16::uuid[], \
+                 $17::text[], $18::text[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[], \
+                 $22::timestamptz[]) AS c(run_id, version, action, changed_at, changed_by, status_from, status_to, \
+                 start_from, start_to, end_from, end_to) JOIN upd ON upd.id = c.run_id RETURNING 1), \
+                 done AS (UPDATE {items} i SET outcome = o.outcome \
+                 FROM UNNEST($23::text[], $24::text[]) AS o(target_group_id, outcome) \
+                 WHERE i.job_id = $3 AND i.target_group_id = o.target_group_id AND i.outcome IS NULL RETURNING 1) \
+                 SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM rec), (SELECT count(*) FROM done)"
+            ),
+            finish: format!(
+                "UPDATE {jobs} SET status = $5, finished_at = $6, claim_token = NULL, lease_until = NULL \
+                 WHERE {at} AND claim_token = $4 AND status = '{processing}'"
+            ),
+            // As for creation jobs: the oldest finished jobs, SKIP LOCKED
+            // so that sweepers share the work; never a processing one. The
+            // items go with their job (ON DELETE CASCADE), the key is a
+            // column of the row.
+            expire: format!(
+                "DELETE FROM {jobs} WHERE id IN (SELECT id FROM {jobs} \
+                 WHERE finished_at < $1 AND status <> '{processing}' \
+                 ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
+            ),
+        }
+    }
+
+    #[cfg(test)]
+    fn all(&self) -> [&str; 11] {
+        [
+            &self.create,
+            &self.by_key,
+            &self.get,
+            &self.claim,
+            &self.renew,
+            &self.lock,
+            &self.outcomes,
+            &self.runs,
+            &self.write,
+            &self.finish,
+            &self.expire,
+        ]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,5 +325,36 @@ mod tests {
             "{}",
             sql.finish
         );
+    }
+
+    #[test]
+    fn bulk_statements_qualify_every_table_with_the_quoted_schema() {
+        let sql = BulkStatements::new(&SchemaName::new("env_a").unwrap());
+        for text in sql.all() {
+            assert!(text.contains("\"env_a\"."), "{text}");
+            for table in [
+                "fielding_bulk_jobs",
+                "fielding_bulk_job_items",
+                "fielding_runs",
+                "change_records",
+            ] {
+                assert!(!text.contains(&format!(" {table} ")), "{text}");
+                assert!(!text.contains(&format!(" {table}(")), "{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn bulk_claims_and_expiry_follow_the_core_processing_status() {
+        let sql = BulkStatements::new(&SchemaName::new("env_a").unwrap());
+        assert!(sql.claim.contains("WHERE status = 'Processing'"), "{}", sql.claim);
+        assert!(sql.claim.contains("FOR UPDATE SKIP LOCKED"), "{}", sql.claim);
+        assert!(sql.expire.contains("AND status <> 'Processing'"), "{}", sql.expire);
+        for text in [&sql.renew, &sql.lock, &sql.finish] {
+            assert!(
+                text.contains("AND claim_token = $4 AND status = 'Processing'"),
+                "{text}"
+            );
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! The store: [`PgStore`], its connections, and its [`FieldingStore`]
-//! implementation (the statements are in `runs` and `jobs`).
+//! implementation (the statements are in `runs`, `jobs` and `bulk`).
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use crate::migrations;
 use crate::parking::Parking;
 use crate::schema_name::SchemaName;
 use crate::sql::Statements;
-use crate::{jobs, runs};
+use crate::{bulk, jobs, runs};
 use fielding_core::MigrationReport;
 
 /// A [`FieldingStore`] on PostgreSQL, for many service instances sharing
@@ -222,44 +222,87 @@ impl FieldingStore for PgStore {
         removed
     }
 
-    async fn create_bulk_job(&self, _job: &BulkJob) -> Result<BulkJobCreated, StoreError> {
-        Err(not_yet())
+    /// One statement: the job's `INSERT ... ON CONFLICT (account_id,
+    /// idempotency_key) DO NOTHING` and, in a data-modifying CTE, every
+    /// item's `INSERT` from two arrays (`UNNEST ... WITH ORDINALITY`), so
+    /// the job and its items commit together. When the key is taken, a
+    /// read of the job holding it (as `create_job` does).
+    async fn create_bulk_job(&self, job: &BulkJob) -> Result<BulkJobCreated, StoreError> {
+        let mut conn = self.checkout("create_bulk_job").await?;
+        let outcome = bulk::create(&mut conn, &self.sql.bulk, job).await;
+        self.release(conn, &outcome);
+        outcome
     }
 
-    async fn get_bulk_job(&self, _key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError> {
-        Err(not_yet())
+    async fn get_bulk_job(&self, key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError> {
+        let mut conn = self.checkout("get_bulk_job").await?;
+        let outcome = bulk::get(&mut conn, &self.sql.bulk, key).await;
+        self.release(conn, &outcome);
+        outcome
     }
 
-    async fn claim_bulk_job(&self, _now: Timestamp, _claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
-        Err(not_yet())
+    /// One statement: `UPDATE ... SET claim_token, lease_until WHERE id =
+    /// (SELECT id ... WHERE status = 'Processing' AND (claim_token IS NULL
+    /// OR lease_until <= $now) ORDER BY created_at LIMIT 1 FOR UPDATE SKIP
+    /// LOCKED) RETURNING ...` with the job's items. Claimers running at
+    /// once skip each other's locked rows instead of waiting, and a row
+    /// claimed (and committed) after a claimer's snapshot is re-checked
+    /// against its new lease before it is locked: of many instances, one
+    /// gets each job.
+    async fn claim_bulk_job(&self, now: Timestamp, claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
+        let mut conn = self.checkout("claim_bulk_job").await?;
+        let outcome = bulk::claim(&mut conn, &self.sql.bulk, now, claim).await;
+        self.release(conn, &outcome);
+        outcome
     }
 
-    async fn renew_bulk_claim(&self, _key: &BulkJobKey, _claim: &BulkClaim) -> Result<bool, StoreError> {
-        Err(not_yet())
+    async fn renew_bulk_claim(&self, key: &BulkJobKey, claim: &BulkClaim) -> Result<bool, StoreError> {
+        let mut conn = self.checkout("renew_bulk_claim").await?;
+        let outcome = bulk::renew(&mut conn, &self.sql.bulk, key, claim).await;
+        self.release(conn, &outcome);
+        outcome
     }
 
+    /// One transaction of at most six round trips however large the batch:
+    /// `BEGIN`; the job row `FOR UPDATE` where the token still holds it
+    /// (none: `ClaimLost`); the items' recorded outcomes; the pending
+    /// items' runs `FOR UPDATE`, in target-group order; `decide` for each
+    /// pending item; one statement writing every run (compare-and-swap),
+    /// change record and outcome from arrays; `COMMIT`. Any error rolls
+    /// all of it back.
     async fn apply_bulk_items(
         &self,
-        _key: &BulkJobKey,
-        _token: ClaimToken,
-        _items: &[TargetGroupId],
-        _decide: DecideItem<'_>,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        items: &[TargetGroupId],
+        decide: DecideItem<'_>,
     ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
-        Err(not_yet())
+        let mut conn = self.checkout("apply_bulk_items").await?;
+        let outcome = bulk::apply_items(&mut conn, &self.sql.bulk, key, token, items, decide).await;
+        self.release(conn, &outcome);
+        outcome
     }
 
     async fn finish_bulk_job(
         &self,
-        _key: &BulkJobKey,
-        _token: ClaimToken,
-        _status: BulkJobStatus,
-        _finished_at: Timestamp,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        status: BulkJobStatus,
+        finished_at: Timestamp,
     ) -> Result<bool, StoreError> {
-        Err(not_yet())
+        let mut conn = self.checkout("finish_bulk_job").await?;
+        let outcome = bulk::finish(&mut conn, &self.sql.bulk, key, token, status, finished_at).await;
+        self.release(conn, &outcome);
+        outcome
     }
 
-    async fn expire_bulk_jobs(&self, _finished_before: Timestamp, _limit: usize) -> Result<usize, StoreError> {
-        Err(not_yet())
+    /// One statement, as `expire_jobs`: the oldest finished jobs, `FOR
+    /// UPDATE SKIP LOCKED`; their items go with them (`ON DELETE CASCADE`).
+    async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let mut conn = self.checkout("expire_bulk_jobs").await?;
+        let removed = bulk::expire(&mut conn, &self.sql.bulk, finished_before, limit).await;
+        self.release(conn, &removed);
+        removed
     }
 }
 
@@ -279,9 +322,4 @@ impl PgStore {
             })
             .await
     }
-}
-
-// TEMPORARY while issue 13 is in progress: replaced by the real bulk-job methods.
-fn not_yet() -> StoreError {
-    StoreError::internal("bulk jobs are not implemented by this store yet")
 }

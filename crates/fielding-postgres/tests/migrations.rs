@@ -46,11 +46,13 @@ async fn instances_starting_at_once_apply_each_migration_exactly_once() {
     .await
     .expect("migrations table");
     assert_eq!(recorded, (1..=i64::from(SCHEMA_VERSION)).collect::<Vec<_>>());
-    assert_eq!(SCHEMA_VERSION, 3, "migration 3 adds the finish time of jobs");
+    assert_eq!(SCHEMA_VERSION, 4, "migration 4 adds bulk jobs");
     assert_eq!(
         tables(&mut conn, name).await,
         [
             "change_records",
+            "fielding_bulk_job_items",
+            "fielding_bulk_jobs",
             "fielding_run_jobs",
             "fielding_runs",
             "fielding_schema_migrations"
@@ -83,8 +85,8 @@ async fn tables(conn: &mut PgConnection, schema: &str) -> Vec<String> {
 }
 
 /// A schema as the release before jobs left it: migration 1 applied and
-/// recorded, no `fielding_run_jobs`, runs in it. Migrations 2 and 3 only
-/// add that table (and a column and index of it), so removing the table
+/// recorded, no `fielding_run_jobs`, runs in it. Migrations 2 to 4 only
+/// add tables (and a column and index of one), so removing those tables
 /// and their records gives exactly that layout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_intact() {
@@ -97,16 +99,19 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
     test.insert(&run, &record).await.expect("insert");
     let mut conn = PgConnection::connect(&test.guard.url).await.expect("connect");
     let mut tx = conn.begin().await.expect("begin");
-    sqlx::query(&format!("DROP TABLE \"{schema}\".fielding_run_jobs"))
-        .execute(&mut *tx)
-        .await
-        .expect("drop the jobs table");
+    sqlx::query(&format!(
+        "DROP TABLE \"{schema}\".fielding_run_jobs, \"{schema}\".fielding_bulk_job_items, \
+         \"{schema}\".fielding_bulk_jobs"
+    ))
+    .execute(&mut *tx)
+    .await
+    .expect("drop the job tables");
     sqlx::query(&format!(
         "DELETE FROM \"{schema}\".fielding_schema_migrations WHERE version >= 2"
     ))
     .execute(&mut *tx)
     .await
-    .expect("forget migration 2");
+    .expect("forget migrations 2 to 4");
     tx.commit().await.expect("commit");
     assert_eq!(
         tables(&mut conn, &schema).await,
@@ -116,8 +121,8 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
     // A fresh instance (no state carried over from before) migrates it.
     let store = common::connect_store(&test.guard.url, &schema, "fielding_migrate_v1", 2).await;
     let report = store.migrate().await.expect("migrate");
-    assert_eq!((report.from, report.to, report.applied()), (1, 3, 2));
-    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2, 3]);
+    assert_eq!((report.from, report.to, report.applied()), (1, 4, 3));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2, 3, 4]);
     assert_eq!(store.migrate().await.expect("again").applied(), 0);
     assert_eq!(store.get(&run.key()).await.expect("get"), Some(run.clone()));
     assert_eq!(store.changes(&run.key()).await.expect("changes"), vec![record]);
@@ -127,7 +132,7 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
     .fetch_all(&mut conn)
     .await
     .expect("migrations table");
-    assert_eq!(recorded, [1, 2, 3]);
+    assert_eq!(recorded, [1, 2, 3, 4]);
 
     let job = fielding_core::FieldingRunJob {
         id: fielding_core::JobId::generate(),
@@ -147,6 +152,73 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
         fielding_core::JobCreated::Created
     );
     assert_eq!(store.get_job(&job.key()).await.expect("get_job"), Some(job));
+}
+
+/// A schema as the release before bulk jobs left it: migrations 1 to 3
+/// applied and recorded, runs and creation jobs in it. Migration 4 only
+/// adds the two bulk tables, so dropping them and its record gives exactly
+/// that layout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_at_version_3_gets_bulk_jobs_with_its_runs_and_jobs_intact() {
+    let Some(test) = common::fresh_store().await else {
+        return;
+    };
+    let schema = common::schema_of(&test).to_string();
+    let run = fixtures::run().build();
+    let record = ChangeRecord::created(&run, Action::Schedule);
+    test.insert(&run, &record).await.expect("insert");
+    let job = fixtures::job(run.scope(), "before-bulk-jobs", fixtures::launch());
+    test.create_job(&job).await.expect("create_job");
+    let job = test
+        .finish_job(&job.key(), &fielding_core::JobOutcome::Completed, job.created_at)
+        .await
+        .expect("finish_job")
+        .expect("the job");
+    let mut conn = PgConnection::connect(&test.guard.url).await.expect("connect");
+    let mut tx = conn.begin().await.expect("begin");
+    sqlx::query(&format!(
+        "DROP TABLE \"{schema}\".fielding_bulk_job_items, \"{schema}\".fielding_bulk_jobs"
+    ))
+    .execute(&mut *tx)
+    .await
+    .expect("drop the bulk tables");
+    sqlx::query(&format!(
+        "DELETE FROM \"{schema}\".fielding_schema_migrations WHERE version >= 4"
+    ))
+    .execute(&mut *tx)
+    .await
+    .expect("forget migration 4");
+    tx.commit().await.expect("commit");
+    assert_eq!(
+        tables(&mut conn, &schema).await,
+        [
+            "change_records",
+            "fielding_run_jobs",
+            "fielding_runs",
+            "fielding_schema_migrations"
+        ]
+    );
+
+    let store = common::connect_store(&test.guard.url, &schema, "fielding_migrate_v3", 2).await;
+    let report = store.migrate().await.expect("migrate");
+    assert_eq!((report.from, report.to, report.applied()), (3, 4, 1));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [4]);
+    assert_eq!(store.migrate().await.expect("again").applied(), 0);
+    assert_eq!(store.get(&run.key()).await.expect("get"), Some(run.clone()));
+    assert_eq!(store.changes(&run.key()).await.expect("changes"), vec![record]);
+    assert_eq!(store.get_job(&job.key()).await.expect("get_job"), Some(job));
+
+    let bulk = fixtures::bulk_job(
+        run.scope(),
+        "after-migration",
+        fielding_core::BulkAction::Pause,
+        &[run.target_group_id],
+    );
+    assert_eq!(
+        store.create_bulk_job(&bulk).await.expect("create_bulk_job"),
+        fielding_core::BulkJobCreated::Created
+    );
+    assert_eq!(store.get_bulk_job(&bulk.key()).await.expect("get_bulk_job"), Some(bulk));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
