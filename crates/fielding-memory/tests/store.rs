@@ -583,8 +583,13 @@ async fn a_bulk_batch_naming_a_target_group_twice_writes_nothing() {
         }
     };
     let twice = [run.target_group_id, run.target_group_id];
-    let refused = store.apply_bulk_items(&job.key(), claim.token, &twice, &mut decide).await;
+    let refused = store
+        .apply_bulk_items(&job.key(), claim.token, &twice, &mut decide)
+        .await;
     assert!(matches!(refused, Err(StoreError::Backend { .. })), "{refused:?}");
     assert_eq!(store.run(&run.key()).unwrap(), run, "nothing written");
-    assert_eq!(store.get_bulk_job(&job.key()).await.unwrap().unwrap().pending().count(), 1);
+    assert_eq!(
+        store.get_bulk_job(&job.key()).await.unwrap().unwrap().pending().count(),
+        1
+    );
 }
