@@ -8,9 +8,7 @@
 //! and `GET .../batch-jobs/{action}-fielding-runs-by-target-group-id/{job_id}`
 //! for the five actions.
 //!
-//! The cases run on the in-memory store: the SQLite and PostgreSQL stores
-//! answer bulk jobs with an internal error until their implementations
-//! land; add their modules to `bulk_e2e!` then.
+//! Every case runs on the in-memory, SQLite and PostgreSQL stores.
 
 mod common {
     pub mod contract;
@@ -33,7 +31,7 @@ use fielding_testkit::fixtures;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Declares each case once per store that implements bulk jobs.
+/// Declares each case once per store.
 macro_rules! bulk_e2e {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -41,6 +39,24 @@ macro_rules! bulk_e2e {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     super::$case(crate::common::live::Backend::Memory).await
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(crate::common::live::Backend::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    if crate::common::pg::available().await {
+                        super::$case(crate::common::live::Backend::Postgres).await
+                    }
                 }
             )*
         }
