@@ -99,6 +99,7 @@
 //! error, and the transaction was rolled back.
 #![warn(missing_docs)]
 
+mod bulk;
 mod checkpoint;
 mod codec;
 mod error;
