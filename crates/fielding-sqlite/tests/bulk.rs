@@ -783,3 +783,43 @@ async fn two_processes_never_work_one_job_together() {
 async fn two_processes_taking_jobs_over_from_each_other_apply_each_item_once() {
     two_processes_work_the_jobs(3).await;
 }
+
+#[tokio::test]
+async fn a_batch_of_100_is_one_write_transaction_and_a_job_of_10_000_is_one_too() {
+    let store = common::temp_store().await;
+    let scope = fixtures::scope();
+    let runs = seed(&store, scope, &[Status::Live; 100]).await;
+    let mut ids: Vec<_> = runs.iter().map(|run| run.target_group_id).collect();
+    // The rest of a job of the most target groups allowed, without runs.
+    while ids.len() < BulkJob::MAX_TARGET_GROUPS {
+        ids.push(fixtures::other_target_group(scope).target_group_id);
+    }
+    let job = fixtures::bulk_job(scope, "big", BulkAction::Pause, &ids);
+    let before = store.store.write_stats();
+    assert_eq!(store.create_bulk_job(&job).await.unwrap(), BulkJobCreated::Created);
+    let after = store.store.write_stats();
+    assert_eq!(
+        (after.writes - before.writes, after.transactions - before.transactions),
+        (1, 1)
+    );
+    let held = claim(later(60));
+    let claimed = store.claim_bulk_job(now(), &held).await.unwrap().unwrap();
+    assert_eq!(claimed.items.len(), BulkJob::MAX_TARGET_GROUPS);
+
+    let before = store.store.write_stats();
+    let mut good = |_: TargetGroupId, run: Option<&FieldingRun>| pause(run.unwrap(), job.created_by);
+    let outcomes = store
+        .apply_bulk_items(&job.key(), held.token, &ids[..100], &mut good)
+        .await
+        .unwrap();
+    let after = store.store.write_stats();
+    assert_eq!(outcomes.len(), 100);
+    assert_eq!(
+        (after.writes - before.writes, after.transactions - before.transactions),
+        (1, 1),
+        "one write, one transaction, for the whole batch"
+    );
+    for run in &runs {
+        assert_eq!(store.changes(&run.key()).await.unwrap().len(), 2);
+    }
+}
