@@ -87,17 +87,17 @@ pub(crate) fn account(scope: &Scope) -> i64 {
     i64::from(scope.account_id.get())
 }
 
-fn text<'r>(row: &'r Row<'_>, idx: usize) -> rusqlite::Result<&'r str> {
+pub(crate) fn text<'r>(row: &'r Row<'_>, idx: usize) -> rusqlite::Result<&'r str> {
     Ok(row.get_ref(idx)?.as_str()?)
 }
 
-fn opt_text<'r>(row: &'r Row<'_>, idx: usize) -> rusqlite::Result<Option<&'r str>> {
+pub(crate) fn opt_text<'r>(row: &'r Row<'_>, idx: usize) -> rusqlite::Result<Option<&'r str>> {
     Ok(row.get_ref(idx)?.as_str_or_null()?)
 }
 
 /// A row the core refused, as a rusqlite error so it travels like any
 /// other failure of the query and is reported as one (permanent).
-fn refused(err: StoreError) -> rusqlite::Error {
+pub(crate) fn refused(err: StoreError) -> rusqlite::Error {
     // With no column index rusqlite displays the inner error alone.
     rusqlite::Error::FromSqlConversionFailure(usize::MAX, rusqlite::types::Type::Null, Box::new(err))
 }

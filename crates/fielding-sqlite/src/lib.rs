@@ -78,7 +78,9 @@
 //! `change_records` (primary key run id and version) and, since schema
 //! version 2, `fielding_run_jobs` (creation jobs, unique on account and
 //! idempotency key; since version 3 with their finish time and an index on
-//! it, for `expire_jobs`), created by
+//! it, for `expire_jobs`) and, since version 4, `fielding_bulk_jobs` and
+//! `fielding_bulk_job_items` (bulk jobs, their claims and their items'
+//! outcomes), created by
 //! embedded, numbered migrations recorded in `fielding_schema_migrations`.
 //! [`SqliteStore::open`] migrates; with [`SqliteOptions::migrate`]`(false)`
 //! the store opens without migrating, refuses every operation while its
@@ -99,6 +101,7 @@
 //! error, and the transaction was rolled back.
 #![warn(missing_docs)]
 
+mod bulk;
 mod checkpoint;
 mod codec;
 mod error;

@@ -21,7 +21,7 @@ use crate::error::{open_error, OpenError};
 use crate::options::SqliteOptions;
 
 /// The schema version this library writes and reads.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 struct Migration {
     version: u32,
@@ -49,6 +49,12 @@ const MIGRATIONS: &[Migration] = &[
         description: "fielding_run_jobs.finished_at_ms",
         // The finish time job expiry goes by, with its index.
         sql: include_str!("../migrations/0003_job_finish_time.sql"),
+    },
+    Migration {
+        version: 4,
+        description: "fielding_bulk_jobs and fielding_bulk_job_items",
+        // Bulk jobs, their claims and their items' outcomes.
+        sql: include_str!("../migrations/0004_bulk_jobs.sql"),
     },
 ];
 
@@ -281,7 +287,7 @@ mod tests {
                 .unwrap();
         }
         let report = migrate(&mut conn, Path::new(":memory:"), 9).unwrap();
-        assert_eq!((report.from, report.to), (2, 3));
+        assert_eq!((report.from, report.to), (2, SCHEMA_VERSION));
         let finished: Vec<(String, Option<i64>)> = conn
             .prepare("SELECT id, finished_at_ms FROM fielding_run_jobs ORDER BY id")
             .unwrap()
@@ -356,6 +362,8 @@ mod tests {
             tables(&conn),
             [
                 "change_records",
+                "fielding_bulk_job_items",
+                "fielding_bulk_jobs",
                 "fielding_run_jobs",
                 "fielding_runs",
                 "fielding_schema_migrations"
@@ -372,6 +380,6 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(applied, [(1, 5), (2, 9), (3, 9)]);
+        assert_eq!(applied, [(1, 5), (2, 9), (3, 9), (4, 9)]);
     }
 }

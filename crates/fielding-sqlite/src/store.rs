@@ -13,6 +13,7 @@ use fielding_core::{
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use crate::bulk::{self, BulkWrite, BulkWritten};
 use crate::checkpoint::CheckpointCounters;
 use crate::error::{stopped, OpenError};
 use crate::migrations::{self, SchemaGate, SCHEMA_VERSION};
@@ -152,6 +153,15 @@ impl SqliteStore {
             .send(WriterTask::Write(Write { kind, reply }))
             .map_err(|_| stopped(op))?;
         answer.await.map_err(|_| stopped(op))?
+    }
+
+    /// Sends a bulk-job write to the writer thread and awaits its answer.
+    async fn bulk_write(&self, write: BulkWrite) -> Result<BulkWritten, StoreError> {
+        let op = write.op();
+        match self.write(WriteKind::Bulk(write)).await? {
+            Written::Bulk(written) => Ok(written),
+            other => Err(mismatched(op, &other)),
+        }
     }
 
     /// Runs `work` on the writer thread's connection, between write
@@ -314,44 +324,107 @@ impl FieldingStore for SqliteStore {
         }
     }
 
-    async fn create_bulk_job(&self, _job: &BulkJob) -> Result<BulkJobCreated, StoreError> {
-        Err(not_yet())
+    /// One write on the writer thread: the job row (`INSERT ... ON
+    /// CONFLICT (account_id, idempotency_key) DO NOTHING`) and all its
+    /// items through one cached statement, in one transaction; when the key
+    /// is taken, the job holding it, read in the same transaction.
+    async fn create_bulk_job(&self, job: &BulkJob) -> Result<BulkJobCreated, StoreError> {
+        match self.bulk_write(BulkWrite::Create { job: job.clone() }).await? {
+            BulkWritten::Created(created) => Ok(created),
+            other => Err(mismatched_bulk("create_bulk_job", &other)),
+        }
     }
 
-    async fn get_bulk_job(&self, _key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError> {
-        Err(not_yet())
+    /// On a reader thread: the job and its items in one read transaction.
+    async fn get_bulk_job(&self, key: &BulkJobKey) -> Result<Option<BulkJob>, StoreError> {
+        let key = *key;
+        self.read("get_bulk_job", move |conn| bulk::get(conn, &key)).await
     }
 
-    async fn claim_bulk_job(&self, _now: Timestamp, _claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
-        Err(not_yet())
+    /// One write on the writer thread: find the oldest claimable job
+    /// through its partial index, take it, read it back. Every process's
+    /// writes serialize on SQLite's write lock, so two claims never take
+    /// one job.
+    async fn claim_bulk_job(&self, now: Timestamp, claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
+        match self.bulk_write(BulkWrite::Claim { now, claim: *claim }).await? {
+            BulkWritten::Claimed(job) => Ok(job),
+            other => Err(mismatched_bulk("claim_bulk_job", &other)),
+        }
     }
 
-    async fn renew_bulk_claim(&self, _key: &BulkJobKey, _claim: &BulkClaim) -> Result<bool, StoreError> {
-        Err(not_yet())
+    async fn renew_bulk_claim(&self, key: &BulkJobKey, claim: &BulkClaim) -> Result<bool, StoreError> {
+        match self
+            .bulk_write(BulkWrite::Renew {
+                key: *key,
+                claim: *claim,
+            })
+            .await?
+        {
+            BulkWritten::Held(held) => Ok(held),
+            other => Err(mismatched_bulk("renew_bulk_claim", &other)),
+        }
     }
 
+    /// Like `update`, for a whole batch: one read on the writer thread (the
+    /// claim, each item's outcome, each pending item's run), `decide` on
+    /// the caller's task (so nothing borrowed crosses a thread), then one
+    /// write that checks the claim again and writes every run
+    /// (compare-and-swap at the version decided on), change record and
+    /// outcome of the batch, or nothing. Two trips to the writer thread and
+    /// one transaction per batch, whatever its size. A run changed by
+    /// someone else in between fails the batch with `VersionConflict`, and
+    /// the caller decides again.
     async fn apply_bulk_items(
         &self,
-        _key: &BulkJobKey,
-        _token: ClaimToken,
-        _items: &[TargetGroupId],
-        _decide: DecideItem<'_>,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        items: &[TargetGroupId],
+        decide: DecideItem<'_>,
     ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
-        Err(not_yet())
+        let (read_key, read_items) = (*key, items.to_vec());
+        let read = self
+            .read_on_writer("apply_bulk_items", move |conn| {
+                bulk::read_batch(conn, &read_key, token, &read_items)
+            })
+            .await?;
+        let planned = bulk::plan(key, items, read, decide)?;
+        let write = BulkWrite::Apply {
+            key: *key,
+            token,
+            items: planned,
+        };
+        match self.bulk_write(write).await? {
+            BulkWritten::Applied(outcomes) => Ok(outcomes),
+            other => Err(mismatched_bulk("apply_bulk_items", &other)),
+        }
     }
 
     async fn finish_bulk_job(
         &self,
-        _key: &BulkJobKey,
-        _token: ClaimToken,
-        _status: BulkJobStatus,
-        _finished_at: Timestamp,
+        key: &BulkJobKey,
+        token: ClaimToken,
+        status: BulkJobStatus,
+        finished_at: Timestamp,
     ) -> Result<bool, StoreError> {
-        Err(not_yet())
+        let write = BulkWrite::Finish {
+            key: *key,
+            token,
+            status,
+            finished_at,
+        };
+        match self.bulk_write(write).await? {
+            BulkWritten::Held(held) => Ok(held),
+            other => Err(mismatched_bulk("finish_bulk_job", &other)),
+        }
     }
 
-    async fn expire_bulk_jobs(&self, _finished_before: Timestamp, _limit: usize) -> Result<usize, StoreError> {
-        Err(not_yet())
+    /// One write on the writer thread: the items of at most `limit` jobs
+    /// found through the finish-time index, oldest first, then those jobs.
+    async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        match self.bulk_write(BulkWrite::Expire { finished_before, limit }).await? {
+            BulkWritten::Expired(removed) => Ok(removed),
+            other => Err(mismatched_bulk("expire_bulk_jobs", &other)),
+        }
     }
 }
 
@@ -371,7 +444,9 @@ fn mismatched(op: &'static str, written: &Written) -> StoreError {
     ))
 }
 
-// TEMPORARY while issue 13 is in progress: replaced by the real bulk-job methods.
-fn not_yet() -> StoreError {
-    StoreError::internal("bulk jobs are not implemented by this store yet")
+/// A bulk write answered with another bulk write's kind of answer.
+fn mismatched_bulk(op: &'static str, written: &BulkWritten) -> StoreError {
+    StoreError::internal(format!(
+        "sqlite {op}: the writer thread gave an unexpected answer {written:?}"
+    ))
 }

@@ -1,14 +1,14 @@
 //! The writer thread's loop, with group commit.
 //!
 //! Writes (`insert`, `compare_and_swap`, `create_job`, `finish_job`,
-//! `expire_jobs`) arrive
-//! as data, not closures, so
+//! `expire_jobs` and the bulk-job writes) arrive as data, not closures, so
 //! the writer can see several queued at once. When more than one write is
 //! waiting, it runs them in **one** `BEGIN IMMEDIATE` transaction and
 //! commits once: one WAL append (and, with `synchronous = FULL`, one
 //! `fsync`) for the whole group. What each caller sees is unchanged:
 //!
-//! * reads queued for the writer (`update`'s read) run first, before any
+//! * reads queued for the writer (`update`'s read, `apply_bulk_items`'s
+//!   read) run first, before any
 //!   write of the group, so they see exactly the committed state;
 //! * each write is still all-or-nothing: a refused write (conflict, missing
 //!   run, taken scope) changed nothing; a write that fails otherwise (disk
@@ -35,6 +35,7 @@ use fielding_core::{
 use rusqlite::{Connection, ErrorCode};
 use tokio::sync::oneshot;
 
+use crate::bulk::{BulkWrite, BulkWritten};
 use crate::checkpoint::WriterLink;
 use crate::error::{code, store_error};
 use crate::{jobs, runs};
@@ -81,6 +82,8 @@ pub(crate) enum Written {
     Finished(Option<FieldingRunJob>),
     /// `expire_jobs`: how many jobs were removed.
     Expired(usize),
+    /// The bulk-job writes.
+    Bulk(BulkWritten),
 }
 
 /// The writes of the trait.
@@ -107,6 +110,7 @@ pub(crate) enum WriteKind {
         finished_before: Timestamp,
         limit: usize,
     },
+    Bulk(BulkWrite),
 }
 
 impl WriteKind {
@@ -117,6 +121,7 @@ impl WriteKind {
             WriteKind::CreateJob { .. } => "create_job",
             WriteKind::FinishJob { .. } => "finish_job",
             WriteKind::ExpireJobs { .. } => "expire_jobs",
+            WriteKind::Bulk(write) => write.op(),
         }
     }
 
@@ -137,6 +142,7 @@ impl WriteKind {
             WriteKind::ExpireJobs { finished_before, limit } => {
                 jobs::expire_jobs(conn, *finished_before, *limit).map(Written::Expired)
             }
+            WriteKind::Bulk(write) => write.run_alone(conn).map(Written::Bulk),
         }
     }
 
@@ -157,6 +163,7 @@ impl WriteKind {
             WriteKind::ExpireJobs { finished_before, limit } => {
                 jobs::expire_jobs_rows(conn, *finished_before, *limit).map(Written::Expired)
             }
+            WriteKind::Bulk(write) => write.run_in(conn).map(Written::Bulk),
         }
     }
 }
@@ -238,11 +245,17 @@ fn run_batch(
 }
 
 /// A write's outcome that guarantees it changed nothing in the database,
-/// or its success: the transaction can go on without a savepoint.
+/// or its success: the transaction can go on without a savepoint. (A
+/// bulk batch refused with a conflict or `ClaimLost` has undone its own
+/// writes: see [`BulkWrite::run_in`].)
 fn clean(outcome: &Result<Written, StoreError>) -> bool {
     matches!(
         outcome,
-        Ok(_) | Err(StoreError::VersionConflict { .. } | StoreError::NotFound | StoreError::AlreadyExists { .. })
+        Ok(_)
+            | Err(StoreError::VersionConflict { .. }
+                | StoreError::NotFound
+                | StoreError::AlreadyExists { .. }
+                | StoreError::ClaimLost { .. })
     )
 }
 

@@ -77,7 +77,8 @@ async fn version_1_database(path: &std::path::Path) -> (fielding_core::FieldingR
     store.close().await;
     let conn = rusqlite::Connection::open(path).unwrap();
     conn.execute_batch(
-        "BEGIN; DROP TABLE fielding_run_jobs; DELETE FROM fielding_schema_migrations WHERE version >= 2; COMMIT;",
+        "BEGIN; DROP TABLE fielding_run_jobs; DROP TABLE fielding_bulk_job_items; DROP TABLE fielding_bulk_jobs; \
+         DELETE FROM fielding_schema_migrations WHERE version >= 2; COMMIT;",
     )
     .unwrap();
     (run, record)
@@ -85,7 +86,7 @@ async fn version_1_database(path: &std::path::Path) -> (fielding_core::FieldingR
 
 #[tokio::test]
 async fn a_version_1_database_migrates_to_the_current_version_with_its_runs_intact() {
-    assert_eq!(SCHEMA_VERSION, 3);
+    assert_eq!(SCHEMA_VERSION, 4);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fielding.db");
     let (run, record) = version_1_database(&path).await;
@@ -112,8 +113,8 @@ async fn a_version_1_database_migrates_to_the_current_version_with_its_runs_inta
     let err = store.get(&run.key()).await.unwrap_err();
     assert!(err.to_string().contains("version 1"), "{err}");
     let report = store.migrate().await.unwrap();
-    assert_eq!((report.from, report.to, report.applied()), (1, 3, 2));
-    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2, 3]);
+    assert_eq!((report.from, report.to, report.applied()), (1, 4, 3));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2, 3, 4]);
     assert_eq!(store.migrate().await.unwrap().applied(), 0);
 
     assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
@@ -131,7 +132,7 @@ async fn a_version_1_database_migrates_to_the_current_version_with_its_runs_inta
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, [1, 2, 3]);
+    assert_eq!(versions, [1, 2, 3, 4]);
 }
 
 #[tokio::test]

@@ -148,7 +148,7 @@ async fn migrating_is_explicit_idempotent_and_using_the_store_without_it_is_refu
         .query_row("SELECT COUNT(*) FROM fielding_schema_migrations", [], |row| row.get(0))
         .unwrap();
     assert_eq!(recorded, i64::from(SCHEMA_VERSION));
-    assert_eq!(SCHEMA_VERSION, 3, "migration 3 adds the finish time of jobs");
+    assert_eq!(SCHEMA_VERSION, 4, "migration 4 adds bulk jobs");
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
         .unwrap()
@@ -160,6 +160,8 @@ async fn migrating_is_explicit_idempotent_and_using_the_store_without_it_is_refu
         tables,
         [
             "change_records",
+            "fielding_bulk_job_items",
+            "fielding_bulk_jobs",
             "fielding_run_jobs",
             "fielding_runs",
             "fielding_schema_migrations"
