@@ -295,6 +295,15 @@ impl BulkJob {
         }
     }
 
+    /// The outcome of `target_group_id`: `None` while it is pending, or
+    /// when it is not an item of this job.
+    pub fn outcome_of(&self, target_group_id: TargetGroupId) -> Option<BulkItemOutcome> {
+        self.items
+            .iter()
+            .find(|item| item.target_group_id == target_group_id)
+            .and_then(|item| item.outcome)
+    }
+
     /// The items still without an outcome, in order.
     pub fn pending(&self) -> impl Iterator<Item = TargetGroupId> + '_ {
         self.items

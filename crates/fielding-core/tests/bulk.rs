@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use fielding_core::{
     Action, BulkAction, BulkClaim, BulkItemFailure, BulkItemOutcome, BulkJob, BulkJobStatus, BulkRunner,
-    BulkRunnerOptions, ClaimToken, Clock, FieldingRun, FieldingService, FieldingStore, IdempotencyKey, IfMatch,
-    ManualClock, NewBulkJob, Scope, Status, TargetGroupId, Timestamp, UserId,
+    BulkRunnerOptions, ClaimToken, Clock, FieldingRun, FieldingService, FieldingStore, IfMatch, ManualClock, Scope,
+    Status, TargetGroupId, Timestamp, UserId,
 };
 use fielding_memory::MemoryStore;
 use fielding_testkit::fixtures;
@@ -19,15 +19,10 @@ fn now() -> Timestamp {
     Timestamp::from(chrono::Utc::now())
 }
 
-fn key(text: &str) -> IdempotencyKey {
-    IdempotencyKey::parse(text).unwrap()
-}
-
-/// A project with one run per status, and one target group with no run.
+/// A project with one run per given status.
 struct Project {
     scope: Scope,
     runs: Vec<FieldingRun>,
-    missing: TargetGroupId,
 }
 
 fn project(store: &MemoryStore, statuses: &[Status]) -> Project {
@@ -43,130 +38,12 @@ fn project(store: &MemoryStore, statuses: &[Status]) -> Project {
             run
         })
         .collect();
-    Project {
-        scope,
-        runs,
-        missing: fixtures::other_target_group(scope).target_group_id,
-    }
-}
-
-fn new_job(scope: Scope, action: BulkAction, ids: Vec<TargetGroupId>, idempotency: &str) -> NewBulkJob {
-    NewBulkJob {
-        account_id: scope.account_id,
-        project_id: scope.project_id,
-        action,
-        idempotency_key: key(idempotency),
-        target_group_ids: ids,
-        actor: UserId::random(),
-        trace_id: None,
-    }
-}
-
-fn outcome_of(job: &BulkJob, target_group_id: TargetGroupId) -> Option<BulkItemOutcome> {
-    job.items
-        .iter()
-        .find(|item| item.target_group_id == target_group_id)
-        .and_then(|item| item.outcome)
-}
-
-const ALL: [Status; 4] = [Status::Scheduled, Status::Live, Status::Paused, Status::Completed];
-
-/// Which statuses each action turns into `Updated` (by a change or because
-/// the run is already there); the others fail as not allowed.
-fn expected(action: BulkAction, status: Status) -> BulkItemOutcome {
-    use Status::*;
-    let allowed = match action {
-        BulkAction::Complete => true,
-        BulkAction::Launch => matches!(status, Scheduled | Live),
-        BulkAction::Pause => matches!(status, Live | Paused),
-        BulkAction::Resume => matches!(status, Paused | Live),
-        BulkAction::Relaunch => matches!(status, Completed | Live),
-        other => panic!("no rule for {other}"),
-    };
-    if allowed {
-        BulkItemOutcome::Updated
-    } else {
-        BulkItemOutcome::Failed(BulkItemFailure::StatusTransitionNotAllowed)
-    }
+    Project { scope, runs }
 }
 
 #[tokio::test]
 async fn every_action_on_every_status_follows_the_rules() {
-    for action in BulkAction::ALL {
-        let store = MemoryStore::new();
-        let service = FieldingService::new(Arc::new(store.clone()));
-        let p = project(&store, &ALL);
-        let mut ids: Vec<_> = p.runs.iter().map(|run| run.target_group_id).collect();
-        ids.push(p.missing);
-        let submitted = service
-            .submit_bulk_job(new_job(p.scope, action, ids, "every-status"))
-            .await
-            .unwrap();
-        assert_eq!(
-            submitted.job.status,
-            BulkJobStatus::Processing,
-            "a submission does no work"
-        );
-        assert!(submitted.job.pending().count() == 5);
-
-        let runner = BulkRunner::new(service.clone(), BulkRunnerOptions::default());
-        assert_eq!(runner.run_until_idle().await.unwrap(), 1);
-        let done = service.get_bulk_job(&submitted.job.key()).await.unwrap();
-        assert_eq!(done.status, BulkJobStatus::Completed, "{action}");
-        for run in &p.runs {
-            let outcome = outcome_of(&done, run.target_group_id);
-            assert_eq!(
-                outcome,
-                Some(expected(action, run.status)),
-                "{action} on {}",
-                run.status
-            );
-            let stored = store.run(&run.key()).unwrap();
-            let history = store.change_records(&run.key());
-            if run.status == action.desired_status() || outcome != Some(BulkItemOutcome::Updated) {
-                assert_eq!(
-                    stored.version, run.version,
-                    "{action} on {}: nothing to write",
-                    run.status
-                );
-            } else {
-                assert_eq!(
-                    stored.version,
-                    run.version.next().unwrap(),
-                    "{action} on {}",
-                    run.status
-                );
-                assert_eq!(stored.effective_status(now()), action.desired_status());
-                assert_eq!(stored.last_changed_by, done.created_by, "the submitter is recorded");
-                assert_eq!(history.last().unwrap().action, action.command().action());
-            }
-        }
-        assert_eq!(
-            outcome_of(&done, p.missing),
-            Some(BulkItemOutcome::Failed(BulkItemFailure::TargetGroupNotFound))
-        );
-    }
-}
-
-#[tokio::test]
-async fn a_job_whose_every_item_failed_is_failed() {
-    let store = MemoryStore::new();
-    let service = FieldingService::new(Arc::new(store.clone()));
-    let p = project(&store, &[Status::Scheduled]);
-    let ids = vec![p.runs[0].target_group_id, p.missing];
-    let job = service
-        .submit_bulk_job(new_job(p.scope, BulkAction::Pause, ids, "all-fail"))
-        .await
-        .unwrap()
-        .job;
-    BulkRunner::new(service.clone(), BulkRunnerOptions::default())
-        .run_until_idle()
-        .await
-        .unwrap();
-    assert_eq!(
-        service.get_bulk_job(&job.key()).await.unwrap().status,
-        BulkJobStatus::Failed
-    );
+    fielding_testkit::scenarios::bulk_jobs_follow_the_rules(Arc::new(MemoryStore::new())).await;
 }
 
 #[tokio::test]
@@ -180,11 +57,11 @@ async fn runs_of_another_account_or_project_are_not_found() {
         fixtures::other_project(run.scope()),
     ] {
         let job = service
-            .submit_bulk_job(new_job(
+            .submit_bulk_job(fixtures::new_bulk_job(
                 elsewhere,
+                "foreign",
                 BulkAction::Pause,
                 vec![run.target_group_id],
-                "foreign",
             ))
             .await
             .unwrap()
@@ -195,7 +72,7 @@ async fn runs_of_another_account_or_project_are_not_found() {
             .unwrap();
         let done = service.get_bulk_job(&job.key()).await.unwrap();
         assert_eq!(
-            outcome_of(&done, run.target_group_id),
+            done.outcome_of(run.target_group_id),
             Some(BulkItemOutcome::Failed(BulkItemFailure::TargetGroupNotFound))
         );
         // And the job is not readable from the run's own project.
@@ -217,12 +94,12 @@ async fn the_same_key_gives_the_same_job_and_a_different_request_is_refused() {
     let p = project(&store, &[Status::Live, Status::Live]);
     let (a, b) = (p.runs[0].target_group_id, p.runs[1].target_group_id);
     let first = service
-        .submit_bulk_job(new_job(p.scope, BulkAction::Pause, vec![a, b], "k1"))
+        .submit_bulk_job(fixtures::new_bulk_job(p.scope, "k1", BulkAction::Pause, vec![a, b]))
         .await
         .unwrap();
     assert!(!first.replayed);
     let again = service
-        .submit_bulk_job(new_job(p.scope, BulkAction::Pause, vec![b, a], "k1"))
+        .submit_bulk_job(fixtures::new_bulk_job(p.scope, "k1", BulkAction::Pause, vec![b, a]))
         .await
         .unwrap();
     assert!(
@@ -232,9 +109,9 @@ async fn the_same_key_gives_the_same_job_and_a_different_request_is_refused() {
     assert_eq!(again.job.id, first.job.id);
 
     for different in [
-        new_job(p.scope, BulkAction::Resume, vec![a, b], "k1"),
-        new_job(p.scope, BulkAction::Pause, vec![a], "k1"),
-        new_job(fixtures::other_project(p.scope), BulkAction::Pause, vec![a, b], "k1"),
+        fixtures::new_bulk_job(p.scope, "k1", BulkAction::Resume, vec![a, b]),
+        fixtures::new_bulk_job(p.scope, "k1", BulkAction::Pause, vec![a]),
+        fixtures::new_bulk_job(fixtures::other_project(p.scope), "k1", BulkAction::Pause, vec![a, b]),
     ] {
         let err = service.submit_bulk_job(different).await.unwrap_err();
         assert_eq!(err.invalid_params()[0].name, "idempotency-key");
@@ -244,11 +121,11 @@ async fn the_same_key_gives_the_same_job_and_a_different_request_is_refused() {
 
     // Another account has its own keys.
     let other = service
-        .submit_bulk_job(new_job(
+        .submit_bulk_job(fixtures::new_bulk_job(
             fixtures::other_account(p.scope),
+            "k1",
             BulkAction::Resume,
             vec![a],
-            "k1",
         ))
         .await
         .unwrap();
@@ -268,7 +145,7 @@ async fn bad_lists_are_refused_and_nothing_is_recorded() {
     ];
     for (ids, field) in cases {
         let err = service
-            .submit_bulk_job(new_job(scope, BulkAction::Complete, ids, "bad"))
+            .submit_bulk_job(fixtures::new_bulk_job(scope, "bad", BulkAction::Complete, ids))
             .await
             .unwrap_err();
         assert_eq!(err.code(), "bad_request_error");
@@ -292,7 +169,7 @@ async fn a_job_of_the_maximum_size_is_worked_in_batches() {
         store.seed(run).unwrap();
     }
     let job = service
-        .submit_bulk_job(new_job(scope, BulkAction::Pause, ids, "big"))
+        .submit_bulk_job(fixtures::new_bulk_job(scope, "big", BulkAction::Pause, ids))
         .await
         .unwrap()
         .job;
@@ -332,7 +209,12 @@ async fn a_job_taken_over_half_way_applies_each_item_at_most_once() {
         .collect();
     let ids: Vec<_> = runs.iter().map(|run| run.target_group_id).collect();
     let job = service
-        .submit_bulk_job(new_job(scope, BulkAction::Complete, ids.clone(), "takeover"))
+        .submit_bulk_job(fixtures::new_bulk_job(
+            scope,
+            "takeover",
+            BulkAction::Complete,
+            ids.clone(),
+        ))
         .await
         .unwrap()
         .job;
@@ -427,7 +309,12 @@ async fn concurrent_runners_share_jobs_and_apply_each_item_once() {
             })
             .collect();
         let job = service
-            .submit_bulk_job(new_job(scope, BulkAction::Pause, ids, &format!("job-{n}")))
+            .submit_bulk_job(fixtures::new_bulk_job(
+                scope,
+                &format!("job-{n}"),
+                BulkAction::Pause,
+                ids,
+            ))
             .await
             .unwrap()
             .job;
@@ -495,11 +382,11 @@ async fn a_submission_wakes_a_sleeping_runner() {
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let job = service
-        .submit_bulk_job(new_job(
+        .submit_bulk_job(fixtures::new_bulk_job(
             p.scope,
+            "wake",
             BulkAction::Pause,
             vec![p.runs[0].target_group_id],
-            "wake",
         ))
         .await
         .unwrap()
@@ -534,7 +421,7 @@ async fn a_stopping_runner_releases_its_job_for_another() {
         })
         .collect();
     let job = service
-        .submit_bulk_job(new_job(scope, BulkAction::Pause, ids, "stop"))
+        .submit_bulk_job(fixtures::new_bulk_job(scope, "stop", BulkAction::Pause, ids))
         .await
         .unwrap()
         .job;
@@ -572,7 +459,7 @@ async fn transient_store_failures_do_not_stop_a_job() {
     let p = project(&inner, &[Status::Live, Status::Live, Status::Live]);
     let ids = p.runs.iter().map(|run| run.target_group_id).collect();
     let job = service
-        .submit_bulk_job(new_job(p.scope, BulkAction::Pause, ids, "blip"))
+        .submit_bulk_job(fixtures::new_bulk_job(p.scope, "blip", BulkAction::Pause, ids))
         .await
         .unwrap()
         .job;
@@ -592,11 +479,11 @@ async fn transient_store_failures_do_not_stop_a_job() {
 
     // A permanent failure is reported, and the job is left for later.
     let again = service
-        .submit_bulk_job(new_job(
+        .submit_bulk_job(fixtures::new_bulk_job(
             p.scope,
+            "hard",
             BulkAction::Resume,
             vec![p.runs[0].target_group_id],
-            "hard",
         ))
         .await
         .unwrap()

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::TimeDelta;
 use fielding_core::{
     BulkAction, BulkClaim, BulkItemFailure, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobStatus, BulkRunner,
-    BulkRunnerOptions, ClaimToken, FieldingRun, FieldingService, FieldingStore, IdempotencyKey, ItemUpdate, NewBulkJob,
-    Scope, Status, StoreError, TargetGroupId, Timestamp, UserId,
+    BulkRunnerOptions, ClaimToken, FieldingRun, FieldingService, FieldingStore, IdempotencyKey, ItemUpdate, Scope,
+    Status, StoreError, TargetGroupId, Timestamp, UserId,
 };
 use fielding_postgres::sqlx::postgres::PgConnection;
 use fielding_postgres::sqlx::{self, Connection};
@@ -27,8 +27,6 @@ fn now() -> Timestamp {
 fn later(t: Timestamp, seconds: i64) -> Timestamp {
     t.checked_add(TimeDelta::seconds(seconds)).expect("in range")
 }
-
-const ALL: [Status; 4] = [Status::Scheduled, Status::Live, Status::Paused, Status::Completed];
 
 /// Runs in `scope`'s account and project, one per status, inserted.
 async fn seed(store: &PgStore, scope: Scope, statuses: &[Status]) -> Vec<FieldingRun> {
@@ -44,129 +42,12 @@ async fn seed(store: &PgStore, scope: Scope, statuses: &[Status]) -> Vec<Fieldin
     runs
 }
 
-fn new_job(scope: Scope, action: BulkAction, ids: Vec<TargetGroupId>, key: &str) -> NewBulkJob {
-    NewBulkJob {
-        account_id: scope.account_id,
-        project_id: scope.project_id,
-        action,
-        idempotency_key: IdempotencyKey::parse(key).expect("key"),
-        target_group_ids: ids,
-        actor: UserId::random(),
-        trace_id: None,
-    }
-}
-
-fn outcome_of(job: &BulkJob, target_group_id: TargetGroupId) -> Option<BulkItemOutcome> {
-    job.items
-        .iter()
-        .find(|item| item.target_group_id == target_group_id)
-        .and_then(|item| item.outcome)
-}
-
-/// Which statuses each action turns into `Updated`; the others fail as not
-/// allowed (the same table as the core's tests).
-fn expected(action: BulkAction, status: Status) -> BulkItemOutcome {
-    use Status::*;
-    let allowed = match action {
-        BulkAction::Complete => true,
-        BulkAction::Launch => matches!(status, Scheduled | Live),
-        BulkAction::Pause => matches!(status, Live | Paused),
-        BulkAction::Resume => matches!(status, Paused | Live),
-        BulkAction::Relaunch => matches!(status, Completed | Live),
-        other => panic!("no rule for {other}"),
-    };
-    if allowed {
-        BulkItemOutcome::Updated
-    } else {
-        BulkItemOutcome::Failed(BulkItemFailure::StatusTransitionNotAllowed)
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_action_on_every_status_through_the_service_and_the_runner() {
     let Some(test) = common::fresh_store().await else {
         return;
     };
-    let store = test.store.clone();
-    let service = FieldingService::new(Arc::new(store.clone()));
-    for action in BulkAction::ALL {
-        let scope = fixtures::scope();
-        let runs = seed(&store, scope, &ALL).await;
-        let missing = fixtures::target_group_id();
-        let mut ids: Vec<_> = runs.iter().map(|run| run.target_group_id).collect();
-        ids.push(missing);
-        let submitted = service
-            .submit_bulk_job(new_job(scope, action, ids.clone(), "every-status"))
-            .await
-            .expect("submit");
-        assert_eq!(submitted.job.status, BulkJobStatus::Processing);
-        assert_eq!(
-            service.get_bulk_job(&submitted.job.key()).await.expect("get"),
-            submitted.job,
-            "stored as submitted, every item pending"
-        );
-
-        let runner = BulkRunner::new(service.clone(), BulkRunnerOptions::default().with_batch_size(2));
-        assert_eq!(runner.run_until_idle().await.expect("run"), 1);
-        let done = service.get_bulk_job(&submitted.job.key()).await.expect("get");
-        assert_eq!(done.status, BulkJobStatus::Completed, "{action}");
-        assert_eq!(
-            done.items.iter().map(|item| item.target_group_id).collect::<Vec<_>>(),
-            ids,
-            "items stay in submission order"
-        );
-        for run in &runs {
-            let outcome = outcome_of(&done, run.target_group_id);
-            assert_eq!(
-                outcome,
-                Some(expected(action, run.status)),
-                "{action} on {}",
-                run.status
-            );
-            let stored = store.get(&run.key()).await.expect("get").expect("the run");
-            let history = store.changes(&run.key()).await.expect("changes");
-            if run.status == action.desired_status() || outcome != Some(BulkItemOutcome::Updated) {
-                assert_eq!(stored, *run, "{action} on {}: nothing to write", run.status);
-                assert_eq!(history.len(), 1);
-            } else {
-                assert_eq!(
-                    stored.version,
-                    run.version.next().expect("next"),
-                    "{action} on {}",
-                    run.status
-                );
-                assert_eq!(stored.effective_status(now()), action.desired_status());
-                assert_eq!(stored.last_changed_by, done.created_by, "the submitter is recorded");
-                assert_eq!(history.len(), 2);
-                assert_eq!(history[1].action, action.command().action());
-                assert_eq!(history[1].version, stored.version);
-            }
-        }
-        assert_eq!(
-            outcome_of(&done, missing),
-            Some(BulkItemOutcome::Failed(BulkItemFailure::TargetGroupNotFound))
-        );
-        // Finished: nothing left to claim.
-        assert_eq!(runner.run_until_idle().await.expect("run"), 0);
-    }
-
-    // Every item failed: the job failed.
-    let scope = fixtures::scope();
-    let runs = seed(&store, scope, &[Status::Scheduled]).await;
-    let ids = vec![runs[0].target_group_id, fixtures::target_group_id()];
-    let job = service
-        .submit_bulk_job(new_job(scope, BulkAction::Pause, ids, "all-fail"))
-        .await
-        .expect("submit")
-        .job;
-    BulkRunner::new(service.clone(), BulkRunnerOptions::default())
-        .run_until_idle()
-        .await
-        .expect("run");
-    assert_eq!(
-        service.get_bulk_job(&job.key()).await.expect("get").status,
-        BulkJobStatus::Failed
-    );
+    fielding_testkit::scenarios::bulk_jobs_follow_the_rules(Arc::new(test.store.clone())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +166,7 @@ async fn a_job_of_the_maximum_size_round_trips_and_is_worked_in_batches() {
         ids.insert(n * 150, run.target_group_id);
     }
     let job = service
-        .submit_bulk_job(new_job(scope, BulkAction::Pause, ids.clone(), "big"))
+        .submit_bulk_job(fixtures::new_bulk_job(scope, "big", BulkAction::Pause, ids.clone()))
         .await
         .expect("submit")
         .job;
@@ -361,7 +242,12 @@ async fn two_instances_share_the_jobs_and_change_each_run_exactly_once() {
             .collect();
         let service = &services[j % 2];
         let job = service
-            .submit_bulk_job(new_job(scope, BulkAction::Pause, ids, &format!("job-{j}")))
+            .submit_bulk_job(fixtures::new_bulk_job(
+                scope,
+                &format!("job-{j}"),
+                BulkAction::Pause,
+                ids,
+            ))
             .await
             .expect("submit")
             .job;

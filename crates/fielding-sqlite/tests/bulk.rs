@@ -19,7 +19,7 @@ use chrono::TimeDelta;
 use fielding_core::{
     Action, BulkAction, BulkClaim, BulkItemFailure, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey,
     BulkJobStatus, BulkRunner, BulkRunnerOptions, ChangeRecord, ClaimToken, FieldingRun, FieldingService,
-    FieldingStore, IdempotencyKey, ItemUpdate, NewBulkJob, Scope, Status, StoreError, TargetGroupId, Timestamp, UserId,
+    FieldingStore, ItemUpdate, Scope, Status, StoreError, TargetGroupId, Timestamp, UserId,
 };
 use fielding_sqlite::{rusqlite, SqliteOptions, SqliteStore, SCHEMA_VERSION};
 use fielding_testkit::fixtures;
@@ -59,144 +59,9 @@ async fn seed(store: &dyn FieldingStore, scope: Scope, statuses: &[Status]) -> V
     runs
 }
 
-fn new_job(scope: Scope, action: BulkAction, ids: Vec<TargetGroupId>, key: &str) -> NewBulkJob {
-    NewBulkJob {
-        account_id: scope.account_id,
-        project_id: scope.project_id,
-        action,
-        idempotency_key: IdempotencyKey::parse(key).unwrap(),
-        target_group_ids: ids,
-        actor: UserId::random(),
-        trace_id: None,
-    }
-}
-
-fn outcome_of(job: &BulkJob, target_group_id: TargetGroupId) -> Option<BulkItemOutcome> {
-    job.items
-        .iter()
-        .find(|item| item.target_group_id == target_group_id)
-        .and_then(|item| item.outcome)
-}
-
-/// Which statuses each action turns into `Updated`.
-fn expected(action: BulkAction, status: Status) -> BulkItemOutcome {
-    use Status::*;
-    let allowed = match action {
-        BulkAction::Complete => true,
-        BulkAction::Launch => matches!(status, Scheduled | Live),
-        BulkAction::Pause => matches!(status, Live | Paused),
-        BulkAction::Resume => matches!(status, Paused | Live),
-        BulkAction::Relaunch => matches!(status, Completed | Live),
-        other => panic!("no rule for {other}"),
-    };
-    if allowed {
-        BulkItemOutcome::Updated
-    } else {
-        BulkItemOutcome::Failed(BulkItemFailure::StatusTransitionNotAllowed)
-    }
-}
-
-const ALL: [Status; 4] = [Status::Scheduled, Status::Live, Status::Paused, Status::Completed];
-
 #[tokio::test]
 async fn every_action_runs_end_to_end_on_a_file() {
-    for action in BulkAction::ALL {
-        let store = Arc::new(common::temp_store().await);
-        let service = FieldingService::new(store.clone());
-        let scope = fixtures::scope();
-        let runs = seed(&*store, scope, &ALL).await;
-        let missing = fixtures::other_target_group(scope).target_group_id;
-        let mut ids: Vec<_> = runs.iter().map(|run| run.target_group_id).collect();
-        ids.push(missing);
-        let submitted = service
-            .submit_bulk_job(new_job(scope, action, ids.clone(), "every-status"))
-            .await
-            .unwrap();
-        assert!(!submitted.replayed);
-        let stored = store.get_bulk_job(&submitted.job.key()).await.unwrap().unwrap();
-        assert_eq!(stored, submitted.job, "stored as submitted, items in order");
-
-        let runner = BulkRunner::new(service.clone(), BulkRunnerOptions::default().with_batch_size(2));
-        assert_eq!(runner.run_until_idle().await.unwrap(), 1);
-        assert_eq!(runner.run_until_idle().await.unwrap(), 0, "nothing left to claim");
-        let done = service.get_bulk_job(&submitted.job.key()).await.unwrap();
-        assert_eq!(done.status, BulkJobStatus::Completed, "{action}");
-        assert_eq!(
-            done.items.iter().map(|item| item.target_group_id).collect::<Vec<_>>(),
-            ids,
-            "items keep their order"
-        );
-        for run in &runs {
-            let outcome = outcome_of(&done, run.target_group_id);
-            assert_eq!(
-                outcome,
-                Some(expected(action, run.status)),
-                "{action} on {}",
-                run.status
-            );
-            let now_stored = store.get(&run.key()).await.unwrap().unwrap();
-            let history = store.changes(&run.key()).await.unwrap();
-            if run.status == action.desired_status() || outcome != Some(BulkItemOutcome::Updated) {
-                assert_eq!(now_stored.version, run.version, "{action} on {}", run.status);
-                assert_eq!(history.len(), 1);
-            } else {
-                assert_eq!(
-                    now_stored.version,
-                    run.version.next().unwrap(),
-                    "{action} on {}",
-                    run.status
-                );
-                assert_eq!(now_stored.last_changed_by, done.created_by);
-                assert_eq!(history.len(), 2);
-                assert_eq!(history[1].action, action.command().action());
-            }
-        }
-        assert_eq!(
-            outcome_of(&done, missing),
-            Some(BulkItemOutcome::Failed(BulkItemFailure::TargetGroupNotFound))
-        );
-
-        // A replay answers the stored job; another project does not see it.
-        let replay = service
-            .submit_bulk_job(new_job(scope, action, ids, "every-status"))
-            .await
-            .unwrap();
-        assert!(replay.replayed);
-        assert_eq!(replay.job, done);
-        let elsewhere = BulkJobKey {
-            project_id: fixtures::other_project(scope).project_id,
-            ..done.key()
-        };
-        assert_eq!(store.get_bulk_job(&elsewhere).await.unwrap(), None);
-    }
-}
-
-#[tokio::test]
-async fn a_job_whose_every_item_failed_is_failed() {
-    let store = Arc::new(common::temp_store().await);
-    let service = FieldingService::new(store.clone());
-    let scope = fixtures::scope();
-    let runs = seed(&*store, scope, &[Status::Scheduled]).await;
-    let ids = vec![
-        runs[0].target_group_id,
-        fixtures::other_target_group(scope).target_group_id,
-    ];
-    let job = service
-        .submit_bulk_job(new_job(scope, BulkAction::Pause, ids, "all-fail"))
-        .await
-        .unwrap()
-        .job;
-    let runner = BulkRunner::new(service.clone(), BulkRunnerOptions::default());
-    assert_eq!(runner.run_until_idle().await.unwrap(), 1);
-    let done = service.get_bulk_job(&job.key()).await.unwrap();
-    assert_eq!(done.status, BulkJobStatus::Failed);
-    assert_eq!(
-        done.items.iter().map(|item| item.outcome).collect::<Vec<_>>(),
-        [
-            Some(BulkItemOutcome::Failed(BulkItemFailure::StatusTransitionNotAllowed)),
-            Some(BulkItemOutcome::Failed(BulkItemFailure::TargetGroupNotFound)),
-        ]
-    );
+    fielding_testkit::scenarios::bulk_jobs_follow_the_rules(Arc::new(common::temp_store().await)).await;
 }
 
 #[tokio::test]

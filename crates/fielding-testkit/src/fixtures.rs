@@ -41,9 +41,9 @@
 
 use chrono::TimeDelta;
 use fielding_core::{
-    AccountId, Action, BulkAction, BulkItem, BulkJob, BulkJobStatus, ChangeRecord, FieldingRun, FieldingRunId,
-    FieldingRunJob, IdempotencyKey, JobId, JobRequest, JobState, ProjectId, Scope, Status, TargetGroupId, Timestamp,
-    UserId, Version,
+    AccountId, Action, BulkAction, BulkItem, BulkItemFailure, BulkItemOutcome, BulkJob, BulkJobStatus, ChangeRecord,
+    FieldingRun, FieldingRunId, FieldingRunJob, IdempotencyKey, JobId, JobRequest, JobState, NewBulkJob, ProjectId,
+    Scope, Status, TargetGroupId, Timestamp, UserId, Version,
 };
 
 #[cfg(doc)]
@@ -381,5 +381,52 @@ pub fn bulk_job(scope: Scope, key: &str, action: BulkAction, target_groups: &[Ta
                 outcome: None,
             })
             .collect(),
+    }
+}
+
+/// A bulk-job submission: `action` over `target_groups` in the account and
+/// project of `scope`, under the idempotency key `key`, by a random user.
+///
+/// # Panics
+/// If `key` is not a valid idempotency key: a fixture bug.
+pub fn new_bulk_job(scope: Scope, key: &str, action: BulkAction, target_groups: Vec<TargetGroupId>) -> NewBulkJob {
+    NewBulkJob {
+        account_id: scope.account_id,
+        project_id: scope.project_id,
+        action,
+        idempotency_key: IdempotencyKey::parse(key)
+            .unwrap_or_else(|err| panic!("fixture idempotency key {key:?} is invalid: {err}")),
+        target_group_ids: target_groups,
+        actor: UserId::random(),
+        trace_id: None,
+    }
+}
+
+/// What a bulk job's `action` does to a run in `status` (its effective
+/// status), written out from the contract and `docs/lifecycle.md` as an
+/// independent oracle for tests: updated when the single-run command is
+/// allowed or the run is already in the action's status, else
+/// `StatusTransitionNotAllowed`.
+///
+/// ```
+/// use fielding_core::{BulkAction, BulkItemOutcome, Status};
+/// use fielding_testkit::fixtures;
+/// assert_eq!(fixtures::bulk_outcome(BulkAction::Pause, Status::Paused), BulkItemOutcome::Updated);
+/// ```
+pub fn bulk_outcome(action: BulkAction, status: Status) -> BulkItemOutcome {
+    use Status::{Completed, Live, Paused, Scheduled};
+    let allowed = match action {
+        BulkAction::Complete => true,
+        BulkAction::Launch => matches!(status, Scheduled | Live),
+        BulkAction::Pause => matches!(status, Live | Paused),
+        BulkAction::Resume => matches!(status, Paused | Live),
+        BulkAction::Relaunch => matches!(status, Completed | Live),
+        // A new action needs its row here before tests can use it.
+        _ => false,
+    };
+    if allowed {
+        BulkItemOutcome::Updated
+    } else {
+        BulkItemOutcome::Failed(BulkItemFailure::StatusTransitionNotAllowed)
     }
 }

@@ -174,6 +174,7 @@ pub mod fixtures;
 mod guarded;
 pub mod linearizability;
 mod sample;
+pub mod scenarios;
 mod suite;
 
 pub use capabilities::Capabilities;
