@@ -347,8 +347,8 @@ impl BulkJob {
     }
 
     /// Checks a submitted list: 1 to [`BulkJob::MAX_TARGET_GROUPS`] ids,
-    /// none twice. Every repeat is named (`target_group_ids[4]`, up to the
-    /// first few).
+    /// none twice. Every repeat is named (`target_group_ids[4]`); the HTTP
+    /// layer lists the first few in its answer.
     ///
     /// ```
     /// use fielding_core::{BulkJob, TargetGroupId};

@@ -115,6 +115,10 @@ impl BulkRunnerOptions {
 pub struct BulkRunner {
     service: FieldingService,
     options: BulkRunnerOptions,
+    /// Jobs whose last attempt here failed with a permanent store error,
+    /// and how many times in a row: each failure holds the job back
+    /// longer (see [`BulkRunner::hold_back`]).
+    failures: Arc<std::sync::Mutex<std::collections::HashMap<crate::JobId, u32>>>,
 }
 
 /// Why a job's work ended before the job was finished.
@@ -131,7 +135,11 @@ enum Interrupted {
 impl BulkRunner {
     /// A runner over `service`'s store.
     pub fn new(service: FieldingService, options: BulkRunnerOptions) -> Self {
-        Self { service, options }
+        Self {
+            service,
+            options,
+            failures: Arc::default(),
+        }
     }
 
     /// The options it works with.
@@ -154,7 +162,10 @@ impl BulkRunner {
                     tracing::error!(error = %err, "a bulk-job worker panicked; its job is taken over when its lease ends");
                 }
             }
+            // Biased, the stop first: once it has come, no claim is made,
+            // even when a permit is free at the same moment.
             let permit = tokio::select! {
+                biased;
                 () = &mut shutdown => break,
                 permit = permits.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -178,6 +189,7 @@ impl BulkRunner {
             }
             drop(permit);
             tokio::select! {
+                biased;
                 () = &mut shutdown => break,
                 () = woken => {}
                 () = tokio::time::sleep(self.options.poll_interval) => {}
@@ -219,8 +231,12 @@ impl BulkRunner {
     }
 
     fn lease_from(&self, now: Timestamp) -> Timestamp {
-        let lease = TimeDelta::from_std(self.options.lease).unwrap_or(TimeDelta::MAX);
-        now.checked_add(lease).unwrap_or(now)
+        self.lease_from_for(now, self.options.lease)
+    }
+
+    fn lease_from_for(&self, now: Timestamp, lease: Duration) -> Timestamp {
+        let lease = TimeDelta::from_std(lease).unwrap_or(TimeDelta::MAX);
+        now.checked_add(lease).unwrap_or(Timestamp::MAX)
     }
 
     async fn work_claimed(
@@ -231,18 +247,68 @@ impl BulkRunner {
         _permit: OwnedSemaphorePermit,
     ) {
         let key = job.key();
+        let trace_id = job.trace_id.map(|id| id.to_string());
         match self.work(job, claim, &stopping).await {
-            Ok(()) => {}
-            Err(Interrupted::Stopping) => {
-                tracing::info!(job = %key, "stopped working a bulk job; another runner may resume it")
-            }
-            Err(Interrupted::ClaimLost) => tracing::info!(job = %key, "another runner took over a bulk job"),
-            Err(Interrupted::Store(err)) => tracing::warn!(
+            Ok(()) => self.forget_failures(&key),
+            Err(Interrupted::Stopping) => tracing::info!(
                 job = %key,
-                error = %err,
-                "a bulk job's batch failed; it is resumed once its lease ends"
+                trace_id,
+                "stopped working a bulk job; another runner may resume it"
             ),
+            Err(Interrupted::ClaimLost) => tracing::info!(job = %key, trace_id, "another runner took over a bulk job"),
+            Err(Interrupted::Store(err)) => {
+                let failures = self.count_failure(&key);
+                let held_for = self.hold_back(&key, &claim, failures).await;
+                tracing::warn!(
+                    job = %key,
+                    trace_id,
+                    error = %err,
+                    failures,
+                    retry_in_seconds = held_for.as_secs(),
+                    "a bulk job's batch failed; it is tried again later"
+                );
+            }
         }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<crate::JobId, u32>> {
+        // Nothing panics while holding it; a poisoned map is still usable.
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Counts one more failure in a row of the job at `key`; answers how many.
+    fn count_failure(&self, key: &crate::BulkJobKey) -> u32 {
+        let mut failures = self.failures();
+        let count = failures.entry(key.id).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// The job at `key` was worked to the end: its failures are forgotten.
+    fn forget_failures(&self, key: &crate::BulkJobKey) {
+        self.failures().remove(&key.id);
+    }
+
+    /// Keeps a job that failed `failures` times in a row claimed (and so
+    /// untouched by every runner) for longer each time: one lease, then
+    /// doubling up to an hour. A job whose store keeps failing (a run it
+    /// cannot read back, a constraint the data breaks) would otherwise be
+    /// claimed again, oldest first, every time its lease ends, forever.
+    /// It stays `Processing` (its items cannot be recorded while the store
+    /// fails) and the warnings say why.
+    async fn hold_back(&self, key: &crate::BulkJobKey, claim: &BulkClaim, failures: u32) -> Duration {
+        let doubled = self
+            .options
+            .lease
+            .saturating_mul(1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX));
+        let held_for = doubled.clamp(self.options.lease, MAX_HOLD_BACK.max(self.options.lease));
+        let until = BulkClaim {
+            lease_until: self.lease_from_for(self.service.clock().now(), held_for),
+            ..*claim
+        };
+        // Best effort: if this fails too, the lease ends as it was.
+        let _ = self.service.store().renew_bulk_claim(key, &until).await;
+        held_for
     }
 
     /// Works `job` under `claim` until every item has an outcome, then
@@ -258,6 +324,12 @@ impl BulkRunner {
         let renew_every = self.options.lease / 3;
         let mut renewed_at = Instant::now();
         let pending: Vec<_> = job.pending().collect();
+        let position: std::collections::HashMap<_, _> = job
+            .items
+            .iter()
+            .enumerate()
+            .map(|(at, item)| (item.target_group_id, at))
+            .collect();
         for batch in pending.chunks(self.options.batch_size.max(1)) {
             if *stopping.borrow() {
                 // Give the job back at once instead of letting the lease run out.
@@ -285,7 +357,7 @@ impl BulkRunner {
                 Err(StoreError::ClaimLost { .. }) => return Err(Interrupted::ClaimLost),
                 Err(err) => return Err(Interrupted::Store(err)),
             };
-            record(&mut job, &outcomes);
+            record(&mut job, &position, &outcomes);
             // A store that never suspends (in memory) would otherwise keep
             // the thread for the whole job: let other tasks, and the stop
             // signal, in between batches.
@@ -305,7 +377,13 @@ impl BulkRunner {
         if !finished.map_err(Interrupted::Store)? {
             return Err(Interrupted::ClaimLost);
         }
-        tracing::debug!(job = %key, status = status.as_str(), items = job.items.len(), "bulk job finished");
+        tracing::debug!(
+            job = %key,
+            trace_id = job.trace_id.map(|id| id.to_string()),
+            status = status.as_str(),
+            items = job.items.len(),
+            "bulk job finished"
+        );
         Ok(())
     }
 }
@@ -334,22 +412,25 @@ where
     }
 }
 
+/// The longest a job whose batches keep failing is held back between two
+/// attempts.
+const MAX_HOLD_BACK: Duration = Duration::from_secs(3600);
+
 /// Attempts of one store call when the store keeps failing transiently
 /// (10 ms, 40 ms, 160 ms, 640 ms apart); past them a batch's job waits for
 /// its lease to end and is resumed then.
 const TRANSIENT_ATTEMPTS: u32 = 5;
 
-/// Copies a batch's outcomes into the job's items.
-fn record(job: &mut BulkJob, outcomes: &[(crate::TargetGroupId, BulkItemOutcome)]) {
-    // Outcomes come back in the order of the batch, which follows the
-    // items' order: one forward walk finds them all.
-    let mut items = job.items.iter_mut();
+/// Copies a batch's outcomes into the job's items, found through
+/// `position` (each target group's index in `job.items`).
+fn record(
+    job: &mut BulkJob,
+    position: &std::collections::HashMap<crate::TargetGroupId, usize>,
+    outcomes: &[(crate::TargetGroupId, BulkItemOutcome)],
+) {
     for (target_group_id, outcome) in outcomes {
-        for item in items.by_ref() {
-            if item.target_group_id == *target_group_id {
-                item.outcome = Some(*outcome);
-                break;
-            }
+        if let Some(item) = position.get(target_group_id).and_then(|at| job.items.get_mut(*at)) {
+            item.outcome = Some(*outcome);
         }
     }
 }

@@ -472,6 +472,10 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
     /// Records the job's final `status` and `finished_at` (what
     /// [`expire_bulk_jobs`](Self::expire_bulk_jobs) measures age from) and
     /// ends the claim, if `token` holds the job; `false` otherwise.
+    ///
+    /// The caller (the runner) promises that every item has an outcome and
+    /// that `status` is [`BulkJob::settled_status`]: the store records what
+    /// it is told, as `finish_job` does.
     async fn finish_bulk_job(
         &self,
         key: &BulkJobKey,

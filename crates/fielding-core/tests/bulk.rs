@@ -496,3 +496,72 @@ async fn transient_store_failures_do_not_stop_a_job() {
     );
     assert_eq!(runner.run_until_idle().await.unwrap(), 1);
 }
+
+/// A job whose batches keep failing (a permanent store error) is not
+/// claimed again every time its lease ends: each failure holds it back
+/// longer (one lease, then doubling, up to an hour), and it stays
+/// `Processing` with nothing applied. Each attempt uses up one injected
+/// fault, which is how the test counts them.
+#[tokio::test]
+async fn a_job_whose_batches_keep_failing_is_held_back_longer_each_time() {
+    const FAULTS: u64 = 1_000_000;
+    let inner = MemoryStore::new();
+    let store = fielding_testkit::FaultyStore::new(inner.clone());
+    let faults = store.faults().clone();
+    faults.only_in(Some("apply_bulk_items"));
+    faults.inject(fielding_testkit::Fault::Storage, FAULTS);
+    let attempts = || FAULTS - faults.pending(fielding_testkit::Fault::Storage);
+    let clock = Arc::new(ManualClock::new(now()));
+    let service = FieldingService::with_clock(Arc::new(store), clock.clone());
+    let p = project(&inner, &[Status::Live]);
+    let job = service
+        .submit_bulk_job(fixtures::new_bulk_job(
+            p.scope,
+            "poison",
+            BulkAction::Pause,
+            vec![p.runs[0].target_group_id],
+        ))
+        .await
+        .unwrap()
+        .job;
+    let runner = BulkRunner::new(
+        service.clone(),
+        BulkRunnerOptions::default()
+            .with_lease(Duration::from_secs(30))
+            .with_poll_interval(Duration::from_millis(1)),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        runner
+            .run(async {
+                stopped.await.ok();
+            })
+            .await
+    });
+    let reach = |count: u64| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while attempts() < count {
+            assert!(tokio::time::Instant::now() < deadline, "attempt {count} did not come");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Polled every millisecond: a job not held back would be tried
+        // again many times over in this pause.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(attempts(), count, "tried again while held back");
+    };
+    reach(1).await; // held for 30 s
+    clock.advance(TimeDelta::seconds(31));
+    reach(2).await; // held for 60 s
+    clock.advance(TimeDelta::seconds(31));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(attempts(), 2, "still held back after 31 of 60 s");
+    clock.advance(TimeDelta::seconds(30));
+    reach(3).await;
+    stop.send(()).unwrap();
+    handle.await.unwrap();
+    assert_eq!(
+        service.get_bulk_job(&job.key()).await.unwrap().status,
+        BulkJobStatus::Processing
+    );
+    assert_eq!(inner.run(&p.runs[0].key()).unwrap(), p.runs[0], "nothing applied");
+}

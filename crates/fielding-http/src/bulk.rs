@@ -24,7 +24,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use fielding_core::{
-    BulkAction, BulkJob, BulkJobKey, FieldingError, InvalidParam, JobId, JobTraceId, NewBulkJob, TargetGroupId,
+    BulkAction, BulkJob, BulkJobKey, FieldingError, InvalidParam, JobId, JobTraceId, NewBulkJob, StoreError,
+    TargetGroupId,
 };
 use serde_json::Value;
 
@@ -129,14 +130,22 @@ async fn submit(
         })
         .await?;
     let location = format!("{}/{}", uri.path().trim_end_matches('/'), submitted.job.id);
-    // Built from validated ids and fixed text: always a valid header value.
-    let location = HeaderValue::from_str(&location).map_err(|_| ApiError::no_route())?;
+    // Built from validated ids and fixed text: always a valid header value;
+    // if that ever broke, it is our fault (500), not a missing route.
+    let location = HeaderValue::from_str(&location).map_err(|_| {
+        ApiError::from(FieldingError::from(StoreError::internal(
+            "the job's Location is not a valid header value",
+        )))
+    })?;
     Ok((StatusCode::CREATED, [(header::LOCATION, location)]).into_response())
 }
 
 /// The body of a submission: exactly `target_group_ids`, an array of
 /// target group ids, each bad entry named by its index.
 fn target_groups(bytes: &[u8]) -> Result<Vec<TargetGroupId>, ApiError> {
+    if values_past(bytes, MAX_VALUES) {
+        return Err(too_many());
+    }
     let (fields, found) = json_fields(bytes, &[FIELD])?;
     let mut params = Vec::new();
     let ids = match fields.get(FIELD) {
@@ -144,20 +153,7 @@ fn target_groups(bytes: &[u8]) -> Result<Vec<TargetGroupId>, ApiError> {
             params.push(InvalidParam::new(FIELD, "is required"));
             None
         }
-        Some(Value::Array(items)) if items.len() > BulkJob::MAX_TARGET_GROUPS => {
-            // Refused as a whole, before any entry is judged: a body of
-            // half a million bad entries must not cost half a million
-            // findings.
-            params.push(InvalidParam::new(
-                FIELD,
-                format!(
-                    "must name at most {} target groups, got {}",
-                    BulkJob::MAX_TARGET_GROUPS,
-                    items.len()
-                ),
-            ));
-            None
-        }
+        Some(Value::Array(items)) if items.len() > BulkJob::MAX_TARGET_GROUPS => return Err(too_many()),
         Some(Value::Array(items)) => {
             let mut ids = Vec::with_capacity(items.len());
             for (index, item) in items.iter().enumerate() {
@@ -182,6 +178,49 @@ fn target_groups(bytes: &[u8]) -> Result<Vec<TargetGroupId>, ApiError> {
         Some(ids) if params.is_empty() => Ok(ids),
         _ => Err(ApiError::invalid(params)),
     }
+}
+
+/// How many JSON values past the first a body may hold before it is
+/// refused unparsed: one per id of the longest list, and a few to spare
+/// for the object around it.
+const MAX_VALUES: usize = BulkJob::MAX_TARGET_GROUPS + 8;
+
+/// The 400 for a list longer than [`BulkJob::MAX_TARGET_GROUPS`], refused
+/// as a whole before any entry is judged: a body of half a million bad
+/// entries must not cost half a million findings.
+fn too_many() -> ApiError {
+    ApiError::invalid(vec![InvalidParam::new(
+        FIELD,
+        format!("must name at most {} target groups", BulkJob::MAX_TARGET_GROUPS),
+    )])
+}
+
+/// Whether `bytes` hold more than `limit` commas outside strings: more
+/// values than any acceptable body (every value after the first follows a
+/// comma; nesting without commas is bounded by the parser's depth limit).
+/// Counted in one pass without allocating, so that a 1 MiB body of
+/// `[0,0,0,...]` (half a million values, tens of MB once parsed) is refused
+/// before it is parsed.
+fn values_past(bytes: &[u8], limit: usize) -> bool {
+    let (mut commas, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in bytes {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        } else if byte == b',' {
+            commas += 1;
+            if commas > limit {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 async fn get_job(
@@ -257,6 +296,30 @@ mod tests {
                 "target_group_ids[4]"
             ]
         );
+    }
+
+    #[test]
+    fn a_body_of_more_values_than_any_list_is_refused_before_parsing() {
+        // Nested, so the array itself has one entry: still refused.
+        let entries = vec!["0"; 500_000].join(",");
+        let body = format!(r#"{{"target_group_ids":[[{entries}]]}}"#);
+        let err = target_groups(body.as_bytes()).unwrap_err();
+        assert_eq!(names(&err), ["target_group_ids"]);
+        // Commas inside strings (escaped quotes included) are not values.
+        let text = format!(
+            r#"{{"target_group_ids":["01BTGNYV6HRNK8K8VKZASZCFP1"],"note":"{}\",{}"}}"#,
+            ",".repeat(20_000),
+            ",".repeat(20_000)
+        );
+        assert!(!values_past(text.as_bytes(), MAX_VALUES));
+        let err = target_groups(text.as_bytes()).unwrap_err();
+        assert_eq!(names(&err), ["note"], "an unknown field, not a long list");
+        // The longest acceptable list passes the count.
+        let ids = vec!["\"01BTGNYV6HRNK8K8VKZASZCFP1\""; BulkJob::MAX_TARGET_GROUPS].join(",");
+        assert!(!values_past(
+            format!(r#"{{"target_group_ids":[{ids}]}}"#).as_bytes(),
+            MAX_VALUES
+        ));
     }
 
     #[test]

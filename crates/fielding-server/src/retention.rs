@@ -58,6 +58,13 @@ pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
 /// SQLite write transaction, which other writes queue behind) stays short.
 pub const DEFAULT_SWEEP_BATCH: usize = 1_000;
 
+/// How many bulk jobs one store call removes at most by default. A bulk
+/// job takes up to 10,000 item rows with it, so the batch is counted in
+/// jobs of that size: 10 jobs is at most 100,000 rows per call (tens of
+/// milliseconds on SQLite), not the 10 million that
+/// [`DEFAULT_SWEEP_BATCH`] bulk jobs could hold.
+pub const DEFAULT_BULK_SWEEP_BATCH: usize = 10;
+
 /// What the retention task does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionConfig {
@@ -68,6 +75,9 @@ pub struct RetentionConfig {
     /// The `limit` of each [`FieldingStore::expire_jobs`] call; at least 1
     /// is used.
     pub batch: usize,
+    /// The `limit` of each [`FieldingStore::expire_bulk_jobs`] call; at
+    /// least 1 is used.
+    pub bulk_batch: usize,
 }
 
 impl Default for RetentionConfig {
@@ -76,6 +86,7 @@ impl Default for RetentionConfig {
             retention: DEFAULT_JOB_RETENTION,
             interval: DEFAULT_SWEEP_INTERVAL,
             batch: DEFAULT_SWEEP_BATCH,
+            bulk_batch: DEFAULT_BULK_SWEEP_BATCH,
         }
     }
 }
@@ -138,7 +149,6 @@ pub async fn sweep_expired_jobs(
     clock: &dyn Clock,
     config: &RetentionConfig,
 ) -> Result<Sweep, SweepError> {
-    let batch = config.batch.max(1);
     let Some(before) = cutoff(clock.now(), config.retention) else {
         return Ok(Sweep {
             cutoff: None,
@@ -154,6 +164,11 @@ pub async fn sweep_expired_jobs(
         calls: 0,
     };
     for kind in [Kind::Creation, Kind::Bulk] {
+        let batch = match kind {
+            Kind::Creation => config.batch,
+            Kind::Bulk => config.bulk_batch,
+        }
+        .max(1);
         loop {
             let started = Instant::now();
             let expired = match kind {
@@ -272,6 +287,7 @@ mod tests {
             retention: HOUR,
             interval: HOUR,
             batch: 2,
+            bulk_batch: 2,
         };
 
         let sweep = sweep_expired_jobs(&store, &clock, &config).await.expect("sweep");
@@ -352,6 +368,7 @@ mod tests {
             retention: HOUR,
             interval: Duration::from_millis(5),
             batch: 10,
+            bulk_batch: 10,
         };
         let store: Arc<dyn FieldingStore> = faulty.clone();
         let task = tokio::spawn(run_job_retention(store, Arc::new(clock.clone()), config));
@@ -422,6 +439,7 @@ mod tests {
             retention: HOUR,
             interval: HOUR,
             batch: 2,
+            bulk_batch: 2,
         };
         let sweep = sweep_expired_jobs(&store, &clock, &config).await.expect("sweep");
         assert_eq!((sweep.removed, sweep.removed_bulk), (0, 3));

@@ -297,7 +297,9 @@ impl Server {
         let drained = tokio::time::timeout(shutdown_grace, async {
             while connections.join_next().await.is_some() {}
             if let Some(bulk) = &mut bulk {
-                let _ = bulk.await;
+                if let Err(err) = bulk.await {
+                    tracing::error!(error = %err, "the bulk-job runner panicked");
+                }
             }
         })
         .await;
@@ -315,7 +317,10 @@ impl Server {
             // leases end. Awaited so its handle on the store is gone before
             // the store is closed.
             bulk.abort();
-            let _ = bulk.await;
+            match bulk.await {
+                Err(err) if err.is_panic() => tracing::error!(error = %err, "the bulk-job runner panicked"),
+                _ => {}
+            }
         }
         housekeeping.abort();
         if let Some(retention) = retention {

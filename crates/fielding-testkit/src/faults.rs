@@ -67,6 +67,8 @@ struct Counters {
     storage: AtomicU64,
     transient: AtomicU64,
     conflict: AtomicU64,
+    /// When set, storage faults hit only the operation of this name.
+    only: std::sync::Mutex<Option<&'static str>>,
 }
 
 impl Faults {
@@ -89,6 +91,26 @@ impl Faults {
         self.counter(fault).load(Ordering::SeqCst)
     }
 
+    /// Aims storage faults ([`Fault::Storage`], [`Fault::TransientStorage`])
+    /// at one operation, named as in [`FieldingStore`] (`"apply_bulk_items"`,
+    /// `"get"`, ...): the others go through untouched and leave the pending
+    /// faults for it. `None` aims them at every operation again (the
+    /// default).
+    ///
+    /// ```
+    /// use fielding_testkit::{Fault, FaultyStore};
+    /// let store = FaultyStore::new(fielding_memory::MemoryStore::new());
+    /// store.faults().only_in(Some("apply_bulk_items"));
+    /// store.faults().inject(Fault::Storage, u64::MAX); // every batch fails, nothing else
+    /// ```
+    pub fn only_in(&self, operation: Option<&'static str>) {
+        *self
+            .counters
+            .only
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = operation;
+    }
+
     /// Drops every pending fault.
     pub fn clear(&self) {
         for fault in Fault::ALL {
@@ -105,6 +127,14 @@ impl Faults {
 
     /// The storage fault to report for the operation `op`, if one is due.
     fn storage_fault(&self, op: &'static str) -> Result<(), StoreError> {
+        let aimed = *self
+            .counters
+            .only
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if aimed.is_some_and(|only| only != op) {
+            return Ok(());
+        }
         if self.take(Fault::Storage) {
             return Err(StoreError::Backend {
                 message: format!("injected storage fault in {op}"),
