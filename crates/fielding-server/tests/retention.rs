@@ -26,6 +26,7 @@ async fn an_expired_job_is_a_404_and_its_key_records_a_new_job() {
         retention: Duration::from_secs(1),
         interval: Duration::from_millis(100),
         batch: 10,
+        ..RetentionConfig::default()
     });
     let server = Server::bind(&config).await.unwrap();
     let base = format!("http://{}", server.local_addr());
