@@ -208,20 +208,45 @@ impl BulkStatements {
             lock: format!(
                 "SELECT id FROM {jobs} WHERE {at} AND claim_token = $4 AND status = '{processing}' FOR UPDATE"
             ),
+            // One lookup per target group on the full unique key (a LATERAL
+            // join, not `= ANY` on its last column): see `runs` below.
             outcomes: format!(
-                "SELECT target_group_id, outcome FROM {items} WHERE job_id = $1 AND target_group_id = ANY($2)"
+                "SELECT t.target_group_id, i.outcome FROM UNNEST($2::text[]) AS t(target_group_id) \
+                 CROSS JOIN LATERAL (SELECT outcome FROM {items} \
+                 WHERE job_id = $1 AND target_group_id = t.target_group_id) i"
             ),
-            // The pending items' runs, locked in one order (target group
-            // id) by every batch, so two batches over overlapping target
-            // groups cannot deadlock.
+            // The pending items' runs, each found on the full scope key and
+            // locked as it is found, in the order of $3 (sorted by the
+            // caller: every batch locks in target-group order, so two
+            // batches over overlapping target groups cannot deadlock).
+            //
+            // A LATERAL lookup per target group, not `target_group_id =
+            // ANY($3)`: with `= ANY` on the key's last column the planner may
+            // keep it as a filter over the (account, project) prefix, and
+            // with stale statistics (a project whose runs were just
+            // created) it did, reading every run of the project in each
+            // batch (docs/benchmarks.md, bulk jobs).
             runs: format!(
-                "SELECT {RUN_COLUMNS} FROM {runs} WHERE account_id = $1 AND project_id = $2 \
-                 AND target_group_id = ANY($3) ORDER BY target_group_id FOR UPDATE"
+                "SELECT r.* FROM UNNEST($3::text[]) WITH ORDINALITY AS t(target_group_id, n) \
+                 CROSS JOIN LATERAL (SELECT {RUN_COLUMNS} FROM {runs} WHERE account_id = $1 AND project_id = $2 \
+                 AND target_group_id = t.target_group_id FOR UPDATE) r ORDER BY t.n"
             ),
             // Every run write of a batch, their change records and the
             // items' outcomes in one statement. Each update still checks
             // its expected version; the counts tell the caller whether
             // every row was written.
+            //
+            // Rows are found with `= ANY(array)` on the leading columns of
+            // a unique index (runs by id, items by job and target group):
+            // one index descent per row, whatever the planner's estimates.
+            // Joining on the UNNEST alone, with the job's or the project's
+            // prefix as the only index condition, let stale statistics (a
+            // job's items are always freshly inserted; a project's runs may
+            // be) pick a scan of the whole prefix per batch: 10,000-item
+            // jobs went from linear to quadratic (docs/benchmarks.md). The
+            // runs' scope needs no second check here: they were read and
+            // locked under it in this transaction, and the adapter refuses
+            // a write of any run but the one read.
             write: format!(
                 "WITH next AS (SELECT * FROM UNNEST($4::text[], $5::timestamptz[], $6::timestamptz[], $7::text[], \
                  $8::bigint[], $9::timestamptz[], $10::uuid[], $11::bigint[]) \
@@ -230,7 +255,7 @@ impl BulkStatements {
                  upd AS (UPDATE {runs} r SET start_fielding_at = next.start_fielding_at, \
                  end_fielding_at = next.end_fielding_at, status = next.status, version = next.version, \
                  last_changed_at = next.last_changed_at, last_changed_by = next.last_changed_by \
-                 FROM next WHERE r.id = next.id AND r.account_id = $1 AND r.project_id = $2 \
+                 FROM next WHERE r.id = ANY($4::text[]) AND r.id = next.id \
                  AND r.version = next.expected RETURNING r.id), \
                  rec AS (INSERT INTO {records} ({CHANGE_COLUMNS}) \
                  SELECT c.run_id, c.version, c.action, c.changed_at, c.changed_by, c.status_from, c.status_to, \
@@ -241,7 +266,8 @@ impl BulkStatements {
                  start_from, start_to, end_from, end_to) JOIN upd ON upd.id = c.run_id RETURNING 1), \
                  done AS (UPDATE {items} i SET outcome = o.outcome \
                  FROM UNNEST($23::text[], $24::text[]) AS o(target_group_id, outcome) \
-                 WHERE i.job_id = $3 AND i.target_group_id = o.target_group_id AND i.outcome IS NULL RETURNING 1) \
+                 WHERE i.job_id = $3 AND i.target_group_id = ANY($23::text[]) \
+                 AND i.target_group_id = o.target_group_id AND i.outcome IS NULL RETURNING 1) \
                  SELECT (SELECT count(*) FROM upd), (SELECT count(*) FROM rec), (SELECT count(*) FROM done)"
             ),
             finish: format!(
