@@ -20,7 +20,8 @@ use sqlx::postgres::{PgConnection, PgRow, Postgres};
 use sqlx::{Connection, Transaction};
 
 use crate::codec::{account, column, decode_run, millis, ChangeArrays, RunArrays};
-use crate::error::{backend, constraint, sqlstate, UNIQUE_VIOLATION};
+use crate::error::backend;
+use crate::jobs::{id_taken, key_without_job, settle_taken_key, CREATE_ATTEMPTS};
 use crate::sql::BulkStatements;
 
 /// The unique key on the bulk job id.
@@ -35,11 +36,6 @@ const JOB_ID_KEY: &str = "fielding_bulk_jobs_pkey";
 /// custom plan, 70 ms on the generic one). Planning each statement anew
 /// costs far less than that.
 const BEGIN_BATCH: &str = "BEGIN; SET LOCAL plan_cache_mode = force_custom_plan";
-
-/// How often `create` tries again when its insert found the key taken but
-/// the read that followed found no job under it (possible only if the job
-/// expired in between).
-const CREATE_ATTEMPTS: usize = 3;
 
 pub(crate) async fn create(
     conn: &mut PgConnection,
@@ -64,7 +60,7 @@ pub(crate) async fn create(
             .bind(&outcomes)
             .fetch_one(&mut *conn)
             .await;
-        let id_taken = match inserted {
+        let taken = match inserted {
             Ok((1, items)) if usize::try_from(items).ok() == Some(job.items.len()) => {
                 return Ok(BulkJobCreated::Created)
             }
@@ -76,12 +72,7 @@ pub(crate) async fn create(
                 )))
             }
             Ok(_) => None,
-            // The id is taken: if the key is taken too, the caller needs
-            // the job under the key; otherwise the id clash is the error.
-            Err(err) if sqlstate(&err).as_deref() == Some(UNIQUE_VIOLATION) && constraint(&err) == Some(JOB_ID_KEY) => {
-                Some(err)
-            }
-            Err(err) => return Err(backend(op, err)),
+            Err(err) => Some(id_taken(op, err, JOB_ID_KEY)?),
         };
         // A new statement, so under READ COMMITTED it sees the job of a
         // concurrent creator: the insert above waited for it to commit.
@@ -91,27 +82,12 @@ pub(crate) async fn create(
             .fetch_optional(&mut *conn)
             .await
             .map_err(|e| backend(op, e))?;
-        match (existing, id_taken) {
-            (Some(row), _) => return decode_job(&row).map(BulkJobCreated::Existing),
-            (None, Some(err)) => {
-                return Err(StoreError::Backend {
-                    message: format!("PostgreSQL {op}: bulk job id {} is already taken", job.id),
-                    retryable: false,
-                    source: Some(Box::new(err)),
-                })
-            }
-            // The key's job expired between the two statements: again.
-            (None, None) => continue,
+        let existing = existing.as_ref().map(decode_job).transpose()?;
+        if let Some(answer) = settle_taken_key(op, "bulk job", &job.id, existing, taken) {
+            return answer.map(BulkJobCreated::Existing);
         }
     }
-    Err(StoreError::Backend {
-        message: format!(
-            "{op} of {}: the idempotency key was taken, but no bulk job was found under it",
-            job.id
-        ),
-        retryable: true,
-        source: None,
-    })
+    Err(key_without_job(op, "bulk job", &job.id))
 }
 
 pub(crate) async fn get(

@@ -11,10 +11,53 @@ use crate::sql::JobStatements;
 /// The unique key on the job id.
 const JOB_ID_KEY: &str = "fielding_run_jobs_pkey";
 
-/// How often `create_job` tries again when its insert found the key taken
-/// but the read that followed found no job under it (possible only if the
-/// job was deleted in between).
-const CREATE_ATTEMPTS: usize = 3;
+/// How often an idempotent create (`create_job`, `create_bulk_job`) tries
+/// again when its insert found the key taken but the read that followed
+/// found no job under it (possible only if the job expired in between).
+pub(crate) const CREATE_ATTEMPTS: usize = 3;
+
+/// An idempotent create's insert failed: `Ok(err)` when the job's id was
+/// taken (`id_key` names the unique key on it), which is the caller's error
+/// only if the key turns out to be free; any other failure is the answer.
+pub(crate) fn id_taken(op: &'static str, err: sqlx::Error, id_key: &str) -> Result<sqlx::Error, StoreError> {
+    if sqlstate(&err).as_deref() == Some(UNIQUE_VIOLATION) && constraint(&err) == Some(id_key) {
+        Ok(err)
+    } else {
+        Err(backend(op, err))
+    }
+}
+
+/// After an idempotent create's insert created nothing: the job found under
+/// the key (`existing`) is the answer; with none, the id clash is the error
+/// (a `what` with the id `id` exists, under another key), or, without one,
+/// `None`: the key's job expired between the two statements, try again.
+pub(crate) fn settle_taken_key<T>(
+    op: &'static str,
+    what: &str,
+    id: &JobId,
+    existing: Option<T>,
+    id_taken: Option<sqlx::Error>,
+) -> Option<Result<T, StoreError>> {
+    match (existing, id_taken) {
+        (Some(job), _) => Some(Ok(job)),
+        (None, Some(err)) => Some(Err(StoreError::Backend {
+            message: format!("PostgreSQL {op}: {what} id {id} is already taken"),
+            retryable: false,
+            source: Some(Box::new(err)),
+        })),
+        (None, None) => None,
+    }
+}
+
+/// Every attempt of an idempotent create found the key taken and then no
+/// job under it: retryable, the caller may try again.
+pub(crate) fn key_without_job(op: &'static str, what: &str, id: &JobId) -> StoreError {
+    StoreError::Backend {
+        message: format!("{op} of {id}: the idempotency key was taken, but no {what} was found under it"),
+        retryable: true,
+        source: None,
+    }
+}
 
 pub(crate) async fn create_job(
     conn: &mut PgConnection,
@@ -26,16 +69,10 @@ pub(crate) async fn create_job(
         let inserted = bind_job(sqlx::query_scalar::<_, String>(&sql.create), job)
             .fetch_optional(&mut *conn)
             .await;
-        let id_taken = match inserted {
+        let taken = match inserted {
             Ok(Some(_)) => return Ok(JobCreated::Created),
             Ok(None) => None,
-            // The id is taken: if the key is taken too, the caller
-            // needs the job under the key (as the in-memory store
-            // reports it); otherwise the id clash is the error.
-            Err(err) if sqlstate(&err).as_deref() == Some(UNIQUE_VIOLATION) && constraint(&err) == Some(JOB_ID_KEY) => {
-                Some(err)
-            }
-            Err(err) => return Err(backend(op, err)),
+            Err(err) => Some(id_taken(op, err, JOB_ID_KEY)?),
         };
         let existing = sqlx::query(&sql.by_key)
             .bind(account(job.scope.account_id))
@@ -43,27 +80,12 @@ pub(crate) async fn create_job(
             .fetch_optional(&mut *conn)
             .await
             .map_err(|e| backend(op, e))?;
-        match (existing, id_taken) {
-            (Some(row), _) => return decode_job(&row).map(JobCreated::Existing),
-            (None, Some(err)) => {
-                return Err(StoreError::Backend {
-                    message: format!("PostgreSQL {op}: job id {} is already taken", job.id),
-                    retryable: false,
-                    source: Some(Box::new(err)),
-                })
-            }
-            // The key's job vanished between the two statements: again.
-            (None, None) => continue,
+        let existing = existing.as_ref().map(decode_job).transpose()?;
+        if let Some(answer) = settle_taken_key(op, "job", &job.id, existing, taken) {
+            return answer.map(JobCreated::Existing);
         }
     }
-    Err(StoreError::Backend {
-        message: format!(
-            "{op} of {}: the idempotency key was taken, but no job was found under it",
-            job.id
-        ),
-        retryable: true,
-        source: None,
-    })
+    Err(key_without_job(op, "job", &job.id))
 }
 
 pub(crate) async fn get_job(
