@@ -252,6 +252,9 @@ struct PlantedStore {
     state: Mutex<State>,
     in_flight: AtomicUsize,
     overlapping: AtomicUsize,
+    /// Calls inside a racy bug's gap between its check and its write
+    /// ([`PlantedStore::race_window`]).
+    in_window: AtomicUsize,
     /// The per-run locks of [`Bug::ReversedWriteBatch`].
     run_locks: Mutex<HashMap<FieldingRunId, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -274,6 +277,7 @@ impl PlantedStore {
             state: Mutex::default(),
             in_flight: AtomicUsize::new(0),
             overlapping: AtomicUsize::new(0),
+            in_window: AtomicUsize::new(0),
             run_locks: Mutex::default(),
         }
     }
@@ -298,6 +302,25 @@ impl PlantedStore {
             return Err(StoreError::transient("database is busy"));
         }
         Ok(guard)
+    }
+
+    /// The gap a racy bug leaves between its check and its write (the round
+    /// trip of a store that checks in one statement and writes in another):
+    /// waits, a few turns at most, until another call is in such a gap too.
+    /// The kit's racing cases start their callers together, so with this
+    /// the race the bug allows happens on every run, also on a loaded
+    /// machine whose scheduler would otherwise run the callers one after
+    /// the other; a lone caller goes on after the last turn.
+    async fn race_window(&self) {
+        self.in_window.fetch_add(1, Ordering::SeqCst);
+        for _ in 0..64 {
+            if self.in_window.load(Ordering::SeqCst) > 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        tokio::task::yield_now().await;
+        self.in_window.fetch_sub(1, Ordering::SeqCst);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -395,7 +418,7 @@ impl FieldingStore for PlantedStore {
             if self.lock().by_scope.contains_key(&scope) {
                 return Err(StoreError::AlreadyExists { scope });
             }
-            tokio::task::yield_now().await;
+            self.race_window().await;
         }
         let mut state = self.lock();
         let check = !matches!(self.bug, Bug::NoTargetGroupCheck | Bug::RacyInsert);
@@ -618,7 +641,7 @@ impl FieldingStore for PlantedStore {
             if let Some(existing) = self.lock().jobs.values().find(|j| same_key(j)) {
                 return Ok(JobCreated::Existing(existing.clone()));
             }
-            tokio::task::yield_now().await;
+            self.race_window().await;
             self.lock().jobs.insert(job.id, stored);
             return Ok(JobCreated::Created);
         }
@@ -725,7 +748,7 @@ impl FieldingStore for PlantedStore {
             if let Some(existing) = self.lock().bulk.values().find(|s| same_key(s)) {
                 return Ok(BulkJobCreated::Existing(self.shown(&existing.job)));
             }
-            tokio::task::yield_now().await;
+            self.race_window().await;
             self.lock().bulk.insert(job.id, StoredBulk::new(job.clone()));
             return Ok(BulkJobCreated::Created);
         }
@@ -785,7 +808,7 @@ impl FieldingStore for PlantedStore {
         let picked = if self.bug == Bug::RacyClaim {
             let picked = pick(&self.lock());
             // The round trip between the SELECT and the UPDATE.
-            tokio::task::yield_now().await;
+            self.race_window().await;
             picked
         } else {
             None
