@@ -314,15 +314,17 @@ async fn sixteen_kib_of_unknown_fields_get_a_small_error_body(backend: Backend) 
 
 /// Writes `head` and `partial` on a new connection, then sends nothing
 /// more; returns what the server sent until it closed, and how long that
-/// took from the end of the head.
+/// took from the start of the head.
 async fn stall(live: &Live, head: &str, partial: &[u8]) -> (String, Duration) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let address = live.base.trim_start_matches("http://");
     let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    // Before the head is sent: the server's timer starts when it reads the
+    // body, which may be before this task gets the thread back.
+    let started = Instant::now();
     socket.write_all(head.as_bytes()).await.unwrap();
     socket.write_all(partial).await.unwrap();
-    let started = Instant::now();
     let mut received = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut received)).await;
     assert!(read.is_ok(), "the server closes a stalled connection after the 408");

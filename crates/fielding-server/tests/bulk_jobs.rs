@@ -89,20 +89,26 @@ fn updated(job: &Value) -> usize {
     job["updated_target_groups"]["data"].as_array().map_or(0, Vec::len)
 }
 
-/// Polls the job until `done` says so (or panics after a minute).
+/// Polls the job (every 20 ms) until `done` says so; panics when the job
+/// makes no progress (no new outcome) for a minute, however long it runs
+/// in all: a loaded machine is slow, a stuck job is stuck.
 async fn wait_for(server: &Server, bearer: &str, location: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut progress = (usize::MAX, Instant::now());
     loop {
         let body = job(server, bearer, location).await;
         if done(&body) {
             return body;
         }
+        let outcomes = updated(&body) + body["failed_target_groups"]["data"].as_array().map_or(0, Vec::len);
+        if outcomes != progress.0 {
+            progress = (outcomes, Instant::now());
+        }
         assert!(
-            Instant::now() < deadline,
-            "the job did not get there in time: {body}\n{}",
+            progress.1.elapsed() < Duration::from_secs(60),
+            "the job made no progress for a minute: {body}\n{}",
             server.printed()
         );
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -234,10 +240,13 @@ async fn a_second_instance_takes_over_the_bulk_job_of_a_killed_one() {
 
     let mut holder = Server::start_quiet(&args);
     let location = submit(&holder, &bearer, "pause", &runs).await;
-    wait_for(&holder, &bearer, &location, |job| updated(job) >= 1).await;
-    // The second instance starts while the first holds the job (and renews
-    // its lease), so it can only get the job by taking it over.
+    // The submission wakes the first instance, which claims the job at
+    // once; the second starts while the first holds it (and renews its
+    // lease), so it can only get the job by taking it over. Started before
+    // waiting for progress, so that as much of the job as possible is left
+    // to take over.
     let survivor = Server::start_quiet(&args);
+    wait_for(&holder, &bearer, &location, |job| updated(job) >= 1).await;
     let before_kill = updated(&job(&survivor, &bearer, &location).await);
     holder.stop_with(libc::SIGKILL);
     assert!(

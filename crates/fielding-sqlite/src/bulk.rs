@@ -25,6 +25,7 @@ use rusqlite::{ffi, params, Connection, OptionalExtension, Row, TransactionBehav
 use crate::codec::{opt_text, refused, text, UserText};
 use crate::error::{extended_code, store_error};
 use crate::runs;
+use crate::savepoint::in_savepoint;
 
 /// The columns of `fielding_bulk_jobs` that [`read_job`] reads, in order.
 const JOB_COLUMNS: &str =
@@ -49,8 +50,9 @@ const ITEMS_OF_JOB: &str =
 
 /// The oldest processing job nobody holds at `?1`. The literal
 /// `'Processing'` lets SQLite use the partial index
-/// `fielding_bulk_jobs_claimable`; the held jobs it skips are at most one
-/// per runner.
+/// `fielding_bulk_jobs_claimable`; the held jobs it walks past are those
+/// being worked (a few per runner) and those a runner holds back after
+/// failures, each a row read inside the write lock.
 const CLAIMABLE: &str = "SELECT id FROM fielding_bulk_jobs \
                          WHERE status = 'Processing' AND (lease_until_ms IS NULL OR lease_until_ms <= ?1) \
                          ORDER BY created_at_ms, id LIMIT 1";
@@ -198,8 +200,11 @@ fn snapshot<R>(conn: &Connection, read: impl FnOnce() -> Result<R, StoreError>) 
     conn.execute_batch("BEGIN")
         .map_err(|e| store_error("begin a read", e))?;
     let answer = read();
-    // A read-only transaction: ending it cannot lose anything.
-    let _ = conn.execute_batch("COMMIT");
+    // A read-only transaction: ending it cannot lose anything, but a
+    // connection left inside it would pin the log and fail its next BEGIN.
+    if conn.execute_batch("COMMIT").is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
     answer
 }
 
@@ -344,8 +349,9 @@ pub(crate) enum BulkWrite {
 pub(crate) enum BulkWritten {
     /// `Create`.
     Created(BulkJobCreated),
-    /// `Claim`: the job taken, if any.
-    Claimed(Option<BulkJob>),
+    /// `Claim`: the job taken, if any; or why the job taken could not be
+    /// read back (corrupt data), answered after the take has committed.
+    Claimed(Result<Option<BulkJob>, StoreError>),
     /// `Renew`, `Finish`: whether the token held the job.
     Held(bool),
     /// `Apply`: each item's outcome, in the order asked.
@@ -382,7 +388,7 @@ impl BulkWrite {
     /// can be refused after writing, runs in a savepoint of its own.
     pub(crate) fn run_in(&self, conn: &Connection) -> Result<BulkWritten, StoreError> {
         match self {
-            BulkWrite::Apply { .. } => in_savepoint(conn, self.op(), || self.rows(conn)),
+            BulkWrite::Apply { .. } => in_savepoint(conn, "fielding_bulk", self.op(), || self.rows(conn)),
             _ => self.rows(conn),
         }
     }
@@ -403,32 +409,6 @@ impl BulkWrite {
                 expire_rows(conn, *finished_before, *limit).map(BulkWritten::Expired)
             }
         }
-    }
-}
-
-/// Runs `write` in a savepoint, undone if it fails. If the undo itself
-/// fails, the answer is a backend error, which makes the writer roll the
-/// whole transaction back.
-fn in_savepoint<R>(
-    conn: &Connection,
-    op: &'static str,
-    write: impl FnOnce() -> Result<R, StoreError>,
-) -> Result<R, StoreError> {
-    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ());
-    run("SAVEPOINT fielding_bulk").map_err(|e| store_error(op, e))?;
-    let outcome = write();
-    if conn.is_autocommit() {
-        // SQLite rolled the whole transaction back (an I/O error, say).
-        return outcome;
-    }
-    let undo = if outcome.is_err() {
-        run("ROLLBACK TO fielding_bulk")
-    } else {
-        Ok(())
-    };
-    match undo.and_then(|()| run("RELEASE fielding_bulk")) {
-        Ok(()) => outcome,
-        Err(e) => Err(store_error(op, e)),
     }
 }
 
@@ -504,21 +484,36 @@ fn by_idempotency_key(conn: &Connection, job: &BulkJob) -> Result<Option<BulkJob
 /// The statements of `claim_bulk_job`: the oldest claimable job, its new
 /// claim, and the job read back. A write, so across processes SQLite's
 /// write lock (`BEGIN IMMEDIATE`) makes the find-and-take one step.
-fn claim_rows(conn: &Connection, now: Timestamp, claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
+///
+/// A job that cannot be read back (corrupt data) is still taken: the
+/// error is the call's answer (the outer `Ok` lets the take commit), and
+/// the job sits out its lease like any failing job. Rolling the take back
+/// would leave it the oldest claimable job, and every claim of every
+/// process would pick it and fail again, forever, while the jobs behind it
+/// waited.
+fn claim_rows(
+    conn: &Connection,
+    now: Timestamp,
+    claim: &BulkClaim,
+) -> Result<Result<Option<BulkJob>, StoreError>, StoreError> {
     let op = "claim_bulk_job";
     let id: Option<String> = conn
         .prepare_cached(CLAIMABLE)
         .and_then(|mut stmt| stmt.query_row([now.unix_millis()], |row| row.get(0)).optional())
         .map_err(|e| store_error(op, e))?;
     let Some(id) = id else {
-        return Ok(None);
+        return Ok(Ok(None));
     };
     conn.prepare_cached(TAKE)
         .and_then(|mut stmt| stmt.execute(params![id, token_text(&claim.token), claim.lease_until.unix_millis()]))
         .map_err(|e| store_error(op, e))?;
-    let job = job_with_items(conn, "id = ?1", [&id]).map_err(|e| store_error(op, e))?;
-    job.map(Some)
-        .ok_or_else(|| StoreError::internal(format!("sqlite {op}: bulk job {id} vanished while being claimed")))
+    Ok(match job_with_items(conn, "id = ?1", [&id]) {
+        Ok(Some(job)) => Ok(Some(job)),
+        Ok(None) => Err(StoreError::internal(format!(
+            "sqlite {op}: bulk job {id} vanished while being claimed"
+        ))),
+        Err(err) => Err(store_error(op, err)),
+    })
 }
 
 fn renew_rows(conn: &Connection, key: &BulkJobKey, claim: &BulkClaim) -> Result<bool, StoreError> {

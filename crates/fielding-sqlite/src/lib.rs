@@ -110,6 +110,7 @@ mod migrations;
 mod open;
 mod options;
 mod runs;
+mod savepoint;
 mod sql;
 mod stats;
 mod store;

@@ -347,7 +347,7 @@ impl FieldingStore for SqliteStore {
     /// one job.
     async fn claim_bulk_job(&self, now: Timestamp, claim: &BulkClaim) -> Result<Option<BulkJob>, StoreError> {
         match self.bulk_write(BulkWrite::Claim { now, claim: *claim }).await? {
-            BulkWritten::Claimed(job) => Ok(job),
+            BulkWritten::Claimed(job) => job,
             other => Err(mismatched_bulk("claim_bulk_job", &other)),
         }
     }

@@ -38,6 +38,7 @@ use tokio::sync::oneshot;
 use crate::bulk::{BulkWrite, BulkWritten};
 use crate::checkpoint::WriterLink;
 use crate::error::{code, store_error};
+use crate::savepoint::in_savepoint;
 use crate::{jobs, runs};
 
 /// Counters of the writer thread, for [`crate::SqliteStore::write_stats`].
@@ -350,29 +351,7 @@ fn group_failure(op: &'static str, what: &str, err: &rusqlite::Error) -> StoreEr
 }
 
 fn savepoint(conn: &Connection, write: &WriteKind) -> Result<Written, StoreError> {
-    conn.prepare_cached("SAVEPOINT fielding_write")
-        .and_then(|mut s| s.execute([]))
-        .map_err(|e| store_error(write.op(), e))?;
-    let outcome = write.run_in(conn);
-    if !conn.is_autocommit() {
-        let undo = if outcome.is_err() {
-            conn.prepare_cached("ROLLBACK TO fielding_write")
-                .and_then(|mut s| s.execute([]))
-                .map(|_| ())
-        } else {
-            Ok(())
-        };
-        let release = conn
-            .prepare_cached("RELEASE fielding_write")
-            .and_then(|mut s| s.execute([]));
-        if let Err(e) = undo.and(release.map(|_| ())) {
-            // The savepoint could not be undone or released: give up on
-            // the whole transaction rather than commit a partial write.
-            let _ = conn.execute_batch("ROLLBACK");
-            return Err(store_error(write.op(), e));
-        }
-    }
-    outcome
+    in_savepoint(conn, "fielding_write", write.op(), || write.run_in(conn))
 }
 
 /// The careful path: each write in its own savepoint, so a write that

@@ -394,6 +394,50 @@ async fn corrupt_stored_values_are_errors_not_panics() {
     }
 }
 
+/// A job that cannot be read back is taken anyway (and its claim
+/// answered with the error), so it sits out its lease instead of being the
+/// oldest claimable job for every claim of every process, forever, with
+/// the jobs behind it waiting.
+#[tokio::test]
+async fn a_corrupt_job_does_not_block_the_jobs_behind_it() {
+    let store = Arc::new(common::temp_store().await);
+    let scope = fixtures::scope();
+    let conn = rusqlite::Connection::open(store.guard.path().join("fielding.db")).unwrap();
+    let older = fielding_core::BulkJob {
+        created_at: Timestamp::from_unix_millis(1_000).unwrap(),
+        ..fixtures::bulk_job(
+            scope,
+            "older",
+            BulkAction::Pause,
+            &[fixtures::other_target_group(scope).target_group_id],
+        )
+    };
+    let newer = fixtures::bulk_job(
+        scope,
+        "newer",
+        BulkAction::Pause,
+        &[fixtures::other_target_group(scope).target_group_id],
+    );
+    store.create_bulk_job(&older).await.unwrap();
+    store.create_bulk_job(&newer).await.unwrap();
+    conn.execute(
+        "UPDATE fielding_bulk_job_items SET outcome = 'Exploded' WHERE job_id = ?1",
+        [older.id.as_str()],
+    )
+    .unwrap();
+    let service = FieldingService::new(store.clone());
+    let runner = BulkRunner::new(service.clone(), BulkRunnerOptions::default());
+    let err = runner.run_until_idle().await.unwrap_err();
+    assert!(err.to_string().contains("storage"), "{err}");
+    // The corrupt job is held for its lease now: the next claim takes the newer one.
+    assert_eq!(runner.run_until_idle().await.unwrap(), 1);
+    assert_eq!(
+        service.get_bulk_job(&newer.key()).await.unwrap().status,
+        fielding_core::BulkJobStatus::Failed,
+        "worked to the end (its one target group has no run)"
+    );
+}
+
 #[tokio::test]
 async fn a_half_done_job_survives_closing_the_store() {
     let dir = tempfile::tempdir().unwrap();
@@ -484,6 +528,9 @@ fn say(what: &str, n: u64) {
     out.flush().unwrap();
 }
 
+/// How long a child may take, and how long the parent waits for a line.
+const CHILD_DEADLINE: Duration = Duration::from_secs(120);
+
 /// The child side: opens the file, waits for the `go` file, then runs
 /// `run_until_idle` (leases of `FIELDING_BULK_LEASE_MS`) until no job is
 /// processing, and reports how many jobs it finished.
@@ -504,8 +551,12 @@ fn bulk_child_process() {
     runtime.block_on(async {
         let store = Arc::new(SqliteStore::open(&path).await.expect("open"));
         say("OPEN", 0);
+        // Bounded waits: a child whose parent died (or whose work never
+        // ends) exits with a failure instead of spinning forever.
+        let deadline = tokio::time::Instant::now() + CHILD_DEADLINE;
         let go = Path::new(&path).with_extension("go");
         while !go.exists() {
+            assert!(tokio::time::Instant::now() < deadline, "child: no go file in time");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let service = FieldingService::new(store.clone());
@@ -524,6 +575,10 @@ fn bulk_child_process() {
             if processing(Path::new(&path)) == 0 {
                 break;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "child: jobs still processing at the deadline"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         say("FINISHED", finished as u64);
@@ -555,20 +610,66 @@ fn spawn_child(path: &Path, lease_ms: u64) -> Child {
         .expect("spawn the test binary as a child")
 }
 
-/// Waits for the child's `FIELDING <what> <n>` line and answers `n`.
-fn wait_for(lines: &mut impl Iterator<Item = std::io::Result<String>>, what: &str) -> u64 {
-    for line in lines {
-        let line = line.unwrap();
-        // The test harness may print `test bulk_child_process ... ` first.
-        let Some((_, report)) = line.split_once("FIELDING ") else {
-            continue;
-        };
-        let mut parts = report.split_whitespace();
-        if parts.next() == Some(what) {
-            return parts.next().and_then(|n| n.parse().ok()).expect("a count");
+/// The children of a test, killed if the test ends early (a failed
+/// assertion, a timeout), each with its stdout read on a thread of its own.
+struct Children {
+    children: Vec<Child>,
+    lines: Vec<std::sync::mpsc::Receiver<String>>,
+}
+
+impl Children {
+    fn spawn(path: &Path, lease_ms: u64, count: usize) -> Self {
+        let mut children = Vec::new();
+        let mut lines = Vec::new();
+        for _ in 0..count {
+            let mut child = spawn_child(path, lease_ms);
+            let stdout = child.stdout.take().expect("a piped stdout");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            children.push(child);
+            lines.push(rx);
+        }
+        Self { children, lines }
+    }
+
+    /// Waits (at most [`CHILD_DEADLINE`]) for child `n`'s `FIELDING <what> <k>`
+    /// line and answers `k`.
+    fn wait_for(&self, n: usize, what: &str) -> u64 {
+        let deadline = std::time::Instant::now() + CHILD_DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = match self.lines[n].recv_timeout(left) {
+                Ok(line) => line,
+                Err(err) => panic!("child {n} did not report {what}: {err}"),
+            };
+            // The test harness may print `test bulk_child_process ... ` first.
+            let Some((_, report)) = line.split_once("FIELDING ") else {
+                continue;
+            };
+            let mut parts = report.split_whitespace();
+            if parts.next() == Some(what) {
+                return parts.next().and_then(|k| k.parse().ok()).expect("a count");
+            }
         }
     }
-    panic!("the child ended without reporting {what}");
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            if let Ok(None) = child.try_wait() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
 }
 
 /// Two processes work the same jobs on one file; every run must be
@@ -588,25 +689,23 @@ async fn two_processes_work_the_jobs(lease_ms: u64) -> Vec<u64> {
     }
     store.close().await;
 
-    let mut children: Vec<Child> = (0..2).map(|_| spawn_child(&path, lease_ms)).collect();
-    let mut outputs: Vec<_> = children
-        .iter_mut()
-        .map(|child| BufReader::new(child.stdout.take().unwrap()).lines())
-        .collect();
-    for lines in &mut outputs {
-        wait_for(lines, "OPEN");
+    let mut children = Children::spawn(&path, lease_ms, 2);
+    for n in 0..2 {
+        children.wait_for(n, "OPEN");
     }
     std::fs::write(path.with_extension("go"), b"").unwrap();
-    let finished: Vec<u64> = outputs.iter_mut().map(|lines| wait_for(lines, "FINISHED")).collect();
-    for child in &mut children {
+    // Jobs each child finished, as far as it knows: a call that ends in an
+    // error (a busy file past its timeout) does not report the jobs it
+    // finished before, so the store, not this count, is what is checked.
+    let finished: Vec<u64> = (0..2).map(|n| children.wait_for(n, "FINISHED")).collect();
+    for child in &mut children.children {
         let status = child.wait().unwrap();
         assert!(status.success(), "child failed: {status}");
     }
     eprintln!("jobs finished per process: {finished:?}");
-    assert_eq!(
-        finished.iter().sum::<u64>(),
-        JOBS as u64,
-        "each job finished once: {finished:?}"
+    assert!(
+        finished.iter().sum::<u64>() <= JOBS as u64,
+        "a job finished twice: {finished:?}"
     );
 
     let store = SqliteStore::open(&path).await.unwrap();
@@ -641,9 +740,12 @@ async fn two_processes_never_work_one_job_together() {
     two_processes_work_the_jobs(30_000).await;
 }
 
-/// Leases of a few milliseconds: the processes keep taking jobs over from
-/// each other mid-way, so the fencing token is what keeps a batch of the
-/// old holder from landing after the new holder's.
+/// Leases of a few milliseconds, a stress test: jobs may change hands
+/// mid-way between the processes (how often depends on the scheduler; a
+/// run where one process does most of the work proves little about
+/// takeovers, which `keys_claims_leases_and_tokens` and the conformance
+/// kit's fencing cases test directly), and whatever the interleaving, each
+/// item is applied exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processes_taking_jobs_over_from_each_other_apply_each_item_once() {
     two_processes_work_the_jobs(3).await;
