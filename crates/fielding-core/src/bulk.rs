@@ -346,6 +346,17 @@ impl BulkJob {
         sorted(self) == sorted(other)
     }
 
+    /// The refusal of a list longer than [`BulkJob::MAX_TARGET_GROUPS`],
+    /// naming `target_group_ids`: the one wording for every layer that
+    /// enforces the limit (the HTTP layer refuses such a list before it
+    /// parses its entries).
+    pub fn too_many_target_groups() -> InvalidParam {
+        InvalidParam::new(
+            "target_group_ids",
+            format!("must name at most {} target groups", Self::MAX_TARGET_GROUPS),
+        )
+    }
+
     /// Checks a submitted list: 1 to [`BulkJob::MAX_TARGET_GROUPS`] ids,
     /// none twice. Every repeat is named (`target_group_ids[4]`); the HTTP
     /// layer lists the first few in its answer.
@@ -365,14 +376,7 @@ impl BulkJob {
             return Err(vec![InvalidParam::new(FIELD, "must name at least one target group")]);
         }
         if ids.len() > Self::MAX_TARGET_GROUPS {
-            return Err(vec![InvalidParam::new(
-                FIELD,
-                format!(
-                    "must name at most {} target groups, got {}",
-                    Self::MAX_TARGET_GROUPS,
-                    ids.len()
-                ),
-            )]);
+            return Err(vec![Self::too_many_target_groups()]);
         }
         let mut first_at = std::collections::HashMap::with_capacity(ids.len());
         let mut params = Vec::new();

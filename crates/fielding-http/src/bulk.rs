@@ -189,10 +189,7 @@ const MAX_VALUES: usize = BulkJob::MAX_TARGET_GROUPS + 8;
 /// as a whole before any entry is judged: a body of half a million bad
 /// entries must not cost half a million findings.
 fn too_many() -> ApiError {
-    ApiError::invalid(vec![InvalidParam::new(
-        FIELD,
-        format!("must name at most {} target groups", BulkJob::MAX_TARGET_GROUPS),
-    )])
+    ApiError::invalid(vec![BulkJob::too_many_target_groups()])
 }
 
 /// Whether `bytes` hold more than `limit` commas outside strings: more

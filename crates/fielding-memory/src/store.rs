@@ -509,12 +509,13 @@ impl FieldingStore for MemoryStore {
             }
         }
         let mut answer = Vec::with_capacity(planned.len());
+        let job = state.bulk.held(key, token)?;
         for (target_group_id, write, outcome) in planned {
             if let Some((expected, next, change)) = write {
                 let entry = state.runs.get_mut(&next.id).ok_or(StoreError::NotFound)?;
                 commit(entry, &mut state.log, expected, next, change)?;
             }
-            state.bulk.held(key, token)?.record(&target_group_id, outcome);
+            job.record(&target_group_id, outcome);
             answer.push((target_group_id, outcome));
         }
         Ok(answer)
