@@ -88,6 +88,17 @@ pub enum FieldingError {
         scope: crate::Scope,
     },
 
+    /// A change-feed cursor points before records that have been pruned:
+    /// reading on from it would skip them. The reader starts over: it reads
+    /// the current state, then follows the feed from a fresh cursor
+    /// (HTTP `410 Gone`, as Kubernetes answers a compacted
+    /// `resourceVersion`).
+    #[error("cursor {after} has expired: changes after it have been pruned; read the current state again and follow the feed from a new cursor")]
+    CursorExpired {
+        /// The refused cursor.
+        after: crate::FeedPosition,
+    },
+
     /// The store failed. The source is for logs only: never show it to a
     /// client (see [`FieldingError::public_detail`]).
     #[error("storage failure")]
@@ -138,6 +149,7 @@ impl FieldingError {
             FieldingError::NotFound { .. } => "not_found_error",
             FieldingError::PreconditionFailed { .. } => "precondition_failed_error",
             FieldingError::InvalidState { .. } | FieldingError::TargetGroupHasRun { .. } => "invalid_state_error",
+            FieldingError::CursorExpired { .. } => "cursor_expired_error",
             FieldingError::Storage { .. } => "unexpected_internal_error",
         }
     }
@@ -172,7 +184,10 @@ impl FieldingError {
 
 impl From<StoreError> for FieldingError {
     fn from(source: StoreError) -> Self {
-        FieldingError::Storage { source }
+        match source {
+            StoreError::FeedExpired { after, .. } => FieldingError::CursorExpired { after },
+            source => FieldingError::Storage { source },
+        }
     }
 }
 
@@ -228,6 +243,14 @@ mod tests {
                     detail: "closed".into(),
                 },
                 "invalid_state_error",
+            ),
+            (
+                FieldingError::from(StoreError::FeedExpired {
+                    account: crate::AccountId::new(1).unwrap(),
+                    after: crate::FeedPosition::new(1, 0),
+                    pruned_through: crate::FeedPosition::new(9, 0),
+                }),
+                "cursor_expired_error",
             ),
             (
                 FieldingError::from(StoreError::backend("disk on fire")),

@@ -26,7 +26,7 @@ pub struct InvalidId {
 }
 
 impl InvalidId {
-    fn new(field: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &'static str, reason: impl Into<String>) -> Self {
         Self {
             field,
             reason: reason.into(),

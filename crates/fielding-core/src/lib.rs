@@ -16,6 +16,9 @@
 //! * [`BulkJob`] and [`BulkRunner`]: one action over many target groups,
 //!   recorded by a submission and worked in the background, each item
 //!   applied at most once (see `docs/jobs.md`).
+//! * The change feed ([`FeedRecord`], [`FieldingService::read_feed`],
+//!   [`FeedWatch`], [`FeedConsumer`]): every change of an account, in
+//!   commit order, resumable from a cursor (see `docs/feed.md`).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -45,7 +48,9 @@ mod bulk;
 mod change;
 mod clock;
 pub mod codec;
+mod consumer;
 mod error;
+mod feed;
 mod ids;
 mod job;
 pub mod lifecycle;
@@ -58,6 +63,7 @@ mod status;
 mod store;
 mod time;
 mod version;
+mod watch;
 
 pub use bulk::{
     BulkAction, BulkClaim, BulkItem, BulkItemFailure, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey,
@@ -65,7 +71,9 @@ pub use bulk::{
 };
 pub use change::{Action, ChangeRecord};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use consumer::{ConsumerError, FeedConsumer};
 pub use error::{FieldingError, InvalidParam, INTERNAL_ERROR_DETAIL};
+pub use feed::{ChangeNotifier, ChangeSubscription, ConsumerName, FeedPage, FeedPosition, FeedRecord};
 pub use ids::{AccountId, FieldingRunId, InvalidId, JobId, JobKey, ProjectId, RunKey, Scope, TargetGroupId, UserId};
 pub use job::{
     FieldingRunJob, IdempotencyKey, InvalidJobColumns, JobCreated, JobFailure, JobFailureCode, JobKind, JobOutcome,
@@ -77,12 +85,14 @@ pub use precondition::Precondition;
 pub use run::FieldingRun;
 pub use runner::{BulkRunner, BulkRunnerOptions};
 pub use service::{
-    Applied, FieldingService, NewBulkJob, NewJob, RetryPolicy, SubmittedBulkJob, SubmittedJob, JOB_RESUME_AFTER,
+    Applied, FieldingService, HistoryPage, NewBulkJob, NewJob, RetryPolicy, SubmittedBulkJob, SubmittedJob,
+    DEFAULT_FEED_PAGE, DEFAULT_FEED_POLL_INTERVAL, JOB_RESUME_AFTER, MAX_FEED_PAGE, MAX_FEED_WAIT,
 };
 pub use status::Status;
 pub use store::{BoxError, Decide, Decided, FieldingStore, PlannedWrite, StoreError, Update, UpdateOutcome};
 pub use time::{InvalidTimestamp, Timestamp};
 pub use version::{ETag, EntityTag, IfMatch, InvalidIfMatch, Version};
+pub use watch::{FeedWatch, DEFAULT_WATCH_PAGE};
 
 /// The README's code example, compiled and run as a doctest so it stays true.
 #[cfg(doctest)]

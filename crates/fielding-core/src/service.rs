@@ -20,9 +20,12 @@ use crate::{
 use crate::{Update, UpdateOutcome};
 
 mod bulk;
+mod feed;
 mod jobs;
 
 pub use bulk::{NewBulkJob, SubmittedBulkJob};
+pub(crate) use feed::next_retry;
+pub use feed::{HistoryPage, DEFAULT_FEED_PAGE, DEFAULT_FEED_POLL_INTERVAL, MAX_FEED_PAGE, MAX_FEED_WAIT};
 pub use jobs::{NewJob, SubmittedJob, JOB_RESUME_AFTER};
 
 /// How many times [`FieldingService::execute`] decides when other writers
@@ -168,6 +171,8 @@ pub struct FieldingService {
     clock: Arc<dyn Clock>,
     /// Wakes the bulk runners of this service when a job is submitted.
     bulk_wakeup: Arc<tokio::sync::Notify>,
+    /// How often a waiting feed reader reads again without a wake-up.
+    feed_poll_interval: Duration,
 }
 
 impl FieldingService {
@@ -182,7 +187,22 @@ impl FieldingService {
             store,
             clock,
             bulk_wakeup: Arc::new(tokio::sync::Notify::new()),
+            feed_poll_interval: DEFAULT_FEED_POLL_INTERVAL,
         }
+    }
+
+    /// This service, with waiting feed readers (long polls, watches,
+    /// consumers) reading again every `interval` when no wake-up comes
+    /// (default [`DEFAULT_FEED_POLL_INTERVAL`], 1 s): the longest a missed
+    /// wake-up delays a record. At least 1 ms.
+    pub fn with_feed_poll_interval(mut self, interval: Duration) -> Self {
+        self.feed_poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How often waiting feed readers read again without a wake-up.
+    pub fn feed_poll_interval(&self) -> Duration {
+        self.feed_poll_interval
     }
 
     /// The store this service writes to.

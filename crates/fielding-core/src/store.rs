@@ -11,9 +11,9 @@ use std::fmt;
 use async_trait::async_trait;
 
 use crate::{
-    BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken,
-    DecideItem, FieldingRun, FieldingRunJob, JobCreated, JobKey, JobOutcome, RunKey, Scope, TargetGroupId, Timestamp,
-    Version,
+    AccountId, BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeNotifier,
+    ChangeRecord, ClaimToken, ConsumerName, DecideItem, FeedPage, FeedPosition, FieldingRun, FieldingRunJob,
+    JobCreated, JobKey, JobOutcome, RunKey, Scope, TargetGroupId, Timestamp, Version,
 };
 
 /// A boxed error from a storage backend.
@@ -53,6 +53,20 @@ pub enum StoreError {
         key: BulkJobKey,
         /// The token that was refused.
         token: ClaimToken,
+    },
+
+    /// `feed`: records after the reader's cursor have been pruned, so
+    /// reading on from it would skip them. The reader must start over from
+    /// the current state (Kubernetes' `410 Gone` for a compacted
+    /// `resourceVersion`).
+    #[error("the feed of account {account} no longer holds every record after cursor {after}: records up to {pruned_through} were pruned")]
+    FeedExpired {
+        /// The account whose feed was read.
+        account: AccountId,
+        /// The reader's cursor.
+        after: FeedPosition,
+        /// The last pruned position of the account.
+        pruned_through: FeedPosition,
     },
 
     /// The backend failed (I/O, connection, corrupt data, ...). Nothing was
@@ -311,7 +325,11 @@ pub type Decide<'a> = &'a mut (dyn FnMut(&FieldingRun) -> Update + Send);
 /// * **A write and its change record are one.** `insert` and
 ///   `compare_and_swap` store `change` together with the run, both or
 ///   neither. Change records come back from `changes` in version order,
-///   exactly one per version, no gaps.
+///   exactly one per version, no gaps (until pruned: then the kept
+///   ones, newest last).
+/// * **The feed skips nothing.** `feed` lists an account's records in an
+///   order where nothing can later appear before what a reader has read
+///   (see [`FieldingStore::feed`]).
 /// * **Round trip is exact.** Every field comes back as written (timestamps
 ///   are whole milliseconds, versions up to `i64::MAX`).
 /// * **`update` is a read-modify-write.** The default (`get`, `decide`,
@@ -489,6 +507,88 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
     /// a `Processing` one. Answers how many. The same promises as
     /// [`expire_jobs`](Self::expire_jobs).
     async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError>;
+
+    /// Up to `limit` change records of `account`'s runs (all projects and
+    /// target groups) that sort after `after`, in feed order, with where
+    /// to continue (see [`FeedPage`]). `after == None` starts at the oldest
+    /// record kept. `limit` is at least 1 (the service enforces a maximum).
+    ///
+    /// **The feed's promise**: a reader that has read up to a position
+    /// never afterwards finds a record that sorts at or before it: a
+    /// record's position is fixed when it becomes visible, and records
+    /// become visible in position order (within an account). So a reader
+    /// that always continues from [`FeedPage::next`] sees every record
+    /// exactly once, and each run's records in version order. A store that
+    /// numbers records when they are *written* rather than when they
+    /// *commit* breaks this (a later number can commit first); see
+    /// `docs/feed.md` for how each adapter keeps it.
+    ///
+    /// A cursor before a pruned record ([`prune_changes`](Self::prune_changes))
+    /// is refused with [`StoreError::FeedExpired`], never silently moved
+    /// past what is gone.
+    #[allow(unused_variables)] // TEMPORARY, see below
+    async fn feed(
+        &self,
+        account: AccountId,
+        after: Option<FeedPosition>,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        // TEMPORARY while the adapters gain the feed (issue 14): removed before the issue closes.
+        Err(StoreError::internal(
+            "the change feed is not implemented by this store yet",
+        ))
+    }
+
+    /// Removes up to `limit` change records made (`changed_at`) strictly
+    /// before `changed_before`, and answers how many it removed. From then
+    /// on, [`feed`](Self::feed) refuses a cursor of that account that sorts
+    /// before a removed record, and [`changes`](Self::changes) returns the
+    /// run's kept records only. Bounded like
+    /// [`expire_jobs`](Self::expire_jobs): callers repeat until the answer
+    /// is below `limit`. Required: a store that never prunes grows forever.
+    #[allow(unused_variables)] // TEMPORARY, see below
+    async fn prune_changes(&self, changed_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        // TEMPORARY while the adapters gain the feed (issue 14): removed before the issue closes.
+        Err(StoreError::internal(
+            "the change feed is not implemented by this store yet",
+        ))
+    }
+
+    /// The position consumer `consumer` of `account` saved last, if any.
+    #[allow(unused_variables)] // TEMPORARY, see below
+    async fn load_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+    ) -> Result<Option<FeedPosition>, StoreError> {
+        // TEMPORARY while the adapters gain the feed (issue 14): removed before the issue closes.
+        Err(StoreError::internal(
+            "the change feed is not implemented by this store yet",
+        ))
+    }
+
+    /// Saves `position` as consumer `consumer`'s checkpoint in `account`,
+    /// replacing the one before (durably, when the store is durable).
+    #[allow(unused_variables)] // TEMPORARY, see below
+    async fn save_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+        position: FeedPosition,
+    ) -> Result<(), StoreError> {
+        // TEMPORARY while the adapters gain the feed (issue 14): removed before the issue closes.
+        Err(StoreError::internal(
+            "the change feed is not implemented by this store yet",
+        ))
+    }
+
+    /// The in-process wake-ups this store sends when an account has new
+    /// records, if it sends any. Watchers read the feed again when woken,
+    /// and also every poll interval: `None` (the default) makes them rely
+    /// on the interval alone, which is correct, only slower.
+    fn change_notifier(&self) -> Option<ChangeNotifier> {
+        None
+    }
 
     /// Read-modify-write in one call: reads the run at `key`, shows it to
     /// `decide` (once), and performs the write it asks for.
