@@ -151,6 +151,8 @@ pub fn status_of(error: &FieldingError) -> StatusCode {
         FieldingError::InvalidState { .. } | FieldingError::TargetGroupHasRun { .. } => {
             StatusCode::UNPROCESSABLE_ENTITY
         }
+        // Kubernetes answers a compacted `resourceVersion` the same way.
+        FieldingError::CursorExpired { .. } => StatusCode::GONE,
         // Storage failures, and kinds added to the core later: never
         // claim the client's fault for what the server cannot explain.
         _ => StatusCode::INTERNAL_SERVER_ERROR,

@@ -29,11 +29,25 @@ pub(crate) fn scope_of(
     headers: &HeaderMap,
     principal: &Principal,
 ) -> Result<(Scope, Option<FieldingRunId>), ApiError> {
+    scope_with(ids, run_id, Vec::new(), headers, principal)
+}
+
+/// [`scope_of`], with `found`: problems the caller found in the rest of
+/// the request line (its query parameters), named in the same 400 after
+/// the path's and before `Cint-API-Version`.
+pub(crate) fn scope_with(
+    ids: [&str; 3],
+    run_id: Option<&str>,
+    found: Vec<InvalidParam>,
+    headers: &HeaderMap,
+    principal: &Principal,
+) -> Result<(Scope, Option<FieldingRunId>), ApiError> {
     let mut params: Vec<InvalidParam> = Vec::new();
     let scope = Scope::parse(ids[0], ids[1], ids[2]).map_err(|e| params.extend_from_slice(e.invalid_params()));
     let run_id = run_id.map(FieldingRunId::parse).transpose().map_err(|e| {
         params.push(InvalidParam::new(e.field(), e.reason()));
     });
+    params.extend(found);
     params.extend(version_problem(headers));
     match (scope, run_id) {
         (Ok(scope), Ok(run_id)) if params.is_empty() => {
@@ -67,6 +81,34 @@ pub(crate) fn project_of(
         (Ok(account), Ok(project)) if params.is_empty() => {
             if principal.may_access(account) {
                 Ok((account, project))
+            } else {
+                Err(ApiError::forbidden())
+            }
+        }
+        _ => Err(ApiError::invalid(params)),
+    }
+}
+
+/// The account of an account-wide path (the change feed), checked as
+/// [`scope_of`] checks a target group's: a malformed id, the problems
+/// `found` in the query, and a bad `Cint-API-Version` named in one 400;
+/// then the principal's access to the account (403).
+pub(crate) fn account_of(
+    id: &str,
+    found: Vec<InvalidParam>,
+    headers: &HeaderMap,
+    principal: &Principal,
+) -> Result<AccountId, ApiError> {
+    let mut params: Vec<InvalidParam> = Vec::new();
+    let account = id
+        .parse::<AccountId>()
+        .map_err(|e| params.push(InvalidParam::new(e.field(), e.reason().to_owned())));
+    params.extend(found);
+    params.extend(version_problem(headers));
+    match account {
+        Ok(account) if params.is_empty() => {
+            if principal.may_access(account) {
+                Ok(account)
             } else {
                 Err(ApiError::forbidden())
             }

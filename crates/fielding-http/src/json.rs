@@ -1,8 +1,9 @@
-//! The contract's JSON shapes of a run and of a bulk job.
+//! The contract's JSON shapes of a run and of a bulk job, and the change
+//! feed's (`docs/feed-openapi.yml`).
 
 use fielding_core::{
-    BulkItemOutcome, BulkJob, BulkJobStatus, FieldingRun, FieldingRunId, JobId, Status, TargetGroupId, Timestamp,
-    UserId, Version,
+    AccountId, Action, BulkItemOutcome, BulkJob, BulkJobStatus, ChangeRecord, FeedPosition, FeedRecord, FieldingRun,
+    FieldingRunId, JobId, ProjectId, Scope, Status, TargetGroupId, Timestamp, UserId, Version,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -154,6 +155,108 @@ impl From<&BulkJob> for BulkJobResponse {
             },
         }
     }
+}
+
+/// One change of one run, as the change-feed endpoints write it
+/// (`docs/feed-openapi.yml`, `FieldingRunChange`): a change record with
+/// the run's full address, its fields named as the rest of the API names
+/// them (`start_fielding_at_from`, not `start_from`).
+///
+/// `cursor` is the record's place in its account's feed: present in the
+/// account feed (`GET .../fielding-run-changes`), where a consumer may
+/// continue after any record, and absent from a run's history
+/// (`GET .../fielding-runs/{id}/changes`), whose records are read from
+/// the run and addressed by `version`.
+///
+/// ```
+/// use fielding_http::json::FieldingRunChange;
+/// let json = r#"{"cursor":"42.0","account_id":101,"project_id":"01BTGNYV6HRNK8K8VKZASZCFP0",
+///   "target_group_id":"01BTGNYV6HRNK8K8VKZASZCFP1","fielding_run_id":"01BTGNYV6HRNK8K8VKZASZCFP2",
+///   "version":2,"action":"pause","changed_at":"2023-01-05T10:00:00.000Z",
+///   "changed_by":"b551326b-ac9d-4d32-8823-4f025787dab9","status_from":"live","status_to":"paused",
+///   "start_fielding_at_from":"2023-01-02T09:00:00.000Z","start_fielding_at_to":"2023-01-02T09:00:00.000Z",
+///   "end_fielding_at_from":"2023-01-31T23:59:59.000Z","end_fielding_at_to":"2023-01-31T23:59:59.000Z"}"#;
+/// let change: FieldingRunChange = serde_json::from_str(json)?;
+/// assert_eq!(change.cursor.map(|c| c.to_string()).as_deref(), Some("42.0"));
+/// assert_eq!(change.version.get(), 2);
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldingRunChange {
+    /// Where the record sits in its account's feed (account feed only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<FeedPosition>,
+    /// The run's account.
+    pub account_id: AccountId,
+    /// The run's project.
+    pub project_id: ProjectId,
+    /// The run's target group.
+    pub target_group_id: TargetGroupId,
+    /// The run.
+    pub fielding_run_id: FieldingRunId,
+    /// The version this change produced.
+    pub version: Version,
+    /// The command that produced it.
+    pub action: Action,
+    /// When.
+    pub changed_at: Timestamp,
+    /// Who.
+    pub changed_by: UserId,
+    /// The effective status before the change; `null` for the record that
+    /// created the run.
+    pub status_from: Option<Status>,
+    /// The status after the change.
+    pub status_to: Status,
+    /// The start before the change; `null` for the creation.
+    pub start_fielding_at_from: Option<Timestamp>,
+    /// The start after the change.
+    pub start_fielding_at_to: Timestamp,
+    /// The end before the change; `null` for the creation.
+    pub end_fielding_at_from: Option<Timestamp>,
+    /// The end after the change.
+    pub end_fielding_at_to: Timestamp,
+}
+
+impl FieldingRunChange {
+    /// The change `change` of a run under `scope`, at `cursor` if known.
+    pub fn new(scope: &Scope, change: &ChangeRecord, cursor: Option<FeedPosition>) -> Self {
+        FieldingRunChange {
+            cursor,
+            account_id: scope.account_id,
+            project_id: scope.project_id,
+            target_group_id: scope.target_group_id,
+            fielding_run_id: change.run_id,
+            version: change.version,
+            action: change.action,
+            changed_at: change.changed_at,
+            changed_by: change.changed_by,
+            status_from: change.status_from,
+            status_to: change.status_to,
+            start_fielding_at_from: change.start_from,
+            start_fielding_at_to: change.start_to,
+            end_fielding_at_from: change.end_from,
+            end_fielding_at_to: change.end_to,
+        }
+    }
+}
+
+impl From<&FeedRecord> for FieldingRunChange {
+    fn from(record: &FeedRecord) -> Self {
+        FieldingRunChange::new(&record.scope, &record.change, Some(record.position))
+    }
+}
+
+/// A page of changes (`docs/feed-openapi.yml`, `FieldingRunChangePage`):
+/// the records, where to continue, and whether more are readable now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldingRunChangePage {
+    /// The changes, oldest first (in feed order for the account feed).
+    pub data: Vec<FieldingRunChange>,
+    /// What to pass as `after` for the next page: a feed cursor for the
+    /// account feed, a version (in decimal) for a run's history.
+    pub next_cursor: String,
+    /// `true` when more changes can be read right now.
+    pub has_more: bool,
 }
 
 fn status_name<S: Serializer>(status: &BulkJobStatus, serializer: S) -> Result<S::Ok, S::Error> {

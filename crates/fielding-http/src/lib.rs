@@ -31,6 +31,13 @@
 //!   `idempotency-key`, under [`FieldingApi::bulk_body_limit`]), and `GET`
 //!   of a job; see `FieldingService::submit_bulk_job`. The app runs a
 //!   `fielding_core::BulkRunner` over the same service to work them.
+//! * The change feed (`docs/feed-openapi.yml`, extensions of the
+//!   contract): `GET /demand/accounts/{account_id}/fielding-run-changes`
+//!   (an account's changes in commit order from a cursor, as a long poll
+//!   with `wait`) and `GET .../fielding-runs/{fielding_run_id}/changes`
+//!   (one run's history); see `docs/http.md` and `docs/feed.md`. Give
+//!   the router [`FieldingApi::shutdown`] so that long polls end when
+//!   the app stops.
 #![warn(missing_docs)]
 
 pub mod api_error;
@@ -38,15 +45,18 @@ pub mod api_version;
 pub mod auth;
 mod bulk;
 mod extract;
+mod feed;
 mod jobs;
 pub mod json;
 pub mod problem;
 pub mod rate_limit;
 pub mod refusal;
 mod router;
+mod query;
 mod runs;
 mod state;
 mod strict_json;
 pub mod trace_context;
 
+pub use feed::LONG_POLLS_WAITING;
 pub use router::{FieldingApi, BASE_PATH, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, DEFAULT_BULK_BODY_LIMIT};

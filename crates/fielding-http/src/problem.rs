@@ -81,6 +81,8 @@ pub mod object {
     pub const PRECONDITION_FAILED: &str = "precondition_failed_error";
     /// 422.
     pub const INVALID_STATE: &str = "invalid_state_error";
+    /// 410: a change-feed cursor whose records were pruned.
+    pub const CURSOR_EXPIRED: &str = "cursor_expired_error";
     /// 500.
     pub const INTERNAL: &str = "unexpected_internal_error";
     /// 429 (a different body shape).
@@ -226,6 +228,12 @@ mod tests {
                 "precondition_failed_error",
             ),
             (
+                FieldingError::CursorExpired {
+                    after: fielding_core::FeedPosition::new(4, 0),
+                },
+                object::CURSOR_EXPIRED,
+            ),
+            (
                 FieldingError::from(StoreError::backend("boom")),
                 "unexpected_internal_error",
             ),
@@ -261,6 +269,7 @@ mod tests {
             object::NOT_FOUND,
             object::PRECONDITION_FAILED,
             object::INVALID_STATE,
+            object::CURSOR_EXPIRED,
             object::INTERNAL,
         ] {
             assert!(o.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{o}");

@@ -22,13 +22,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use fielding_core::FieldingService;
+use tokio_util::sync::CancellationToken;
 
 use crate::api_error::ApiError;
 use crate::auth::Authenticator;
 use crate::rate_limit::{too_many_requests, RateLimitPolicy, RateLimiter};
 use crate::refusal::Refusal;
 use crate::state::{ApiState, BodyRules};
-use crate::{bulk, jobs, runs, trace_context};
+use crate::{bulk, feed, jobs, runs, trace_context};
 
 /// The path every endpoint lives under.
 pub const BASE_PATH: &str = "/demand/accounts/{account_id}/projects/{project_id}/target-groups/{target_group_id}";
@@ -73,6 +74,7 @@ pub struct FieldingApi {
     gate: Gate,
     body: BodyRules,
     bulk_body_limit: usize,
+    shutdown: CancellationToken,
 }
 
 /// What the authentication middleware needs.
@@ -96,6 +98,7 @@ impl FieldingApi {
                 timeout: DEFAULT_BODY_TIMEOUT,
             },
             bulk_body_limit: DEFAULT_BULK_BODY_LIMIT,
+            shutdown: CancellationToken::new(),
         }
     }
 
@@ -141,6 +144,17 @@ impl FieldingApi {
         self
     }
 
+    /// Tells long polls of the change feed (`GET .../fielding-run-changes?wait=N`)
+    /// that the app is shutting down: once `token` is cancelled, those
+    /// waiting answer at once with what there is (an empty page and the
+    /// cursor to poll on from), and new ones do not wait. Without it a
+    /// graceful shutdown waits for each long poll's `wait` (up to
+    /// `MAX_FEED_WAIT`, 30 s) to run out.
+    pub fn shutdown(mut self, token: CancellationToken) -> Self {
+        self.shutdown = token;
+        self
+    }
+
     /// The router, ready to be served or nested in your app.
     pub fn router(self) -> Router {
         let runs = format!("{BASE_PATH}/fielding-runs");
@@ -153,6 +167,7 @@ impl FieldingApi {
                 limit: self.bulk_body_limit,
                 ..self.body
             },
+            shutdown: self.shutdown,
         });
         let router = Router::new()
             .route(&runs, get(runs::list_runs))
@@ -162,6 +177,8 @@ impl FieldingApi {
             .route(&format!("{run}/resume"), post(runs::resume))
             .route(&format!("{run}/relaunch"), post(runs::relaunch))
             .route(&format!("{run}/launch-now"), post(runs::launch_now))
+            .route(&format!("{run}/changes"), get(feed::run_changes))
+            .route(feed::FEED_PATH, get(feed::account_changes))
             .route(&format!("{jobs}/launch-from-draft"), post(jobs::launch_from_draft))
             .route(&format!("{jobs}/schedule-from-draft"), post(jobs::schedule_from_draft))
             .route(

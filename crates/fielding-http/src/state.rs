@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use fielding_core::FieldingService;
+use tokio_util::sync::CancellationToken;
 
 /// The handlers' state, built by [`crate::FieldingApi::router`].
 pub(crate) struct ApiState {
@@ -13,6 +14,8 @@ pub(crate) struct ApiState {
     /// The rules for the batch endpoints' bodies: a larger limit, for
     /// lists of up to `BulkJob::MAX_TARGET_GROUPS` ids.
     pub(crate) bulk_body: BodyRules,
+    /// Cancelled when the app shuts down: long polls answer at once.
+    pub(crate) shutdown: CancellationToken,
 }
 
 /// How a request body is read (see `extract::read_body`).

@@ -1,11 +1,13 @@
 //! Checks responses against the contract, `tests/contract/fielding-openapi.yml`
 //! and `tests/contract/fielding-batch-openapi.yml` (copies of
-//! `shared/contract/`, see `tests/contract/README.md`), loaded at test time
-//! (the schemas are never copied by hand into code).
+//! `shared/contract/`, see `tests/contract/README.md`), and against the
+//! extensions fielding serves beyond it, `docs/feed-openapi.yml` (the
+//! change feed), all loaded at test time (the schemas are never copied by
+//! hand into code).
 //!
 //! For a response to `METHOD path` with status `S`, the contract's response
-//! object is found by matching the path against the templates of both
-//! files (each path belongs to at most one); its JSON body must validate
+//! object is found by matching the path against the templates of every
+//! file (each path belongs to at most one); its JSON body must validate
 //! against the declared schema (OpenAPI 3.0, converted to JSON Schema:
 //! `nullable` becomes a `null` alternative), every header the contract
 //! marks required must be present, and every declared header that is
@@ -22,6 +24,9 @@ use serde_json::{json, Map, Value};
 /// The contract files, every response checked against the one whose paths
 /// match.
 pub const FILES: [&str; 2] = ["fielding-openapi.yml", "fielding-batch-openapi.yml"];
+
+/// The extensions' files, under `docs/`, checked the same way.
+pub const EXTENSIONS: [&str; 1] = ["feed-openapi.yml"];
 
 /// Both contract files.
 pub struct Contract {
@@ -42,16 +47,26 @@ pub fn contract_file(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// An extension's file, e.g. `feed-openapi.yml`: `docs/` of the workspace.
+pub fn extension_file(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs").join(name)
+}
+
 pub fn contract() -> &'static Contract {
     static CONTRACT: OnceLock<Contract> = OnceLock::new();
-    CONTRACT.get_or_init(|| Contract {
-        files: FILES.into_iter().map(File::load).collect(),
+    CONTRACT.get_or_init(|| {
+        let contract = FILES.into_iter().map(|name| File::load(name, contract_file(name)));
+        let extensions = EXTENSIONS
+            .into_iter()
+            .map(|name| File::load(name, extension_file(name)));
+        Contract {
+            files: contract.chain(extensions).collect(),
+        }
     })
 }
 
 impl File {
-    fn load(name: &'static str) -> Self {
-        let path = contract_file(name);
+    fn load(name: &'static str, path: PathBuf) -> Self {
         let text = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("cannot read the contract at {}: {e}", path.display()));
         let doc: Value = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{name} is not YAML: {e}"));
@@ -239,6 +254,47 @@ fn the_contract_loads_and_its_schemas_compile() {
         }
     }
     assert!(all.find("/nope").is_none());
+    for path in [
+        "/demand/accounts/1/fielding-run-changes",
+        "/demand/accounts/1/projects/P/target-groups/T/fielding-runs/R/changes",
+    ] {
+        assert_eq!(
+            all.find(path).map(|(file, _)| file.name),
+            Some("feed-openapi.yml"),
+            "{path}"
+        );
+    }
+    let feed = all.file("feed-openapi.yml");
+    let change = json!({
+        "cursor": "12.0", "account_id": 101, "project_id": "01BTGNYV6HRNK8K8VKZASZCFP0",
+        "target_group_id": "01BTGNYV6HRNK8K8VKZASZCFP1", "fielding_run_id": "01BTGNYV6HRNK8K8VKZASZCFP2",
+        "version": 1, "action": "schedule", "changed_at": "2023-01-01T23:00:00.000Z",
+        "changed_by": "b551326b-ac9d-4d32-8823-4f025787dab9", "status_from": null, "status_to": "scheduled",
+        "start_fielding_at_from": null, "start_fielding_at_to": "2023-01-02T09:00:00.000Z",
+        "end_fielding_at_from": null, "end_fielding_at_to": "2023-01-31T23:59:59.000Z",
+    });
+    let page = json!({ "data": [change.clone()], "next_cursor": "12.0", "has_more": false });
+    let feed_page = json!({ "$ref": "#/components/schemas/GetFieldingRunChangesResponse" });
+    feed.validate(&feed_page, &page).unwrap();
+    let mut uncursored = page.clone();
+    uncursored["data"][0].as_object_mut().unwrap().remove("cursor");
+    assert!(feed.validate(&feed_page, &uncursored).is_err(), "the feed's items carry a cursor");
+    let history_page = json!({ "$ref": "#/components/schemas/GetFieldingRunHistoryResponse" });
+    assert!(feed.validate(&history_page, &page).is_err(), "history items carry none");
+    let mut history = uncursored.clone();
+    history["next_cursor"] = json!("1");
+    feed.validate(&history_page, &history).unwrap();
+    for (field, bad) in [
+        ("status_to", json!(null)),
+        ("status_from", json!("gone")),
+        ("action", json!("explode")),
+        ("version", json!(0)),
+        ("cursor", json!("12")),
+    ] {
+        let mut broken = page.clone();
+        broken["data"][0][field] = bad;
+        assert!(feed.validate(&feed_page, &broken).is_err(), "{field}");
+    }
     let batch = all.file("fielding-batch-openapi.yml");
     let job = json!({
         "job_id": "01BTGNYV6HRNK8K8VKZASZCFP1", "created_at": "2023-01-01T23:00:00.000Z",
