@@ -56,10 +56,12 @@ pub(crate) async fn account_changes(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path(account) = path.map_err(path_error)?;
-    let (query, mut params) = query::parse(raw.as_deref(), &["after", "limit", "wait"]);
+    let (query, found) = query::parse(raw.as_deref(), &["after", "limit", "wait"]);
+    let mut params = Vec::new();
     let after = cursor_param(&query, &mut params);
     let limit = limit_param(&query, &mut params);
     let wait = wait_param(&query, &mut params);
+    params.extend(found);
     let account = account_of(&account, params, &headers, &principal)?;
     let page = read_or_wait(&api, account, after, limit, wait).await?;
     Ok(Json(FieldingRunChangePage {
@@ -79,10 +81,18 @@ pub(crate) async fn run_changes(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Path((account, project, target_group, run)) = path.map_err(path_error)?;
-    let (query, mut params) = query::parse(raw.as_deref(), &["after", "limit"]);
+    let (query, found) = query::parse(raw.as_deref(), &["after", "limit"]);
+    let mut params = Vec::new();
     let after = version_param(&query, &mut params);
     let limit = limit_param(&query, &mut params);
-    let (scope, run_id) = scope_with([&account, &project, &target_group], Some(&run), params, &headers, &principal)?;
+    params.extend(found);
+    let (scope, run_id) = scope_with(
+        [&account, &project, &target_group],
+        Some(&run),
+        params,
+        &headers,
+        &principal,
+    )?;
     // `scope_with` returns a run id whenever it was given one.
     let key = run_id.map(|id| scope.run(id)).ok_or_else(ApiError::no_route)?;
     let page = api.service.run_history(&key, after, limit).await?;
@@ -214,12 +224,7 @@ mod tests {
         assert_eq!(parsed(""), (None, DEFAULT_FEED_PAGE, Duration::ZERO, vec![]));
         assert_eq!(
             parsed("after=7.0&limit=1000&wait=30"),
-            (
-                Some(FeedPosition::new(7, 0)),
-                MAX_FEED_PAGE,
-                MAX_FEED_WAIT,
-                vec![]
-            )
+            (Some(FeedPosition::new(7, 0)), MAX_FEED_PAGE, MAX_FEED_WAIT, vec![])
         );
         let (_, _, _, bad) = parsed("after=7&limit=1001&wait=31");
         assert_eq!(bad, ["after", "limit", "wait"]);

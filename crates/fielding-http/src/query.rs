@@ -29,33 +29,38 @@ impl Query {
 
 /// Splits `raw` (the query string without `?`, as sent) into the
 /// parameters in `known`, and a refusal for each parameter sent more than
-/// once or not in `known` (each named once, in order of appearance).
-/// Names and values are percent-decoded (`+` is a space), as HTML forms
-/// and URL libraries encode them.
+/// once, then for each not in `known` (each named once, in order of
+/// appearance). Callers list their own findings (a malformed value) before
+/// these, as for bodies: what the client must fix comes first when the
+/// list is cut. Names and values are percent-decoded (`+` is a space), as
+/// HTML forms and URL libraries encode them.
 pub(crate) fn parse(raw: Option<&str>, known: &[&'static str]) -> (Query, Vec<InvalidParam>) {
     let mut query = Query::default();
-    let mut problems: Vec<InvalidParam> = Vec::new();
-    let mut repeated: Vec<&'static str> = Vec::new();
-    let mut unknown: Vec<String> = Vec::new();
+    let mut repeated: Vec<InvalidParam> = Vec::new();
+    let mut unknown: Vec<InvalidParam> = Vec::new();
+    let mut unknown_names: Vec<String> = Vec::new();
     for (name, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match known.iter().find(|k| **k == name) {
             Some(&name) if query.get(name).is_some() => {
-                if !repeated.contains(&name) {
-                    repeated.push(name);
-                    problems.push(InvalidParam::new(name, "is sent more than once; send each parameter once"));
+                if !repeated.iter().any(|p| p.name == name) {
+                    repeated.push(InvalidParam::new(
+                        name,
+                        "is sent more than once; send each parameter once",
+                    ));
                 }
             }
             Some(&name) => query.values.push((name, value.into_owned())),
             None => {
-                if !unknown.iter().any(|seen| *seen == name) {
-                    unknown.push(name.clone().into_owned());
+                if !unknown_names.iter().any(|seen| *seen == name) {
+                    unknown_names.push(name.clone().into_owned());
                     let reason = format!("is not a known parameter (known: {})", known.join(", "));
-                    problems.push(InvalidParam::new(clipped(name), reason));
+                    unknown.push(InvalidParam::new(clipped(name), reason));
                 }
             }
         }
     }
-    (query, problems)
+    repeated.extend(unknown);
+    (query, repeated)
 }
 
 /// The name as an error body may echo it.
@@ -96,17 +101,33 @@ mod tests {
         let (query, problems) = parse(Some(""), &KNOWN);
         assert!(problems.is_empty() && query.get("limit").is_none());
         let (query, _) = parse(Some("after"), &KNOWN);
-        assert_eq!(query.get("after"), Some(""), "a name without a value has an empty value");
+        assert_eq!(
+            query.get("after"),
+            Some(""),
+            "a name without a value has an empty value"
+        );
     }
 
     #[test]
     fn repeats_and_unknown_names_are_each_named_once_in_order() {
         let (query, problems) = parse(Some("limit=5&afer=1.0&limit=6&x=1&limit=7&afer=2.0&l%69mit=8"), &KNOWN);
-        assert_eq!(names(&problems), ["afer", "limit", "x"]);
-        assert!(problems[0].reason.contains("not a known parameter"), "{}", problems[0].reason);
-        assert!(problems[0].reason.contains("after, limit, wait"), "{}", problems[0].reason);
-        assert!(problems[1].reason.contains("more than once"), "{}", problems[1].reason);
-        assert_eq!(query.get("limit"), Some("5"), "the first value is kept (and refused anyway)");
+        assert_eq!(names(&problems), ["limit", "afer", "x"], "repeats, then unknown names");
+        assert!(problems[0].reason.contains("more than once"), "{}", problems[0].reason);
+        assert!(
+            problems[1].reason.contains("not a known parameter"),
+            "{}",
+            problems[1].reason
+        );
+        assert!(
+            problems[1].reason.contains("after, limit, wait"),
+            "{}",
+            problems[1].reason
+        );
+        assert_eq!(
+            query.get("limit"),
+            Some("5"),
+            "the first value is kept (and refused anyway)"
+        );
     }
 
     #[test]
@@ -121,7 +142,18 @@ mod tests {
         assert_eq!(whole_number("0", 0..=30), Some(0));
         assert_eq!(whole_number("30", 0..=30), Some(30));
         assert_eq!(whole_number("1000", 1..=1000), Some(1000));
-        for bad in ["", "31", "-1", "+1", "01", "1.5", "1e2", " 1", "18446744073709551616", "x"] {
+        for bad in [
+            "",
+            "31",
+            "-1",
+            "+1",
+            "01",
+            "1.5",
+            "1e2",
+            " 1",
+            "18446744073709551616",
+            "x",
+        ] {
             assert_eq!(whole_number(bad, 0..=30), None, "{bad:?}");
         }
         assert_eq!(whole_number("0", 1..=1000), None);

@@ -166,7 +166,10 @@ async fn the_feed_lists_every_change_in_commit_order_and_resumes_from_next_curso
     live.insert(&theirs).await;
     let before = chrono::Utc::now();
     assert_no_content(&post(&live, &a, "pause", CURRENT, "").await);
-    assert_eq!(put(&live, &b, &[CURRENT], &new_dates(&b, 3)).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        put(&live, &b, &[CURRENT], &new_dates(&b, 3)).await.status,
+        StatusCode::ACCEPTED
+    );
     assert_no_content(&post(&live, &a, "resume", "\"8\"", "").await);
     let after = chrono::Utc::now();
 
@@ -188,14 +191,20 @@ async fn the_feed_lists_every_change_in_commit_order_and_resumes_from_next_curso
     assert_eq!(pause["project_id"], a.project_id.to_string());
     assert_eq!(pause["target_group_id"], a.target_group_id.to_string());
     assert_eq!(pause["changed_by"], live.user.to_string());
-    assert_eq!((pause["status_from"].as_str(), pause["status_to"].as_str()), (Some("live"), Some("paused")));
+    assert_eq!(
+        (pause["status_from"].as_str(), pause["status_to"].as_str()),
+        (Some("live"), Some("paused"))
+    );
     assert_eq!(pause["start_fielding_at_from"], pause["start_fielding_at_to"]);
     assert_eq!(pause["end_fielding_at_to"], a.end_fielding_at.to_string());
     let changed_at = pause["changed_at"].as_str().unwrap();
     assert!(changed_at.ends_with('Z') && changed_at.len() == 24, "{changed_at}");
     let changed_at = chrono::DateTime::parse_from_rfc3339(changed_at).unwrap();
     let slack = chrono::TimeDelta::seconds(1);
-    assert!(before - slack <= changed_at && changed_at <= after + slack, "{changed_at}");
+    assert!(
+        before - slack <= changed_at && changed_at <= after + slack,
+        "{changed_at}"
+    );
     // The seeded creation records: nothing before them.
     assert_eq!(records[0]["status_from"], Value::Null);
     assert_eq!(records[0]["start_fielding_at_from"], Value::Null);
@@ -253,7 +262,11 @@ async fn a_long_poll_answers_when_a_change_commits_and_empty_after_its_wait(back
     };
     let ((reply, started, answered), writing) = tokio::join!(poll, write);
     let (data, _, _) = page(&reply);
-    assert_eq!(summary(&data), [entry(&run, 8, "pause")], "the record written while it waited");
+    assert_eq!(
+        summary(&data),
+        [entry(&run, 8, "pause")],
+        "the record written while it waited"
+    );
     assert!(answered >= writing, "it waited for the write");
     let delay = answered - writing;
     assert!(
@@ -269,7 +282,10 @@ async fn a_runs_history_pages_by_version_and_a_missing_run_is_404(backend: Backe
     let run = live.seed(Status::Live, 7).await;
     assert_no_content(&post(&live, &run, "pause", CURRENT, "").await);
     assert_no_content(&post(&live, &run, "resume", "\"8\"", "").await);
-    assert_eq!(put(&live, &run, &["\"9\""], &new_dates(&run, 2)).await.status, StatusCode::ACCEPTED);
+    assert_eq!(
+        put(&live, &run, &["\"9\""], &new_dates(&run, 2)).await.status,
+        StatusCode::ACCEPTED
+    );
     let path = history_path(&run);
     let live = &live;
     let get = |query: &str| {
@@ -280,7 +296,10 @@ async fn a_runs_history_pages_by_version_and_a_missing_run_is_404(backend: Backe
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
         let data = reply.json["data"].as_array().unwrap();
         for record in data {
-            assert!(record.get("cursor").is_none(), "history records carry no cursor: {record}");
+            assert!(
+                record.get("cursor").is_none(),
+                "history records carry no cursor: {record}"
+            );
             assert_eq!(record["fielding_run_id"], run.id.to_string());
             assert_eq!(record["account_id"], ACCOUNT);
         }
@@ -289,7 +308,10 @@ async fn a_runs_history_pages_by_version_and_a_missing_run_is_404(backend: Backe
 
     let first = get("limit=2").await;
     assert_eq!(versions(&first), [7, 8]);
-    assert_eq!((first.json["next_cursor"].as_str(), first.json["has_more"].as_bool()), (Some("8"), Some(true)));
+    assert_eq!(
+        (first.json["next_cursor"].as_str(), first.json["has_more"].as_bool()),
+        (Some("8"), Some(true))
+    );
     let second = get("after=8&limit=2").await;
     assert_eq!(versions(&second), [9, 10]);
     assert_eq!(second.json["next_cursor"], "10");
@@ -297,19 +319,26 @@ async fn a_runs_history_pages_by_version_and_a_missing_run_is_404(backend: Backe
     assert_eq!(second.json["data"][1]["action"], "update_dates");
     let end = get("after=10").await;
     assert!(versions(&end).is_empty());
-    assert_eq!(end.json["next_cursor"], "10", "nothing new: continue after the same version");
+    assert_eq!(
+        end.json["next_cursor"], "10",
+        "nothing new: continue after the same version"
+    );
     let all = get("after=0").await;
     assert_eq!(versions(&all), [7, 8, 9, 10]);
     assert_eq!(versions(&get("").await), [7, 8, 9, 10]);
 
     // A run that does not exist, or exists under another target group: 404.
-    let missing = live.send(Method::GET, &history_path(&ghost(&run)), &authed(&[]), "").await;
+    let missing = live
+        .send(Method::GET, &history_path(&ghost(&run)), &authed(&[]), "")
+        .await;
     assert_error(&missing, StatusCode::NOT_FOUND, "not_found_error");
     let elsewhere = FieldingRun {
         target_group_id: fixtures::target_group_id(),
         ..run.clone()
     };
-    let moved = live.send(Method::GET, &history_path(&elsewhere), &authed(&[]), "").await;
+    let moved = live
+        .send(Method::GET, &history_path(&elsewhere), &authed(&[]), "")
+        .await;
     assert_error(&moved, StatusCode::NOT_FOUND, "not_found_error");
 }
 
@@ -355,7 +384,7 @@ async fn bad_parameters_are_400_naming_each_and_unknown_or_repeated_ones_too(bac
         ("after=08", &["after"]),
         ("limit=abc", &["limit"]),
         ("wait=1", &["wait"]),
-        ("after=1&after=2&limit=0", &["after", "limit"]),
+        ("after=1&after=2&limit=0", &["limit", "after"]),
     ];
     for (query, expected) in history {
         let path = format!("{}?{query}", history_path(&run));
@@ -371,7 +400,12 @@ async fn bad_parameters_are_400_naming_each_and_unknown_or_repeated_ones_too(bac
     assert_eq!(invalid_names(&reply), ["project_id", "limit"]);
     // Malformed input is judged before the run is looked for: a 400, not a 404.
     let reply = live
-        .send(Method::GET, &format!("{}?limit=0", history_path(&ghost(&run))), &authed(&[]), "")
+        .send(
+            Method::GET,
+            &format!("{}?limit=0", history_path(&ghost(&run))),
+            &authed(&[]),
+            "",
+        )
         .await;
     assert_error(&reply, StatusCode::BAD_REQUEST, "bad_request_error");
 }
@@ -380,13 +414,20 @@ async fn the_feed_is_401_without_a_token_403_for_another_account_and_traced(back
     let live = Live::start(backend).await;
     let run = live.seed(Status::Live, 7).await;
     for path in [feed_path(ACCOUNT), history_path(&run)] {
-        let reply = live.send(Method::GET, &path, &[("cint-api-version", API_VERSION)], "").await;
+        let reply = live
+            .send(Method::GET, &path, &[("cint-api-version", API_VERSION)], "")
+            .await;
         assert_error(&reply, StatusCode::UNAUTHORIZED, "authorization_error");
         assert_eq!(reply.header("www-authenticate"), Some("Bearer"));
 
         let other = format!("Bearer {OTHER_TOKEN}");
         let reply = live
-            .send(Method::GET, &path, &[("authorization", &other), ("cint-api-version", API_VERSION)], "")
+            .send(
+                Method::GET,
+                &path,
+                &[("authorization", &other), ("cint-api-version", API_VERSION)],
+                "",
+            )
             .await;
         assert_error(&reply, StatusCode::FORBIDDEN, "authorization_error");
         if path == feed_path(ACCOUNT) {
@@ -404,7 +445,9 @@ async fn the_feed_is_401_without_a_token_403_for_another_account_and_traced(back
             assert!(started.elapsed() < Duration::from_secs(5));
         }
 
-        let reply = live.send(Method::GET, &path, &[("authorization", "Bearer token-101")], "").await;
+        let reply = live
+            .send(Method::GET, &path, &[("authorization", "Bearer token-101")], "")
+            .await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "bad_request_error");
         assert_eq!(invalid_names(&reply), ["Cint-API-Version"]);
 
@@ -430,10 +473,19 @@ async fn the_feed_is_401_without_a_token_403_for_another_account_and_traced(back
     assert_error(&reply, StatusCode::FORBIDDEN, "authorization_error");
     let other = format!("Bearer {OTHER_TOKEN}");
     let reply = live
-        .send(Method::GET, &feed_path(202), &[("authorization", &other), ("cint-api-version", API_VERSION)], "")
+        .send(
+            Method::GET,
+            &feed_path(202),
+            &[("authorization", &other), ("cint-api-version", API_VERSION)],
+            "",
+        )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
-    assert_eq!(reply.json["data"], serde_json::json!([]), "account 101's records are not 202's");
+    assert_eq!(
+        reply.json["data"],
+        serde_json::json!([]),
+        "account 101's records are not 202's"
+    );
 }
 
 async fn a_cursor_before_pruned_records_is_410_and_the_feed_restarts_after_them(backend: Backend) {
@@ -472,7 +524,12 @@ async fn a_cursor_before_pruned_records_is_410_and_the_feed_restarts_after_them(
     // The run's history keeps only what is kept: version 9, resuming after it.
     let history = live.send(Method::GET, &history_path(&run), &authed(&[]), "").await;
     assert_eq!(history.status, StatusCode::OK, "{}", history.json);
-    assert_eq!(history.json["data"].as_array().map(Vec::len), Some(1), "{}", history.json);
+    assert_eq!(
+        history.json["data"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        history.json
+    );
     assert_eq!(history.json["data"][0]["version"], 9);
     assert_eq!(history.json["next_cursor"], "9");
 }

@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fielding_core::{
-    BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken, Decide,
-    DecideItem, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope,
-    StoreError, TargetGroupId, Timestamp, UpdateOutcome, Version,
+    AccountId, BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeNotifier,
+    ChangeRecord, ClaimToken, ConsumerName, Decide, DecideItem, Decided, FeedPage, FeedPosition, FieldingRun,
+    FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope, StoreError, TargetGroupId, Timestamp,
+    UpdateOutcome, Version,
 };
 
 /// A kind of failure to inject.
@@ -380,5 +381,43 @@ impl<S: FieldingStore + ?Sized> FieldingStore for FaultyStore<S> {
     async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
         self.faults.storage_fault("expire_bulk_jobs")?;
         self.inner.expire_bulk_jobs(finished_before, limit).await
+    }
+
+    async fn feed(
+        &self,
+        account: AccountId,
+        after: Option<FeedPosition>,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        self.faults.storage_fault("feed")?;
+        self.inner.feed(account, after, limit).await
+    }
+
+    async fn prune_changes(&self, changed_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        self.faults.storage_fault("prune_changes")?;
+        self.inner.prune_changes(changed_before, limit).await
+    }
+
+    async fn load_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+    ) -> Result<Option<FeedPosition>, StoreError> {
+        self.faults.storage_fault("load_feed_checkpoint")?;
+        self.inner.load_feed_checkpoint(account, consumer).await
+    }
+
+    async fn save_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+        position: FeedPosition,
+    ) -> Result<(), StoreError> {
+        self.faults.storage_fault("save_feed_checkpoint")?;
+        self.inner.save_feed_checkpoint(account, consumer, position).await
+    }
+
+    fn change_notifier(&self) -> Option<ChangeNotifier> {
+        self.inner.change_notifier()
     }
 }
