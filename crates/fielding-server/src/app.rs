@@ -15,6 +15,7 @@ use fielding_http::api_error::ApiError;
 use fielding_http::auth::Authenticator;
 use fielding_http::rate_limit::{RateLimitPolicy, RateLimiter};
 use fielding_http::{FieldingApi, DEFAULT_BODY_LIMIT, DEFAULT_BULK_BODY_LIMIT};
+use tokio_util::sync::CancellationToken;
 
 use crate::address_limit::{self, AddressLimiter};
 use crate::health::{self, Health};
@@ -90,11 +91,26 @@ pub fn app(
     store: &'static str,
     limits: ApiLimits,
 ) -> App {
+    app_with_shutdown(service, authenticator, store, limits, CancellationToken::new())
+}
+
+/// [`app`], whose change-feed long polls answer at once when `shutdown`
+/// is cancelled ([`FieldingApi::shutdown`]), so that a graceful shutdown
+/// does not wait out each long poll's `wait`. [`crate::Server`] cancels
+/// it when it stops accepting connections.
+pub fn app_with_shutdown(
+    service: FieldingService,
+    authenticator: Arc<dyn Authenticator>,
+    store: &'static str,
+    limits: ApiLimits,
+    shutdown: CancellationToken,
+) -> App {
     let api = FieldingApi::new(service.clone(), authenticator)
         .rate_limit(limits.rate_limit)
         .body_limit(limits.body_limit)
         .bulk_body_limit(limits.bulk_body_limit)
-        .body_timeout(limits.body_read_timeout);
+        .body_timeout(limits.body_read_timeout)
+        .shutdown(shutdown);
     let rate_limiter = api.rate_limiter();
     let not_allowed = || async { ApiError::method_not_allowed() };
     let checks = Router::new()

@@ -17,7 +17,7 @@ use crate::limits::{
     DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_HEADER_BYTES, MAX_MAX_CONNECTIONS,
     MIN_MAX_HEADER_BYTES,
 };
-use crate::retention::{RetentionConfig, DEFAULT_JOB_RETENTION};
+use crate::retention::{ChangeRetentionConfig, RetentionConfig, DEFAULT_CHANGE_RETENTION, DEFAULT_JOB_RETENTION};
 
 /// The sustained rate that stands for "no limit" when
 /// `--rate-limit-per-second 0` is given: a billion requests per second per
@@ -229,6 +229,17 @@ pub struct ServeArgs {
     )]
     pub job_retention: u64,
 
+    /// Seconds a change record (one per version of a run, read through the
+    /// change feed and a run's history) is kept; 0 keeps them forever. A
+    /// feed consumer whose cursor is older is answered 410 and starts over.
+    #[arg(
+        long,
+        env = "FIELDING_CHANGE_RETENTION",
+        value_name = "SECONDS",
+        default_value_t = DEFAULT_CHANGE_RETENTION.as_secs()
+    )]
+    pub change_retention: u64,
+
     /// Bulk jobs this instance works at the same time; 0: this instance
     /// works none (it still accepts and reports them; another instance on
     /// the same database works them).
@@ -344,6 +355,8 @@ pub struct ServerConfig {
     pub connections: ConnectionLimits,
     /// How finished jobs expire; `None` keeps them forever.
     pub job_retention: Option<RetentionConfig>,
+    /// How change records expire; `None` keeps them forever.
+    pub change_retention: Option<ChangeRetentionConfig>,
     /// How this instance works bulk jobs; `None`: it works none.
     pub bulk_runner: Option<BulkRunnerOptions>,
 }
@@ -362,6 +375,7 @@ impl ServerConfig {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             connections: ConnectionLimits::default(),
             job_retention: Some(RetentionConfig::default()),
+            change_retention: Some(ChangeRetentionConfig::default()),
             bulk_runner: Some(BulkRunnerOptions::default()),
         }
     }
@@ -426,6 +440,8 @@ impl ServeArgs {
             connections,
             job_retention: (self.job_retention > 0)
                 .then(|| RetentionConfig::with_retention(Duration::from_secs(self.job_retention))),
+            change_retention: (self.change_retention > 0)
+                .then(|| ChangeRetentionConfig::with_retention(Duration::from_secs(self.change_retention))),
             bulk_runner: (self.bulk_concurrency > 0).then(|| {
                 BulkRunnerOptions::default()
                     .with_concurrency(self.bulk_concurrency)
@@ -524,6 +540,38 @@ mod tests {
         assert_eq!(
             an_hour.job_retention.map(|config| config.retention),
             Some(Duration::from_secs(3600))
+        );
+    }
+
+    #[test]
+    fn change_retention_defaults_to_30_days_and_0_keeps_forever() {
+        let config = parse(&[]).unwrap().serve.into_config().unwrap();
+        assert_eq!(config.change_retention, Some(ChangeRetentionConfig::default()));
+        assert_eq!(
+            config.change_retention.map(|c| c.retention),
+            Some(Duration::from_secs(30 * 24 * 3600))
+        );
+        let forever = parse(&["--change-retention", "0"])
+            .unwrap()
+            .serve
+            .into_config()
+            .unwrap();
+        assert_eq!(forever.change_retention, None);
+        assert!(forever.job_retention.is_some(), "the job retention is its own");
+        let a_day = parse(&["--change-retention", "86400", "--job-retention", "0"])
+            .unwrap()
+            .serve
+            .into_config()
+            .unwrap();
+        assert_eq!(
+            a_day.change_retention.map(|c| c.retention),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(a_day.job_retention, None);
+        assert!(parse(&["--change-retention", "-1"]).is_err());
+        assert!(
+            parse(&["--change-retention", "30d"]).is_err(),
+            "seconds, as every duration flag"
         );
     }
 

@@ -1,35 +1,43 @@
-//! Job retention: finished creation and bulk jobs (and their idempotency keys) are
-//! removed once they have been finished for longer than the retention
-//! period, by a task that sweeps the store periodically.
+//! Retention: finished creation and bulk jobs (and their idempotency
+//! keys), and change records, are removed once they are older than their
+//! retention period, by tasks that sweep the store periodically.
 //!
 //! The work is [`FieldingStore::expire_jobs`] (then
-//! [`FieldingStore::expire_bulk_jobs`]), in batches: one sweep fixes
-//! its cutoff (`now - retention`) once, then removes up to
-//! [`RetentionConfig::batch`] jobs per call until a call removes fewer, so
-//! each store call is short (one statement, one lock hold) however large
-//! the backlog, and the sweep ends: only jobs finished before the fixed
-//! cutoff are eligible, and no new job can finish in the past. Between two
-//! batches it pauses as long as the last one took, so a backlog takes at
-//! most about half of the store's time. Processing jobs are never removed
-//! (the store promises it).
+//! [`FieldingStore::expire_bulk_jobs`]) for jobs, and
+//! [`FieldingStore::prune_changes`] for change records, in batches: one
+//! sweep fixes its cutoff (`now - retention`) once, then removes up to a
+//! batch per call until a call removes fewer, so each store call is short
+//! (one statement, one lock hold) however large the backlog, and the
+//! sweep ends: only what is older than the fixed cutoff is eligible, and
+//! nothing new can be older. Between two batches it pauses as long as the
+//! last one took, so a backlog takes at most about half of the store's
+//! time. Processing jobs are never removed (the store promises it).
 //!
-//! Errors are logged and the next sweep tries again; the task never stops
-//! on its own. Stop it by dropping (aborting) its future: every batch is
+//! A pruned change record is gone from the feed: a consumer whose cursor
+//! is before it is answered 410 (`cursor_expired_error`) and starts over
+//! from the current state (see `docs/feed.md`). The change retention is
+//! therefore the longest a consumer may be away and still resume.
+//!
+//! Errors are logged and the next sweep tries again; the tasks never stop
+//! on their own. Stop one by dropping (aborting) its future: every batch is
 //! one atomic store call, so stopping anywhere loses nothing.
 //!
 //! ```no_run
 //! use std::sync::Arc;
 //! use fielding_core::{FieldingStore, SystemClock};
-//! use fielding_server::retention::{run_job_retention, RetentionConfig};
+//! use fielding_server::retention::{run_change_retention, run_job_retention, ChangeRetentionConfig, RetentionConfig};
 //!
 //! # fn spawn(store: Arc<dyn FieldingStore>) {
-//! let task = tokio::spawn(run_job_retention(store, Arc::new(SystemClock), RetentionConfig::default()));
+//! let jobs = tokio::spawn(run_job_retention(store.clone(), Arc::new(SystemClock), RetentionConfig::default()));
+//! let changes = tokio::spawn(run_change_retention(store, Arc::new(SystemClock), ChangeRetentionConfig::default()));
 //! // ... on shutdown:
-//! task.abort();
+//! jobs.abort();
+//! changes.abort();
 //! # }
 //! ```
 //!
-//! See `docs/jobs.md` for the default retention and why.
+//! See `docs/jobs.md` for the default job retention and why, and
+//! `docs/server.md` (`--change-retention`) for the change records'.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,7 +73,21 @@ pub const DEFAULT_SWEEP_BATCH: usize = 1_000;
 /// [`DEFAULT_SWEEP_BATCH`] bulk jobs could hold.
 pub const DEFAULT_BULK_SWEEP_BATCH: usize = 10;
 
-/// What the retention task does.
+/// How long a change record is kept by default: 30 days. A consumer of
+/// the change feed may be away that long (a long weekend, a failed
+/// deployment and its investigation, a month-end batch job) and still
+/// resume from its cursor; past it, it starts over from the current state.
+/// Change records are small (about 100 bytes of columns a row): a month of
+/// them at the default rate limit is far less than the runs' own writes
+/// cost, and a month of history stays readable per run.
+pub const DEFAULT_CHANGE_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// How many change records one store call removes at most by default:
+/// rows are small, so a batch of this size is one short transaction
+/// (milliseconds on SQLite), and a busy minute needs few.
+pub const DEFAULT_CHANGE_SWEEP_BATCH: usize = 1_000;
+
+/// What the job retention task does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetentionConfig {
     /// How long a job stays after it finished.
@@ -101,6 +123,38 @@ impl RetentionConfig {
     }
 }
 
+/// What the change retention task does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeRetentionConfig {
+    /// How long a change record is kept after it was made.
+    pub retention: Duration,
+    /// The time between the starts of two sweeps (the first runs at once).
+    pub interval: Duration,
+    /// The `limit` of each [`FieldingStore::prune_changes`] call; at least
+    /// 1 is used.
+    pub batch: usize,
+}
+
+impl Default for ChangeRetentionConfig {
+    fn default() -> Self {
+        Self {
+            retention: DEFAULT_CHANGE_RETENTION,
+            interval: DEFAULT_SWEEP_INTERVAL,
+            batch: DEFAULT_CHANGE_SWEEP_BATCH,
+        }
+    }
+}
+
+impl ChangeRetentionConfig {
+    /// The default interval and batch with this `retention`.
+    pub fn with_retention(retention: Duration) -> Self {
+        Self {
+            retention,
+            ..Self::default()
+        }
+    }
+}
+
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sweep {
@@ -116,19 +170,33 @@ pub struct Sweep {
     pub calls: usize,
 }
 
-/// A sweep that stopped on a store error, after removing `removed` jobs.
+/// What one sweep of change records did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeSweep {
+    /// Records made before this instant were eligible (`None`: the
+    /// retention reaches back past the earliest timestamp, nothing is old
+    /// enough and the store was not asked).
+    pub cutoff: Option<Timestamp>,
+    /// How many change records were removed.
+    pub removed: usize,
+    /// How many `prune_changes` calls it took.
+    pub calls: usize,
+}
+
+/// A sweep that stopped on a store error, after removing `removed` jobs
+/// (or change records).
 #[derive(Debug, thiserror::Error)]
-#[error("job expiry failed after removing {removed} jobs: {source}")]
+#[error("the retention sweep failed after {removed} removals: {source}")]
 pub struct SweepError {
-    /// The jobs removed before the failing call.
+    /// What was removed before the failing call.
     pub removed: usize,
     /// What the store reported.
     #[source]
     pub source: StoreError,
 }
 
-/// The instant before which a job finished is expired at `now`, if any
-/// (none when it would lie before the earliest timestamp).
+/// The instant before which a job finished (or a change made) is expired
+/// at `now`, if any (none when it would lie before the earliest timestamp).
 fn cutoff(now: Timestamp, retention: Duration) -> Option<Timestamp> {
     let retention = i64::try_from(retention.as_millis()).ok()?;
     Timestamp::from_unix_millis(now.unix_millis().checked_sub(retention)?)
@@ -167,35 +235,75 @@ pub async fn sweep_expired_jobs(
         let batch = match kind {
             Kind::Creation => config.batch,
             Kind::Bulk => config.bulk_batch,
-        }
-        .max(1);
-        loop {
-            let started = Instant::now();
-            let expired = match kind {
+        };
+        let removed_before = sweep.removed + sweep.removed_bulk;
+        let (removed, calls) = in_batches(batch, removed_before, |batch| async move {
+            match kind {
                 Kind::Creation => store.expire_jobs(before, batch).await,
                 Kind::Bulk => store.expire_bulk_jobs(before, batch).await,
-            };
-            let this = expired.map_err(|source| SweepError {
-                removed: sweep.removed + sweep.removed_bulk,
-                source,
-            })?;
-            match kind {
-                Kind::Creation => sweep.removed += this,
-                Kind::Bulk => sweep.removed_bulk += this,
             }
-            sweep.calls += 1;
-            if this < batch {
-                break;
-            }
-            // A backlog (after downtime) takes many batches in a row. Leave
-            // the store idle for as long as the batch took before the next
-            // one, so that expiry takes at most about half of its time:
-            // with SQLite's single writer, back-to-back batches would make
-            // nearly every concurrent write wait behind one.
-            tokio::time::sleep(started.elapsed()).await;
+        })
+        .await?;
+        match kind {
+            Kind::Creation => sweep.removed += removed,
+            Kind::Bulk => sweep.removed_bulk += removed,
         }
+        sweep.calls += calls;
     }
     Ok(sweep)
+}
+
+/// One sweep of change records: removes every record made more than
+/// `config.retention` before `clock`'s now, `config.batch` per store call,
+/// until a call removes fewer than the batch.
+pub async fn sweep_expired_changes(
+    store: &dyn FieldingStore,
+    clock: &dyn Clock,
+    config: &ChangeRetentionConfig,
+) -> Result<ChangeSweep, SweepError> {
+    let Some(before) = cutoff(clock.now(), config.retention) else {
+        return Ok(ChangeSweep {
+            cutoff: None,
+            removed: 0,
+            calls: 0,
+        });
+    };
+    let (removed, calls) = in_batches(config.batch, 0, |batch| store.prune_changes(before, batch)).await?;
+    Ok(ChangeSweep {
+        cutoff: Some(before),
+        removed,
+        calls,
+    })
+}
+
+/// Calls `remove(batch)` (at least 1) until it removes fewer than the
+/// batch; how many it removed and in how many calls. `removed_before`
+/// counts into the error of a failing call.
+async fn in_batches<F, Fut>(batch: usize, removed_before: usize, mut remove: F) -> Result<(usize, usize), SweepError>
+where
+    F: FnMut(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<usize, StoreError>>,
+{
+    let batch = batch.max(1);
+    let (mut removed, mut calls) = (0, 0);
+    loop {
+        let started = Instant::now();
+        let this = remove(batch).await.map_err(|source| SweepError {
+            removed: removed_before + removed,
+            source,
+        })?;
+        removed += this;
+        calls += 1;
+        if this < batch {
+            return Ok((removed, calls));
+        }
+        // A backlog (after downtime) takes many batches in a row. Leave
+        // the store idle for as long as the batch took before the next
+        // one, so that expiry takes at most about half of its time: with
+        // SQLite's single writer, back-to-back batches would make nearly
+        // every concurrent write wait behind one.
+        tokio::time::sleep(started.elapsed()).await;
+    }
 }
 
 /// Sweeps `store` every `config.interval`, starting at once, for as long as
@@ -223,6 +331,34 @@ pub async fn run_job_retention(store: Arc<dyn FieldingStore>, clock: Arc<dyn Clo
                 error = %error.source,
                 retryable = error.source.is_retryable(),
                 "job expiry failed; the next sweep tries again"
+            ),
+        }
+    }
+}
+
+/// Sweeps `store`'s change records every `config.interval`, starting at
+/// once, for as long as the future is polled, as [`run_job_retention`]
+/// sweeps jobs: it never returns, logs removals at `info` and failures at
+/// `warn`.
+pub async fn run_change_retention(store: Arc<dyn FieldingStore>, clock: Arc<dyn Clock>, config: ChangeRetentionConfig) {
+    let mut ticks = tokio::time::interval(config.interval.max(Duration::from_millis(1)));
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match sweep_expired_changes(&*store, &*clock, &config).await {
+            Ok(ChangeSweep {
+                cutoff: Some(cutoff),
+                removed,
+                calls,
+            }) if removed > 0 => {
+                tracing::info!(removed, calls, %cutoff, "expired change records removed");
+            }
+            Ok(sweep) => tracing::debug!(cutoff = ?sweep.cutoff, "no change records to expire"),
+            Err(error) => tracing::warn!(
+                removed = error.removed,
+                error = %error.source,
+                retryable = error.source.is_retryable(),
+                "change record expiry failed; the next sweep tries again"
             ),
         }
     }
@@ -447,5 +583,85 @@ mod tests {
             assert_eq!(store.get_bulk_job(&job.key()).await.expect("get"), None);
         }
         assert!(store.get_bulk_job(&processing.key()).await.expect("get").is_some());
+    }
+
+    /// A run whose creation record was made at `at`.
+    async fn run_changed_at(store: &MemoryStore, at: Timestamp) -> fielding_core::RunKey {
+        let run = fixtures::run().at(at).changed_at(at).build();
+        store.insert(&run, &fixtures::creation(&run)).await.expect("insert");
+        run.key()
+    }
+
+    #[tokio::test]
+    async fn a_change_sweep_prunes_old_records_in_batches_and_keeps_recent_ones() {
+        let store = MemoryStore::new();
+        let mut old = Vec::new();
+        for i in 0..5u64 {
+            old.push(run_changed_at(&store, later(secs(i))).await);
+        }
+        let recent = run_changed_at(&store, later(secs(90 * 60))).await;
+        let clock = ManualClock::new(later(2 * HOUR));
+        let config = ChangeRetentionConfig {
+            retention: HOUR,
+            interval: HOUR,
+            batch: 2,
+        };
+        let sweep = sweep_expired_changes(&store, &clock, &config).await.expect("sweep");
+        assert_eq!(
+            sweep,
+            ChangeSweep {
+                cutoff: Some(later(HOUR)),
+                removed: 5,
+                calls: 3
+            }
+        );
+        for key in &old {
+            assert!(store.changes(key).await.expect("changes").is_empty(), "pruned");
+        }
+        assert_eq!(store.changes(&recent).await.expect("changes").len(), 1, "kept");
+        let again = sweep_expired_changes(&store, &clock, &config).await.expect("sweep");
+        assert_eq!((again.removed, again.calls), (0, 1));
+    }
+
+    #[tokio::test]
+    async fn a_failed_change_sweep_is_an_error_and_a_retention_past_the_epoch_asks_nothing() {
+        let memory = MemoryStore::new();
+        run_changed_at(&memory, t0()).await;
+        let store = FaultyStore::new(memory.clone());
+        store.faults().inject(Fault::Storage, 1);
+        let clock = ManualClock::new(later(2 * HOUR));
+        let config = ChangeRetentionConfig::with_retention(HOUR);
+        let err = sweep_expired_changes(&store, &clock, &config).await.unwrap_err();
+        assert_eq!(err.removed, 0);
+        let sweep = sweep_expired_changes(&store, &clock, &config).await.expect("sweep");
+        assert_eq!(sweep.removed, 1, "the next sweep does the work");
+        store.faults().inject(Fault::Storage, 1);
+        let forever = ChangeRetentionConfig::with_retention(Duration::MAX);
+        let sweep = sweep_expired_changes(&store, &clock, &forever).await.expect("sweep");
+        assert_eq!(sweep.cutoff, None);
+        assert_eq!(store.faults().pending(Fault::Storage), 1, "no store call was made");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_change_task_sweeps_periodically() {
+        let memory = MemoryStore::new();
+        let clock = ManualClock::new(t0());
+        let config = ChangeRetentionConfig {
+            retention: HOUR,
+            interval: Duration::from_millis(5),
+            batch: 10,
+        };
+        let store: Arc<dyn FieldingStore> = Arc::new(memory.clone());
+        let task = tokio::spawn(run_change_retention(store, Arc::new(clock.clone()), config));
+        let key = run_changed_at(&memory, t0()).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(memory.changes(&key).await.expect("changes").len(), 1, "not expired yet");
+        clock.set(later(HOUR + Duration::from_millis(1)));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !memory.changes(&key).await.expect("changes").is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "not pruned within 10 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        task.abort();
     }
 }

@@ -16,13 +16,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::address_limit::{AddressLimiter, ConnectionsPerAddress};
-use crate::app::{app, App};
+use crate::app::{app_with_shutdown, App};
 use crate::cli::ServerConfig;
 use crate::connection;
 use crate::database::Database;
 use crate::jwt::JwtAuthenticator;
 use crate::limits::ConnectionLimits;
-use crate::retention::{run_job_retention, RetentionConfig};
+use crate::retention::{run_change_retention, run_job_retention, ChangeRetentionConfig, RetentionConfig};
 use crate::telemetry::{self, SampledLog};
 
 /// How often idle rate-limit buckets are forgotten.
@@ -142,8 +142,12 @@ pub struct Server {
     shutdown_grace: Duration,
     limits: ConnectionLimits,
     job_retention: Option<RetentionConfig>,
+    change_retention: Option<ChangeRetentionConfig>,
     /// Works bulk jobs in the background; `None` when this instance works none.
     bulk_runner: Option<BulkRunner>,
+    /// Cancelled when the server stops accepting: connections finish (or
+    /// close), long polls answer at once, the bulk runner hands its jobs back.
+    stop: CancellationToken,
 }
 
 impl Server {
@@ -158,7 +162,8 @@ impl Server {
             .bulk_runner
             .clone()
             .map(|options| BulkRunner::new(service.clone(), options));
-        let app = app(service, authenticator, store.kind, config.limits);
+        let stop = CancellationToken::new();
+        let app = app_with_shutdown(service, authenticator, store.kind, config.limits, stop.clone());
         let bind_error = |source| ServerError::Bind {
             addr: config.listen.clone(),
             source,
@@ -173,7 +178,9 @@ impl Server {
             shutdown_grace: config.shutdown_grace,
             limits: config.connections,
             job_retention: config.job_retention,
+            change_retention: config.change_retention,
             bulk_runner,
+            stop,
         })
     }
 
@@ -190,7 +197,8 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting connections,
     /// closes idle ones (and those still sending a request head) at once,
     /// lets requests in flight finish (for at most
-    /// [`ServerConfig::shutdown_grace`]), and closes the store.
+    /// [`ServerConfig::shutdown_grace`]; change-feed long polls answer at
+    /// once instead of waiting out their `wait`), and closes the store.
     ///
     /// At most [`ConnectionLimits::max_connections`] connections are open
     /// at once; past it, new ones wait in the listen backlog. An address
@@ -212,7 +220,9 @@ impl Server {
             shutdown_grace,
             limits,
             job_retention,
+            change_retention,
             bulk_runner,
+            stop,
             ..
         } = self;
         let housekeeping = tokio::spawn(forget_idle(rate_limiter, address_limiter));
@@ -223,7 +233,13 @@ impl Server {
                 config,
             ))
         });
-        let stop = CancellationToken::new();
+        let change_retention = change_retention.map(|config| {
+            tokio::spawn(run_change_retention(
+                Arc::clone(&store.store),
+                Arc::new(SystemClock),
+                config,
+            ))
+        });
         let mut bulk = bulk_runner.map(|runner| {
             let stopping = stop.clone();
             tokio::spawn(async move { runner.run(stopping.cancelled_owned()).await })
@@ -327,6 +343,10 @@ impl Server {
             // Each batch is one store call: stopping between or inside
             // them loses nothing. Awaited so its handle on the store is
             // gone before the store is closed.
+            retention.abort();
+            let _ = retention.await;
+        }
+        if let Some(retention) = change_retention {
             retention.abort();
             let _ = retention.await;
         }

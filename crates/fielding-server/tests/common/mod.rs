@@ -29,7 +29,7 @@ pub const TARGET_GROUP: &str = "01BTGNYV6HRNK8K8VKZASZCFP1";
 /// How long a server may take to start, or to stop, on a busy machine.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
-pub const ENV_VARS: [&str; 22] = [
+pub const ENV_VARS: [&str; 23] = [
     "FIELDING_LISTEN",
     "FIELDING_DATABASE",
     "FIELDING_PG_SCHEMA",
@@ -47,6 +47,7 @@ pub const ENV_VARS: [&str; 22] = [
     "FIELDING_MAX_CONNECTIONS_PER_ADDRESS",
     "FIELDING_MAX_HEADER_BYTES",
     "FIELDING_JOB_RETENTION",
+    "FIELDING_CHANGE_RETENTION",
     "FIELDING_BULK_CONCURRENCY",
     "FIELDING_BULK_BATCH_SIZE",
     "FIELDING_BULK_LEASE",
