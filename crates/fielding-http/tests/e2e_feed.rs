@@ -533,3 +533,46 @@ async fn a_cursor_before_pruned_records_is_410_and_the_feed_restarts_after_them(
     assert_eq!(history.json["data"][0]["version"], 9);
     assert_eq!(history.json["next_cursor"], "9");
 }
+
+/// A long poll whose client goes away is dropped with its connection: its
+/// subscription to the account's wake-ups ends at once, not at the end of
+/// its `wait` (the memory store's notifier shows who is subscribed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_long_poll_ends_with_its_connection() {
+    use tokio::io::AsyncWriteExt;
+
+    let live = Live::start(Backend::Memory).await;
+    live.seed(Status::Live, 7).await;
+    let (_, end) = read(&live, None, 1, 100).await;
+    let notifier = live
+        .store
+        .change_notifier()
+        .expect("the memory store wakes its watchers");
+    assert_eq!(notifier.watched_accounts(), 0);
+    let address = live.base.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    let request = format!(
+        "GET {}?after={end}&wait=30 HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer token-101\r\n\
+         Cint-API-Version: {API_VERSION}\r\n\r\n",
+        feed_path(ACCOUNT)
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while notifier.watched_accounts() == 0 {
+        assert!(Instant::now() < deadline, "the long poll never subscribed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(socket);
+    let gone = Instant::now();
+    while notifier.watched_accounts() > 0 {
+        assert!(
+            gone.elapsed() < Duration::from_secs(5),
+            "the abandoned long poll still waits"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!(
+        "the abandoned long poll ended {:?} after its client left",
+        gone.elapsed()
+    );
+}
