@@ -233,6 +233,37 @@ mod tests {
     }
 
     #[test]
+    fn a_waiting_long_poll_is_counted_until_it_is_dropped() {
+        use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        // A snapshot hands over what changed since the one before: add up.
+        let level = std::cell::Cell::new(0.0);
+        let gauge = || {
+            let change = snapshotter
+                .snapshot()
+                .into_vec()
+                .into_iter()
+                .find(|(key, ..)| key.key().name() == LONG_POLLS_WAITING)
+                .map_or(0.0, |(_, _, _, value)| match value {
+                    DebugValue::Gauge(n) => n.into_inner(),
+                    other => panic!("{LONG_POLLS_WAITING} is a gauge, not {other:?}"),
+                });
+            level.set(level.get() + change);
+            level.get()
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let first = Waiting::start();
+            let second = Waiting::start();
+            assert_eq!(gauge(), 2.0);
+            drop(first);
+            assert_eq!(gauge(), 1.0);
+            drop(second);
+        });
+        assert_eq!(gauge(), 0.0);
+    }
+
+    #[test]
     fn a_history_cursor_is_a_version_or_zero() {
         let version = |raw: &str| {
             let (query, mut params) = query::parse(Some(raw), &["after", "limit"]);

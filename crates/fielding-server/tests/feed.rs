@@ -179,6 +179,22 @@ fn open_files(pid: u32) -> usize {
         .count()
 }
 
+/// [`open_files`] once it has stopped changing (connections of clients
+/// dropped a moment ago are closed by then), so that the connections
+/// opened next can be counted on top of it.
+async fn settled_open_files(pid: u32) -> usize {
+    let mut last = open_files(pid);
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = open_files(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_waiting_long_polls_cost_little_and_one_write_wakes_them_all() {
     let server = start(&[]);
@@ -192,7 +208,7 @@ async fn hundreds_of_waiting_long_polls_cost_little_and_one_write_wakes_them_all
         let (status, _) = read(&warm, &server, &bearer, &format!("after={cursor}")).await;
         assert_eq!(status, StatusCode::OK);
     }
-    let files_before = open_files(pid);
+    let files_before = settled_open_files(pid).await;
     let rss_before = rss_kib(pid);
     let idle_from = cpu_time(pid);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -287,7 +303,7 @@ async fn a_stopping_server_answers_its_long_polls_at_once() {
     let pid = server.child.id();
     let bearer = token(SECRET, &[ACCOUNT]);
     let (_, _, cursor) = seeded(&server, &bearer).await;
-    let files_before = open_files(pid);
+    let files_before = settled_open_files(pid).await;
     let consumers = client();
     let polls: Vec<_> = (0..20)
         .map(|_| {
