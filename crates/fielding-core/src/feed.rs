@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
@@ -277,11 +278,17 @@ impl From<ConsumerName> for String {
 #[derive(Debug, Clone, Default)]
 pub struct ChangeNotifier {
     accounts: Arc<Mutex<HashMap<AccountId, watch::Sender<u64>>>>,
+    /// Live subscriptions: while there are none, a notify is one atomic
+    /// load (every write notifies; most stores have no watcher).
+    subscriptions: Arc<AtomicUsize>,
 }
 
 impl ChangeNotifier {
     /// Tells the watchers of `account` (in this process) to read again.
     pub fn notify(&self, account: AccountId) {
+        if self.subscriptions.load(Ordering::Acquire) == 0 {
+            return;
+        }
         let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sender) = accounts.get(&account) {
             if sender.receiver_count() == 0 {
@@ -308,7 +315,11 @@ impl ChangeNotifier {
         let sender = accounts.entry(account).or_insert_with(|| watch::channel(0).0);
         let mut receiver = sender.subscribe();
         receiver.mark_unchanged();
-        ChangeSubscription { receiver }
+        self.subscriptions.fetch_add(1, Ordering::AcqRel);
+        ChangeSubscription {
+            receiver,
+            subscriptions: Arc::clone(&self.subscriptions),
+        }
     }
 
     /// How many accounts have a subscriber (for tests and metrics).
@@ -322,6 +333,13 @@ impl ChangeNotifier {
 #[derive(Debug)]
 pub struct ChangeSubscription {
     receiver: watch::Receiver<u64>,
+    subscriptions: Arc<AtomicUsize>,
+}
+
+impl Drop for ChangeSubscription {
+    fn drop(&mut self) {
+        self.subscriptions.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl ChangeSubscription {

@@ -1,4 +1,5 @@
-//! Every change record of every run, in one append-only log.
+//! Every change record of every run, in one append-only log, which is also
+//! the change feed.
 //!
 //! Why not a `Vec` per run: a million runs would mean a million small heap
 //! allocations (each rounded up to four records once it grows), copies as
@@ -8,53 +9,106 @@
 //! the previous record of the same run, so a run's history is a walk back
 //! from its latest record: reading a history (tests, audits) pays, writing
 //! (every command) does not.
+//!
+//! The feed: a record's index in the log is its feed position (`index + 1`,
+//! minor 0). Records are appended under the store's one lock, so a record
+//! is visible from the moment it has its number, and numbers are handed
+//! out in order: nothing can ever appear behind a reader. Each account
+//! keeps the indexes of its records, in order, for reading its feed
+//! without scanning the others'. Pruning removes a prefix of the log (the
+//! oldest records, up to the first one that is not old enough), so indexes
+//! stay dense and the first kept index says what is gone.
 
-use fielding_core::ChangeRecord;
+use std::collections::VecDeque;
+
+use fielding_core::{AccountId, ChangeRecord, FeedPosition, FeedRecord, Scope, Timestamp};
+
+type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
 /// Records per chunk: large enough that chunk allocation is rare, small
 /// enough that an idle store does not reserve much.
 const CHUNK: usize = 4096;
 
-/// The position of a record in the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct LogIndex(usize);
+/// The position of a record in the log, counted from the first record the
+/// log ever held (pruning never renumbers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct LogIndex(u64);
+
+impl LogIndex {
+    fn position(self) -> FeedPosition {
+        FeedPosition::new(self.0 + 1, 0)
+    }
+}
 
 #[derive(Debug)]
 struct Slot {
     record: ChangeRecord,
+    scope: Scope,
     previous: Option<LogIndex>,
 }
 
 #[derive(Debug, Default)]
 pub(crate) struct ChangeLog {
-    chunks: Vec<Vec<Slot>>,
+    chunks: VecDeque<Vec<Slot>>,
+    /// The index of the first slot of `chunks[0]`.
+    first_chunk_start: u64,
+    /// Indexes below this are pruned (or were cleared away).
+    kept_from: u64,
+    /// The index the next record gets.
+    next: u64,
+    /// Each account's records, oldest first (pruned ones dropped from the
+    /// front as the log's prefix goes).
+    by_account: FastMap<AccountId, VecDeque<LogIndex>>,
+    /// Each account's last pruned position.
+    horizons: FastMap<AccountId, FeedPosition>,
+}
+
+/// What [`ChangeLog::feed`] found.
+pub(crate) enum FeedRead {
+    Page(fielding_core::FeedPage),
+    Expired { pruned_through: FeedPosition },
 }
 
 impl ChangeLog {
-    /// Appends `record`, linked to the run's `previous` record.
-    pub(crate) fn push(&mut self, record: ChangeRecord, previous: Option<LogIndex>) -> LogIndex {
-        let needs_chunk = self.chunks.last().is_none_or(|chunk| chunk.len() == CHUNK);
+    /// Appends `record` of the run at `scope`, linked to the run's
+    /// `previous` record.
+    pub(crate) fn push(&mut self, record: ChangeRecord, scope: Scope, previous: Option<LogIndex>) -> LogIndex {
+        let needs_chunk = self.chunks.back().is_none_or(|chunk| chunk.len() == CHUNK);
         if needs_chunk {
-            self.chunks.push(Vec::with_capacity(CHUNK));
+            if self.chunks.is_empty() {
+                self.first_chunk_start = self.next;
+            }
+            self.chunks.push_back(Vec::with_capacity(CHUNK));
         }
-        let chunk_no = self.chunks.len() - 1;
-        let chunk = &mut self.chunks[chunk_no];
-        chunk.push(Slot { record, previous });
-        LogIndex(chunk_no * CHUNK + chunk.len() - 1)
+        let index = LogIndex(self.next);
+        self.next += 1;
+        if let Some(chunk) = self.chunks.back_mut() {
+            chunk.push(Slot {
+                record,
+                scope,
+                previous,
+            });
+        }
+        self.by_account.entry(scope.account_id).or_default().push_back(index);
+        index
     }
 
     /// Appends a run's records in order; returns the index of the last one.
-    pub(crate) fn push_all(&mut self, records: Vec<ChangeRecord>) -> Option<LogIndex> {
+    pub(crate) fn push_all(&mut self, records: Vec<ChangeRecord>, scope: Scope) -> Option<LogIndex> {
         records
             .into_iter()
-            .fold(None, |previous, record| Some(self.push(record, previous)))
+            .fold(None, |previous, record| Some(self.push(record, scope, previous)))
     }
 
     fn slot(&self, index: LogIndex) -> Option<&Slot> {
-        self.chunks.get(index.0 / CHUNK)?.get(index.0 % CHUNK)
+        if index.0 < self.kept_from {
+            return None;
+        }
+        let offset = usize::try_from(index.0.checked_sub(self.first_chunk_start)?).ok()?;
+        self.chunks.get(offset / CHUNK)?.get(offset % CHUNK)
     }
 
-    /// The history ending at `last`, oldest first.
+    /// The history ending at `last`, oldest first (the kept part).
     pub(crate) fn history(&self, last: Option<LogIndex>) -> Vec<ChangeRecord> {
         let mut out = Vec::new();
         let mut next = last;
@@ -66,8 +120,88 @@ impl ChangeLog {
         out
     }
 
+    /// Up to `limit` records of `account` after `after` (see
+    /// `FieldingStore::feed`).
+    pub(crate) fn feed(&self, account: AccountId, after: Option<FeedPosition>, limit: usize) -> FeedRead {
+        let horizon = self.horizons.get(&account).copied();
+        if let (Some(after), Some(pruned_through)) = (after, horizon) {
+            if after < pruned_through {
+                return FeedRead::Expired { pruned_through };
+            }
+        }
+        let from = after.or(horizon).unwrap_or(FeedPosition::ZERO);
+        let indexes = self.by_account.get(&account);
+        let start = indexes.map_or(0, |ix| ix.partition_point(|i| i.position() <= from));
+        let mut records = Vec::with_capacity(limit.min(indexes.map_or(0, VecDeque::len)));
+        let mut has_more = false;
+        for index in indexes.into_iter().flat_map(|ix| ix.range(start..)) {
+            if records.len() == limit {
+                has_more = true;
+                break;
+            }
+            if let Some(slot) = self.slot(*index) {
+                records.push(FeedRecord {
+                    position: index.position(),
+                    scope: slot.scope,
+                    change: slot.record.clone(),
+                });
+            }
+        }
+        let last = records.last().map(|r| r.position);
+        // Everything committed is visible under the lock, so when the page
+        // is not full the reader may move on to the log's head (the last
+        // position handed out): nothing of this account can appear at or
+        // before it any more.
+        let next = match last {
+            Some(last) if has_more => last,
+            _ => from.max(FeedPosition::new(self.next, 0)),
+        };
+        FeedRead::Page(fielding_core::FeedPage {
+            records,
+            next,
+            has_more,
+        })
+    }
+
+    /// Removes up to `limit` of the oldest records, as long as each was
+    /// made before `cutoff` (stopping at the first that was not: the log's
+    /// prefix goes, so indexes stay dense). Answers how many went.
+    pub(crate) fn prune(&mut self, cutoff: Timestamp, limit: usize) -> usize {
+        let mut removed = 0;
+        while removed < limit {
+            let index = LogIndex(self.kept_from);
+            let Some(slot) = self.slot(index) else { break };
+            if slot.record.changed_at >= cutoff {
+                break;
+            }
+            let account = slot.scope.account_id;
+            self.kept_from += 1;
+            removed += 1;
+            self.horizons.insert(account, index.position());
+            if let Some(indexes) = self.by_account.get_mut(&account) {
+                if indexes.front() == Some(&index) {
+                    indexes.pop_front();
+                }
+                if indexes.is_empty() {
+                    self.by_account.remove(&account);
+                }
+            }
+            if self.kept_from - self.first_chunk_start >= CHUNK as u64 {
+                self.chunks.pop_front();
+                self.first_chunk_start += CHUNK as u64;
+            }
+        }
+        removed
+    }
+
+    /// Forgets every record (numbers are never reused: positions go on
+    /// from where they were).
     pub(crate) fn clear(&mut self) {
         self.chunks.clear();
+        self.kept_from = self.next;
+        self.first_chunk_start = self.next;
+        self.by_account.clear();
+        self.horizons.clear();
     }
 }
 
@@ -89,9 +223,9 @@ mod tests {
         let mut log = ChangeLog::default();
         let (mut last_a, mut last_b) = (None, None);
         for version in 1..=(CHUNK as u64 + 10) {
-            last_a = Some(log.push(record(&a, version), last_a));
+            last_a = Some(log.push(record(&a, version), a.scope(), last_a));
             if version % 3 == 0 {
-                last_b = Some(log.push(record(&b, version / 3), last_b));
+                last_b = Some(log.push(record(&b, version / 3), b.scope(), last_b));
             }
         }
         let history_a = log.history(last_a);
@@ -104,5 +238,65 @@ mod tests {
         assert_eq!(history_b.len(), (CHUNK + 10) / 3);
         assert!(history_b.iter().all(|r| r.run_id == b.id));
         assert!(log.history(None).is_empty());
+    }
+
+    fn page(log: &ChangeLog, account: AccountId, after: Option<FeedPosition>, limit: usize) -> fielding_core::FeedPage {
+        match log.feed(account, after, limit) {
+            FeedRead::Page(page) => page,
+            FeedRead::Expired { pruned_through } => panic!("expired at {pruned_through}"),
+        }
+    }
+
+    #[test]
+    fn the_feed_pages_through_one_account_and_prunes_a_prefix_across_chunks() {
+        let a = fixtures::run().build();
+        let other = fixtures::run().scope(fixtures::other_account(a.scope())).build();
+        let mut log = ChangeLog::default();
+        let mut last = None;
+        let total = CHUNK as u64 * 2 + 7;
+        for version in 1..=total {
+            last = Some(log.push(record(&a, version), a.scope(), last));
+            log.push(record(&other, version), other.scope(), None);
+        }
+        let account = a.account_id;
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        loop {
+            let page = page(&log, account, cursor, 1000);
+            assert!(page.records.iter().all(|r| r.scope == a.scope()));
+            seen.extend(page.records.iter().map(|r| r.change.version.get()));
+            cursor = Some(page.next);
+            if !page.has_more {
+                break;
+            }
+        }
+        assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+        assert_eq!(
+            cursor,
+            Some(FeedPosition::new(total * 2, 0)),
+            "the bookmark is the log's head"
+        );
+
+        // Prune the oldest CHUNK + 1 records of the log (both accounts').
+        let cutoff = a.last_changed_at.checked_add(chrono::TimeDelta::days(1)).unwrap();
+        assert_eq!(log.prune(cutoff, CHUNK + 1), CHUNK + 1);
+        assert_eq!(log.chunks.len(), 4, "a fully pruned chunk is freed (5 before)");
+        let kept = log.history(last);
+        assert_eq!(kept.first().map(|r| r.version.get()), Some(CHUNK as u64 / 2 + 2));
+        assert!(matches!(
+            log.feed(account, Some(FeedPosition::new(1, 0)), 10),
+            FeedRead::Expired { .. }
+        ));
+        let from_start = page(&log, account, None, 1);
+        assert_eq!(from_start.records[0].change.version.get(), CHUNK as u64 / 2 + 2);
+        assert_eq!(log.prune(cutoff, usize::MAX), (total * 2) as usize - CHUNK - 1);
+        assert!(page(&log, account, None, 10).records.is_empty());
+        log.clear();
+        let fresh = log.push(record(&a, 1), a.scope(), None);
+        assert_eq!(
+            fresh.position(),
+            FeedPosition::new(total * 2 + 1, 0),
+            "numbers are never reused"
+        );
     }
 }

@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fielding_core::{
-    AccountId, Action, BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord,
-    ClaimToken, Decide, DecideItem, Decided, FieldingRun, FieldingRunId, FieldingRunJob, FieldingStore, IdempotencyKey,
-    ItemUpdate, JobCreated, JobId, JobKey, JobOutcome, JobState, RunKey, Scope, Status, StoreError, TargetGroupId,
-    Timestamp, UpdateOutcome, Version,
+    AccountId, Action, BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeNotifier,
+    ChangeRecord, ClaimToken, ConsumerName, Decide, DecideItem, Decided, FeedPage, FeedPosition, FieldingRun,
+    FieldingRunId, FieldingRunJob, FieldingStore, IdempotencyKey, ItemUpdate, JobCreated, JobId, JobKey, JobOutcome,
+    JobState, RunKey, Scope, Status, StoreError, TargetGroupId, Timestamp, UpdateOutcome, Version,
 };
 
 use crate::bulk::BulkJobs;
-use crate::log::{ChangeLog, LogIndex};
+use crate::log::{ChangeLog, FeedRead, LogIndex};
 
 /// How many expired jobs a store with automatic retention removes on each
 /// job write, at most: more than one, so that a backlog left by a burst
@@ -54,6 +54,8 @@ struct Inner {
     /// Automatic retention ([`MemoryStore::with_job_retention`]): how long
     /// a finished job is kept, in milliseconds.
     job_retention_ms: Option<i64>,
+    /// Wakes this process's feed watchers after each write.
+    notifier: ChangeNotifier,
 }
 
 #[derive(Debug, Default)]
@@ -68,6 +70,8 @@ struct State {
     /// `expire_jobs` takes from the front, without looking at the others.
     finished: BTreeSet<(Timestamp, JobId)>,
     bulk: BulkJobs,
+    /// Change-feed consumers' checkpoints.
+    checkpoints: FastMap<(AccountId, ConsumerName), FeedPosition>,
 }
 
 #[derive(Debug)]
@@ -95,7 +99,7 @@ impl State {
                 source: None,
             });
         }
-        let last_change = self.log.push_all(changes);
+        let last_change = self.log.push_all(changes, scope);
         self.by_scope.insert(scope, run.id);
         self.runs.insert(run.id, Entry { run, last_change });
         Ok(())
@@ -144,8 +148,9 @@ fn commit(
             current: entry.run.version,
         });
     }
+    let scope = run.scope();
     entry.run = run;
-    entry.last_change = Some(log.push(change, entry.last_change));
+    entry.last_change = Some(log.push(change, scope, entry.last_change));
     Ok(())
 }
 
@@ -213,6 +218,7 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 state: Mutex::default(),
                 job_retention_ms: i64::try_from(retention.as_millis()).ok(),
+                notifier: ChangeNotifier::default(),
             }),
         }
     }
@@ -316,6 +322,7 @@ impl MemoryStore {
         state.job_keys.clear();
         state.finished.clear();
         state.bulk.clear();
+        state.checkpoints.clear();
     }
 
     /// How many bulk jobs are stored (processing and finished).
@@ -327,7 +334,9 @@ impl MemoryStore {
 #[async_trait]
 impl FieldingStore for MemoryStore {
     async fn insert(&self, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
-        self.state().insert(run.clone(), vec![change.clone()])
+        self.state().insert(run.clone(), vec![change.clone()])?;
+        self.inner.notifier.notify(run.account_id);
+        Ok(())
     }
 
     async fn get(&self, key: &RunKey) -> Result<Option<FieldingRun>, StoreError> {
@@ -349,29 +358,39 @@ impl FieldingStore for MemoryStore {
         run: &FieldingRun,
         change: &ChangeRecord,
     ) -> Result<(), StoreError> {
-        let mut guard = self.state();
-        let state = &mut *guard;
-        let entry = state
-            .runs
-            .get_mut(&run.id)
-            .filter(|e| e.run.scope() == run.scope())
-            .ok_or(StoreError::NotFound)?;
-        commit(entry, &mut state.log, expected, run.clone(), change.clone())
+        {
+            let mut guard = self.state();
+            let state = &mut *guard;
+            let entry = state
+                .runs
+                .get_mut(&run.id)
+                .filter(|e| e.run.scope() == run.scope())
+                .ok_or(StoreError::NotFound)?;
+            commit(entry, &mut state.log, expected, run.clone(), change.clone())?;
+        }
+        self.inner.notifier.notify(run.account_id);
+        Ok(())
     }
 
     /// Read, decide and write under one lock: no other writer can come in
     /// between, so this never reports a conflict it did not have to.
     async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
-        let mut guard = self.state();
-        let state = &mut *guard;
-        let entry = state.runs.get_mut(&key.id).filter(|e| e.run.scope() == key.scope);
-        Decided::in_place(
-            key,
-            entry,
-            |entry| &entry.run,
-            decide,
-            |entry, expected, run, change| commit(entry, &mut state.log, expected, run, change),
-        )
+        let outcome = {
+            let mut guard = self.state();
+            let state = &mut *guard;
+            let entry = state.runs.get_mut(&key.id).filter(|e| e.run.scope() == key.scope);
+            Decided::in_place(
+                key,
+                entry,
+                |entry| &entry.run,
+                decide,
+                |entry, expected, run, change| commit(entry, &mut state.log, expected, run, change),
+            )
+        };
+        if matches!(outcome, Ok(UpdateOutcome::Written)) {
+            self.inner.notifier.notify(key.scope.account_id);
+        }
+        outcome
     }
 
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {
@@ -510,13 +529,19 @@ impl FieldingStore for MemoryStore {
         }
         let mut answer = Vec::with_capacity(planned.len());
         let job = state.bulk.held(key, token)?;
+        let mut wrote = false;
         for (target_group_id, write, outcome) in planned {
             if let Some((expected, next, change)) = write {
                 let entry = state.runs.get_mut(&next.id).ok_or(StoreError::NotFound)?;
                 commit(entry, &mut state.log, expected, next, change)?;
+                wrote = true;
             }
             job.record(&target_group_id, outcome);
             answer.push((target_group_id, outcome));
+        }
+        drop(guard);
+        if wrote {
+            self.inner.notifier.notify(key.account_id);
         }
         Ok(answer)
     }
@@ -538,6 +563,52 @@ impl FieldingStore for MemoryStore {
 
     async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
         Ok(self.state().bulk.expire(finished_before, limit))
+    }
+
+    /// Reads under the one lock: every record is visible from the moment
+    /// it has its number, so the page's bookmark is the log's head.
+    async fn feed(
+        &self,
+        account: AccountId,
+        after: Option<FeedPosition>,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        match self.state().log.feed(account, after, limit) {
+            FeedRead::Page(page) => Ok(page),
+            FeedRead::Expired { pruned_through } => Err(StoreError::FeedExpired {
+                account,
+                after: after.unwrap_or_default(),
+                pruned_through,
+            }),
+        }
+    }
+
+    /// Removes the oldest records of the log, stopping at the first one
+    /// that is not old enough (a prefix, so the log stays dense).
+    async fn prune_changes(&self, changed_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        Ok(self.state().log.prune(changed_before, limit))
+    }
+
+    async fn load_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+    ) -> Result<Option<FeedPosition>, StoreError> {
+        Ok(self.state().checkpoints.get(&(account, consumer.clone())).copied())
+    }
+
+    async fn save_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+        position: FeedPosition,
+    ) -> Result<(), StoreError> {
+        self.state().checkpoints.insert((account, consumer.clone()), position);
+        Ok(())
+    }
+
+    fn change_notifier(&self) -> Option<ChangeNotifier> {
+        Some(self.inner.notifier.clone())
     }
 
     /// Takes the oldest entries of the finish-time index, so a call costs
