@@ -335,8 +335,15 @@ async fn storage_faults_hit_the_feed_operations_and_can_be_aimed_at_one() {
     let errors = [
         store.feed(account, None, 10).await.map(|_| ()).unwrap_err(),
         store.prune_changes(long_ago, 10).await.map(|_| ()).unwrap_err(),
-        store.load_feed_checkpoint(account, &consumer).await.map(|_| ()).unwrap_err(),
-        store.save_feed_checkpoint(account, &consumer, position).await.unwrap_err(),
+        store
+            .load_feed_checkpoint(account, &consumer)
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        store
+            .save_feed_checkpoint(account, &consumer, position)
+            .await
+            .unwrap_err(),
     ];
     for err in &errors {
         assert!(matches!(err, StoreError::Backend { retryable: false, .. }), "{err:?}");
@@ -348,7 +355,10 @@ async fn storage_faults_hit_the_feed_operations_and_can_be_aimed_at_one() {
     store.faults().only_in(Some("feed"));
     store.faults().inject(Fault::TransientStorage, 2);
     store.save_feed_checkpoint(account, &consumer, position).await.unwrap();
-    assert_eq!(store.load_feed_checkpoint(account, &consumer).await.unwrap(), Some(position));
+    assert_eq!(
+        store.load_feed_checkpoint(account, &consumer).await.unwrap(),
+        Some(position)
+    );
     assert_eq!(store.prune_changes(long_ago, 10).await.unwrap(), 0);
     assert_eq!(store.faults().pending(Fault::TransientStorage), 2);
     for _ in 0..2 {

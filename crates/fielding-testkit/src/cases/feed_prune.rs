@@ -189,23 +189,32 @@ async fn kept<S: FieldingStore + ?Sized>(
     crate::cases::check::changes(case, store, PRUNE, key, &expected, when).await
 }
 
-/// Retention, end to end. Account A gets, in this order: a record made in
-/// 2031 (`k0`), four made on 1980-01-01 (`o1`..`o4`, over two runs), one
-/// made exactly at the cutoff (1980-01-02), and two from 2031; account B
-/// one old record and one new; account C only new ones (its records
-/// written between A's). Then:
+/// Retention, end to end. In this order: five records made on 1980-01-01
+/// (`o1`, `o2`, `o3` and `o4` over two runs of account A, `b_old` of
+/// account B between them), one of A made exactly at the cutoff
+/// (1980-01-02), then records from 2031: C's first, B's second, A's `k1`
+/// and `k2`, C's second. Then:
 ///
 /// * `prune_changes(cutoff, 0)` removes nothing; `prune_changes(cutoff, 2)`
 ///   answers 2, 2, 1, and after each call exactly that many of the five
 ///   old records are gone; `changes()` returns the kept records only;
-/// * A's cursors before `o4` (the start, `k0`, `o2`) are refused with
+/// * A's cursors before `o4` (the start, `o2`) are refused with
 ///   `FeedExpired { account: A, after: cursor, pruned_through: o4 }`; from
-///   `o4` and later the feed reads on as before; `after = None` reads from
-///   `o4`, so `k0`, kept but below it, is not returned;
+///   `o4` and later the feed reads on as before, and `after = None` reads
+///   from `o4`;
 /// * B's start is expired at B's own old record; C's start reads all of
 ///   C's records (the horizon is per account);
 /// * one millisecond later the record made at the cutoff goes too, and A's
-///   cursor at `o4` expires in turn.
+///   cursor at `o4` expires in turn;
+/// * last, A gets one more record made in 1980 (`o5`), after `k1` and
+///   `k2`. A store that prunes by age removes it: then `after = None`
+///   starts after `o5`, so `k1` and `k2`, kept but below the horizon, are
+///   never returned, and a cursor at `k2` is expired. A store that prunes
+///   only the prefix of its log removes nothing (answers 0) and the feed
+///   is unchanged. Either is allowed; anything else is not.
+///
+/// A store that prunes only a prefix needs a fresh store for this case:
+/// other cases' records before the case's would stop it at the first.
 pub async fn feed_prune_removes_old_records_in_bounded_batches_and_expires_cursors_before_them<S>(
     store: Arc<S>,
     caps: Capabilities,
@@ -220,23 +229,22 @@ where
     let a = sample::scope();
     let b = sample::scope();
     let c = sample::scope();
-    let (r0, k0) = seed(case, store, a, Status::Live).await?;
-    let (r1, o1) = seed_at(case, store, sample::other_target_group(a), WINDOW_START + 1).await?;
+    let (r1, o1) = seed_at(case, store, a, WINDOW_START + 1).await?;
     let (r1, o2) = bump_at(case, store, &r1, WINDOW_START + 2).await?;
-    let (r5, c1) = seed(case, store, c, Status::Live).await?;
     let (r2, o3) = seed_at(case, store, sample::other_target_group(a), WINDOW_START + 3).await?;
     let (r4, b_old) = seed_at(case, store, b, WINDOW_START + 4).await?;
-    let (r4, b_new) = bump(case, store, &r4, 1).await?;
     let (r1, o4) = bump_at(case, store, &r1, WINDOW_START + 5).await?;
     let (r2, at_cutoff) = bump_at(case, store, &r2, CUTOFF).await?;
-    let (_, k1) = bump(case, store, &r1, 2).await?;
-    let (_, k2) = bump(case, store, &r2, 3).await?;
+    let (r5, c1) = seed(case, store, c, Status::Live).await?;
+    let (r4, b_new) = bump(case, store, &r4, 1).await?;
+    let (r1, k1) = bump(case, store, &r1, 2).await?;
+    let (r2, k2) = bump(case, store, &r2, 3).await?;
     let (_, c2) = bump(case, store, &r5, 4).await?;
 
-    let feed_a = whole_feed(case, caps, store, a.account_id, 8).await?;
+    let feed_a = whole_feed(case, caps, store, a.account_id, 7).await?;
     let feed_b = whole_feed(case, caps, store, b.account_id, 2).await?;
     let feed_c = whole_feed(case, caps, store, c.account_id, 2).await?;
-    let order_a = [&k0.1, &o1, &o2, &o3, &o4, &at_cutoff, &k1.1, &k2.1];
+    let order_a = [&o1, &o2, &o3, &o4, &at_cutoff, &k1.1, &k2.1];
     let as_written = feed_a.len() == order_a.len()
         && feed_a.iter().zip(order_a).all(|(r, w)| r.change == *w)
         && feed_b.iter().map(|r| &r.change).eq([&b_old, &b_new.1])
@@ -294,19 +302,14 @@ where
              expected [2, 2, 1]"
         )
     })?;
-    kept(case, store, &r0.key(), &[&k0.1], "after pruning").await?;
     kept(case, store, &r1.key(), &[&k1.1], "after pruning").await?;
     kept(case, store, &r2.key(), &[&at_cutoff, &k2.1], "after pruning").await?;
     kept(case, store, &r4.key(), &[&b_new.1], "after pruning").await?;
     kept(case, store, &r5.key(), &[&c1.1, &c2.1], "after pruning").await?;
 
-    let horizon = position(&feed_a, 4);
+    let horizon = position(&feed_a, 3);
     let when = "after o1..o4 were pruned";
-    for (name, cursor) in [
-        ("the start", FeedPosition::ZERO),
-        ("k0", position(&feed_a, 0)),
-        ("o2", position(&feed_a, 2)),
-    ] {
+    for (name, cursor) in [("the start", FeedPosition::ZERO), ("o2", position(&feed_a, 1))] {
         expired(
             case,
             store,
@@ -317,17 +320,17 @@ where
         )
         .await?;
     }
-    reads(case, store, a.account_id, Some(horizon), &feed_a[5..], when).await?;
+    reads(case, store, a.account_id, Some(horizon), &feed_a[4..], when).await?;
     reads(
         case,
         store,
         a.account_id,
-        Some(position(&feed_a, 5)),
-        &feed_a[6..],
+        Some(position(&feed_a, 4)),
+        &feed_a[5..],
         when,
     )
     .await?;
-    reads(case, store, a.account_id, None, &feed_a[5..], when).await?;
+    reads(case, store, a.account_id, None, &feed_a[4..], when).await?;
     expired(
         case,
         store,
@@ -370,15 +373,48 @@ where
     )
     .await?;
     let when = "after the record at the cutoff was pruned";
-    expired(case, store, a.account_id, horizon, position(&feed_a, 5), when).await?;
-    reads(case, store, a.account_id, None, &feed_a[6..], when).await?;
+    expired(case, store, a.account_id, horizon, position(&feed_a, 4), when).await?;
+    reads(case, store, a.account_id, None, &feed_a[5..], when).await?;
     reads(
         case,
         store,
         a.account_id,
-        Some(position(&feed_a, 5)),
-        &feed_a[6..],
+        Some(position(&feed_a, 4)),
+        &feed_a[5..],
         when,
     )
-    .await
+    .await?;
+
+    // An old record after new ones: pruned by age, or left by a prefix.
+    let (_, o5) = bump_at(case, store, &r2, WINDOW_START + 6).await?;
+    let mut follower = Follower::new(caps, a.account_id, Some(position(&feed_a, 6)), 1000);
+    follower
+        .until(case, store, 1, PRUNE, || "reading the record o5".into())
+        .await?;
+    let o5_at = follower.seen[0].position;
+    let after_o5 = sweep(case, store, at(CUTOFF), LIMIT).await?;
+    let when = "after o5 (made in 1980, written after k1 and k2) was pruned";
+    match after_o5[..] {
+        [1] => {
+            kept(case, store, &r2.key(), &[&k2.1], when).await?;
+            reads(case, store, a.account_id, None, &[], when).await?;
+            reads(case, store, a.account_id, Some(o5_at), &[], when).await?;
+            expired(case, store, a.account_id, position(&feed_a, 6), o5_at, when).await
+        }
+        [0] => {
+            let when = "after a prune that left o5 (made in 1980, written after k1 and k2)";
+            kept(case, store, &r2.key(), &[&k2.1, &o5], when).await?;
+            let mut expected = feed_a[5..].to_vec();
+            expected.extend(follower.seen);
+            reads(case, store, a.account_id, None, &expected, when).await
+        }
+        _ => Err(case.fail(
+            PRUNE,
+            format!(
+                "with one record made before the cutoff left (o5, written after newer ones), \
+                 prune_changes(cutoff, {LIMIT}) answered {after_o5:?}: expected [1] (pruned by age) or [0] (a prefix \
+                 that stops at the first newer record)"
+            ),
+        )),
+    }
 }

@@ -33,7 +33,11 @@ async fn read_all(service: &FieldingService, account: AccountId, limit: usize, c
     let mut seen: Vec<FeedRecord> = Vec::new();
     loop {
         let page = expect(service.read_feed(account, cursor, limit).await, "read_feed");
-        assert!(page.records.len() <= limit, "a page of {limit} held {}", page.records.len());
+        assert!(
+            page.records.len() <= limit,
+            "a page of {limit} held {}",
+            page.records.len()
+        );
         if let (Some(last), Some(cursor)) = (page.records.last(), cursor) {
             assert!(page.records[0].position > cursor, "a page starts after its cursor");
             assert!(page.next >= last.position, "next is at or after the last record");
@@ -57,7 +61,10 @@ async fn read_all(service: &FieldingService, account: AccountId, limit: usize, c
 
 /// The `(action, version)` of each record, for comparing sequences.
 fn steps(records: &[FeedRecord]) -> Vec<(Action, u64)> {
-    records.iter().map(|r| (r.change.action, r.change.version.get())).collect()
+    records
+        .iter()
+        .map(|r| (r.change.action, r.change.version.get()))
+        .collect()
 }
 
 /// Pauses or resumes `run` (whichever its status allows) through the
@@ -150,11 +157,7 @@ pub async fn feed_follows_the_rules(store: Arc<dyn FieldingStore>) {
     let account = scope.account_id;
     let now = Timestamp::from(chrono::Utc::now());
     let day = |days: i64| now.checked_add(TimeDelta::days(days)).unwrap_or(now);
-    let mut first = expect(
-        service.launch(scope, day(30), UserId::random()).await,
-        "launch a run",
-    )
-    .run;
+    let mut first = expect(service.launch(scope, day(30), UserId::random()).await, "launch a run").run;
     let mut second = expect(
         service
             .launch(fixtures::other_target_group(scope), day(30), UserId::random())
@@ -246,10 +249,7 @@ pub async fn feed_follows_the_rules(store: Arc<dyn FieldingStore>) {
     let history = expect(service.run_history(&first.key(), None, 3).await, "run_history");
     let versions: Vec<u64> = history.records.iter().map(|r| r.version.get()).collect();
     assert_eq!((versions, history.has_more), (vec![1, 2, 3], true));
-    let rest = expect(
-        service.run_history(&first.key(), history.next, 3).await,
-        "run_history",
-    );
+    let rest = expect(service.run_history(&first.key(), history.next, 3).await, "run_history");
     let versions: Vec<u64> = rest.records.iter().map(|r| r.version.get()).collect();
     assert_eq!((versions, rest.has_more), (vec![4], false));
 
@@ -257,15 +257,28 @@ pub async fn feed_follows_the_rules(store: Arc<dyn FieldingStore>) {
     let all = read_all(&service, account, MAX_FEED_PAGE, 7).await;
     let (handled, ended) = consume(&service, account, "scenario", 2, all.len(), None).await;
     expect(ended, "the consumer");
-    assert_eq!(handled, all, "the consumer delivered every record from the start, in order");
+    assert_eq!(
+        handled, all,
+        "the consumer delivered every record from the start, in order"
+    );
     let name = expect(ConsumerName::parse("scenario"), "consumer name");
-    let saved = expect(service.store().load_feed_checkpoint(account, &name).await, "load checkpoint");
+    let saved = expect(
+        service.store().load_feed_checkpoint(account, &name).await,
+        "load checkpoint",
+    );
     let last = all.last().map(|r| r.position);
-    assert!(saved >= last, "the checkpoint {saved:?} covers the last record handled {last:?}");
+    assert!(
+        saved >= last,
+        "the checkpoint {saved:?} covers the last record handled {last:?}"
+    );
     toggle(&service, &first).await;
     let (handled, ended) = consume(&service, account, "scenario", 2, 1, None).await;
     expect(ended, "the restarted consumer");
-    assert_eq!(steps(&handled), [(Action::Resume, 5)], "a restarted consumer resumes after its checkpoint");
+    assert_eq!(
+        steps(&handled),
+        [(Action::Resume, 5)],
+        "a restarted consumer resumes after its checkpoint"
+    );
 
     // A handler failure stops the consumer before the failed record.
     let all = read_all(&service, account, MAX_FEED_PAGE, 8).await;
@@ -277,7 +290,10 @@ pub async fn feed_follows_the_rules(store: Arc<dyn FieldingStore>) {
     }
     assert_eq!(handled, all[..2], "the records before the failing one");
     let name = expect(ConsumerName::parse("failing"), "consumer name");
-    let saved = expect(service.store().load_feed_checkpoint(account, &name).await, "load checkpoint");
+    let saved = expect(
+        service.store().load_feed_checkpoint(account, &name).await,
+        "load checkpoint",
+    );
     assert!(
         saved >= Some(all[1].position) && saved < Some(failing),
         "the checkpoint {saved:?} is after the handled records and before the failed one at {failing}"
