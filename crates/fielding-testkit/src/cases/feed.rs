@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fielding_core::{
-    AccountId, BulkAction, ChangeRecord, FeedPage, FeedPosition, FeedRecord, FieldingRun, FieldingStore, ItemUpdate,
-    Scope, Status, StoreError, Update, UpdateOutcome, UserId, Version,
+    AccountId, BulkAction, BulkJobStatus, ChangeRecord, FeedPage, FeedPosition, FeedRecord, FieldingRun, FieldingStore,
+    ItemUpdate, Scope, Status, StoreError, Update, UpdateOutcome, UserId, Version,
 };
 use tokio::time::Instant;
 
-use crate::cases::bulk::{bulk_job, claim_job, create};
+use crate::cases::bulk::{bulk_job, claim_job, create, finish};
 use crate::failure::Case;
 use crate::sample::{self, version};
 use crate::{Capabilities, CaseFailure};
@@ -481,6 +481,17 @@ where
         })
         .await;
     case.ok(format!("apply_bulk_items({})", job.key()), applied)?;
+    // Finished, so no other case's claim takes it.
+    finish(
+        case,
+        store,
+        EVERY_WRITE,
+        &job.key(),
+        claim.token,
+        BulkJobStatus::Completed,
+        true,
+    )
+    .await?;
     feed.expect(case, store, batch, true, "after apply_bulk_items writing two runs")
         .await?;
     bump(case, store, &theirs, 4).await?;

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use fielding_core::{
-    AccountId, BulkAction, ChangeSubscription, ConsumerName, FeedPosition, FieldingRun, FieldingStore, ItemUpdate,
-    Status, Update, UserId,
+    AccountId, BulkAction, BulkJobStatus, ChangeSubscription, ConsumerName, FeedPosition, FieldingRun, FieldingStore,
+    ItemUpdate, Status, Update, UserId,
 };
 
-use crate::cases::bulk::{bulk_job, claim_job, create};
+use crate::cases::bulk::{bulk_job, claim_job, create, finish};
 use crate::cases::feed::{bump, seed, Follower};
 use crate::failure::Case;
 use crate::sample;
@@ -243,5 +243,16 @@ where
         )
         .await;
     case.ok(format!("apply_bulk_items({})", job.key()), applied)?;
-    woken(case, caps, subscription, "after an apply_bulk_items").await
+    woken(case, caps, subscription, "after an apply_bulk_items").await?;
+    // Finished, so no other case's claim takes it.
+    finish(
+        case,
+        store,
+        WAKES,
+        &job.key(),
+        claim.token,
+        BulkJobStatus::Completed,
+        true,
+    )
+    .await
 }
