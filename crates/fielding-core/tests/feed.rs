@@ -62,6 +62,11 @@ fn versions(records: &[FeedRecord]) -> Vec<u64> {
 }
 
 #[tokio::test]
+async fn the_feed_follows_the_rules_on_the_memory_store() {
+    fielding_testkit::scenarios::feed_follows_the_rules(Arc::new(MemoryStore::new())).await;
+}
+
+#[tokio::test]
 async fn pages_follow_commit_order_and_limits_are_checked() {
     let (_, service, _) = service();
     let scope = fixtures::scope();

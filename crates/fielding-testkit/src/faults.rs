@@ -157,10 +157,13 @@ impl Faults {
 /// Any [`FieldingStore`] with fault injection: each operation fails with
 /// the next pending [`Fault`], or goes to the inner store.
 ///
-/// Every operation (`insert`, `get`, `find_by_target_group`,
-/// `compare_and_swap`, `update`, `changes`, `create_job`, `get_job`,
-/// `finish_job`, `expire_jobs`) uses up at most one pending storage fault. A
-/// [`Fault::Conflict`] hits only the compare-and-swap step.
+/// Every async operation (`insert`, `get`, `find_by_target_group`,
+/// `compare_and_swap`, `update`, `changes`, the job and bulk-job
+/// operations, `feed`, `prune_changes`, `load_feed_checkpoint`,
+/// `save_feed_checkpoint`) uses up at most one pending storage fault; aim
+/// them at one of them with [`Faults::only_in`]. A [`Fault::Conflict`]
+/// hits only the compare-and-swap step. `change_notifier` is the inner
+/// store's: wake-ups are hints, not calls that can fail.
 ///
 /// `update` is the trait's default read → decide → write, done with the
 /// inner store's `get` and `compare_and_swap` (so the inner store's own
