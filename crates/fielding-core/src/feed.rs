@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
@@ -281,6 +281,9 @@ pub struct ChangeNotifier {
     /// Live subscriptions: while there are none, a notify is one atomic
     /// load (every write notifies; most stores have no watcher).
     subscriptions: Arc<AtomicUsize>,
+    /// Whether wake-ups come for every writer's commits (not only this
+    /// process's): then waiting readers poll only as a safety net.
+    sees_every_writer: Arc<AtomicBool>,
 }
 
 impl ChangeNotifier {
@@ -320,6 +323,21 @@ impl ChangeNotifier {
             receiver,
             subscriptions: Arc::clone(&self.subscriptions),
         }
+    }
+
+    /// Says whether this notifier is woken for the commits of every writer
+    /// of the store (the memory store: one process; PostgreSQL: while its
+    /// `LISTEN` connection is up) or only for this process's (SQLite,
+    /// whose other processes are seen by polling). Waiting readers poll
+    /// often only when it is not ([`crate::FieldingService::feed_poll_interval`]).
+    pub fn set_sees_every_writer(&self, yes: bool) {
+        self.sees_every_writer.store(yes, Ordering::Release);
+    }
+
+    /// See [`set_sees_every_writer`](Self::set_sees_every_writer); `false`
+    /// until said otherwise.
+    pub fn sees_every_writer(&self) -> bool {
+        self.sees_every_writer.load(Ordering::Acquire)
     }
 
     /// How many accounts have a subscriber (for tests and metrics).

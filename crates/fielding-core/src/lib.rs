@@ -87,6 +87,7 @@ pub use runner::{BulkRunner, BulkRunnerOptions};
 pub use service::{
     Applied, FieldingService, HistoryPage, NewBulkJob, NewJob, RetryPolicy, SubmittedBulkJob, SubmittedJob,
     DEFAULT_FEED_PAGE, DEFAULT_FEED_POLL_INTERVAL, JOB_RESUME_AFTER, MAX_FEED_PAGE, MAX_FEED_WAIT,
+    SAFETY_NET_POLL_INTERVAL,
 };
 pub use status::Status;
 pub use store::{BoxError, Decide, Decided, FieldingStore, PlannedWrite, StoreError, Update, UpdateOutcome};

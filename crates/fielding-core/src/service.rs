@@ -25,7 +25,9 @@ mod jobs;
 
 pub use bulk::{NewBulkJob, SubmittedBulkJob};
 pub(crate) use feed::next_retry;
-pub use feed::{HistoryPage, DEFAULT_FEED_PAGE, DEFAULT_FEED_POLL_INTERVAL, MAX_FEED_PAGE, MAX_FEED_WAIT};
+pub use feed::{
+    HistoryPage, DEFAULT_FEED_PAGE, DEFAULT_FEED_POLL_INTERVAL, MAX_FEED_PAGE, MAX_FEED_WAIT, SAFETY_NET_POLL_INTERVAL,
+};
 pub use jobs::{NewJob, SubmittedJob, JOB_RESUME_AFTER};
 
 /// How many times [`FieldingService::execute`] decides when other writers
@@ -171,8 +173,9 @@ pub struct FieldingService {
     clock: Arc<dyn Clock>,
     /// Wakes the bulk runners of this service when a job is submitted.
     bulk_wakeup: Arc<tokio::sync::Notify>,
-    /// How often a waiting feed reader reads again without a wake-up.
-    feed_poll_interval: Duration,
+    /// How often a waiting feed reader reads again without a wake-up, if
+    /// the user said (else it depends on the store's wake-ups).
+    feed_poll_interval: Option<Duration>,
 }
 
 impl FieldingService {
@@ -187,22 +190,32 @@ impl FieldingService {
             store,
             clock,
             bulk_wakeup: Arc::new(tokio::sync::Notify::new()),
-            feed_poll_interval: DEFAULT_FEED_POLL_INTERVAL,
+            feed_poll_interval: None,
         }
     }
 
     /// This service, with waiting feed readers (long polls, watches,
-    /// consumers) reading again every `interval` when no wake-up comes
-    /// (default [`DEFAULT_FEED_POLL_INTERVAL`], 1 s): the longest a missed
-    /// wake-up delays a record. At least 1 ms.
+    /// consumers) reading again every `interval` when no wake-up comes: the
+    /// longest a missed wake-up delays a record. At least 1 ms. Without
+    /// it, [`DEFAULT_FEED_POLL_INTERVAL`] (1 s), or
+    /// [`SAFETY_NET_POLL_INTERVAL`] (10 s) when the store's wake-ups cover
+    /// every writer (see [`crate::ChangeNotifier::sees_every_writer`]): many
+    /// idle consumers then cost almost no reads.
     pub fn with_feed_poll_interval(mut self, interval: Duration) -> Self {
-        self.feed_poll_interval = interval.max(Duration::from_millis(1));
+        self.feed_poll_interval = Some(interval.max(Duration::from_millis(1)));
         self
     }
 
-    /// How often waiting feed readers read again without a wake-up.
+    /// How often waiting feed readers read again without a wake-up, now.
     pub fn feed_poll_interval(&self) -> Duration {
-        self.feed_poll_interval
+        self.feed_poll_interval.unwrap_or_else(|| {
+            let covered = self.store.change_notifier().is_some_and(|n| n.sees_every_writer());
+            if covered {
+                SAFETY_NET_POLL_INTERVAL
+            } else {
+                DEFAULT_FEED_POLL_INTERVAL
+            }
+        })
     }
 
     /// The store this service writes to.

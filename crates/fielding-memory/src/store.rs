@@ -48,7 +48,7 @@ pub struct MemoryStore {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Inner {
     state: Mutex<State>,
     /// Automatic retention ([`MemoryStore::with_job_retention`]): how long
@@ -56,6 +56,24 @@ struct Inner {
     job_retention_ms: Option<i64>,
     /// Wakes this process's feed watchers after each write.
     notifier: ChangeNotifier,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            state: Mutex::default(),
+            job_retention_ms: None,
+            notifier: every_writer_notifier(),
+        }
+    }
+}
+
+/// The store's wake-ups: every writer is in this process, so they cover
+/// every write and waiting readers need to poll only as a safety net.
+fn every_writer_notifier() -> ChangeNotifier {
+    let notifier = ChangeNotifier::default();
+    notifier.set_sees_every_writer(true);
+    notifier
 }
 
 #[derive(Debug, Default)]
@@ -218,7 +236,7 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 state: Mutex::default(),
                 job_retention_ms: i64::try_from(retention.as_millis()).ok(),
-                notifier: ChangeNotifier::default(),
+                notifier: every_writer_notifier(),
             }),
         }
     }

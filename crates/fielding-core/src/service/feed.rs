@@ -20,9 +20,15 @@ pub const DEFAULT_FEED_PAGE: usize = 100;
 pub const MAX_FEED_WAIT: Duration = Duration::from_secs(30);
 
 /// How often a waiting reader reads again without a wake-up, by default:
-/// the longest a missed wake-up (another process on one SQLite file, a
-/// lost `LISTEN` connection) delays a record.
+/// the longest a missed wake-up (another process on one SQLite file)
+/// delays a record.
 pub const DEFAULT_FEED_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often a waiting reader reads again, by default, when the store's
+/// wake-ups cover every writer (memory; PostgreSQL while `LISTEN` is
+/// connected): a safety net only, so that hundreds of idle consumers cost
+/// a few reads a second between them.
+pub const SAFETY_NET_POLL_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The first pause before reading again when a wake-up found nothing new
 /// (on PostgreSQL a committed record can wait for an older transaction to
