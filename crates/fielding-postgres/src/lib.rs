@@ -129,6 +129,7 @@
 mod bulk;
 mod codec;
 mod error;
+mod feed;
 mod jobs;
 mod migrations;
 mod open;
@@ -139,6 +140,7 @@ mod schema_name;
 mod sql;
 mod store;
 pub mod testing;
+mod wakeups;
 
 pub use error::{is_transient, ConnectError, MigrateError};
 pub use fielding_core::MigrationReport;

@@ -46,11 +46,13 @@ async fn instances_starting_at_once_apply_each_migration_exactly_once() {
     .await
     .expect("migrations table");
     assert_eq!(recorded, (1..=i64::from(SCHEMA_VERSION)).collect::<Vec<_>>());
-    assert_eq!(SCHEMA_VERSION, 4, "migration 4 adds bulk jobs");
+    assert_eq!(SCHEMA_VERSION, 5, "migration 5 adds the change feed");
     assert_eq!(
         tables(&mut conn, name).await,
         [
             "change_records",
+            "feed_checkpoints",
+            "feed_horizons",
             "fielding_bulk_job_items",
             "fielding_bulk_jobs",
             "fielding_run_jobs",
@@ -86,8 +88,9 @@ async fn tables(conn: &mut PgConnection, schema: &str) -> Vec<String> {
 
 /// A schema as the release before jobs left it: migration 1 applied and
 /// recorded, no `fielding_run_jobs`, runs in it. Migrations 2 to 4 only
-/// add tables (and a column and index of one), so removing those tables
-/// and their records gives exactly that layout.
+/// add tables (and a column and index of one), and migration 5 only adds
+/// columns, indexes and tables, so removing those (see
+/// `common::undo_migration_5`) and their records gives exactly that layout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_intact() {
     let Some(test) = common::fresh_store().await else {
@@ -106,12 +109,13 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
     .execute(&mut *tx)
     .await
     .expect("drop the job tables");
+    common::undo_migration_5(&mut tx, &schema).await;
     sqlx::query(&format!(
         "DELETE FROM \"{schema}\".fielding_schema_migrations WHERE version >= 2"
     ))
     .execute(&mut *tx)
     .await
-    .expect("forget migrations 2 to 4");
+    .expect("forget migrations 2 to 5");
     tx.commit().await.expect("commit");
     assert_eq!(
         tables(&mut conn, &schema).await,
@@ -121,8 +125,8 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
     // A fresh instance (no state carried over from before) migrates it.
     let store = common::connect_store(&test.guard.url, &schema, "fielding_migrate_v1", 2).await;
     let report = store.migrate().await.expect("migrate");
-    assert_eq!((report.from, report.to, report.applied()), (1, 4, 3));
-    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2, 3, 4]);
+    assert_eq!((report.from, report.to, report.applied()), (1, 5, 4));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2, 3, 4, 5]);
     assert_eq!(store.migrate().await.expect("again").applied(), 0);
     assert_eq!(store.get(&run.key()).await.expect("get"), Some(run.clone()));
     assert_eq!(store.changes(&run.key()).await.expect("changes"), vec![record]);
@@ -132,7 +136,7 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
     .fetch_all(&mut conn)
     .await
     .expect("migrations table");
-    assert_eq!(recorded, [1, 2, 3, 4]);
+    assert_eq!(recorded, [1, 2, 3, 4, 5]);
 
     let job = fielding_core::FieldingRunJob {
         id: fielding_core::JobId::generate(),
@@ -156,8 +160,8 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
 
 /// A schema as the release before bulk jobs left it: migrations 1 to 3
 /// applied and recorded, runs and creation jobs in it. Migration 4 only
-/// adds the two bulk tables, so dropping them and its record gives exactly
-/// that layout.
+/// adds the two bulk tables (and migration 5 what `undo_migration_5`
+/// removes), so dropping them and their records gives exactly that layout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_at_version_3_gets_bulk_jobs_with_its_runs_and_jobs_intact() {
     let Some(test) = common::fresh_store().await else {
@@ -182,12 +186,13 @@ async fn a_schema_at_version_3_gets_bulk_jobs_with_its_runs_and_jobs_intact() {
     .execute(&mut *tx)
     .await
     .expect("drop the bulk tables");
+    common::undo_migration_5(&mut tx, &schema).await;
     sqlx::query(&format!(
         "DELETE FROM \"{schema}\".fielding_schema_migrations WHERE version >= 4"
     ))
     .execute(&mut *tx)
     .await
-    .expect("forget migration 4");
+    .expect("forget migrations 4 and 5");
     tx.commit().await.expect("commit");
     assert_eq!(
         tables(&mut conn, &schema).await,
@@ -201,8 +206,8 @@ async fn a_schema_at_version_3_gets_bulk_jobs_with_its_runs_and_jobs_intact() {
 
     let store = common::connect_store(&test.guard.url, &schema, "fielding_migrate_v3", 2).await;
     let report = store.migrate().await.expect("migrate");
-    assert_eq!((report.from, report.to, report.applied()), (3, 4, 1));
-    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [4]);
+    assert_eq!((report.from, report.to, report.applied()), (3, 5, 2));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [4, 5]);
     assert_eq!(store.migrate().await.expect("again").applied(), 0);
     assert_eq!(store.get(&run.key()).await.expect("get"), Some(run.clone()));
     assert_eq!(store.changes(&run.key()).await.expect("changes"), vec![record]);
