@@ -19,11 +19,16 @@ use sqlx::postgres::{PgConnection, PgRow};
 
 use crate::codec::{account, column, decode_change_at, Xid8};
 use crate::error::backend;
-use crate::sql::FeedStatements;
+use crate::sql::{FeedStatements, FEED_HORIZON, FEED_XMIN};
 
 /// The column of the feed read where a record's change columns start
-/// (after xmin, the horizon's two, the position's two and the scope's two).
-const CHANGE_AT: usize = 7;
+/// (after the position's two and the scope's two).
+const CHANGE_AT: usize = 4;
+
+/// The change columns' run id and action: no run id marks a row carrying
+/// xmin or the horizon, and its action says which.
+const RUN_ID_AT: usize = CHANGE_AT;
+const ACTION_AT: usize = CHANGE_AT + 2;
 
 /// `feed`: one statement (see `FeedStatements::read`).
 pub(crate) async fn read(
@@ -47,15 +52,29 @@ pub(crate) async fn read(
         .fetch_all(&mut *conn)
         .await
         .map_err(|e| backend(op, e))?;
-    let Some(first) = rows.first() else {
+    let mut xmin = None;
+    let mut horizon = None;
+    let mut records = Vec::with_capacity(rows.len().min(limit));
+    let mut has_more = false;
+    for row in &rows {
+        let txid = column::<Xid8>(row, 0)?;
+        let seq = sequence(column::<i64>(row, 1)?)?;
+        if column::<Option<String>>(row, RUN_ID_AT)?.is_none() {
+            match column::<String>(row, ACTION_AT)?.as_str() {
+                FEED_XMIN => xmin = Some(txid.0),
+                FEED_HORIZON => horizon = Some(FeedPosition::new(txid.0, seq)),
+                other => return Err(StoreError::internal(format!("the feed read answered a row {other:?}"))),
+            }
+        } else if records.len() == limit {
+            has_more = true;
+        } else {
+            records.push(decode_record(row, account_id, FeedPosition::new(txid.0, seq))?);
+        }
+    }
+    let Some(xmin) = xmin else {
         return Err(StoreError::internal(
-            "the feed read answered no row (it always answers one)",
+            "the feed read answered no xmin (it always answers one)",
         ));
-    };
-    let xmin = column::<Xid8>(first, 0)?.0;
-    let horizon = match (column::<Option<Xid8>>(first, 1)?, column::<Option<i64>>(first, 2)?) {
-        (Some(txid), Some(seq)) => Some(FeedPosition::new(txid.0, sequence(seq)?)),
-        _ => None,
     };
     if let (Some(after), Some(pruned_through)) = (after, horizon) {
         if after < pruned_through {
@@ -67,18 +86,6 @@ pub(crate) async fn read(
         }
     }
 
-    let mut records = Vec::with_capacity(rows.len().min(limit));
-    let mut has_more = false;
-    for row in &rows {
-        let Some(txid) = column::<Option<Xid8>>(row, 3)? else {
-            break; // the bound row alone: no record
-        };
-        if records.len() == limit {
-            has_more = true;
-            break;
-        }
-        records.push(decode_record(row, account_id, txid)?);
-    }
     let from = after.or(horizon).unwrap_or(FeedPosition::ZERO);
     let next = match records.last() {
         Some(last) if has_more => last.position,
@@ -96,10 +103,9 @@ pub(crate) async fn read(
     })
 }
 
-fn decode_record(row: &PgRow, account_id: AccountId, txid: Xid8) -> Result<FeedRecord, StoreError> {
-    let seq = sequence(column::<i64>(row, 4)?)?;
-    let project: String = column(row, 5)?;
-    let target_group: String = column(row, 6)?;
+fn decode_record(row: &PgRow, account_id: AccountId, position: FeedPosition) -> Result<FeedRecord, StoreError> {
+    let project: String = column(row, 2)?;
+    let target_group: String = column(row, 3)?;
     let corrupt =
         |e: fielding_core::InvalidId| StoreError::corrupt(format!("stored {} is invalid: {}", e.field(), e.reason()));
     let scope = Scope::new(
@@ -108,7 +114,7 @@ fn decode_record(row: &PgRow, account_id: AccountId, txid: Xid8) -> Result<FeedR
         TargetGroupId::parse(&target_group).map_err(corrupt)?,
     );
     Ok(FeedRecord {
-        position: FeedPosition::new(txid.0, seq),
+        position,
         scope,
         change: decode_change_at(row, CHANGE_AT)?,
     })

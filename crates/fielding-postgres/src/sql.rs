@@ -316,6 +316,14 @@ impl BulkStatements {
     }
 }
 
+/// What the `action` column says on the feed read's row carrying the
+/// snapshot's xmin (in `txid`).
+pub(crate) const FEED_XMIN: &str = "feed:xmin";
+
+/// What the `action` column says on the feed read's row carrying the
+/// account's pruning horizon (in `txid` and `seq`), if it has one.
+pub(crate) const FEED_HORIZON: &str = "feed:horizon";
+
 /// The SQL of the change feed: reading it, pruning it, and consumers'
 /// checkpoints (see `feed`).
 pub(crate) struct FeedStatements {
@@ -331,27 +339,35 @@ impl FeedStatements {
         let records = format!("{s}.change_records");
         let horizons = format!("{s}.feed_horizons");
         let checkpoints = format!("{s}.feed_checkpoints");
+        // A bound row's columns after txid and seq: NULL project, target
+        // group, run id and version, then (after `action`) NULL for the
+        // rest of a change record's columns, typed as the records' are.
+        let bound_tail = "NULL::text, NULL::text, NULL::text, NULL::bigint, ";
+        let bound_rest = ", NULL::timestamptz, NULL::uuid, NULL::text, NULL::text, NULL::timestamptz, \
+                          NULL::timestamptz, NULL::timestamptz, NULL::timestamptz";
         Self {
             // One statement, so one snapshot for all of it: the snapshot's
-            // xmin (every transaction below it has ended, so no record
-            // below it can still appear), the account's pruning horizon,
-            // and the records after the reader's cursor ($2, $3; from the
-            // horizon when $2 is NULL) and below xmin, at most $4 of them,
-            // through the (account_id, txid, seq) index. The one `bound`
-            // row is always there (LEFT JOIN), so the answer carries xmin
-            // and the horizon also when no record qualifies. A cursor below
-            // the horizon reads no record: it is refused.
+            // xmin (every transaction below it has ended, so no record below
+            // it can still appear), the account's pruning horizon, and the
+            // records after the reader's cursor ($2, $3; from the horizon
+            // when $2 is NULL) and below xmin, at most $4 of them, through
+            // the (account_id, txid, seq) index.
+            //
+            // xmin and the horizon come as rows of their own in the
+            // records' columns (no run id; `action` names them: see
+            // `FEED_XMIN`), not as columns on every record: the page then
+            // costs what a hand-written SELECT of the records costs, and
+            // xmin is there also when no record qualifies.
             read: format!(
-                "WITH bound AS (SELECT s.xmin, h.txid AS pruned_txid, h.seq AS pruned_seq, \
-                 CASE WHEN $2::xid8 IS NULL THEN COALESCE(h.txid, '0'::xid8) ELSE $2::xid8 END AS txid, \
-                 CASE WHEN $2::xid8 IS NULL THEN COALESCE(h.seq, 0) ELSE $3::bigint END AS seq \
-                 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin) s \
-                 LEFT JOIN {horizons} h ON h.account_id = $1) \
-                 SELECT b.xmin, b.pruned_txid, b.pruned_seq, c.* FROM bound b LEFT JOIN LATERAL \
-                 (SELECT txid, seq, project_id, target_group_id, {CHANGE_COLUMNS} FROM {records} \
-                 WHERE account_id = $1 AND (txid, seq) > (b.txid, b.seq) AND txid < b.xmin \
-                 AND (b.pruned_txid IS NULL OR (b.pruned_txid, b.pruned_seq) <= (b.txid, b.seq)) \
-                 ORDER BY txid, seq LIMIT $4) c ON true"
+                "WITH h AS (SELECT txid, seq FROM {horizons} WHERE account_id = $1) \
+                 SELECT pg_snapshot_xmin(pg_current_snapshot()), 0::bigint, {bound_tail}'{FEED_XMIN}'{bound_rest} \
+                 UNION ALL SELECT txid, seq, {bound_tail}'{FEED_HORIZON}'{bound_rest} FROM h \
+                 UNION ALL (SELECT txid, seq, project_id, target_group_id, {CHANGE_COLUMNS} FROM {records} \
+                 WHERE account_id = $1 \
+                 AND (txid, seq) > (COALESCE($2::xid8, (SELECT txid FROM h), '0'::xid8), \
+                 CASE WHEN $2::xid8 IS NULL THEN COALESCE((SELECT seq FROM h), 0) ELSE $3::bigint END) \
+                 AND txid < pg_snapshot_xmin(pg_current_snapshot()) \
+                 ORDER BY txid, seq LIMIT $4)"
             ),
             // At most $2 records made before $1, oldest first, and each
             // pruned account's horizon raised to the highest position

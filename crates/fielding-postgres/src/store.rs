@@ -302,13 +302,15 @@ impl FieldingStore for PgStore {
         outcome
     }
 
-    /// One transaction of at most six round trips however large the batch:
-    /// `BEGIN`; the job row `FOR UPDATE` where the token still holds it
-    /// (none: `ClaimLost`); the items' recorded outcomes; the pending
-    /// items' runs `FOR UPDATE`, in target-group order; `decide` for each
-    /// pending item; one statement writing every run (compare-and-swap),
-    /// change record and outcome from arrays; `COMMIT`. Any error rolls
-    /// all of it back.
+    /// One transaction of five round trips however large the batch:
+    /// `BEGIN`; the items' recorded outcomes and the pending items' runs
+    /// (one read, no lock); the job row `FOR UPDATE` where the token still
+    /// holds it (none: `ClaimLost`); `decide` for each pending item; one
+    /// statement writing every run (compare-and-swap), change record and
+    /// outcome from arrays; `COMMIT`. Any error rolls all of it back. The
+    /// reads come before the lock so that the batch takes its transaction
+    /// id (the first number of its records' feed positions) only after the
+    /// versions it builds on were committed (see `bulk::apply_in`).
     async fn apply_bulk_items(
         &self,
         key: &BulkJobKey,
