@@ -87,14 +87,17 @@ pub(crate) async fn read(
     }
 
     let from = after.or(horizon).unwrap_or(FeedPosition::ZERO);
-    let next = match records.last() {
-        Some(last) if has_more => last.position,
+    let last = records.last().map(|r| r.position);
+    let next = if has_more {
+        // More to read: on from the last record (from the cursor when
+        // the limit was 0, which the service never asks for).
+        last.unwrap_or(from)
+    } else {
         // Not full: every record below xmin that this account has was
         // read, and every record still to appear has a txid of xmin or
         // more and a seq of at least 1, so it sorts after (xmin, 0).
-        last => from
-            .max(FeedPosition::new(xmin, 0))
-            .max(last.map_or(FeedPosition::ZERO, |r| r.position)),
+        from.max(FeedPosition::new(xmin, 0))
+            .max(last.unwrap_or(FeedPosition::ZERO))
     };
     Ok(FeedPage {
         records,

@@ -752,3 +752,216 @@ async fn a_quiet_accounts_cursor_moves_on_and_later_records_come_after_it() {
     assert_eq!(records[0].run_id(), run.id);
     assert!(records[0].position > page.next);
 }
+
+/// Pruning removes records and raises the horizon in one transaction: a
+/// reader sees the records or the horizon that replaces them, never
+/// neither (which would let its cursor pass the records silently). The
+/// prune is stopped between the two (a lock on the horizons) while a
+/// reader reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_sees_the_records_or_the_horizon_never_neither() {
+    let app = app_name("prune");
+    let Some(test) = common::fresh_store_with(&app, 2).await else {
+        return;
+    };
+    let schema = common::schema_of(&test).to_string();
+    let reader = common::connect_store(&test.guard.url, &schema, "fielding_feed_prune_reader", 2).await;
+    let scope = fixtures::scope();
+    let start = reader.feed(scope.account_id, None, 10).await.expect("feed").next;
+    let old = run_changed_at(&test.store, scope, at(1)).await;
+    read_until(&reader, scope.account_id, Some(start), 1).await;
+
+    let mut locker = PgConnection::connect(&test.guard.url).await.expect("connect");
+    sqlx::query("BEGIN").execute(&mut locker).await.expect("begin");
+    sqlx::query(&format!("LOCK TABLE \"{schema}\".feed_horizons IN EXCLUSIVE MODE"))
+        .execute(&mut locker)
+        .await
+        .expect("lock the horizons");
+    let pruning = {
+        let store = test.store.clone();
+        tokio::spawn(async move { store.prune_changes(at(50), 10).await })
+    };
+    wait_for_lock_wait(&test.guard.url, &app).await;
+    let page = reader.feed(scope.account_id, Some(start), 10).await.expect("feed");
+    assert_eq!(
+        page.records.iter().map(|r| r.run_id()).collect::<Vec<_>>(),
+        [old.id],
+        "the record, while its removal has not committed"
+    );
+    sqlx::query("ROLLBACK").execute(&mut locker).await.expect("unlock");
+    assert_eq!(pruning.await.expect("task").expect("prune"), 1);
+    let (_, pruned_through) = expired(reader.feed(scope.account_id, Some(start), 10).await);
+    assert_eq!(pruned_through, page.records[0].position, "then the horizon");
+}
+
+/// The backend of `app` whose last statement started with `prefix`.
+async fn backend_pid(url: &str, app: &str, prefix: &str) -> i32 {
+    let mut admin = PgConnection::connect(url).await.expect("admin");
+    for _ in 0..1000 {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND query LIKE $2 LIMIT 1",
+        )
+        .bind(app)
+        .bind(format!("{prefix}%"))
+        .fetch_optional(&mut admin)
+        .await
+        .expect("pg_stat_activity");
+        if let Some(pid) = pid {
+            return pid;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("no backend of {app} ran {prefix}");
+}
+
+async fn terminate(url: &str, pid: i32) {
+    let mut admin = PgConnection::connect(url).await.expect("admin");
+    let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .expect("pg_terminate_backend");
+    assert!(done, "pg_terminate_backend({pid})");
+}
+
+/// The wake-up tasks survive losing their connections: the listener
+/// connects again and wakes every watcher (what was sent meanwhile is
+/// lost), the sender connects again and sends what it could not; writes
+/// never notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_and_the_sender_reconnect_after_their_connections_are_killed() {
+    let Some(test) = common::fresh_store().await else {
+        return;
+    };
+    let schema = common::schema_of(&test).to_string();
+    let (watcher_app, writer_app) = (app_name("watcher"), app_name("writer"));
+    let watcher = common::connect_store(&test.guard.url, &schema, &watcher_app, 2).await;
+    let writer = common::connect_store(&test.guard.url, &schema, &writer_app, 2).await;
+    let scope = fixtures::scope();
+    let quiet = fixtures::other_account(scope);
+    let notifier = watcher.change_notifier().expect("a notifier");
+    let mut on_account = notifier.subscribe(scope.account_id);
+    let mut on_quiet = notifier.subscribe(quiet.account_id);
+    assert!(woken(&mut on_account, PATIENCE).await, "the first connect");
+    assert!(woken(&mut on_quiet, PATIENCE).await);
+
+    // The listener's connection dies: every watcher is woken once it is
+    // back, and notifications flow again.
+    terminate(
+        &test.guard.url,
+        backend_pid(&test.guard.url, &watcher_app, "LISTEN").await,
+    )
+    .await;
+    assert!(woken(&mut on_quiet, PATIENCE).await, "woken after the reconnect");
+    assert!(woken(&mut on_account, PATIENCE).await);
+    live_run(&writer, scope).await;
+    assert!(
+        woken(&mut on_account, Duration::from_secs(10)).await,
+        "a notification after the reconnect"
+    );
+
+    // The sender's connection dies: the next write still succeeds, and its
+    // wake-up arrives once the sender is connected again.
+    terminate(
+        &test.guard.url,
+        backend_pid(&test.guard.url, &writer_app, "SELECT pg_notify").await,
+    )
+    .await;
+    live_run(&writer, scope).await;
+    assert!(
+        woken(&mut on_account, Duration::from_secs(10)).await,
+        "sent after the reconnect"
+    );
+    assert!(watcher.feed_listener_running());
+}
+
+/// Two batches of one job by the same holder at once, over the same
+/// items (a runner bug, but it must not write a run twice): both read the
+/// items as pending, then write one after the other; the second finds its
+/// runs moved or its items recorded and writes nothing. Every run is
+/// written once and every item recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_batches_of_one_holder_at_once_write_each_item_once() {
+    let app = app_name("twice");
+    let Some(test) = common::fresh_store_with(&app, 4).await else {
+        return;
+    };
+    let schema = common::schema_of(&test).to_string();
+    let scope = fixtures::scope();
+    let run = live_run(&test.store, scope).await;
+    let missing = fixtures::target_group_id();
+    for items in [vec![run.target_group_id], vec![missing]] {
+        let job = fixtures::bulk_job(run.scope(), &format!("twice-{}", items[0]), BulkAction::Pause, &items);
+        test.create_bulk_job(&job).await.expect("create");
+        let held = claim(&test.store).await;
+        let mut locker = PgConnection::connect(&test.guard.url).await.expect("connect");
+        sqlx::query("BEGIN").execute(&mut locker).await.expect("begin");
+        sqlx::query(&format!(
+            "LOCK TABLE \"{schema}\".fielding_bulk_job_items IN ACCESS EXCLUSIVE MODE"
+        ))
+        .execute(&mut locker)
+        .await
+        .expect("lock the items");
+        let batches: Vec<_> = (0..2u64)
+            .map(|n| {
+                let (store, job, items) = (test.store.clone(), job.clone(), items.clone());
+                tokio::spawn(async move {
+                    let mut decide = |_: TargetGroupId, run: Option<&FieldingRun>| match run {
+                        None => ItemUpdate::Record(fielding_core::BulkItemOutcome::Failed(
+                            fielding_core::BulkItemFailure::TargetGroupNotFound,
+                        )),
+                        Some(run) => {
+                            let (next, change) = fixtures::change(run, 300 + n, UserId::random()).expect("a change");
+                            ItemUpdate::Write {
+                                expected: run.version,
+                                run: next,
+                                change,
+                            }
+                        }
+                    };
+                    store
+                        .apply_bulk_items(&job.key(), held.token, &items, &mut decide)
+                        .await
+                })
+            })
+            .collect();
+        for _ in 0..1000 {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+            )
+            .bind(&app)
+            .fetch_one(&mut locker)
+            .await
+            .expect("pg_stat_activity");
+            if waiting == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        sqlx::query("ROLLBACK").execute(&mut locker).await.expect("unlock");
+        let mut answered = 0;
+        for batch in batches {
+            match batch.await.expect("task") {
+                Ok(outcomes) => {
+                    assert_eq!(outcomes.len(), 1);
+                    answered += 1;
+                }
+                Err(StoreError::VersionConflict { .. }) => {}
+                Err(err @ StoreError::Backend { retryable: true, .. }) => eprintln!("the second batch: {err}"),
+                Err(err) => panic!("unexpected: {err}"),
+            }
+        }
+        assert!(answered >= 1, "one of them wrote");
+        let stored = test.get_bulk_job(&job.key()).await.expect("get").expect("the job");
+        assert!(stored.items.iter().all(|item| item.outcome.is_some()), "recorded");
+        assert!(test
+            .finish_bulk_job(&job.key(), held.token, fielding_core::BulkJobStatus::Completed, now())
+            .await
+            .expect("finish"));
+    }
+    assert_eq!(
+        test.changes(&run.key()).await.expect("changes").len(),
+        2,
+        "the run was written once"
+    );
+}
