@@ -86,6 +86,7 @@ use tokio::runtime::Runtime;
 
 pub mod bulk;
 pub mod contention;
+pub mod feed;
 pub mod fixes;
 pub mod hostile;
 pub mod http;

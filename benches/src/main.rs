@@ -104,6 +104,14 @@ server's app in-process (no runner: processing is not included)
     bulk_{sqlite,postgres}_vs_loop R    items/s, job / loop, 1,000 runs (target >= 1.0)
     bulk_{store}_vs_loop_{N} R, bulk_{store}_items_per_sec_{N} N, loop_{store}_items_per_sec_{N} N
     bulk_{store}_post_us_{10,1000,10000} N   median time to 201
+then the feed figures (section `feed`, module fielding_bench::feed): one
+account's feed read to the end in pages of 500 through the store against a
+hand-written SELECT on the same table (SQLite, PostgreSQL when reachable),
+then 16 writers on one PostgreSQL instance and a watcher on another
+    feed_read_{sqlite,postgres}_vs_raw R   records/s, store / raw (target >= 0.8)
+    feed_delivery_p{50,99}_ms_postgres N   commit to delivery to the watcher
+    feed_skipped N                         records the watcher never got (must be 0)
+    feed_duplicates N, feed_out_of_order N (must be 0)
 Progress and commentary go to stderr.
 
 OPTIONS:
@@ -122,7 +130,7 @@ OPTIONS:
                        valgrind --tool=callgrind target/release/fielding-bench --profile service --ops 200000
     --ops N            operations for --profile (default 1000000)
     --only LIST        run only these sections, comma-separated: memory, sqlite,
-                       postgres, http, contention, scale, fixes, hostile, bulk (default: all, in
+                       postgres, http, contention, scale, fixes, hostile, bulk, feed (default: all, in
                        that order; fixes: same-run before/after figures of the
                        changes the profiles led to, see fielding_bench::fixes)
     --csv DIR          also write the raw series of the contention and scale
@@ -149,6 +157,7 @@ enum Section {
     Fixes,
     Hostile,
     Bulk,
+    Feed,
 }
 
 /// Every section's name, comma-separated, in order.
@@ -157,7 +166,7 @@ fn section_names() -> String {
 }
 
 impl Section {
-    const ALL: [Section; 9] = [
+    const ALL: [Section; 10] = [
         Section::Memory,
         Section::Sqlite,
         Section::Postgres,
@@ -167,6 +176,7 @@ impl Section {
         Section::Fixes,
         Section::Hostile,
         Section::Bulk,
+        Section::Feed,
     ];
 
     fn name(self) -> &'static str {
@@ -180,6 +190,7 @@ impl Section {
             Section::Fixes => "fixes",
             Section::Hostile => "hostile",
             Section::Bulk => "bulk",
+            Section::Feed => "feed",
         }
     }
 }
@@ -393,6 +404,7 @@ fn main() -> ExitCode {
             Section::Fixes => fielding_bench::fixes::run(&args.plan).and_then(|f| fielding_bench::series::emit(&f)),
             Section::Hostile => fielding_bench::hostile::run_and_print(&args.plan),
             Section::Bulk => fielding_bench::bulk::run_and_print(&args.plan),
+            Section::Feed => fielding_bench::feed::run_and_print(&args.plan),
         }),
     };
     match outcome {

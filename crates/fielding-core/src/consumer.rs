@@ -70,7 +70,7 @@ impl ConsumerError {
 /// use fielding_core::*;
 /// # async fn demo(service: FieldingService, account: AccountId) -> Result<(), Box<dyn std::error::Error>> {
 /// let consumer = FeedConsumer::new(service, account, ConsumerName::parse("quota-service")?);
-/// let stop = tokio::signal::ctrl_c();
+/// let (stop_sender, stop) = tokio::sync::oneshot::channel::<()>(); // send to stop
 /// consumer
 ///     .run(
 ///         |record: FeedRecord| async move {

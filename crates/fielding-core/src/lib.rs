@@ -103,3 +103,8 @@ pub struct ReadmeDoctests;
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/jobs.md")]
 pub struct JobsDocDoctests;
+
+/// `docs/feed.md`'s code example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/feed.md")]
+pub struct FeedDocDoctests;

@@ -1,6 +1,8 @@
 //! What an adapter may legitimately not support, stated instead of
 //! commenting assertions out.
 
+use std::time::Duration;
+
 use fielding_core::Version;
 
 /// What the store under test can do, where the contract leaves room.
@@ -27,6 +29,7 @@ pub struct Capabilities {
     max_version: u64,
     concurrent_writers: usize,
     retryable_errors_under_contention: bool,
+    max_feed_lag: Duration,
 }
 
 impl Capabilities {
@@ -42,6 +45,10 @@ impl Capabilities {
     /// The most parallel writers the kit accepts: 64.
     pub const MAX_CONCURRENT_WRITERS: usize = 64;
 
+    /// How long the feed cases wait for a written record to become
+    /// readable unless lowered: 30 s.
+    pub const DEFAULT_MAX_FEED_LAG: Duration = Duration::from_secs(30);
+
     /// Everything the contract asks for: versions up to [`Version::MAX`]
     /// (`i64::MAX`), [`DEFAULT_CONCURRENT_WRITERS`](Self::DEFAULT_CONCURRENT_WRITERS)
     /// parallel writers, and no errors under contention.
@@ -50,6 +57,7 @@ impl Capabilities {
             max_version: i64::MAX as u64,
             concurrent_writers: Self::DEFAULT_CONCURRENT_WRITERS,
             retryable_errors_under_contention: false,
+            max_feed_lag: Self::DEFAULT_MAX_FEED_LAG,
         }
     }
 
@@ -125,6 +133,27 @@ impl Capabilities {
         self
     }
 
+    /// **How long a written record may take to become readable in the
+    /// feed** (default [`DEFAULT_MAX_FEED_LAG`](Self::DEFAULT_MAX_FEED_LAG)).
+    ///
+    /// A store may hold a committed record back for a while (PostgreSQL
+    /// does, until every transaction older than the record's has ended),
+    /// so the feed cases read on until a record comes, and call it missing
+    /// only after this long. Nothing else depends on it: a store passes or
+    /// fails the same cases whatever it is, but a store that drops records
+    /// fails sooner with a lower value. Lower it for a store whose records
+    /// are readable as soon as the write returns (memory, SQLite), where a
+    /// record not there by then is not coming.
+    pub const fn with_max_feed_lag(mut self, lag: Duration) -> Self {
+        self.max_feed_lag = lag;
+        self
+    }
+
+    /// How long the feed cases wait for a written record.
+    pub const fn max_feed_lag(&self) -> Duration {
+        self.max_feed_lag
+    }
+
     /// The highest version the kit will write.
     pub fn max_version(&self) -> Version {
         Version::new(self.max_version).unwrap_or(Version::MAX)
@@ -157,6 +186,7 @@ mod tests {
         assert_eq!(caps.max_version(), Version::MAX);
         assert_eq!(caps.concurrent_writers(), 8);
         assert!(!caps.retryable_errors_under_contention());
+        assert_eq!(caps.max_feed_lag(), Duration::from_secs(30));
     }
 
     #[test]

@@ -55,6 +55,13 @@ macro_rules! __with_every_case {
             store bulk_apply apply_bulk_items_by_a_token_that_does_not_hold_the_job_is_claim_lost;
             store bulk_apply concurrent_appliers_of_one_job_change_each_run_exactly_once;
             store bulk_expiry expire_bulk_jobs_removes_old_finished_bulk_jobs_with_their_items_and_keys_in_bounded_batches;
+            store feed feed_lists_every_write_exactly_once_in_commit_order;
+            store feed feed_pages_of_any_size_read_the_same_records;
+            store feed feed_never_shows_another_accounts_records;
+            store feed_race feed_race_readers_following_concurrent_writers_miss_nothing_and_see_nothing_twice;
+            store feed_prune feed_prune_removes_old_records_in_bounded_batches_and_expires_cursors_before_them;
+            store feed_checkpoints feed_checkpoints_are_kept_per_account_and_consumer;
+            store feed_checkpoints feed_change_notifier_wakes_the_subscribers_of_the_written_account;
             factory linearizability linearizable_interleaved_read_then_write_cycles_match_the_model;
         }
     };

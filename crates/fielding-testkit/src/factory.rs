@@ -29,7 +29,10 @@ use fielding_core::FieldingStore;
 /// (The expiry cases reach every job, but only remove jobs finished in
 /// the year 2000, which no other case makes. A bulk-job claim may take a
 /// job another case left processing: the cases finish such a leftover and
-/// claim again.)
+/// claim again. The prune case reaches every change record, but only
+/// prunes records made before 1980-01-03, which no other case makes; a
+/// store that prunes only a prefix of its log needs a fresh store for that
+/// case, as other cases' newer records before its own would stop it.)
 ///
 /// A type that holds state (a connection pool) implements it directly:
 ///

@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fielding_core::{
-    BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken, Decide,
-    DecideItem, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope,
-    StoreError, TargetGroupId, Timestamp, UpdateOutcome, Version,
+    AccountId, BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeNotifier,
+    ChangeRecord, ClaimToken, ConsumerName, Decide, DecideItem, Decided, FeedPage, FeedPosition, FieldingRun,
+    FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope, StoreError, TargetGroupId, Timestamp,
+    UpdateOutcome, Version,
 };
 
 /// A kind of failure to inject.
@@ -156,10 +157,13 @@ impl Faults {
 /// Any [`FieldingStore`] with fault injection: each operation fails with
 /// the next pending [`Fault`], or goes to the inner store.
 ///
-/// Every operation (`insert`, `get`, `find_by_target_group`,
-/// `compare_and_swap`, `update`, `changes`, `create_job`, `get_job`,
-/// `finish_job`, `expire_jobs`) uses up at most one pending storage fault. A
-/// [`Fault::Conflict`] hits only the compare-and-swap step.
+/// Every async operation (`insert`, `get`, `find_by_target_group`,
+/// `compare_and_swap`, `update`, `changes`, the job and bulk-job
+/// operations, `feed`, `prune_changes`, `load_feed_checkpoint`,
+/// `save_feed_checkpoint`) uses up at most one pending storage fault; aim
+/// them at one of them with [`Faults::only_in`]. A [`Fault::Conflict`]
+/// hits only the compare-and-swap step. `change_notifier` is the inner
+/// store's: wake-ups are hints, not calls that can fail.
 ///
 /// `update` is the trait's default read → decide → write, done with the
 /// inner store's `get` and `compare_and_swap` (so the inner store's own
@@ -380,5 +384,43 @@ impl<S: FieldingStore + ?Sized> FieldingStore for FaultyStore<S> {
     async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
         self.faults.storage_fault("expire_bulk_jobs")?;
         self.inner.expire_bulk_jobs(finished_before, limit).await
+    }
+
+    async fn feed(
+        &self,
+        account: AccountId,
+        after: Option<FeedPosition>,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        self.faults.storage_fault("feed")?;
+        self.inner.feed(account, after, limit).await
+    }
+
+    async fn prune_changes(&self, changed_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        self.faults.storage_fault("prune_changes")?;
+        self.inner.prune_changes(changed_before, limit).await
+    }
+
+    async fn load_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+    ) -> Result<Option<FeedPosition>, StoreError> {
+        self.faults.storage_fault("load_feed_checkpoint")?;
+        self.inner.load_feed_checkpoint(account, consumer).await
+    }
+
+    async fn save_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+        position: FeedPosition,
+    ) -> Result<(), StoreError> {
+        self.faults.storage_fault("save_feed_checkpoint")?;
+        self.inner.save_feed_checkpoint(account, consumer, position).await
+    }
+
+    fn change_notifier(&self) -> Option<ChangeNotifier> {
+        self.inner.change_notifier()
     }
 }

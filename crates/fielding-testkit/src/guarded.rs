@@ -2,9 +2,10 @@
 
 use async_trait::async_trait;
 use fielding_core::{
-    BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken, Decide,
-    DecideItem, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope, StoreError,
-    TargetGroupId, Timestamp, UpdateOutcome, Version,
+    AccountId, BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeNotifier,
+    ChangeRecord, ClaimToken, ConsumerName, Decide, DecideItem, FeedPage, FeedPosition, FieldingRun, FieldingRunJob,
+    FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope, StoreError, TargetGroupId, Timestamp, UpdateOutcome,
+    Version,
 };
 
 /// `store` together with a `guard` it needs for its lifetime: the
@@ -135,5 +136,39 @@ where
 
     async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
         self.store.expire_bulk_jobs(finished_before, limit).await
+    }
+
+    async fn feed(
+        &self,
+        account: AccountId,
+        after: Option<FeedPosition>,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        self.store.feed(account, after, limit).await
+    }
+
+    async fn prune_changes(&self, changed_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        self.store.prune_changes(changed_before, limit).await
+    }
+
+    async fn load_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+    ) -> Result<Option<FeedPosition>, StoreError> {
+        self.store.load_feed_checkpoint(account, consumer).await
+    }
+
+    async fn save_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+        position: FeedPosition,
+    ) -> Result<(), StoreError> {
+        self.store.save_feed_checkpoint(account, consumer, position).await
+    }
+
+    fn change_notifier(&self) -> Option<ChangeNotifier> {
+        self.store.change_notifier()
     }
 }

@@ -90,9 +90,19 @@
 //! | claims and fencing | `claim_takes_unheld_processing_bulk_jobs_oldest_first_and_respects_leases`, `concurrent_claims_hand_each_bulk_job_to_exactly_one_runner`, `renew_bulk_claim_moves_the_lease_only_for_the_holding_token`, `finish_bulk_job_needs_the_holding_token_and_ends_the_claim` | claims take unheld processing jobs oldest first, leases end at `lease_until <= now`, a claim replaces the token, concurrent claimers get each job once; renew and finish only for the holder; finishing ends the claim for good |
 //! | apply | `apply_bulk_items_decides_each_pending_item_once_with_its_run`, `apply_bulk_items_is_all_or_nothing_when_one_write_conflicts`, `apply_bulk_items_by_a_token_that_does_not_hold_the_job_is_claim_lost`, `concurrent_appliers_of_one_job_change_each_run_exactly_once` | `decide` once per pending item with the run of the job's account and project, one change record per write, recorded items answered without a decision, in the order asked; a conflict anywhere writes nothing; a token that does not hold the job is `ClaimLost` and writes nothing; concurrent appliers change each run exactly once |
 //! | bulk expiry | `expire_bulk_jobs_removes_old_finished_bulk_jobs_with_their_items_and_keys_in_bounded_batches` | finished strictly before the cutoff, by finish time, never processing, at most `limit`; the job's items and key go with it |
+//! | change feed | `feed_lists_every_write_exactly_once_in_commit_order`, `feed_pages_of_any_size_read_the_same_records`, `feed_never_shows_another_accounts_records` | every write (insert, compare-and-swap, `update`, `apply_bulk_items`) appears once, in order, with its scope and record, and refused writes never; pages of any size read the same records, positions strictly increasing, `has_more` exact, `next` never back nor before the last record, the cursor exclusive, `None` and `Some(0.0)` alike; no account sees another's records |
+//! | feed race | `feed_race_readers_following_concurrent_writers_miss_nothing_and_see_nothing_twice` | readers following the feed while N writers commit on several runs of one account read, compared with the whole log at the end, 0 skipped, 0 seen twice, each run in version order: the case a store that numbers records when written and shows them when committed (the outbox bug) fails |
+//! | retention | `feed_prune_removes_old_records_in_bounded_batches_and_expires_cursors_before_them` | records made strictly before the cutoff go, at most `limit` per call, `changes` keeps the rest; a cursor before a pruned record is `FeedExpired` (account, cursor, horizon), never a silent skip; at or after the horizon it reads on; `None` reads from the horizon; horizons are per account |
+//! | checkpoints, wake-ups | `feed_checkpoints_are_kept_per_account_and_consumer`, `feed_change_notifier_wakes_the_subscribers_of_the_written_account` | checkpoints round trip per account and exact consumer name, a save replaces the one before; a store with a notifier wakes the account's subscribers after every kind of write |
 //! | linearizability | `linearizable_interleaved_read_then_write_cycles_match_the_model` | proptest schedules of read-then-write cycles, sequential and concurrent steps, checked step by step against a model; a failure shrinks to a minimal schedule (see [`linearizability`]) |
 //!
-//! Cases use scopes with random ids, so they never see each other's runs.
+//! Cases use scopes with random ids, so they never see each other's runs
+//! (nor each other's feeds: a feed is per account).
+//!
+//! A store may hold a committed record back before its feed shows it
+//! (PostgreSQL does, until older transactions end), so the feed cases read
+//! on until a record comes, for up to [`Capabilities::max_feed_lag`] (30 s
+//! unless lowered), before calling it missing.
 //!
 //! What the races can and cannot catch: a lost update whose window contains
 //! an `.await` (any adapter that talks to a database between reading and

@@ -1,7 +1,8 @@
-//! Scenarios that run the service and the bulk runner end to end on a
-//! store: what every store's own tests run on top of the conformance cases,
-//! which test the store methods one by one. They panic on the first broken
-//! expectation, like an `assert!`.
+//! Scenarios that run the service, the bulk runner and the feed's
+//! watchers and consumers end to end on a store: what every store's own
+//! tests run on top of the conformance cases, which test the store methods
+//! one by one. They panic on the first broken expectation, like an
+//! `assert!`.
 
 use std::sync::Arc;
 
@@ -11,6 +12,10 @@ use fielding_core::{
 };
 
 use crate::fixtures;
+
+mod feed;
+
+pub use feed::feed_follows_the_rules;
 
 /// For each of the five actions: a job over one run in each status and a
 /// target group without a run, submitted through [`FieldingService`] and

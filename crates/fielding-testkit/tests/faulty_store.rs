@@ -1,13 +1,14 @@
 //! `FaultyStore`: faults count down exactly, hit every operation, never
 //! write, are shared by clones, and an injected conflict lands at the
-//! compare-and-swap step of `update` without hiding a real conflict. With
-//! no fault pending it is the inner store: it passes the whole conformance
-//! suite.
+//! compare-and-swap step of `update` without hiding a real conflict, and
+//! the feed operations take faults like the others. With no fault pending
+//! it is the inner store: it passes the whole conformance suite.
 
 use std::sync::Arc;
 
 use fielding_core::{
-    FieldingRun, FieldingService, FieldingStore, IfMatch, Status, StoreError, Update, UpdateOutcome, UserId, Version,
+    ConsumerName, FeedPosition, FieldingRun, FieldingService, FieldingStore, IfMatch, Status, StoreError, Timestamp,
+    Update, UpdateOutcome, UserId, Version,
 };
 use fielding_memory::MemoryStore;
 use fielding_testkit::{fixtures, Fault, FaultyStore};
@@ -317,4 +318,69 @@ async fn through_the_service_an_injected_conflict_is_a_412_and_a_storage_fault_a
     assert_eq!(memory.run(&run.key()), Some(run.clone()), "nothing written");
     let paused = service.pause(&run.key(), &if_match, UserId::random()).await.unwrap();
     assert_eq!(paused.run.version, v(8));
+}
+
+#[tokio::test]
+async fn storage_faults_hit_the_feed_operations_and_can_be_aimed_at_one() {
+    let run = live_run();
+    let memory = MemoryStore::new();
+    memory.insert(&run, &fixtures::creation(&run)).await.unwrap();
+    let store = FaultyStore::new(memory.clone());
+    let account = run.account_id;
+    let consumer = ConsumerName::parse("billing").unwrap();
+    let position = FeedPosition::new(1, 0);
+    let long_ago = Timestamp::UNIX_EPOCH;
+
+    store.faults().inject(Fault::Storage, 4);
+    let errors = [
+        store.feed(account, None, 10).await.map(|_| ()).unwrap_err(),
+        store.prune_changes(long_ago, 10).await.map(|_| ()).unwrap_err(),
+        store
+            .load_feed_checkpoint(account, &consumer)
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        store
+            .save_feed_checkpoint(account, &consumer, position)
+            .await
+            .unwrap_err(),
+    ];
+    for err in &errors {
+        assert!(matches!(err, StoreError::Backend { retryable: false, .. }), "{err:?}");
+    }
+    assert_eq!(memory.load_feed_checkpoint(account, &consumer).await.unwrap(), None);
+
+    // Aimed at the feed: every other operation goes through and leaves the
+    // faults for it.
+    store.faults().only_in(Some("feed"));
+    store.faults().inject(Fault::TransientStorage, 2);
+    store.save_feed_checkpoint(account, &consumer, position).await.unwrap();
+    assert_eq!(
+        store.load_feed_checkpoint(account, &consumer).await.unwrap(),
+        Some(position)
+    );
+    assert_eq!(store.prune_changes(long_ago, 10).await.unwrap(), 0);
+    assert_eq!(store.faults().pending(Fault::TransientStorage), 2);
+    for _ in 0..2 {
+        assert!(store.feed(account, None, 10).await.unwrap_err().is_retryable());
+    }
+    let page = store.feed(account, None, 10).await.unwrap();
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].change, fixtures::creation(&run));
+}
+
+#[tokio::test]
+async fn the_change_notifier_is_the_inner_stores() {
+    let memory = MemoryStore::new();
+    let store = FaultyStore::new(memory.clone());
+    assert_eq!(store.change_notifier().is_some(), memory.change_notifier().is_some());
+    let Some(notifier) = store.change_notifier() else {
+        return;
+    };
+    let run = live_run();
+    let mut subscription = notifier.subscribe(run.account_id);
+    store.insert(&run, &fixtures::creation(&run)).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), subscription.changed())
+        .await
+        .expect("a write through the faulty store wakes the inner store's subscribers");
 }

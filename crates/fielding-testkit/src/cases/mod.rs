@@ -30,6 +30,10 @@ mod bulk_expiry;
 mod check;
 mod contract;
 mod expiry;
+mod feed;
+mod feed_checkpoints;
+mod feed_prune;
+mod feed_race;
 mod jobs;
 mod races;
 mod update;
@@ -37,4 +41,5 @@ mod update;
 // The functions of the one list of cases (see `case_list.rs`).
 use crate::linearizability;
 crate::__with_every_case! { reexport }
+pub use feed_race::FEED_RACE_WRITES;
 pub use races::{EXTRA_ATOMICITY_WRITES, WRITES_PER_WRITER};

@@ -60,12 +60,14 @@ const ATOMIC_RECORDS: &str =
 
 /// One successful increment.
 #[derive(Debug, Clone)]
-struct Success {
+pub(crate) struct Success {
     writer: usize,
     write: usize,
     expected: Version,
-    run: FieldingRun,
-    record: ChangeRecord,
+    /// The run as written.
+    pub(crate) run: FieldingRun,
+    /// Its change record.
+    pub(crate) record: ChangeRecord,
 }
 
 /// Reads the run and compare-and-swaps it to the next version until that
@@ -158,11 +160,13 @@ async fn increment<S: FieldingStore + ?Sized>(
 
 /// How the writers of a race increment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Via {
+pub(crate) enum Via {
     /// `get`, yield, `compare_and_swap` at the version read.
     CompareAndSwap,
     /// One `update` whose `decide` writes the next version of the run shown.
     Update,
+    /// Even writers by compare-and-swap, odd ones by `update`.
+    Both,
 }
 
 /// One increment with `update`: the `decide` writes the next version of
@@ -266,14 +270,15 @@ async fn increment_by_update<S: FieldingStore + ?Sized>(
     ))
 }
 
-/// Spawns one task per writer; each makes [`WRITES_PER_WRITER`] successful
-/// increments on `keys[(writer + write) % keys.len()]`, all starting together.
-async fn race<S>(
+/// Spawns one task per writer; each makes `writes` successful increments
+/// on `keys[(writer + write) % keys.len()]`, all starting together.
+pub(crate) async fn race<S>(
     case: Case,
     store: &Arc<S>,
     caps: Capabilities,
     keys: &[RunKey],
     via: Via,
+    writes: usize,
 ) -> Result<(Vec<Success>, usize), CaseFailure>
 where
     S: FieldingStore + ?Sized + 'static,
@@ -292,16 +297,18 @@ where
             let mut last = vec![None; keys.len()];
             let mut successes = Vec::new();
             barrier.wait().await;
-            for write in 0..WRITES_PER_WRITER {
+            for write in 0..writes {
                 let k = (writer + write) % keys.len();
                 let (key, last) = (&keys[k], &mut last[k]);
-                let success = match via {
-                    Via::CompareAndSwap => {
-                        increment(case, &*store, caps, key, writer, write, user, last, &refusals).await?
-                    }
-                    Via::Update => {
-                        increment_by_update(case, &*store, caps, key, writer, write, user, last, &refusals).await?
-                    }
+                let by_update = match via {
+                    Via::CompareAndSwap => false,
+                    Via::Update => true,
+                    Via::Both => writer % 2 == 1,
+                };
+                let success = if by_update {
+                    increment_by_update(case, &*store, caps, key, writer, write, user, last, &refusals).await?
+                } else {
+                    increment(case, &*store, caps, key, writer, write, user, last, &refusals).await?
                 };
                 successes.push(success);
             }
@@ -434,7 +441,7 @@ where
     let creation = sample::creation(&run);
     let result = store.insert(&run, &creation).await;
     case.ok("insert", result)?;
-    let (successes, _refusals) = race(case, &store, caps, &[run.key()], Via::CompareAndSwap).await?;
+    let (successes, _refusals) = race(case, &store, caps, &[run.key()], Via::CompareAndSwap, WRITES_PER_WRITER).await?;
     let all: Vec<&Success> = successes.iter().collect();
     verify_run(case, &*store, NO_LOST_UPDATE, &run, &creation, &all).await
 }
@@ -463,7 +470,7 @@ where
     let creation = sample::creation(&run);
     let result = store.insert(&run, &creation).await;
     case.ok("insert", result)?;
-    let (successes, _refusals) = race(case, &store, caps, &[run.key()], Via::Update).await?;
+    let (successes, _refusals) = race(case, &store, caps, &[run.key()], Via::Update, WRITES_PER_WRITER).await?;
     let all: Vec<&Success> = successes.iter().collect();
     verify_run(case, &*store, NO_LOST_UPDATE_VIA_UPDATE, &run, &creation, &all).await
 }
@@ -500,7 +507,7 @@ where
         runs.push((run, creation));
     }
     let keys: Vec<RunKey> = runs.iter().map(|(r, _)| r.key()).collect();
-    let (successes, _refusals) = race(case, &store, caps, &keys, Via::CompareAndSwap).await?;
+    let (successes, _refusals) = race(case, &store, caps, &keys, Via::CompareAndSwap, WRITES_PER_WRITER).await?;
     for (run, creation) in &runs {
         let own: Vec<&Success> = successes.iter().filter(|s| s.run.id == run.id).collect();
         verify_run(case, &*store, NO_CROSS_TALK, run, creation, &own).await?;
