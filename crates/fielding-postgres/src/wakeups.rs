@@ -254,7 +254,14 @@ async fn send_once(
 ) -> Result<(), sqlx::Error> {
     let conn = match conn {
         Some(conn) => conn,
-        None => conn.insert(PgConnection::connect_with(&pool.connect_options()).await?),
+        None => {
+            let mut fresh = PgConnection::connect_with(&pool.connect_options()).await?;
+            // A transaction that notifies takes a transaction id and commits
+            // like a write; a wake-up is a hint, so it need not wait for its
+            // commit record to reach the disk.
+            sqlx::query("SET synchronous_commit = off").execute(&mut fresh).await?;
+            conn.insert(fresh)
+        }
     };
     // One statement (one transaction, one commit) for every payload.
     sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")

@@ -124,6 +124,16 @@ fn assert_feed_order(records: &[FeedRecord]) {
     }
 }
 
+/// The kit's feed scenario through the service: pages, watches, long
+/// polls, run histories and checkpointed consumers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_scenario_through_the_service() {
+    let Some(test) = common::fresh_store().await else {
+        return;
+    };
+    fielding_testkit::scenarios::feed_follows_the_rules(Arc::new(test.store.clone())).await;
+}
+
 /// Writers in several tasks on two stores (two pools) over shared runs,
 /// while a reader follows the feed in small pages: the reader sees every
 /// record exactly once, in an order that keeps each run's versions.
