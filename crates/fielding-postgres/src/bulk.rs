@@ -3,29 +3,33 @@
 //! in.
 //!
 //! A batch (`apply_items`) is one transaction of a constant number of
-//! statements however many items it has: lock the job row (checking the
-//! token), read the items' outcomes, lock the pending items' runs, then one
-//! statement writing every run, change record and outcome from arrays
-//! (`UNNEST`).
+//! statements however many items it has: read the items' outcomes and the
+//! pending items' runs (no lock), lock the job row (checking the token),
+//! then one statement writing every run, change record and outcome from
+//! arrays (`UNNEST`). Why in that order: see `apply_in`.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use fielding_core::{
     AccountId, BulkAction, BulkClaim, BulkItem, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus,
-    ClaimToken, DecideItem, FieldingRun, IdempotencyKey, ItemUpdate, JobId, JobTraceId, ProjectId, StoreError,
-    TargetGroupId, Timestamp, UserId,
+    ChangeRecord, ClaimToken, DecideItem, FieldingRun, IdempotencyKey, ItemUpdate, JobId, JobTraceId, ProjectId,
+    StoreError, TargetGroupId, Timestamp, UserId, Version,
 };
 use sqlx::postgres::{PgConnection, PgRow, Postgres};
 use sqlx::{Connection, Transaction};
 
-use crate::codec::{account, column, decode_run, millis, ChangeArrays, RunArrays};
+use crate::codec::{account, column, decode_run_at, millis, ChangeArrays, RunArrays};
 use crate::error::backend;
 use crate::jobs::{id_taken, key_without_job, settle_taken_key, CREATE_ATTEMPTS};
 use crate::sql::BulkStatements;
 
 /// The unique key on the bulk job id.
 const JOB_ID_KEY: &str = "fielding_bulk_jobs_pkey";
+
+/// The column of a batch's read where the run's columns start (after the
+/// target group and its outcome).
+const RUN_AT: usize = 2;
 
 /// Opens a batch's transaction, in the same round trip as `BEGIN`, with
 /// a plan made for each statement's actual arrays. Left to choose, the
@@ -185,7 +189,8 @@ pub(crate) async fn expire(
 }
 
 /// `apply_bulk_items`: one transaction, committed only when every write
-/// of the batch went in, rolled back on any error.
+/// of the batch went in, rolled back on any error. Answers each item's
+/// outcome and whether any run was written.
 pub(crate) async fn apply_items(
     conn: &mut PgConnection,
     sql: &BulkStatements,
@@ -193,7 +198,7 @@ pub(crate) async fn apply_items(
     token: ClaimToken,
     items: &[TargetGroupId],
     decide: DecideItem<'_>,
-) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
+) -> Result<(Vec<(TargetGroupId, BulkItemOutcome)>, bool), StoreError> {
     let op = "apply_bulk_items";
     let mut tx = conn.begin_with(BEGIN_BATCH).await.map_err(|e| backend(op, e))?;
     let outcome = apply_in(&mut tx, sql, key, token, items, decide).await;
@@ -219,6 +224,30 @@ async fn end<T>(
     }
 }
 
+/// A batch, in this order: read, lock, decide, write.
+///
+/// **Why the reads come first.** The change feed orders records by the id
+/// of the transaction that wrote them (see `feed`), and PostgreSQL gives a
+/// transaction its id at its first write *or row lock*, such as the job
+/// row's `FOR UPDATE`. Had the batch locked first, a single-run write
+/// could commit version n of one of its runs, under a later transaction
+/// id, between the lock and the read; the batch would then write version
+/// n + 1 under the earlier id, and the feed would list the run's n + 1
+/// before its n. Reading every run before anything takes an id means each
+/// version the batch builds on was committed by a transaction whose id is
+/// lower than the batch's; the write's compare-and-swap (at the version
+/// read) makes sure nothing newer came in between, and when something did
+/// the batch writes nothing and answers `VersionConflict` (the caller
+/// decides again).
+///
+/// **Why checking the token after the reads is still safe.** A token
+/// changes only by a claim, and a claim replaces it for good (every claim
+/// makes a new one). If the token still holds the job when its row is
+/// locked, it held it all along, so no other holder recorded outcomes
+/// since our read of them; the lock, held to commit, makes two batches of
+/// one job write one after the other, and the write's guards (versions,
+/// `outcome IS NULL`) catch what a concurrent batch of the same holder did
+/// since our reads. A stale holder is refused before it decides anything.
 async fn apply_in(
     tx: &mut PgConnection,
     sql: &BulkStatements,
@@ -226,11 +255,14 @@ async fn apply_in(
     token: ClaimToken,
     items: &[TargetGroupId],
     decide: DecideItem<'_>,
-) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
+) -> Result<(Vec<(TargetGroupId, BulkItemOutcome)>, bool), StoreError> {
     let op = "apply_bulk_items";
-    // The job row, locked until commit: a runner whose token was replaced
-    // finds no row; a second batch of the same job waits here until this
-    // one has committed, so the outcomes it reads next include ours.
+    let mut distinct: Vec<TargetGroupId> = items.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    let (mut recorded, runs) = read_items(tx, sql, key, &distinct).await?;
+
+    // The job row, locked until commit, where the token still holds it.
     let held = sqlx::query(&sql.lock)
         .bind(key.id.as_str())
         .bind(account(key.account_id))
@@ -242,48 +274,15 @@ async fn apply_in(
     if held.is_none() {
         return Err(StoreError::ClaimLost { key: *key, token });
     }
-
-    let mut distinct: Vec<TargetGroupId> = items.to_vec();
-    distinct.sort_unstable();
-    distinct.dedup();
-    let names: Vec<&str> = distinct.iter().map(TargetGroupId::as_str).collect();
-    let rows = sqlx::query(&sql.outcomes)
-        .bind(key.id.as_str())
-        .bind(&names)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| backend(op, e))?;
-    let mut recorded: HashMap<TargetGroupId, Option<BulkItemOutcome>> = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        let target_group_id = target_group(&column::<String>(row, 0)?)?;
-        let outcome = column::<Option<String>>(row, 1)?
-            .map(|text| item_outcome(&text))
-            .transpose()?;
-        recorded.insert(target_group_id, outcome);
-    }
-    let mut pending = Vec::new();
-    for target_group_id in &distinct {
-        match recorded.get(target_group_id) {
-            None => {
-                return Err(StoreError::internal(format!(
-                    "target group {target_group_id} is not an item of {key}"
-                )))
-            }
-            Some(None) => pending.push(*target_group_id),
-            Some(Some(_)) => {}
-        }
-    }
-    if pending.is_empty() {
-        return answer(items, &recorded);
+    if !recorded.values().any(Option::is_none) {
+        return answer(items, &recorded).map(|outcomes| (outcomes, false));
     }
 
-    let runs = lock_runs(tx, sql, key, &pending).await?;
-    let mut writes = RunArrays::default();
-    let mut changes = ChangeArrays::default();
-    let mut decided: Vec<&str> = Vec::with_capacity(pending.len());
-    let mut decided_outcomes: Vec<&'static str> = Vec::with_capacity(pending.len());
-    // In the order asked (`pending` is sorted, for the locks); an item
-    // asked twice is decided once, the first time.
+    let mut writes: Vec<(FieldingRun, Version, ChangeRecord)> = Vec::new();
+    let mut decided: Vec<&str> = Vec::new();
+    let mut decided_outcomes: Vec<&'static str> = Vec::new();
+    // In the order asked; an item asked twice is decided once, the first
+    // time.
     for target_group_id in items {
         if recorded.get(target_group_id) != Some(&None) {
             continue;
@@ -308,8 +307,7 @@ async fn apply_in(
                         current: current.version,
                     });
                 }
-                writes.push(&run, expected);
-                changes.push(&change);
+                writes.push((run, expected, change));
                 BulkItemOutcome::Updated
             }
         };
@@ -318,13 +316,21 @@ async fn apply_in(
         decided_outcomes.push(outcome.as_str());
     }
 
-    let runs_written = writes.len();
+    // By run id as the text column sorts (`COLLATE "C"`: bytes): the order
+    // the write locks the runs in (see the statement).
+    writes.sort_unstable_by(|a, b| a.0.id.as_str().cmp(b.0.id.as_str()));
+    let mut run_arrays = RunArrays::default();
+    let mut change_arrays = ChangeArrays::default();
+    for (run, expected, change) in &writes {
+        run_arrays.push(run, *expected);
+        change_arrays.push(change);
+    }
     let query = sqlx::query(&sql.write)
         .bind(account(key.account_id))
         .bind(key.project_id.as_str())
         .bind(key.id.as_str());
-    let row = changes
-        .bind(writes.bind(query))
+    let row = change_arrays
+        .bind(run_arrays.bind(query))
         .bind(&decided)
         .bind(&decided_outcomes)
         .fetch_one(&mut *tx)
@@ -332,38 +338,109 @@ async fn apply_in(
         .map_err(|e| backend(op, e))?;
     let (updated, records, outcomes): (i64, i64, i64) = (column(&row, 0)?, column(&row, 1)?, column(&row, 2)?);
     let expect = |n: i64, want: usize| usize::try_from(n).ok() == Some(want);
-    if !(expect(updated, runs_written) && expect(records, runs_written) && expect(outcomes, decided.len())) {
-        // The runs are locked and were checked at `expected` above, and
-        // the job lock keeps the items pending: only inconsistent input
-        // (a change record of another run, say) gets here.
+    if !expect(updated, writes.len()) {
+        // A run moved since it was read (or inconsistent input).
+        return Err(moved_run(tx, sql, key, &writes).await);
+    }
+    if !expect(outcomes, decided.len()) {
+        return Err(StoreError::Backend {
+            message: format!(
+                "{op} of {key}: another batch of the same claim recorded some of these items \
+                 while this one decided them; nothing of this batch was written"
+            ),
+            retryable: true,
+            source: None,
+        });
+    }
+    if !expect(records, writes.len()) {
+        // Only inconsistent input (a change record of another run, say)
+        // gets here.
         return Err(StoreError::internal(format!(
-            "{op} of {key}: wrote {updated} runs, {records} change records and {outcomes} outcomes \
-             instead of {runs_written}, {runs_written} and {}",
-            decided.len()
+            "{op} of {key}: wrote {updated} runs and {records} change records instead of {} of each",
+            writes.len()
         )));
     }
-    answer(items, &recorded)
+    answer(items, &recorded).map(|outcomes| (outcomes, !writes.is_empty()))
 }
 
-/// The pending items' runs in the job's account and project, locked
-/// (`FOR UPDATE`) until the batch commits, by target group.
-async fn lock_runs(
+/// What a batch reads before it locks anything: the recorded outcome of
+/// each target group (`None`: pending) and the pending ones' runs.
+type ItemsRead = (
+    HashMap<TargetGroupId, Option<BulkItemOutcome>>,
+    HashMap<TargetGroupId, FieldingRun>,
+);
+
+/// The recorded outcome of each of `distinct` (all must be items of the
+/// job) and the runs of the pending ones, by target group: one statement,
+/// no lock.
+async fn read_items(
     tx: &mut PgConnection,
     sql: &BulkStatements,
     key: &BulkJobKey,
-    pending: &[TargetGroupId],
-) -> Result<HashMap<TargetGroupId, FieldingRun>, StoreError> {
-    let names: Vec<&str> = pending.iter().map(TargetGroupId::as_str).collect();
-    let rows = sqlx::query(&sql.runs)
+    distinct: &[TargetGroupId],
+) -> Result<ItemsRead, StoreError> {
+    let names: Vec<&str> = distinct.iter().map(TargetGroupId::as_str).collect();
+    let rows = sqlx::query(&sql.read)
+        .bind(key.id.as_str())
         .bind(account(key.account_id))
         .bind(key.project_id.as_str())
         .bind(&names)
         .fetch_all(&mut *tx)
         .await
         .map_err(|e| backend("apply_bulk_items", e))?;
-    rows.iter()
-        .map(|row| decode_run(row).map(|run| (run.target_group_id, run)))
-        .collect()
+    let mut recorded = HashMap::with_capacity(rows.len());
+    let mut runs = HashMap::new();
+    for row in &rows {
+        let target_group_id = target_group(&column::<String>(row, 0)?)?;
+        let outcome = column::<Option<String>>(row, 1)?
+            .map(|text| item_outcome(&text))
+            .transpose()?;
+        if outcome.is_none() && column::<Option<String>>(row, RUN_AT)?.is_some() {
+            runs.insert(target_group_id, decode_run_at(row, RUN_AT)?);
+        }
+        recorded.insert(target_group_id, outcome);
+    }
+    if let Some(stranger) = distinct.iter().find(|tg| !recorded.contains_key(*tg)) {
+        return Err(StoreError::internal(format!(
+            "target group {stranger} is not an item of {key}"
+        )));
+    }
+    Ok((recorded, runs))
+}
+
+/// Why the batch's write updated fewer runs than it meant to: a run whose
+/// version is no longer the one the batch read (`VersionConflict`, read
+/// anew in this transaction), else an internal error.
+async fn moved_run(
+    tx: &mut PgConnection,
+    sql: &BulkStatements,
+    key: &BulkJobKey,
+    writes: &[(FieldingRun, Version, ChangeRecord)],
+) -> StoreError {
+    let ids: Vec<&str> = writes.iter().map(|(run, _, _)| run.id.as_str()).collect();
+    let current: Result<Vec<(String, i64)>, _> = sqlx::query_as(&sql.versions).bind(&ids).fetch_all(&mut *tx).await;
+    let current: HashMap<String, i64> = match current {
+        Ok(rows) => rows.into_iter().collect(),
+        Err(err) => return backend("apply_bulk_items", err),
+    };
+    for (run, expected, _) in writes {
+        let Some(now) = current.get(run.id.as_str()) else {
+            continue;
+        };
+        match crate::codec::version(*now) {
+            Ok(now) if now != *expected => {
+                return StoreError::VersionConflict {
+                    expected: *expected,
+                    current: now,
+                }
+            }
+            Ok(_) => {}
+            Err(err) => return err,
+        }
+    }
+    StoreError::internal(format!(
+        "apply_bulk_items of {key}: the write missed runs that are at the versions it expected"
+    ))
 }
 
 /// Each of `items`' outcome, in their order.

@@ -8,7 +8,10 @@
 use chrono::{DateTime, Utc};
 use fielding_core::codec::{self, ChangeRow, JobRow, RunRow};
 use fielding_core::{AccountId, ChangeRecord, FieldingRun, FieldingRunJob, StoreError};
-use sqlx::postgres::{PgRow, Postgres};
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArgumentBuffer, PgRow, PgTypeInfo, PgValueFormat, PgValueRef, Postgres};
 use sqlx::Row;
 
 use crate::error::backend;
@@ -101,11 +104,6 @@ impl RunArrays {
         self.last_changed_at.push(time(row.last_changed_at));
         self.last_changed_by.push(row.last_changed_by);
         self.expected.push(codec::version_to_column(expected));
-    }
-
-    /// How many runs.
-    pub(crate) fn len(&self) -> usize {
-        self.id.len()
     }
 
     /// Binds the eight arrays: id, the five changed columns and the
@@ -202,36 +200,82 @@ where
 }
 
 pub(crate) fn decode_run(row: &PgRow) -> Result<FieldingRun, StoreError> {
+    decode_run_at(row, 0)
+}
+
+/// A run whose columns start at column `first` of `row`.
+pub(crate) fn decode_run_at(row: &PgRow, first: usize) -> Result<FieldingRun, StoreError> {
+    let at = |n: usize| first + n;
     RunRow {
-        id: column(row, 0)?,
-        account_id: i64::from(column::<i32>(row, 1)?),
-        project_id: column(row, 2)?,
-        target_group_id: column(row, 3)?,
-        start_fielding_at: millis(column(row, 4)?),
-        end_fielding_at: millis(column(row, 5)?),
-        status: column(row, 6)?,
-        version: column(row, 7)?,
-        last_changed_at: millis(column(row, 8)?),
-        last_changed_by: column(row, 9)?,
+        id: column(row, at(0))?,
+        account_id: i64::from(column::<i32>(row, at(1))?),
+        project_id: column(row, at(2))?,
+        target_group_id: column(row, at(3))?,
+        start_fielding_at: millis(column(row, at(4))?),
+        end_fielding_at: millis(column(row, at(5))?),
+        status: column(row, at(6))?,
+        version: column(row, at(7))?,
+        last_changed_at: millis(column(row, at(8))?),
+        last_changed_by: column(row, at(9))?,
     }
     .decode()
 }
 
 pub(crate) fn decode_change(row: &PgRow) -> Result<ChangeRecord, StoreError> {
+    decode_change_at(row, 0)
+}
+
+/// A change record whose columns start at column `first` of `row`.
+pub(crate) fn decode_change_at(row: &PgRow, first: usize) -> Result<ChangeRecord, StoreError> {
+    let at = |n: usize| first + n;
     ChangeRow {
-        run_id: column(row, 0)?,
-        version: column(row, 1)?,
-        action: column(row, 2)?,
-        changed_at: millis(column(row, 3)?),
-        changed_by: column(row, 4)?,
-        status_from: column(row, 5)?,
-        status_to: column(row, 6)?,
-        start_from: column::<Option<DateTime<Utc>>>(row, 7)?.map(millis),
-        start_to: millis(column(row, 8)?),
-        end_from: column::<Option<DateTime<Utc>>>(row, 9)?.map(millis),
-        end_to: millis(column(row, 10)?),
+        run_id: column(row, at(0))?,
+        version: column(row, at(1))?,
+        action: column(row, at(2))?,
+        changed_at: millis(column(row, at(3))?),
+        changed_by: column(row, at(4))?,
+        status_from: column(row, at(5))?,
+        status_to: column(row, at(6))?,
+        start_from: column::<Option<DateTime<Utc>>>(row, at(7))?.map(millis),
+        start_to: millis(column(row, at(8))?),
+        end_from: column::<Option<DateTime<Utc>>>(row, at(9))?.map(millis),
+        end_to: millis(column(row, at(10))?),
     }
     .decode()
+}
+
+/// PostgreSQL's `xid8` (a 64-bit transaction id, epoch included), which
+/// sqlx has no type for: the first number of a feed position. Eight bytes
+/// big-endian in the binary format, decimal in the text format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Xid8(pub(crate) u64);
+
+/// `xid8`'s type OID, fixed in PostgreSQL's catalog since it was added (13).
+const XID8_OID: u32 = 5069;
+
+impl sqlx::Type<Postgres> for Xid8 {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(XID8_OID))
+    }
+}
+
+impl sqlx::Encode<'_, Postgres> for Xid8 {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        buf.extend_from_slice(&self.0.to_be_bytes());
+        Ok(IsNull::No)
+    }
+}
+
+impl sqlx::Decode<'_, Postgres> for Xid8 {
+    fn decode(value: PgValueRef<'_>) -> Result<Self, BoxDynError> {
+        match value.format() {
+            PgValueFormat::Binary => {
+                let bytes: [u8; 8] = value.as_bytes()?.try_into()?;
+                Ok(Xid8(u64::from_be_bytes(bytes)))
+            }
+            PgValueFormat::Text => Ok(Xid8(value.as_str()?.parse()?)),
+        }
+    }
 }
 
 pub(crate) fn decode_job(row: &PgRow) -> Result<FieldingRunJob, StoreError> {

@@ -57,12 +57,21 @@
 //!   (SELECT ... FOR UPDATE SKIP LOCKED LIMIT 1)`, which sets a fresh
 //!   fencing token and a lease; every later write of the runner matches
 //!   that token, so once another instance has taken the job over the old
-//!   holder writes nothing. A batch of items is one transaction of six
-//!   round trips whatever its size (lock the job, read the outcomes, lock
-//!   the runs, one `UNNEST` statement writing runs, change records and
-//!   outcomes).
+//!   holder writes nothing. A batch of items is one transaction of five
+//!   round trips whatever its size (read the outcomes and runs, lock the
+//!   job, one `UNNEST` statement writing runs, change records and outcomes
+//!   with a compare-and-swap on each run).
 //! * **Reads** are single statements against the primary: they see the
 //!   latest committed write. Do not point a store at a lagging replica.
+//! * **The change feed**: each change record's position is the id of the
+//!   transaction that wrote it and a sequence number, `(txid, seq)`. A
+//!   read returns only records below its snapshot's `xmin` (every
+//!   transaction below it has ended), in one statement, so a record that
+//!   commits later never sorts before what a reader has read. Watchers are
+//!   woken at once in this process and, through `LISTEN`/`NOTIFY` from
+//!   background tasks on connections of their own, in the others
+//!   ([`PgStore::with_feed_listener`]). A transaction left open anywhere in
+//!   the cluster delays the feed (never loses records) until it ends.
 //!
 //! ## Why READ COMMITTED is enough
 //!
@@ -129,6 +138,7 @@
 mod bulk;
 mod codec;
 mod error;
+mod feed;
 mod jobs;
 mod migrations;
 mod open;
@@ -139,6 +149,7 @@ mod schema_name;
 mod sql;
 mod store;
 pub mod testing;
+mod wakeups;
 
 pub use error::{is_transient, ConnectError, MigrateError};
 pub use fielding_core::MigrationReport;

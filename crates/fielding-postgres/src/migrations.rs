@@ -39,11 +39,18 @@ const STEPS: &[Step] = &[
         version: 4,
         sql: include_str!("../migrations/0004_bulk_jobs.sql"),
     },
+    // The change feed: change records gain their run's scope and a feed
+    // position (writing transaction id, sequence number), backfilled;
+    // pruning horizons and consumer checkpoints.
+    Step {
+        version: 5,
+        sql: include_str!("../migrations/0005_change_feed.sql"),
+    },
 ];
 
 /// The schema version this library writes and reads: the highest
 /// migration it knows.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 /// Creates the schema if needed and applies the missing steps, all in one
 /// transaction holding the schema's advisory lock, so instances starting

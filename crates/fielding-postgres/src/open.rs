@@ -9,6 +9,7 @@ use crate::error::ConnectError;
 use crate::schema_name::{InvalidSchemaName, SchemaName};
 use crate::sql::Statements;
 use crate::store::PgStore;
+use crate::wakeups::Wakeups;
 
 impl PgStore {
     /// A store on the caller's pool, keeping its tables in `schema`.
@@ -30,11 +31,13 @@ impl PgStore {
     /// A store on `pool` in an already validated schema.
     pub fn with_schema(pool: PgPool, schema: SchemaName) -> Self {
         let sql = Arc::new(Statements::new(&schema));
+        let wakeups = Arc::new(Wakeups::new(&schema, pool.clone()));
         Self {
             pool,
             schema,
             sql,
             parking: Arc::default(),
+            wakeups,
         }
     }
 

@@ -95,14 +95,34 @@ impl SchemaName {
     /// across processes, versions and platforms, so every instance of every
     /// release takes the same lock for the same schema.
     pub fn migration_lock_key(&self) -> i64 {
-        const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-        const PRIME: u64 = 0x0000_0100_0000_01b3;
-        let hash = b"fielding-postgres:"
-            .iter()
-            .chain(self.0.as_bytes())
-            .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME));
-        i64::from_ne_bytes(hash.to_ne_bytes())
+        i64::from_ne_bytes(fnv1a(b"fielding-postgres:", &self.0).to_ne_bytes())
     }
+
+    /// The `LISTEN`/`NOTIFY` channel the stores of this schema announce
+    /// new change records on: `fielding_feed:<name>`, so that stores of
+    /// two schemas in one database do not wake each other (channels are
+    /// per database already). A name too long for a channel (63 bytes) is
+    /// cut and followed by a hash of the whole name.
+    pub fn feed_channel(&self) -> String {
+        const PREFIX: &str = "fielding_feed:";
+        if PREFIX.len() + self.0.len() <= Self::MAX_LEN {
+            return format!("{PREFIX}{}", self.0);
+        }
+        let hash = fnv1a(b"fielding-feed:", &self.0);
+        let keep = Self::MAX_LEN - PREFIX.len() - 1 - 16;
+        format!("{PREFIX}{}:{hash:016x}", &self.0[..keep])
+    }
+}
+
+/// FNV-1a (64 bit) of `prefix` and `name`: stable across processes,
+/// versions and platforms.
+fn fnv1a(prefix: &[u8], name: &str) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    prefix
+        .iter()
+        .chain(name.as_bytes())
+        .fold(OFFSET, |h, b| (h ^ u64::from(*b)).wrapping_mul(PRIME))
 }
 
 impl fmt::Display for SchemaName {
@@ -158,5 +178,25 @@ mod tests {
         );
         assert_ne!(a.migration_lock_key(), b.migration_lock_key());
         assert_eq!(a.quoted(), "\"fielding\"");
+    }
+
+    #[test]
+    fn feed_channels_are_per_schema_and_fit_a_channel_name() {
+        let short = SchemaName::new("fielding").unwrap();
+        assert_eq!(short.feed_channel(), "fielding_feed:fielding");
+        let long_a = SchemaName::new(&format!("{}a", "x".repeat(62))).unwrap();
+        let long_b = SchemaName::new(&format!("{}b", "x".repeat(62))).unwrap();
+        for schema in [&long_a, &long_b] {
+            assert!(
+                schema.feed_channel().len() <= SchemaName::MAX_LEN,
+                "{}",
+                schema.feed_channel()
+            );
+        }
+        assert_ne!(long_a.feed_channel(), long_b.feed_channel());
+        assert_ne!(
+            short.feed_channel(),
+            SchemaName::new("fielding2").unwrap().feed_channel()
+        );
     }
 }

@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fielding_core::{
-    BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken, Decide,
-    DecideItem, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope,
-    StoreError, TargetGroupId, Timestamp, UpdateOutcome, Version,
+    AccountId, BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeNotifier,
+    ChangeRecord, ClaimToken, ConsumerName, Decide, DecideItem, Decided, FeedPage, FeedPosition, FieldingRun,
+    FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope, StoreError, TargetGroupId, Timestamp,
+    UpdateOutcome, Version,
 };
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnection, PgPool, Postgres};
@@ -18,7 +19,8 @@ use crate::migrations;
 use crate::parking::Parking;
 use crate::schema_name::SchemaName;
 use crate::sql::Statements;
-use crate::{bulk, jobs, runs};
+use crate::wakeups::Wakeups;
+use crate::{bulk, feed, jobs, runs};
 use fielding_core::MigrationReport;
 
 /// A [`FieldingStore`] on PostgreSQL, for many service instances sharing
@@ -45,6 +47,7 @@ pub struct PgStore {
     pub(crate) schema: SchemaName,
     pub(crate) sql: Arc<Statements>,
     pub(crate) parking: Arc<Parking>,
+    pub(crate) wakeups: Arc<Wakeups>,
 }
 
 impl fmt::Debug for PgStore {
@@ -84,6 +87,33 @@ impl PgStore {
         &self.schema
     }
 
+    /// Whether the store listens for other instances' writes (`LISTEN` on
+    /// the schema's channel, [`SchemaName::feed_channel`]) to wake this
+    /// process's feed watchers; on by default. The listener holds one
+    /// connection of its own (not from the store's pool) from the first
+    /// time a watcher asks for [`FieldingStore::change_notifier`]. Off,
+    /// watchers here learn of other instances' writes by polling only
+    /// (the service's feed poll interval); this process's own writes still
+    /// wake them at once, and the store still announces its writes to the
+    /// others. Applies to this store and its clones.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// // An instance that only writes: no listening connection.
+    /// let store = fielding_postgres::PgStore::new(pool, "fielding")?.with_feed_listener(false);
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub fn with_feed_listener(self, on: bool) -> Self {
+        self.wakeups.set_listen(on);
+        self
+    }
+
+    /// Whether the feed listener (see [`PgStore::with_feed_listener`]) is
+    /// running now.
+    pub fn feed_listener_running(&self) -> bool {
+        self.wakeups.listening()
+    }
+
     /// A connection for one operation: a parked one if the store has one
     /// (no pool round trip), else one from the pool.
     async fn checkout(&self, op: &'static str) -> Result<PoolConnection<Postgres>, StoreError> {
@@ -111,6 +141,9 @@ impl FieldingStore for PgStore {
         let mut conn = self.checkout("insert").await?;
         let outcome = runs::insert(&mut conn, &self.sql, run, change).await;
         self.release(conn, &outcome);
+        if outcome.is_ok() {
+            self.wakeups.written(run.account_id);
+        }
         outcome
     }
 
@@ -148,6 +181,9 @@ impl FieldingStore for PgStore {
         let mut conn = self.checkout("compare_and_swap").await?;
         let outcome = runs::compare_and_swap(&mut conn, &self.sql, "compare_and_swap", at, run, change).await;
         self.release(conn, &outcome);
+        if outcome.is_ok() {
+            self.wakeups.written(run.account_id);
+        }
         outcome
     }
 
@@ -160,6 +196,9 @@ impl FieldingStore for PgStore {
         let mut conn = self.checkout("update").await?;
         let outcome = self.update_on(&mut conn, key, decide).await;
         self.release(conn, &outcome);
+        if matches!(outcome, Ok(UpdateOutcome::Written)) {
+            self.wakeups.written(key.scope.account_id);
+        }
         outcome
     }
 
@@ -263,13 +302,15 @@ impl FieldingStore for PgStore {
         outcome
     }
 
-    /// One transaction of at most six round trips however large the batch:
-    /// `BEGIN`; the job row `FOR UPDATE` where the token still holds it
-    /// (none: `ClaimLost`); the items' recorded outcomes; the pending
-    /// items' runs `FOR UPDATE`, in target-group order; `decide` for each
-    /// pending item; one statement writing every run (compare-and-swap),
-    /// change record and outcome from arrays; `COMMIT`. Any error rolls
-    /// all of it back.
+    /// One transaction of five round trips however large the batch:
+    /// `BEGIN`; the items' recorded outcomes and the pending items' runs
+    /// (one read, no lock); the job row `FOR UPDATE` where the token still
+    /// holds it (none: `ClaimLost`); `decide` for each pending item; one
+    /// statement writing every run (compare-and-swap), change record and
+    /// outcome from arrays; `COMMIT`. Any error rolls all of it back. The
+    /// reads come before the lock so that the batch takes its transaction
+    /// id (the first number of its records' feed positions) only after the
+    /// versions it builds on were committed (see `bulk::apply_in`).
     async fn apply_bulk_items(
         &self,
         key: &BulkJobKey,
@@ -280,7 +321,11 @@ impl FieldingStore for PgStore {
         let mut conn = self.checkout("apply_bulk_items").await?;
         let outcome = bulk::apply_items(&mut conn, &self.sql.bulk, key, token, items, decide).await;
         self.release(conn, &outcome);
-        outcome
+        let (outcomes, wrote) = outcome?;
+        if wrote {
+            self.wakeups.written(key.account_id);
+        }
+        Ok(outcomes)
     }
 
     async fn finish_bulk_job(
@@ -303,6 +348,64 @@ impl FieldingStore for PgStore {
         let removed = bulk::expire(&mut conn, &self.sql.bulk, finished_before, limit).await;
         self.release(conn, &removed);
         removed
+    }
+
+    /// One statement, so one snapshot: the account's records after `after`
+    /// and below the snapshot's `xmin` in `(txid, seq)` order through the
+    /// `(account_id, txid, seq)` index, the snapshot's `xmin` (the
+    /// bookmark `(xmin, 0)` when the page is not full) and the account's
+    /// pruning horizon. See `docs/postgres.md`, "Change feed".
+    async fn feed(
+        &self,
+        account: AccountId,
+        after: Option<FeedPosition>,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        let mut conn = self.checkout("feed").await?;
+        let outcome = feed::read(&mut conn, &self.sql.feed, account, after, limit).await;
+        self.release(conn, &outcome);
+        outcome
+    }
+
+    /// One statement: `DELETE` of the oldest records made before the
+    /// cutoff (and below the snapshot's `xmin`, `FOR UPDATE SKIP LOCKED`),
+    /// raising each pruned account's horizon to the highest position it
+    /// removed.
+    async fn prune_changes(&self, changed_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        let mut conn = self.checkout("prune_changes").await?;
+        let removed = feed::prune(&mut conn, &self.sql.feed, changed_before, limit).await;
+        self.release(conn, &removed);
+        removed
+    }
+
+    async fn load_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+    ) -> Result<Option<FeedPosition>, StoreError> {
+        let mut conn = self.checkout("load_feed_checkpoint").await?;
+        let outcome = feed::load_checkpoint(&mut conn, &self.sql.feed, account, consumer).await;
+        self.release(conn, &outcome);
+        outcome
+    }
+
+    /// One `INSERT ... ON CONFLICT (account_id, consumer) DO UPDATE`.
+    async fn save_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+        position: FeedPosition,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.checkout("save_feed_checkpoint").await?;
+        let outcome = feed::save_checkpoint(&mut conn, &self.sql.feed, account, consumer, position).await;
+        self.release(conn, &outcome);
+        outcome
+    }
+
+    /// Woken at once by this store's own writes, and by other instances'
+    /// writes through `LISTEN` (see [`PgStore::with_feed_listener`]).
+    fn change_notifier(&self) -> Option<ChangeNotifier> {
+        Some(self.wakeups.notifier())
     }
 }
 

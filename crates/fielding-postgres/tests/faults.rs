@@ -45,11 +45,15 @@ async fn block_change_record(url: &str, schema: &str, run: &FieldingRun, version
     let mut conn = PgConnection::connect(url).await.expect("blocker connection");
     sqlx::query("BEGIN").execute(&mut conn).await.expect("begin");
     sqlx::query(&format!(
-        "INSERT INTO \"{schema}\".change_records (run_id, version, action, changed_at, changed_by, status_to, start_to, end_to) \
-         VALUES ($1, $2, 'update_dates', now(), gen_random_uuid(), 'live', now(), now())"
+        "INSERT INTO \"{schema}\".change_records (run_id, version, action, changed_at, changed_by, status_to, start_to, end_to, \
+         account_id, project_id, target_group_id) \
+         VALUES ($1, $2, 'update_dates', now(), gen_random_uuid(), 'live', now(), now(), $3, $4, $5)"
     ))
     .bind(run.id.as_str())
     .bind(version.get() as i64)
+    .bind(run.account_id.get() as i32)
+    .bind(run.project_id.as_str())
+    .bind(run.target_group_id.as_str())
     .execute(&mut conn)
     .await
     .expect("blocking insert");

@@ -369,16 +369,17 @@ async fn migration_3_dates_jobs_finished_before_it_by_their_creation() {
     .execute(&mut conn)
     .await
     .expect("without migration 4's tables");
+    common::undo_migration_5(&mut conn, &schema).await;
     sqlx::query(&format!(
         "DELETE FROM \"{schema}\".fielding_schema_migrations WHERE version >= 3"
     ))
     .execute(&mut conn)
     .await
-    .expect("forget migrations 3 and 4");
+    .expect("forget migrations 3 to 5");
 
     let store = common::connect_store(&test.guard.url, &schema, "fielding_migrate_v2", 2).await;
     let report = store.migrate().await.expect("migrate");
-    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [3, 4, 5]);
     let finished: Vec<(String, Option<i64>)> = sqlx::query_as(&format!(
         "SELECT idempotency_key, (extract(epoch FROM finished_at) * 1000)::bigint FROM {table} ORDER BY idempotency_key"
     ))

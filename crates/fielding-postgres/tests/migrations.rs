@@ -46,11 +46,13 @@ async fn instances_starting_at_once_apply_each_migration_exactly_once() {
     .await
     .expect("migrations table");
     assert_eq!(recorded, (1..=i64::from(SCHEMA_VERSION)).collect::<Vec<_>>());
-    assert_eq!(SCHEMA_VERSION, 4, "migration 4 adds bulk jobs");
+    assert_eq!(SCHEMA_VERSION, 5, "migration 5 adds the change feed");
     assert_eq!(
         tables(&mut conn, name).await,
         [
             "change_records",
+            "feed_checkpoints",
+            "feed_horizons",
             "fielding_bulk_job_items",
             "fielding_bulk_jobs",
             "fielding_run_jobs",
@@ -86,8 +88,9 @@ async fn tables(conn: &mut PgConnection, schema: &str) -> Vec<String> {
 
 /// A schema as the release before jobs left it: migration 1 applied and
 /// recorded, no `fielding_run_jobs`, runs in it. Migrations 2 to 4 only
-/// add tables (and a column and index of one), so removing those tables
-/// and their records gives exactly that layout.
+/// add tables (and a column and index of one), and migration 5 only adds
+/// columns, indexes and tables, so removing those (see
+/// `common::undo_migration_5`) and their records gives exactly that layout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_intact() {
     let Some(test) = common::fresh_store().await else {
@@ -106,12 +109,13 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
     .execute(&mut *tx)
     .await
     .expect("drop the job tables");
+    common::undo_migration_5(&mut tx, &schema).await;
     sqlx::query(&format!(
         "DELETE FROM \"{schema}\".fielding_schema_migrations WHERE version >= 2"
     ))
     .execute(&mut *tx)
     .await
-    .expect("forget migrations 2 to 4");
+    .expect("forget migrations 2 to 5");
     tx.commit().await.expect("commit");
     assert_eq!(
         tables(&mut conn, &schema).await,
@@ -121,8 +125,8 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
     // A fresh instance (no state carried over from before) migrates it.
     let store = common::connect_store(&test.guard.url, &schema, "fielding_migrate_v1", 2).await;
     let report = store.migrate().await.expect("migrate");
-    assert_eq!((report.from, report.to, report.applied()), (1, 4, 3));
-    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2, 3, 4]);
+    assert_eq!((report.from, report.to, report.applied()), (1, 5, 4));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2, 3, 4, 5]);
     assert_eq!(store.migrate().await.expect("again").applied(), 0);
     assert_eq!(store.get(&run.key()).await.expect("get"), Some(run.clone()));
     assert_eq!(store.changes(&run.key()).await.expect("changes"), vec![record]);
@@ -132,7 +136,7 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
     .fetch_all(&mut conn)
     .await
     .expect("migrations table");
-    assert_eq!(recorded, [1, 2, 3, 4]);
+    assert_eq!(recorded, [1, 2, 3, 4, 5]);
 
     let job = fielding_core::FieldingRunJob {
         id: fielding_core::JobId::generate(),
@@ -156,8 +160,8 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
 
 /// A schema as the release before bulk jobs left it: migrations 1 to 3
 /// applied and recorded, runs and creation jobs in it. Migration 4 only
-/// adds the two bulk tables, so dropping them and its record gives exactly
-/// that layout.
+/// adds the two bulk tables (and migration 5 what `undo_migration_5`
+/// removes), so dropping them and their records gives exactly that layout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_schema_at_version_3_gets_bulk_jobs_with_its_runs_and_jobs_intact() {
     let Some(test) = common::fresh_store().await else {
@@ -182,12 +186,13 @@ async fn a_schema_at_version_3_gets_bulk_jobs_with_its_runs_and_jobs_intact() {
     .execute(&mut *tx)
     .await
     .expect("drop the bulk tables");
+    common::undo_migration_5(&mut tx, &schema).await;
     sqlx::query(&format!(
         "DELETE FROM \"{schema}\".fielding_schema_migrations WHERE version >= 4"
     ))
     .execute(&mut *tx)
     .await
-    .expect("forget migration 4");
+    .expect("forget migrations 4 and 5");
     tx.commit().await.expect("commit");
     assert_eq!(
         tables(&mut conn, &schema).await,
@@ -201,8 +206,8 @@ async fn a_schema_at_version_3_gets_bulk_jobs_with_its_runs_and_jobs_intact() {
 
     let store = common::connect_store(&test.guard.url, &schema, "fielding_migrate_v3", 2).await;
     let report = store.migrate().await.expect("migrate");
-    assert_eq!((report.from, report.to, report.applied()), (3, 4, 1));
-    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [4]);
+    assert_eq!((report.from, report.to, report.applied()), (3, 5, 2));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [4, 5]);
     assert_eq!(store.migrate().await.expect("again").applied(), 0);
     assert_eq!(store.get(&run.key()).await.expect("get"), Some(run.clone()));
     assert_eq!(store.changes(&run.key()).await.expect("changes"), vec![record]);
@@ -294,4 +299,146 @@ async fn timestamps_are_timestamptz_and_exact_to_the_millisecond() {
         test.get(&run.key()).await.expect("get").map(|r| r.start_fielding_at),
         Some(start)
     );
+}
+
+/// A schema at version 4 with change records in two accounts, written
+/// interleaved across runs, gets migration 5: every record gets its run's
+/// scope, the migration's transaction id and a sequence number in (run,
+/// version) order, so the feed lists each run's records in version order;
+/// records written afterwards sort after all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_at_version_4_gets_the_feed_with_its_records_backfilled() {
+    let Some(test) = common::fresh_store().await else {
+        return;
+    };
+    let schema = common::schema_of(&test).to_string();
+    let a = fixtures::scope();
+    let b = fixtures::other_account(a);
+    let mut runs = Vec::new();
+    for scope in [a, a, a, b] {
+        let run = fixtures::run()
+            .scope(fixtures::other_target_group(scope))
+            .status(fielding_core::Status::Live)
+            .build();
+        test.insert(&run, &fixtures::creation(&run)).await.expect("insert");
+        runs.push(run);
+    }
+    // Round robin, so write order and (run, version) order differ.
+    for round in 0..3u64 {
+        for run in runs.iter_mut() {
+            let (next, change) = fixtures::change(run, round, fielding_core::UserId::random()).expect("change");
+            test.compare_and_swap(run.version, &next, &change).await.expect("write");
+            *run = next;
+        }
+    }
+    let mut conn = PgConnection::connect(&test.guard.url).await.expect("connect");
+    let mut tx = conn.begin().await.expect("begin");
+    common::undo_migration_5(&mut tx, &schema).await;
+    sqlx::query(&format!(
+        "DELETE FROM \"{schema}\".fielding_schema_migrations WHERE version >= 5"
+    ))
+    .execute(&mut *tx)
+    .await
+    .expect("forget migration 5");
+    tx.commit().await.expect("commit");
+
+    let store = common::connect_store(&test.guard.url, &schema, "fielding_migrate_v4", 2).await;
+    let report = store.migrate().await.expect("migrate");
+    assert_eq!((report.from, report.to), (4, 5));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [5]);
+
+    type Backfilled = (String, i64, i32, String, String, String, i64);
+    let rows: Vec<Backfilled> = sqlx::query_as(&format!(
+        "SELECT run_id, version, account_id, project_id, target_group_id, txid::text, seq \
+         FROM \"{schema}\".change_records ORDER BY seq"
+    ))
+    .fetch_all(&mut conn)
+    .await
+    .expect("records");
+    assert_eq!(rows.len(), 16);
+    let mut by_run_and_version: Vec<(String, i64)> = rows.iter().map(|r| (r.0.clone(), r.1)).collect();
+    by_run_and_version.sort();
+    assert_eq!(
+        rows.iter().map(|r| (r.0.clone(), r.1)).collect::<Vec<_>>(),
+        by_run_and_version,
+        "sequence numbers in (run, version) order"
+    );
+    assert!(
+        rows.iter().all(|r| r.5 == rows[0].5),
+        "one transaction id: the migration's"
+    );
+    for row in &rows {
+        let run = runs.iter().find(|run| run.id.as_str() == row.0).expect("a run");
+        assert_eq!(
+            (i64::from(row.2), row.3.as_str(), row.4.as_str()),
+            (
+                i64::from(run.account_id.get()),
+                run.project_id.as_str(),
+                run.target_group_id.as_str()
+            ),
+            "the run's scope"
+        );
+    }
+    let nullable: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns WHERE table_schema = $1 \
+         AND table_name = 'change_records' AND is_nullable = 'YES' ORDER BY 1",
+    )
+    .bind(&schema)
+    .fetch_all(&mut conn)
+    .await
+    .expect("columns");
+    assert_eq!(
+        nullable,
+        ["end_from", "start_from", "status_from"],
+        "the new columns are NOT NULL"
+    );
+
+    // The feed: account a's records, each run's in version order, then a
+    // new write after all of them with a higher sequence number.
+    let (records, next) = feed_until(&store, a.account_id, None, 12).await;
+    assert!(records.windows(2).all(|w| w[0].position < w[1].position));
+    let mut order: Vec<(String, u64)> = records
+        .iter()
+        .map(|r| (r.run_id().to_string(), r.change.version.get()))
+        .collect();
+    let listed = order.clone();
+    order.sort();
+    assert_eq!(listed, order, "backfilled records in (run, version) order");
+    let max_seq = rows.iter().map(|r| r.6).max().expect("rows");
+    let (next_run, change) = fixtures::change(&runs[0], 9, fielding_core::UserId::random()).expect("change");
+    store
+        .compare_and_swap(runs[0].version, &next_run, &change)
+        .await
+        .expect("write after the migration");
+    let (after, _) = feed_until(&store, a.account_id, Some(next), 1).await;
+    assert_eq!(after[0].change, change);
+    assert!(after[0].position > records[11].position);
+    assert!(after[0].position.minor() > u64::try_from(max_seq).expect("positive"));
+}
+
+/// Follows `account`'s feed from `after` until `want` records came (other
+/// transactions in the cluster may hold them back for a while).
+async fn feed_until(
+    store: &PgStore,
+    account: fielding_core::AccountId,
+    mut after: Option<fielding_core::FeedPosition>,
+    want: usize,
+) -> (Vec<fielding_core::FeedRecord>, fielding_core::FeedPosition) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut records = Vec::new();
+    loop {
+        let page = store.feed(account, after, 100).await.expect("feed");
+        records.extend(page.records);
+        after = Some(page.next);
+        if records.len() >= want {
+            assert_eq!(records.len(), want);
+            return (records, page.next);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of {want} records",
+            records.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

@@ -77,3 +77,22 @@ pub async fn connect_store(url: &str, schema: &str, application_name: &str, max_
         .unwrap_or_else(|e| panic!("connect to {url}: {e}. {START_HINT}"));
     PgStore::new(pool, schema).unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// Takes a schema back to the layout before migration 5 (the change feed):
+/// change records without their scope and feed position, no horizons or
+/// checkpoints. Migration 5's record is left for the caller to delete with
+/// the others it forgets.
+pub async fn undo_migration_5(conn: &mut fielding_postgres::sqlx::PgConnection, schema: &str) {
+    use fielding_postgres::sqlx::Executor;
+    conn.execute(
+        format!(
+            "DROP TABLE \"{schema}\".feed_horizons, \"{schema}\".feed_checkpoints; \
+             DROP INDEX \"{schema}\".change_records_changed_at; \
+             ALTER TABLE \"{schema}\".change_records DROP COLUMN account_id, DROP COLUMN project_id, \
+             DROP COLUMN target_group_id, DROP COLUMN txid, DROP COLUMN seq"
+        )
+        .as_str(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("undo migration 5 in {schema}: {e}"));
+}
