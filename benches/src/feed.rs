@@ -225,8 +225,36 @@ mod sqlite_raw {
 
 mod postgres_raw {
     use super::*;
-    use fielding_postgres::sqlx::postgres::PgConnection;
+    use fielding_postgres::sqlx::postgres::{PgArgumentBuffer, PgConnection, PgTypeInfo, PgValueRef, Postgres};
     use fielding_postgres::sqlx::{self, Connection as _, Row};
+
+    /// `xid8` in binary (8 bytes, big-endian), as hand-written code on sqlx
+    /// has to read and bind it (sqlx has no type for it).
+    #[derive(Debug, Clone, Copy)]
+    struct Xid8(u64);
+
+    impl sqlx::Type<Postgres> for Xid8 {
+        fn type_info() -> PgTypeInfo {
+            PgTypeInfo::with_oid(sqlx::postgres::types::Oid(5069))
+        }
+    }
+
+    impl sqlx::Encode<'_, Postgres> for Xid8 {
+        fn encode_by_ref(
+            &self,
+            buf: &mut PgArgumentBuffer,
+        ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+            buf.extend_from_slice(&self.0.to_be_bytes());
+            Ok(sqlx::encode::IsNull::No)
+        }
+    }
+
+    impl sqlx::Decode<'_, Postgres> for Xid8 {
+        fn decode(value: PgValueRef<'_>) -> Result<Self, sqlx::error::BoxDynError> {
+            let bytes: [u8; 8] = value.as_bytes()?.try_into()?;
+            Ok(Xid8(u64::from_be_bytes(bytes)))
+        }
+    }
 
     pub(super) async fn open(url: &str) -> Result<PgConnection, String> {
         PgConnection::connect(url)
@@ -251,12 +279,12 @@ mod postgres_raw {
     pub(super) async fn read(conn: &mut PgConnection, schema: &str, account: AccountId) -> Result<usize, String> {
         let db = |e: sqlx::Error| format!("raw read: {e}");
         let sql = select(schema);
-        let (mut txid, mut seq) = (0i64, 0i64);
+        let (mut txid, mut seq) = (0u64, 0i64);
         let mut count = 0;
         loop {
             let rows = sqlx::query(&sql)
                 .bind(account.get() as i32)
-                .bind(txid)
+                .bind(Xid8(txid))
                 .bind(seq)
                 .fetch_all(&mut *conn)
                 .await
@@ -264,7 +292,10 @@ mod postgres_raw {
             let mut decoded = Vec::with_capacity(rows.len());
             for row in &rows {
                 decoded.push(RawRow {
-                    position: (row.try_get(0).map_err(db)?, row.try_get(1).map_err(db)?),
+                    position: (
+                        row.try_get::<Xid8, _>(0).map_err(db)?.0 as i64,
+                        row.try_get(1).map_err(db)?,
+                    ),
                     run_id: row.try_get(2).map_err(db)?,
                     project_id: row.try_get(3).map_err(db)?,
                     target_group_id: row.try_get(4).map_err(db)?,
@@ -288,7 +319,7 @@ mod postgres_raw {
             }
             count += decoded.len();
             match decoded.last() {
-                Some(last) if decoded.len() == PAGE => (txid, seq) = last.position,
+                Some(last) if decoded.len() == PAGE => (txid, seq) = (last.position.0 as u64, last.position.1),
                 _ => return Ok(count),
             }
         }

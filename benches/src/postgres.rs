@@ -219,8 +219,9 @@ impl RawSql {
                  WHERE id = $1 AND account_id = $2 AND project_id = $3 AND target_group_id = $4 AND version = $10 \
                  RETURNING id, status) \
                  INSERT INTO \"{schema}\".change_records (run_id, version, action, changed_at, changed_by, \
-                 status_from, status_to, start_from, start_to, end_from, end_to) \
-                 SELECT u.id, $7, 'update_dates', $8, $9, u.status, u.status, $11, $5, $12, $6 FROM u"
+                 status_from, status_to, start_from, start_to, end_from, end_to, \
+                 account_id, project_id, target_group_id) \
+                 SELECT u.id, $7, 'update_dates', $8, $9, u.status, u.status, $11, $5, $12, $6, $2, $3, $4 FROM u"
             ),
         }
     }

@@ -440,7 +440,7 @@ fn copy_lines(run: &FieldingRun, runs: &mut Vec<u8>, changes: &mut Vec<u8>) {
     );
     let _ = writeln!(
         changes,
-        "{}\t{}\t{}\t{}\t{by}\t\\N\t{}\t\\N\t{}\t\\N\t{}",
+        "{}\t{}\t{}\t{}\t{by}\t\\N\t{}\t\\N\t{}\t\\N\t{}\t{}\t{}\t{}",
         run.id,
         run.version,
         Action::Schedule.as_str(),
@@ -448,6 +448,9 @@ fn copy_lines(run: &FieldingRun, runs: &mut Vec<u8>, changes: &mut Vec<u8>) {
         run.status.as_str(),
         run.start_fielding_at,
         run.end_fielding_at,
+        run.account_id,
+        run.project_id,
+        run.target_group_id,
     );
 }
 
@@ -469,7 +472,7 @@ async fn copy_runs(store: &PgStore, runs: usize) -> Result<Vec<FieldingRun>, Str
     let mut change_copy = b
         .copy_in_raw(&format!(
             "COPY \"{schema}\".change_records (run_id, version, action, changed_at, changed_by, status_from, \
-             status_to, start_from, start_to, end_from, end_to) FROM STDIN"
+             status_to, start_from, start_to, end_from, end_to, account_id, project_id, target_group_id) FROM STDIN"
         ))
         .await
         .map_err(db("COPY change_records"))?;

@@ -315,6 +315,9 @@ async fn listen(running: Running, pool: PgPool) {
         match listen_once(shared, &pool, &mut backoff).await {
             Ok(()) => {}
             Err(err) => {
+                // Until listening again, other instances' writes wake
+                // nobody here: waiting readers go back to polling often.
+                shared.notifier.set_sees_every_writer(false);
                 let pause = backoff.next();
                 tracing::warn!(
                     channel = %shared.channel,
@@ -339,6 +342,10 @@ async fn listen_once(shared: &Shared, store_pool: &PgPool, backoff: &mut Backoff
         .connect_lazy_with((*store_pool.connect_options()).clone());
     let mut listener = PgListener::connect_with(&pool).await?;
     listener.listen(&shared.channel).await?;
+    // Every instance's writes wake this one from now on, so waiting readers
+    // poll only as a safety net (a sender that cannot reach the database
+    // delays its instance's records by that net's interval at most).
+    shared.notifier.set_sees_every_writer(true);
     // Whatever was sent while nobody listened is lost: every watcher reads.
     shared.notifier.notify_all();
     backoff.reset();
