@@ -24,8 +24,9 @@ use rusqlite::{ffi, params, Connection, OptionalExtension, Row, TransactionBehav
 
 use crate::codec::{opt_text, refused, text, UserText};
 use crate::error::{extended_code, store_error};
-use crate::runs;
 use crate::savepoint::in_savepoint;
+use crate::snapshot::snapshot;
+use crate::{feed, runs};
 
 /// The columns of `fielding_bulk_jobs` that [`read_job`] reads, in order.
 const JOB_COLUMNS: &str =
@@ -188,24 +189,6 @@ fn job_with_items<P: rusqlite::Params>(
         .query_map([job.id.as_str()], read_item)?
         .collect::<rusqlite::Result<_>>()?;
     Ok(Some(job))
-}
-
-/// Runs `read` in one read transaction when the connection is not in one
-/// already (on the writer thread, reads may run inside the group's write
-/// transaction), so the job and its items come from one committed state.
-fn snapshot<R>(conn: &Connection, read: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
-    if !conn.is_autocommit() {
-        return read();
-    }
-    conn.execute_batch("BEGIN")
-        .map_err(|e| store_error("begin a read", e))?;
-    let answer = read();
-    // A read-only transaction: ending it cannot lose anything, but a
-    // connection left inside it would pin the log and fail its next BEGIN.
-    if conn.execute_batch("COMMIT").is_err() && !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    answer
 }
 
 /// `get_bulk_job`: by id, account and project, in one snapshot.
@@ -546,6 +529,13 @@ fn apply_rows(
 ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
     let op = "apply_bulk_items";
     ensure_held(conn, key, token, op)?;
+    // The batch's feed positions in one step: one counter update per
+    // transaction, however many runs it writes.
+    let writes = items
+        .iter()
+        .filter(|item| matches!(item, PlannedItem::Write { .. }))
+        .count();
+    let mut positions = feed::take_positions(conn, writes, op)?;
     let mut set_outcome = conn.prepare_cached(SET_OUTCOME).map_err(|e| store_error(op, e))?;
     let mut answer = Vec::with_capacity(items.len());
     for item in items {
@@ -572,7 +562,7 @@ fn apply_rows(
             expected, run, change, ..
         } = item
         {
-            runs::compare_and_swap_rows(conn, *expected, run, change)?;
+            runs::compare_and_swap_at(conn, *expected, run, change, positions.next(op)?, op)?;
         }
         answer.push((target_group_id, outcome));
     }

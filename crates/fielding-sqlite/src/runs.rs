@@ -9,14 +9,51 @@ use rusqlite::{ffi, params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::codec::{change_params, read_change, read_run, read_version, run_params, UserText};
 use crate::error::{extended_code, store_error};
+use crate::feed;
 use crate::sql::{
     CHANGES_AT_KEY, INSERT_CHANGE, INSERT_RUN, RUN_BY_KEY, RUN_BY_SCOPE, SCOPE_TAKEN, UPDATE_RUN, VERSION_AT_KEY,
 };
 
-fn insert_change(conn: &Connection, change: &ChangeRecord) -> rusqlite::Result<usize> {
+/// Appends `run`'s change record at feed position `position`.
+fn insert_change(
+    conn: &Connection,
+    run: &FieldingRun,
+    change: &ChangeRecord,
+    position: i64,
+) -> rusqlite::Result<usize> {
     let row = ChangeRow::encode(change);
     let by = UserText::new(&row.changed_by);
-    conn.prepare_cached(INSERT_CHANGE)?.execute(change_params(&row, &by))
+    let [p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11] = change_params(&row, &by);
+    let account = i64::from(run.account_id.get());
+    conn.prepare_cached(INSERT_CHANGE)?.execute([
+        p1,
+        p2,
+        p3,
+        p4,
+        p5,
+        p6,
+        p7,
+        p8,
+        p9,
+        p10,
+        p11,
+        &account,
+        &run.project_id.as_str(),
+        &run.target_group_id.as_str(),
+        &position,
+    ])
+}
+
+/// Appends `run`'s change record at the next feed position.
+fn append_change(
+    conn: &Connection,
+    run: &FieldingRun,
+    change: &ChangeRecord,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    let position = feed::take_positions(conn, 1, op)?.next(op)?;
+    insert_change(conn, run, change, position).map_err(|e| store_error(op, e))?;
+    Ok(())
 }
 
 fn scope_taken(conn: &Connection, scope: &Scope) -> rusqlite::Result<bool> {
@@ -70,8 +107,7 @@ pub(crate) fn insert_rows(tx: &Connection, run: &FieldingRun, change: &ChangeRec
             _ => store_error(op, err),
         });
     }
-    insert_change(tx, change).map_err(|e| store_error(op, e))?;
-    Ok(())
+    append_change(tx, run, change, op)
 }
 
 fn key_params(key: &RunKey) -> (&str, i64, &str, &str) {
@@ -107,6 +143,28 @@ pub(crate) fn compare_and_swap_rows(
     change: &ChangeRecord,
 ) -> Result<(), StoreError> {
     let op = "compare_and_swap";
+    swap_run(tx, expected, run, op)?;
+    append_change(tx, run, change, op)
+}
+
+/// A compare-and-swap whose change record goes at `position`, taken by the
+/// caller with others (a bulk batch takes its positions at once).
+pub(crate) fn compare_and_swap_at(
+    tx: &Connection,
+    expected: Version,
+    run: &FieldingRun,
+    change: &ChangeRecord,
+    position: i64,
+    op: &'static str,
+) -> Result<(), StoreError> {
+    swap_run(tx, expected, run, op)?;
+    insert_change(tx, run, change, position).map_err(|e| store_error(op, e))?;
+    Ok(())
+}
+
+/// The conditional update of a compare-and-swap: `VersionConflict` or
+/// `NotFound`, having changed nothing, unless the run was at `expected`.
+fn swap_run(tx: &Connection, expected: Version, run: &FieldingRun, op: &'static str) -> Result<(), StoreError> {
     let key = run.key();
     let (id, account, project, group) = key_params(&key);
     let row = RunRow::encode(run);
@@ -132,7 +190,6 @@ pub(crate) fn compare_and_swap_rows(
             Some(current) => StoreError::VersionConflict { expected, current },
         });
     }
-    insert_change(tx, change).map_err(|e| store_error(op, e))?;
     Ok(())
 }
 

@@ -30,7 +30,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use fielding_core::{
-    ChangeRecord, FieldingRun, FieldingRunJob, JobCreated, JobId, JobOutcome, Scope, StoreError, Timestamp, Version,
+    AccountId, ChangeNotifier, ChangeRecord, FieldingRun, FieldingRunJob, JobCreated, JobId, JobOutcome, Scope,
+    StoreError, Timestamp, Version,
 };
 use rusqlite::{Connection, ErrorCode};
 use tokio::sync::oneshot;
@@ -38,6 +39,7 @@ use tokio::sync::oneshot;
 use crate::bulk::{BulkWrite, BulkWritten};
 use crate::checkpoint::WriterLink;
 use crate::error::{code, store_error};
+use crate::feed::FeedWrite;
 use crate::savepoint::in_savepoint;
 use crate::{jobs, runs};
 
@@ -83,6 +85,8 @@ pub(crate) enum Written {
     Finished(Option<FieldingRunJob>),
     /// `expire_jobs`: how many jobs were removed.
     Expired(usize),
+    /// `prune_changes`: how many change records were removed.
+    Pruned(usize),
     /// The bulk-job writes.
     Bulk(BulkWritten),
 }
@@ -112,6 +116,7 @@ pub(crate) enum WriteKind {
         limit: usize,
     },
     Bulk(BulkWrite),
+    Feed(FeedWrite),
 }
 
 impl WriteKind {
@@ -123,6 +128,17 @@ impl WriteKind {
             WriteKind::FinishJob { .. } => "finish_job",
             WriteKind::ExpireJobs { .. } => "expire_jobs",
             WriteKind::Bulk(write) => write.op(),
+            WriteKind::Feed(write) => write.op(),
+        }
+    }
+
+    /// The account whose feed this write appends to, if it may append:
+    /// its watchers are woken once it has committed.
+    fn feed_account(&self) -> Option<AccountId> {
+        match self {
+            WriteKind::Insert { run, .. } | WriteKind::CompareAndSwap { run, .. } => Some(run.account_id),
+            WriteKind::Bulk(BulkWrite::Apply { key, .. }) => Some(key.account_id),
+            _ => None,
         }
     }
 
@@ -144,6 +160,14 @@ impl WriteKind {
                 jobs::expire_jobs(conn, *finished_before, *limit).map(Written::Expired)
             }
             WriteKind::Bulk(write) => write.run_alone(conn).map(Written::Bulk),
+            WriteKind::Feed(write) => {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .map_err(|e| store_error(write.op(), e))?;
+                let written = write.rows(&tx)?;
+                tx.commit().map_err(|e| store_error(write.op(), e))?;
+                Ok(written)
+            }
         }
     }
 
@@ -165,6 +189,7 @@ impl WriteKind {
                 jobs::expire_jobs_rows(conn, *finished_before, *limit).map(Written::Expired)
             }
             WriteKind::Bulk(write) => write.run_in(conn).map(Written::Bulk),
+            WriteKind::Feed(write) => write.rows(conn),
         }
     }
 }
@@ -196,6 +221,7 @@ pub(crate) fn serve(
     group_commit: bool,
     counters: &Counters,
     checkpoints: Option<&WriterLink>,
+    notifier: &ChangeNotifier,
 ) {
     let mut reads: Vec<Task> = Vec::new();
     let mut writes: Vec<Write> = Vec::new();
@@ -211,7 +237,7 @@ pub(crate) fn serve(
             }
         }
         let wrote = !writes.is_empty();
-        let mut batch = || run_batch(conn, &mut reads, &mut writes, group_commit, counters);
+        let mut batch = || run_batch(conn, &mut reads, &mut writes, group_commit, counters, notifier);
         match checkpoints {
             Some(link) => {
                 link.write(batch);
@@ -231,16 +257,19 @@ fn run_batch(
     writes: &mut Vec<Write>,
     group_commit: bool,
     counters: &Counters,
+    notifier: &ChangeNotifier,
 ) {
     if group_commit {
         let (batch_reads, group) = (std::mem::take(reads), std::mem::take(writes));
-        guarded(conn, |conn| commit_group(conn, batch_reads, group, counters));
+        guarded(conn, |conn| commit_group(conn, batch_reads, group, counters, notifier));
     } else {
         for task in reads.drain(..) {
             guarded(conn, task);
         }
         for write in writes.drain(..) {
-            guarded(conn, |conn| commit_group(conn, Vec::new(), vec![write], counters));
+            guarded(conn, |conn| {
+                commit_group(conn, Vec::new(), vec![write], counters, notifier)
+            });
         }
     }
 }
@@ -260,8 +289,23 @@ fn clean(outcome: &Result<Written, StoreError>) -> bool {
     )
 }
 
-fn answer(group: Vec<Write>, outcomes: Vec<Result<Written, StoreError>>) {
+/// Wakes the in-process watchers of the account a write appended change
+/// records to. Only for a write that has committed: a watcher woken reads
+/// the feed at once, and must find the records there. (Another process's
+/// watchers find them by polling.)
+fn wake(notifier: &ChangeNotifier, kind: &WriteKind, outcome: &Result<Written, StoreError>) {
+    if let (Ok(_), Some(account)) = (outcome, kind.feed_account()) {
+        notifier.notify(account);
+    }
+}
+
+/// Answers each write of a group whose transaction has ended (committed,
+/// for the `Ok` outcomes), waking its account's watchers first, so a
+/// caller whose write has returned can count on the wake-up having been
+/// sent.
+fn answer(group: Vec<Write>, outcomes: Vec<Result<Written, StoreError>>, notifier: &ChangeNotifier) {
     for (write, outcome) in group.into_iter().zip(outcomes) {
+        wake(notifier, &write.kind, &outcome);
         let _ = write.reply.send(outcome);
     }
 }
@@ -276,7 +320,13 @@ fn answer(group: Vec<Write>, outcomes: Vec<Result<Written, StoreError>>) {
 /// before failing: the whole transaction is rolled back, nothing has been
 /// answered yet, and the writes run again with a savepoint each
 /// ([`commit_with_savepoints`]).
-fn commit_group(conn: &mut Connection, reads: Vec<Task>, group: Vec<Write>, counters: &Counters) {
+fn commit_group(
+    conn: &mut Connection,
+    reads: Vec<Task>,
+    group: Vec<Write>,
+    counters: &Counters,
+    notifier: &ChangeNotifier,
+) {
     if group.is_empty() {
         // Reads only: one read transaction (one snapshot, one lock).
         let began = reads.len() > 1 && conn.execute_batch("BEGIN").is_ok();
@@ -293,6 +343,7 @@ fn commit_group(conn: &mut Connection, reads: Vec<Task>, group: Vec<Write>, coun
     if group.len() == 1 && reads.is_empty() {
         for write in group {
             let outcome = write.kind.run_alone(conn);
+            wake(notifier, &write.kind, &outcome);
             let _ = write.reply.send(outcome);
         }
         return;
@@ -305,7 +356,7 @@ fn commit_group(conn: &mut Connection, reads: Vec<Task>, group: Vec<Write>, coun
             .iter()
             .map(|w| Err(group_failure(w.kind.op(), "cannot start the transaction", &e)))
             .collect();
-        answer(group, outcomes);
+        answer(group, outcomes, notifier);
         return;
     }
     for task in reads {
@@ -326,7 +377,7 @@ fn commit_group(conn: &mut Connection, reads: Vec<Task>, group: Vec<Write>, coun
         if !conn.is_autocommit() {
             let _ = conn.execute_batch("ROLLBACK");
         }
-        commit_with_savepoints(conn, group);
+        commit_with_savepoints(conn, group, notifier);
         return;
     }
     if let Err(e) = conn.execute_batch("COMMIT") {
@@ -338,7 +389,7 @@ fn commit_group(conn: &mut Connection, reads: Vec<Task>, group: Vec<Write>, coun
             .map(|w| Err(group_failure(w.kind.op(), "commit failed, nothing was written", &e)))
             .collect();
     }
-    answer(group, outcomes);
+    answer(group, outcomes, notifier);
 }
 
 /// The answer for a write whose transaction failed as a whole.
@@ -356,7 +407,7 @@ fn savepoint(conn: &Connection, write: &WriteKind) -> Result<Written, StoreError
 
 /// The careful path: each write in its own savepoint, so a write that
 /// fails halfway is undone alone.
-fn commit_with_savepoints(conn: &mut Connection, group: Vec<Write>) {
+fn commit_with_savepoints(conn: &mut Connection, group: Vec<Write>, notifier: &ChangeNotifier) {
     let mut answers: Vec<(Write, Result<Written, StoreError>)> = Vec::with_capacity(group.len());
     // Index in `answers` where the open transaction's writes start.
     let mut open: Option<usize> = None;
@@ -398,7 +449,9 @@ fn commit_with_savepoints(conn: &mut Connection, group: Vec<Write>) {
             }
         }
     }
+    // Every `Ok` left is a write of the transaction just committed.
     for (write, answer) in answers {
+        wake(notifier, &write.kind, &answer);
         let _ = write.reply.send(answer);
     }
 }
