@@ -3,8 +3,9 @@
 //! the WAL checkpoints of the `checkpoint` module).
 //!
 //! A record's position is `(n, 0)`, `n` from the one-row `feed_counter`,
-//! taken inside the write transaction that appends the record (see
-//! [`take_positions`] for why that numbers records in commit order).
+//! taken inside the write transaction that appends the record, one range
+//! per transaction (see [`take_positions`] for why that numbers records in
+//! commit order).
 
 use fielding_core::{
     AccountId, ConsumerName, FeedPage, FeedPosition, FeedRecord, ProjectId, Scope, StoreError, TargetGroupId, Timestamp,
@@ -58,6 +59,11 @@ pub(crate) struct Positions {
 }
 
 impl Positions {
+    /// No positions.
+    pub(crate) fn empty() -> Self {
+        Positions { next: 1, last: 0 }
+    }
+
     /// The next position of the range.
     pub(crate) fn next(&mut self, op: &'static str) -> Result<i64, StoreError> {
         if self.next > self.last {
@@ -83,11 +89,13 @@ impl Positions {
 /// at `c` has every record numbered up to `c` in that snapshot (or never
 /// will: its transaction rolled back, and its numbers are handed out
 /// again), and every record committed later is numbered above `c`.
-/// Numbers taken by a write whose records are not all appended (a bulk
-/// item settled meanwhile) leave gaps, which the feed does not mind.
+/// A transaction takes the numbers of all its writes at once (a group
+/// commit, a bulk batch), as many as they may append; numbers not used (a
+/// write refused with a conflict, a bulk item settled meanwhile) are gaps,
+/// which the feed does not mind.
 pub(crate) fn take_positions(conn: &Connection, count: usize, op: &'static str) -> Result<Positions, StoreError> {
     if count == 0 {
-        return Ok(Positions { next: 1, last: 0 });
+        return Ok(Positions::empty());
     }
     let count = i64::try_from(count).map_err(|_| StoreError::internal(format!("sqlite {op}: too many positions")))?;
     let last: Option<i64> = conn

@@ -5,11 +5,11 @@
 
 use fielding_core::codec::{ChangeRow, RunRow};
 use fielding_core::{ChangeRecord, FieldingRun, RunKey, Scope, StoreError, Version};
-use rusqlite::{ffi, params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{ffi, params, Connection, OptionalExtension};
 
 use crate::codec::{change_params, read_change, read_run, read_version, run_params, UserText};
 use crate::error::{extended_code, store_error};
-use crate::feed;
+use crate::feed::Positions;
 use crate::sql::{
     CHANGES_AT_KEY, INSERT_CHANGE, INSERT_RUN, RUN_BY_KEY, RUN_BY_SCOPE, SCOPE_TAKEN, UPDATE_RUN, VERSION_AT_KEY,
 };
@@ -44,18 +44,6 @@ fn insert_change(
     ])
 }
 
-/// Appends `run`'s change record at the next feed position.
-fn append_change(
-    conn: &Connection,
-    run: &FieldingRun,
-    change: &ChangeRecord,
-    op: &'static str,
-) -> Result<(), StoreError> {
-    let position = feed::take_positions(conn, 1, op)?.next(op)?;
-    insert_change(conn, run, change, position).map_err(|e| store_error(op, e))?;
-    Ok(())
-}
-
 fn scope_taken(conn: &Connection, scope: &Scope) -> rusqlite::Result<bool> {
     Ok(conn
         .prepare_cached(SCOPE_TAKEN)?
@@ -71,19 +59,15 @@ fn scope_taken(conn: &Connection, scope: &Scope) -> rusqlite::Result<bool> {
         .is_some())
 }
 
-/// `insert`: the run and its first change record in one immediate
-/// transaction. A unique violation on the scope is `AlreadyExists`, told by
-/// SQLite's extended result code.
-pub(crate) fn insert(conn: &mut Connection, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| store_error("insert", e))?;
-    insert_rows(&tx, run, change)?;
-    tx.commit().map_err(|e| store_error("insert", e))
-}
-
-/// The statements of `insert`, inside the caller's transaction.
-pub(crate) fn insert_rows(tx: &Connection, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
+/// `insert`, inside the caller's immediate transaction: the run, then its
+/// first change record at the next of `positions`. A unique violation on
+/// the scope is `AlreadyExists`, told by SQLite's extended result code.
+pub(crate) fn insert_rows(
+    tx: &Connection,
+    run: &FieldingRun,
+    change: &ChangeRecord,
+    positions: &mut Positions,
+) -> Result<(), StoreError> {
     let op = "insert";
     let row = RunRow::encode(run);
     let by = UserText::new(&row.last_changed_by);
@@ -107,7 +91,8 @@ pub(crate) fn insert_rows(tx: &Connection, run: &FieldingRun, change: &ChangeRec
             _ => store_error(op, err),
         });
     }
-    append_change(tx, run, change, op)
+    insert_change(tx, run, change, positions.next(op)?).map_err(|e| store_error(op, e))?;
+    Ok(())
 }
 
 fn key_params(key: &RunKey) -> (&str, i64, &str, &str) {
@@ -119,46 +104,20 @@ fn key_params(key: &RunKey) -> (&str, i64, &str, &str) {
     )
 }
 
-/// `compare_and_swap`: conditional update, then the change record, in one
-/// immediate transaction. The conflict is told by the rows the update
-/// touched; then the current version is read in the same transaction.
-pub(crate) fn compare_and_swap(
-    conn: &mut Connection,
-    expected: Version,
-    run: &FieldingRun,
-    change: &ChangeRecord,
-) -> Result<(), StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| store_error("compare_and_swap", e))?;
-    compare_and_swap_rows(&tx, expected, run, change)?;
-    tx.commit().map_err(|e| store_error("compare_and_swap", e))
-}
-
-/// The statements of `compare_and_swap`, inside the caller's transaction.
+/// `compare_and_swap`, inside the caller's immediate transaction: the
+/// conditional update, then the change record at the next of `positions`.
+/// The conflict is told by the rows the update touched; then the current
+/// version is read in the same transaction.
 pub(crate) fn compare_and_swap_rows(
     tx: &Connection,
     expected: Version,
     run: &FieldingRun,
     change: &ChangeRecord,
+    positions: &mut Positions,
 ) -> Result<(), StoreError> {
     let op = "compare_and_swap";
     swap_run(tx, expected, run, op)?;
-    append_change(tx, run, change, op)
-}
-
-/// A compare-and-swap whose change record goes at `position`, taken by the
-/// caller with others (a bulk batch takes its positions at once).
-pub(crate) fn compare_and_swap_at(
-    tx: &Connection,
-    expected: Version,
-    run: &FieldingRun,
-    change: &ChangeRecord,
-    position: i64,
-    op: &'static str,
-) -> Result<(), StoreError> {
-    swap_run(tx, expected, run, op)?;
-    insert_change(tx, run, change, position).map_err(|e| store_error(op, e))?;
+    insert_change(tx, run, change, positions.next(op)?).map_err(|e| store_error(op, e))?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! The writer thread's loop, with group commit.
 //!
 //! Writes (`insert`, `compare_and_swap`, `create_job`, `finish_job`,
-//! `expire_jobs` and the bulk-job writes) arrive as data, not closures, so
+//! `expire_jobs`, the bulk-job and the feed writes) arrive as data, not closures, so
 //! the writer can see several queued at once. When more than one write is
 //! waiting, it runs them in **one** `BEGIN IMMEDIATE` transaction and
 //! commits once: one WAL append (and, with `synchronous = FULL`, one
@@ -23,7 +23,11 @@
 //!   gets the error and none of them happened (SQLite rolled the
 //!   transaction back); if SQLite rolls the whole transaction back in the
 //!   middle of the group (an I/O error, say), the writes before get the
-//!   error too and the rest start a new transaction.
+//!   error too and the rest start a new transaction;
+//! * each write transaction takes the feed positions of all its writes
+//!   with one counter update, after the reads and before the first write
+//!   (see [`group_positions`] and `feed::take_positions`); the watchers of
+//!   the accounts written are woken once it has committed ([`wake`]).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,13 +37,13 @@ use fielding_core::{
     AccountId, ChangeNotifier, ChangeRecord, FieldingRun, FieldingRunJob, JobCreated, JobId, JobOutcome, Scope,
     StoreError, Timestamp, Version,
 };
-use rusqlite::{Connection, ErrorCode};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use crate::bulk::{BulkWrite, BulkWritten};
 use crate::checkpoint::WriterLink;
 use crate::error::{code, store_error};
-use crate::feed::FeedWrite;
+use crate::feed::{self, FeedWrite, Positions};
 use crate::savepoint::in_savepoint;
 use crate::{jobs, runs};
 
@@ -142,41 +146,38 @@ impl WriteKind {
         }
     }
 
-    /// In its own transaction.
-    fn run_alone(&self, conn: &mut Connection) -> Result<Written, StoreError> {
+    /// The most change records this write appends: what its transaction
+    /// takes feed positions for.
+    fn feed_records(&self) -> usize {
         match self {
-            WriteKind::Insert { run, change } => runs::insert(conn, run, change).map(|()| Written::Done),
-            WriteKind::CompareAndSwap { expected, run, change } => {
-                runs::compare_and_swap(conn, *expected, run, change).map(|()| Written::Done)
-            }
-            WriteKind::CreateJob { job } => jobs::create_job(conn, job).map(Written::Job),
-            WriteKind::FinishJob {
-                scope,
-                id,
-                outcome,
-                finished_at,
-            } => jobs::finish_job(conn, scope, id, outcome, *finished_at).map(Written::Finished),
-            WriteKind::ExpireJobs { finished_before, limit } => {
-                jobs::expire_jobs(conn, *finished_before, *limit).map(Written::Expired)
-            }
-            WriteKind::Bulk(write) => write.run_alone(conn).map(Written::Bulk),
-            WriteKind::Feed(write) => {
-                let tx = conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .map_err(|e| store_error(write.op(), e))?;
-                let written = write.rows(&tx)?;
-                tx.commit().map_err(|e| store_error(write.op(), e))?;
-                Ok(written)
-            }
+            WriteKind::Insert { .. } | WriteKind::CompareAndSwap { .. } => 1,
+            WriteKind::Bulk(write) => write.feed_records(),
+            _ => 0,
         }
     }
 
-    /// Inside the caller's transaction.
-    fn run_in(&self, conn: &Connection) -> Result<Written, StoreError> {
+    /// In its own immediate transaction (dropped, hence rolled back, on
+    /// any error).
+    fn run_alone(&self, conn: &mut Connection) -> Result<Written, StoreError> {
+        let op = self.op();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| store_error(op, e))?;
+        let mut positions = feed::take_positions(&tx, self.feed_records(), op)?;
+        let written = self.run_in(&tx, &mut positions)?;
+        tx.commit().map_err(|e| store_error(op, e))?;
+        Ok(written)
+    }
+
+    /// Inside the caller's transaction, numbering its change records from
+    /// `positions`, taken by the transaction beforehand.
+    fn run_in(&self, conn: &Connection, positions: &mut Positions) -> Result<Written, StoreError> {
         match self {
-            WriteKind::Insert { run, change } => runs::insert_rows(conn, run, change).map(|()| Written::Done),
+            WriteKind::Insert { run, change } => {
+                runs::insert_rows(conn, run, change, positions).map(|()| Written::Done)
+            }
             WriteKind::CompareAndSwap { expected, run, change } => {
-                runs::compare_and_swap_rows(conn, *expected, run, change).map(|()| Written::Done)
+                runs::compare_and_swap_rows(conn, *expected, run, change, positions).map(|()| Written::Done)
             }
             WriteKind::CreateJob { job } => jobs::create_job_rows(conn, job).map(Written::Job),
             WriteKind::FinishJob {
@@ -188,9 +189,32 @@ impl WriteKind {
             WriteKind::ExpireJobs { finished_before, limit } => {
                 jobs::expire_jobs_rows(conn, *finished_before, *limit).map(Written::Expired)
             }
-            WriteKind::Bulk(write) => write.run_in(conn).map(Written::Bulk),
+            WriteKind::Bulk(write) => write.run_in(conn, positions).map(Written::Bulk),
             WriteKind::Feed(write) => write.rows(conn),
         }
+    }
+}
+
+/// The feed positions of one write transaction of `group`: as many as its
+/// writes may append records, taken at once, before any write and outside
+/// every savepoint (a savepoint undone must not give back numbers that
+/// later writes of the transaction still use). Numbers a write does not
+/// use (a conflict, a settled bulk item) are gaps.
+fn group_positions<'a>(
+    conn: &Connection,
+    group: impl Iterator<Item = &'a WriteKind>,
+    op: &'static str,
+) -> Result<Positions, StoreError> {
+    feed::take_positions(conn, group.map(WriteKind::feed_records).sum(), op)
+}
+
+/// The answer for a write whose transaction could not take its feed
+/// positions (and so wrote nothing).
+fn positions_failure(op: &'static str, err: &StoreError) -> StoreError {
+    StoreError::Backend {
+        message: format!("sqlite {op}: cannot take feed positions, nothing was written: {err}"),
+        retryable: err.is_retryable(),
+        source: None,
     }
 }
 
@@ -362,12 +386,28 @@ fn commit_group(
     for task in reads {
         guarded(conn, task);
     }
+    // After the reads: a feed read on this connection would see the
+    // counter taken, and bookmark a reader past records not written yet.
+    let mut positions = match group_positions(conn, group.iter().map(|w| &w.kind), "write group") {
+        Ok(positions) => positions,
+        Err(err) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            let outcomes = group
+                .iter()
+                .map(|w| Err(positions_failure(w.kind.op(), &err)))
+                .collect();
+            answer(group, outcomes, notifier);
+            return;
+        }
+    };
     let mut outcomes = Vec::with_capacity(group.len());
     for write in &group {
         if conn.is_autocommit() {
             break;
         }
-        let outcome = write.kind.run_in(conn);
+        let outcome = write.kind.run_in(conn, &mut positions);
         if !clean(&outcome) {
             break;
         }
@@ -401,8 +441,8 @@ fn group_failure(op: &'static str, what: &str, err: &rusqlite::Error) -> StoreEr
     }
 }
 
-fn savepoint(conn: &Connection, write: &WriteKind) -> Result<Written, StoreError> {
-    in_savepoint(conn, "fielding_write", write.op(), || write.run_in(conn))
+fn savepoint(conn: &Connection, write: &WriteKind, positions: &mut Positions) -> Result<Written, StoreError> {
+    in_savepoint(conn, "fielding_write", write.op(), || write.run_in(conn, positions))
 }
 
 /// The careful path: each write in its own savepoint, so a write that
@@ -411,16 +451,33 @@ fn commit_with_savepoints(conn: &mut Connection, group: Vec<Write>, notifier: &C
     let mut answers: Vec<(Write, Result<Written, StoreError>)> = Vec::with_capacity(group.len());
     // Index in `answers` where the open transaction's writes start.
     let mut open: Option<usize> = None;
-    for write in group {
+    // The open transaction's feed positions, for this write and the rest.
+    let mut positions = Positions::empty();
+    let kinds: Vec<usize> = group.iter().map(|w| w.kind.feed_records()).collect();
+    let mut later: usize = kinds.iter().sum();
+    for (write, records) in group.into_iter().zip(kinds) {
+        let from_here = later;
+        later -= records;
         if open.is_none() {
             if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
                 let outcome = Err(store_error(write.kind.op(), e));
                 answers.push((write, outcome));
                 continue;
             }
+            match feed::take_positions(conn, from_here, write.kind.op()) {
+                Ok(taken) => positions = taken,
+                Err(err) => {
+                    if !conn.is_autocommit() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                    let outcome = Err(positions_failure(write.kind.op(), &err));
+                    answers.push((write, outcome));
+                    continue;
+                }
+            }
             open = Some(answers.len());
         }
-        let outcome = savepoint(conn, &write.kind);
+        let outcome = savepoint(conn, &write.kind, &mut positions);
         if let (Some(start), true) = (open, conn.is_autocommit()) {
             // SQLite rolled the whole transaction back: the writes before
             // this one in it are gone as well.

@@ -192,18 +192,31 @@ async fn check_against_the_log(store: &dyn FieldingStore, runs: &[FieldingRun], 
 /// with its own writer connection, so their transactions contend for
 /// SQLite's lock as two processes' would, and each group-committing its
 /// tasks' writes), one of them running bulk batches, and a reader
-/// following the feed in small pages the whole time: the reader ends up
-/// with the full log, nothing skipped, nothing twice, each run in version
-/// order.
+/// following the feed in small pages the whole time, on a reader thread:
+/// the reader ends up with the full log, nothing skipped, nothing twice,
+/// each run in version order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_following_concurrent_writers_sees_every_record_once_in_order() {
-    const WRITERS: usize = 8;
-    const WRITES: u64 = 120;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("feed.db");
     let options = SqliteOptions::default().durability(Durability::Normal);
     let first = Arc::new(SqliteStore::open_with(&path, options.clone()).await.unwrap());
     let second = Arc::new(SqliteStore::open_with(&path, options).await.unwrap());
+    follow_concurrent_writers(first, second).await;
+}
+
+/// The same on a private in-memory database: one connection, so the
+/// reader's pages are read on the writer thread, inside the write groups'
+/// transactions (before their writes and before they take positions).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_on_the_writer_thread_sees_every_record_once_in_order() {
+    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    follow_concurrent_writers(Arc::clone(&store), store).await;
+}
+
+async fn follow_concurrent_writers(first: Arc<SqliteStore>, second: Arc<SqliteStore>) {
+    const WRITERS: usize = 8;
+    const WRITES: u64 = 120;
     let scope = fixtures::scope();
     let account = scope.account_id;
     let mut runs = Vec::new();

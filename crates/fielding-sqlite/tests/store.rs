@@ -448,19 +448,27 @@ async fn concurrent_writes_into_a_full_disk_either_happen_whole_or_not_at_all() 
         })
         .collect();
     let (mut ok, mut full) = (0, 0);
+    let mut positions = std::collections::HashSet::new();
     for task in tasks {
         let (run, outcome) = task.await.unwrap();
+        // Each run has an account of its own: its feed is its record, or
+        // nothing (a failed write's positions were given back or skipped).
+        let feed = store.store.feed(run.account_id, None, 10).await.unwrap();
         match outcome {
             Ok(()) => {
                 ok += 1;
                 assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
                 assert_eq!(store.changes(&run.key()).await.unwrap(), vec![created(&run)]);
+                assert_eq!(feed.records.len(), 1);
+                assert_eq!(feed.records[0].change, created(&run));
+                assert!(positions.insert(feed.records[0].position), "one position, one record");
             }
             Err(err) => {
                 full += 1;
                 assert_backend(&err, false);
                 assert_eq!(store.get(&run.key()).await.unwrap(), None);
                 assert_eq!(store.changes(&run.key()).await.unwrap(), vec![]);
+                assert!(feed.records.is_empty());
             }
         }
     }
