@@ -1,11 +1,11 @@
 //! The writer thread's loop, with group commit.
 //!
 //! Writes (`insert`, `compare_and_swap`, `create_job`, `finish_job`,
-//! `expire_jobs`, the bulk-job and the feed writes) arrive as data, not closures, so
-//! the writer can see several queued at once. When more than one write is
-//! waiting, it runs them in **one** `BEGIN IMMEDIATE` transaction and
-//! commits once: one WAL append (and, with `synchronous = FULL`, one
-//! `fsync`) for the whole group. What each caller sees is unchanged:
+//! `expire_jobs`, the bulk-job and the feed writes) arrive as data, not
+//! closures, so the writer can see several queued at once. When more than
+//! one write is waiting, it runs them in **one** `BEGIN IMMEDIATE`
+//! transaction and commits once: one WAL append (and, with `synchronous =
+//! FULL`, one `fsync`) for the whole group. What each caller sees is unchanged:
 //!
 //! * reads queued for the writer (`update`'s read, `apply_bulk_items`'s
 //!   read) run first, before any

@@ -8,6 +8,8 @@
 //! (`current_exe() --exact feed_child_process`) with `FIELDING_FEED_CHILD`
 //! set; `feed_child_process` does nothing without it.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -429,6 +431,60 @@ async fn pruning_is_bounded_oldest_first_and_expires_the_cursors_before_it() {
         store.feed(other.account_id, Some(FeedPosition::ZERO), 10).await,
         Err(StoreError::FeedExpired { .. })
     ));
+}
+
+/// A file written before the feed (schema version 4) is migrated on
+/// opening: its records are numbered in run and version order, with their
+/// runs' scopes, and new records go after them.
+#[tokio::test]
+async fn a_version_4_file_gets_its_records_numbered_and_new_ones_after_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fielding.db");
+    let store = SqliteStore::open(&path).await.unwrap();
+    let scope = fixtures::scope();
+    let mut runs = Vec::new();
+    for n in 0..3 {
+        let mut run = insert(&store, fixtures::other_target_group(scope)).await;
+        for tag in 0..n {
+            let (next, record) = fixtures::change(&run, tag, UserId::random()).unwrap();
+            store.compare_and_swap(run.version, &next, &record).await.unwrap();
+            run = next;
+        }
+        runs.push(run);
+    }
+    let elsewhere = insert(&store, fixtures::other_account(scope)).await;
+    store.close().await;
+    common::back_to_version_4(&rusqlite::Connection::open(&path).unwrap());
+
+    let store = SqliteStore::open(&path).await.unwrap();
+    let page = store.feed(scope.account_id, None, 100).await.unwrap();
+    let mut expected = Vec::new();
+    for run in &runs {
+        for change in store.changes(&run.key()).await.unwrap() {
+            expected.push((run.id, change.version.get(), run.scope(), change));
+        }
+    }
+    // Numbered in (run_id, version) order across the whole file: this
+    // account's records in that order, the other account's in between.
+    expected.sort_by_key(|(id, version, ..)| (id.as_str().to_owned(), *version));
+    let got: Vec<_> = page
+        .records
+        .iter()
+        .map(|r| (r.change.run_id, r.change.version.get(), r.scope, r.change.clone()))
+        .collect();
+    assert_eq!(got, expected);
+    let mut all: Vec<u64> = page.records.iter().map(|r| r.position.major()).collect();
+    let other = store.feed(elsewhere.account_id, None, 100).await.unwrap();
+    all.extend(other.records.iter().map(|r| r.position.major()));
+    all.sort_unstable();
+    assert_eq!(all, (1..=7).collect::<Vec<u64>>(), "every record numbered, 1 to 7");
+    assert_eq!(page.next, FeedPosition::new(7, 0));
+    let (next, record) = fixtures::change(&runs[0], 99, UserId::random()).unwrap();
+    store.compare_and_swap(runs[0].version, &next, &record).await.unwrap();
+    let after = store.feed(scope.account_id, Some(page.next), 100).await.unwrap();
+    assert_eq!(after.records.len(), 1);
+    assert_eq!(after.records[0].position, FeedPosition::new(8, 0));
+    store.close().await;
 }
 
 #[tokio::test]
