@@ -20,12 +20,14 @@ use fielding_core::{
     ChangeRecord, ClaimToken, FieldingRun, IdempotencyKey, InvalidId, JobId, JobTraceId, ProjectId, Scope, StoreError,
     TargetGroupId, Timestamp, UserId, Version,
 };
-use rusqlite::{ffi, params, Connection, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{ffi, params, Connection, OptionalExtension, Row};
 
 use crate::codec::{opt_text, refused, text, UserText};
 use crate::error::{extended_code, store_error};
+use crate::feed::Positions;
 use crate::runs;
 use crate::savepoint::in_savepoint;
+use crate::snapshot::snapshot;
 
 /// The columns of `fielding_bulk_jobs` that [`read_job`] reads, in order.
 const JOB_COLUMNS: &str =
@@ -188,24 +190,6 @@ fn job_with_items<P: rusqlite::Params>(
         .query_map([job.id.as_str()], read_item)?
         .collect::<rusqlite::Result<_>>()?;
     Ok(Some(job))
-}
-
-/// Runs `read` in one read transaction when the connection is not in one
-/// already (on the writer thread, reads may run inside the group's write
-/// transaction), so the job and its items come from one committed state.
-fn snapshot<R>(conn: &Connection, read: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
-    if !conn.is_autocommit() {
-        return read();
-    }
-    conn.execute_batch("BEGIN")
-        .map_err(|e| store_error("begin a read", e))?;
-    let answer = read();
-    // A read-only transaction: ending it cannot lose anything, but a
-    // connection left inside it would pin the log and fail its next BEGIN.
-    if conn.execute_batch("COMMIT").is_err() && !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    answer
 }
 
 /// `get_bulk_job`: by id, account and project, in one snapshot.
@@ -372,33 +356,36 @@ impl BulkWrite {
         }
     }
 
-    /// In its own immediate transaction (dropped, hence rolled back, on
-    /// any error).
-    pub(crate) fn run_alone(&self, conn: &mut Connection) -> Result<BulkWritten, StoreError> {
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| store_error(self.op(), e))?;
-        let written = self.rows(&tx)?;
-        tx.commit().map_err(|e| store_error(self.op(), e))?;
-        Ok(written)
+    /// The most change records this write appends.
+    pub(crate) fn feed_records(&self) -> usize {
+        match self {
+            BulkWrite::Apply { items, .. } => items
+                .iter()
+                .filter(|item| matches!(item, PlannedItem::Write { .. }))
+                .count(),
+            _ => 0,
+        }
     }
 
     /// Inside the caller's transaction. A refused write (`ClaimLost`, a
     /// version conflict) leaves nothing behind: `Apply`, the only one that
     /// can be refused after writing, runs in a savepoint of its own.
-    pub(crate) fn run_in(&self, conn: &Connection) -> Result<BulkWritten, StoreError> {
+    /// `Apply` numbers its change records from `positions`.
+    pub(crate) fn run_in(&self, conn: &Connection, positions: &mut Positions) -> Result<BulkWritten, StoreError> {
         match self {
-            BulkWrite::Apply { .. } => in_savepoint(conn, "fielding_bulk", self.op(), || self.rows(conn)),
-            _ => self.rows(conn),
+            BulkWrite::Apply { .. } => in_savepoint(conn, "fielding_bulk", self.op(), || self.rows(conn, positions)),
+            _ => self.rows(conn, positions),
         }
     }
 
-    fn rows(&self, conn: &Connection) -> Result<BulkWritten, StoreError> {
+    fn rows(&self, conn: &Connection, positions: &mut Positions) -> Result<BulkWritten, StoreError> {
         match self {
             BulkWrite::Create { job } => create_rows(conn, job).map(BulkWritten::Created),
             BulkWrite::Claim { now, claim } => claim_rows(conn, *now, claim).map(BulkWritten::Claimed),
             BulkWrite::Renew { key, claim } => renew_rows(conn, key, claim).map(BulkWritten::Held),
-            BulkWrite::Apply { key, token, items } => apply_rows(conn, key, *token, items).map(BulkWritten::Applied),
+            BulkWrite::Apply { key, token, items } => {
+                apply_rows(conn, key, *token, items, positions).map(BulkWritten::Applied)
+            }
             BulkWrite::Finish {
                 key,
                 token,
@@ -543,6 +530,7 @@ fn apply_rows(
     key: &BulkJobKey,
     token: ClaimToken,
     items: &[PlannedItem],
+    positions: &mut Positions,
 ) -> Result<Vec<(TargetGroupId, BulkItemOutcome)>, StoreError> {
     let op = "apply_bulk_items";
     ensure_held(conn, key, token, op)?;
@@ -572,7 +560,7 @@ fn apply_rows(
             expected, run, change, ..
         } = item
         {
-            runs::compare_and_swap_rows(conn, *expected, run, change)?;
+            runs::compare_and_swap_rows(conn, *expected, run, change, positions)?;
         }
         answer.push((target_group_id, outcome));
     }

@@ -5,7 +5,7 @@
 
 use fielding_core::codec::JobRow;
 use fielding_core::{FieldingRunJob, IdempotencyKey, JobCreated, JobId, JobOutcome, Scope, StoreError, Timestamp};
-use rusqlite::{ffi, params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{ffi, params, Connection, OptionalExtension};
 
 use crate::codec::{account, job_params, read_job, UserText};
 use crate::error::{extended_code, store_error};
@@ -29,16 +29,6 @@ fn job_by_id(conn: &Connection, scope: &Scope, id: &JobId) -> rusqlite::Result<O
             read_job,
         )
         .optional()
-}
-
-/// `create_job` in its own immediate transaction.
-pub(crate) fn create_job(conn: &mut Connection, job: &FieldingRunJob) -> Result<JobCreated, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| store_error("create_job", e))?;
-    let created = create_job_rows(&tx, job)?;
-    tx.commit().map_err(|e| store_error("create_job", e))?;
-    Ok(created)
 }
 
 /// The statements of `create_job`, inside the caller's transaction: the
@@ -81,22 +71,6 @@ pub(crate) fn get_job(conn: &Connection, scope: &Scope, id: &JobId) -> Result<Op
     job_by_id(conn, scope, id).map_err(|e| store_error("get_job", e))
 }
 
-/// `finish_job` in its own immediate transaction.
-pub(crate) fn finish_job(
-    conn: &mut Connection,
-    scope: &Scope,
-    id: &JobId,
-    outcome: &JobOutcome,
-    finished_at: Timestamp,
-) -> Result<Option<FieldingRunJob>, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| store_error("finish_job", e))?;
-    let finished = finish_job_rows(&tx, scope, id, outcome, finished_at)?;
-    tx.commit().map_err(|e| store_error("finish_job", e))?;
-    Ok(finished)
-}
-
 /// The statements of `finish_job`, inside the caller's transaction: the
 /// conditional update (a job no longer processing keeps its outcome), then
 /// the job as it now stands.
@@ -123,20 +97,6 @@ pub(crate) fn finish_job_rows(
         })
         .map_err(|e| store_error("finish_job", e))?;
     job_by_id(tx, scope, id).map_err(|e| store_error("finish_job", e))
-}
-
-/// `expire_jobs` in its own immediate transaction.
-pub(crate) fn expire_jobs(
-    conn: &mut Connection,
-    finished_before: Timestamp,
-    limit: usize,
-) -> Result<usize, StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| store_error("expire_jobs", e))?;
-    let removed = expire_jobs_rows(&tx, finished_before, limit)?;
-    tx.commit().map_err(|e| store_error("expire_jobs", e))?;
-    Ok(removed)
 }
 
 /// The statement of `expire_jobs`, inside the caller's transaction: one

@@ -75,12 +75,14 @@
 //! ## Schema and migrations
 //!
 //! Tables `fielding_runs` (unique on account, project and target group),
-//! `change_records` (primary key run id and version) and, since schema
+//! `change_records` (keyed by run id and version; by account and feed
+//! position since version 5) and, since schema
 //! version 2, `fielding_run_jobs` (creation jobs, unique on account and
 //! idempotency key; since version 3 with their finish time and an index on
-//! it, for `expire_jobs`) and, since version 4, `fielding_bulk_jobs` and
+//! it, for `expire_jobs`), since version 4, `fielding_bulk_jobs` and
 //! `fielding_bulk_job_items` (bulk jobs, their claims and their items'
-//! outcomes), created by
+//! outcomes) and, since version 5, the change feed's columns and tables
+//! (see below), created by
 //! embedded, numbered migrations recorded in `fielding_schema_migrations`.
 //! [`SqliteStore::open`] migrates; with [`SqliteOptions::migrate`]`(false)`
 //! the store opens without migrating, refuses every operation while its
@@ -89,6 +91,19 @@
 //! with [`OpenError::SchemaTooNew`]. Timestamps are stored as integer
 //! milliseconds since the Unix epoch (exact, and ordered as integers),
 //! versions as 64-bit integers.
+//!
+//! ## Change feed
+//!
+//! Since schema version 5, `change_records` is keyed by account and feed
+//! position (`(n, 0)`, `n` from a one-row counter taken inside each write
+//! transaction: SQLite's single writer makes numbering order commit order),
+//! with `(run_id, version)` unique through an index. `feed` reads one range
+//! of that key and the counter in one read transaction; `prune_changes`
+//! deletes oldest first and raises the account's horizon in the same
+//! transaction; the writer thread wakes the store's
+//! [`ChangeNotifier`](fielding_core::ChangeNotifier) after each commit
+//! that appended records (another process's writes are found by polling).
+//! See `docs/sqlite.md`.
 //!
 //! ## Errors
 //!
@@ -105,12 +120,14 @@ mod bulk;
 mod checkpoint;
 mod codec;
 mod error;
+mod feed;
 mod jobs;
 mod migrations;
 mod open;
 mod options;
 mod runs;
 mod savepoint;
+mod snapshot;
 mod sql;
 mod stats;
 mod store;

@@ -21,7 +21,7 @@ use crate::error::{open_error, OpenError};
 use crate::options::SqliteOptions;
 
 /// The schema version this library writes and reads.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 struct Migration {
     version: u32,
@@ -55,6 +55,14 @@ const MIGRATIONS: &[Migration] = &[
         description: "fielding_bulk_jobs and fielding_bulk_job_items",
         // Bulk jobs, their claims and their items' outcomes.
         sql: include_str!("../migrations/0004_bulk_jobs.sql"),
+    },
+    Migration {
+        version: 5,
+        description: "change feed: change_records positions, feed_counter, feed_horizons, feed_checkpoints",
+        // Change records rebuilt with their account, project, target group
+        // and feed position (existing ones numbered in run and version
+        // order), the position counter, prune horizons and checkpoints.
+        sql: include_str!("../migrations/0005_change_feed.sql"),
     },
 ];
 
@@ -318,6 +326,123 @@ mod tests {
         );
     }
 
+    /// A database as the release before the change feed left it:
+    /// migrations 1 to 4, recorded.
+    fn at_version_4() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(CREATE_MIGRATIONS_TABLE).unwrap();
+        for migration in &MIGRATIONS[..4] {
+            conn.execute_batch(migration.sql).unwrap();
+            conn.execute(
+                "INSERT INTO fielding_schema_migrations VALUES (?1, ?2, 5)",
+                rusqlite::params![migration.version, migration.description],
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    const RUN: &str = "INSERT INTO fielding_runs VALUES (?1, ?2, ?3, ?4, 1, 2, 'scheduled', ?5, 0, 'u')";
+    const RECORD: &str = "INSERT INTO change_records (run_id, version, action, changed_at_ms, changed_by, \
+                          status_to, start_to_ms, end_to_ms) VALUES (?1, ?2, 'update-dates', ?3, 'u', 'scheduled', 1, 2)";
+
+    #[test]
+    fn migration_5_numbers_existing_records_by_run_and_version_and_starts_the_counter_after_them() {
+        let mut conn = at_version_4();
+        // Run ids sort b < c < d; accounts 101 (b, d) and 102 (c); records
+        // inserted out of order, with times that do not follow the versions.
+        for (run, account, versions) in [("d", 101, 1), ("b", 101, 3), ("c", 102, 2)] {
+            conn.execute(
+                RUN,
+                rusqlite::params![run, account, format!("p-{run}"), format!("t-{run}"), versions],
+            )
+            .unwrap();
+        }
+        for (run, version, at) in [
+            ("c", 2, 10),
+            ("b", 3, 20),
+            ("d", 1, 30),
+            ("b", 1, 40),
+            ("c", 1, 50),
+            ("b", 2, 60),
+        ] {
+            conn.execute(RECORD, rusqlite::params![run, version, at]).unwrap();
+        }
+        let report = migrate(&mut conn, Path::new(":memory:"), 9).unwrap();
+        assert_eq!((report.from, report.to), (4, SCHEMA_VERSION));
+        let rows: Vec<(i64, i64, String, i64, String, String, i64)> = conn
+            .prepare(
+                "SELECT position, account_id, run_id, version, project_id, target_group_id, changed_at_ms \
+                 FROM change_records ORDER BY position",
+            )
+            .unwrap()
+            .query_map([], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                    row.get(6)?,
+                ))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let expected = [
+            (1, 101, "b", 1, 40),
+            (2, 101, "b", 2, 60),
+            (3, 101, "b", 3, 20),
+            (4, 102, "c", 1, 50),
+            (5, 102, "c", 2, 10),
+            (6, 101, "d", 1, 30),
+        ];
+        assert_eq!(rows.len(), expected.len());
+        for (row, (position, account, run, version, at)) in rows.iter().zip(expected) {
+            let want = (
+                position,
+                account,
+                run.to_string(),
+                version,
+                format!("p-{run}"),
+                format!("t-{run}"),
+                at,
+            );
+            assert_eq!(*row, want);
+        }
+        let counter: i64 = conn
+            .query_row("SELECT last_position FROM feed_counter", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(counter, 6);
+        let mut next = crate::feed::take_positions(&conn, 1, "test").unwrap();
+        assert_eq!(next.next("test").unwrap(), 7, "new records go after the old ones");
+        let horizons: i64 = conn
+            .query_row("SELECT COUNT(*) FROM feed_horizons", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(horizons, 0, "nothing pruned yet");
+        // The old key is still unique.
+        let err = conn.execute(
+            "INSERT INTO change_records (account_id, position, run_id, version, project_id, target_group_id, action, \
+             changed_at_ms, changed_by, status_to, start_to_ms, end_to_ms) \
+             VALUES (101, 99, 'b', 2, 'p-b', 't-b', 'update-dates', 0, 'u', 'scheduled', 1, 2)",
+            [],
+        );
+        assert!(err.is_err(), "(run_id, version) stays unique");
+    }
+
+    #[test]
+    fn migration_5_refuses_a_record_without_its_run_rather_than_dropping_it() {
+        let mut conn = at_version_4();
+        conn.execute(RECORD, rusqlite::params!["orphan", 1, 0]).unwrap();
+        assert!(migrate(&mut conn, Path::new(":memory:"), 9).is_err());
+        assert_eq!(recorded_version(&conn).unwrap(), 4, "rolled back as a whole");
+        let kept: i64 = conn
+            .query_row("SELECT COUNT(*) FROM change_records", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(kept, 1);
+    }
+
     fn tables(conn: &Connection) -> Vec<String> {
         conn.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
             .unwrap()
@@ -362,6 +487,9 @@ mod tests {
             tables(&conn),
             [
                 "change_records",
+                "feed_checkpoints",
+                "feed_counter",
+                "feed_horizons",
                 "fielding_bulk_job_items",
                 "fielding_bulk_jobs",
                 "fielding_run_jobs",
@@ -380,6 +508,6 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        assert_eq!(applied, [(1, 5), (2, 9), (3, 9), (4, 9)]);
+        assert_eq!(applied, [(1, 5), (2, 9), (3, 9), (4, 9), (5, 9)]);
     }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
+use fielding_core::ChangeNotifier;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 
@@ -248,6 +249,8 @@ impl SqliteStore {
         let (writer_link, checkpointer_link) = links.unzip();
         let (closed, all_closed) = closing.unzip();
         let writer_checkpoints = Arc::clone(&checkpoints);
+        let notifier = ChangeNotifier::default();
+        let writer_notifier = notifier.clone();
         start_worker(
             "fielding-sqlite-writer".into(),
             &path,
@@ -263,6 +266,7 @@ impl SqliteStore {
                     group_commit,
                     &writer_counters,
                     writer_link.as_ref(),
+                    &writer_notifier,
                 );
                 // Stops the checkpoint thread.
                 drop(writer_link);
@@ -338,6 +342,7 @@ impl SqliteStore {
             schema,
             counters,
             checkpoints,
+            notifier,
         })
     }
 

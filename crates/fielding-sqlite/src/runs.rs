@@ -5,18 +5,43 @@
 
 use fielding_core::codec::{ChangeRow, RunRow};
 use fielding_core::{ChangeRecord, FieldingRun, RunKey, Scope, StoreError, Version};
-use rusqlite::{ffi, params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{ffi, params, Connection, OptionalExtension};
 
 use crate::codec::{change_params, read_change, read_run, read_version, run_params, UserText};
 use crate::error::{extended_code, store_error};
+use crate::feed::Positions;
 use crate::sql::{
     CHANGES_AT_KEY, INSERT_CHANGE, INSERT_RUN, RUN_BY_KEY, RUN_BY_SCOPE, SCOPE_TAKEN, UPDATE_RUN, VERSION_AT_KEY,
 };
 
-fn insert_change(conn: &Connection, change: &ChangeRecord) -> rusqlite::Result<usize> {
+/// Appends `run`'s change record at feed position `position`.
+fn insert_change(
+    conn: &Connection,
+    run: &FieldingRun,
+    change: &ChangeRecord,
+    position: i64,
+) -> rusqlite::Result<usize> {
     let row = ChangeRow::encode(change);
     let by = UserText::new(&row.changed_by);
-    conn.prepare_cached(INSERT_CHANGE)?.execute(change_params(&row, &by))
+    let [p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11] = change_params(&row, &by);
+    let account = i64::from(run.account_id.get());
+    conn.prepare_cached(INSERT_CHANGE)?.execute([
+        p1,
+        p2,
+        p3,
+        p4,
+        p5,
+        p6,
+        p7,
+        p8,
+        p9,
+        p10,
+        p11,
+        &account,
+        &run.project_id.as_str(),
+        &run.target_group_id.as_str(),
+        &position,
+    ])
 }
 
 fn scope_taken(conn: &Connection, scope: &Scope) -> rusqlite::Result<bool> {
@@ -34,19 +59,15 @@ fn scope_taken(conn: &Connection, scope: &Scope) -> rusqlite::Result<bool> {
         .is_some())
 }
 
-/// `insert`: the run and its first change record in one immediate
-/// transaction. A unique violation on the scope is `AlreadyExists`, told by
-/// SQLite's extended result code.
-pub(crate) fn insert(conn: &mut Connection, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| store_error("insert", e))?;
-    insert_rows(&tx, run, change)?;
-    tx.commit().map_err(|e| store_error("insert", e))
-}
-
-/// The statements of `insert`, inside the caller's transaction.
-pub(crate) fn insert_rows(tx: &Connection, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
+/// `insert`, inside the caller's immediate transaction: the run, then its
+/// first change record at the next of `positions`. A unique violation on
+/// the scope is `AlreadyExists`, told by SQLite's extended result code.
+pub(crate) fn insert_rows(
+    tx: &Connection,
+    run: &FieldingRun,
+    change: &ChangeRecord,
+    positions: &mut Positions,
+) -> Result<(), StoreError> {
     let op = "insert";
     let row = RunRow::encode(run);
     let by = UserText::new(&row.last_changed_by);
@@ -70,7 +91,7 @@ pub(crate) fn insert_rows(tx: &Connection, run: &FieldingRun, change: &ChangeRec
             _ => store_error(op, err),
         });
     }
-    insert_change(tx, change).map_err(|e| store_error(op, e))?;
+    insert_change(tx, run, change, positions.next(op)?).map_err(|e| store_error(op, e))?;
     Ok(())
 }
 
@@ -83,30 +104,26 @@ fn key_params(key: &RunKey) -> (&str, i64, &str, &str) {
     )
 }
 
-/// `compare_and_swap`: conditional update, then the change record, in one
-/// immediate transaction. The conflict is told by the rows the update
-/// touched; then the current version is read in the same transaction.
-pub(crate) fn compare_and_swap(
-    conn: &mut Connection,
-    expected: Version,
-    run: &FieldingRun,
-    change: &ChangeRecord,
-) -> Result<(), StoreError> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| store_error("compare_and_swap", e))?;
-    compare_and_swap_rows(&tx, expected, run, change)?;
-    tx.commit().map_err(|e| store_error("compare_and_swap", e))
-}
-
-/// The statements of `compare_and_swap`, inside the caller's transaction.
+/// `compare_and_swap`, inside the caller's immediate transaction: the
+/// conditional update, then the change record at the next of `positions`.
+/// The conflict is told by the rows the update touched; then the current
+/// version is read in the same transaction.
 pub(crate) fn compare_and_swap_rows(
     tx: &Connection,
     expected: Version,
     run: &FieldingRun,
     change: &ChangeRecord,
+    positions: &mut Positions,
 ) -> Result<(), StoreError> {
     let op = "compare_and_swap";
+    swap_run(tx, expected, run, op)?;
+    insert_change(tx, run, change, positions.next(op)?).map_err(|e| store_error(op, e))?;
+    Ok(())
+}
+
+/// The conditional update of a compare-and-swap: `VersionConflict` or
+/// `NotFound`, having changed nothing, unless the run was at `expected`.
+fn swap_run(tx: &Connection, expected: Version, run: &FieldingRun, op: &'static str) -> Result<(), StoreError> {
     let key = run.key();
     let (id, account, project, group) = key_params(&key);
     let row = RunRow::encode(run);
@@ -132,7 +149,6 @@ pub(crate) fn compare_and_swap_rows(
             Some(current) => StoreError::VersionConflict { expected, current },
         });
     }
-    insert_change(tx, change).map_err(|e| store_error(op, e))?;
     Ok(())
 }
 

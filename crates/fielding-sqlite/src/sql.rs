@@ -8,10 +8,13 @@ pub(crate) const INSERT_RUN: &str =
                           status, version, last_changed_at_ms, last_changed_by) \
                           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
+/// Bound with a change record's eleven columns (`codec::change_params`),
+/// then its run's account, project and target group and its feed position.
 pub(crate) const INSERT_CHANGE: &str =
     "INSERT INTO change_records (run_id, version, action, changed_at_ms, changed_by, \
-                             status_from, status_to, start_from_ms, start_to_ms, end_from_ms, end_to_ms) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+                             status_from, status_to, start_from_ms, start_to_ms, end_from_ms, end_to_ms, \
+                             account_id, project_id, target_group_id, position) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)";
 
 /// Bound with a run's ten columns in table order (the key first, as in
 /// [`INSERT_RUN`]), then the expected version.
@@ -37,13 +40,14 @@ pub(crate) const RUN_BY_SCOPE: &str = "SELECT id, account_id, project_id, target
                                        WHERE account_id = ?1 AND project_id = ?2 AND target_group_id = ?3";
 
 /// `changes`: the records of the run at a key (scope included), in version
-/// order.
+/// order. Records carry their run's scope, so no join: the `(run_id,
+/// version)` index gives them in order.
 pub(crate) const CHANGES_AT_KEY: &str =
-    "SELECT c.run_id, c.version, c.action, c.changed_at_ms, c.changed_by, c.status_from, c.status_to, \
-            c.start_from_ms, c.start_to_ms, c.end_from_ms, c.end_to_ms \
-       FROM fielding_runs r JOIN change_records c ON c.run_id = r.id \
-      WHERE r.id = ?1 AND r.account_id = ?2 AND r.project_id = ?3 AND r.target_group_id = ?4 \
-      ORDER BY c.version";
+    "SELECT run_id, version, action, changed_at_ms, changed_by, status_from, status_to, \
+            start_from_ms, start_to_ms, end_from_ms, end_to_ms \
+       FROM change_records \
+      WHERE run_id = ?1 AND account_id = ?2 AND project_id = ?3 AND target_group_id = ?4 \
+      ORDER BY version";
 
 /// The columns of `fielding_run_jobs`, in the order `codec::read_job` reads them.
 pub(crate) const JOB_COLUMNS: &str =

@@ -6,9 +6,10 @@ use std::sync::{mpsc, Arc};
 
 use async_trait::async_trait;
 use fielding_core::{
-    BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeRecord, ClaimToken, Decide,
-    DecideItem, Decided, FieldingRun, FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope,
-    StoreError, TargetGroupId, Timestamp, UpdateOutcome, Version,
+    AccountId, BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeNotifier,
+    ChangeRecord, ClaimToken, ConsumerName, Decide, DecideItem, Decided, FeedPage, FeedPosition, FieldingRun,
+    FieldingRunJob, FieldingStore, JobCreated, JobKey, JobOutcome, RunKey, Scope, StoreError, TargetGroupId, Timestamp,
+    UpdateOutcome, Version,
 };
 use rusqlite::Connection;
 use tokio::sync::oneshot;
@@ -16,6 +17,7 @@ use tokio::sync::oneshot;
 use crate::bulk::{self, BulkWrite, BulkWritten};
 use crate::checkpoint::CheckpointCounters;
 use crate::error::{stopped, OpenError};
+use crate::feed::{self, FeedWrite};
 use crate::migrations::{self, SchemaGate, SCHEMA_VERSION};
 use crate::options::{Durability, SqliteOptions};
 use crate::writer::{Counters, Task, Write, WriteKind, WriterTask, Written};
@@ -74,6 +76,9 @@ pub struct SqliteStore {
     pub(crate) schema: Arc<SchemaGate>,
     pub(crate) counters: Arc<Counters>,
     pub(crate) checkpoints: Arc<CheckpointCounters>,
+    /// Woken by the writer thread after each commit that appended change
+    /// records (see `writer::wake`).
+    pub(crate) notifier: ChangeNotifier,
 }
 
 impl SqliteStore {
@@ -425,6 +430,73 @@ impl FieldingStore for SqliteStore {
             BulkWritten::Expired(removed) => Ok(removed),
             other => Err(mismatched_bulk("expire_bulk_jobs", &other)),
         }
+    }
+
+    /// On a reader thread, in one read transaction: the account's horizon,
+    /// one range of the primary key `(account_id, position)`, and, when the
+    /// page is not full, the position counter as the bookmark. Positions
+    /// are handed out in commit order (see `docs/sqlite.md`, "Change
+    /// feed"), so nothing committed later sorts at or before `next`.
+    async fn feed(
+        &self,
+        account: AccountId,
+        after: Option<FeedPosition>,
+        limit: usize,
+    ) -> Result<FeedPage, StoreError> {
+        self.read("feed", move |conn| feed::read(conn, account, after, limit))
+            .await
+    }
+
+    /// One write on the writer thread: a `DELETE` of at most `limit`
+    /// records found through the `changed_at_ms` index, oldest first, and
+    /// each account's horizon raised to the highest position it lost, in
+    /// one transaction. Like `expire_jobs`, it holds the other writes up
+    /// while it runs: sweep in batches.
+    async fn prune_changes(&self, changed_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        match self
+            .write(WriteKind::Feed(FeedWrite::Prune { changed_before, limit }))
+            .await?
+        {
+            Written::Pruned(removed) => Ok(removed),
+            other => Err(mismatched("prune_changes", &other)),
+        }
+    }
+
+    async fn load_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+    ) -> Result<Option<FeedPosition>, StoreError> {
+        let consumer = consumer.clone();
+        self.read("load_feed_checkpoint", move |conn| {
+            feed::load_checkpoint(conn, account, &consumer)
+        })
+        .await
+    }
+
+    /// An upsert on the writer thread, answered after its commit.
+    async fn save_feed_checkpoint(
+        &self,
+        account: AccountId,
+        consumer: &ConsumerName,
+        position: FeedPosition,
+    ) -> Result<(), StoreError> {
+        let write = FeedWrite::SaveCheckpoint {
+            account,
+            consumer: consumer.clone(),
+            position,
+        };
+        self.write(WriteKind::Feed(write))
+            .await
+            .and_then(|written| expect_done("save_feed_checkpoint", written))
+    }
+
+    /// Woken by the writer thread after each commit that appended records
+    /// of an account, whichever task wrote (its caller may have stopped
+    /// waiting). Writes by another process on the same file wake nobody
+    /// here: watchers see them at their next poll.
+    fn change_notifier(&self) -> Option<ChangeNotifier> {
+        Some(self.notifier.clone())
     }
 }
 

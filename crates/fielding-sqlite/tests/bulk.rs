@@ -486,7 +486,7 @@ async fn a_half_done_job_survives_closing_the_store() {
 
 #[tokio::test]
 async fn a_version_3_database_migrates_to_bulk_jobs_with_its_data_intact() {
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(SCHEMA_VERSION, 5);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fielding.db");
     let scope = fixtures::scope();
@@ -494,6 +494,7 @@ async fn a_version_3_database_migrates_to_bulk_jobs_with_its_data_intact() {
     let runs = seed(&store, scope, &[Status::Live]).await;
     store.close().await;
     let conn = rusqlite::Connection::open(&path).unwrap();
+    common::back_to_version_4(&conn);
     conn.execute_batch(
         "BEGIN; DROP TABLE fielding_bulk_job_items; DROP TABLE fielding_bulk_jobs; \
          DELETE FROM fielding_schema_migrations WHERE version >= 4; COMMIT;",
@@ -508,7 +509,7 @@ async fn a_version_3_database_migrates_to_bulk_jobs_with_its_data_intact() {
     let err = store.create_bulk_job(&job).await.unwrap_err();
     assert!(err.to_string().contains("version 3"), "{err}");
     let report = store.migrate().await.unwrap();
-    assert_eq!((report.from, report.to), (3, 4));
+    assert_eq!((report.from, report.to), (3, SCHEMA_VERSION));
     assert_eq!(store.get(&runs[0].key()).await.unwrap(), Some(runs[0].clone()));
     assert_eq!(store.changes(&runs[0].key()).await.unwrap().len(), 1);
     assert_eq!(store.create_bulk_job(&job).await.unwrap(), BulkJobCreated::Created);

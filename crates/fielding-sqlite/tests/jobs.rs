@@ -76,6 +76,7 @@ async fn version_1_database(path: &std::path::Path) -> (fielding_core::FieldingR
     store.insert(&run, &record).await.unwrap();
     store.close().await;
     let conn = rusqlite::Connection::open(path).unwrap();
+    common::back_to_version_4(&conn);
     conn.execute_batch(
         "BEGIN; DROP TABLE fielding_run_jobs; DROP TABLE fielding_bulk_job_items; DROP TABLE fielding_bulk_jobs; \
          DELETE FROM fielding_schema_migrations WHERE version >= 2; COMMIT;",
@@ -86,7 +87,7 @@ async fn version_1_database(path: &std::path::Path) -> (fielding_core::FieldingR
 
 #[tokio::test]
 async fn a_version_1_database_migrates_to_the_current_version_with_its_runs_intact() {
-    assert_eq!(SCHEMA_VERSION, 4);
+    assert_eq!(SCHEMA_VERSION, 5);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fielding.db");
     let (run, record) = version_1_database(&path).await;
@@ -113,8 +114,8 @@ async fn a_version_1_database_migrates_to_the_current_version_with_its_runs_inta
     let err = store.get(&run.key()).await.unwrap_err();
     assert!(err.to_string().contains("version 1"), "{err}");
     let report = store.migrate().await.unwrap();
-    assert_eq!((report.from, report.to, report.applied()), (1, 4, 3));
-    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2, 3, 4]);
+    assert_eq!((report.from, report.to, report.applied()), (1, 5, 4));
+    assert_eq!(report.applied_versions().collect::<Vec<_>>(), [2, 3, 4, 5]);
     assert_eq!(store.migrate().await.unwrap().applied(), 0);
 
     assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
@@ -132,7 +133,7 @@ async fn a_version_1_database_migrates_to_the_current_version_with_its_runs_inta
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap();
-    assert_eq!(versions, [1, 2, 3, 4]);
+    assert_eq!(versions, [1, 2, 3, 4, 5]);
 }
 
 #[tokio::test]

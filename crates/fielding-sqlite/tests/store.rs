@@ -148,7 +148,7 @@ async fn migrating_is_explicit_idempotent_and_using_the_store_without_it_is_refu
         .query_row("SELECT COUNT(*) FROM fielding_schema_migrations", [], |row| row.get(0))
         .unwrap();
     assert_eq!(recorded, i64::from(SCHEMA_VERSION));
-    assert_eq!(SCHEMA_VERSION, 4, "migration 4 adds bulk jobs");
+    assert_eq!(SCHEMA_VERSION, 5, "migration 5 adds the change feed");
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_schema WHERE type = 'table' ORDER BY name")
         .unwrap()
@@ -160,6 +160,9 @@ async fn migrating_is_explicit_idempotent_and_using_the_store_without_it_is_refu
         tables,
         [
             "change_records",
+            "feed_checkpoints",
+            "feed_counter",
+            "feed_horizons",
             "fielding_bulk_job_items",
             "fielding_bulk_jobs",
             "fielding_run_jobs",
@@ -295,8 +298,8 @@ async fn a_lock_held_past_the_busy_timeout_is_a_retryable_error_and_readers_do_n
 
 #[tokio::test]
 async fn a_full_disk_mid_write_rolls_back_and_loses_nothing() {
-    // 16 pages of 4 KiB: room for the schema and a few dozen runs.
-    let options = SqliteOptions::default().max_page_count(16);
+    // 24 pages of 4 KiB: room for the schema and a few dozen runs.
+    let options = SqliteOptions::default().max_page_count(24);
     let store = common::temp_store_with(options).await;
 
     // Inserts until the database is full.
@@ -433,7 +436,7 @@ async fn concurrent_writes_committed_together_stay_individually_atomic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_into_a_full_disk_either_happen_whole_or_not_at_all() {
-    let store = std::sync::Arc::new(common::temp_store_with(SqliteOptions::default().max_page_count(16)).await);
+    let store = std::sync::Arc::new(common::temp_store_with(SqliteOptions::default().max_page_count(24)).await);
     let tasks: Vec<_> = (0..400)
         .map(|_| {
             let store = store.clone();
@@ -445,19 +448,27 @@ async fn concurrent_writes_into_a_full_disk_either_happen_whole_or_not_at_all() 
         })
         .collect();
     let (mut ok, mut full) = (0, 0);
+    let mut positions = std::collections::HashSet::new();
     for task in tasks {
         let (run, outcome) = task.await.unwrap();
+        // Each run has an account of its own: its feed is its record, or
+        // nothing (a failed write's positions were given back or skipped).
+        let feed = store.store.feed(run.account_id, None, 10).await.unwrap();
         match outcome {
             Ok(()) => {
                 ok += 1;
                 assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
                 assert_eq!(store.changes(&run.key()).await.unwrap(), vec![created(&run)]);
+                assert_eq!(feed.records.len(), 1);
+                assert_eq!(feed.records[0].change, created(&run));
+                assert!(positions.insert(feed.records[0].position), "one position, one record");
             }
             Err(err) => {
                 full += 1;
                 assert_backend(&err, false);
                 assert_eq!(store.get(&run.key()).await.unwrap(), None);
                 assert_eq!(store.changes(&run.key()).await.unwrap(), vec![]);
+                assert!(feed.records.is_empty());
             }
         }
     }
