@@ -240,10 +240,7 @@ mod postgres_raw {
     }
 
     impl sqlx::Encode<'_, Postgres> for Xid8 {
-        fn encode_by_ref(
-            &self,
-            buf: &mut PgArgumentBuffer,
-        ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
             buf.extend_from_slice(&self.0.to_be_bytes());
             Ok(sqlx::encode::IsNull::No)
         }

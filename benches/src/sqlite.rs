@@ -182,10 +182,13 @@ pub(crate) fn create_db(path: &Path, runs: impl Iterator<Item = FieldingRun>) ->
             )?;
             let mut change_stmt = tx.prepare(
                 "INSERT INTO change_records (run_id, version, action, changed_at_ms, changed_by, status_from, \
-                 status_to, start_from_ms, start_to_ms, end_from_ms, end_to_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, NULL, ?7, NULL, ?8)",
+                 status_to, start_from_ms, start_to_ms, end_from_ms, end_to_ms, account_id, project_id, \
+                 target_group_id, position) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, NULL, ?7, NULL, ?8, ?9, ?10, ?11, ?12)",
             )?;
+            let mut position = 0i64;
             for run in runs {
+                position += 1;
                 let by = run.last_changed_by.to_string();
                 run_stmt.execute(params![
                     run.id.as_str(),
@@ -208,8 +211,14 @@ pub(crate) fn create_db(path: &Path, runs: impl Iterator<Item = FieldingRun>) ->
                     run.status.as_str(),
                     run.start_fielding_at.unix_millis(),
                     run.end_fielding_at.unix_millis(),
+                    i64::from(run.account_id.get()),
+                    run.project_id.as_str(),
+                    run.target_group_id.as_str(),
+                    position,
                 ])?;
             }
+            // The feed's counter: the next record goes after the loaded ones.
+            tx.execute("UPDATE feed_counter SET last_position = ?1", [position])?;
         }
         tx.commit()
     };
@@ -494,9 +503,17 @@ fn raw_update(conn: &mut Connection, slot: &mut Slot, actor: UserId) -> Result<(
     if touched != 1 {
         return Err(format!("raw: conditional update touched {touched} rows"));
     }
+    // The record's feed position, from the counter in this transaction
+    // (what the adapter does: the store's single writer numbers records
+    // in commit order).
+    let position: i64 = tx
+        .prepare_cached("UPDATE feed_counter SET last_position = last_position + 1 RETURNING last_position")
+        .and_then(|mut stmt| stmt.query_row([], |r| r.get(0)))
+        .map_err(|e| e.to_string())?;
     tx.prepare_cached(
         "INSERT INTO change_records (run_id, version, action, changed_at_ms, changed_by, status_from, status_to, \
-         start_from_ms, start_to_ms, end_from_ms, end_to_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+         start_from_ms, start_to_ms, end_from_ms, end_to_ms, account_id, project_id, target_group_id, position) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
     )
     .and_then(|mut stmt| {
         stmt.execute(params![
@@ -510,7 +527,11 @@ fn raw_update(conn: &mut Connection, slot: &mut Slot, actor: UserId) -> Result<(
             start,
             slot.start.unix_millis(),
             end,
-            next_end.unix_millis()
+            next_end.unix_millis(),
+            i64::from(key.scope.account_id.get()),
+            key.scope.project_id.as_str(),
+            key.scope.target_group_id.as_str(),
+            position
         ])
     })
     .map_err(|e| e.to_string())?;

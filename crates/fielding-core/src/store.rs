@@ -526,18 +526,8 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
     /// A cursor before a pruned record ([`prune_changes`](Self::prune_changes))
     /// is refused with [`StoreError::FeedExpired`], never silently moved
     /// past what is gone.
-    #[allow(unused_variables)] // TEMPORARY, see below
-    async fn feed(
-        &self,
-        account: AccountId,
-        after: Option<FeedPosition>,
-        limit: usize,
-    ) -> Result<FeedPage, StoreError> {
-        // TEMPORARY while the adapters gain the feed (issue 14): removed before the issue closes.
-        Err(StoreError::internal(
-            "the change feed is not implemented by this store yet",
-        ))
-    }
+    async fn feed(&self, account: AccountId, after: Option<FeedPosition>, limit: usize)
+        -> Result<FeedPage, StoreError>;
 
     /// Removes up to `limit` change records made (`changed_at`) strictly
     /// before `changed_before`, and answers how many it removed. From then
@@ -546,41 +536,23 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
     /// run's kept records only. Bounded like
     /// [`expire_jobs`](Self::expire_jobs): callers repeat until the answer
     /// is below `limit`. Required: a store that never prunes grows forever.
-    #[allow(unused_variables)] // TEMPORARY, see below
-    async fn prune_changes(&self, changed_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
-        // TEMPORARY while the adapters gain the feed (issue 14): removed before the issue closes.
-        Err(StoreError::internal(
-            "the change feed is not implemented by this store yet",
-        ))
-    }
+    async fn prune_changes(&self, changed_before: Timestamp, limit: usize) -> Result<usize, StoreError>;
 
     /// The position consumer `consumer` of `account` saved last, if any.
-    #[allow(unused_variables)] // TEMPORARY, see below
     async fn load_feed_checkpoint(
         &self,
         account: AccountId,
         consumer: &ConsumerName,
-    ) -> Result<Option<FeedPosition>, StoreError> {
-        // TEMPORARY while the adapters gain the feed (issue 14): removed before the issue closes.
-        Err(StoreError::internal(
-            "the change feed is not implemented by this store yet",
-        ))
-    }
+    ) -> Result<Option<FeedPosition>, StoreError>;
 
     /// Saves `position` as consumer `consumer`'s checkpoint in `account`,
     /// replacing the one before (durably, when the store is durable).
-    #[allow(unused_variables)] // TEMPORARY, see below
     async fn save_feed_checkpoint(
         &self,
         account: AccountId,
         consumer: &ConsumerName,
         position: FeedPosition,
-    ) -> Result<(), StoreError> {
-        // TEMPORARY while the adapters gain the feed (issue 14): removed before the issue closes.
-        Err(StoreError::internal(
-            "the change feed is not implemented by this store yet",
-        ))
-    }
+    ) -> Result<(), StoreError>;
 
     /// The in-process wake-ups this store sends when an account has new
     /// records, if it sends any. Watchers read the feed again when woken,

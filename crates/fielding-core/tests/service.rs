@@ -1640,6 +1640,44 @@ impl FieldingStore for YieldingStore {
         self.0.finish_bulk_job(key, token, status, finished_at).await
     }
 
+    async fn feed(
+        &self,
+        account: fielding_core::AccountId,
+        after: Option<fielding_core::FeedPosition>,
+        limit: usize,
+    ) -> Result<fielding_core::FeedPage, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.feed(account, after, limit).await
+    }
+
+    async fn prune_changes(&self, changed_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.prune_changes(changed_before, limit).await
+    }
+
+    async fn load_feed_checkpoint(
+        &self,
+        account: fielding_core::AccountId,
+        consumer: &fielding_core::ConsumerName,
+    ) -> Result<Option<fielding_core::FeedPosition>, StoreError> {
+        tokio::task::yield_now().await;
+        self.0.load_feed_checkpoint(account, consumer).await
+    }
+
+    async fn save_feed_checkpoint(
+        &self,
+        account: fielding_core::AccountId,
+        consumer: &fielding_core::ConsumerName,
+        position: fielding_core::FeedPosition,
+    ) -> Result<(), StoreError> {
+        tokio::task::yield_now().await;
+        self.0.save_feed_checkpoint(account, consumer, position).await
+    }
+
+    fn change_notifier(&self) -> Option<fielding_core::ChangeNotifier> {
+        self.0.change_notifier()
+    }
+
     async fn expire_bulk_jobs(&self, finished_before: Timestamp, limit: usize) -> Result<usize, StoreError> {
         tokio::task::yield_now().await;
         self.0.expire_bulk_jobs(finished_before, limit).await

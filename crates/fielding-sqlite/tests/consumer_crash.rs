@@ -87,7 +87,12 @@ impl Consumer {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                let Some(position) = line.strip_prefix("FIELDING GOT ").and_then(|n| n.parse().ok()) else {
+                // Not only at the start: the test harness's own `test
+                // consumer_child ... ` may come first on the line.
+                let Some(position) = line
+                    .split_once("FIELDING GOT ")
+                    .and_then(|(_, n)| n.trim().parse().ok())
+                else {
                     continue;
                 };
                 if tx.send(position).is_err() {

@@ -32,6 +32,11 @@ const CHILD: &str = "FIELDING_FEED_CHILD";
 /// A store on a file in its own temporary directory (the directory goes
 /// with the guard). Not the testkit's `Guarded` wrapper: this file tests
 /// the store's own feed methods.
+#[tokio::test]
+async fn the_feed_follows_the_rules_through_the_service() {
+    fielding_testkit::scenarios::feed_follows_the_rules(Arc::new(common::temp_store().await)).await;
+}
+
 async fn temp_store() -> (SqliteStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("fielding.db")).await.unwrap();
