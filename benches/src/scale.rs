@@ -936,7 +936,7 @@ mod tests {
         let a = String::from_utf8(a).expect("utf-8");
         let b = String::from_utf8(b).expect("utf-8");
         assert_eq!(a.trim_end().split('\t').count(), 10, "{a}");
-        assert_eq!(b.trim_end().split('\t').count(), 11, "{b}");
+        assert_eq!(b.trim_end().split('\t').count(), 14, "{b}");
         assert!(a.ends_with('\n') && b.ends_with('\n'));
         assert!(b.contains("\tschedule\t"), "{b}");
     }

@@ -321,7 +321,8 @@ impl ChangeNotifier {
         self.subscriptions.fetch_add(1, Ordering::AcqRel);
         ChangeSubscription {
             receiver,
-            subscriptions: Arc::clone(&self.subscriptions),
+            account,
+            notifier: self.clone(),
         }
     }
 
@@ -342,8 +343,7 @@ impl ChangeNotifier {
 
     /// How many accounts have a subscriber (for tests and metrics).
     pub fn watched_accounts(&self) -> usize {
-        let accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
-        accounts.values().filter(|sender| sender.receiver_count() > 0).count()
+        self.accounts.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 }
 
@@ -351,12 +351,22 @@ impl ChangeNotifier {
 #[derive(Debug)]
 pub struct ChangeSubscription {
     receiver: watch::Receiver<u64>,
-    subscriptions: Arc<AtomicUsize>,
+    account: AccountId,
+    notifier: ChangeNotifier,
 }
 
 impl Drop for ChangeSubscription {
+    /// The last subscription of an account takes the account's entry
+    /// with it, so watching many accounts one after the other (a client
+    /// long-polling account after account) leaves nothing behind.
     fn drop(&mut self) {
-        self.subscriptions.fetch_sub(1, Ordering::AcqRel);
+        let notifier = &self.notifier;
+        notifier.subscriptions.fetch_sub(1, Ordering::AcqRel);
+        let mut accounts = notifier.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        // This subscription's receiver is still alive here: 1 means ours.
+        if accounts.get(&self.account).is_some_and(|s| s.receiver_count() <= 1) {
+            accounts.remove(&self.account);
+        }
     }
 }
 

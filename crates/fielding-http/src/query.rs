@@ -8,6 +8,11 @@
 //! and `?limit=5&limit=500` has no one meaning.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+
+/// Unknown parameter names listed in one refusal at most (error bodies
+/// show fewer still).
+const MAX_UNKNOWN_LISTED: usize = 20;
 
 use fielding_core::InvalidParam;
 
@@ -38,7 +43,9 @@ pub(crate) fn parse(raw: Option<&str>, known: &[&'static str]) -> (Query, Vec<In
     let mut query = Query::default();
     let mut repeated: Vec<InvalidParam> = Vec::new();
     let mut unknown: Vec<InvalidParam> = Vec::new();
-    let mut unknown_names: Vec<String> = Vec::new();
+    // A set, and only the first few names: a head full of distinct names
+    // (thousands within the head limit) costs linear time, not quadratic.
+    let mut unknown_names: HashSet<String> = HashSet::new();
     for (name, value) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match known.iter().find(|k| **k == name) {
             Some(&name) if query.get(name).is_some() => {
@@ -51,8 +58,7 @@ pub(crate) fn parse(raw: Option<&str>, known: &[&'static str]) -> (Query, Vec<In
             }
             Some(&name) => query.values.push((name, value.into_owned())),
             None => {
-                if !unknown_names.iter().any(|seen| *seen == name) {
-                    unknown_names.push(name.clone().into_owned());
+                if unknown_names.len() < MAX_UNKNOWN_LISTED && unknown_names.insert(name.clone().into_owned()) {
                     let reason = format!("is not a known parameter (known: {})", known.join(", "));
                     unknown.push(InvalidParam::new(clipped(name), reason));
                 }
@@ -105,6 +111,19 @@ mod tests {
             query.get("after"),
             Some(""),
             "a name without a value has an empty value"
+        );
+    }
+
+    #[test]
+    fn a_query_of_many_distinct_unknown_names_is_refused_quickly() {
+        let raw: String = (0..200_000).map(|i| format!("p{i}=1&")).collect();
+        let started = std::time::Instant::now();
+        let (_, problems) = parse(Some(&raw), &KNOWN);
+        assert_eq!(problems.len(), MAX_UNKNOWN_LISTED);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
         );
     }
 

@@ -124,9 +124,17 @@ impl ChangeLog {
     /// `FieldingStore::feed`).
     pub(crate) fn feed(&self, account: AccountId, after: Option<FeedPosition>, limit: usize) -> FeedRead {
         let horizon = self.horizons.get(&account).copied();
-        if let (Some(after), Some(pruned_through)) = (after, horizon) {
-            if after < pruned_through {
+        let head = FeedPosition::new(self.next, 0);
+        if let Some(after) = after {
+            if let Some(pruned_through) = horizon.filter(|h| after < *h) {
                 return FeedRead::Expired { pruned_through };
+            }
+            // No position past the head was ever handed out: the cursor is
+            // from another store (a restarted process's), and reading on
+            // from it would skip everything written until the head passed
+            // it. The reader must start over, as after pruning.
+            if after > head {
+                return FeedRead::Expired { pruned_through: head };
             }
         }
         let from = after.or(horizon).unwrap_or(FeedPosition::ZERO);
@@ -154,7 +162,7 @@ impl ChangeLog {
         // before it any more.
         let next = match last {
             Some(last) if has_more => last,
-            _ => from.max(FeedPosition::new(self.next, 0)),
+            _ => from.max(head),
         };
         FeedRead::Page(fielding_core::FeedPage {
             records,
@@ -195,13 +203,17 @@ impl ChangeLog {
     }
 
     /// Forgets every record (numbers are never reused: positions go on
-    /// from where they were).
+    /// from where they were). Like pruning everything: a reader with
+    /// unread records gets an expired cursor, not an empty page.
     pub(crate) fn clear(&mut self) {
+        let head = FeedPosition::new(self.next, 0);
+        for account in self.by_account.keys() {
+            self.horizons.insert(*account, head);
+        }
         self.chunks.clear();
         self.kept_from = self.next;
         self.first_chunk_start = self.next;
         self.by_account.clear();
-        self.horizons.clear();
     }
 }
 
@@ -291,11 +303,27 @@ mod tests {
         assert_eq!(from_start.records[0].change.version.get(), CHUNK as u64 / 2 + 2);
         assert_eq!(log.prune(cutoff, usize::MAX), (total * 2) as usize - CHUNK - 1);
         assert!(page(&log, account, None, 10).records.is_empty());
+        assert!(
+            matches!(
+                log.feed(account, Some(FeedPosition::new(total * 2 + 1, 0)), 10),
+                FeedRead::Expired { .. }
+            ),
+            "a cursor past the head is from another store"
+        );
+        let unread = log.push(record(&a, 1), a.scope(), None);
         log.clear();
+        assert!(
+            matches!(
+                log.feed(account, Some(FeedPosition::new(total * 2, 0)), 10),
+                FeedRead::Expired { .. }
+            ),
+            "clearing unread records expires the cursors before them"
+        );
+        assert!(unread.position() > FeedPosition::new(total * 2, 0));
         let fresh = log.push(record(&a, 1), a.scope(), None);
         assert_eq!(
             fresh.position(),
-            FeedPosition::new(total * 2 + 1, 0),
+            FeedPosition::new(total * 2 + 2, 0),
             "numbers are never reused"
         );
     }

@@ -274,7 +274,10 @@ impl MemoryStore {
             Action::Launch
         };
         let record = ChangeRecord::created(&run, action);
-        Ok(self.state().insert(run, vec![record])?)
+        let account = run.account_id;
+        self.state().insert(run, vec![record])?;
+        self.inner.notifier.notify(account);
+        Ok(())
     }
 
     /// Puts `run` in place with the given change records (oldest first).
@@ -297,7 +300,10 @@ impl MemoryStore {
                 pair[0].version, pair[1].version
             )));
         }
-        Ok(self.state().insert(run, changes)?)
+        let account = run.account_id;
+        self.state().insert(run, changes)?;
+        self.inner.notifier.notify(account);
+        Ok(())
     }
 
     /// The stored run at `key` (stored status, not effective), if any.

@@ -13,17 +13,24 @@ ALTER TABLE {schema}.change_records
     ADD COLUMN seq             bigint;
 
 -- Existing records: their run's scope (runs are never deleted, and a
--- record is written only with its run), and sequence numbers in (run,
--- version) order, so that each run's records keep their version order
--- under the one migration transaction id they share.
+-- record is written only with its run), and sequence numbers by age: by
+-- the latest changed_at of the run up to that version (never decreasing
+-- along a run, so each run's records keep their version order under the
+-- one migration transaction id they share), then run and version. Pruning
+-- removes the oldest first and raises the horizon to the highest position
+-- removed; numbered by run, a first prune would lift it over most kept
+-- records.
 UPDATE {schema}.change_records c
 SET account_id = r.account_id,
     project_id = r.project_id,
     target_group_id = r.target_group_id,
     seq = o.n
 FROM {schema}.fielding_runs r,
-     (SELECT run_id, version, row_number() OVER (ORDER BY run_id, version) AS n
-      FROM {schema}.change_records) o
+     (SELECT run_id, version, row_number() OVER (ORDER BY aged, run_id, version) AS n
+      FROM (SELECT run_id, version,
+                   max(changed_at) OVER (PARTITION BY run_id ORDER BY version
+                                         ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS aged
+            FROM {schema}.change_records) a) o
 WHERE r.id = c.run_id AND o.run_id = c.run_id AND o.version = c.version;
 
 ALTER TABLE {schema}.change_records

@@ -53,6 +53,7 @@ pub(crate) async fn read(
         .await
         .map_err(|e| backend(op, e))?;
     let mut xmin = None;
+    let mut xmax = 0;
     let mut horizon = None;
     let mut records = Vec::with_capacity(rows.len().min(limit));
     let mut has_more = false;
@@ -61,7 +62,7 @@ pub(crate) async fn read(
         let seq = sequence(column::<i64>(row, 1)?)?;
         if column::<Option<String>>(row, RUN_ID_AT)?.is_none() {
             match column::<String>(row, ACTION_AT)?.as_str() {
-                FEED_XMIN => xmin = Some(txid.0),
+                FEED_XMIN => (xmin, xmax) = (Some(txid.0), seq),
                 FEED_HORIZON => horizon = Some(FeedPosition::new(txid.0, seq)),
                 other => return Err(StoreError::internal(format!("the feed read answered a row {other:?}"))),
             }
@@ -86,6 +87,17 @@ pub(crate) async fn read(
         }
     }
 
+    // No transaction id at or past xmax was ever handed out: the cursor
+    // is from another database (restored, or made anew), and reading on
+    // from it would skip what is written until ids pass it. Start over, as
+    // after pruning.
+    if let Some(after) = after.filter(|a| a.major() > xmax) {
+        return Err(StoreError::FeedExpired {
+            account: account_id,
+            after,
+            pruned_through: FeedPosition::new(xmin, 0),
+        });
+    }
     let from = after.or(horizon).unwrap_or(FeedPosition::ZERO);
     let last = records.last().map(|r| r.position);
     let next = if has_more {

@@ -353,6 +353,10 @@ impl FeedStatements {
             // when $2 is NULL) and below xmin, at most $4 of them, through
             // the (account_id, txid, seq) index.
             //
+            // The xmin row carries the snapshot's xmax as its seq: no
+            // transaction id at or past it has been handed out, so a
+            // cursor beyond it is from another database.
+            //
             // xmin and the horizon come as rows of their own in the
             // records' columns (no run id; `action` names them: see
             // `FEED_XMIN`), not as columns on every record: the page then
@@ -360,7 +364,8 @@ impl FeedStatements {
             // xmin is there also when no record qualifies.
             read: format!(
                 "WITH h AS (SELECT txid, seq FROM {horizons} WHERE account_id = $1) \
-                 SELECT pg_snapshot_xmin(pg_current_snapshot()), 0::bigint, {bound_tail}'{FEED_XMIN}'{bound_rest} \
+                 SELECT pg_snapshot_xmin(pg_current_snapshot()), \
+                 pg_snapshot_xmax(pg_current_snapshot())::text::bigint, {bound_tail}'{FEED_XMIN}'{bound_rest} \
                  UNION ALL SELECT txid, seq, {bound_tail}'{FEED_HORIZON}'{bound_rest} FROM h \
                  UNION ALL (SELECT txid, seq, project_id, target_group_id, {CHANGE_COLUMNS} FROM {records} \
                  WHERE account_id = $1 \

@@ -194,7 +194,12 @@ impl Drop for Running {
     fn drop(&mut self) {
         let flag = match self.1 {
             Task::Sender => &self.0.sending,
-            Task::Listener => &self.0.listening,
+            Task::Listener => {
+                // Nobody listens now: other instances' writes wake no one
+                // here, so waiting readers go back to polling often.
+                self.0.notifier.set_sees_every_writer(false);
+                &self.0.listening
+            }
         };
         flag.store(false, Ordering::Release);
     }
@@ -255,20 +260,24 @@ async fn send_once(
     let conn = match conn {
         Some(conn) => conn,
         None => {
-            let mut fresh = PgConnection::connect_with(&pool.connect_options()).await?;
-            // A transaction that notifies takes a transaction id and commits
-            // like a write; a wake-up is a hint, so it need not wait for its
-            // commit record to reach the disk.
-            sqlx::query("SET synchronous_commit = off").execute(&mut fresh).await?;
+            let fresh = PgConnection::connect_with(&pool.connect_options()).await?;
             conn.insert(fresh)
         }
     };
-    // One statement (one transaction, one commit) for every payload.
-    sqlx::query("SELECT pg_notify($1, p) FROM UNNEST($2::text[]) AS p")
-        .bind(channel)
-        .bind(payloads)
-        .execute(&mut *conn)
-        .await?;
+    // One statement (one transaction, one commit) for every payload. A
+    // transaction that notifies takes a transaction id and commits like a
+    // write; a wake-up is a hint, so it need not wait for its commit record
+    // to reach the disk. Set for this transaction only (`set_config(...,
+    // true)`): behind a pooling proxy a session setting could outlive it on
+    // a connection the store's real writes use.
+    sqlx::query(
+        "SELECT pg_notify($1, p) FROM (SELECT set_config('synchronous_commit', 'off', true)) AS quick, \
+         UNNEST($2::text[]) AS p",
+    )
+    .bind(channel)
+    .bind(payloads)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

@@ -347,21 +347,45 @@ async fn a_schema_at_version_4_gets_the_feed_with_its_records_backfilled() {
     assert_eq!((report.from, report.to), (4, 5));
     assert_eq!(report.applied_versions().collect::<Vec<_>>(), [5]);
 
-    type Backfilled = (String, i64, i32, String, String, String, i64);
+    type Backfilled = (
+        String,
+        i64,
+        i32,
+        String,
+        String,
+        String,
+        i64,
+        chrono::DateTime<chrono::Utc>,
+    );
     let rows: Vec<Backfilled> = sqlx::query_as(&format!(
-        "SELECT run_id, version, account_id, project_id, target_group_id, txid::text, seq \
+        "SELECT run_id, version, account_id, project_id, target_group_id, txid::text, seq, changed_at \
          FROM \"{schema}\".change_records ORDER BY seq"
     ))
     .fetch_all(&mut conn)
     .await
     .expect("records");
     assert_eq!(rows.len(), 16);
-    let mut by_run_and_version: Vec<(String, i64)> = rows.iter().map(|r| (r.0.clone(), r.1)).collect();
-    by_run_and_version.sort();
+    // By age: each run's latest changed_at up to the version (never
+    // decreasing along a run), then run and version.
+    let mut by_version = rows.clone();
+    by_version.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    let mut aged = std::collections::HashMap::new();
+    let mut keyed: Vec<(chrono::DateTime<chrono::Utc>, String, i64)> = by_version
+        .iter()
+        .map(|r| {
+            let latest = aged.entry(r.0.clone()).or_insert(r.7);
+            *latest = (*latest).max(r.7);
+            (*latest, r.0.clone(), r.1)
+        })
+        .collect();
+    keyed.sort();
     assert_eq!(
         rows.iter().map(|r| (r.0.clone(), r.1)).collect::<Vec<_>>(),
-        by_run_and_version,
-        "sequence numbers in (run, version) order"
+        keyed
+            .into_iter()
+            .map(|(_, run, version)| (run, version))
+            .collect::<Vec<_>>(),
+        "sequence numbers by age, each run's versions in order"
     );
     assert!(
         rows.iter().all(|r| r.5 == rows[0].5),
@@ -397,13 +421,14 @@ async fn a_schema_at_version_4_gets_the_feed_with_its_records_backfilled() {
     // new write after all of them with a higher sequence number.
     let (records, next) = feed_until(&store, a.account_id, None, 12).await;
     assert!(records.windows(2).all(|w| w[0].position < w[1].position));
-    let mut order: Vec<(String, u64)> = records
-        .iter()
-        .map(|r| (r.run_id().to_string(), r.change.version.get()))
-        .collect();
-    let listed = order.clone();
-    order.sort();
-    assert_eq!(listed, order, "backfilled records in (run, version) order");
+    let mut last_version = std::collections::HashMap::new();
+    for record in &records {
+        let before = last_version.insert(record.run_id(), record.change.version);
+        assert!(
+            before.is_none_or(|before| before < record.change.version),
+            "backfilled records keep each run's version order"
+        );
+    }
     let max_seq = rows.iter().map(|r| r.6).max().expect("rows");
     let (next_run, change) = fixtures::change(&runs[0], 9, fielding_core::UserId::random()).expect("change");
     store

@@ -14,8 +14,13 @@
 -- key `(run_id, version)` stays unique through an index (what `changes`
 -- reads by), and `changed_at_ms` gets one for pruning oldest first.
 --
--- Existing records are numbered in `(run_id, version)` order, which keeps
--- each run's versions in order. A record whose run is missing (no release
+-- Existing records are numbered by age: by the latest `changed_at` of the
+-- run up to that version (which never decreases along a run, so each
+-- run's versions keep their order), then run and version. Pruning removes
+-- the oldest records first and raises the account's horizon to the
+-- highest position it removed; numbered by run instead, a first prune
+-- would lift the horizon over most kept records, hiding them from readers
+-- that start without a cursor. A record whose run is missing (no release
 -- ever deleted runs) makes the migration fail on the NOT NULL account
 -- rather than vanish.
 CREATE TABLE change_records_v5 (
@@ -40,10 +45,13 @@ CREATE TABLE change_records_v5 (
 INSERT INTO change_records_v5 (account_id, position, run_id, version, project_id, target_group_id, action,
                                changed_at_ms, changed_by, status_from, status_to, start_from_ms, start_to_ms,
                                end_from_ms, end_to_ms)
-SELECT r.account_id, ROW_NUMBER() OVER (ORDER BY c.run_id, c.version), c.run_id, c.version, r.project_id,
-       r.target_group_id, c.action, c.changed_at_ms, c.changed_by, c.status_from, c.status_to, c.start_from_ms,
-       c.start_to_ms, c.end_from_ms, c.end_to_ms
-  FROM change_records c LEFT JOIN fielding_runs r ON r.id = c.run_id;
+SELECT r.account_id, ROW_NUMBER() OVER (ORDER BY c.aged_ms, c.run_id, c.version), c.run_id, c.version,
+       r.project_id, r.target_group_id, c.action, c.changed_at_ms, c.changed_by, c.status_from, c.status_to,
+       c.start_from_ms, c.start_to_ms, c.end_from_ms, c.end_to_ms
+  FROM (SELECT *, MAX(changed_at_ms) OVER (PARTITION BY run_id ORDER BY version
+                                           ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS aged_ms
+          FROM change_records) c
+  LEFT JOIN fielding_runs r ON r.id = c.run_id;
 
 DROP TABLE change_records;
 ALTER TABLE change_records_v5 RENAME TO change_records;

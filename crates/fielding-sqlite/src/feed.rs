@@ -164,12 +164,30 @@ pub(crate) fn read(
         let horizon = horizon
             .map(|h| position("horizon", h).map(|h| FeedPosition::new(h, 0)))
             .transpose()?;
+        let counter: Option<i64> = conn
+            .prepare_cached(LAST_POSITION)
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)).optional())
+            .map_err(|e| store_error(op, e))?;
+        let counter = counter.ok_or_else(|| StoreError::corrupt("the feed counter row (feed_counter) is missing"))?;
+        let head = FeedPosition::new(position("feed counter", counter)?, 0);
         let start = match (after, horizon) {
             (Some(after), Some(horizon)) if horizon > after => {
                 return Err(StoreError::FeedExpired {
                     account,
                     after,
                     pruned_through: horizon,
+                })
+            }
+            // No position past the counter was ever handed out: the cursor
+            // is from another database (a file recreated or restored from
+            // an older copy), and reading on from it would skip what is
+            // written until the counter passes it. Start over, as after
+            // pruning.
+            (Some(after), _) if after > head => {
+                return Err(StoreError::FeedExpired {
+                    account,
+                    after,
+                    pruned_through: head,
                 })
             }
             (Some(after), _) => after,
@@ -189,17 +207,7 @@ pub(crate) fn read(
         let has_more = records.len() > limit;
         records.truncate(limit);
         let last = records.last().map_or(start, |record| record.position);
-        let next = if has_more {
-            last
-        } else {
-            let counter: Option<i64> = conn
-                .prepare_cached(LAST_POSITION)
-                .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)).optional())
-                .map_err(|e| store_error(op, e))?;
-            let counter =
-                counter.ok_or_else(|| StoreError::corrupt("the feed counter row (feed_counter) is missing"))?;
-            last.max(FeedPosition::new(position("feed counter", counter)?, 0))
-        };
+        let next = if has_more { last } else { last.max(head) };
         Ok(FeedPage {
             records,
             next,

@@ -347,7 +347,7 @@ mod tests {
                           status_to, start_to_ms, end_to_ms) VALUES (?1, ?2, 'update-dates', ?3, 'u', 'scheduled', 1, 2)";
 
     #[test]
-    fn migration_5_numbers_existing_records_by_run_and_version_and_starts_the_counter_after_them() {
+    fn migration_5_numbers_existing_records_by_age_keeping_each_runs_order_and_starts_the_counter_after_them() {
         let mut conn = at_version_4();
         // Run ids sort b < c < d; accounts 101 (b, d) and 102 (c); records
         // inserted out of order, with times that do not follow the versions.
@@ -390,13 +390,15 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
+        // By age: the run's latest changed_at up to each version (b: 40,
+        // 60, 60; c: 50, 50; d: 30), then run and version.
         let expected = [
-            (1, 101, "b", 1, 40),
-            (2, 101, "b", 2, 60),
-            (3, 101, "b", 3, 20),
-            (4, 102, "c", 1, 50),
-            (5, 102, "c", 2, 10),
-            (6, 101, "d", 1, 30),
+            (1, 101, "d", 1, 30),
+            (2, 101, "b", 1, 40),
+            (3, 102, "c", 1, 50),
+            (4, 102, "c", 2, 10),
+            (5, 101, "b", 2, 60),
+            (6, 101, "b", 3, 20),
         ];
         assert_eq!(rows.len(), expected.len());
         for (row, (position, account, run, version, at)) in rows.iter().zip(expected) {

@@ -58,6 +58,7 @@ macro_rules! __with_every_case {
             store feed feed_lists_every_write_exactly_once_in_commit_order;
             store feed feed_pages_of_any_size_read_the_same_records;
             store feed feed_never_shows_another_accounts_records;
+            store feed feed_refuses_a_cursor_it_never_handed_out;
             store feed_race feed_race_readers_following_concurrent_writers_miss_nothing_and_see_nothing_twice;
             store feed_prune feed_prune_removes_old_records_in_bounded_batches_and_expires_cursors_before_them;
             store feed_checkpoints feed_checkpoints_are_kept_per_account_and_consumer;

@@ -115,7 +115,12 @@ impl FieldingService {
             if !page.records.is_empty() || now >= deadline {
                 return Ok(page);
             }
-            cursor = Some(page.next);
+            // On from the bookmark, except for a reader that sent no cursor:
+            // it reads from the horizon again, so a prune while it waits can
+            // never answer it with an expired cursor it did not send.
+            if cursor.is_some() {
+                cursor = Some(page.next);
+            }
             let pause = retry.unwrap_or(self.feed_poll_interval()).min(deadline - now);
             let woken = match subscription.as_mut() {
                 Some(subscription) => tokio::select! {
@@ -154,14 +159,17 @@ impl FieldingService {
     }
 }
 
-/// What to wait before reading again: after a wake-up that found nothing,
-/// a short and growing pause (the record may be held back by an older
-/// transaction still open); otherwise the poll interval.
+/// What to wait before reading again. After a wake-up that found nothing
+/// (on PostgreSQL the record may be held back by an older transaction
+/// still open, whose end sends no wake-up of its own), a short pause that
+/// doubles on every empty read, woken or not, up to the poll interval; a
+/// reader that was not in such a chain waits the poll interval.
 pub(crate) fn next_retry(woken: bool, retry: Option<Duration>, poll: Duration) -> Option<Duration> {
-    if !woken {
-        return None;
-    }
-    let next = retry.map_or(EMPTY_WAKE_RETRY, |pause| pause * 2);
+    let next = match (woken, retry) {
+        (_, Some(pause)) => pause * 2,
+        (true, None) => EMPTY_WAKE_RETRY,
+        (false, None) => return None,
+    };
     (next < poll).then_some(next)
 }
 
@@ -183,14 +191,19 @@ mod tests {
     #[test]
     fn an_empty_wake_up_retries_soon_then_falls_back_to_polling() {
         let poll = Duration::from_millis(100);
-        assert_eq!(next_retry(false, Some(Duration::from_millis(5)), poll), None);
-        let mut retry = None;
-        let mut pauses = Vec::new();
-        while let Some(pause) = next_retry(true, retry, poll) {
-            pauses.push(pause.as_millis());
-            retry = Some(pause);
+        assert_eq!(next_retry(false, None, poll), None, "no chain: the poll interval");
+        // Once started by a wake-up, the chain goes on through the quiet
+        // re-reads that follow (nothing wakes a reader when the open
+        // transaction holding its record back ends).
+        for woken_later in [true, false] {
+            let mut retry = next_retry(true, None, poll);
+            let mut pauses = Vec::new();
+            while let Some(pause) = retry {
+                pauses.push(pause.as_millis());
+                retry = next_retry(woken_later, retry, poll);
+            }
+            assert_eq!(pauses, vec![5, 10, 20, 40, 80]);
         }
-        assert_eq!(pauses, vec![5, 10, 20, 40, 80]);
     }
 
     #[test]

@@ -715,3 +715,43 @@ where
     }
     Ok(())
 }
+
+const FOREIGN_CURSOR: &str =
+    "a cursor past every position the store has handed out (from another database: a restored or recreated one, a restarted in-memory store) is refused with FeedExpired { account, after: the cursor, .. }, so its reader starts over instead of silently waiting past everything written until the store catches up; the store's own cursors (a page's next) read on";
+
+/// A cursor the store can never have handed out (past its head) is
+/// refused with `FeedExpired`, while the `next` of a page it answered is
+/// read on from.
+pub async fn feed_refuses_a_cursor_it_never_handed_out<S>(store: Arc<S>, _caps: Capabilities) -> Result<(), CaseFailure>
+where
+    S: FieldingStore + ?Sized + 'static,
+{
+    let case = Case::new("feed_refuses_a_cursor_it_never_handed_out");
+    let store = &*store;
+    let scope = sample::scope();
+    seed(case, store, scope, Status::Live).await?;
+    let call = format!("feed({}, None, 100)", scope.account_id);
+    let page = case.ok(&call, store.feed(scope.account_id, None, 100).await)?;
+    let call = format!(
+        "feed({}, Some({}), 100) (the page's own next)",
+        scope.account_id, page.next
+    );
+    case.ok(&call, store.feed(scope.account_id, Some(page.next), 100).await)?;
+    let foreign = FeedPosition::new(1 << 62, 0);
+    let call = format!("feed({}, Some({foreign}), 100)", scope.account_id);
+    match store.feed(scope.account_id, Some(foreign), 100).await {
+        Err(StoreError::FeedExpired { account, after, .. }) if account == scope.account_id && after == foreign => {
+            Ok(())
+        }
+        other => Err(case.fail(
+            FOREIGN_CURSOR,
+            format!(
+                "{call} answered {}",
+                match other {
+                    Ok(page) => describe_page(&page),
+                    Err(err) => format!("the error {err}"),
+                }
+            ),
+        )),
+    }
+}

@@ -148,6 +148,15 @@ impl Feed {
                 });
             }
         }
+        if let Some(after) = after.filter(|a| *a > position(log.counter)) {
+            if bug != Bug::FeedAcceptsForeignCursor {
+                return Err(StoreError::FeedExpired {
+                    account,
+                    after,
+                    pruned_through: position(log.counter),
+                });
+            }
+        }
         let start = match after {
             Some(after) => after,
             None if bug == Bug::NoneReadsBelowHorizon => FeedPosition::ZERO,

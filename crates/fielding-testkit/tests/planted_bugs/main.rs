@@ -442,6 +442,9 @@ planted_bugs! {
     a_feed_that_skips_pruned_records_silently_is_caught: FeedIgnoresHorizon,
         caught_by ["feed_prune_removes_old_records_in_bounded_batches_and_expires_cursors_before_them"],
         unaffected ["feed_pages_of_any_size_read_the_same_records", FEED_RACE];
+    a_feed_that_reads_on_from_a_foreign_cursor_is_caught: FeedAcceptsForeignCursor,
+        caught_by ["feed_refuses_a_cursor_it_never_handed_out"],
+        unaffected ["feed_pages_of_any_size_read_the_same_records", FEED_RACE];
     a_first_read_below_the_pruned_horizon_is_caught: NoneReadsBelowHorizon,
         caught_by ["feed_prune_removes_old_records_in_bounded_batches_and_expires_cursors_before_them"],
         unaffected ["feed_pages_of_any_size_read_the_same_records", FEED_RACE];

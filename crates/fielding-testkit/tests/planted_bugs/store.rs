@@ -204,6 +204,9 @@ pub(crate) enum Bug {
     /// `after = None` reads from the oldest kept record, below the pruned
     /// horizon.
     NoneReadsBelowHorizon,
+    /// A cursor past the store's counter (from another database) is read
+    /// from: empty pages until the counter passes it, silently skipping.
+    FeedAcceptsForeignCursor,
     /// `next` is the bookmark (the store's counter) even when the page is
     /// full, jumping past records not yet read.
     NextJumpsAhead,
