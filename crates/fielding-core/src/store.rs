@@ -510,8 +510,15 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
 
     /// Up to `limit` change records of `account`'s runs (all projects and
     /// target groups) that sort after `after`, in feed order, with where
-    /// to continue (see [`FeedPage`]). `after == None` starts at the oldest
-    /// record kept. `limit` is at least 1 (the service enforces a maximum).
+    /// to continue (see [`FeedPage`]). `after == None` starts at the
+    /// account's horizon (after the last record pruned; where nothing was
+    /// pruned, at the first record) and is never refused. `limit` is at
+    /// least 1 (the service enforces a maximum).
+    ///
+    /// A cursor past every position the store has handed out (one from
+    /// another database: restored from a backup, made anew) is refused
+    /// with [`StoreError::FeedExpired`] too: reading on from it would skip
+    /// everything written until the store caught up with it.
     ///
     /// **The feed's promise**: a reader that has read up to a position
     /// never afterwards finds a record that sorts at or before it: a

@@ -45,6 +45,13 @@ pub struct SubmittedBulkJob {
     pub replayed: bool,
 }
 
+/// The pauses of a batch that lost a race to a single-run write.
+const BATCH_BACKOFF: crate::RetryPolicy = crate::RetryPolicy {
+    max_attempts: MAX_DECISIONS,
+    initial_backoff: std::time::Duration::from_millis(1),
+    max_backoff: std::time::Duration::from_millis(50),
+};
+
 impl FieldingService {
     /// Records a bulk job for a runner ([`crate::BulkRunner`]) to process,
     /// and wakes the runners of this service. Returns before any item is
@@ -159,7 +166,17 @@ impl FieldingService {
             let mut decide = |_: TargetGroupId, run: Option<&FieldingRun>| self.decide_item(job, run);
             match self.store.apply_bulk_items(&key, token, items, &mut decide).await {
                 Err(StoreError::VersionConflict { .. }) if decisions < MAX_DECISIONS => {
-                    tokio::task::yield_now().await;
+                    // A batch loses to any single-run write on one of its
+                    // runs between its read and its write (PostgreSQL reads
+                    // without locks, see fielding-postgres's bulk.rs): back
+                    // off with jitter (ceilings 1 ms doubling to 50 ms) so
+                    // a run edited often does not make the batch spin.
+                    let pause = BATCH_BACKOFF.backoff(decisions);
+                    if pause.is_zero() {
+                        tokio::task::yield_now().await;
+                    } else {
+                        tokio::time::sleep(pause).await;
+                    }
                 }
                 other => return other,
             }
