@@ -975,3 +975,58 @@ async fn two_batches_of_one_holder_at_once_write_each_item_once() {
         "the run was written once"
     );
 }
+
+/// A watcher woken for a record that an older open transaction holds back
+/// keeps re-reading on a short doubling chain, so it gets the record soon
+/// after that transaction ends, although the end sends no wake-up (with
+/// `LISTEN` up, the poll interval alone would be the 10 s safety net).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_held_back_by_an_open_transaction_reaches_a_woken_watcher_soon_after_it_ends() {
+    let Some(test) = common::fresh_store().await else {
+        return;
+    };
+    let scope = fixtures::scope();
+    let run = live_run(&test.store, scope).await;
+    let (_, head) = read_until(&test.store, scope.account_id, None, 1).await;
+    let notifier = test.store.change_notifier().expect("the store wakes watchers");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !notifier.sees_every_writer() {
+        assert!(std::time::Instant::now() < deadline, "the listener never came up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let service = fielding_core::FieldingService::new(Arc::new(test.store.clone()));
+    assert_eq!(service.feed_poll_interval(), fielding_core::SAFETY_NET_POLL_INTERVAL);
+
+    // The blocker: a transaction with an id, left open.
+    let mut blocker = PgConnection::connect(&test.guard.url).await.expect("connect");
+    sqlx::query("BEGIN").execute(&mut blocker).await.expect("begin");
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut blocker)
+        .await
+        .expect("take an id");
+
+    let waiting = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            service
+                .wait_for_changes(scope.account_id, Some(head), 10, Duration::from_secs(30))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    write_once(&test.store, &run, 1).await; // wakes the watcher; held back
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the record is held back while the blocker is open"
+    );
+    sqlx::query("COMMIT").execute(&mut blocker).await.expect("commit");
+    let ended = std::time::Instant::now();
+    let page = waiting.await.expect("the waiting task").expect("the long poll");
+    let delay = ended.elapsed();
+    assert_eq!(page.records.len(), 1, "{page:?}");
+    assert!(
+        delay < Duration::from_secs(3),
+        "the record came {delay:?} after the blocker ended (the safety-net poll is 10 s)"
+    );
+}
