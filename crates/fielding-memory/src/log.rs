@@ -29,6 +29,12 @@ type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 /// enough that an idle store does not reserve much.
 const CHUNK: usize = 4096;
 
+/// An account's place in [`ChangeLog`]'s per-account indexes: found by
+/// hashing once, when a run is created, and kept with the run, so a write
+/// appends to its account's index without hashing again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AccountSlot(usize);
+
 /// The position of a record in the log, counted from the first record the
 /// log ever held (pruning never renumbers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -43,8 +49,19 @@ impl LogIndex {
 #[derive(Debug)]
 struct Slot {
     record: ChangeRecord,
-    scope: Scope,
+    /// The run's account. The rest of the run's scope is the run's (the
+    /// store's caller looks it up): not copied into every record.
+    account: AccountSlot,
     previous: Option<LogIndex>,
+}
+
+/// One account's records.
+#[derive(Debug)]
+struct AccountLog {
+    account: AccountId,
+    /// Its records, oldest first (pruned ones dropped from the front as
+    /// the log's prefix goes).
+    indexes: VecDeque<LogIndex>,
 }
 
 #[derive(Debug, Default)]
@@ -56,9 +73,10 @@ pub(crate) struct ChangeLog {
     kept_from: u64,
     /// The index the next record gets.
     next: u64,
-    /// Each account's records, oldest first (pruned ones dropped from the
-    /// front as the log's prefix goes).
-    by_account: FastMap<AccountId, VecDeque<LogIndex>>,
+    /// Each account's records, by [`AccountSlot`].
+    accounts: Vec<AccountLog>,
+    /// Each account's slot.
+    slots: FastMap<AccountId, AccountSlot>,
     /// Each account's last pruned position.
     horizons: FastMap<AccountId, FeedPosition>,
 }
@@ -66,13 +84,30 @@ pub(crate) struct ChangeLog {
 /// What [`ChangeLog::feed`] found.
 pub(crate) enum FeedRead {
     Page(fielding_core::FeedPage),
-    Expired { pruned_through: FeedPosition },
+    Expired {
+        pruned_through: FeedPosition,
+    },
+    /// A broken promise between the log and the store (a bug).
+    Broken(String),
 }
 
 impl ChangeLog {
-    /// Appends `record` of the run at `scope`, linked to the run's
-    /// `previous` record.
-    pub(crate) fn push(&mut self, record: ChangeRecord, scope: Scope, previous: Option<LogIndex>) -> LogIndex {
+    /// The slot of `account`'s index, made on first use.
+    pub(crate) fn account_slot(&mut self, account: AccountId) -> AccountSlot {
+        let next = AccountSlot(self.accounts.len());
+        let slot = *self.slots.entry(account).or_insert(next);
+        if slot == next {
+            self.accounts.push(AccountLog {
+                account,
+                indexes: VecDeque::new(),
+            });
+        }
+        slot
+    }
+
+    /// Appends `record` of a run whose account has `slot`, linked to the
+    /// run's `previous` record.
+    pub(crate) fn push(&mut self, record: ChangeRecord, slot: AccountSlot, previous: Option<LogIndex>) -> LogIndex {
         let needs_chunk = self.chunks.back().is_none_or(|chunk| chunk.len() == CHUNK);
         if needs_chunk {
             if self.chunks.is_empty() {
@@ -85,19 +120,21 @@ impl ChangeLog {
         if let Some(chunk) = self.chunks.back_mut() {
             chunk.push(Slot {
                 record,
-                scope,
+                account: slot,
                 previous,
             });
         }
-        self.by_account.entry(scope.account_id).or_default().push_back(index);
+        if let Some(account) = self.accounts.get_mut(slot.0) {
+            account.indexes.push_back(index);
+        }
         index
     }
 
     /// Appends a run's records in order; returns the index of the last one.
-    pub(crate) fn push_all(&mut self, records: Vec<ChangeRecord>, scope: Scope) -> Option<LogIndex> {
+    pub(crate) fn push_all(&mut self, records: Vec<ChangeRecord>, slot: AccountSlot) -> Option<LogIndex> {
         records
             .into_iter()
-            .fold(None, |previous, record| Some(self.push(record, scope, previous)))
+            .fold(None, |previous, record| Some(self.push(record, slot, previous)))
     }
 
     fn slot(&self, index: LogIndex) -> Option<&Slot> {
@@ -121,8 +158,14 @@ impl ChangeLog {
     }
 
     /// Up to `limit` records of `account` after `after` (see
-    /// `FieldingStore::feed`).
-    pub(crate) fn feed(&self, account: AccountId, after: Option<FeedPosition>, limit: usize) -> FeedRead {
+    /// `FieldingStore::feed`); `scope_of` gives each record's run's scope.
+    pub(crate) fn feed(
+        &self,
+        account: AccountId,
+        after: Option<FeedPosition>,
+        limit: usize,
+        scope_of: impl Fn(&ChangeRecord) -> Option<Scope>,
+    ) -> FeedRead {
         let horizon = self.horizons.get(&account).copied();
         let head = FeedPosition::new(self.next, 0);
         if let Some(after) = after {
@@ -138,7 +181,11 @@ impl ChangeLog {
             }
         }
         let from = after.or(horizon).unwrap_or(FeedPosition::ZERO);
-        let indexes = self.by_account.get(&account);
+        let indexes = self
+            .slots
+            .get(&account)
+            .and_then(|slot| self.accounts.get(slot.0))
+            .map(|a| &a.indexes);
         let start = indexes.map_or(0, |ix| ix.partition_point(|i| i.position() <= from));
         let mut records = Vec::with_capacity(limit.min(indexes.map_or(0, VecDeque::len)));
         let mut has_more = false;
@@ -148,9 +195,15 @@ impl ChangeLog {
                 break;
             }
             if let Some(slot) = self.slot(*index) {
+                let Some(scope) = scope_of(&slot.record) else {
+                    return FeedRead::Broken(format!(
+                        "the feed holds a record of run {} the store does not have",
+                        slot.record.run_id
+                    ));
+                };
                 records.push(FeedRecord {
                     position: index.position(),
-                    scope: slot.scope,
+                    scope,
                     change: slot.record.clone(),
                 });
             }
@@ -182,16 +235,13 @@ impl ChangeLog {
             if slot.record.changed_at >= cutoff {
                 break;
             }
-            let account = slot.scope.account_id;
+            let account_slot = slot.account;
             self.kept_from += 1;
             removed += 1;
-            self.horizons.insert(account, index.position());
-            if let Some(indexes) = self.by_account.get_mut(&account) {
-                if indexes.front() == Some(&index) {
-                    indexes.pop_front();
-                }
-                if indexes.is_empty() {
-                    self.by_account.remove(&account);
+            if let Some(account) = self.accounts.get_mut(account_slot.0) {
+                self.horizons.insert(account.account, index.position());
+                if account.indexes.front() == Some(&index) {
+                    account.indexes.pop_front();
                 }
             }
             if self.kept_from - self.first_chunk_start >= CHUNK as u64 {
@@ -207,13 +257,17 @@ impl ChangeLog {
     /// unread records gets an expired cursor, not an empty page.
     pub(crate) fn clear(&mut self) {
         let head = FeedPosition::new(self.next, 0);
-        for account in self.by_account.keys() {
-            self.horizons.insert(*account, head);
+        for account in &self.accounts {
+            if !account.indexes.is_empty() {
+                self.horizons.insert(account.account, head);
+            }
         }
         self.chunks.clear();
         self.kept_from = self.next;
         self.first_chunk_start = self.next;
-        self.by_account.clear();
+        // The runs that held slots are cleared with the log.
+        self.accounts.clear();
+        self.slots.clear();
     }
 }
 
@@ -234,10 +288,12 @@ mod tests {
         let (a, b) = (fixtures::run().build(), fixtures::run().build());
         let mut log = ChangeLog::default();
         let (mut last_a, mut last_b) = (None, None);
+        let slot = log.account_slot(a.account_id);
         for version in 1..=(CHUNK as u64 + 10) {
-            last_a = Some(log.push(record(&a, version), a.scope(), last_a));
+            last_a = Some(log.push(record(&a, version), slot, last_a));
             if version % 3 == 0 {
-                last_b = Some(log.push(record(&b, version / 3), b.scope(), last_b));
+                let slot_b = log.account_slot(b.account_id);
+                last_b = Some(log.push(record(&b, version / 3), slot_b, last_b));
             }
         }
         let history_a = log.history(last_a);
@@ -253,9 +309,12 @@ mod tests {
     }
 
     fn page(log: &ChangeLog, account: AccountId, after: Option<FeedPosition>, limit: usize) -> fielding_core::FeedPage {
-        match log.feed(account, after, limit) {
+        match log.feed(account, after, limit, |_| {
+            Some(Scope::new(account, fixtures::project_id(), fixtures::target_group_id()))
+        }) {
             FeedRead::Page(page) => page,
             FeedRead::Expired { pruned_through } => panic!("expired at {pruned_through}"),
+            FeedRead::Broken(why) => panic!("{why}"),
         }
     }
 
@@ -267,15 +326,19 @@ mod tests {
         let mut last = None;
         let total = CHUNK as u64 * 2 + 7;
         for version in 1..=total {
-            last = Some(log.push(record(&a, version), a.scope(), last));
-            log.push(record(&other, version), other.scope(), None);
+            let (slot_a, slot_other) = (log.account_slot(a.account_id), log.account_slot(other.account_id));
+            last = Some(log.push(record(&a, version), slot_a, last));
+            log.push(record(&other, version), slot_other, None);
         }
         let account = a.account_id;
         let mut seen = Vec::new();
         let mut cursor = None;
         loop {
             let page = page(&log, account, cursor, 1000);
-            assert!(page.records.iter().all(|r| r.scope == a.scope()));
+            assert!(
+                page.records.iter().all(|r| r.change.run_id == a.id),
+                "only account a's records"
+            );
             seen.extend(page.records.iter().map(|r| r.change.version.get()));
             cursor = Some(page.next);
             if !page.has_more {
@@ -296,7 +359,7 @@ mod tests {
         let kept = log.history(last);
         assert_eq!(kept.first().map(|r| r.version.get()), Some(CHUNK as u64 / 2 + 2));
         assert!(matches!(
-            log.feed(account, Some(FeedPosition::new(1, 0)), 10),
+            log.feed(account, Some(FeedPosition::new(1, 0)), 10, |_| None),
             FeedRead::Expired { .. }
         ));
         let from_start = page(&log, account, None, 1);
@@ -305,22 +368,24 @@ mod tests {
         assert!(page(&log, account, None, 10).records.is_empty());
         assert!(
             matches!(
-                log.feed(account, Some(FeedPosition::new(total * 2 + 1, 0)), 10),
+                log.feed(account, Some(FeedPosition::new(total * 2 + 1, 0)), 10, |_| None),
                 FeedRead::Expired { .. }
             ),
             "a cursor past the head is from another store"
         );
-        let unread = log.push(record(&a, 1), a.scope(), None);
+        let slot = log.account_slot(a.account_id);
+        let unread = log.push(record(&a, 1), slot, None);
         log.clear();
         assert!(
             matches!(
-                log.feed(account, Some(FeedPosition::new(total * 2, 0)), 10),
+                log.feed(account, Some(FeedPosition::new(total * 2, 0)), 10, |_| None),
                 FeedRead::Expired { .. }
             ),
             "clearing unread records expires the cursors before them"
         );
         assert!(unread.position() > FeedPosition::new(total * 2, 0));
-        let fresh = log.push(record(&a, 1), a.scope(), None);
+        let slot = log.account_slot(a.account_id);
+        let fresh = log.push(record(&a, 1), slot, None);
         assert_eq!(
             fresh.position(),
             FeedPosition::new(total * 2 + 2, 0),

@@ -19,7 +19,7 @@ use fielding_core::{
 };
 
 use crate::bulk::BulkJobs;
-use crate::log::{ChangeLog, FeedRead, LogIndex};
+use crate::log::{AccountSlot, ChangeLog, FeedRead, LogIndex};
 
 /// How many expired jobs a store with automatic retention removes on each
 /// job write, at most: more than one, so that a backlog left by a burst
@@ -97,6 +97,8 @@ struct Entry {
     run: FieldingRun,
     /// The run's latest change record.
     last_change: Option<LogIndex>,
+    /// The run's account's index in the log.
+    account_slot: AccountSlot,
 }
 
 impl State {
@@ -117,9 +119,17 @@ impl State {
                 source: None,
             });
         }
-        let last_change = self.log.push_all(changes, scope);
+        let account_slot = self.log.account_slot(scope.account_id);
+        let last_change = self.log.push_all(changes, account_slot);
         self.by_scope.insert(scope, run.id);
-        self.runs.insert(run.id, Entry { run, last_change });
+        self.runs.insert(
+            run.id,
+            Entry {
+                run,
+                last_change,
+                account_slot,
+            },
+        );
         Ok(())
     }
 
@@ -166,9 +176,8 @@ fn commit(
             current: entry.run.version,
         });
     }
-    let scope = run.scope();
     entry.run = run;
-    entry.last_change = Some(log.push(change, scope, entry.last_change));
+    entry.last_change = Some(log.push(change, entry.account_slot, entry.last_change));
     Ok(())
 }
 
@@ -597,8 +606,11 @@ impl FieldingStore for MemoryStore {
         after: Option<FeedPosition>,
         limit: usize,
     ) -> Result<FeedPage, StoreError> {
-        match self.state().log.feed(account, after, limit) {
+        let state = self.state();
+        let scope_of = |record: &ChangeRecord| state.runs.get(&record.run_id).map(|e| e.run.scope());
+        match state.log.feed(account, after, limit, scope_of) {
             FeedRead::Page(page) => Ok(page),
+            FeedRead::Broken(why) => Err(StoreError::internal(why)),
             FeedRead::Expired { pruned_through } => Err(StoreError::FeedExpired {
                 account,
                 after: after.unwrap_or_default(),
