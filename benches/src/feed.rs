@@ -151,6 +151,15 @@ async fn read_through_store(store: &Arc<dyn FieldingStore>, account: AccountId) 
     }
 }
 
+/// Who made a change, as each driver hands it over (SQLite keeps text,
+/// PostgreSQL a `uuid`).
+#[allow(dead_code)] // read only to be decoded: the baseline's work
+#[derive(Debug)]
+enum ChangedBy {
+    Text(String),
+    Uuid(uuid::Uuid),
+}
+
 /// One row of the raw baseline, decoded into owned values as code that
 /// reads the table by hand would.
 #[allow(dead_code)] // read only to be decoded: the baseline's work
@@ -163,7 +172,7 @@ struct RawRow {
     version: i64,
     action: String,
     changed_at: i64,
-    changed_by: String,
+    changed_by: ChangedBy,
     status_from: Option<String>,
     status_to: String,
     start_from: Option<i64>,
@@ -202,7 +211,7 @@ mod sqlite_raw {
                         version: row.get(4)?,
                         action: row.get(5)?,
                         changed_at: row.get(6)?,
-                        changed_by: row.get(7)?,
+                        changed_by: ChangedBy::Text(row.get(7)?),
                         status_from: row.get(8)?,
                         status_to: row.get(9)?,
                         start_from: row.get(10)?,
@@ -299,7 +308,7 @@ mod postgres_raw {
                     version: row.try_get(5).map_err(db)?,
                     action: row.try_get(6).map_err(db)?,
                     changed_at: millis(row.try_get(7).map_err(db)?),
-                    changed_by: row.try_get::<uuid::Uuid, _>(8).map_err(db)?.to_string(),
+                    changed_by: ChangedBy::Uuid(row.try_get(8).map_err(db)?),
                     status_from: row.try_get(9).map_err(db)?,
                     status_to: row.try_get(10).map_err(db)?,
                     start_from: row
@@ -489,17 +498,8 @@ async fn delivery(
     }
     let writes = committed.lock().unwrap_or_else(|p| p.into_inner()).len();
 
-    // Wait (at most 10 s) until the watcher has all the writes.
-    let waited = Instant::now();
-    while delivered.lock().unwrap_or_else(|p| p.into_inner()).len() < writes
-        && waited.elapsed() < Duration::from_secs(10)
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    watching.abort();
-    let delivered = std::mem::take(&mut *delivered.lock().unwrap_or_else(|p| p.into_inner()));
-
-    // The whole feed since `start`, read again.
+    // The whole feed since `start`, read again once the writers are done;
+    // then wait (at most 10 s) until the watcher has every record of it.
     let mut log = Vec::new();
     let mut cursor = Some(start);
     loop {
@@ -513,6 +513,21 @@ async fn delivery(
             break;
         }
     }
+    let waited = Instant::now();
+    loop {
+        let has_all = {
+            let delivered = delivered.lock().unwrap_or_else(|p| p.into_inner());
+            let seen: HashSet<FeedPosition> = delivered.iter().map(|d| d.0).collect();
+            log.iter().all(|p| seen.contains(p))
+        };
+        if has_all || waited.elapsed() >= Duration::from_secs(10) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    watching.abort();
+    let delivered = std::mem::take(&mut *delivered.lock().unwrap_or_else(|p| p.into_inner()));
+
     let seen: HashSet<FeedPosition> = delivered.iter().map(|d| d.0).collect();
     let skipped = log.iter().filter(|p| !seen.contains(p)).count();
     let duplicates = delivered.len() - seen.len();
