@@ -95,12 +95,7 @@ impl BulkPlan {
 }
 
 fn runtime() -> Result<Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("bulk-bench")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot build a runtime: {e}"))
+    crate::series::two_worker_runtime("bulk-bench")
 }
 
 /// `count` live runs in fresh target groups of one project.

@@ -237,12 +237,7 @@ struct Harness {
 }
 
 fn runtime(name: &str) -> Result<Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name(name)
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot build the {name} runtime: {e}"))
+    crate::series::two_worker_runtime(name)
 }
 
 impl Harness {

@@ -91,12 +91,7 @@ impl FeedPlan {
 }
 
 fn runtime() -> Result<Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("feed-bench")
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot build a runtime: {e}"))
+    crate::series::two_worker_runtime("feed-bench")
 }
 
 /// Fills one account with `records` change records: 100 runs, each

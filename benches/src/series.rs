@@ -198,6 +198,17 @@ fn quote(cell: &str) -> String {
     }
 }
 
+/// A two-worker runtime with timers and I/O, its threads named `name`
+/// (the sections that drive stores and servers in-process).
+pub fn two_worker_runtime(name: &str) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot build the {name} runtime: {e}"))
+}
+
 /// Writes `name value` lines to stdout.
 pub fn emit(figures: &[(String, String)]) -> Result<(), String> {
     let mut out = std::io::stdout().lock();

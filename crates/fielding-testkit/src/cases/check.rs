@@ -1,6 +1,8 @@
 //! Reads that compare what the store returns with what a case expects.
 
-use fielding_core::{ChangeRecord, FieldingRun, FieldingStore, RunKey, Scope};
+use std::future::Future;
+
+use fielding_core::{ChangeRecord, FieldingRun, FieldingStore, RunKey, Scope, StoreError};
 
 use crate::failure::Case;
 use crate::sample::{records_diff, run_diff};
@@ -111,3 +113,37 @@ pub(crate) async fn absent<S: FieldingStore + ?Sized>(
     get(case, store, promise, key, None, when).await?;
     changes(case, store, promise, key, &[], when).await
 }
+
+/// Calls a sweep that can remove at most `limit` (`expire_jobs`,
+/// `expire_bulk_jobs`, `prune_changes`; `call` names it in messages) until
+/// it answers less than `limit`: every answer, in order. A store that
+/// keeps answering `limit` is endless: after `MAX_SWEEP_CALLS` calls the
+/// case fails with `rule`.
+pub(crate) async fn sweep<F, Fut>(
+    case: Case,
+    rule: &'static str,
+    call: &str,
+    limit: usize,
+    mut once: F,
+) -> Result<Vec<usize>, CaseFailure>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<usize, StoreError>>,
+{
+    let mut answers = Vec::new();
+    while answers.len() < MAX_SWEEP_CALLS {
+        let removed = case.ok(call, once().await)?;
+        answers.push(removed);
+        if removed < limit {
+            return Ok(answers);
+        }
+    }
+    Err(case.fail(
+        rule,
+        format!("{call} answered {limit} removals {MAX_SWEEP_CALLS} times in a row"),
+    ))
+}
+
+/// Calls a sweep may take before the case calls the store's answers
+/// endless (a store that always answers `limit`).
+pub(crate) const MAX_SWEEP_CALLS: usize = 64;

@@ -36,10 +36,6 @@ const ELIGIBLE: usize = 6;
 /// The `limit` of the main sweep: the eligible jobs need several calls.
 const LIMIT: usize = 2;
 
-/// Calls a sweep may take before the case calls the store's answers
-/// endless (a store that always answers `limit`).
-const MAX_CALLS: usize = 64;
-
 /// A job of the case, created at `created_millis` and, when `finish` is
 /// given, finished then with that outcome: the job as stored.
 async fn plant<S: FieldingStore + ?Sized>(
@@ -73,21 +69,8 @@ async fn sweep<S: FieldingStore + ?Sized>(
     before: Timestamp,
     limit: usize,
 ) -> Result<Vec<usize>, CaseFailure> {
-    let mut answers = Vec::new();
-    while answers.len() < MAX_CALLS {
-        let removed = case.ok(
-            format!("expire_jobs({before}, {limit})"),
-            store.expire_jobs(before, limit).await,
-        )?;
-        answers.push(removed);
-        if removed < limit {
-            return Ok(answers);
-        }
-    }
-    Err(case.fail(
-        EXPIRY,
-        format!("expire_jobs({before}, {limit}) answered {limit} removals {MAX_CALLS} times in a row"),
-    ))
+    let call = format!("expire_jobs({before}, {limit})");
+    crate::cases::check::sweep(case, EXPIRY, &call, limit, || store.expire_jobs(before, limit)).await
 }
 
 /// Which of `jobs` still read back exactly as stored; fails if one reads
@@ -175,7 +158,7 @@ where
     // eligible jobs are gone as the answers add up to.
     let mut answers = Vec::new();
     let mut removed = 0;
-    while answers.len() < MAX_CALLS {
+    while answers.len() < crate::cases::check::MAX_SWEEP_CALLS {
         let answer = case.ok(
             format!("expire_jobs(cutoff, {LIMIT}) #{}", answers.len()),
             store.expire_jobs(at(CUTOFF), LIMIT).await,

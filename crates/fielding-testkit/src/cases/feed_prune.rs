@@ -40,10 +40,6 @@ const LEFTOVERS: i64 = WINDOW_START + 2 * 86_400_000;
 /// The `limit` of the main sweep: the five old records need three calls.
 const LIMIT: usize = 2;
 
-/// Calls a sweep may take before the case calls the store's answers
-/// endless (a store that always answers `limit`).
-const MAX_CALLS: usize = 64;
-
 /// `run` as made at `millis`, for inserting.
 fn made_at(run: FieldingRun, millis: i64) -> FieldingRun {
     FieldingRun {
@@ -91,21 +87,8 @@ async fn sweep<S: FieldingStore + ?Sized>(
     before: Timestamp,
     limit: usize,
 ) -> Result<Vec<usize>, CaseFailure> {
-    let mut answers = Vec::new();
-    while answers.len() < MAX_CALLS {
-        let removed = case.ok(
-            format!("prune_changes({before}, {limit})"),
-            store.prune_changes(before, limit).await,
-        )?;
-        answers.push(removed);
-        if removed < limit {
-            return Ok(answers);
-        }
-    }
-    Err(case.fail(
-        PRUNE,
-        format!("prune_changes({before}, {limit}) answered {limit} removals {MAX_CALLS} times in a row"),
-    ))
+    let call = format!("prune_changes({before}, {limit})");
+    crate::cases::check::sweep(case, PRUNE, &call, limit, || store.prune_changes(before, limit)).await
 }
 
 /// The whole feed of `account` from the start, once `count` records are
@@ -276,7 +259,7 @@ where
     ];
     let mut answers = Vec::new();
     let mut removed = 0;
-    while answers.len() < MAX_CALLS {
+    while answers.len() < crate::cases::check::MAX_SWEEP_CALLS {
         let answer = case.ok(
             format!("prune_changes(cutoff, {LIMIT}) #{}", answers.len()),
             store.prune_changes(at(CUTOFF), LIMIT).await,
