@@ -339,10 +339,14 @@ async fn a_quiet_accounts_cursor_is_bookmarked_past_other_accounts_records() {
     assert_eq!(page.records.len(), 1);
     assert_eq!(page.records[0].change, record);
     assert!(page.records[0].position > quiet.next);
-    // A cursor past everything (from another store, say) is kept.
+    // A cursor past everything handed out (from another file, say) is
+    // refused: reading on from it would skip what comes until the counter
+    // passes it.
     let far = FeedPosition::new(u64::MAX, 7);
-    let page = store.feed(scope.account_id, Some(far), 10).await.unwrap();
-    assert_eq!((page.records.len(), page.next), (0, far));
+    match store.feed(scope.account_id, Some(far), 10).await {
+        Err(StoreError::FeedExpired { after, .. }) => assert_eq!(after, far),
+        other => panic!("a foreign cursor answered {other:?}"),
+    }
 }
 
 /// Records changed at `times`, one run each, in `scope`'s account.
@@ -439,8 +443,8 @@ async fn pruning_is_bounded_oldest_first_and_expires_the_cursors_before_it() {
 }
 
 /// A file written before the feed (schema version 4) is migrated on
-/// opening: its records are numbered in run and version order, with their
-/// runs' scopes, and new records go after them.
+/// opening: its records are numbered by age, each run's in version order,
+/// with their runs' scopes, and new records go after them.
 #[tokio::test]
 async fn a_version_4_file_gets_its_records_numbered_and_new_ones_after_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -469,9 +473,20 @@ async fn a_version_4_file_gets_its_records_numbered_and_new_ones_after_them() {
             expected.push((run.id, change.version.get(), run.scope(), change));
         }
     }
-    // Numbered in (run_id, version) order across the whole file: this
-    // account's records in that order, the other account's in between.
-    expected.sort_by_key(|(id, version, ..)| (id.as_str().to_owned(), *version));
+    // Numbered by age across the whole file: by the run's latest
+    // changed_at up to each version (so each run keeps its version order),
+    // then run and version; the other account's records in between.
+    let mut latest = std::collections::HashMap::new();
+    let mut aged: Vec<_> = expected
+        .into_iter()
+        .map(|(id, version, scope, change)| {
+            let at = latest.entry(id).or_insert(change.changed_at);
+            *at = (*at).max(change.changed_at);
+            ((*at, id.as_str().to_owned(), version), (id, version, scope, change))
+        })
+        .collect();
+    aged.sort_by(|a, b| a.0.cmp(&b.0));
+    let expected: Vec<_> = aged.into_iter().map(|(_, record)| record).collect();
     let got: Vec<_> = page
         .records
         .iter()
