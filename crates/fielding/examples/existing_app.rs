@@ -157,7 +157,7 @@ mod api_keys {
         }
     }
 
-    #[async_trait::async_trait]
+    #[fielding::async_trait]
     impl Authenticator for ApiKeys {
         async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
             let (account, user) = self.keys.get(token).ok_or_else(|| AuthError::new("unknown API key"))?;

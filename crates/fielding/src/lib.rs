@@ -81,6 +81,11 @@ pub use axum;
 #[cfg(feature = "http")]
 pub use tokio;
 
+/// The attribute the [`FieldingStore`] trait and `fielding::http`'s
+/// `Authenticator` are declared with: put `#[fielding::async_trait]` on
+/// your `impl` of either (no `async-trait` dependency of your own needed).
+pub use async_trait::async_trait;
+
 /// Test support (feature `testkit`): re-exports `fielding-testkit`
 /// (`fixtures`, `FaultyStore`, the conformance suite).
 #[cfg(feature = "testkit")]
