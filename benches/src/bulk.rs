@@ -39,6 +39,7 @@ use fielding_core::{
     NewBulkJob, Scope, Status, TargetGroupId, UserId,
 };
 use fielding_http::rate_limit::RateLimitPolicy;
+use fielding_http::{BasePath, CONTRACT_BASE_PATH};
 use fielding_server::app::ApiLimits;
 use fielding_server::{Database, JwtAuthenticator, JwtSecret, OpenedStore};
 use fielding_testkit::fixtures;
@@ -196,7 +197,14 @@ async fn post_times(store: &OpenedStore, project: Scope, plan: &BulkPlan) -> Res
         address_rate_limit: None,
         ..ApiLimits::default()
     };
-    let app = fielding_server::app::app(service, Arc::new(JwtAuthenticator::new(&secret)), store.kind, limits);
+    // Under the binary's default base path, as a client of it calls it.
+    let app = fielding_server::app::app(
+        service,
+        Arc::new(JwtAuthenticator::new(&secret)),
+        store.kind,
+        limits,
+        BasePath::contract(),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;
@@ -217,7 +225,7 @@ async fn post_times(store: &OpenedStore, project: Scope, plan: &BulkPlan) -> Res
     )
     .map_err(|e| format!("cannot mint a token: {e}"))?;
     let url = format!(
-        "http://{addr}/demand/accounts/{}/projects/{}/batch-jobs/pause-fielding-runs-by-target-group-id",
+        "http://{addr}{CONTRACT_BASE_PATH}/demand/accounts/{}/projects/{}/batch-jobs/pause-fielding-runs-by-target-group-id",
         project.account_id, project.project_id
     );
     let client = reqwest::Client::new();

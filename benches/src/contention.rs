@@ -89,6 +89,7 @@ use fielding_core::{
     Action, ChangeRecord, Clock, FieldingRun, FieldingService, RunKey, Status, SystemClock, Timestamp,
 };
 use fielding_http::rate_limit::RateLimitPolicy;
+use fielding_http::{BasePath, CONTRACT_BASE_PATH};
 use fielding_server::app::ApiLimits;
 use fielding_server::{Database, JwtAuthenticator, JwtSecret, OpenedStore};
 use fielding_testkit::fixtures;
@@ -253,7 +254,14 @@ impl Harness {
             rate_limit: RateLimitPolicy::per_second(1_000_000, 1_000_000).ok_or("rate limit policy")?,
             ..ApiLimits::default()
         };
-        let app = fielding_server::app::app(service, Arc::new(JwtAuthenticator::new(&secret)), store.kind, limits);
+        // Under the binary's default base path, as a client of it calls it.
+        let app = fielding_server::app::app(
+            service,
+            Arc::new(JwtAuthenticator::new(&secret)),
+            store.kind,
+            limits,
+            BasePath::contract(),
+        );
         let listener = server_rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .map_err(|e| format!("cannot listen on 127.0.0.1:0: {e}"))?;
@@ -328,7 +336,7 @@ impl Harness {
             )
             .map_err(|e| format!("cannot mint a token: {e}"))?;
             let url = format!(
-                "http://{}/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}",
+                "http://{}{CONTRACT_BASE_PATH}/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}",
                 self.addr, run.account_id, run.project_id, run.target_group_id, run.id
             );
             targets.push((url, token, i % runs.len()));

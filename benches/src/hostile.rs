@@ -220,8 +220,12 @@ pub fn flood_target_group(n: u64) -> String {
     format!("01HF100D{n:018}")
 }
 
+/// Under the server's default base path, the contract's `/v1`.
 fn scope_path(target_group: &str) -> String {
-    format!("/demand/accounts/{ACCOUNT}/projects/{PROJECT}/target-groups/{target_group}")
+    format!(
+        "{}/demand/accounts/{ACCOUNT}/projects/{PROJECT}/target-groups/{target_group}",
+        fielding_http::CONTRACT_BASE_PATH
+    )
 }
 
 /// A response's status line and headers.

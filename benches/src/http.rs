@@ -435,7 +435,7 @@ pub struct ScriptSpec<'a> {
     pub load: Load,
     /// The bearer token.
     pub token: &'a str,
-    /// Run paths (`/demand/…/fielding-runs/{id}`), chosen at random.
+    /// Run paths (`/v1/demand/…/fielding-runs/{id}`), chosen at random.
     pub paths: &'a [String],
     /// wrk's `-t`: the PUT end-date stride.
     pub threads: u32,
@@ -724,6 +724,7 @@ pub(crate) fn server_command(server: &Path, database: &str, pg_schema: Option<&s
     }
     for var in [
         "FIELDING_LISTEN",
+        "FIELDING_BASE_PATH",
         "FIELDING_DATABASE",
         "FIELDING_PG_SCHEMA",
         "FIELDING_JWT_SECRET",
@@ -759,9 +760,13 @@ pub(crate) fn mint_token(server: &Path) -> Result<String> {
     Ok(token)
 }
 
-/// The path of target group `index`'s scope.
+/// The path of target group `index`'s scope, under the server's default
+/// base path (the contract's `/v1`; bare-http answers any path).
 fn scope_path(index: usize) -> String {
-    format!("/demand/accounts/{ACCOUNT}/projects/{PROJECT}/target-groups/01HTTPBENCH{index:015}")
+    format!(
+        "{}/demand/accounts/{ACCOUNT}/projects/{PROJECT}/target-groups/01HTTPBENCH{index:015}",
+        fielding_http::CONTRACT_BASE_PATH
+    )
 }
 
 /// Runs `work` for every index in `0..count`, `SEED_CONCURRENCY` at a time,

@@ -49,10 +49,11 @@ type ProjectPath = Result<Path<(String, String)>, PathRejection>;
 /// The path of one bulk job.
 type JobPath = Result<Path<(String, String, String)>, PathRejection>;
 
-/// The ten routes: a `POST` and a `GET` for each action.
-pub(crate) fn routes(router: Router<SharedState>) -> Router<SharedState> {
+/// The ten routes: a `POST` and a `GET` for each action, under `base`
+/// (the API's base path, empty for `/`).
+pub(crate) fn routes(router: Router<SharedState>, base: &str) -> Router<SharedState> {
     BulkAction::ALL.into_iter().fold(router, |router, action| {
-        let jobs = format!("{BATCH_PATH}/{}", action.path_segment());
+        let jobs = format!("{base}{BATCH_PATH}/{}", action.path_segment());
         router
             .route(
                 &jobs,
@@ -89,8 +90,9 @@ pub(crate) fn routes(router: Router<SharedState>) -> Router<SharedState> {
 /// A bulk submission as received.
 struct Submission {
     action: BulkAction,
-    /// The full request path, including any prefix the app nested the
-    /// router under: the job's `Location` is below it.
+    /// The full request path, including the API's base path and any
+    /// prefix the app nested the router under: the job's `Location` is
+    /// below it.
     uri: OriginalUri,
     path: ProjectPath,
     headers: HeaderMap,

@@ -70,8 +70,9 @@ pub(crate) async fn schedule_from_draft(
 /// A creation request as received.
 struct Submission {
     kind: JobKind,
-    /// The full request path, including any prefix the app nested the
-    /// router under: the job's `Location` is below it.
+    /// The full request path, including the API's base path and any
+    /// prefix the app nested the router under: the job's `Location` is
+    /// below it.
     uri: OriginalUri,
     path: ScopePath,
     headers: HeaderMap,

@@ -8,6 +8,9 @@
 //!
 //! * [`FieldingApi`]: the router (GET, list, PUT, complete, pause, resume,
 //!   relaunch, launch-now), with the contract's order of checks.
+//! * [`base_path`]: where the contract's paths are mounted
+//!   ([`FieldingApi::base_path`]): `/` by default, or the contract's own
+//!   server path [`CONTRACT_BASE_PATH`] (`/v1`); `Location` headers follow.
 //! * [`trace_context`]: W3C Trace Context, parsed strictly; every response
 //!   carries `traceparent`.
 //! * [`problem`] and [`api_error`]: the contract's error bodies, for every
@@ -43,6 +46,7 @@
 pub mod api_error;
 pub mod api_version;
 pub mod auth;
+pub mod base_path;
 mod bulk;
 mod extract;
 mod feed;
@@ -58,5 +62,6 @@ mod state;
 mod strict_json;
 pub mod trace_context;
 
+pub use base_path::{BasePath, CONTRACT_BASE_PATH};
 pub use feed::LONG_POLLS_WAITING;
 pub use router::{FieldingApi, BASE_PATH, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, DEFAULT_BULK_BODY_LIMIT};

@@ -26,12 +26,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api_error::ApiError;
 use crate::auth::Authenticator;
+use crate::base_path::BasePath;
 use crate::rate_limit::{too_many_requests, RateLimitPolicy, RateLimiter};
 use crate::refusal::Refusal;
 use crate::state::{ApiState, BodyRules};
 use crate::{bulk, feed, jobs, runs, trace_context};
 
-/// The path every endpoint lives under.
+/// The path every run endpoint lives under, relative to the API's
+/// [`BasePath`] (see [`FieldingApi::base_path`]).
 pub const BASE_PATH: &str = "/demand/accounts/{account_id}/projects/{project_id}/target-groups/{target_group_id}";
 
 /// The default largest request body, in bytes.
@@ -66,6 +68,7 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 ///     .body_limit(8 * 1024)
 ///     .bulk_body_limit(512 * 1024)
 ///     .body_timeout(std::time::Duration::from_secs(5))
+///     .base_path("/v1".parse().unwrap())
 ///     .router();
 /// ```
 #[derive(Clone)]
@@ -75,6 +78,7 @@ pub struct FieldingApi {
     body: BodyRules,
     bulk_body_limit: usize,
     shutdown: CancellationToken,
+    base_path: BasePath,
 }
 
 /// What the authentication middleware needs.
@@ -99,6 +103,7 @@ impl FieldingApi {
             },
             bulk_body_limit: DEFAULT_BULK_BODY_LIMIT,
             shutdown: CancellationToken::new(),
+            base_path: BasePath::root(),
         }
     }
 
@@ -155,11 +160,28 @@ impl FieldingApi {
         self
     }
 
+    /// The path the contract's paths are served under (default
+    /// [`BasePath::root`]: `/demand/...` as the contract writes it). The
+    /// contract's server URL is `https://api.cint.com/v1`, so a client
+    /// generated from it calls [`BasePath::contract`] (`/v1/demand/...`).
+    ///
+    /// Every route moves under it; requests outside it get the router's
+    /// 404 (after authentication, as any unknown path). `Location` headers
+    /// need nothing more: they are built from the path the request
+    /// arrived at (axum's `OriginalUri`), so they carry this base path and
+    /// any prefix the app nests the router under.
+    pub fn base_path(mut self, base_path: BasePath) -> Self {
+        self.base_path = base_path;
+        self
+    }
+
     /// The router, ready to be served or nested in your app.
     pub fn router(self) -> Router {
-        let runs = format!("{BASE_PATH}/fielding-runs");
+        let base = self.base_path.prefix();
+        let runs = format!("{base}{BASE_PATH}/fielding-runs");
         let run = format!("{runs}/{{fielding_run_id}}");
-        let jobs = format!("{BASE_PATH}/fielding-run-jobs");
+        let jobs = format!("{base}{BASE_PATH}/fielding-run-jobs");
+        let feed = format!("{base}{}", feed::FEED_PATH);
         let state = Arc::new(ApiState {
             service: self.service,
             body: self.body,
@@ -178,7 +200,7 @@ impl FieldingApi {
             .route(&format!("{run}/relaunch"), post(runs::relaunch))
             .route(&format!("{run}/launch-now"), post(runs::launch_now))
             .route(&format!("{run}/changes"), get(feed::run_changes))
-            .route(feed::FEED_PATH, get(feed::account_changes))
+            .route(&feed, get(feed::account_changes))
             .route(&format!("{jobs}/launch-from-draft"), post(jobs::launch_from_draft))
             .route(&format!("{jobs}/schedule-from-draft"), post(jobs::schedule_from_draft))
             .route(
@@ -189,7 +211,7 @@ impl FieldingApi {
                 &format!("{jobs}/schedule-from-draft/{{job_id}}"),
                 get(jobs::get_schedule_job),
             );
-        bulk::routes(router)
+        bulk::routes(router, base)
             .fallback(|| async { ApiError::no_route() })
             .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
             .layer(middleware::from_fn_with_state(self.gate, authenticate))

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, Method, StatusCode};
 use common::live::{
-    assert_error, authed, header_map, invalid_names, unpooled_client, Backend, Live, Options, Reply, ACCOUNT,
+    api, assert_error, authed, header_map, invalid_names, unpooled_client, Backend, Live, Options, Reply, ACCOUNT,
     API_VERSION, OTHER_TOKEN, TRACEPARENT,
 };
 use fielding_core::{
@@ -142,10 +142,10 @@ fn account() -> AccountId {
 
 /// The submitting path of `action` in `account`/`project`.
 fn jobs_path(account: AccountId, project: ProjectId, action: BulkAction) -> String {
-    format!(
+    api(&format!(
         "/demand/accounts/{account}/projects/{project}/batch-jobs/{}",
         action.path_segment()
-    )
+    ))
 }
 
 /// A run of account 101 in `project` and a fresh target group.
@@ -645,10 +645,10 @@ async fn every_400_of_the_batch_endpoints_names_the_field_and_records_nothing(ba
     let reply = live
         .send(
             Method::GET,
-            &format!(
+            &api(&format!(
                 "/demand/accounts/0/projects/nope/batch-jobs/{}/x",
                 BulkAction::Pause.path_segment()
-            ),
+            )),
             &[("authorization", "Bearer token-101")],
             "",
         )

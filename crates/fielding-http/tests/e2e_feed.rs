@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use axum::http::{Method, StatusCode};
 use common::e2e::{post, put, CURRENT};
 use common::live::{
-    assert_error, authed, ghost, invalid_names, new_dates, run_path, Backend, Live, Reply, ACCOUNT, API_VERSION,
+    api, assert_error, authed, ghost, invalid_names, new_dates, run_path, Backend, Live, Reply, ACCOUNT, API_VERSION,
     OTHER_TOKEN, TRACEPARENT,
 };
 use fielding_core::{AccountId, FeedPosition, FieldingRun, Scope, Status, Timestamp};
@@ -48,7 +48,7 @@ e2e!(
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn feed_path(account: i64) -> String {
-    format!("/demand/accounts/{account}/fielding-run-changes")
+    api(&format!("/demand/accounts/{account}/fielding-run-changes"))
 }
 
 fn history_path(run: &FieldingRun) -> String {
@@ -370,7 +370,7 @@ async fn bad_parameters_are_400_naming_each_and_unknown_or_repeated_ones_too(bac
     let reply = live
         .send(
             Method::GET,
-            "/demand/accounts/0/fielding-run-changes?limit=0",
+            &api("/demand/accounts/0/fielding-run-changes?limit=0"),
             &[("authorization", "Bearer token-101")],
             "",
         )
@@ -392,10 +392,10 @@ async fn bad_parameters_are_400_naming_each_and_unknown_or_repeated_ones_too(bac
         assert_error(&reply, StatusCode::BAD_REQUEST, "bad_request_error");
         assert_eq!(invalid_names(&reply), *expected, "?{query}: {}", reply.json);
     }
-    let path = format!(
+    let path = api(&format!(
         "/demand/accounts/101/projects/lower/target-groups/{}/fielding-runs/{}/changes?limit=0",
         run.target_group_id, run.id
-    );
+    ));
     let reply = live.send(Method::GET, &path, &authed(&[]), "").await;
     assert_eq!(invalid_names(&reply), ["project_id", "limit"]);
     // Malformed input is judged before the run is looked for: a 400, not a 404.

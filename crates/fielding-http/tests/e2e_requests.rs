@@ -21,7 +21,7 @@ mod common {
 use axum::http::{HeaderMap, Method, StatusCode};
 use common::e2e::{assert_etag, in_days, post, put, until_429, CURRENT, STALE};
 use common::live::{
-    assert_error, authed, header_map, invalid_names, list_path, new_dates, run_path, Backend, Live, Options,
+    api, assert_error, authed, header_map, invalid_names, list_path, new_dates, run_path, Backend, Live, Options,
     API_VERSION, OTHER_TOKEN, TRACEPARENT,
 };
 use fielding_core::{FieldingRun, Status};
@@ -405,6 +405,12 @@ async fn unknown_routes_and_methods_answer_in_the_error_format(backend: Backend)
     for path in [
         "/nope".to_owned(),
         "/demand".to_owned(),
+        api("/demand"),
+        // The contract's paths outside the base path the API is served at.
+        format!(
+            "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}",
+            run.account_id, run.project_id, run.target_group_id, run.id
+        ),
         format!("{}/explode", run_path(&run)),
         format!("{}/pause/now", run_path(&run)),
         format!("{}/", list_path(&run)),

@@ -11,7 +11,7 @@ mod common {
 }
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
-use common::live::{run_path, Backend, Live, Options, Reply};
+use common::live::{api, run_path, Backend, Live, Options, Reply};
 use fielding_core::{AccountId, Action, ChangeRecord, FieldingRun, Scope, Status};
 use fielding_http::rate_limit::RateLimitPolicy;
 use fielding_testkit::fixtures;
@@ -313,13 +313,13 @@ fn render(id: &Id, real: &str) -> String {
 
 impl Case {
     fn path(&self, run: &FieldingRun) -> String {
-        let mut path = format!(
+        let mut path = api(&format!(
             "/demand/accounts/{}/projects/{}/target-groups/{}/{}",
             self.account,
             render(&self.project, run.project_id.as_str()),
             render(&self.target_group, run.target_group_id.as_str()),
             self.collection,
-        );
+        ));
         // Sometimes the list (no run id), mostly one run.
         if !matches!(&self.run, Id::Junk(j) if j.is_empty()) {
             path.push('/');

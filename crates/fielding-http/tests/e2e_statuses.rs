@@ -20,7 +20,7 @@ mod common {
 use axum::http::{Method, StatusCode};
 use common::e2e::{assert_etag, in_days, post, put, CURRENT, STALE};
 use common::live::{
-    assert_error, authed, invalid_names, list_path, new_dates, run_path, Backend, Live, API_VERSION, OTHER_TOKEN,
+    api, assert_error, authed, invalid_names, list_path, new_dates, run_path, Backend, Live, API_VERSION, OTHER_TOKEN,
 };
 use fielding_core::{FieldingRun, FieldingRunId, Status};
 use serde_json::json;
@@ -45,11 +45,11 @@ async fn every_status_of_get_list(backend: Backend) {
     assert_eq!(reply.json["data"][0]["id"], run.id.to_string());
     assert_eq!(reply.json["data"][0]["version"], 7);
     // 200 with none: a target group without a run is an empty list, not a 404.
-    let empty = format!(
+    let empty = api(&format!(
         "/demand/accounts/101/projects/{}/target-groups/{}/fielding-runs",
         run.project_id,
         fielding_testkit::fixtures::target_group_id()
-    );
+    ));
     let reply = live.send(Method::GET, &empty, &authed(&[]), "").await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json, json!({ "data": [], "has_more": false }));
@@ -57,7 +57,7 @@ async fn every_status_of_get_list(backend: Backend) {
     let reply = live
         .send(
             Method::GET,
-            "/demand/accounts/0/projects/lower/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs",
+            &api("/demand/accounts/0/projects/lower/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs"),
             &[
                 ("authorization", "Bearer token-101"),
                 ("cint-api-version", "2025-13-01"),

@@ -1,6 +1,7 @@
-//! The server's whole axum app: the contract's routes ([`FieldingApi`]),
-//! `GET /health` and `GET /ready` ([`crate::health`]), the per-address
-//! limit ([`crate::address_limit`]) and an access log.
+//! The server's whole axum app: the contract's routes ([`FieldingApi`])
+//! under their base path (`/v1` by default), `GET /health` and
+//! `GET /ready` ([`crate::health`]) at the root, the per-address limit
+//! ([`crate::address_limit`]) and an access log.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use fielding_core::FieldingService;
 use fielding_http::api_error::ApiError;
 use fielding_http::auth::Authenticator;
 use fielding_http::rate_limit::{RateLimitPolicy, RateLimiter};
-use fielding_http::{FieldingApi, DEFAULT_BODY_LIMIT, DEFAULT_BULK_BODY_LIMIT};
+use fielding_http::{BasePath, FieldingApi, DEFAULT_BODY_LIMIT, DEFAULT_BULK_BODY_LIMIT};
 use tokio_util::sync::CancellationToken;
 
 use crate::address_limit::{self, AddressLimiter};
@@ -68,21 +69,26 @@ pub struct App {
 }
 
 /// The server's app: `GET /health` and `GET /ready` (reporting `store` as
-/// the store's kind) next to the contract's routes, behind the
-/// per-address limit, with an access log around everything.
+/// the store's kind) at the root, next to the contract's routes under
+/// `base_path` ([`FieldingApi::base_path`]; the server's default is the
+/// contract's `/v1`), behind the per-address limit, with an access log
+/// around everything.
 ///
 /// `/health` and `/ready` need no token and skip the per-principal limit;
-/// like every API response they carry `traceparent`. Anything else goes to
-/// the [`FieldingApi`] router, including its contract-shaped 404 for
-/// unknown paths.
+/// like every API response they carry `traceparent`. They stay at the root
+/// whatever the base path, where orchestrators' probes expect them.
+/// Anything else goes to the [`FieldingApi`] router, including its
+/// contract-shaped 404 for unknown paths (and for the contract's paths
+/// outside the base path).
 ///
 /// ```
 /// use std::sync::Arc;
 /// use fielding_core::FieldingService;
 /// use fielding_http::auth::StaticTokens;
+/// use fielding_http::BasePath;
 /// use fielding_server::app::{app, ApiLimits};
 /// let service = FieldingService::new(Arc::new(fielding_memory::MemoryStore::new()));
-/// let app = app(service, Arc::new(StaticTokens::new()), "memory", ApiLimits::default());
+/// let app = app(service, Arc::new(StaticTokens::new()), "memory", ApiLimits::default(), BasePath::contract());
 /// let _router: axum::Router = app.router;
 /// ```
 pub fn app(
@@ -90,8 +96,16 @@ pub fn app(
     authenticator: Arc<dyn Authenticator>,
     store: &'static str,
     limits: ApiLimits,
+    base_path: BasePath,
 ) -> App {
-    app_with_shutdown(service, authenticator, store, limits, CancellationToken::new())
+    app_with_shutdown(
+        service,
+        authenticator,
+        store,
+        limits,
+        base_path,
+        CancellationToken::new(),
+    )
 }
 
 /// [`app`], whose change-feed long polls answer at once when `shutdown`
@@ -103,9 +117,11 @@ pub fn app_with_shutdown(
     authenticator: Arc<dyn Authenticator>,
     store: &'static str,
     limits: ApiLimits,
+    base_path: BasePath,
     shutdown: CancellationToken,
 ) -> App {
     let api = FieldingApi::new(service.clone(), authenticator)
+        .base_path(base_path)
         .rate_limit(limits.rate_limit)
         .body_limit(limits.body_limit)
         .bulk_body_limit(limits.bulk_body_limit)
@@ -201,9 +217,13 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
-    const LIST: &str = "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
+    const LIST: &str = "/v1/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
 
     fn build<S: FieldingStore + 'static>(store: Arc<S>) -> Router {
+        build_at(store, BasePath::contract())
+    }
+
+    fn build_at<S: FieldingStore + 'static>(store: Arc<S>, base_path: BasePath) -> Router {
         let tokens = StaticTokens::new().with(
             "good",
             Principal {
@@ -216,6 +236,7 @@ mod tests {
             Arc::new(tokens),
             "memory",
             ApiLimits::default(),
+            base_path,
         )
         .router
     }
@@ -305,6 +326,7 @@ mod tests {
             Arc::new(tokens),
             "memory",
             limits,
+            BasePath::contract(),
         )
         .router;
         let from = |ip: &str| {
@@ -358,5 +380,38 @@ mod tests {
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body["object"], "not_found_error");
         assert!(headers.contains_key("traceparent"));
+    }
+
+    /// The probes stay at the root whatever the base path; the contract's
+    /// paths move under it, and are a 404 where they used to be.
+    #[tokio::test]
+    async fn the_probes_stay_at_the_root_under_any_base_path() {
+        let authed = |path: &str| {
+            axum::http::Request::get(path)
+                .header("Authorization", "Bearer good")
+                .header("Cint-API-Version", "2025-12-18")
+                .body(Body::empty())
+                .unwrap()
+        };
+        let unprefixed = LIST.strip_prefix("/v1").unwrap();
+        for base in ["/", "/v1", "/api/fielding"] {
+            let base_path: BasePath = base.parse().unwrap();
+            let store = Arc::new(MemoryStore::new());
+            for probe in [HEALTH_PATH, READY_PATH] {
+                let (status, _, _) = send(build_at(store.clone(), base_path.clone()), get(probe)).await;
+                assert_eq!(status, StatusCode::OK, "{base}: {probe}");
+            }
+            let (status, _, body) = send(
+                build_at(store.clone(), base_path.clone()),
+                authed(&base_path.join(unprefixed)),
+            )
+            .await;
+            assert_eq!(status, StatusCode::OK, "{base}: {body}");
+            if !base_path.is_root() {
+                let (status, _, body) = send(build_at(store, base_path.clone()), authed(unprefixed)).await;
+                assert_eq!(status, StatusCode::NOT_FOUND, "{base}: {body}");
+                assert_eq!(body["object"], "not_found_error");
+            }
+        }
     }
 }

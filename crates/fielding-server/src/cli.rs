@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use fielding_core::{AccountId, BulkRunnerOptions};
 use fielding_http::rate_limit::RateLimitPolicy;
-use fielding_http::{DEFAULT_BODY_LIMIT, DEFAULT_BULK_BODY_LIMIT};
+use fielding_http::{BasePath, CONTRACT_BASE_PATH, DEFAULT_BODY_LIMIT, DEFAULT_BULK_BODY_LIMIT};
 use uuid::Uuid;
 
 use crate::app::ApiLimits;
@@ -62,6 +62,19 @@ pub struct ServeArgs {
     /// actually bound is printed at start-up.
     #[arg(long, env = "FIELDING_LISTEN", value_name = "ADDR", default_value = "127.0.0.1:8080")]
     pub listen: String,
+
+    /// The path the API is served under: the contract's paths
+    /// (`/demand/...`) are relative to its server URL, `…/v1`. `/` serves
+    /// them at the root. `/health` and `/ready` stay at the root either
+    /// way. Letters, digits, `-`, `.`, `_`, `~` and single `/`s, no
+    /// trailing `/`, at most 256 bytes.
+    #[arg(
+        long,
+        env = "FIELDING_BASE_PATH",
+        value_name = "PATH",
+        default_value = CONTRACT_BASE_PATH
+    )]
+    pub base_path: BasePath,
 
     /// The store: a SQLite file path or sqlite://PATH (created and migrated
     /// if needed), postgres://… or postgresql://… (migrated at start-up),
@@ -338,6 +351,8 @@ pub enum SecretSource {
 pub struct ServerConfig {
     /// The address to listen on (`host:port`; port 0 for any free one).
     pub listen: String,
+    /// The path the API is served under (`/v1`, or `/` for the root).
+    pub base_path: BasePath,
     /// The store.
     pub database: Database,
     /// The PostgreSQL schema.
@@ -363,10 +378,12 @@ pub struct ServerConfig {
 
 impl ServerConfig {
     /// Settings for an in-process server (tests, embedding): listening on
-    /// `127.0.0.1:0`, the given store and secret, default limits.
+    /// `127.0.0.1:0`, the API under the contract's `/v1`, the given store
+    /// and secret, default limits.
     pub fn new(database: Database, jwt_secret: JwtSecret) -> Self {
         Self {
             listen: "127.0.0.1:0".to_owned(),
+            base_path: BasePath::contract(),
             database,
             pg_schema: "fielding".to_owned(),
             jwt_secret,
@@ -431,6 +448,7 @@ impl ServeArgs {
         };
         Ok(ServerConfig {
             listen: self.listen,
+            base_path: self.base_path,
             database: self.database,
             pg_schema: self.pg_schema,
             jwt_secret,
@@ -612,6 +630,23 @@ mod tests {
         ] {
             assert!(parse(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_base_path_defaults_to_v1_and_is_validated() {
+        let config = parse(&[]).unwrap().serve.into_config().unwrap();
+        assert_eq!(config.base_path, BasePath::contract());
+        assert_eq!(config.base_path.as_str(), "/v1");
+        for (given, served) in [("/", "/"), ("/api/fielding/v1", "/api/fielding/v1"), ("/v2", "/v2")] {
+            let config = parse(&["--base-path", given]).unwrap().serve.into_config().unwrap();
+            assert_eq!(config.base_path.as_str(), served);
+        }
+        for bad in ["v1", "/v1/", "", "/v1?x", "/v1#x", "/a/../b", "/v 1", "/{id}", "//"] {
+            let err = parse(&["--base-path", bad]).unwrap_err().to_string();
+            assert!(err.contains("--base-path"), "{bad:?}: {err}");
+        }
+        let long = format!("/{}", "a".repeat(300));
+        assert!(parse(&["--base-path", &long]).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use fielding_server::cli::{Cli, Command, SecretSource, ServeArgs, ServerConfig, 
 use fielding_server::{mint_token, shutdown_signal, Server};
 use tracing_subscriber::EnvFilter;
 
-/// A run path to show in the start-up hints.
+/// A run path to show in the start-up hints, relative to the base path.
 const EXAMPLE_LIST: &str =
     "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
 
@@ -115,8 +115,10 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn Error>> {
 fn announce(config: &ServerConfig, server: &Server) {
     let addr = server.local_addr();
     let store = config.database.redacted();
-    tracing::info!(%addr, store = server.store_kind(), database = %store, "listening");
+    let base_path = &config.base_path;
+    tracing::info!(%addr, %base_path, store = server.store_kind(), database = %store, "listening");
     println!("fielding-server listening on http://{addr}");
+    println!("api: http://{addr}{}", base_path.prefix());
     println!("store: {} ({store})", server.store_kind());
     println!("health: curl http://{addr}/health");
     if config.jwt_secret.is_short() && config.secret_source == SecretSource::Given {
@@ -142,6 +144,7 @@ fn announce(config: &ServerConfig, server: &Server) {
     };
     println!("development token: TOKEN=$({mint})   (or: cargo run -q -p fielding-server -- token ...)");
     println!(
-        "try: curl -H \"Authorization: Bearer $TOKEN\" -H \"Cint-API-Version: 2025-12-18\" http://{addr}{EXAMPLE_LIST}"
+        "try: curl -H \"Authorization: Bearer $TOKEN\" -H \"Cint-API-Version: 2025-12-18\" http://{addr}{}",
+        base_path.join(EXAMPLE_LIST)
     );
 }

@@ -163,7 +163,14 @@ impl Server {
             .clone()
             .map(|options| BulkRunner::new(service.clone(), options));
         let stop = CancellationToken::new();
-        let app = app_with_shutdown(service, authenticator, store.kind, config.limits, stop.clone());
+        let app = app_with_shutdown(
+            service,
+            authenticator,
+            store.kind,
+            config.limits,
+            config.base_path.clone(),
+            stop.clone(),
+        );
         let bind_error = |source| ServerError::Bind {
             addr: config.listen.clone(),
             source,
@@ -483,7 +490,7 @@ mod tests {
         .unwrap();
         let status = client
             .get(format!(
-                "http://{addr}/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs"
+                "http://{addr}/v1/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs"
             ))
             .bearer_auth(token)
             .header("Cint-API-Version", "2025-12-18")

@@ -54,7 +54,7 @@ async fn seed_live_runs(store: &dyn FieldingStore, count: usize) -> Vec<Fielding
 }
 
 fn batch_path(action: &str) -> String {
-    format!("/demand/accounts/{ACCOUNT}/projects/{PROJECT}/batch-jobs/{action}-fielding-runs-by-target-group-id")
+    format!("{API}/demand/accounts/{ACCOUNT}/projects/{PROJECT}/batch-jobs/{action}-fielding-runs-by-target-group-id")
 }
 
 /// POSTs a bulk job; answers its `Location`.

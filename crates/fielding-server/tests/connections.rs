@@ -311,7 +311,7 @@ async fn a_stalled_body_is_answered_408_and_closed_at_the_body_read_timeout() {
     .unwrap();
     let mut socket = TcpStream::connect(server.addr).await.unwrap();
     let head = format!(
-        "POST /demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-run-jobs/launch-from-draft HTTP/1.1\r\n\
+        "POST /v1/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-run-jobs/launch-from-draft HTTP/1.1\r\n\
          Host: test\r\nAuthorization: Bearer {token}\r\nCint-API-Version: 2025-12-18\r\nidempotency-key: stalled\r\n\
          Content-Type: application/json\r\nContent-Length: 200\r\n\r\n{{\"end_fie"
     );

@@ -17,7 +17,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::api::{plus_millis, Api, SeededRun, ACCOUNT};
-use common::{token, Server, API_VERSION, SECRET};
+use common::{token, Server, API, API_VERSION, SECRET};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -25,7 +25,7 @@ use serde_json::Value;
 const CONSUMERS: usize = 300;
 
 fn feed_url(server: &Server, query: &str) -> String {
-    server.url(&format!("/demand/accounts/{ACCOUNT}/fielding-run-changes?{query}"))
+    server.url(&format!("{API}/demand/accounts/{ACCOUNT}/fielding-run-changes?{query}"))
 }
 
 /// A server on the memory store that lets one principal on one address

@@ -13,14 +13,16 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use fielding_core::{AccountId, FieldingService, UserId};
 use fielding_http::auth::{AccountAccess, Principal, StaticTokens};
+use fielding_http::BasePath;
 use fielding_memory::MemoryStore;
 use fielding_server::app::{app, ApiLimits};
 use fielding_server::telemetry;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use tower::ServiceExt;
 
+/// Under the server's default base path, `/v1`.
 const LIST: &str =
-    "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
+    "/v1/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
 
 /// Log output captured in memory.
 #[derive(Clone, Default)]
@@ -66,7 +68,14 @@ async fn refusals_are_counted_but_not_logged_one_by_one_at_the_default_level() {
         },
     );
     let service = FieldingService::new(Arc::new(MemoryStore::new()));
-    let router = app(service, Arc::new(tokens), "memory", ApiLimits::default()).router;
+    let router = app(
+        service,
+        Arc::new(tokens),
+        "memory",
+        ApiLimits::default(),
+        BasePath::contract(),
+    )
+    .router;
     for token in ["", "Bearer not-a-token"].iter().cycle().take(50) {
         let mut request = Request::get(LIST).header("Cint-API-Version", "2025-12-18");
         if !token.is_empty() {

@@ -11,7 +11,8 @@ use fielding_server::{mint_token, Database, JwtSecret, Server, ServerConfig};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-const JOBS: &str = "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-run-jobs/schedule-from-draft";
+/// Under the server's default base path, `/v1`.
+const JOBS: &str = "/v1/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-run-jobs/schedule-from-draft";
 
 fn in_days(days: i64) -> Timestamp {
     let now = fielding_core::Clock::now(&fielding_core::SystemClock).unix_millis();
@@ -131,7 +132,7 @@ async fn an_expired_change_record_leaves_the_feed_and_a_cursor_before_it_is_410(
             .header("Cint-API-Version", "2025-12-18")
             .send()
     };
-    let feed = |query: &str| get(format!("/demand/accounts/101/fielding-run-changes?{query}"));
+    let feed = |query: &str| get(format!("/v1/demand/accounts/101/fielding-run-changes?{query}"));
 
     let body = format!(
         r#"{{"start_fielding_at":"{}","end_fielding_at":"{}"}}"#,
@@ -154,7 +155,7 @@ async fn an_expired_change_record_leaves_the_feed_and_a_cursor_before_it_is_410(
     let record = page["data"][0].clone();
     let cursor = record["cursor"].as_str().unwrap().to_owned();
     let run_path = format!(
-        "/demand/accounts/101/projects/{}/target-groups/{}/fielding-runs/{}",
+        "/v1/demand/accounts/101/projects/{}/target-groups/{}/fielding-runs/{}",
         record["project_id"].as_str().unwrap(),
         record["target_group_id"].as_str().unwrap(),
         record["fielding_run_id"].as_str().unwrap()

@@ -156,7 +156,7 @@ async fn data_survives_a_restart_on_a_sqlite_file() {
 /// `POST .../fielding-run-jobs/schedule-from-draft` with `key` and `body`.
 async fn submit_schedule(server: &Server, bearer: &str, key: &str, body: &str) -> reqwest::Response {
     let path = format!(
-        "/demand/accounts/101/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-run-jobs/schedule-from-draft"
+        "{API}/demand/accounts/101/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-run-jobs/schedule-from-draft"
     );
     client()
         .post(server.url(&path))
@@ -472,7 +472,7 @@ fn sigterm_finishes_a_request_in_flight_before_exiting() {
     let mut socket = TcpStream::connect(server.addr).unwrap();
     socket.set_read_timeout(Some(DEADLINE)).unwrap();
     let head = format!(
-        "POST /demand/accounts/101/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-run-jobs/launch-from-draft HTTP/1.1\r\n\
+        "POST {API}/demand/accounts/101/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-run-jobs/launch-from-draft HTTP/1.1\r\n\
          Host: {}\r\nAuthorization: Bearer {bearer}\r\nCint-API-Version: {API_VERSION}\r\n\
          idempotency-key: in-flight\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
          Expect: 100-continue\r\n\r\n",
@@ -514,7 +514,7 @@ fn sigterm_finishes_a_request_in_flight_before_exiting() {
     assert!(
         response
             .to_ascii_lowercase()
-            .contains("location: /demand/accounts/101/"),
+            .contains("location: /v1/demand/accounts/101/"),
         "{response}"
     );
     drop(socket);
@@ -550,7 +550,7 @@ fn a_stalled_body_is_cut_at_shutdown_without_waiting_out_the_grace_period() {
     socket.set_read_timeout(Some(DEADLINE)).unwrap();
     // Headers that pass every check, then a body that never arrives.
     let head = format!(
-        "POST /demand/accounts/101/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-run-jobs/launch-from-draft HTTP/1.1\r\n\
+        "POST {API}/demand/accounts/101/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-run-jobs/launch-from-draft HTTP/1.1\r\n\
          Host: {}\r\nAuthorization: Bearer {bearer}\r\nCint-API-Version: {API_VERSION}\r\n\
          idempotency-key: stalled\r\nContent-Type: application/json\r\nContent-Length: 200\r\nExpect: 100-continue\r\n\r\n",
         server.addr

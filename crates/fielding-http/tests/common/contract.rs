@@ -7,7 +7,12 @@
 //!
 //! For a response to `METHOD path` with status `S`, the contract's response
 //! object is found by matching the path against the templates of every
-//! file (each path belongs to at most one); its JSON body must validate
+//! file (each path belongs to at most one). The contract's paths are
+//! relative to its server URL (`https://api.cint.com/v1`): a path under
+//! that URL's path (`/v1/demand/...`, as the e2e tests' server and
+//! `fielding-server` serve it) is matched without it, and a path at the
+//! root (`/demand/...`, the router's default base path, as the in-process
+//! tests mount it) as it is; its JSON body must validate
 //! against the declared schema (OpenAPI 3.0, converted to JSON Schema:
 //! `nullable` becomes a `null` alternative), every header the contract
 //! marks required must be present, and every declared header that is
@@ -38,6 +43,8 @@ struct File {
     name: &'static str,
     doc: Value,
     components: Value,
+    /// The path of the file's server URL (`/v1`), empty when it has none.
+    base_path: String,
 }
 
 /// The in-repository copy of a contract file, e.g. `fielding-openapi.yml`.
@@ -71,8 +78,25 @@ impl File {
             .unwrap_or_else(|e| panic!("cannot read the contract at {}: {e}", path.display()));
         let doc: Value = serde_norway::from_str(&text).unwrap_or_else(|e| panic!("{name} is not YAML: {e}"));
         let components = to_json_schema(&doc["components"]);
-        File { name, doc, components }
+        let base_path = server_path(&doc);
+        File {
+            name,
+            doc,
+            components,
+            base_path,
+        }
     }
+}
+
+/// The path of the first server URL (`https://api.cint.com/v1` → `/v1`),
+/// without a trailing `/`; empty when the file names no server.
+fn server_path(doc: &Value) -> String {
+    let Some(url) = doc.pointer("/servers/0/url").and_then(Value::as_str) else {
+        return String::new();
+    };
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let path = after_scheme.find('/').map_or("", |at| &after_scheme[at..]);
+    path.trim_end_matches('/').to_owned()
 }
 
 /// OpenAPI 3.0 schema → JSON Schema: `nullable: true` admits `null`.
@@ -112,8 +136,13 @@ impl File {
         }
     }
 
-    /// The contract's path template matching a concrete path, if any.
+    /// The contract's path template matching a concrete path, if any,
+    /// under the server URL's path or at the root.
     fn template(&self, path: &str) -> Option<&str> {
+        let path = match path.strip_prefix(self.base_path.as_str()) {
+            Some(relative) if !self.base_path.is_empty() && relative.starts_with('/') => relative,
+            _ => path,
+        };
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         self.doc["paths"]
             .as_object()?
@@ -256,6 +285,18 @@ fn the_contract_loads_and_its_schemas_compile() {
         }
     }
     assert!(all.find("/nope").is_none());
+    for file in &all.files {
+        assert_eq!(file.base_path, "/v1", "{}: the server URL's path", file.name);
+    }
+    assert_eq!(
+        all.find("/v1/demand/accounts/1/projects/P/target-groups/T/fielding-runs/R")
+            .map(|(file, template)| (file.name, template)),
+        all.find("/demand/accounts/1/projects/P/target-groups/T/fielding-runs/R")
+            .map(|(file, template)| (file.name, template)),
+        "under the server URL's path, the same operation"
+    );
+    assert!(all.find("/v2/demand/accounts/1/fielding-run-changes").is_none());
+    assert!(all.find("/v1demand/accounts/1/fielding-run-changes").is_none());
     for path in [
         "/demand/accounts/1/fielding-run-changes",
         "/demand/accounts/1/projects/P/target-groups/T/fielding-runs/R/changes",

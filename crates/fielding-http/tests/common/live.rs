@@ -1,9 +1,14 @@
-//! A live server for end-to-end tests: `FieldingApi::router()` served by
+//! A live server for end-to-end tests: `FieldingApi::router()`, under the
+//! contract's base path `/v1` as `fielding-server` serves it, served by
 //! `axum::serve` on a tokio `TcpListener` bound to `127.0.0.1:0`, in a
 //! background task of the test's runtime, over any of the stores (the
 //! in-memory `MemoryStore`, a `SqliteStore` on a temporary file, or a
 //! `PgStore` in a fresh schema, see `common::pg`). Requests go over real TCP
 //! with `reqwest`; every response is checked against the contract.
+//!
+//! Paths given to [`Live::send`] are the server's own (`/v1/demand/...`),
+//! so a `Location` header can be sent as it is; build them with [`api`]
+//! or the path helpers here, which start from the one base path.
 
 #![allow(dead_code)]
 
@@ -18,7 +23,7 @@ use fielding_core::{
 };
 use fielding_http::auth::{AccountAccess, Principal, StaticTokens};
 use fielding_http::rate_limit::RateLimitPolicy;
-use fielding_http::FieldingApi;
+use fielding_http::{BasePath, FieldingApi, CONTRACT_BASE_PATH};
 use fielding_memory::MemoryStore;
 use fielding_postgres::PgStore;
 use fielding_sqlite::SqliteStore;
@@ -92,7 +97,7 @@ enum Handle {
 /// A running server and the store behind it.
 pub struct Live {
     pub backend: Backend,
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (the API is under [`api`] paths of it).
     pub base: String,
     pub client: reqwest::Client,
     pub store: Arc<dyn FieldingStore>,
@@ -188,7 +193,9 @@ impl Live {
                 },
             );
         let service = FieldingService::new(store.clone());
-        let mut api = FieldingApi::new(service.clone(), Arc::new(tokens)).body_limit(options.body_limit);
+        let mut api = FieldingApi::new(service.clone(), Arc::new(tokens))
+            .body_limit(options.body_limit)
+            .base_path(BasePath::contract());
         if let Some(limit) = options.bulk_body_limit {
             api = api.bulk_body_limit(limit);
         }
@@ -454,9 +461,15 @@ pub fn authed<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     headers
 }
 
+/// `path` (a contract path, `/demand/...`) under the base path the server
+/// serves the API at (`/v1`, the contract's server URL).
+pub fn api(path: &str) -> String {
+    format!("{CONTRACT_BASE_PATH}{path}")
+}
+
 pub fn run_path(run: &FieldingRun) -> String {
     format!(
-        "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}",
+        "{CONTRACT_BASE_PATH}/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}",
         run.account_id, run.project_id, run.target_group_id, run.id
     )
 }
@@ -473,14 +486,14 @@ pub fn ghost(run: &FieldingRun) -> FieldingRun {
 /// `schedule-from-draft`) under `scope`.
 pub fn jobs_path(scope: &Scope, kind: &str) -> String {
     format!(
-        "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-run-jobs/{kind}",
+        "{CONTRACT_BASE_PATH}/demand/accounts/{}/projects/{}/target-groups/{}/fielding-run-jobs/{kind}",
         scope.account_id, scope.project_id, scope.target_group_id
     )
 }
 
 pub fn list_path(run: &FieldingRun) -> String {
     format!(
-        "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs",
+        "{CONTRACT_BASE_PATH}/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs",
         run.account_id, run.project_id, run.target_group_id
     )
 }

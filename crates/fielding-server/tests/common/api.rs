@@ -8,7 +8,7 @@ use fielding_core::{Action, ChangeRecord, FieldingRunId, RunKey, Scope, Timestam
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use super::{in_days, Server, API_VERSION, PROJECT};
+use super::{in_days, Server, API, API_VERSION, PROJECT};
 
 /// The account every reliability test works in.
 pub const ACCOUNT: u32 = 101;
@@ -24,7 +24,7 @@ pub fn target_group(index: usize) -> String {
 /// A run the tests write to: where it is and how to address it.
 #[derive(Debug, Clone)]
 pub struct SeededRun {
-    /// `/demand/accounts/…/fielding-runs/{id}`.
+    /// `/v1/demand/accounts/…/fielding-runs/{id}`.
     pub path: String,
     /// The store's key, for reading its change records.
     pub key: RunKey,
@@ -82,7 +82,7 @@ impl Api {
     /// through a schedule-from-draft job, which must complete.
     pub async fn seed_run(&self, index: usize) -> SeededRun {
         let tg = target_group(index);
-        let scope_path = format!("/demand/accounts/{ACCOUNT}/projects/{PROJECT}/target-groups/{tg}");
+        let scope_path = format!("{API}/demand/accounts/{ACCOUNT}/projects/{PROJECT}/target-groups/{tg}");
         let (start, end) = (in_days(10), in_days(40));
         let created = self
             .request(

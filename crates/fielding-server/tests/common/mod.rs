@@ -29,8 +29,9 @@ pub const TARGET_GROUP: &str = "01BTGNYV6HRNK8K8VKZASZCFP1";
 /// How long a server may take to start, or to stop, on a busy machine.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
-pub const ENV_VARS: [&str; 23] = [
+pub const ENV_VARS: [&str; 24] = [
     "FIELDING_LISTEN",
+    "FIELDING_BASE_PATH",
     "FIELDING_DATABASE",
     "FIELDING_PG_SCHEMA",
     "FIELDING_JWT_SECRET",
@@ -55,8 +56,18 @@ pub const ENV_VARS: [&str; 23] = [
     "FIELDING_BULK_BODY_LIMIT",
 ];
 
+/// The path the server serves the API under by default (the contract's
+/// server URL's `/v1`): every API path here starts with it, so a
+/// `Location` the server answers can be requested as it is.
+pub const API: &str = fielding_http::CONTRACT_BASE_PATH;
+
+/// `path` (a contract path, `/demand/...`) under [`API`].
+pub fn api(path: &str) -> String {
+    format!("{API}{path}")
+}
+
 pub fn list_path(account: u32) -> String {
-    format!("/demand/accounts/{account}/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-runs")
+    format!("{API}/demand/accounts/{account}/projects/{PROJECT}/target-groups/{TARGET_GROUP}/fielding-runs")
 }
 
 /// The binary with none of the caller's FIELDING_* settings.
@@ -122,7 +133,9 @@ impl Server {
         Self::launch(quiet, args)
     }
 
-    fn launch(mut command: Command, args: &[&str]) -> Self {
+    /// [`Server::start`] with `command` (e.g. [`command`] with an
+    /// environment variable set).
+    pub fn launch(mut command: Command, args: &[&str]) -> Self {
         let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .args(args)
