@@ -132,6 +132,10 @@ pub fn app_with_shutdown(
     let checks = Router::new()
         .route(HEALTH_PATH, get(health::liveness).fallback(not_allowed))
         .route(READY_PATH, get(health::readiness).fallback(not_allowed))
+        .route(
+            crate::prometheus::METRICS_PATH,
+            get(crate::prometheus::render).fallback(not_allowed),
+        )
         .layer(middleware::from_fn(fielding_http::trace_context::propagate))
         .with_state(Arc::new(Health::new(service, store)));
     let mut router = checks.merge(api.router());

@@ -32,6 +32,7 @@ pub mod database;
 pub mod health;
 pub mod jwt;
 pub mod limits;
+pub mod prometheus;
 pub mod retention;
 pub mod server;
 pub mod telemetry;

@@ -1,0 +1,56 @@
+//! `GET /metrics` on the real binary: the Prometheus text format, no token
+//! needed, and the counters move with traffic.
+
+mod common;
+
+use common::*;
+use reqwest::StatusCode;
+
+/// The value of the sample `name{labels}` (labels as printed, e.g.
+/// `status="2xx"`) in a Prometheus text page, if it is there.
+fn sample(page: &str, name: &str, labels: &str) -> Option<f64> {
+    page.lines().filter(|line| !line.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let matches = series == name
+            || (series.starts_with(&format!("{name}{{")) && (labels.is_empty() || series.contains(labels)));
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
+async fn metrics_page(server: &Server) -> String {
+    let response = client().get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn metrics_are_exported_without_a_token_and_count_the_traffic() {
+    let server = Server::start(&["--database", "memory", "--jwt-secret", SECRET]);
+    let bearer = token(SECRET, &[101]);
+    for _ in 0..3 {
+        let (status, _, body) = get(&server, &list_path(101), Some(&bearer)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, _, _) = get(&server, &list_path(101), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let page = metrics_page(&server).await;
+    let ok = sample(&page, "fielding_server_responses_total", "status=\"2xx\"")
+        .unwrap_or_else(|| panic!("no 2xx responses counted:\n{page}"));
+    let refused = sample(&page, "fielding_server_responses_total", "status=\"4xx\"")
+        .unwrap_or_else(|| panic!("no 4xx responses counted:\n{page}"));
+    assert!(ok >= 3.0 && refused >= 1.0, "2xx {ok}, 4xx {refused}:\n{page}");
+    let accepted = sample(&page, "fielding_server_connections_accepted_total", "")
+        .unwrap_or_else(|| panic!("no connections counted:\n{page}"));
+    assert!(accepted >= 1.0, "{page}");
+
+    // The counters move: three more reads, three more 2xx answers.
+    for _ in 0..3 {
+        get(&server, &list_path(101), Some(&bearer)).await;
+    }
+    let later = metrics_page(&server).await;
+    let ok_later = sample(&later, "fielding_server_responses_total", "status=\"2xx\"").unwrap_or_default();
+    assert!(ok_later >= ok + 3.0, "2xx went from {ok} to {ok_later}");
+}
