@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::{AccountId, BoxError, ConsumerName, FeedRecord, FieldingError, FieldingService};
+use crate::{AccountId, BoxError, ConsumerName, FeedRecord, FieldingError, FieldingService, StoreError};
 
 /// Attempts of a feed read or checkpoint save while the store keeps
 /// failing transiently, before the consumer gives up with the error.
@@ -129,9 +129,11 @@ impl FeedConsumer {
             source,
         };
         let store = self.service.store().clone();
-        let start = retry(|| store.load_feed_checkpoint(self.account, &self.name))
-            .await
-            .map_err(|e| feed_error(e.into()))?;
+        let start = retry(StoreError::is_retryable, || {
+            store.load_feed_checkpoint(self.account, &self.name)
+        })
+        .await
+        .map_err(|e| feed_error(e.into()))?;
         let mut watch = self.service.watch(self.account, start).with_page_size(self.batch_size);
         let mut saved = start;
         tokio::pin!(shutdown);
@@ -160,9 +162,11 @@ impl FeedConsumer {
                 Some(_) => handled,
             };
             if let Some(position) = reached.filter(|p| Some(*p) != saved) {
-                retry(|| store.save_feed_checkpoint(self.account, &self.name, position))
-                    .await
-                    .map_err(|e| feed_error(e.into()))?;
+                retry(StoreError::is_retryable, || {
+                    store.save_feed_checkpoint(self.account, &self.name, position)
+                })
+                .await
+                .map_err(|e| feed_error(e.into()))?;
                 saved = Some(position);
                 tracing::debug!(consumer = %self.name, account = %self.account, %position, "change-feed checkpoint saved");
             }
@@ -177,13 +181,21 @@ impl FeedConsumer {
     }
 }
 
-async fn retry_feed(watch: &mut crate::FeedWatch) -> Result<crate::FeedPage, FieldingError> {
+/// `call`, repeated with growing pauses (10 ms, ×4, at most 2 s) while it
+/// fails with an error `retryable` says may pass, at most
+/// [`TRANSIENT_ATTEMPTS`] times in all.
+async fn retry<T, E, F, Fut>(retryable: fn(&E) -> bool, mut call: F) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
     let mut pause = Duration::from_millis(10);
     let mut attempt = 1;
     loop {
-        match watch.next_page().await {
-            Err(err) if err.is_retryable() && attempt < TRANSIENT_ATTEMPTS => {
-                tracing::debug!(error = %err, attempt, "a change-feed read failed; trying it again");
+        match call().await {
+            Err(err) if retryable(&err) && attempt < TRANSIENT_ATTEMPTS => {
+                tracing::debug!(error = %err, attempt, "a change-feed consumer's store call failed; trying it again");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 4).min(Duration::from_secs(2));
                 attempt += 1;
@@ -193,17 +205,15 @@ async fn retry_feed(watch: &mut crate::FeedWatch) -> Result<crate::FeedPage, Fie
     }
 }
 
-async fn retry<T, F, Fut>(mut call: F) -> Result<T, crate::StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, crate::StoreError>>,
-{
+/// [`retry`] for the watch's reads (a call that borrows the watch cannot be
+/// handed out by a closure).
+async fn retry_feed(watch: &mut crate::FeedWatch) -> Result<crate::FeedPage, FieldingError> {
     let mut pause = Duration::from_millis(10);
     let mut attempt = 1;
     loop {
-        match call().await {
+        match watch.next_page().await {
             Err(err) if err.is_retryable() && attempt < TRANSIENT_ATTEMPTS => {
-                tracing::debug!(error = %err, attempt, "a change-feed checkpoint call failed; trying it again");
+                tracing::debug!(error = %err, attempt, "a change-feed read failed; trying it again");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 4).min(Duration::from_secs(2));
                 attempt += 1;

@@ -24,7 +24,7 @@ mod feed;
 mod jobs;
 
 pub use bulk::{NewBulkJob, SubmittedBulkJob};
-pub(crate) use feed::next_retry;
+pub(crate) use feed::{next_retry, woken_within};
 pub use feed::{
     HistoryPage, DEFAULT_FEED_PAGE, DEFAULT_FEED_POLL_INTERVAL, MAX_FEED_PAGE, MAX_FEED_WAIT, SAFETY_NET_POLL_INTERVAL,
 };

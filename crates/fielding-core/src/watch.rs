@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_core::Stream;
 
-use crate::service::next_retry;
+use crate::service::{next_retry, woken_within};
 use crate::{AccountId, ChangeSubscription, FeedPage, FeedPosition, FeedRecord, FieldingError, FieldingService};
 
 /// Records per read of a watch, by default.
@@ -98,16 +98,7 @@ impl FeedWatch {
                 return Ok(page);
             }
             let pause = self.retry.unwrap_or(self.service.feed_poll_interval());
-            let woken = match self.subscription.as_mut() {
-                Some(subscription) => tokio::select! {
-                    () = subscription.changed() => true,
-                    () = tokio::time::sleep(pause) => false,
-                },
-                None => {
-                    tokio::time::sleep(pause).await;
-                    false
-                }
-            };
+            let woken = woken_within(self.subscription.as_mut(), pause).await;
             self.retry = next_retry(woken, self.retry, self.service.feed_poll_interval());
         }
     }

@@ -122,16 +122,7 @@ impl FieldingService {
                 cursor = Some(page.next);
             }
             let pause = retry.unwrap_or(self.feed_poll_interval()).min(deadline - now);
-            let woken = match subscription.as_mut() {
-                Some(subscription) => tokio::select! {
-                    () = subscription.changed() => true,
-                    () = tokio::time::sleep(pause) => false,
-                },
-                None => {
-                    tokio::time::sleep(pause).await;
-                    false
-                }
-            };
+            let woken = woken_within(subscription.as_mut(), pause).await;
             retry = next_retry(woken, retry, self.feed_poll_interval());
         }
     }
@@ -171,6 +162,21 @@ pub(crate) fn next_retry(woken: bool, retry: Option<Duration>, poll: Duration) -
         (false, None) => return None,
     };
     (next < poll).then_some(next)
+}
+
+/// Waits for a wake-up or `pause`, whichever comes first (`pause` alone
+/// without a subscription); `true` when it was a wake-up.
+pub(crate) async fn woken_within(subscription: Option<&mut crate::ChangeSubscription>, pause: Duration) -> bool {
+    match subscription {
+        Some(subscription) => tokio::select! {
+            () = subscription.changed() => true,
+            () = tokio::time::sleep(pause) => false,
+        },
+        None => {
+            tokio::time::sleep(pause).await;
+            false
+        }
+    }
 }
 
 fn check_limit(limit: usize) -> Result<(), FieldingError> {
