@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use chrono::TimeDelta;
 use fielding_core::lifecycle::Command;
 use fielding_core::{
-    FieldingError, FieldingRun, FieldingService, FieldingStore, IfMatch, Precondition, RunKey, UserId,
+    Action, FieldingError, FieldingRun, FieldingService, FieldingStore, IfMatch, Precondition, RunKey, UserId,
 };
 use fielding_http::trace_context::TraceContext;
 use fielding_testkit::fixtures;
@@ -117,6 +117,7 @@ async fn after(service: &FieldingService, slot: &mut Slot, me: UserId) -> Result
     service
         .execute_request(
             &slot.key,
+            Action::UpdateDates,
             &Precondition::IfMatch(IfMatch::Any),
             me,
             |_run: &FieldingRun| Ok::<_, FieldingError>(command.clone()),

@@ -13,6 +13,7 @@
 //!   ends the consumer with [`FieldingError::CursorExpired`] instead of
 //!   jumping over them: the user decides how to resynchronise.
 
+use crate::observe::{self, StoreOperation};
 use std::future::Future;
 use std::time::Duration;
 
@@ -130,7 +131,10 @@ impl FeedConsumer {
         };
         let store = self.service.store().clone();
         let start = retry(StoreError::is_retryable, || {
-            store.load_feed_checkpoint(self.account, &self.name)
+            observe::store_call(
+                StoreOperation::LoadFeedCheckpoint,
+                store.load_feed_checkpoint(self.account, &self.name),
+            )
         })
         .await
         .map_err(|e| feed_error(e.into()))?;
@@ -163,7 +167,10 @@ impl FeedConsumer {
             };
             if let Some(position) = reached.filter(|p| Some(*p) != saved) {
                 retry(StoreError::is_retryable, || {
-                    store.save_feed_checkpoint(self.account, &self.name, position)
+                    observe::store_call(
+                        StoreOperation::SaveFeedCheckpoint,
+                        store.save_feed_checkpoint(self.account, &self.name, position),
+                    )
                 })
                 .await
                 .map_err(|e| feed_error(e.into()))?;

@@ -55,6 +55,7 @@ mod ids;
 mod job;
 pub mod lifecycle;
 mod migration;
+pub mod observe;
 mod precondition;
 mod run;
 mod runner;

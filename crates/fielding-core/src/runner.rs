@@ -24,7 +24,9 @@ use chrono::TimeDelta;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
+use crate::observe::{self, StoreOperation};
 use crate::{
     BulkClaim, BulkItemOutcome, BulkJob, BulkJobStatus, ClaimToken, FieldingError, FieldingService, StoreError,
     Timestamp,
@@ -226,7 +228,13 @@ impl BulkRunner {
             lease_until: self.lease_from(now),
         };
         let store = self.service.store();
-        let job = retry_transient("claim", || store.claim_bulk_job(now, &claim)).await?;
+        let job = retry_transient("claim", || {
+            observe::store_call(StoreOperation::ClaimBulkJob, store.claim_bulk_job(now, &claim))
+        })
+        .await?;
+        if job.is_some() {
+            observe::count_job(observe::JOB_KIND_BULK, "claimed");
+        }
         Ok(job.map(|job| (job, claim)))
     }
 
@@ -307,13 +315,41 @@ impl BulkRunner {
             ..*claim
         };
         // Best effort: if this fails too, the lease ends as it was.
-        let _ = self.service.store().renew_bulk_claim(key, &until).await;
+        let _ = observe::store_call(
+            StoreOperation::RenewBulkClaim,
+            self.service.store().renew_bulk_claim(key, &until),
+        )
+        .await;
         held_for
+    }
+
+    /// [`Self::work_items`] in the job's `job` span (which carries the
+    /// submitting request's trace id), its end recorded as the span's
+    /// outcome.
+    async fn work(&self, job: BulkJob, claim: BulkClaim, stopping: &watch::Receiver<bool>) -> Result<(), Interrupted> {
+        let span = observe::job_span(
+            observe::JOB_KIND_BULK,
+            job.action.as_str(),
+            &job.account_id,
+            &job.id,
+            job.trace_id.as_ref(),
+        );
+        let worked = self.work_items(job, claim, stopping).instrument(span.clone()).await;
+        span.record(
+            "outcome",
+            match &worked {
+                Ok(()) => observe::OUTCOME_OK,
+                Err(Interrupted::Stopping) => "stopping",
+                Err(Interrupted::ClaimLost) => "claim_lost",
+                Err(Interrupted::Store(err)) => err.kind(),
+            },
+        );
+        worked
     }
 
     /// Works `job` under `claim` until every item has an outcome, then
     /// records the job's status.
-    async fn work(
+    async fn work_items(
         &self,
         mut job: BulkJob,
         mut claim: BulkClaim,
@@ -337,15 +373,18 @@ impl BulkRunner {
                     lease_until: self.service.clock().now(),
                     ..claim
                 };
-                store
-                    .renew_bulk_claim(&key, &release)
+                observe::store_call(StoreOperation::RenewBulkClaim, store.renew_bulk_claim(&key, &release))
                     .await
                     .map_err(Interrupted::Store)?;
+                observe::count_job(observe::JOB_KIND_BULK, "released");
                 return Err(Interrupted::Stopping);
             }
             if renewed_at.elapsed() >= renew_every {
                 claim.lease_until = self.lease_from(self.service.clock().now());
-                let renewed = retry_transient("renewal", || store.renew_bulk_claim(&key, &claim)).await;
+                let renewed = retry_transient("renewal", || {
+                    observe::store_call(StoreOperation::RenewBulkClaim, store.renew_bulk_claim(&key, &claim))
+                })
+                .await;
                 if !renewed.map_err(Interrupted::Store)? {
                     return Err(Interrupted::ClaimLost);
                 }
@@ -358,6 +397,7 @@ impl BulkRunner {
                 Err(err) => return Err(Interrupted::Store(err)),
             };
             record(&mut job, &position, &outcomes);
+            count_items(job.action, &outcomes);
             // A store that never suspends (in memory) would otherwise keep
             // the thread for the whole job: let other tasks, and the stop
             // signal, in between batches.
@@ -371,12 +411,20 @@ impl BulkRunner {
         }
         let finished_at = self.service.clock().now();
         let finished = retry_transient("finish", || {
-            store.finish_bulk_job(&key, claim.token, status, finished_at)
+            observe::store_call(
+                StoreOperation::FinishBulkJob,
+                store.finish_bulk_job(&key, claim.token, status, finished_at),
+            )
         })
         .await;
         if !finished.map_err(Interrupted::Store)? {
             return Err(Interrupted::ClaimLost);
         }
+        let state = match status {
+            BulkJobStatus::Failed => "failed",
+            _ => "completed",
+        };
+        observe::count_job(observe::JOB_KIND_BULK, state);
         tracing::debug!(
             job = %key,
             trace_id = job.trace_id.map(|id| id.to_string()),
@@ -423,6 +471,26 @@ const TRANSIENT_ATTEMPTS: u32 = 5;
 
 /// Copies a batch's outcomes into the job's items, found through
 /// `position` (each target group's index in `job.items`).
+/// Counts a batch's item outcomes in [`observe::BULK_ITEMS`].
+fn count_items(action: crate::BulkAction, outcomes: &[(crate::TargetGroupId, BulkItemOutcome)]) {
+    let mut updated = 0;
+    let mut failed = [0u64; crate::BulkItemFailure::ALL.len()];
+    for (_, outcome) in outcomes {
+        match outcome {
+            BulkItemOutcome::Updated => updated += 1,
+            BulkItemOutcome::Failed(failure) => {
+                if let Some(at) = crate::BulkItemFailure::ALL.iter().position(|f| f == failure) {
+                    failed[at] += 1;
+                }
+            }
+        }
+    }
+    observe::count_bulk_items(action.as_str(), "updated", updated);
+    for (failure, count) in crate::BulkItemFailure::ALL.iter().zip(failed) {
+        observe::count_bulk_items(action.as_str(), failure.code(), count);
+    }
+}
+
 fn record(
     job: &mut BulkJob,
     position: &std::collections::HashMap<crate::TargetGroupId, usize>,

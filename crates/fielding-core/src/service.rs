@@ -11,7 +11,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::Instrument;
+
 use crate::lifecycle::{self, Command, Decision, Target};
+use crate::observe::{self, PreconditionCause, StoreOperation};
 use crate::precondition::check_if_match;
 use crate::{
     Action, ChangeRecord, Clock, ETag, FieldingError, FieldingRun, FieldingRunId, FieldingStore, IfMatch, Precondition,
@@ -268,9 +271,37 @@ impl FieldingService {
         now: Timestamp,
         actor: UserId,
     ) -> Result<Applied, FieldingError> {
+        let span = observe::command_span(Some(action), &scope.run(id));
+        let created = self
+            .insert_new(scope, id, action, target, now, actor)
+            .instrument(span.clone())
+            .await;
+        let outcome = match &created {
+            Ok(_) => observe::OUTCOME_OK,
+            Err(err) => err.code(),
+        };
+        span.record("resulting_version", Version::INITIAL.get());
+        span.record("outcome", outcome);
+        observe::count_command(Some(action), outcome);
+        created
+    }
+
+    async fn insert_new(
+        &self,
+        scope: Scope,
+        id: FieldingRunId,
+        action: Action,
+        target: Target,
+        now: Timestamp,
+        actor: UserId,
+    ) -> Result<Applied, FieldingError> {
         // A cheap early answer; the store's uniqueness check is what counts
         // when two creations race.
-        if self.store.find_by_target_group(&scope).await?.is_some() {
+        let found = observe::store_call(
+            StoreOperation::FindByTargetGroup,
+            self.store.find_by_target_group(&scope),
+        );
+        if found.await?.is_some() {
             return Err(FieldingError::TargetGroupHasRun { scope });
         }
         let run = FieldingRun {
@@ -286,7 +317,7 @@ impl FieldingService {
             last_changed_by: actor,
         };
         let change = ChangeRecord::created(&run, action);
-        match self.store.insert(&run, &change).await {
+        match observe::store_call(StoreOperation::Insert, self.store.insert(&run, &change)).await {
             Ok(()) => Ok(Applied {
                 etag: run.etag(),
                 run,
@@ -305,7 +336,11 @@ impl FieldingService {
 
     /// The run of a target group, if it has one, with its effective status.
     pub async fn find(&self, scope: &Scope) -> Result<Option<FieldingRun>, FieldingError> {
-        let run = self.store.find_by_target_group(scope).await?;
+        let run = observe::store_call(
+            StoreOperation::FindByTargetGroup,
+            self.store.find_by_target_group(scope),
+        )
+        .await?;
         Ok(run.map(|run| run.as_of(self.clock.now())))
     }
 
@@ -313,7 +348,7 @@ impl FieldingService {
     /// there is no such run.
     pub async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, FieldingError> {
         self.load(key).await?;
-        Ok(self.store.changes(key).await?)
+        Ok(observe::store_call(StoreOperation::Changes, self.store.changes(key)).await?)
     }
 
     /// Runs `command` on the run at `key` if `if_match` names its current
@@ -336,6 +371,7 @@ impl FieldingService {
     ) -> impl std::future::Future<Output = Result<Applied, FieldingError>> + Send + 'a {
         self.decide_loop(
             key,
+            Some(command.action()),
             Condition::IfMatch(if_match),
             actor,
             Backoff::Yield,
@@ -343,8 +379,9 @@ impl FieldingService {
         )
     }
 
-    /// Runs the command a request asks for, judging the request on the run
-    /// as read, in the contract's order: not found (404), then the
+    /// Runs the command a request asks for (`action`: which one, for traces
+    /// and metrics), judging the request on the run as read, in the
+    /// contract's order: not found (404), then the
     /// `precondition` (400 when missing or malformed, 412 when stale), then
     /// `request`, which sees the stored run and turns the rest of the
     /// request (its body) into the command or refuses it, then the
@@ -363,7 +400,7 @@ impl FieldingService {
     /// let stated = Precondition::from_header_lines([&b"\"3\""[..]]);
     /// let body_ok = true;
     /// let applied = service
-    ///     .execute_request(&key, &stated, me, |_run: &FieldingRun| {
+    ///     .execute_request(&key, Action::Pause, &stated, me, |_run: &FieldingRun| {
     ///         if !body_ok {
     ///             return Err(FieldingError::invalid_field("body", "must be empty"));
     ///         }
@@ -375,6 +412,7 @@ impl FieldingService {
     pub async fn execute_request<E, F>(
         &self,
         key: &RunKey,
+        action: Action,
         precondition: &Precondition,
         actor: UserId,
         request: F,
@@ -383,8 +421,15 @@ impl FieldingService {
         E: From<FieldingError> + Send,
         F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
     {
-        self.decide_loop(key, Condition::Stated(precondition), actor, Backoff::Yield, request)
-            .await
+        self.decide_loop(
+            key,
+            Some(action),
+            Condition::Stated(precondition),
+            actor,
+            Backoff::Yield,
+            request,
+        )
+        .await
     }
 
     /// Moves the dates (the contract's `PUT`). Same dates: success, no new
@@ -465,6 +510,7 @@ impl FieldingService {
         let now = || self.clock.now();
         self.decide_loop(
             key,
+            None,
             Condition::Any,
             actor,
             Backoff::Sleep(policy),
@@ -478,9 +524,13 @@ impl FieldingService {
     /// then `request`, then the lifecycle); after a lost race the command
     /// is decided again on the newer run if the precondition admits it,
     /// up to the backoff's limit; else the lost race is the answer (412).
+    ///
+    /// The whole loop runs in one `command` span (see [`crate::observe`]),
+    /// and its answer is counted once, by action and outcome.
     async fn decide_loop<E, F>(
         &self,
         key: &RunKey,
+        action: Option<Action>,
         condition: Condition<'_>,
         actor: UserId,
         backoff: Backoff<'_>,
@@ -490,19 +540,36 @@ impl FieldingService {
         E: From<FieldingError> + Send,
         F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
     {
-        let mut lost = 0;
-        loop {
-            let mut outcome: Option<Result<Applied, E>> = None;
-            let mut decide = |run: &FieldingRun| self.decide_update(run, condition, &mut request, actor, &mut outcome);
-            match backoff.before(lost, self.store.update(key, &mut decide)).await {
-                Err(StoreError::VersionConflict { current, .. })
-                    if condition.admits(current) && backoff.again(lost + 1) =>
-                {
-                    lost += 1;
+        let mut noted = Noted {
+            span: observe::command_span(action, key),
+            action,
+            refusal: None,
+            lost: 0,
+        };
+        let span = noted.span.clone();
+        let answer = async {
+            loop {
+                let lost = noted.lost;
+                let mut outcome: Option<Result<Applied, E>> = None;
+                let mut decide = |run: &FieldingRun| {
+                    self.decide_update(run, condition, &mut request, actor, &mut outcome, &mut noted)
+                };
+                let update = observe::store_call(StoreOperation::Update, self.store.update(key, &mut decide));
+                match backoff.before(lost, update).await {
+                    Err(StoreError::VersionConflict { current, .. })
+                        if condition.admits(current) && backoff.again(noted.lost + 1) =>
+                    {
+                        noted.lost += 1;
+                        observe::count_redecided(noted.action);
+                    }
+                    found => return finish(key, found, outcome, &mut noted),
                 }
-                found => return finish(key, found, outcome),
             }
         }
+        .instrument(span)
+        .await;
+        noted.close(&answer);
+        answer
     }
 
     /// The `decide` callback of every command: checks the precondition,
@@ -515,34 +582,48 @@ impl FieldingService {
         request: &mut F,
         actor: UserId,
         outcome: &mut Option<Result<Applied, E>>,
+        noted: &mut Noted,
     ) -> Update
     where
         E: From<FieldingError>,
         F: FnMut(&FieldingRun) -> Result<Command, E>,
     {
+        noted.span.record("expected_version", run.version.get());
         if let Err(refused) = condition.check(run.version) {
+            noted.refuse(&refused);
+            if matches!(refused, FieldingError::PreconditionFailed { .. }) {
+                observe::count_precondition_failure(noted.action, PreconditionCause::Stale);
+            }
             *outcome = Some(Err(E::from(refused)));
             return Update::Skip;
         }
         let command = match request(run) {
             Ok(command) => command,
             Err(refused) => {
+                noted.refusal = Some(observe::OUTCOME_REQUEST_REFUSED);
                 *outcome = Some(Err(refused));
                 return Update::Skip;
             }
         };
+        if noted.action.is_none() {
+            noted.action = Some(command.action());
+            noted.span.record("action", command.action().as_str());
+        }
         // Matched where it is made: a `map_err` here would copy the whole
         // planned run and record on every command.
         match self.plan(run, &command, actor) {
             Err(err) => {
+                noted.refuse(&err);
                 *outcome = Some(Err(E::from(err)));
                 Update::Skip
             }
             Ok(Plan::Unchanged(applied)) => {
+                noted.span.record("resulting_version", applied.run.version.get());
                 *outcome = Some(Ok(applied));
                 Update::Skip
             }
             Ok(Plan::Write { expected, next, change }) => {
+                noted.span.record("resulting_version", next.version.get());
                 *outcome = Some(Ok(Applied {
                     etag: next.etag(),
                     run: next.clone(),
@@ -558,7 +639,9 @@ impl FieldingService {
     }
 
     async fn load(&self, key: &RunKey) -> Result<FieldingRun, FieldingError> {
-        self.store.get(key).await?.ok_or_else(|| not_found(key))
+        observe::store_call(StoreOperation::Get, self.store.get(key))
+            .await?
+            .ok_or_else(|| not_found(key))
     }
 
     /// Decides what `command` does to `run` as loaded, without I/O.
@@ -612,24 +695,61 @@ enum Plan {
     },
 }
 
+/// What a command's traces and metrics need to know about it as it goes:
+/// the caller's answer may be any `E`, whose code the service cannot read,
+/// so every refusal notes its own.
+struct Noted {
+    span: tracing::Span,
+    /// The command's action, once known.
+    action: Option<Action>,
+    /// The `outcome` label of the refusal, when the answer is one.
+    refusal: Option<&'static str>,
+    /// Races lost so far (and decided again).
+    lost: u32,
+}
+
+impl Noted {
+    fn refuse(&mut self, error: &FieldingError) {
+        self.refusal = Some(observe::outcome_of_error(error));
+    }
+
+    /// Records the answer on the span and counts it.
+    fn close<E>(&self, answer: &Result<Applied, E>) {
+        let outcome = match answer {
+            Ok(applied) if applied.changed => observe::OUTCOME_OK,
+            Ok(_) => observe::OUTCOME_UNCHANGED,
+            Err(_) => self.refusal.unwrap_or("unexpected_internal_error"),
+        };
+        self.span.record("attempt", self.lost + 1);
+        self.span.record("outcome", outcome);
+        observe::count_command(self.action, outcome);
+    }
+}
+
 /// The caller's answer, from what the store did and what `decide` said.
 /// Store errors win: a planned write that did not happen is not a success.
 fn finish<E: From<FieldingError>>(
     key: &RunKey,
     found: Result<UpdateOutcome, StoreError>,
     outcome: Option<Result<Applied, E>>,
+    noted: &mut Noted,
 ) -> Result<Applied, E> {
-    match found {
-        Ok(UpdateOutcome::NotFound) | Err(StoreError::NotFound) => Err(not_found(key).into()),
-        Ok(UpdateOutcome::Skipped | UpdateOutcome::Written) => outcome.unwrap_or_else(|| {
-            Err(FieldingError::from(StoreError::internal(
+    let refused = match found {
+        Ok(UpdateOutcome::NotFound) | Err(StoreError::NotFound) => not_found(key),
+        Ok(UpdateOutcome::Skipped | UpdateOutcome::Written) => match outcome {
+            Some(answer) => return answer,
+            None => FieldingError::from(StoreError::internal(
                 "the store reported a run but never showed it to decide",
-            ))
-            .into())
-        }),
-        Err(StoreError::VersionConflict { current, .. }) => Err(FieldingError::PreconditionFailed { current }.into()),
-        Err(other) => Err(FieldingError::from(other).into()),
-    }
+            )),
+        },
+        Err(StoreError::VersionConflict { current, .. }) => {
+            observe::count_precondition_failure(noted.action, PreconditionCause::LostRace);
+            FieldingError::PreconditionFailed { current }
+        }
+        Err(other) => FieldingError::from(other),
+    };
+    noted.refuse(&refused);
+    Err(refused.into())
 }
 
 fn not_found(key: &RunKey) -> FieldingError {

@@ -141,6 +141,26 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Backend { retryable: true, .. })
     }
+
+    /// A stable machine name for the kind of failure, for metrics labels
+    /// and log filters: `already_exists`, `not_found`, `version_conflict`,
+    /// `claim_lost`, `feed_expired`, `transient` (a retryable backend
+    /// failure) or `backend`.
+    ///
+    /// ```
+    /// assert_eq!(fielding_core::StoreError::internal("x").kind(), "backend");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::AlreadyExists { .. } => "already_exists",
+            StoreError::NotFound => "not_found",
+            StoreError::VersionConflict { .. } => "version_conflict",
+            StoreError::ClaimLost { .. } => "claim_lost",
+            StoreError::FeedExpired { .. } => "feed_expired",
+            StoreError::Backend { retryable: true, .. } => "transient",
+            StoreError::Backend { .. } => "backend",
+        }
+    }
 }
 
 /// What the `decide` callback of [`FieldingStore::update`] wants done with

@@ -17,7 +17,7 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use fielding_core::{Applied, Command, ETag, FieldingRun, Precondition, RunKey, Timestamp};
+use fielding_core::{Action, Applied, Command, ETag, FieldingRun, Precondition, RunKey, Timestamp};
 use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
@@ -34,13 +34,14 @@ async fn run_command(
     principal: &Principal,
     headers: &HeaderMap,
     body: Body,
+    action: Action,
     command_of: impl Fn(&[u8]) -> Result<Command, ApiError> + Send + Sync,
 ) -> Result<Applied, ApiError> {
     let precondition =
         Precondition::from_header_lines(headers.get_all(header::IF_MATCH).iter().map(HeaderValue::as_bytes));
     let bytes = read_body(api.body, headers, body).await?;
     api.service
-        .execute_request(key, &precondition, principal.user_id, |_: &FieldingRun| {
+        .execute_request(key, action, &precondition, principal.user_id, |_: &FieldingRun| {
             command_of(&bytes)
         })
         .await
@@ -100,7 +101,7 @@ pub(crate) async fn update_dates(
     body: Body,
 ) -> Result<Response, ApiError> {
     let key = run_key(path, &headers, &principal)?;
-    let applied = run_command(&api, &key, &principal, &headers, body, |bytes| {
+    let applied = run_command(&api, &key, &principal, &headers, body, Action::UpdateDates, |bytes| {
         let (start_fielding_at, end_fielding_at) = dates_body(bytes)?;
         Ok(Command::UpdateDates {
             start_fielding_at,
@@ -137,7 +138,7 @@ async fn command(
     command: Command,
 ) -> Result<Applied, ApiError> {
     let key = run_key(path, headers, principal)?;
-    run_command(api, &key, principal, headers, body, |bytes| {
+    run_command(api, &key, principal, headers, body, command.action(), |bytes| {
         empty_body(bytes)?;
         Ok(command.clone())
     })

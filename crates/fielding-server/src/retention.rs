@@ -39,6 +39,7 @@
 //! See `docs/jobs.md` for the default job retention and why, and
 //! `docs/server.md` (`--change-retention`) for the change records'.
 
+use fielding_core::observe::{store_call, StoreOperation};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -239,8 +240,8 @@ pub async fn sweep_expired_jobs(
         let removed_before = sweep.removed + sweep.removed_bulk;
         let (removed, calls) = in_batches(batch, removed_before, |batch| async move {
             match kind {
-                Kind::Creation => store.expire_jobs(before, batch).await,
-                Kind::Bulk => store.expire_bulk_jobs(before, batch).await,
+                Kind::Creation => store_call(StoreOperation::ExpireJobs, store.expire_jobs(before, batch)).await,
+                Kind::Bulk => store_call(StoreOperation::ExpireBulkJobs, store.expire_bulk_jobs(before, batch)).await,
             }
         })
         .await?;
@@ -268,7 +269,10 @@ pub async fn sweep_expired_changes(
             calls: 0,
         });
     };
-    let (removed, calls) = in_batches(config.batch, 0, |batch| store.prune_changes(before, batch)).await?;
+    let (removed, calls) = in_batches(config.batch, 0, |batch| {
+        store_call(StoreOperation::PruneChanges, store.prune_changes(before, batch))
+    })
+    .await?;
     Ok(ChangeSweep {
         cutoff: Some(before),
         removed,

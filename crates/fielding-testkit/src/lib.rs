@@ -183,6 +183,7 @@ mod faults;
 pub mod fixtures;
 mod guarded;
 pub mod linearizability;
+pub mod observe;
 mod sample;
 pub mod scenarios;
 mod suite;

@@ -13,7 +13,10 @@ use crate::{
     JobId, JobTraceId, ProjectId, StoreError, TargetGroupId, UserId,
 };
 
+use tracing::Instrument;
+
 use super::{Plan, MAX_DECISIONS};
+use crate::observe::{self, StoreOperation};
 
 /// A bulk-job submission: what the batch endpoints receive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,11 +112,29 @@ impl FieldingService {
                 })
                 .collect(),
         };
-        let submitted = match self.store.create_bulk_job(&candidate).await? {
-            BulkJobCreated::Created => SubmittedBulkJob {
-                job: candidate,
-                replayed: false,
-            },
+        let span = observe::job_span(
+            observe::JOB_KIND_BULK,
+            candidate.action.as_str(),
+            &candidate.account_id,
+            &candidate.id,
+            candidate.trace_id.as_ref(),
+        );
+        let created =
+            async { observe::store_call(StoreOperation::CreateBulkJob, self.store.create_bulk_job(&candidate)).await }
+                .instrument(span.clone())
+                .await;
+        span.record(
+            "outcome",
+            created.as_ref().map_or_else(StoreError::kind, |_| observe::OUTCOME_OK),
+        );
+        let submitted = match created? {
+            BulkJobCreated::Created => {
+                observe::count_job(observe::JOB_KIND_BULK, "submitted");
+                SubmittedBulkJob {
+                    job: candidate,
+                    replayed: false,
+                }
+            }
             BulkJobCreated::Existing(existing) if existing.same_request(&candidate) => SubmittedBulkJob {
                 job: existing,
                 replayed: true,
@@ -138,8 +159,7 @@ impl FieldingService {
     /// The bulk job at `key`, with every item's outcome so far; not found
     /// otherwise.
     pub async fn get_bulk_job(&self, key: &BulkJobKey) -> Result<BulkJob, FieldingError> {
-        self.store
-            .get_bulk_job(key)
+        observe::store_call(StoreOperation::GetBulkJob, self.store.get_bulk_job(key))
             .await?
             .ok_or_else(|| FieldingError::NotFound { what: key.to_string() })
     }
@@ -164,7 +184,11 @@ impl FieldingService {
         loop {
             decisions += 1;
             let mut decide = |_: TargetGroupId, run: Option<&FieldingRun>| self.decide_item(job, run);
-            match self.store.apply_bulk_items(&key, token, items, &mut decide).await {
+            let applied = observe::store_call(
+                StoreOperation::ApplyBulkItems,
+                self.store.apply_bulk_items(&key, token, items, &mut decide),
+            );
+            match applied.await {
                 Err(StoreError::VersionConflict { .. }) if decisions < MAX_DECISIONS => {
                     // A batch loses to any single-run write on one of its
                     // runs between its read and its write (PostgreSQL reads

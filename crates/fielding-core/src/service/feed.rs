@@ -2,6 +2,7 @@
 //! pages. Watching ([`crate::FeedWatch`]) and checkpointed consumers
 //! ([`crate::FeedConsumer`]) are built on these.
 
+use crate::observe::{self, StoreOperation};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -80,7 +81,7 @@ impl FieldingService {
         limit: usize,
     ) -> Result<FeedPage, FieldingError> {
         check_limit(limit)?;
-        Ok(self.store().feed(account, after, limit).await?)
+        Ok(observe::store_call(StoreOperation::Feed, self.store().feed(account, after, limit)).await?)
     }
 
     /// A long poll: like [`read_feed`](Self::read_feed), but when nothing
@@ -110,7 +111,7 @@ impl FieldingService {
         let mut cursor = after;
         let mut retry = None;
         loop {
-            let page = self.store().feed(account, cursor, limit).await?;
+            let page = observe::store_call(StoreOperation::Feed, self.store().feed(account, cursor, limit)).await?;
             let now = Instant::now();
             if !page.records.is_empty() || now >= deadline {
                 return Ok(page);

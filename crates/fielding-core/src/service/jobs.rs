@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use chrono::TimeDelta;
 
+use tracing::Instrument;
+
 use crate::lifecycle;
+use crate::observe::{self, StoreOperation};
 use crate::{
     Action, FieldingError, FieldingRunJob, FieldingService, IdempotencyKey, InvalidParam, JobCreated, JobFailure,
     JobFailureCode, JobId, JobOutcome, JobRequest, JobState, JobTraceId, Scope, UserId,
@@ -76,8 +79,26 @@ impl FieldingService {
     /// # Ok(()) }
     /// ```
     pub async fn submit_job(&self, new: NewJob) -> Result<SubmittedJob, FieldingError> {
+        let id = JobId::generate();
+        let span = observe::job_span(
+            observe::JOB_KIND_CREATION,
+            new.request.kind().as_str(),
+            &new.scope.account_id,
+            &id,
+            new.trace_id.as_ref(),
+        );
+        let submitted = self.submit_job_in_span(id, new).instrument(span.clone()).await;
+        let outcome = match &submitted {
+            Ok(submitted) => submitted.job.state.status_name(),
+            Err(err) => err.code(),
+        };
+        span.record("outcome", outcome);
+        submitted
+    }
+
+    async fn submit_job_in_span(&self, id: JobId, new: NewJob) -> Result<SubmittedJob, FieldingError> {
         let candidate = FieldingRunJob {
-            id: JobId::generate(),
+            id,
             scope: new.scope,
             idempotency_key: new.idempotency_key,
             request: new.request,
@@ -87,8 +108,12 @@ impl FieldingService {
             trace_id: new.trace_id,
             state: JobState::Processing,
         };
-        let (job, replayed) = match self.store.create_job(&candidate).await? {
-            JobCreated::Created => (candidate, false),
+        let created = observe::store_call(StoreOperation::CreateJob, self.store.create_job(&candidate)).await?;
+        let (job, replayed) = match created {
+            JobCreated::Created => {
+                observe::count_job(observe::JOB_KIND_CREATION, "submitted");
+                (candidate, false)
+            }
             JobCreated::Existing(existing) if existing.same_request(&candidate) => (existing, true),
             JobCreated::Existing(existing) => {
                 return Err(FieldingError::invalid([InvalidParam::new(
@@ -112,7 +137,8 @@ impl FieldingService {
     /// abandoned in `Processing` for longer than [`JOB_RESUME_AFTER`] is
     /// finished first.
     pub async fn get_job(&self, scope: &Scope, id: &JobId) -> Result<FieldingRunJob, FieldingError> {
-        let Some(job) = self.store.get_job(&scope.job(*id)).await? else {
+        let found = observe::store_call(StoreOperation::GetJob, self.store.get_job(&scope.job(*id))).await?;
+        let Some(job) = found else {
             return Err(FieldingError::NotFound {
                 what: format!("job {id} ({scope})"),
             });
@@ -128,12 +154,20 @@ impl FieldingService {
     /// Storage errors leave the job `Processing` for a later attempt.
     async fn run_job(&self, job: FieldingRunJob) -> Result<FieldingRunJob, FieldingError> {
         let outcome = self.job_outcome(&job).await?;
-        self.store
-            .finish_job(&job.key(), &outcome, self.clock.now())
-            .await?
-            .ok_or_else(|| FieldingError::NotFound {
-                what: format!("job {} ({})", job.id, job.scope),
-            })
+        let finished = observe::store_call(
+            StoreOperation::FinishJob,
+            self.store.finish_job(&job.key(), &outcome, self.clock.now()),
+        )
+        .await?
+        .ok_or_else(|| FieldingError::NotFound {
+            what: format!("job {} ({})", job.id, job.scope),
+        })?;
+        let state = match outcome {
+            JobOutcome::Completed => "completed",
+            JobOutcome::Failed(_) => "failed",
+        };
+        observe::count_job(observe::JOB_KIND_CREATION, state);
+        Ok(finished)
     }
 
     async fn job_outcome(&self, job: &FieldingRunJob) -> Result<JobOutcome, FieldingError> {
@@ -168,7 +202,11 @@ impl FieldingService {
             Ok(_) => Ok(JobOutcome::Completed),
             Err(FieldingError::TargetGroupHasRun { .. }) => {
                 // Our own run from an earlier attempt counts as success.
-                let existing = self.store.find_by_target_group(&job.scope).await?;
+                let existing = observe::store_call(
+                    StoreOperation::FindByTargetGroup,
+                    self.store.find_by_target_group(&job.scope),
+                )
+                .await?;
                 if existing.is_some_and(|run| run.id == job.fielding_run_id) {
                     return Ok(JobOutcome::Completed);
                 }

@@ -1,0 +1,582 @@
+//! What the library tells an operator: `tracing` spans and `metrics`
+//! counters and histograms. The library only records; the application
+//! picks the subscriber and the recorder (or none: then every call here
+//! costs a check of a flag or a cached "not interested").
+//!
+//! **Spans** (target `fielding_core::observe`):
+//!
+//! | span | level | fields |
+//! |---|---|---|
+//! | `command` | `INFO` | `action`, `account`, `project`, `target_group`, `run_id`, `expected_version`, `resulting_version`, `attempt`, `outcome` |
+//! | `job` | `INFO` | `kind`, `action`, `account`, `job_id`, `trace_id`, `outcome` |
+//! | `store_call` | `DEBUG` | `operation`, `outcome` |
+//!
+//! `outcome` is [`OUTCOME_OK`], [`OUTCOME_UNCHANGED`], [`OUTCOME_REQUEST_REFUSED`]
+//! or the error's [`crate::FieldingError::code`]; a store call's is `ok` or
+//! the [`crate::StoreError`]'s kind. No field holds a token, a secret or
+//! a request body. A `command` span opened inside a request's span (the
+//! HTTP layer's carries the W3C trace id) is its child, so every line a
+//! command logs joins the caller's trace.
+//!
+//! **Metrics** (names below; label values are fixed lists, so the number
+//! of series is bounded whatever the traffic):
+//!
+//! | name | kind | labels |
+//! |---|---|---|
+//! | [`COMMANDS`] | counter | `action`, `outcome` |
+//! | [`PRECONDITION_FAILURES`] | counter | `action`, `cause` (`stale`: the caller's ETag was old when read; `lost_race`: another writer won between read and write) |
+//! | [`RACES_REDECIDED`] | counter | `action` |
+//! | [`STORE_CALL_SECONDS`] | histogram | `operation` |
+//! | [`STORE_CALL_ERRORS`] | counter | `operation`, `kind` |
+//! | [`JOBS`] | counter | `kind` (`creation`, `bulk`), `state` |
+//! | [`BULK_ITEMS`] | counter | `action`, `outcome` |
+//!
+//! Refusals before a request reaches the service (rate limits, bad
+//! tokens, oversized bodies) are counted by the HTTP layer
+//! (`fielding_http::refusal::COUNTER`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use metrics::{Key, Label, Metadata};
+
+use crate::{Action, FieldingError, StoreError};
+
+/// Counter: service commands, by `action` and `outcome`.
+pub const COMMANDS: &str = "fielding_commands_total";
+/// Counter: commands answered `412`, by `action` and `cause`.
+pub const PRECONDITION_FAILURES: &str = "fielding_precondition_failures_total";
+/// Counter: lost races the command was decided again after (the
+/// precondition admitted the newer version: `If-Match: *`, a list that
+/// names it, or a job's retry), by `action`.
+pub const RACES_REDECIDED: &str = "fielding_races_redecided_total";
+/// Histogram: how long each store call took, in seconds, by `operation`.
+pub const STORE_CALL_SECONDS: &str = "fielding_store_call_duration_seconds";
+/// Counter: store calls that failed, by `operation` and `kind`.
+pub const STORE_CALL_ERRORS: &str = "fielding_store_call_errors_total";
+/// Counter: jobs entering a state, by `kind` (`creation`, `bulk`) and
+/// `state` (`submitted`, `completed`, `failed`, and `claimed` and
+/// `released` for bulk jobs).
+pub const JOBS: &str = "fielding_jobs_total";
+/// Counter: bulk-job items given an outcome, by `action` and `outcome`
+/// (`updated` or the failure's code).
+pub const BULK_ITEMS: &str = "fielding_bulk_items_total";
+
+/// The `outcome` of a command that wrote a new version.
+pub const OUTCOME_OK: &str = "ok";
+/// The `outcome` of a command that changed nothing (no new version).
+pub const OUTCOME_UNCHANGED: &str = "unchanged";
+/// The `outcome` of a command whose request the caller's own check refused
+/// (in the HTTP layer: a bad body, answered `400`).
+pub const OUTCOME_REQUEST_REFUSED: &str = "request_refused";
+/// The `action` label before a command is known (a run not found by a
+/// caller that decides the command on the run it reads).
+pub const ACTION_UNKNOWN: &str = "unknown";
+
+/// Every `outcome` a command can have, in label-table order.
+const COMMAND_OUTCOMES: [&str; 9] = [
+    OUTCOME_OK,
+    OUTCOME_UNCHANGED,
+    OUTCOME_REQUEST_REFUSED,
+    "bad_request_error",
+    "not_found_error",
+    "precondition_failed_error",
+    "invalid_state_error",
+    "cursor_expired_error",
+    "unexpected_internal_error",
+];
+
+/// Every `action` label, in label-table order: the actions, then unknown.
+fn action_index(action: Option<Action>) -> usize {
+    action.map_or(Action::ALL.len(), |a| a as usize)
+}
+
+fn action_label(action: Option<Action>) -> &'static str {
+    action.map_or(ACTION_UNKNOWN, Action::as_str)
+}
+
+/// Describes every metric above to the installed recorder (help text and
+/// units in an exposition). Optional; call it once after installing one.
+pub fn describe() {
+    use metrics::{describe_counter, describe_histogram, Unit};
+    describe_counter!(COMMANDS, Unit::Count, "Fielding-run commands, by action and outcome");
+    describe_counter!(
+        PRECONDITION_FAILURES,
+        Unit::Count,
+        "Commands refused with 412, by action and cause (stale ETag, or a race lost between read and write)"
+    );
+    describe_counter!(
+        RACES_REDECIDED,
+        Unit::Count,
+        "Races lost between read and write after which the command was decided again on the newer run"
+    );
+    describe_histogram!(STORE_CALL_SECONDS, Unit::Seconds, "Store call latency, by operation");
+    describe_counter!(
+        STORE_CALL_ERRORS,
+        Unit::Count,
+        "Failed store calls, by operation and error kind"
+    );
+    describe_counter!(JOBS, Unit::Count, "Jobs entering a state, by kind and state");
+    describe_counter!(
+        BULK_ITEMS,
+        Unit::Count,
+        "Bulk-job items given an outcome, by action and outcome"
+    );
+}
+
+/// Where the library's metrics come from, for the recorder's metadata.
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// Keys with two labels, one per pair of values, built once: a key made
+/// per call would hash its name and labels and allocate its label list
+/// on every command, recorder or not.
+struct KeyTable {
+    keys: OnceLock<Vec<Key>>,
+    name: &'static str,
+    labels: (&'static str, &'static str),
+}
+
+impl KeyTable {
+    const fn new(name: &'static str, labels: (&'static str, &'static str)) -> Self {
+        Self {
+            keys: OnceLock::new(),
+            name,
+            labels,
+        }
+    }
+
+    /// The key for the `row`-th first value and `column`-th second one, of
+    /// `columns` second values.
+    fn key(&self, firsts: &[&'static str], seconds: &[&'static str], row: usize, column: usize) -> &Key {
+        let keys = self.keys.get_or_init(|| {
+            let mut keys = Vec::with_capacity(firsts.len() * seconds.len());
+            for first in firsts {
+                for second in seconds {
+                    let labels = vec![
+                        Label::from_static_parts(self.labels.0, first),
+                        Label::from_static_parts(self.labels.1, second),
+                    ];
+                    keys.push(Key::from_parts(self.name, labels));
+                }
+            }
+            keys
+        });
+        &keys[row * seconds.len() + column]
+    }
+}
+
+/// Every action label, in [`action_index`] order.
+fn action_labels() -> &'static [&'static str] {
+    static LABELS: OnceLock<Vec<&'static str>> = OnceLock::new();
+    LABELS.get_or_init(|| {
+        let mut labels: Vec<&'static str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        labels.push(ACTION_UNKNOWN);
+        labels
+    })
+}
+
+/// The `outcome` label of a command's answer.
+pub(crate) fn outcome_of_error(error: &FieldingError) -> &'static str {
+    error.code()
+}
+
+/// Counts one command by action and outcome.
+pub(crate) fn count_command(action: Option<Action>, outcome: &'static str) {
+    static TABLE: KeyTable = KeyTable::new(COMMANDS, ("action", "outcome"));
+    let column = COMMAND_OUTCOMES
+        .iter()
+        .position(|o| *o == outcome)
+        .unwrap_or(COMMAND_OUTCOMES.len() - 1);
+    let key = TABLE.key(action_labels(), &COMMAND_OUTCOMES, action_index(action), column);
+    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
+}
+
+/// Why a command was answered `412`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PreconditionCause {
+    /// The caller's `If-Match` did not name the version read.
+    Stale,
+    /// Another writer won between this command's read and its write.
+    LostRace,
+}
+
+/// Counts one `412`.
+pub(crate) fn count_precondition_failure(action: Option<Action>, cause: PreconditionCause) {
+    static TABLE: KeyTable = KeyTable::new(PRECONDITION_FAILURES, ("action", "cause"));
+    const CAUSES: [&str; 2] = ["stale", "lost_race"];
+    let column = match cause {
+        PreconditionCause::Stale => 0,
+        PreconditionCause::LostRace => 1,
+    };
+    let key = TABLE.key(action_labels(), &CAUSES, action_index(action), column);
+    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
+}
+
+/// Counts one lost race the command was decided again after.
+pub(crate) fn count_redecided(action: Option<Action>) {
+    metrics::counter!(RACES_REDECIDED, "action" => action_label(action)).increment(1);
+}
+
+/// Counts one job entering `state`.
+pub(crate) fn count_job(kind: &'static str, state: &'static str) {
+    metrics::counter!(JOBS, "kind" => kind, "state" => state).increment(1);
+}
+
+/// Counts `count` bulk items given `outcome`.
+pub(crate) fn count_bulk_items(action: &'static str, outcome: &'static str, count: u64) {
+    if count > 0 {
+        metrics::counter!(BULK_ITEMS, "action" => action, "outcome" => outcome).increment(count);
+    }
+}
+
+/// The `command` span of one command on the run at `key`; fields not
+/// known yet are recorded as the command goes.
+pub(crate) fn command_span(action: Option<Action>, key: &crate::RunKey) -> tracing::Span {
+    tracing::info_span!(
+        "command",
+        action = action_label(action),
+        account = %key.scope.account_id,
+        project = %key.scope.project_id,
+        target_group = %key.scope.target_group_id,
+        run_id = %key.id,
+        expected_version = tracing::field::Empty,
+        resulting_version = tracing::field::Empty,
+        attempt = tracing::field::Empty,
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// The `kind` label of creation jobs.
+pub const JOB_KIND_CREATION: &str = "creation";
+/// The `kind` label of bulk jobs.
+pub const JOB_KIND_BULK: &str = "bulk";
+
+/// The `job` span of one job: its submission, or a runner's work on it.
+/// `trace_id` is the submitting request's: background work joins the
+/// trace of the request that asked for it.
+pub(crate) fn job_span(
+    kind: &'static str,
+    action: &'static str,
+    account: &crate::AccountId,
+    job: &crate::JobId,
+    trace_id: Option<&crate::JobTraceId>,
+) -> tracing::Span {
+    tracing::info_span!(
+        "job",
+        kind,
+        action,
+        account = %account,
+        job_id = %job,
+        trace_id = trace_id.map(tracing::field::display),
+        outcome = tracing::field::Empty,
+    )
+}
+
+/// Every store operation the service and the runners call, with its
+/// `operation` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreOperation {
+    /// [`crate::FieldingStore::insert`].
+    Insert,
+    /// [`crate::FieldingStore::get`].
+    Get,
+    /// [`crate::FieldingStore::find_by_target_group`].
+    FindByTargetGroup,
+    /// [`crate::FieldingStore::update`] (read, decide, compare-and-swap).
+    Update,
+    /// [`crate::FieldingStore::changes`].
+    Changes,
+    /// [`crate::FieldingStore::create_job`].
+    CreateJob,
+    /// [`crate::FieldingStore::get_job`].
+    GetJob,
+    /// [`crate::FieldingStore::finish_job`].
+    FinishJob,
+    /// [`crate::FieldingStore::create_bulk_job`].
+    CreateBulkJob,
+    /// [`crate::FieldingStore::get_bulk_job`].
+    GetBulkJob,
+    /// [`crate::FieldingStore::claim_bulk_job`].
+    ClaimBulkJob,
+    /// [`crate::FieldingStore::renew_bulk_claim`].
+    RenewBulkClaim,
+    /// [`crate::FieldingStore::apply_bulk_items`].
+    ApplyBulkItems,
+    /// [`crate::FieldingStore::finish_bulk_job`].
+    FinishBulkJob,
+    /// [`crate::FieldingStore::feed`].
+    Feed,
+    /// [`crate::FieldingStore::load_feed_checkpoint`].
+    LoadFeedCheckpoint,
+    /// [`crate::FieldingStore::save_feed_checkpoint`].
+    SaveFeedCheckpoint,
+    /// [`crate::FieldingStore::prune_changes`].
+    PruneChanges,
+    /// [`crate::FieldingStore::expire_jobs`].
+    ExpireJobs,
+    /// [`crate::FieldingStore::expire_bulk_jobs`].
+    ExpireBulkJobs,
+}
+
+impl StoreOperation {
+    /// Every operation, in declaration order.
+    pub const ALL: [StoreOperation; 20] = [
+        StoreOperation::Insert,
+        StoreOperation::Get,
+        StoreOperation::FindByTargetGroup,
+        StoreOperation::Update,
+        StoreOperation::Changes,
+        StoreOperation::CreateJob,
+        StoreOperation::GetJob,
+        StoreOperation::FinishJob,
+        StoreOperation::CreateBulkJob,
+        StoreOperation::GetBulkJob,
+        StoreOperation::ClaimBulkJob,
+        StoreOperation::RenewBulkClaim,
+        StoreOperation::ApplyBulkItems,
+        StoreOperation::FinishBulkJob,
+        StoreOperation::Feed,
+        StoreOperation::LoadFeedCheckpoint,
+        StoreOperation::SaveFeedCheckpoint,
+        StoreOperation::PruneChanges,
+        StoreOperation::ExpireJobs,
+        StoreOperation::ExpireBulkJobs,
+    ];
+
+    /// The `operation` label: the store method's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreOperation::Insert => "insert",
+            StoreOperation::Get => "get",
+            StoreOperation::FindByTargetGroup => "find_by_target_group",
+            StoreOperation::Update => "update",
+            StoreOperation::Changes => "changes",
+            StoreOperation::CreateJob => "create_job",
+            StoreOperation::GetJob => "get_job",
+            StoreOperation::FinishJob => "finish_job",
+            StoreOperation::CreateBulkJob => "create_bulk_job",
+            StoreOperation::GetBulkJob => "get_bulk_job",
+            StoreOperation::ClaimBulkJob => "claim_bulk_job",
+            StoreOperation::RenewBulkClaim => "renew_bulk_claim",
+            StoreOperation::ApplyBulkItems => "apply_bulk_items",
+            StoreOperation::FinishBulkJob => "finish_bulk_job",
+            StoreOperation::Feed => "feed",
+            StoreOperation::LoadFeedCheckpoint => "load_feed_checkpoint",
+            StoreOperation::SaveFeedCheckpoint => "save_feed_checkpoint",
+            StoreOperation::PruneChanges => "prune_changes",
+            StoreOperation::ExpireJobs => "expire_jobs",
+            StoreOperation::ExpireBulkJobs => "expire_bulk_jobs",
+        }
+    }
+
+    fn latency_key(self) -> &'static Key {
+        static KEYS: OnceLock<Vec<Key>> = OnceLock::new();
+        let keys = KEYS.get_or_init(|| {
+            StoreOperation::ALL
+                .iter()
+                .map(|op| {
+                    Key::from_parts(
+                        STORE_CALL_SECONDS,
+                        vec![Label::from_static_parts("operation", op.as_str())],
+                    )
+                })
+                .collect()
+        });
+        &keys[self as usize]
+    }
+}
+
+/// `call`, timed into [`STORE_CALL_SECONDS`] and run inside a `store_call`
+/// span; a failure is counted in [`STORE_CALL_ERRORS`]. The service and
+/// the runners wrap every store call in it; wrap your own direct calls
+/// (a clean-up task's, say) the same way to see them beside the rest.
+///
+/// ```
+/// # async fn demo(store: std::sync::Arc<dyn fielding_core::FieldingStore>) -> Result<(), fielding_core::StoreError> {
+/// use fielding_core::observe::{store_call, StoreOperation};
+/// use fielding_core::{Clock, SystemClock};
+/// let now = SystemClock.now();
+/// let week_ago = now.checked_sub(chrono::TimeDelta::days(7)).unwrap_or(now);
+/// let pruned = store_call(StoreOperation::PruneChanges, store.prune_changes(week_ago, 1000)).await?;
+/// # let _ = pruned; Ok(()) }
+/// ```
+pub fn store_call<F, T>(operation: StoreOperation, call: F) -> StoreCall<F>
+where
+    F: Future<Output = Result<T, StoreError>> + Unpin,
+{
+    StoreCall {
+        operation,
+        span: tracing::debug_span!(
+            "store_call",
+            operation = operation.as_str(),
+            outcome = tracing::field::Empty
+        ),
+        started: Instant::now(),
+        call,
+    }
+}
+
+/// The future [`store_call`] returns.
+#[derive(Debug)]
+pub struct StoreCall<F> {
+    operation: StoreOperation,
+    span: tracing::Span,
+    started: Instant,
+    call: F,
+}
+
+impl<F, T> Future for StoreCall<F>
+where
+    F: Future<Output = Result<T, StoreError>> + Unpin,
+{
+    type Output = Result<T, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let polled = {
+            let _entered = this.span.enter();
+            Pin::new(&mut this.call).poll(cx)
+        };
+        if let Poll::Ready(result) = &polled {
+            let seconds = this.started.elapsed().as_secs_f64();
+            metrics::with_recorder(|recorder| recorder.register_histogram(this.operation.latency_key(), &METADATA))
+                .record(seconds);
+            let outcome = match result {
+                Ok(_) => OUTCOME_OK,
+                Err(err) => {
+                    metrics::counter!(STORE_CALL_ERRORS, "operation" => this.operation.as_str(), "kind" => err.kind())
+                        .increment(1);
+                    err.kind()
+                }
+            };
+            this.span.record("outcome", outcome);
+        }
+        polled
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    fn counter(snapshot: &[(String, Vec<(String, String)>, DebugValue)], name: &str, labels: &[(&str, &str)]) -> u64 {
+        snapshot
+            .iter()
+            .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v)))
+            .map(|(_, _, v)| match v {
+                DebugValue::Counter(c) => *c,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    fn snapshot(recorder: &DebuggingRecorder) -> Vec<(String, Vec<(String, String)>, DebugValue)> {
+        recorder
+            .snapshotter()
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .map(|(key, _, _, value)| {
+                let key = key.key();
+                let labels = key
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                (key.name().to_owned(), labels, value)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn command_keys_cover_every_action_and_outcome() {
+        let recorder = DebuggingRecorder::new();
+        metrics::with_local_recorder(&recorder, || {
+            for action in Action::ALL.map(Some).into_iter().chain([None]) {
+                for outcome in COMMAND_OUTCOMES {
+                    count_command(action, outcome);
+                }
+            }
+            count_command(Some(Action::Pause), OUTCOME_OK);
+        });
+        let seen = snapshot(&recorder);
+        assert_eq!(counter(&seen, COMMANDS, &[("action", "pause"), ("outcome", "ok")]), 2);
+        assert_eq!(
+            counter(
+                &seen,
+                COMMANDS,
+                &[("action", "unknown"), ("outcome", "not_found_error")]
+            ),
+            1
+        );
+        assert_eq!(counter(&seen, COMMANDS, &[]), (Action::ALL.len() as u64 + 1) * 9 + 1);
+    }
+
+    #[test]
+    fn every_error_code_has_an_outcome_label() {
+        for error in [
+            FieldingError::invalid_field("x", "y"),
+            FieldingError::NotFound { what: "x".into() },
+            FieldingError::PreconditionFailed {
+                current: crate::Version::INITIAL,
+            },
+            FieldingError::CursorExpired {
+                after: crate::FeedPosition::default(),
+            },
+            FieldingError::from(StoreError::internal("x")),
+        ] {
+            assert!(COMMAND_OUTCOMES.contains(&outcome_of_error(&error)), "{error}");
+        }
+    }
+
+    #[test]
+    fn store_operation_labels_are_distinct_and_indexed() {
+        let labels: std::collections::HashSet<_> = StoreOperation::ALL.iter().map(|op| op.as_str()).collect();
+        assert_eq!(labels.len(), StoreOperation::ALL.len());
+        for (at, op) in StoreOperation::ALL.iter().enumerate() {
+            assert_eq!(*op as usize, at);
+            assert_eq!(op.latency_key().labels().next().map(|l| l.value()), Some(op.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_store_call_is_timed_and_its_failure_counted() {
+        let recorder = DebuggingRecorder::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        metrics::with_local_recorder(&recorder, || {
+            let ok = runtime.block_on(store_call(
+                StoreOperation::Get,
+                Box::pin(async { Ok::<_, StoreError>(1) }),
+            ));
+            assert_eq!(ok.ok(), Some(1));
+            let failed = runtime.block_on(store_call(
+                StoreOperation::Update,
+                Box::pin(async { Err::<u8, _>(StoreError::transient("down")) }),
+            ));
+            assert!(failed.is_err());
+        });
+        let seen = snapshot(&recorder);
+        let histograms: Vec<_> = seen
+            .iter()
+            .filter(|(n, _, _)| n == STORE_CALL_SECONDS)
+            .map(|(_, l, v)| (l[0].1.clone(), matches!(v, DebugValue::Histogram(h) if h.len() == 1)))
+            .collect();
+        assert!(histograms.contains(&("get".to_owned(), true)), "{histograms:?}");
+        assert!(histograms.contains(&("update".to_owned(), true)), "{histograms:?}");
+        assert_eq!(
+            counter(
+                &seen,
+                STORE_CALL_ERRORS,
+                &[("operation", "update"), ("kind", "transient")]
+            ),
+            1
+        );
+        assert_eq!(counter(&seen, STORE_CALL_ERRORS, &[("operation", "get")]), 0);
+    }
+}
