@@ -43,7 +43,9 @@ use tracing::Instrument;
 
 /// Middleware for any axum router (`axum::middleware::from_fn(propagate)`):
 /// continues the caller's trace (or starts one), runs the request inside a
-/// `request` span carrying the trace id, makes the [`TraceId`] available
+/// `request` span (`INFO`: `method`, `path`, `trace_id`, `span_id`, and
+/// the response's `status`; never a header's value, so never a token),
+/// makes the [`TraceId`] available
 /// to handlers as a request extension, and puts `traceparent` (and a valid
 /// `tracestate`) on every response, errors and fallbacks included.
 /// [`crate::FieldingApi::router`] mounts it; mount it on your own routes
@@ -67,9 +69,11 @@ pub async fn propagate(mut request: Request, next: Next) -> Response {
         path = %request.uri().path(),
         trace_id = %context.trace_id(),
         span_id = %context.span_id(),
+        status = tracing::field::Empty,
     );
     request.extensions_mut().insert(context.trace_id());
-    let mut response = next.run(request).instrument(span).await;
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.record("status", response.status().as_u16());
     let out = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&context.traceparent()) {
         out.insert("traceparent", value);

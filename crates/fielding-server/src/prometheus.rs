@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// The path of the exporter.
 pub const METRICS_PATH: &str = "/metrics";
@@ -24,6 +24,14 @@ pub const METRICS_PATH: &str = "/metrics";
 /// How often the exporter's housekeeping runs (it drains histogram
 /// buckets; without it they grow for as long as the process lives).
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// The store call latency histogram's buckets, in seconds: from an
+/// in-memory call (well under 100 µs) to a database call stuck behind a
+/// lock or a full pool (seconds). A histogram, not the exporter's default
+/// summary, so that a dashboard can add up the buckets of many instances.
+const STORE_CALL_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -40,8 +48,15 @@ pub fn install() -> Result<(), InstallError> {
         return Ok(());
     }
     let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(fielding_core::observe::STORE_CALL_SECONDS.to_owned()),
+            &STORE_CALL_BUCKETS,
+        )
+        .map_err(|e| InstallError(e.to_string()))?
         .install_recorder()
         .map_err(|e| InstallError(e.to_string()))?;
+    fielding_core::observe::describe();
+    fielding_http::refusal::describe();
     let upkeep = handle.clone();
     if HANDLE.set(handle).is_ok() {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
