@@ -126,6 +126,15 @@
 //! `_p50_us`, `_p99_us`, `_p999_us` (medians over rounds). A table of the
 //! same goes to stderr. When PostgreSQL is unreachable its lines are left
 //! out with a note on stderr.
+//!
+//! ## Traces and metrics
+//!
+//! The memory store runs twice: plain (`--metrics off`, logs at `warn`, so
+//! no span is enabled), which the `http_*memory*_vs_bare` ratios use, and
+//! `memory_observed` (the Prometheus exporter recording, and a subscriber
+//! taking every `INFO` span, the per-request access log at `warn`).
+//! `http_{put,get}_memory_observed_vs_plain` is the median of the
+//! per-round ratios of the two: what turning traces and metrics on costs.
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -302,8 +311,14 @@ impl Load {
 pub enum Target {
     /// `bare-http`, the ceiling.
     Bare,
-    /// `fielding-server --database memory`.
+    /// `fielding-server --database memory --metrics off`, logging at
+    /// `warn` (so no span is enabled): the library's traces and metrics
+    /// cost only their "is anyone listening" checks.
     Memory,
+    /// The same with the Prometheus exporter on (`--metrics on`) and a
+    /// subscriber that takes every `INFO` span (`RUST_LOG=info` with the
+    /// per-request access log at `warn`): traces and metrics, on.
+    MemoryObserved,
     /// `fielding-server` on a SQLite file.
     Sqlite,
     /// `fielding-server` on PostgreSQL.
@@ -316,6 +331,7 @@ impl Target {
         match self {
             Target::Bare => "bare",
             Target::Memory => "memory",
+            Target::MemoryObserved => "memory_observed",
             Target::Sqlite => "sqlite",
             Target::Postgres => "postgres",
         }
@@ -1019,9 +1035,14 @@ pub type Figures = Vec<(String, String)>;
 
 /// Median of per-round ratios target / bare for `load`.
 fn ratio(reports: &Reports, target: Target, load: Load) -> f64 {
-    let bare = reports_of(reports, Target::Bare, load);
+    ratio_between(reports, target, Target::Bare, load)
+}
+
+/// Median of per-round ratios `target` / `base` for `load`.
+fn ratio_between(reports: &Reports, target: Target, base: Target, load: Load) -> f64 {
+    let base = reports_of(reports, base, load);
     let mine = reports_of(reports, target, load);
-    median(mine.iter().zip(bare).map(|(m, b)| m.rps() / b.rps()))
+    median(mine.iter().zip(base).map(|(m, b)| m.rps() / b.rps()))
 }
 
 fn figures(reports: &Reports, stores: &[Target]) -> Figures {
@@ -1034,6 +1055,17 @@ fn figures(reports: &Reports, stores: &[Target]) -> Figures {
                 _ => format!("http_{}_{}_vs_bare", load.name(), store.name()),
             };
             out.push((name, format!("{:.3}", ratio(reports, store, load))));
+        }
+    }
+    if stores.contains(&Target::Memory) && stores.contains(&Target::MemoryObserved) {
+        for load in [Load::Put, Load::Get] {
+            out.push((
+                format!("http_{}_memory_observed_vs_plain", load.name()),
+                format!(
+                    "{:.3}",
+                    ratio_between(reports, Target::MemoryObserved, Target::Memory, load)
+                ),
+            ));
         }
     }
     let mut socket_errors = 0;
@@ -1233,7 +1265,14 @@ fn measure(
         c.args(["--listen", "127.0.0.1:0"]);
         c
     })];
-    wanted.push((Target::Memory, server_command(server, "memory", None)));
+    let mut plain = server_command(server, "memory", None);
+    plain.args(["--metrics", "off"]);
+    wanted.push((Target::Memory, plain));
+    let mut observed = server_command(server, "memory", None);
+    observed
+        .args(["--metrics", "on"])
+        .env("RUST_LOG", "info,fielding_server::access=warn");
+    wanted.push((Target::MemoryObserved, observed));
     wanted.push((Target::Sqlite, server_command(server, &sqlite_file, None)));
     if let Some((url, schema)) = pg {
         wanted.push((Target::Postgres, server_command(server, url, Some(schema))));

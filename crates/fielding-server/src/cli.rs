@@ -76,6 +76,20 @@ pub struct ServeArgs {
     )]
     pub base_path: BasePath,
 
+    /// Whether to record metrics and export them at `GET /metrics` (in the
+    /// Prometheus text format): `on` or `off` (also `true`/`false`,
+    /// `yes`/`no`, `1`/`0`). Off, `/metrics` answers 404 and nothing is
+    /// recorded.
+    #[arg(
+        long,
+        env = "FIELDING_METRICS",
+        value_name = "on|off",
+        default_value = "on",
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub metrics: bool,
+
     /// The store: a SQLite file path or sqlite://PATH (created and migrated
     /// if needed), postgres://… or postgresql://… (migrated at start-up),
     /// or `memory` (nothing survives a restart).
@@ -353,6 +367,8 @@ pub struct ServerConfig {
     pub listen: String,
     /// The path the API is served under (`/v1`, or `/` for the root).
     pub base_path: BasePath,
+    /// Whether the binary installs the Prometheus exporter.
+    pub metrics: bool,
     /// The store.
     pub database: Database,
     /// The PostgreSQL schema.
@@ -384,6 +400,7 @@ impl ServerConfig {
         Self {
             listen: "127.0.0.1:0".to_owned(),
             base_path: BasePath::contract(),
+            metrics: true,
             database,
             pg_schema: "fielding".to_owned(),
             jwt_secret,
@@ -449,6 +466,7 @@ impl ServeArgs {
         Ok(ServerConfig {
             listen: self.listen,
             base_path: self.base_path,
+            metrics: self.metrics,
             database: self.database,
             pg_schema: self.pg_schema,
             jwt_secret,

@@ -103,7 +103,9 @@ fn serve(args: ServeArgs) -> Result<(), Box<dyn Error>> {
     runtime.block_on(async {
         // Before anything is counted: what is recorded before a recorder
         // is installed is lost.
-        fielding_server::prometheus::install()?;
+        if config.metrics {
+            fielding_server::prometheus::install()?;
+        }
         let server = Server::bind(&config).await?;
         announce(&config, &server);
         server.serve(shutdown_signal()).await?;

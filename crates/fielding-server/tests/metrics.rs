@@ -123,3 +123,13 @@ async fn the_librarys_command_job_store_and_refusal_metrics_are_exported() {
     assert!(refused.is_some_and(|n| n >= 1.0), "{page}");
     assert!(page.contains("# HELP fielding_commands_total"), "described:\n{page}");
 }
+
+#[tokio::test]
+async fn metrics_off_records_nothing_and_the_route_is_404() {
+    let server = Server::start(&["--database", "memory", "--jwt-secret", SECRET, "--metrics", "off"]);
+    let bearer = token(SECRET, &[101]);
+    let (status, _, body) = get(&server, &list_path(101), Some(&bearer)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let response = client().get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+}

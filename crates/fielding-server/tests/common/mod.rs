@@ -29,9 +29,10 @@ pub const TARGET_GROUP: &str = "01BTGNYV6HRNK8K8VKZASZCFP1";
 /// How long a server may take to start, or to stop, on a busy machine.
 pub const DEADLINE: Duration = Duration::from_secs(120);
 
-pub const ENV_VARS: [&str; 24] = [
+pub const ENV_VARS: [&str; 25] = [
     "FIELDING_LISTEN",
     "FIELDING_BASE_PATH",
+    "FIELDING_METRICS",
     "FIELDING_DATABASE",
     "FIELDING_PG_SCHEMA",
     "FIELDING_JWT_SECRET",
