@@ -194,7 +194,7 @@ async fn a_job_of_the_maximum_size_is_worked_in_batches() {
 async fn a_job_taken_over_half_way_applies_each_item_at_most_once() {
     let store = MemoryStore::new();
     let clock = Arc::new(ManualClock::new(now()));
-    let service = FieldingService::with_clock(Arc::new(store.clone()), clock.clone());
+    let service = FieldingService::new(Arc::new(store.clone())).with_clock(clock.clone());
     let scope = fixtures::scope();
     let runs: Vec<FieldingRun> = (0..6)
         .map(|_| {
@@ -512,7 +512,7 @@ async fn a_job_whose_batches_keep_failing_is_held_back_longer_each_time() {
     faults.inject(fielding_testkit::Fault::Storage, FAULTS);
     let attempts = || FAULTS - faults.pending(fielding_testkit::Fault::Storage);
     let clock = Arc::new(ManualClock::new(now()));
-    let service = FieldingService::with_clock(Arc::new(store), clock.clone());
+    let service = FieldingService::new(Arc::new(store)).with_clock(clock.clone());
     let p = project(&inner, &[Status::Live]);
     let job = service
         .submit_bulk_job(fixtures::new_bulk_job(

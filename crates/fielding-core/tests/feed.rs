@@ -23,7 +23,8 @@ fn start_at() -> Timestamp {
 fn service() -> (MemoryStore, FieldingService, ManualClock) {
     let store = MemoryStore::new();
     let clock = ManualClock::new(start_at().checked_add(TimeDelta::days(-1)).unwrap());
-    let service = FieldingService::with_clock(Arc::new(store.clone()), Arc::new(clock.clone()))
+    let service = FieldingService::new(Arc::new(store.clone()))
+        .with_clock(Arc::new(clock.clone()))
         .with_feed_poll_interval(Duration::from_millis(20));
     (store, service, clock)
 }

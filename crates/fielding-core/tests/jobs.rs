@@ -24,7 +24,7 @@ struct Harness {
 fn harness() -> Harness {
     let store = MemoryStore::new();
     let clock = ManualClock::new(t("2030-06-01T12:00:00Z"));
-    let service = FieldingService::with_clock(Arc::new(store.clone()), Arc::new(clock.clone()));
+    let service = FieldingService::new(Arc::new(store.clone())).with_clock(Arc::new(clock.clone()));
     Harness { store, clock, service }
 }
 

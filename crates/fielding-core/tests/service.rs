@@ -57,7 +57,7 @@ impl Harness {
         let faulty = FaultyStore::new(store.clone());
         let faults = faulty.faults().clone();
         let clock = ManualClock::new(t0());
-        let service = FieldingService::with_clock(Arc::new(faulty), Arc::new(clock.clone()));
+        let service = FieldingService::new(Arc::new(faulty)).with_clock(Arc::new(clock.clone()));
         Self {
             store,
             faults,
@@ -1688,7 +1688,8 @@ impl Harness {
     /// A harness whose service writes through a [`YieldingStore`].
     fn interleaving() -> Self {
         let h = Self::new();
-        let service = FieldingService::with_clock(Arc::new(YieldingStore(h.store.clone())), Arc::new(h.clock.clone()));
+        let service =
+            FieldingService::new(Arc::new(YieldingStore(h.store.clone()))).with_clock(Arc::new(h.clock.clone()));
         Self { service, ..h }
     }
 }

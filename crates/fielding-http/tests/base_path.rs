@@ -1,4 +1,4 @@
-//! `FieldingApi::base_path`: the routes move under it, paths outside it
+//! `FieldingApi::with_base_path`: the routes move under it, paths outside it
 //! are the router's 404, and the `Location` of creation and bulk jobs
 //! follows it (and any prefix the app nests the router under), so a client
 //! that follows the header lands on the job. In-process (tower `oneshot`).
@@ -29,7 +29,7 @@ const SCHEDULE: &str =
     r#"{"start_fielding_at":"2030-07-01T09:00:00.000Z","end_fielding_at":"2030-07-31T09:00:00.000Z"}"#;
 
 fn api(store: &MemoryStore, base_path: BasePath) -> Router {
-    let tokens = StaticTokens::new().with(
+    let tokens = StaticTokens::new().with_token(
         "t",
         Principal {
             user_id: UserId::random(),
@@ -38,7 +38,7 @@ fn api(store: &MemoryStore, base_path: BasePath) -> Router {
     );
     let service = FieldingService::new(Arc::new(store.clone()));
     FieldingApi::new(service, Arc::new(tokens))
-        .base_path(base_path)
+        .with_base_path(base_path)
         .router()
 }
 

@@ -45,14 +45,14 @@ fn harness() -> Harness {
     let store = MemoryStore::new();
     let user = UserId::random();
     let tokens = StaticTokens::new()
-        .with(
+        .with_token(
             "t",
             Principal {
                 user_id: user,
                 accounts: AccountAccess::Only(vec![AccountId::new(101).unwrap()]),
             },
         )
-        .with(
+        .with_token(
             "other",
             Principal {
                 user_id: UserId::random(),
@@ -61,9 +61,9 @@ fn harness() -> Harness {
         );
     let service = FieldingService::new(Arc::new(store.clone()));
     let app = FieldingApi::new(service.clone(), Arc::new(tokens))
-        .body_limit(1024)
-        .bulk_body_limit(2048)
-        .body_timeout(Duration::from_millis(100))
+        .with_body_limit(1024)
+        .with_bulk_body_limit(2048)
+        .with_body_timeout(Duration::from_millis(100))
         .router();
     let runner = BulkRunner::new(service, BulkRunnerOptions::default());
     Harness {

@@ -43,14 +43,14 @@ fn harness() -> Harness {
     let clock = ManualClock::new("2030-06-01T12:00:00Z".parse().unwrap());
     let user = UserId::random();
     let tokens = StaticTokens::new()
-        .with(
+        .with_token(
             "token-101",
             Principal {
                 user_id: user,
                 accounts: AccountAccess::Only(vec![AccountId::new(101).unwrap()]),
             },
         )
-        .with(
+        .with_token(
             "token-other",
             Principal {
                 user_id: UserId::random(),
@@ -59,7 +59,7 @@ fn harness() -> Harness {
         );
     let faulty = FaultyStore::new(store.clone());
     let faults = faulty.faults().clone();
-    let service = FieldingService::with_clock(Arc::new(faulty), Arc::new(clock.clone()));
+    let service = FieldingService::new(Arc::new(faulty)).with_clock(Arc::new(clock.clone()));
     let app = FieldingApi::new(service, Arc::new(tokens)).router();
     Harness {
         app,

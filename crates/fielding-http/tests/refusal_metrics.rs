@@ -34,14 +34,14 @@ const API_VERSION: &str = "2025-12-18";
 
 fn app(store: &MemoryStore, policy: RateLimitPolicy) -> Router {
     let tokens = StaticTokens::new()
-        .with(
+        .with_token(
             "t",
             Principal {
                 user_id: UserId::random(),
                 accounts: AccountAccess::Only(vec![AccountId::new(101).unwrap()]),
             },
         )
-        .with(
+        .with_token(
             "other",
             Principal {
                 user_id: UserId::random(),
@@ -49,9 +49,9 @@ fn app(store: &MemoryStore, policy: RateLimitPolicy) -> Router {
             },
         );
     FieldingApi::new(FieldingService::new(Arc::new(store.clone())), Arc::new(tokens))
-        .rate_limit(policy)
-        .body_limit(1024)
-        .body_timeout(Duration::from_millis(100))
+        .with_rate_limit(policy)
+        .with_body_limit(1024)
+        .with_body_timeout(Duration::from_millis(100))
         .router()
 }
 

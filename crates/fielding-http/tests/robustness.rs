@@ -322,14 +322,14 @@ async fn one_case(case: Case, seen: &Seen) -> Result<(), TestCaseError> {
         .collect();
     let only = |account| AccountAccess::Only(vec![AccountId::new(account).unwrap()]);
     let tokens = StaticTokens::new()
-        .with(
+        .with_token(
             "t",
             Principal {
                 user_id: UserId::random(),
                 accounts: only(101),
             },
         )
-        .with(
+        .with_token(
             "other",
             Principal {
                 user_id: UserId::random(),

@@ -114,12 +114,10 @@ impl Default for RetentionConfig {
 }
 
 impl RetentionConfig {
-    /// The default interval and batch with this `retention`.
-    pub fn with_retention(retention: Duration) -> Self {
-        Self {
-            retention,
-            ..Self::default()
-        }
+    /// This configuration with [`retention`](Self::retention) set.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
     }
 }
 
@@ -146,12 +144,10 @@ impl Default for ChangeRetentionConfig {
 }
 
 impl ChangeRetentionConfig {
-    /// The default interval and batch with this `retention`.
-    pub fn with_retention(retention: Duration) -> Self {
-        Self {
-            retention,
-            ..Self::default()
-        }
+    /// This configuration with [`retention`](Self::retention) set.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
     }
 }
 
@@ -460,11 +456,11 @@ mod tests {
         let store = FaultyStore::new(MemoryStore::new());
         store.faults().inject(Fault::Storage, 1);
         let clock = ManualClock::new(Timestamp::MIN);
-        let config = RetentionConfig::with_retention(Duration::from_secs(1));
+        let config = RetentionConfig::default().with_retention(Duration::from_secs(1));
         let sweep = sweep_expired_jobs(&store, &clock, &config).await.expect("sweep");
         assert_eq!(sweep.cutoff, None);
         assert_eq!(store.faults().pending(Fault::Storage), 1, "no store call was made");
-        let forever = RetentionConfig::with_retention(Duration::MAX);
+        let forever = RetentionConfig::default().with_retention(Duration::MAX);
         let sweep = sweep_expired_jobs(&store, &ManualClock::new(t0()), &forever)
             .await
             .expect("sweep");
@@ -481,7 +477,7 @@ mod tests {
         let clock = ManualClock::new(later(2 * HOUR));
         let config = RetentionConfig {
             batch: 2,
-            ..RetentionConfig::with_retention(HOUR)
+            ..RetentionConfig::default().with_retention(HOUR)
         };
         store.faults().inject(Fault::Storage, 1);
         let err = sweep_expired_jobs(&store, &clock, &config).await.unwrap_err();
@@ -630,13 +626,13 @@ mod tests {
         let store = FaultyStore::new(memory.clone());
         store.faults().inject(Fault::Storage, 1);
         let clock = ManualClock::new(later(2 * HOUR));
-        let config = ChangeRetentionConfig::with_retention(HOUR);
+        let config = ChangeRetentionConfig::default().with_retention(HOUR);
         let err = sweep_expired_changes(&store, &clock, &config).await.unwrap_err();
         assert_eq!(err.removed, 0);
         let sweep = sweep_expired_changes(&store, &clock, &config).await.expect("sweep");
         assert_eq!(sweep.removed, 1, "the next sweep does the work");
         store.faults().inject(Fault::Storage, 1);
-        let forever = ChangeRetentionConfig::with_retention(Duration::MAX);
+        let forever = ChangeRetentionConfig::default().with_retention(Duration::MAX);
         let sweep = sweep_expired_changes(&store, &clock, &forever).await.expect("sweep");
         assert_eq!(sweep.cutoff, None);
         assert_eq!(store.faults().pending(Fault::Storage), 1, "no store call was made");

@@ -502,7 +502,7 @@ async fn a_version_3_database_migrates_to_bulk_jobs_with_its_data_intact() {
     .unwrap();
     drop(conn);
 
-    let store = SqliteStore::open_with(&path, SqliteOptions::default().migrate(false))
+    let store = SqliteStore::open_with(&path, SqliteOptions::default().with_migrate(false))
         .await
         .unwrap();
     let job = fixtures::bulk_job(scope, "after", BulkAction::Pause, &[runs[0].target_group_id]);

@@ -206,7 +206,7 @@ async fn check_against_the_log(store: &dyn FieldingStore, runs: &[FieldingRun], 
 async fn a_reader_following_concurrent_writers_sees_every_record_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("feed.db");
-    let options = SqliteOptions::default().durability(Durability::Normal);
+    let options = SqliteOptions::default().with_durability(Durability::Normal);
     let first = Arc::new(SqliteStore::open_with(&path, options.clone()).await.unwrap());
     let second = Arc::new(SqliteStore::open_with(&path, options).await.unwrap());
     follow_concurrent_writers(first, second).await;

@@ -109,7 +109,7 @@ fn harness() -> Harness {
     let store = FaultyStore::new(memory.clone());
     let faults = store.faults().clone();
     let clock = ManualClock::new(ts(NOW));
-    let service = FieldingService::with_clock(Arc::new(store), Arc::new(clock.clone()));
+    let service = FieldingService::new(Arc::new(store)).with_clock(Arc::new(clock.clone()));
     Harness {
         service,
         memory,
