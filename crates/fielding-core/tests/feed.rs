@@ -352,7 +352,7 @@ async fn a_consumer_whose_checkpoint_was_pruned_stops_instead_of_skipping() {
 
 #[test]
 fn clock_moments_say_when_a_run_turns_live_and_completed_without_a_new_version() {
-    let run = fixtures::run().status(Status::Scheduled).build();
+    let run = fixtures::run().with_status(Status::Scheduled).build();
     let record = FeedRecord {
         position: FeedPosition::new(1, 0),
         scope: run.scope(),

@@ -94,7 +94,11 @@ impl Harness {
 
     /// A stored run in `status` (effective at `t0()` too), at `version`.
     fn seed(&self, status: Status, version: u64) -> FieldingRun {
-        let run = fixtures::run().status(status).version(version).at(self.now()).build();
+        let run = fixtures::run()
+            .with_status(status)
+            .with_version(version)
+            .with_now(self.now())
+            .build();
         self.store.seed(run.clone()).expect("seed");
         run
     }
@@ -435,7 +439,11 @@ async fn creation_follows_the_creation_table() {
         let h = Harness::new();
         let scope = fixtures::scope();
         let first = existing.map(|status| {
-            let run = fixtures::run().scope(scope).status(status).at(h.now()).build();
+            let run = fixtures::run()
+                .with_scope(scope)
+                .with_status(status)
+                .with_now(h.now())
+                .build();
             h.store.seed(run.clone()).expect("seed");
             let records = h.store.change_records(&run.key()).len();
             (run, records)

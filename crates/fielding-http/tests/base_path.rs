@@ -100,12 +100,12 @@ async fn locations_follow(base_path: BasePath, prefix: &str) {
 
     let project = fixtures::project_id();
     let run = fixtures::run()
-        .scope(Scope::new(
+        .with_scope(Scope::new(
             AccountId::new(101).unwrap(),
             project,
             fixtures::target_group_id(),
         ))
-        .status(Status::Live)
+        .with_status(Status::Live)
         .build();
     store.seed(run.clone()).unwrap();
     let submitted = format!(
@@ -142,7 +142,7 @@ async fn locations_are_at_the_root_by_default() {
 async fn only_paths_under_the_base_path_are_served() {
     let store = MemoryStore::new();
     let run = fixtures::run()
-        .scope(Scope::new(
+        .with_scope(Scope::new(
             AccountId::new(101).unwrap(),
             fixtures::project_id(),
             fixtures::target_group_id(),

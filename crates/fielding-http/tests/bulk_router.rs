@@ -78,7 +78,11 @@ impl Harness {
     /// A run of account 101 in `project` and a fresh target group.
     fn seed(&self, project: ProjectId, status: Status) -> FieldingRun {
         let scope = Scope::new(AccountId::new(101).unwrap(), project, fixtures::target_group_id());
-        let run = fixtures::run().scope(scope).status(status).version(7).build();
+        let run = fixtures::run()
+            .with_scope(scope)
+            .with_status(status)
+            .with_version(7)
+            .build();
         self.store.seed(run.clone()).unwrap();
         run
     }

@@ -188,7 +188,9 @@ async fn the_same_key_with_a_different_body_or_endpoint_is_refused() {
 #[tokio::test]
 async fn a_target_group_with_a_run_fails_the_job_with_its_trace_id() {
     let h = harness();
-    h.store.seed(fixtures::run().scope(scope()).version(3).build()).unwrap();
+    h.store
+        .seed(fixtures::run().with_scope(scope()).with_version(3).build())
+        .unwrap();
     let job = follow(&h, &submit(&h, "launch-from-draft", "second", LAUNCH).await).await;
     assert_eq!(job.json["status"], "Failed");
     assert_eq!(job.json["failure_reason"]["code"], "TargetGroupInvalidState");

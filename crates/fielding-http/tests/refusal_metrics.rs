@@ -92,11 +92,15 @@ async fn refusals_and_outcomes(store: &MemoryStore) {
             fixtures::target_group_id(),
         )
     };
-    let run = fixtures::run().scope(scope()).status(Status::Live).version(7).build();
+    let run = fixtures::run()
+        .with_scope(scope())
+        .with_status(Status::Live)
+        .with_version(7)
+        .build();
     let done = fixtures::run()
-        .scope(scope())
-        .status(Status::Completed)
-        .version(7)
+        .with_scope(scope())
+        .with_status(Status::Completed)
+        .with_version(7)
         .build();
     for seeded in [&run, &done] {
         store.seed(seeded.clone()).unwrap();

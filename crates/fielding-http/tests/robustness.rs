@@ -315,7 +315,11 @@ async fn one_case(case: Case, seen: &Seen) -> Result<(), TestCaseError> {
                 fixtures::project_id(),
                 fixtures::target_group_id(),
             );
-            let run = fixtures::run().scope(scope).status(*status).version(VERSION).build();
+            let run = fixtures::run()
+                .with_scope(scope)
+                .with_status(*status)
+                .with_version(VERSION)
+                .build();
             store.seed(run.clone()).unwrap();
             run
         })

@@ -59,7 +59,11 @@ fn seed(h: &Harness, status: Status, version: u64) -> FieldingRun {
         fixtures::project_id(),
         fixtures::target_group_id(),
     );
-    let run = fixtures::run().scope(scope).status(status).version(version).build();
+    let run = fixtures::run()
+        .with_scope(scope)
+        .with_status(status)
+        .with_version(version)
+        .build();
     h.store.seed(run.clone()).unwrap();
     run
 }

@@ -583,7 +583,7 @@ mod tests {
 
     /// A run whose creation record was made at `at`.
     async fn run_changed_at(store: &MemoryStore, at: Timestamp) -> fielding_core::RunKey {
-        let run = fixtures::run().at(at).changed_at(at).build();
+        let run = fixtures::run().with_now(at).with_changed_at(at).build();
         store.insert(&run, &fixtures::creation(&run)).await.expect("insert");
         run.key()
     }

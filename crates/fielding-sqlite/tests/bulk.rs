@@ -47,8 +47,8 @@ async fn seed(store: &dyn FieldingStore, scope: Scope, statuses: &[Status]) -> V
     let mut runs = Vec::new();
     for status in statuses {
         let run = fixtures::run()
-            .scope(fixtures::other_target_group(scope))
-            .status(*status)
+            .with_scope(fixtures::other_target_group(scope))
+            .with_status(*status)
             .build();
         store
             .insert(&run, &ChangeRecord::created(&run, Action::Schedule))

@@ -71,7 +71,7 @@ async fn jobs_survive_closing_and_reopening_with_every_field_equal() {
 /// applied and recorded, no `fielding_run_jobs`), with a run in it.
 async fn version_1_database(path: &std::path::Path) -> (fielding_core::FieldingRun, ChangeRecord) {
     let store = SqliteStore::open(path).await.unwrap();
-    let run = fixtures::run().version(7).build();
+    let run = fixtures::run().with_version(7).build();
     let record = ChangeRecord::created(&run, Action::Schedule);
     store.insert(&run, &record).await.unwrap();
     store.close().await;

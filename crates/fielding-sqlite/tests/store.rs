@@ -49,7 +49,7 @@ async fn data_survives_closing_and_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fielding.db");
     let store = SqliteStore::open(&path).await.unwrap();
-    let run = fixtures::run().version(41).build();
+    let run = fixtures::run().with_version(41).build();
     store.insert(&run, &created(&run)).await.unwrap();
     let (next, change) = bumped(&run);
     store.compare_and_swap(run.version, &next, &change).await.unwrap();
@@ -76,7 +76,10 @@ async fn timestamps_are_integer_milliseconds_exact_at_both_ends_of_the_range() {
             "2031-02-03T04:05:06.790Z".parse().unwrap(),
         ),
     ] {
-        let run = fixtures::run().dates(start, end).changed_at(Timestamp::MAX).build();
+        let run = fixtures::run()
+            .with_dates(start, end)
+            .with_changed_at(Timestamp::MAX)
+            .build();
         store.insert(&run, &created(&run)).await.unwrap();
         assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
         runs.push(run);
@@ -362,11 +365,11 @@ async fn an_id_taken_under_another_scope_is_a_permanent_backend_error_not_alread
     let store = common::temp_store().await;
     let run = fixtures::run().build();
     store.insert(&run, &created(&run)).await.unwrap();
-    let twin = fixtures::run().id(run.id).build();
+    let twin = fixtures::run().with_id(run.id).build();
     let err = store.insert(&twin, &created(&twin)).await.unwrap_err();
     assert_backend(&err, false);
     assert_eq!(store.find_by_target_group(&twin.scope()).await.unwrap(), None);
-    let same_scope = fixtures::run().scope(run.scope()).build();
+    let same_scope = fixtures::run().with_scope(run.scope()).build();
     assert!(matches!(
         store.insert(&same_scope, &created(&same_scope)).await,
         Err(StoreError::AlreadyExists { scope }) if scope == run.scope()

@@ -238,9 +238,9 @@ impl Live {
     /// through the store with its first change record.
     pub async fn seed(&self, status: Status, version: u64) -> FieldingRun {
         let run = fixtures::run()
-            .scope(Self::scope())
-            .status(status)
-            .version(version)
+            .with_scope(Self::scope())
+            .with_status(status)
+            .with_version(version)
             .build();
         self.insert(&run).await;
         run
