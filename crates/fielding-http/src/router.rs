@@ -120,8 +120,9 @@ impl FieldingApi {
         self.gate.rate_limiter.clone()
     }
 
-    /// The largest request body accepted (413 above it), except on the
-    /// batch endpoints (see [`FieldingApi::with_bulk_body_limit`]).
+    /// The largest request body accepted (413 above it; default
+    /// [`DEFAULT_BODY_LIMIT`]), except on the batch endpoints (see
+    /// [`FieldingApi::with_bulk_body_limit`]).
     pub fn with_body_limit(mut self, bytes: usize) -> Self {
         self.body.limit = bytes;
         self
