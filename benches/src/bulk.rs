@@ -104,8 +104,8 @@ async fn seed(store: &OpenedStore, project: Scope, count: usize) -> Result<Vec<F
     let runs: Vec<FieldingRun> = (0..count)
         .map(|_| {
             fixtures::run()
-                .scope(fixtures::other_target_group(project))
-                .status(Status::Live)
+                .with_scope(fixtures::other_target_group(project))
+                .with_status(Status::Live)
                 .build()
         })
         .collect();

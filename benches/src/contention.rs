@@ -303,7 +303,7 @@ impl Harness {
         let store = self.store()?.store.clone();
         let now = SystemClock.now();
         let runs: Vec<FieldingRun> = (0..count)
-            .map(|_| fixtures::run().status(Status::Scheduled).at(now).build())
+            .map(|_| fixtures::run().with_status(Status::Scheduled).with_now(now).build())
             .collect();
         self.server_rt()?.block_on(async {
             for run in &runs {

@@ -103,7 +103,9 @@ async fn fill(store: &Arc<dyn FieldingStore>, account: Scope, records: usize) ->
     let mut tasks = Vec::new();
     for _ in 0..runs {
         let store = store.clone();
-        let run = fixtures::run().scope(fixtures::other_target_group(account)).build();
+        let run = fixtures::run()
+            .with_scope(fixtures::other_target_group(account))
+            .build();
         tasks.push(tokio::spawn(async move {
             store
                 .insert(&run, &fixtures::creation(&run))
@@ -424,7 +426,9 @@ async fn delivery(
     for _ in 0..WRITERS {
         let mut own = Vec::new();
         for _ in 0..4 {
-            let run = fixtures::run().scope(fixtures::other_target_group(account)).build();
+            let run = fixtures::run()
+                .with_scope(fixtures::other_target_group(account))
+                .build();
             writers
                 .store
                 .insert(&run, &fixtures::creation(&run))

@@ -255,7 +255,7 @@ pub fn run(plan: &Plan) -> Result<Vec<(String, String)>, String> {
         .map_err(|e| format!("runtime: {e}"))?;
     let dir = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     runtime.block_on(async {
-        let options = fielding_sqlite::SqliteOptions::default().durability(fielding_sqlite::Durability::Normal);
+        let options = fielding_sqlite::SqliteOptions::default().with_durability(fielding_sqlite::Durability::Normal);
         let sqlite = fielding_sqlite::SqliteStore::open_with(dir.path().join("fixes.db"), options)
             .await
             .map_err(|e| format!("sqlite: {e}"))?;

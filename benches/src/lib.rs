@@ -155,7 +155,7 @@ impl Fixture {
         }
         let now = SystemClock.now();
         let runs: Vec<FieldingRun> = (0..runs)
-            .map(|_| fixtures::run().status(Status::Scheduled).at(now).build())
+            .map(|_| fixtures::run().with_status(Status::Scheduled).with_now(now).build())
             .collect();
         Ok(Self {
             runs: runs.into(),

@@ -403,7 +403,9 @@ fn load_sqlite(plan: &ScalePlan, rt: &Runtime, scratch: &Scratch) -> Result<Vec<
         let load = started.elapsed();
         let wal = path.with_file_name(format!("scale-{name}.db-wal"));
         let bytes = file_size(&path) + file_size(&wal);
-        let options = SqliteOptions::default().durability(Durability::Normal).migrate(false);
+        let options = SqliteOptions::default()
+            .with_durability(Durability::Normal)
+            .with_migrate(false);
         let store = rt
             .block_on(SqliteStore::open_with(&path, options))
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;

@@ -165,7 +165,7 @@ pub(crate) fn create_db(path: &Path, runs: impl Iterator<Item = FieldingRun>) ->
         .build()
         .map_err(|e| setup("runtime")(e.to_string()))?;
     rt.block_on(async {
-        let store = SqliteStore::open_with(path, SqliteOptions::default().migrate(false)).await?;
+        let store = SqliteStore::open_with(path, SqliteOptions::default().with_migrate(false)).await?;
         let report = store.migrate().await;
         store.close().await;
         report
@@ -292,7 +292,7 @@ impl Adapter {
             .enable_time()
             .build()
             .map_err(|e| setup("runtime")(e.to_string()))?;
-        let options = SqliteOptions::default().durability(durability).migrate(false);
+        let options = SqliteOptions::default().with_durability(durability).with_migrate(false);
         let store = Arc::new(
             runtime
                 .block_on(SqliteStore::open_with(scratch.db(), options))
@@ -714,7 +714,9 @@ fn scale_adapter(
         .enable_time()
         .build()
         .map_err(|e| setup("runtime")(e.to_string()))?;
-    let options = SqliteOptions::default().durability(Durability::Normal).migrate(false);
+    let options = SqliteOptions::default()
+        .with_durability(Durability::Normal)
+        .with_migrate(false);
     let store = Arc::new(
         runtime
             .block_on(SqliteStore::open_with(scratch.db(), options))

@@ -184,17 +184,19 @@ pub struct FieldingService {
 impl FieldingService {
     /// A service over `store`, using the system clock.
     pub fn new(store: Arc<dyn FieldingStore>) -> Self {
-        Self::with_clock(store, Arc::new(SystemClock))
-    }
-
-    /// A service over `store` that reads the time from `clock`.
-    pub fn with_clock(store: Arc<dyn FieldingStore>, clock: Arc<dyn Clock>) -> Self {
         Self {
             store,
-            clock,
+            clock: Arc::new(SystemClock),
             bulk_wakeup: Arc::new(tokio::sync::Notify::new()),
             feed_poll_interval: None,
         }
+    }
+
+    /// This service, reading the time from `clock` instead of the system
+    /// clock (default [`SystemClock`]); a test passes a [`ManualClock`](crate::ManualClock).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// This service, with waiting feed readers (long polls, watches,

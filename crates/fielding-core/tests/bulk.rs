@@ -31,8 +31,8 @@ fn project(store: &MemoryStore, statuses: &[Status]) -> Project {
         .iter()
         .map(|status| {
             let run = fixtures::run()
-                .scope(fixtures::other_target_group(scope))
-                .status(*status)
+                .with_scope(fixtures::other_target_group(scope))
+                .with_status(*status)
                 .build();
             store.seed(run.clone()).unwrap();
             run
@@ -162,8 +162,8 @@ async fn a_job_of_the_maximum_size_is_worked_in_batches() {
     let mut ids = Vec::new();
     for _ in 0..BulkJob::MAX_TARGET_GROUPS {
         let run = fixtures::run()
-            .scope(fixtures::other_target_group(scope))
-            .status(Status::Live)
+            .with_scope(fixtures::other_target_group(scope))
+            .with_status(Status::Live)
             .build();
         ids.push(run.target_group_id);
         store.seed(run).unwrap();
@@ -194,14 +194,14 @@ async fn a_job_of_the_maximum_size_is_worked_in_batches() {
 async fn a_job_taken_over_half_way_applies_each_item_at_most_once() {
     let store = MemoryStore::new();
     let clock = Arc::new(ManualClock::new(now()));
-    let service = FieldingService::with_clock(Arc::new(store.clone()), clock.clone());
+    let service = FieldingService::new(Arc::new(store.clone())).with_clock(clock.clone());
     let scope = fixtures::scope();
     let runs: Vec<FieldingRun> = (0..6)
         .map(|_| {
             let run = fixtures::run()
-                .scope(fixtures::other_target_group(scope))
-                .status(Status::Live)
-                .at(clock.now())
+                .with_scope(fixtures::other_target_group(scope))
+                .with_status(Status::Live)
+                .with_now(clock.now())
                 .build();
             store.seed(run.clone()).unwrap();
             run
@@ -301,8 +301,8 @@ async fn concurrent_runners_share_jobs_and_apply_each_item_once() {
         let ids: Vec<_> = (0..50)
             .map(|_| {
                 let run = fixtures::run()
-                    .scope(fixtures::other_target_group(scope))
-                    .status(Status::Live)
+                    .with_scope(fixtures::other_target_group(scope))
+                    .with_status(Status::Live)
                     .build();
                 store.seed(run.clone()).unwrap();
                 run.target_group_id
@@ -413,8 +413,8 @@ async fn a_stopping_runner_releases_its_job_for_another() {
     let ids: Vec<_> = (0..200)
         .map(|_| {
             let run = fixtures::run()
-                .scope(fixtures::other_target_group(scope))
-                .status(Status::Live)
+                .with_scope(fixtures::other_target_group(scope))
+                .with_status(Status::Live)
                 .build();
             store.seed(run.clone()).unwrap();
             run.target_group_id
@@ -512,7 +512,7 @@ async fn a_job_whose_batches_keep_failing_is_held_back_longer_each_time() {
     faults.inject(fielding_testkit::Fault::Storage, FAULTS);
     let attempts = || FAULTS - faults.pending(fielding_testkit::Fault::Storage);
     let clock = Arc::new(ManualClock::new(now()));
-    let service = FieldingService::with_clock(Arc::new(store), clock.clone());
+    let service = FieldingService::new(Arc::new(store)).with_clock(clock.clone());
     let p = project(&inner, &[Status::Live]);
     let job = service
         .submit_bulk_job(fixtures::new_bulk_job(

@@ -23,7 +23,8 @@ fn start_at() -> Timestamp {
 fn service() -> (MemoryStore, FieldingService, ManualClock) {
     let store = MemoryStore::new();
     let clock = ManualClock::new(start_at().checked_add(TimeDelta::days(-1)).unwrap());
-    let service = FieldingService::with_clock(Arc::new(store.clone()), Arc::new(clock.clone()))
+    let service = FieldingService::new(Arc::new(store.clone()))
+        .with_clock(Arc::new(clock.clone()))
         .with_feed_poll_interval(Duration::from_millis(20));
     (store, service, clock)
 }
@@ -351,7 +352,7 @@ async fn a_consumer_whose_checkpoint_was_pruned_stops_instead_of_skipping() {
 
 #[test]
 fn clock_moments_say_when_a_run_turns_live_and_completed_without_a_new_version() {
-    let run = fixtures::run().status(Status::Scheduled).build();
+    let run = fixtures::run().with_status(Status::Scheduled).build();
     let record = FeedRecord {
         position: FeedPosition::new(1, 0),
         scope: run.scope(),

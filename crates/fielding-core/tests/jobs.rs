@@ -24,7 +24,7 @@ struct Harness {
 fn harness() -> Harness {
     let store = MemoryStore::new();
     let clock = ManualClock::new(t("2030-06-01T12:00:00Z"));
-    let service = FieldingService::with_clock(Arc::new(store.clone()), Arc::new(clock.clone()));
+    let service = FieldingService::new(Arc::new(store.clone())).with_clock(Arc::new(clock.clone()));
     Harness { store, clock, service }
 }
 
@@ -146,7 +146,7 @@ async fn a_job_abandoned_after_its_run_was_created_completes_instead_of_failing(
     let scope = scope();
     let job = abandoned(&h, scope).await;
     // The dead process got as far as creating the run.
-    let run = fixtures::run().scope(scope).id(job.fielding_run_id).build();
+    let run = fixtures::run().with_scope(scope).with_id(job.fielding_run_id).build();
     h.store
         .insert(&run, &ChangeRecord::created(&run, fielding_core::Action::Schedule))
         .await
@@ -167,7 +167,7 @@ async fn someone_elses_run_fails_the_job_and_unknown_jobs_are_not_found() {
     let h = harness();
     let scope = scope();
     let job = abandoned(&h, scope).await;
-    h.store.seed(fixtures::run().scope(scope).build()).unwrap();
+    h.store.seed(fixtures::run().with_scope(scope).build()).unwrap();
     h.clock.advance(TimeDelta::minutes(1));
     let resumed = h.service.get_job(&scope, &job.id).await.unwrap();
     assert_eq!(resumed.failure().unwrap().code, JobFailureCode::TargetGroupInvalidState);

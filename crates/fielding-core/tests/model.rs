@@ -403,7 +403,7 @@ impl System {
         let clock = ManualClock::new(ts(t0()));
         let faulty = FaultyStore::new(store.clone());
         let faults = faulty.faults().clone();
-        let service = FieldingService::with_clock(Arc::new(faulty), Arc::new(clock.clone()));
+        let service = FieldingService::new(Arc::new(faulty)).with_clock(Arc::new(clock.clone()));
         let scope = fixtures::scope();
         Self {
             store,

@@ -57,7 +57,7 @@ impl Harness {
         let faulty = FaultyStore::new(store.clone());
         let faults = faulty.faults().clone();
         let clock = ManualClock::new(t0());
-        let service = FieldingService::with_clock(Arc::new(faulty), Arc::new(clock.clone()));
+        let service = FieldingService::new(Arc::new(faulty)).with_clock(Arc::new(clock.clone()));
         Self {
             store,
             faults,
@@ -94,7 +94,11 @@ impl Harness {
 
     /// A stored run in `status` (effective at `t0()` too), at `version`.
     fn seed(&self, status: Status, version: u64) -> FieldingRun {
-        let run = fixtures::run().status(status).version(version).at(self.now()).build();
+        let run = fixtures::run()
+            .with_status(status)
+            .with_version(version)
+            .with_now(self.now())
+            .build();
         self.store.seed(run.clone()).expect("seed");
         run
     }
@@ -435,7 +439,11 @@ async fn creation_follows_the_creation_table() {
         let h = Harness::new();
         let scope = fixtures::scope();
         let first = existing.map(|status| {
-            let run = fixtures::run().scope(scope).status(status).at(h.now()).build();
+            let run = fixtures::run()
+                .with_scope(scope)
+                .with_status(status)
+                .with_now(h.now())
+                .build();
             h.store.seed(run.clone()).expect("seed");
             let records = h.store.change_records(&run.key()).len();
             (run, records)
@@ -1688,7 +1696,8 @@ impl Harness {
     /// A harness whose service writes through a [`YieldingStore`].
     fn interleaving() -> Self {
         let h = Self::new();
-        let service = FieldingService::with_clock(Arc::new(YieldingStore(h.store.clone())), Arc::new(h.clock.clone()));
+        let service =
+            FieldingService::new(Arc::new(YieldingStore(h.store.clone()))).with_clock(Arc::new(h.clock.clone()));
         Self { service, ..h }
     }
 }

@@ -71,7 +71,7 @@ impl std::error::Error for AuthError {}
 /// ```
 /// use fielding_http::auth::{AccountAccess, Authenticator, Principal, StaticTokens};
 /// # async fn demo() {
-/// let tokens = StaticTokens::new().with("secret", Principal {
+/// let tokens = StaticTokens::new().with_token("secret", Principal {
 ///     user_id: fielding_core::UserId::random(),
 ///     accounts: AccountAccess::Only(vec![fielding_core::AccountId::new(101).unwrap()]),
 /// });
@@ -98,7 +98,7 @@ impl StaticTokens {
     }
 
     /// Adds `token` for `principal`.
-    pub fn with(mut self, token: impl Into<String>, principal: Principal) -> Self {
+    pub fn with_token(mut self, token: impl Into<String>, principal: Principal) -> Self {
         self.tokens.insert(token.into(), principal);
         self
     }

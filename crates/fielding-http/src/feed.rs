@@ -15,7 +15,7 @@
 //! A long poll holds its connection while it waits, but no timeout of the
 //! server cuts it: the server times request heads and idle connections,
 //! not requests being served. It ends early when the app shuts down
-//! ([`crate::FieldingApi::shutdown`]), answering what is there, so a
+//! ([`crate::FieldingApi::with_shutdown`]), answering what is there, so a
 //! stopping server does not wait out the longest `wait`.
 
 use std::time::Duration;

@@ -9,7 +9,7 @@
 //! * [`FieldingApi`]: the router (GET, list, PUT, complete, pause, resume,
 //!   relaunch, launch-now), with the contract's order of checks.
 //! * [`base_path`]: where the contract's paths are mounted
-//!   ([`FieldingApi::base_path`]): `/` by default, or the contract's own
+//!   ([`FieldingApi::with_base_path`]): `/` by default, or the contract's own
 //!   server path [`CONTRACT_BASE_PATH`] (`/v1`); `Location` headers follow.
 //! * [`trace_context`]: W3C Trace Context, parsed strictly; every response
 //!   carries `traceparent`.
@@ -21,8 +21,8 @@
 //!   (`fielding_http_refusals_total{reason}`), not logged one by one.
 //! * Strict input (see `docs/http.md`): a body must be declared
 //!   `application/json` (415), arrive whole within
-//!   [`FieldingApi::body_timeout`] (408) and under
-//!   [`FieldingApi::body_limit`] (413), and repeat no key (400 naming it);
+//!   [`FieldingApi::with_body_timeout`] (408) and under
+//!   [`FieldingApi::with_body_limit`] (413), and repeat no key (400 naming it);
 //!   error bodies list at most [`problem::MAX_LISTED_PARAMS`] parameters.
 //!
 //! * Creation jobs: `POST fielding-run-jobs/launch-from-draft` and
@@ -31,7 +31,7 @@
 //! * Bulk jobs (`fielding-batch-openapi.yml`): `POST
 //!   .../batch-jobs/{action}-fielding-runs-by-target-group-id` for
 //!   complete, launch, pause, relaunch and resume (with the required
-//!   `idempotency-key`, under [`FieldingApi::bulk_body_limit`]), and `GET`
+//!   `idempotency-key`, under [`FieldingApi::with_bulk_body_limit`]), and `GET`
 //!   of a job; see `FieldingService::submit_bulk_job`. The app runs a
 //!   `fielding_core::BulkRunner` over the same service to work them.
 //! * The change feed (`docs/feed-openapi.yml`, extensions of the
@@ -39,7 +39,7 @@
 //!   (an account's changes in commit order from a cursor, as a long poll
 //!   with `wait`) and `GET .../fielding-runs/{fielding_run_id}/changes`
 //!   (one run's history); see `docs/http.md` and `docs/feed.md`. Give
-//!   the router [`FieldingApi::shutdown`] so that long polls end when
+//!   the router [`FieldingApi::with_shutdown`] so that long polls end when
 //!   the app stops.
 #![warn(missing_docs)]
 

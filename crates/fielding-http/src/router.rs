@@ -33,7 +33,7 @@ use crate::state::{ApiState, BodyRules};
 use crate::{bulk, feed, jobs, runs, trace_context};
 
 /// The path every run endpoint lives under, relative to the API's
-/// [`BasePath`] (see [`FieldingApi::base_path`]).
+/// [`BasePath`] (see [`FieldingApi::with_base_path`]).
 pub const BASE_PATH: &str = "/demand/accounts/{account_id}/projects/{project_id}/target-groups/{target_group_id}";
 
 /// The default largest request body, in bytes.
@@ -65,10 +65,10 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// use fielding_http::{auth::StaticTokens, FieldingApi};
 /// let service = FieldingService::new(Arc::new(fielding_memory::MemoryStore::new()));
 /// let app: axum::Router = FieldingApi::new(service, Arc::new(StaticTokens::new()))
-///     .body_limit(8 * 1024)
-///     .bulk_body_limit(512 * 1024)
-///     .body_timeout(std::time::Duration::from_secs(5))
-///     .base_path("/v1".parse().unwrap())
+///     .with_body_limit(8 * 1024)
+///     .with_bulk_body_limit(512 * 1024)
+///     .with_body_timeout(std::time::Duration::from_secs(5))
+///     .with_base_path("/v1".parse().unwrap())
 ///     .router();
 /// ```
 #[derive(Clone)]
@@ -109,7 +109,7 @@ impl FieldingApi {
 
     /// How many requests each principal may make (default
     /// [`RateLimitPolicy::default`]).
-    pub fn rate_limit(mut self, policy: RateLimitPolicy) -> Self {
+    pub fn with_rate_limit(mut self, policy: RateLimitPolicy) -> Self {
         self.gate.rate_limiter = Arc::new(RateLimiter::new(policy));
         self
     }
@@ -120,9 +120,10 @@ impl FieldingApi {
         self.gate.rate_limiter.clone()
     }
 
-    /// The largest request body accepted (413 above it), except on the
-    /// batch endpoints (see [`FieldingApi::bulk_body_limit`]).
-    pub fn body_limit(mut self, bytes: usize) -> Self {
+    /// The largest request body accepted (413 above it; default
+    /// [`DEFAULT_BODY_LIMIT`]), except on the batch endpoints (see
+    /// [`FieldingApi::with_bulk_body_limit`]).
+    pub fn with_body_limit(mut self, bytes: usize) -> Self {
         self.body.limit = bytes;
         self
     }
@@ -131,7 +132,7 @@ impl FieldingApi {
     /// (`POST .../batch-jobs/...`) accept (413 above it; default
     /// [`DEFAULT_BULK_BODY_LIMIT`]). It must admit the longest list a
     /// client may send: `BulkJob::MAX_TARGET_GROUPS` ids.
-    pub fn bulk_body_limit(mut self, bytes: usize) -> Self {
+    pub fn with_bulk_body_limit(mut self, bytes: usize) -> Self {
         self.bulk_body_limit = bytes;
         self
     }
@@ -144,7 +145,7 @@ impl FieldingApi {
     ///
     /// The timer needs a tokio runtime with its time driver enabled
     /// (`#[tokio::main]` and `Builder::enable_all` do that).
-    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_body_timeout(mut self, timeout: Duration) -> Self {
         self.body.timeout = timeout;
         self
     }
@@ -155,7 +156,7 @@ impl FieldingApi {
     /// cursor to poll on from), and new ones do not wait. Without it a
     /// graceful shutdown waits for each long poll's `wait` (up to
     /// `MAX_FEED_WAIT`, 30 s) to run out.
-    pub fn shutdown(mut self, token: CancellationToken) -> Self {
+    pub fn with_shutdown(mut self, token: CancellationToken) -> Self {
         self.shutdown = token;
         self
     }
@@ -170,7 +171,7 @@ impl FieldingApi {
     /// need nothing more: they are built from the path the request
     /// arrived at (axum's `OriginalUri`), so they carry this base path and
     /// any prefix the app nests the router under.
-    pub fn base_path(mut self, base_path: BasePath) -> Self {
+    pub fn with_base_path(mut self, base_path: BasePath) -> Self {
         self.base_path = base_path;
         self
     }

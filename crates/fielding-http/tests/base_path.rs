@@ -1,4 +1,4 @@
-//! `FieldingApi::base_path`: the routes move under it, paths outside it
+//! `FieldingApi::with_base_path`: the routes move under it, paths outside it
 //! are the router's 404, and the `Location` of creation and bulk jobs
 //! follows it (and any prefix the app nests the router under), so a client
 //! that follows the header lands on the job. In-process (tower `oneshot`).
@@ -29,7 +29,7 @@ const SCHEDULE: &str =
     r#"{"start_fielding_at":"2030-07-01T09:00:00.000Z","end_fielding_at":"2030-07-31T09:00:00.000Z"}"#;
 
 fn api(store: &MemoryStore, base_path: BasePath) -> Router {
-    let tokens = StaticTokens::new().with(
+    let tokens = StaticTokens::new().with_token(
         "t",
         Principal {
             user_id: UserId::random(),
@@ -38,7 +38,7 @@ fn api(store: &MemoryStore, base_path: BasePath) -> Router {
     );
     let service = FieldingService::new(Arc::new(store.clone()));
     FieldingApi::new(service, Arc::new(tokens))
-        .base_path(base_path)
+        .with_base_path(base_path)
         .router()
 }
 
@@ -100,12 +100,12 @@ async fn locations_follow(base_path: BasePath, prefix: &str) {
 
     let project = fixtures::project_id();
     let run = fixtures::run()
-        .scope(Scope::new(
+        .with_scope(Scope::new(
             AccountId::new(101).unwrap(),
             project,
             fixtures::target_group_id(),
         ))
-        .status(Status::Live)
+        .with_status(Status::Live)
         .build();
     store.seed(run.clone()).unwrap();
     let submitted = format!(
@@ -142,7 +142,7 @@ async fn locations_are_at_the_root_by_default() {
 async fn only_paths_under_the_base_path_are_served() {
     let store = MemoryStore::new();
     let run = fixtures::run()
-        .scope(Scope::new(
+        .with_scope(Scope::new(
             AccountId::new(101).unwrap(),
             fixtures::project_id(),
             fixtures::target_group_id(),

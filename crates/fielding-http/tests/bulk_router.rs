@@ -45,14 +45,14 @@ fn harness() -> Harness {
     let store = MemoryStore::new();
     let user = UserId::random();
     let tokens = StaticTokens::new()
-        .with(
+        .with_token(
             "t",
             Principal {
                 user_id: user,
                 accounts: AccountAccess::Only(vec![AccountId::new(101).unwrap()]),
             },
         )
-        .with(
+        .with_token(
             "other",
             Principal {
                 user_id: UserId::random(),
@@ -61,9 +61,9 @@ fn harness() -> Harness {
         );
     let service = FieldingService::new(Arc::new(store.clone()));
     let app = FieldingApi::new(service.clone(), Arc::new(tokens))
-        .body_limit(1024)
-        .bulk_body_limit(2048)
-        .body_timeout(Duration::from_millis(100))
+        .with_body_limit(1024)
+        .with_bulk_body_limit(2048)
+        .with_body_timeout(Duration::from_millis(100))
         .router();
     let runner = BulkRunner::new(service, BulkRunnerOptions::default());
     Harness {
@@ -78,7 +78,11 @@ impl Harness {
     /// A run of account 101 in `project` and a fresh target group.
     fn seed(&self, project: ProjectId, status: Status) -> FieldingRun {
         let scope = Scope::new(AccountId::new(101).unwrap(), project, fixtures::target_group_id());
-        let run = fixtures::run().scope(scope).status(status).version(7).build();
+        let run = fixtures::run()
+            .with_scope(scope)
+            .with_status(status)
+            .with_version(7)
+            .build();
         self.store.seed(run.clone()).unwrap();
         run
     }

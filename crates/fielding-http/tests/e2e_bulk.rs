@@ -151,7 +151,11 @@ fn jobs_path(account: AccountId, project: ProjectId, action: BulkAction) -> Stri
 /// A run of account 101 in `project` and a fresh target group.
 async fn seed_in(live: &Live, project: ProjectId, status: Status) -> FieldingRun {
     let scope = Scope::new(account(), project, fixtures::target_group_id());
-    let run = fixtures::run().scope(scope).status(status).version(7).build();
+    let run = fixtures::run()
+        .with_scope(scope)
+        .with_status(status)
+        .with_version(7)
+        .build();
     live.insert(&run).await;
     run
 }

@@ -155,13 +155,13 @@ async fn the_feed_lists_every_change_in_commit_order_and_resumes_from_next_curso
     let b = live.seed(Status::Live, 7).await;
     // Another account's run: never in account 101's feed.
     let theirs = fixtures::run()
-        .scope(Scope::new(
+        .with_scope(Scope::new(
             AccountId::new(202).unwrap(),
             fixtures::project_id(),
             fixtures::target_group_id(),
         ))
-        .status(Status::Live)
-        .version(3)
+        .with_status(Status::Live)
+        .with_version(3)
         .build();
     live.insert(&theirs).await;
     let before = chrono::Utc::now();

@@ -347,7 +347,11 @@ async fn seed(live: &Live, account: i64, status: Status) -> FieldingRun {
         fixtures::project_id(),
         fixtures::target_group_id(),
     );
-    let run = fixtures::run().scope(scope).status(status).version(7).build();
+    let run = fixtures::run()
+        .with_scope(scope)
+        .with_status(status)
+        .with_version(7)
+        .build();
     live.store
         .insert(&run, &ChangeRecord::created(&run, Action::Schedule))
         .await
@@ -504,7 +508,7 @@ fn rendered_paths_have_the_intended_shapes() {
         fixtures::project_id(),
         fixtures::target_group_id(),
     );
-    let run = fixtures::run().scope(scope).build();
+    let run = fixtures::run().with_scope(scope).build();
     let real = run.id.as_str();
     assert_eq!(render(&Id::Real, real), real);
     assert_eq!(render(&Id::Short, real).len(), 25);

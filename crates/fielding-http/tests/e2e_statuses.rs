@@ -415,11 +415,11 @@ async fn seed_from(live: &Live, from: From) -> FieldingRun {
         ),
     };
     let mut builder = fielding_testkit::fixtures::run()
-        .scope(Live::scope())
-        .status(status)
-        .version(7);
+        .with_scope(Live::scope())
+        .with_status(status)
+        .with_version(7);
     if let Some((start, end)) = dates {
-        builder = builder.dates(start, end);
+        builder = builder.with_dates(start, end);
     }
     let run = builder.build();
     live.insert(&run).await;

@@ -43,14 +43,14 @@ fn harness() -> Harness {
     let clock = ManualClock::new("2030-06-01T12:00:00Z".parse().unwrap());
     let user = UserId::random();
     let tokens = StaticTokens::new()
-        .with(
+        .with_token(
             "token-101",
             Principal {
                 user_id: user,
                 accounts: AccountAccess::Only(vec![AccountId::new(101).unwrap()]),
             },
         )
-        .with(
+        .with_token(
             "token-other",
             Principal {
                 user_id: UserId::random(),
@@ -59,7 +59,7 @@ fn harness() -> Harness {
         );
     let faulty = FaultyStore::new(store.clone());
     let faults = faulty.faults().clone();
-    let service = FieldingService::with_clock(Arc::new(faulty), Arc::new(clock.clone()));
+    let service = FieldingService::new(Arc::new(faulty)).with_clock(Arc::new(clock.clone()));
     let app = FieldingApi::new(service, Arc::new(tokens)).router();
     Harness {
         app,
@@ -188,7 +188,9 @@ async fn the_same_key_with_a_different_body_or_endpoint_is_refused() {
 #[tokio::test]
 async fn a_target_group_with_a_run_fails_the_job_with_its_trace_id() {
     let h = harness();
-    h.store.seed(fixtures::run().scope(scope()).version(3).build()).unwrap();
+    h.store
+        .seed(fixtures::run().with_scope(scope()).with_version(3).build())
+        .unwrap();
     let job = follow(&h, &submit(&h, "launch-from-draft", "second", LAUNCH).await).await;
     assert_eq!(job.json["status"], "Failed");
     assert_eq!(job.json["failure_reason"]["code"], "TargetGroupInvalidState");

@@ -34,14 +34,14 @@ const API_VERSION: &str = "2025-12-18";
 
 fn app(store: &MemoryStore, policy: RateLimitPolicy) -> Router {
     let tokens = StaticTokens::new()
-        .with(
+        .with_token(
             "t",
             Principal {
                 user_id: UserId::random(),
                 accounts: AccountAccess::Only(vec![AccountId::new(101).unwrap()]),
             },
         )
-        .with(
+        .with_token(
             "other",
             Principal {
                 user_id: UserId::random(),
@@ -49,9 +49,9 @@ fn app(store: &MemoryStore, policy: RateLimitPolicy) -> Router {
             },
         );
     FieldingApi::new(FieldingService::new(Arc::new(store.clone())), Arc::new(tokens))
-        .rate_limit(policy)
-        .body_limit(1024)
-        .body_timeout(Duration::from_millis(100))
+        .with_rate_limit(policy)
+        .with_body_limit(1024)
+        .with_body_timeout(Duration::from_millis(100))
         .router()
 }
 
@@ -92,11 +92,15 @@ async fn refusals_and_outcomes(store: &MemoryStore) {
             fixtures::target_group_id(),
         )
     };
-    let run = fixtures::run().scope(scope()).status(Status::Live).version(7).build();
+    let run = fixtures::run()
+        .with_scope(scope())
+        .with_status(Status::Live)
+        .with_version(7)
+        .build();
     let done = fixtures::run()
-        .scope(scope())
-        .status(Status::Completed)
-        .version(7)
+        .with_scope(scope())
+        .with_status(Status::Completed)
+        .with_version(7)
         .build();
     for seeded in [&run, &done] {
         store.seed(seeded.clone()).unwrap();

@@ -315,21 +315,25 @@ async fn one_case(case: Case, seen: &Seen) -> Result<(), TestCaseError> {
                 fixtures::project_id(),
                 fixtures::target_group_id(),
             );
-            let run = fixtures::run().scope(scope).status(*status).version(VERSION).build();
+            let run = fixtures::run()
+                .with_scope(scope)
+                .with_status(*status)
+                .with_version(VERSION)
+                .build();
             store.seed(run.clone()).unwrap();
             run
         })
         .collect();
     let only = |account| AccountAccess::Only(vec![AccountId::new(account).unwrap()]);
     let tokens = StaticTokens::new()
-        .with(
+        .with_token(
             "t",
             Principal {
                 user_id: UserId::random(),
                 accounts: only(101),
             },
         )
-        .with(
+        .with_token(
             "other",
             Principal {
                 user_id: UserId::random(),

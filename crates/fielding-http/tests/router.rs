@@ -31,14 +31,14 @@ fn harness() -> Harness {
     let store = MemoryStore::new();
     let user = UserId::random();
     let tokens = StaticTokens::new()
-        .with(
+        .with_token(
             TOKEN,
             Principal {
                 user_id: user,
                 accounts: AccountAccess::Only(vec![AccountId::new(101).unwrap()]),
             },
         )
-        .with(
+        .with_token(
             "token-other",
             Principal {
                 user_id: UserId::random(),
@@ -46,7 +46,9 @@ fn harness() -> Harness {
             },
         );
     let service = FieldingService::new(Arc::new(store.clone()));
-    let app = FieldingApi::new(service, Arc::new(tokens)).body_limit(1024).router();
+    let app = FieldingApi::new(service, Arc::new(tokens))
+        .with_body_limit(1024)
+        .router();
     Harness { app, store, user }
 }
 
@@ -57,7 +59,11 @@ fn seed(h: &Harness, status: Status, version: u64) -> FieldingRun {
         fixtures::project_id(),
         fixtures::target_group_id(),
     );
-    let run = fixtures::run().scope(scope).status(status).version(version).build();
+    let run = fixtures::run()
+        .with_scope(scope)
+        .with_status(status)
+        .with_version(version)
+        .build();
     h.store.seed(run.clone()).unwrap();
     run
 }
@@ -485,7 +491,7 @@ async fn trace_context_is_continued_or_restarted() {
 async fn over_the_rate_limit_is_429_with_a_digits_only_retry_after_and_trace_headers() {
     let store = MemoryStore::new();
     let user = UserId::random();
-    let tokens = StaticTokens::new().with(
+    let tokens = StaticTokens::new().with_token(
         TOKEN,
         Principal {
             user_id: user,
@@ -494,7 +500,7 @@ async fn over_the_rate_limit_is_429_with_a_digits_only_retry_after_and_trace_hea
     );
     let service = FieldingService::new(Arc::new(store.clone()));
     let app = FieldingApi::new(service, Arc::new(tokens))
-        .rate_limit(fielding_http::rate_limit::RateLimitPolicy::per_second(1, 2).unwrap())
+        .with_rate_limit(fielding_http::rate_limit::RateLimitPolicy::per_second(1, 2).unwrap())
         .router();
     let url = "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
     for _ in 0..2 {

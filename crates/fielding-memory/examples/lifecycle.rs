@@ -27,7 +27,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let now: Timestamp = "2030-03-01T09:00:00Z".parse()?;
     let clock = ManualClock::new(now);
     let store = MemoryStore::new();
-    let service = FieldingService::with_clock(Arc::new(store.clone()), Arc::new(clock.clone()));
+    let service = FieldingService::new(Arc::new(store.clone())).with_clock(Arc::new(clock.clone()));
 
     let scope = Scope::parse("101", "01BTGNYV6HRNK8K8VKZASZCFP0", "01BTGNYV6HRNK8K8VKZASZCFP1")?;
     let me = UserId::random();

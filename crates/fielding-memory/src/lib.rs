@@ -30,7 +30,7 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let store = MemoryStore::new();
-//! let run = fixtures::run().status(Status::Live).version(7).build();
+//! let run = fixtures::run().with_status(Status::Live).with_version(7).build();
 //! store.seed(run.clone())?;
 //!
 //! let service = FieldingService::new(Arc::new(store.clone()));

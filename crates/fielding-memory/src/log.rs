@@ -321,7 +321,7 @@ mod tests {
     #[test]
     fn the_feed_pages_through_one_account_and_prunes_a_prefix_across_chunks() {
         let a = fixtures::run().build();
-        let other = fixtures::run().scope(fixtures::other_account(a.scope())).build();
+        let other = fixtures::run().with_scope(fixtures::other_account(a.scope())).build();
         let mut log = ChangeLog::default();
         let mut last = None;
         let total = CHUNK as u64 * 2 + 7;

@@ -7,6 +7,7 @@
 //! `benches/` measures what this costs against a bare `Mutex<HashMap>`.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -52,8 +53,8 @@ pub struct MemoryStore {
 struct Inner {
     state: Mutex<State>,
     /// Automatic retention ([`MemoryStore::with_job_retention`]): how long
-    /// a finished job is kept, in milliseconds.
-    job_retention_ms: Option<i64>,
+    /// a finished job is kept, in milliseconds; [`NO_RETENTION`] for none.
+    job_retention_ms: AtomicI64,
     /// Wakes this process's feed watchers after each write.
     notifier: ChangeNotifier,
 }
@@ -62,11 +63,15 @@ impl Default for Inner {
     fn default() -> Self {
         Inner {
             state: Mutex::default(),
-            job_retention_ms: None,
+            job_retention_ms: AtomicI64::new(NO_RETENTION),
             notifier: every_writer_notifier(),
         }
     }
 }
+
+/// [`Inner::job_retention_ms`] when finished jobs are kept until
+/// [`FieldingStore::expire_jobs`] removes them (the default).
+const NO_RETENTION: i64 = -1;
 
 /// The store's wake-ups: every writer is in this process, so they cover
 /// every write and waiting readers need to poll only as a safety net.
@@ -202,11 +207,12 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// An empty store that forgets finished jobs (and frees their
-    /// idempotency keys) once they have been finished for longer than
-    /// `retention`, without anyone calling
-    /// [`FieldingStore::expire_jobs`]: for a long-running process (a test
-    /// server, a demo) whose jobs must not pile up.
+    /// This store, forgetting finished jobs (and freeing their idempotency
+    /// keys) once they have been finished for longer than `retention`,
+    /// without anyone calling [`FieldingStore::expire_jobs`]: for a
+    /// long-running process (a test server, a demo) whose jobs must not
+    /// pile up. Default: no automatic retention. Applies to this store and
+    /// its clones.
     ///
     /// The sweep is amortised over the job writes: each `create_job` and
     /// `finish_job` removes up to a few expired jobs, oldest first (and each
@@ -227,7 +233,7 @@ impl MemoryStore {
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), fielding_core::StoreError> {
-    /// let store = MemoryStore::with_job_retention(Duration::from_secs(3600));
+    /// let store = MemoryStore::new().with_job_retention(Duration::from_secs(3600));
     /// let old = fixtures::job(fixtures::scope(), "old", fixtures::launch());
     /// store.create_job(&old).await?;
     /// store.finish_job(&old.key(), &JobOutcome::Completed, old.created_at).await?;
@@ -240,14 +246,11 @@ impl MemoryStore {
     /// assert_eq!(store.job_count(), 1);
     /// # Ok(()) }
     /// ```
-    pub fn with_job_retention(retention: Duration) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                state: Mutex::default(),
-                job_retention_ms: i64::try_from(retention.as_millis()).ok(),
-                notifier: every_writer_notifier(),
-            }),
-        }
+    pub fn with_job_retention(self, retention: Duration) -> Self {
+        // A retention too large for milliseconds in an i64 never expires anything.
+        let ms = i64::try_from(retention.as_millis()).unwrap_or(NO_RETENTION);
+        self.inner.job_retention_ms.store(ms, Ordering::Relaxed);
+        self
     }
 
     /// The automatic sweep of [`MemoryStore::with_job_retention`], for a job
@@ -261,7 +264,8 @@ impl MemoryStore {
     /// With automatic retention, the finish time before which a job
     /// written at `now` may go.
     fn retention_cutoff(&self, now: Timestamp) -> Option<Timestamp> {
-        self.inner.job_retention_ms.and_then(|retention| {
+        let retention = self.inner.job_retention_ms.load(Ordering::Relaxed);
+        (retention != NO_RETENTION).then_some(retention).and_then(|retention| {
             // Below the earliest timestamp: nothing can be that old.
             Timestamp::from_unix_millis(now.unix_millis().checked_sub(retention)?)
         })

@@ -33,9 +33,9 @@ fn submission(clock: &ManualClock, key: &str) -> NewJob {
 
 #[tokio::test]
 async fn a_busy_service_keeps_about_one_retention_period_of_jobs() {
-    let store = MemoryStore::with_job_retention(HOUR);
+    let store = MemoryStore::new().with_job_retention(HOUR);
     let clock = ManualClock::new(t0());
-    let service = FieldingService::with_clock(Arc::new(store.clone()), Arc::new(clock.clone()));
+    let service = FieldingService::new(Arc::new(store.clone())).with_clock(Arc::new(clock.clone()));
     // A job abandoned while processing, long before everything else.
     let abandoned = fixtures::job(fixtures::scope(), "abandoned", fixtures::launch());
     let abandoned = FieldingRunJob {
@@ -79,7 +79,7 @@ async fn a_busy_service_keeps_about_one_retention_period_of_jobs() {
 
 #[tokio::test]
 async fn a_burst_is_worked_off_by_later_writes_a_few_at_a_time() {
-    let store = MemoryStore::with_job_retention(HOUR);
+    let store = MemoryStore::new().with_job_retention(HOUR);
     let mut burst = Vec::new();
     for i in 0..100 {
         let job = fixtures::job(fixtures::scope(), &format!("burst-{i}"), fixtures::launch());
@@ -127,7 +127,7 @@ async fn a_burst_is_worked_off_by_later_writes_a_few_at_a_time() {
 
 #[tokio::test]
 async fn without_retention_or_with_an_unrepresentable_one_nothing_is_swept() {
-    for store in [MemoryStore::new(), MemoryStore::with_job_retention(Duration::MAX)] {
+    for store in [MemoryStore::new(), MemoryStore::new().with_job_retention(Duration::MAX)] {
         let old = fixtures::job(fixtures::scope(), "old", fixtures::launch());
         let old = FieldingRunJob {
             created_at: Timestamp::MIN,

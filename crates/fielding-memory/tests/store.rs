@@ -54,7 +54,7 @@ fn next(run: &FieldingRun) -> (FieldingRun, ChangeRecord) {
 }
 
 fn live_run() -> FieldingRun {
-    fixtures::run().status(Status::Live).at(t0()).build()
+    fixtures::run().with_status(Status::Live).with_now(t0()).build()
 }
 
 /// `key` with one part of its scope replaced.
@@ -129,7 +129,11 @@ fn separate_stores_share_nothing() {
 #[test]
 fn seed_stores_the_run_as_given_with_one_record_at_its_version() {
     let store = MemoryStore::new();
-    let run = fixtures::run().status(Status::Paused).version(7).at(t0()).build();
+    let run = fixtures::run()
+        .with_status(Status::Paused)
+        .with_version(7)
+        .with_now(t0())
+        .build();
     store.seed(run.clone()).unwrap();
     assert_eq!(store.run(&run.key()), Some(run.clone()));
     let changes = store.change_records(&run.key());
@@ -144,7 +148,7 @@ fn seed_stores_the_run_as_given_with_one_record_at_its_version() {
 #[test]
 fn seed_of_a_scheduled_run_records_a_schedule_action() {
     let store = MemoryStore::new();
-    let run = fixtures::run().at(t0()).build();
+    let run = fixtures::run().with_now(t0()).build();
     store.seed(run.clone()).unwrap();
     assert_eq!(store.change_records(&run.key())[0].action, Action::Schedule);
 }
@@ -154,7 +158,7 @@ fn seed_refuses_a_second_run_for_the_same_scope() {
     let store = MemoryStore::new();
     let run = live_run();
     store.seed(run.clone()).unwrap();
-    let second = fixtures::run().scope(run.scope()).build();
+    let second = fixtures::run().with_scope(run.scope()).build();
     match store.seed(second) {
         Err(SeedError::Store(StoreError::AlreadyExists { scope })) => assert_eq!(scope, run.scope()),
         other => panic!("expected AlreadyExists, got {other:?}"),
@@ -167,7 +171,7 @@ fn seed_refuses_a_taken_run_id_in_another_scope() {
     let store = MemoryStore::new();
     let run = live_run();
     store.seed(run.clone()).unwrap();
-    let same_id = fixtures::run().id(run.id).build();
+    let same_id = fixtures::run().with_id(run.id).build();
     match store.seed(same_id) {
         Err(SeedError::Store(err @ StoreError::Backend { .. })) => assert!(!err.is_retryable()),
         other => panic!("expected a backend error, got {other:?}"),
@@ -178,7 +182,11 @@ fn seed_refuses_a_taken_run_id_in_another_scope() {
 #[test]
 fn seed_with_history_stores_the_given_records() {
     let store = MemoryStore::new();
-    let run = fixtures::run().status(Status::Live).version(4).at(t0()).build();
+    let run = fixtures::run()
+        .with_status(Status::Live)
+        .with_version(4)
+        .with_now(t0())
+        .build();
     let changes = history(&run);
     store.seed_with_history(run.clone(), changes.clone()).unwrap();
     assert_eq!(store.run(&run.key()), Some(run.clone()));
@@ -188,7 +196,7 @@ fn seed_with_history_stores_the_given_records() {
 #[test]
 fn seed_with_history_may_start_above_version_1() {
     let store = MemoryStore::new();
-    let run = fixtures::run().version(10).build();
+    let run = fixtures::run().with_version(10).build();
     let changes: Vec<_> = history(&run).into_iter().skip(7).collect();
     store.seed_with_history(run.clone(), changes).unwrap();
     let versions: Vec<u64> = store
@@ -209,7 +217,7 @@ fn seed_with_history_refuses_an_empty_history() {
 #[test]
 fn seed_with_history_refuses_a_last_version_other_than_the_runs() {
     let store = MemoryStore::new();
-    let run = fixtures::run().version(3).build();
+    let run = fixtures::run().with_version(3).build();
     let mut changes = history(&run);
     changes.pop();
     assert_history_error(store.seed_with_history(run, changes), "version 2");
@@ -219,7 +227,7 @@ fn seed_with_history_refuses_a_last_version_other_than_the_runs() {
 #[test]
 fn seed_with_history_refuses_a_record_of_another_run() {
     let store = MemoryStore::new();
-    let run = fixtures::run().version(3).build();
+    let run = fixtures::run().with_version(3).build();
     let stranger = FieldingRunId::generate();
     let mut changes = history(&run);
     changes[1].run_id = stranger;
@@ -230,7 +238,7 @@ fn seed_with_history_refuses_a_record_of_another_run() {
 #[test]
 fn seed_with_history_refuses_a_gap_in_versions() {
     let store = MemoryStore::new();
-    let run = fixtures::run().version(4).build();
+    let run = fixtures::run().with_version(4).build();
     let mut changes = history(&run);
     changes.remove(1); // 1, 3, 4
     assert_history_error(
@@ -243,7 +251,7 @@ fn seed_with_history_refuses_a_gap_in_versions() {
 #[test]
 fn seed_with_history_refuses_repeated_or_descending_versions() {
     let store = MemoryStore::new();
-    let run = fixtures::run().version(2).build();
+    let run = fixtures::run().with_version(2).build();
     let mut repeated = history(&run);
     repeated.insert(1, repeated[1].clone()); // 1, 2, 2
     assert_history_error(store.seed_with_history(run.clone(), repeated), "followed by");
@@ -259,7 +267,7 @@ fn seed_with_history_refuses_a_taken_scope() {
     let store = MemoryStore::new();
     let run = live_run();
     store.seed(run.clone()).unwrap();
-    let other = fixtures::run().scope(run.scope()).build();
+    let other = fixtures::run().with_scope(run.scope()).build();
     let changes = history(&other);
     assert!(matches!(
         store.seed_with_history(other, changes),
@@ -288,7 +296,7 @@ async fn insert_then_get_round_trips_exactly() {
 #[tokio::test]
 async fn insert_at_a_high_version_starts_the_history_there() {
     let store = MemoryStore::new();
-    let run = fixtures::run().version(i64::MAX as u64).build();
+    let run = fixtures::run().with_version(i64::MAX as u64).build();
     store.insert(&run, &record(&run, Action::Schedule)).await.unwrap();
     let changes = store.changes(&run.key()).await.unwrap();
     assert_eq!(changes.len(), 1);
@@ -300,7 +308,7 @@ async fn insert_for_a_taken_scope_is_already_exists() {
     let store = MemoryStore::new();
     let run = live_run();
     store.insert(&run, &record(&run, Action::Launch)).await.unwrap();
-    let second = fixtures::run().scope(run.scope()).build();
+    let second = fixtures::run().with_scope(run.scope()).build();
     match store.insert(&second, &record(&second, Action::Schedule)).await {
         Err(StoreError::AlreadyExists { scope }) => assert_eq!(scope, run.scope()),
         other => panic!("expected AlreadyExists, got {other:?}"),
@@ -383,7 +391,7 @@ async fn the_same_target_group_id_in_another_project_is_another_scope() {
     let run = live_run();
     store.seed(run.clone()).unwrap();
     let sibling_scope = Scope::new(run.account_id, fixtures::project_id(), run.target_group_id);
-    let sibling = fixtures::run().scope(sibling_scope).build();
+    let sibling = fixtures::run().with_scope(sibling_scope).build();
     store
         .insert(&sibling, &record(&sibling, Action::Schedule))
         .await
@@ -413,7 +421,7 @@ async fn compare_and_swap_at_the_current_version_writes_run_and_appends_record()
 #[tokio::test]
 async fn compare_and_swap_with_a_stale_version_is_a_conflict_naming_current_and_changes_nothing() {
     let store = MemoryStore::new();
-    let run = fixtures::run().status(Status::Live).version(5).build();
+    let run = fixtures::run().with_status(Status::Live).with_version(5).build();
     store.seed(run.clone()).unwrap();
     for expected in [v(4), v(6)] {
         let stale = FieldingRun {
@@ -488,7 +496,7 @@ fn len_is_empty_runs_and_clear() {
 #[tokio::test]
 async fn ten_thousand_runs_insert_and_look_up() {
     let store = MemoryStore::new();
-    let runs: Vec<FieldingRun> = (0..10_000).map(|_| fixtures::run().at(t0()).build()).collect();
+    let runs: Vec<FieldingRun> = (0..10_000).map(|_| fixtures::run().with_now(t0()).build()).collect();
     for run in &runs {
         store.insert(run, &record(run, Action::Schedule)).await.unwrap();
     }
@@ -510,7 +518,7 @@ async fn concurrent_inserts_for_one_scope_exactly_one_wins() {
     for _ in 0..16 {
         let store = store.clone();
         handles.push(tokio::spawn(async move {
-            let run = fixtures::run().scope(scope).build();
+            let run = fixtures::run().with_scope(scope).build();
             store.insert(&run, &record(&run, Action::Schedule)).await
         }));
     }

@@ -1,5 +1,6 @@
-//! Making a store: on the caller's pool ([`PgStore::new`]) or on a pool it
-//! connects ([`PgStore::connect`]).
+//! Making a store: on the caller's pool ([`PgStore::new`],
+//! [`PgStore::from_schema_name`]) or on a pool it connects
+//! ([`PgStore::connect`]).
 
 use std::sync::Arc;
 
@@ -25,11 +26,21 @@ impl PgStore {
     /// ```
     pub fn new(pool: PgPool, schema: &str) -> Result<Self, InvalidSchemaName> {
         let schema = SchemaName::new(schema)?;
-        Ok(Self::with_schema(pool, schema))
+        Ok(Self::from_schema_name(pool, schema))
     }
 
-    /// A store on `pool` in an already validated schema.
-    pub fn with_schema(pool: PgPool, schema: SchemaName) -> Self {
+    /// A store on `pool` in an already validated schema: [`PgStore::new`]
+    /// for a [`SchemaName`] you have (from configuration, say), which
+    /// cannot fail. Does no I/O either.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> Result<(), Box<dyn std::error::Error>> {
+    /// use fielding_postgres::{PgStore, SchemaName};
+    /// let schema: SchemaName = "fielding_staging".parse()?;
+    /// let store = PgStore::from_schema_name(pool, schema);
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub fn from_schema_name(pool: PgPool, schema: SchemaName) -> Self {
         let sql = Arc::new(Statements::new(&schema));
         let wakeups = Arc::new(Wakeups::new(&schema, pool.clone()));
         Self {
@@ -54,6 +65,6 @@ impl PgStore {
     pub async fn connect(url: &str, schema: &str) -> Result<Self, ConnectError> {
         let schema = SchemaName::new(schema)?;
         let pool = Self::pool_options().connect(url).await.map_err(ConnectError::Connect)?;
-        Ok(Self::with_schema(pool, schema))
+        Ok(Self::from_schema_name(pool, schema))
     }
 }

@@ -33,8 +33,8 @@ async fn seed(store: &PgStore, scope: Scope, statuses: &[Status]) -> Vec<Fieldin
     let mut runs = Vec::with_capacity(statuses.len());
     for status in statuses {
         let run = fixtures::run()
-            .scope(fixtures::other_target_group(scope))
-            .status(*status)
+            .with_scope(fixtures::other_target_group(scope))
+            .with_status(*status)
             .build();
         store.insert(&run, &fixtures::creation(&run)).await.expect("insert");
         runs.push(run);

@@ -44,8 +44,8 @@ fn now() -> Timestamp {
 /// Inserts a live run in `scope` (its own target group), visible at once.
 async fn live_run(store: &PgStore, scope: fielding_core::Scope) -> FieldingRun {
     let run = fixtures::run()
-        .scope(fixtures::other_target_group(scope))
-        .status(Status::Live)
+        .with_scope(fixtures::other_target_group(scope))
+        .with_status(Status::Live)
         .build();
     store.insert(&run, &fixtures::creation(&run)).await.expect("insert");
     run
@@ -547,8 +547,8 @@ async fn with_the_listener_off_no_listening_connection_is_held() {
 /// A run in `scope`'s account whose creation record was made at `at`.
 async fn run_changed_at(store: &PgStore, scope: fielding_core::Scope, at: Timestamp) -> FieldingRun {
     let run = fixtures::run()
-        .scope(fixtures::other_target_group(scope))
-        .changed_at(at)
+        .with_scope(fixtures::other_target_group(scope))
+        .with_changed_at(at)
         .build();
     store.insert(&run, &fixtures::creation(&run)).await.expect("insert");
     run

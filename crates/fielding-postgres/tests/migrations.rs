@@ -97,7 +97,7 @@ async fn a_schema_at_version_1_migrates_to_the_current_version_with_its_runs_int
         return;
     };
     let schema = common::schema_of(&test).to_string();
-    let run = fixtures::run().version(7).build();
+    let run = fixtures::run().with_version(7).build();
     let record = ChangeRecord::created(&run, Action::Schedule);
     test.insert(&run, &record).await.expect("insert");
     let mut conn = PgConnection::connect(&test.guard.url).await.expect("connect");
@@ -279,7 +279,7 @@ async fn timestamps_are_timestamptz_and_exact_to_the_millisecond() {
         return;
     };
     let start = "2031-02-03T04:05:06.789Z".parse().expect("timestamp");
-    let run = fixtures::run().start(start).build();
+    let run = fixtures::run().with_start(start).build();
     test.insert(&run, &ChangeRecord::created(&run, Action::Schedule))
         .await
         .expect("insert");
@@ -317,8 +317,8 @@ async fn a_schema_at_version_4_gets_the_feed_with_its_records_backfilled() {
     let mut runs = Vec::new();
     for scope in [a, a, a, b] {
         let run = fixtures::run()
-            .scope(fixtures::other_target_group(scope))
-            .status(fielding_core::Status::Live)
+            .with_scope(fixtures::other_target_group(scope))
+            .with_status(fielding_core::Status::Live)
             .build();
         test.insert(&run, &fixtures::creation(&run)).await.expect("insert");
         runs.push(run);

@@ -70,7 +70,7 @@ pub struct App {
 
 /// The server's app: `GET /health` and `GET /ready` (reporting `store` as
 /// the store's kind) at the root, next to the contract's routes under
-/// `base_path` ([`FieldingApi::base_path`]; the server's default is the
+/// `base_path` ([`FieldingApi::with_base_path`]; the server's default is the
 /// contract's `/v1`), behind the per-address limit, with an access log
 /// around everything.
 ///
@@ -109,7 +109,7 @@ pub fn app(
 }
 
 /// [`app`], whose change-feed long polls answer at once when `shutdown`
-/// is cancelled ([`FieldingApi::shutdown`]), so that a graceful shutdown
+/// is cancelled ([`FieldingApi::with_shutdown`]), so that a graceful shutdown
 /// does not wait out each long poll's `wait`. [`crate::Server`] cancels
 /// it when it stops accepting connections.
 pub fn app_with_shutdown(
@@ -121,12 +121,12 @@ pub fn app_with_shutdown(
     shutdown: CancellationToken,
 ) -> App {
     let api = FieldingApi::new(service.clone(), authenticator)
-        .base_path(base_path)
-        .rate_limit(limits.rate_limit)
-        .body_limit(limits.body_limit)
-        .bulk_body_limit(limits.bulk_body_limit)
-        .body_timeout(limits.body_read_timeout)
-        .shutdown(shutdown);
+        .with_base_path(base_path)
+        .with_rate_limit(limits.rate_limit)
+        .with_body_limit(limits.body_limit)
+        .with_bulk_body_limit(limits.bulk_body_limit)
+        .with_body_timeout(limits.body_read_timeout)
+        .with_shutdown(shutdown);
     let rate_limiter = api.rate_limiter();
     let not_allowed = || async { ApiError::method_not_allowed() };
     let checks = Router::new()
@@ -228,7 +228,7 @@ mod tests {
     }
 
     fn build_at<S: FieldingStore + 'static>(store: Arc<S>, base_path: BasePath) -> Router {
-        let tokens = StaticTokens::new().with(
+        let tokens = StaticTokens::new().with_token(
             "good",
             Principal {
                 user_id: UserId::random(),

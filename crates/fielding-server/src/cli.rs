@@ -475,9 +475,9 @@ impl ServeArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace),
             connections,
             job_retention: (self.job_retention > 0)
-                .then(|| RetentionConfig::with_retention(Duration::from_secs(self.job_retention))),
+                .then(|| RetentionConfig::default().with_retention(Duration::from_secs(self.job_retention))),
             change_retention: (self.change_retention > 0)
-                .then(|| ChangeRetentionConfig::with_retention(Duration::from_secs(self.change_retention))),
+                .then(|| ChangeRetentionConfig::default().with_retention(Duration::from_secs(self.change_retention))),
             bulk_runner: (self.bulk_concurrency > 0).then(|| {
                 BulkRunnerOptions::default()
                     .with_concurrency(self.bulk_concurrency)

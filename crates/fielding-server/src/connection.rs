@@ -14,7 +14,7 @@
 //!   the head must be complete within the header read timeout;
 //! * **busy**: a request is being served, until its response is fully
 //!   written; the request body's own deadline is the API's
-//!   (`FieldingApi::body_timeout`), so nothing is timed here;
+//!   (`FieldingApi::with_body_timeout`), so nothing is timed here;
 //! * **idle**: a response was written and no byte of the next request has
 //!   arrived; the idle timeout applies.
 //!

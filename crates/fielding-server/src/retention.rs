@@ -115,12 +115,10 @@ impl Default for RetentionConfig {
 }
 
 impl RetentionConfig {
-    /// The default interval and batch with this `retention`.
-    pub fn with_retention(retention: Duration) -> Self {
-        Self {
-            retention,
-            ..Self::default()
-        }
+    /// This configuration with [`retention`](Self::retention) set.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
     }
 }
 
@@ -147,12 +145,10 @@ impl Default for ChangeRetentionConfig {
 }
 
 impl ChangeRetentionConfig {
-    /// The default interval and batch with this `retention`.
-    pub fn with_retention(retention: Duration) -> Self {
-        Self {
-            retention,
-            ..Self::default()
-        }
+    /// This configuration with [`retention`](Self::retention) set.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
     }
 }
 
@@ -464,11 +460,11 @@ mod tests {
         let store = FaultyStore::new(MemoryStore::new());
         store.faults().inject(Fault::Storage, 1);
         let clock = ManualClock::new(Timestamp::MIN);
-        let config = RetentionConfig::with_retention(Duration::from_secs(1));
+        let config = RetentionConfig::default().with_retention(Duration::from_secs(1));
         let sweep = sweep_expired_jobs(&store, &clock, &config).await.expect("sweep");
         assert_eq!(sweep.cutoff, None);
         assert_eq!(store.faults().pending(Fault::Storage), 1, "no store call was made");
-        let forever = RetentionConfig::with_retention(Duration::MAX);
+        let forever = RetentionConfig::default().with_retention(Duration::MAX);
         let sweep = sweep_expired_jobs(&store, &ManualClock::new(t0()), &forever)
             .await
             .expect("sweep");
@@ -485,7 +481,7 @@ mod tests {
         let clock = ManualClock::new(later(2 * HOUR));
         let config = RetentionConfig {
             batch: 2,
-            ..RetentionConfig::with_retention(HOUR)
+            ..RetentionConfig::default().with_retention(HOUR)
         };
         store.faults().inject(Fault::Storage, 1);
         let err = sweep_expired_jobs(&store, &clock, &config).await.unwrap_err();
@@ -591,7 +587,7 @@ mod tests {
 
     /// A run whose creation record was made at `at`.
     async fn run_changed_at(store: &MemoryStore, at: Timestamp) -> fielding_core::RunKey {
-        let run = fixtures::run().at(at).changed_at(at).build();
+        let run = fixtures::run().with_now(at).with_changed_at(at).build();
         store.insert(&run, &fixtures::creation(&run)).await.expect("insert");
         run.key()
     }
@@ -634,13 +630,13 @@ mod tests {
         let store = FaultyStore::new(memory.clone());
         store.faults().inject(Fault::Storage, 1);
         let clock = ManualClock::new(later(2 * HOUR));
-        let config = ChangeRetentionConfig::with_retention(HOUR);
+        let config = ChangeRetentionConfig::default().with_retention(HOUR);
         let err = sweep_expired_changes(&store, &clock, &config).await.unwrap_err();
         assert_eq!(err.removed, 0);
         let sweep = sweep_expired_changes(&store, &clock, &config).await.expect("sweep");
         assert_eq!(sweep.removed, 1, "the next sweep does the work");
         store.faults().inject(Fault::Storage, 1);
-        let forever = ChangeRetentionConfig::with_retention(Duration::MAX);
+        let forever = ChangeRetentionConfig::default().with_retention(Duration::MAX);
         let sweep = sweep_expired_changes(&store, &clock, &forever).await.expect("sweep");
         assert_eq!(sweep.cutoff, None);
         assert_eq!(store.faults().pending(Fault::Storage), 1, "no store call was made");

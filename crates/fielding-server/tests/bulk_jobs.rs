@@ -44,8 +44,8 @@ async fn seed_live_runs(store: &dyn FieldingStore, count: usize) -> Vec<Fielding
     let mut runs = Vec::with_capacity(count);
     for _ in 0..count {
         let run = fixtures::run()
-            .scope(fixtures::other_target_group(project))
-            .status(Status::Live)
+            .with_scope(fixtures::other_target_group(project))
+            .with_status(Status::Live)
             .build();
         store.insert(&run, &fixtures::creation(&run)).await.expect("seed a run");
         runs.push(run);

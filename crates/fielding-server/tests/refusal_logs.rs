@@ -60,7 +60,7 @@ async fn refusals_are_counted_but_not_logged_one_by_one_at_the_default_level() {
         .finish();
     let _logs = tracing::subscriber::set_default(subscriber);
 
-    let tokens = StaticTokens::new().with(
+    let tokens = StaticTokens::new().with_token(
         "good",
         Principal {
             user_id: UserId::random(),

@@ -50,7 +50,7 @@ pub enum OpenError {
 
     /// The schema is older than this library needs and the store was
     /// opened without migrating (read-only, or
-    /// [`crate::SqliteOptions::migrate`] off). Run
+    /// [`crate::SqliteOptions::with_migrate`] off). Run
     /// [`crate::SqliteStore::migrate`].
     #[error("{}: the database schema is at version {found}, this fielding-sqlite needs version {needed}; run SqliteStore::migrate on it first", .path.display())]
     SchemaOutdated {

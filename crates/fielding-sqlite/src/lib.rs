@@ -56,12 +56,12 @@
 //!
 //! A fourth thread runs the checkpoints (copying the write-ahead log back
 //! into the database file), so no commit waits for one; see
-//! [`SqliteOptions::checkpoint_interval`] and [`SqliteStore::checkpoint_stats`].
+//! [`SqliteOptions::with_checkpoint_interval`] and [`SqliteStore::checkpoint_stats`].
 //!
 //! Writes queued at the same moment are committed together (**group
 //! commit**): one transaction, one commit (one `fsync` with
 //! [`Durability::Full`]), each write still all-or-nothing and answered only
-//! after the commit. See [`SqliteOptions::group_commit`].
+//! after the commit. See [`SqliteOptions::with_group_commit`].
 //!
 //! `update` (the service's read-modify-write) keeps the trait's default
 //! steps: a read (on the writer thread's connection, before the writes of
@@ -84,7 +84,7 @@
 //! outcomes) and, since version 5, the change feed's columns and tables
 //! (see below), created by
 //! embedded, numbered migrations recorded in `fielding_schema_migrations`.
-//! [`SqliteStore::open`] migrates; with [`SqliteOptions::migrate`]`(false)`
+//! [`SqliteStore::open`] migrates; with [`SqliteOptions::with_migrate`]`(false)`
 //! the store opens without migrating, refuses every operation while its
 //! schema is outdated, and [`SqliteStore::migrate`] does it as an explicit
 //! step. Both are idempotent and safe when two processes start at once. A database whose schema is newer than [`SCHEMA_VERSION`] is refused

@@ -199,7 +199,7 @@ fn migrate_on_new_connection(path: &Path, options: &SqliteOptions) -> Result<Mig
 
 /// The schema version a store has seen, shared by its handle and its
 /// writer thread: every operation is refused while it is below
-/// [`SCHEMA_VERSION`] (a store opened with `SqliteOptions::migrate(false)`
+/// [`SCHEMA_VERSION`] (a store opened with `SqliteOptions::with_migrate(false)`
 /// on an outdated schema), until `SqliteStore::migrate` brings it up.
 #[derive(Debug, Default)]
 pub(crate) struct SchemaGate {

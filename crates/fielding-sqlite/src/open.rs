@@ -218,7 +218,7 @@ impl SqliteStore {
     /// # async fn main() -> Result<(), fielding_sqlite::OpenError> {
     /// let dir = tempfile::tempdir().unwrap();
     /// let path = dir.path().join("fielding.db");
-    /// let options = SqliteOptions::default().migrate(false).durability(Durability::Normal);
+    /// let options = SqliteOptions::default().with_migrate(false).with_durability(Durability::Normal);
     /// let store = SqliteStore::open_with(&path, options).await?;
     /// store.migrate().await?; // explicit: operations are refused until then
     /// assert_eq!(store.durability(), Durability::Normal);

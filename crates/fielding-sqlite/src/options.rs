@@ -41,10 +41,10 @@ impl Durability {
 /// use std::time::Duration;
 /// use fielding_sqlite::{Durability, SqliteOptions};
 /// let options = SqliteOptions::default()
-///     .durability(Durability::Normal)
-///     .busy_timeout(Duration::from_secs(1))
-///     .readers(4);
-/// assert_eq!(options.get_durability(), Durability::Normal);
+///     .with_durability(Durability::Normal)
+///     .with_busy_timeout(Duration::from_secs(1))
+///     .with_readers(4);
+/// assert_eq!(options.durability(), Durability::Normal);
 /// ```
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -86,21 +86,21 @@ impl Default for SqliteOptions {
 
 impl SqliteOptions {
     /// The durability of commits (default [`Durability::Full`]).
-    pub fn durability(mut self, durability: Durability) -> Self {
+    pub fn with_durability(mut self, durability: Durability) -> Self {
         self.durability = durability;
         self
     }
 
     /// How long a statement waits for another connection's lock before it
     /// fails with a retryable [`StoreError::Backend`](fielding_core::StoreError::Backend) (default 5 s).
-    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+    pub fn with_busy_timeout(mut self, timeout: Duration) -> Self {
         self.busy_timeout = timeout;
         self
     }
 
     /// How many reader threads, each with its own read-only connection
     /// (default 2). With 0, reads run on the writer thread.
-    pub fn readers(mut self, readers: usize) -> Self {
+    pub fn with_readers(mut self, readers: usize) -> Self {
         self.readers = readers;
         self
     }
@@ -108,7 +108,7 @@ impl SqliteOptions {
     /// Opens the database read-only (`SQLITE_OPEN_READONLY`, default
     /// `false`): reads work, every write fails with a permanent
     /// [`StoreError::Backend`](fielding_core::StoreError::Backend). The schema must already be current.
-    pub fn read_only(mut self, read_only: bool) -> Self {
+    pub fn with_read_only(mut self, read_only: bool) -> Self {
         self.read_only = read_only;
         self
     }
@@ -123,7 +123,7 @@ impl SqliteOptions {
     /// fails with [`OpenError::SchemaOutdated`](crate::OpenError::SchemaOutdated).
     /// A schema newer than this library is refused either way; a private
     /// in-memory database, which starts empty, is always migrated.
-    pub fn migrate(mut self, migrate: bool) -> Self {
+    pub fn with_migrate(mut self, migrate: bool) -> Self {
         self.migrate = migrate;
         self
     }
@@ -132,7 +132,7 @@ impl SqliteOptions {
     /// are 4 KiB): a write that would grow it further fails with
     /// `SQLITE_FULL` and is rolled back, like on a full disk. Default: no
     /// cap beyond SQLite's own.
-    pub fn max_page_count(mut self, pages: u64) -> Self {
+    pub fn with_max_page_count(mut self, pages: u64) -> Self {
         self.max_page_count = Some(pages);
         self
     }
@@ -142,24 +142,24 @@ impl SqliteOptions {
     /// stays all-or-nothing and is answered only after the commit; with
     /// [`Durability::Full`] a group costs one `fsync` instead of one per
     /// write. See `docs/sqlite.md`.
-    pub fn group_commit(mut self, enabled: bool) -> Self {
+    pub fn with_group_commit(mut self, enabled: bool) -> Self {
         self.group_commit = enabled;
         self
     }
 
     /// The page cache of each connection, in KiB (`PRAGMA cache_size`,
     /// default 2 MiB, about SQLite's own). Reads of pages not in the cache
-    /// come from the memory map ([`SqliteOptions::mmap_bytes`]), so a larger
+    /// come from the memory map ([`SqliteOptions::with_mmap_bytes`]), so a larger
     /// cache mostly duplicates pages the map already serves (see
     /// `docs/sqlite.md` for what was measured).
-    pub fn cache_kib(mut self, kib: u32) -> Self {
+    pub fn with_cache_kib(mut self, kib: u32) -> Self {
         self.cache_kib = kib;
         self
     }
 
     /// How much of the database file each connection may read through a
     /// memory map (`PRAGMA mmap_size`, default 256 MiB; 0 turns it off).
-    pub fn mmap_bytes(mut self, bytes: u64) -> Self {
+    pub fn with_mmap_bytes(mut self, bytes: u64) -> Self {
         self.mmap_bytes = bytes;
         self
     }
@@ -168,7 +168,7 @@ impl SqliteOptions {
     /// back into the database file while commits keep coming (default
     /// 50 ms). Checkpoints run on a thread of their own, never inside a
     /// commit (see the crate docs).
-    pub fn checkpoint_interval(mut self, interval: Duration) -> Self {
+    pub fn with_checkpoint_interval(mut self, interval: Duration) -> Self {
         self.checkpoint_interval = interval;
         self
     }
@@ -181,7 +181,7 @@ impl SqliteOptions {
     /// (`PRAGMA journal_size_limit`). Default 10,000 pages (39 MiB with
     /// 4 KiB pages): with it the `-wal` file stays under 64 MiB, see
     /// `docs/sqlite.md`.
-    pub fn wal_restart_pages(mut self, pages: u32) -> Self {
+    pub fn with_wal_restart_pages(mut self, pages: u32) -> Self {
         self.wal_restart_pages = pages;
         self
     }
@@ -190,13 +190,13 @@ impl SqliteOptions {
     /// `-wal` file to zero bytes (a `TRUNCATE` checkpoint; default 1 s).
     /// Under steady traffic the file keeps its size and is reused from the
     /// start each time the log restarts.
-    pub fn wal_truncate_after(mut self, quiet: Duration) -> Self {
+    pub fn with_wal_truncate_after(mut self, quiet: Duration) -> Self {
         self.wal_truncate_after = quiet;
         self
     }
 
     /// The configured durability.
-    pub fn get_durability(&self) -> Durability {
+    pub fn durability(&self) -> Durability {
         self.durability
     }
 }

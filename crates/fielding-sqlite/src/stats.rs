@@ -18,10 +18,10 @@ pub struct CheckpointStats {
     /// Passive checkpoints run (they copy what they can without waiting).
     pub passive: u64,
     /// Restart checkpoints run because the log passed
-    /// [`SqliteOptions::wal_restart_pages`](crate::SqliteOptions::wal_restart_pages).
+    /// [`SqliteOptions::with_wal_restart_pages`](crate::SqliteOptions::with_wal_restart_pages).
     pub restarts: u64,
     /// Truncations of the `-wal` file to zero bytes: after
-    /// [`SqliteOptions::wal_truncate_after`](crate::SqliteOptions::wal_truncate_after)
+    /// [`SqliteOptions::with_wal_truncate_after`](crate::SqliteOptions::with_wal_truncate_after)
     /// without a commit, and when the store closes.
     pub truncations: u64,
     /// Checkpoints that failed (another process was checkpointing, an I/O
@@ -63,7 +63,7 @@ impl WriteStats {
 
 impl SqliteStore {
     /// How many writes the writer thread has run, in how many
-    /// transactions (see [`SqliteOptions::group_commit`](crate::SqliteOptions::group_commit)).
+    /// transactions (see [`SqliteOptions::with_group_commit`](crate::SqliteOptions::with_group_commit)).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

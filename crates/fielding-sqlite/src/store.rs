@@ -28,7 +28,7 @@ use fielding_core::MigrationReport;
 ///
 /// One dedicated **writer thread** owns the only read-write connection and
 /// runs every write as a `BEGIN IMMEDIATE` transaction; a few **reader
-/// threads** (see [`SqliteOptions::readers`]) each own a read-only
+/// threads** (see [`SqliteOptions::with_readers`]) each own a read-only
 /// connection and, thanks to WAL, never wait for the writer. The async
 /// methods send a task to a thread and await its answer, so no SQLite call
 /// ever runs on the caller's (tokio) threads.
@@ -90,7 +90,7 @@ impl SqliteStore {
     /// connection of its own.
     ///
     /// [`SqliteStore::open`] migrates already; this is the explicit step for
-    /// a store opened with [`SqliteOptions::migrate`]`(false)`, which
+    /// a store opened with [`SqliteOptions::with_migrate`]`(false)`, which
     /// refuses every operation until it has run. A private in-memory
     /// database is always migrated when opened, and a read-only store only
     /// checks that the schema is current.
@@ -100,7 +100,7 @@ impl SqliteStore {
     /// # async fn main() -> Result<(), fielding_sqlite::OpenError> {
     /// use fielding_sqlite::{SqliteOptions, SqliteStore, SCHEMA_VERSION};
     /// let dir = tempfile::tempdir().unwrap();
-    /// let options = SqliteOptions::default().migrate(false);
+    /// let options = SqliteOptions::default().with_migrate(false);
     /// let store = SqliteStore::open_with(dir.path().join("fielding.db"), options).await?;
     /// assert_eq!(store.migrate().await?.applied(), SCHEMA_VERSION);
     /// assert_eq!(store.migrate().await?.applied(), 0);

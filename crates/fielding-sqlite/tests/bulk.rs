@@ -47,8 +47,8 @@ async fn seed(store: &dyn FieldingStore, scope: Scope, statuses: &[Status]) -> V
     let mut runs = Vec::new();
     for status in statuses {
         let run = fixtures::run()
-            .scope(fixtures::other_target_group(scope))
-            .status(*status)
+            .with_scope(fixtures::other_target_group(scope))
+            .with_status(*status)
             .build();
         store
             .insert(&run, &ChangeRecord::created(&run, Action::Schedule))
@@ -502,7 +502,7 @@ async fn a_version_3_database_migrates_to_bulk_jobs_with_its_data_intact() {
     .unwrap();
     drop(conn);
 
-    let store = SqliteStore::open_with(&path, SqliteOptions::default().migrate(false))
+    let store = SqliteStore::open_with(&path, SqliteOptions::default().with_migrate(false))
         .await
         .unwrap();
     let job = fixtures::bulk_job(scope, "after", BulkAction::Pause, &[runs[0].target_group_id]);

@@ -52,7 +52,7 @@ fn at(millis: i64) -> Timestamp {
 }
 
 async fn insert(store: &dyn FieldingStore, scope: Scope) -> FieldingRun {
-    let run = fixtures::run().scope(scope).status(Status::Live).build();
+    let run = fixtures::run().with_scope(scope).with_status(Status::Live).build();
     store.insert(&run, &fixtures::creation(&run)).await.unwrap();
     run
 }
@@ -206,7 +206,7 @@ async fn check_against_the_log(store: &dyn FieldingStore, runs: &[FieldingRun], 
 async fn a_reader_following_concurrent_writers_sees_every_record_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("feed.db");
-    let options = SqliteOptions::default().durability(Durability::Normal);
+    let options = SqliteOptions::default().with_durability(Durability::Normal);
     let first = Arc::new(SqliteStore::open_with(&path, options.clone()).await.unwrap());
     let second = Arc::new(SqliteStore::open_with(&path, options).await.unwrap());
     follow_concurrent_writers(first, second).await;
@@ -354,8 +354,8 @@ async fn records_at(store: &dyn FieldingStore, scope: Scope, times: &[i64]) -> V
     let mut runs = Vec::new();
     for &time in times {
         let run = fixtures::run()
-            .scope(fixtures::other_target_group(scope))
-            .changed_at(at(time))
+            .with_scope(fixtures::other_target_group(scope))
+            .with_changed_at(at(time))
             .build();
         store.insert(&run, &fixtures::creation(&run)).await.unwrap();
         runs.push(run);

@@ -71,7 +71,7 @@ async fn jobs_survive_closing_and_reopening_with_every_field_equal() {
 /// applied and recorded, no `fielding_run_jobs`), with a run in it.
 async fn version_1_database(path: &std::path::Path) -> (fielding_core::FieldingRun, ChangeRecord) {
     let store = SqliteStore::open(path).await.unwrap();
-    let run = fixtures::run().version(7).build();
+    let run = fixtures::run().with_version(7).build();
     let record = ChangeRecord::created(&run, Action::Schedule);
     store.insert(&run, &record).await.unwrap();
     store.close().await;
@@ -93,7 +93,7 @@ async fn a_version_1_database_migrates_to_the_current_version_with_its_runs_inta
     let (run, record) = version_1_database(&path).await;
 
     // Read-only, it cannot be migrated: opening is refused.
-    let err = SqliteStore::open_with(&path, SqliteOptions::default().read_only(true))
+    let err = SqliteStore::open_with(&path, SqliteOptions::default().with_read_only(true))
         .await
         .unwrap_err();
     assert!(
@@ -108,7 +108,7 @@ async fn a_version_1_database_migrates_to_the_current_version_with_its_runs_inta
         "{err}"
     );
     // Without migrating on open, the store refuses to work on version 1.
-    let store = SqliteStore::open_with(&path, SqliteOptions::default().migrate(false))
+    let store = SqliteStore::open_with(&path, SqliteOptions::default().with_migrate(false))
         .await
         .unwrap();
     let err = store.get(&run.key()).await.unwrap_err();
@@ -247,7 +247,10 @@ async fn a_job_id_taken_under_another_key_is_a_permanent_backend_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn racing_creations_with_one_key_create_exactly_one_job_under_group_commit() {
-    for options in [SqliteOptions::default(), SqliteOptions::default().group_commit(false)] {
+    for options in [
+        SqliteOptions::default(),
+        SqliteOptions::default().with_group_commit(false),
+    ] {
         let store = Arc::new(common::temp_store_with(options).await);
         let account = fixtures::scope().account_id;
         let candidates: Vec<FieldingRunJob> = (0..24)
@@ -344,7 +347,7 @@ async fn a_read_only_database_reads_jobs_and_refuses_to_write_them() {
     store.create_job(&j).await.unwrap();
     store.close().await;
 
-    let store = SqliteStore::open_with(&path, SqliteOptions::default().read_only(true))
+    let store = SqliteStore::open_with(&path, SqliteOptions::default().with_read_only(true))
         .await
         .unwrap();
     assert_eq!(store.get_job(&j.key()).await.unwrap(), Some(j.clone()));

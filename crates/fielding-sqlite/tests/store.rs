@@ -49,7 +49,7 @@ async fn data_survives_closing_and_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fielding.db");
     let store = SqliteStore::open(&path).await.unwrap();
-    let run = fixtures::run().version(41).build();
+    let run = fixtures::run().with_version(41).build();
     store.insert(&run, &created(&run)).await.unwrap();
     let (next, change) = bumped(&run);
     store.compare_and_swap(run.version, &next, &change).await.unwrap();
@@ -76,7 +76,10 @@ async fn timestamps_are_integer_milliseconds_exact_at_both_ends_of_the_range() {
             "2031-02-03T04:05:06.790Z".parse().unwrap(),
         ),
     ] {
-        let run = fixtures::run().dates(start, end).changed_at(Timestamp::MAX).build();
+        let run = fixtures::run()
+            .with_dates(start, end)
+            .with_changed_at(Timestamp::MAX)
+            .build();
         store.insert(&run, &created(&run)).await.unwrap();
         assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
         runs.push(run);
@@ -107,7 +110,7 @@ async fn timestamps_are_integer_milliseconds_exact_at_both_ends_of_the_range() {
 async fn migrating_is_explicit_idempotent_and_using_the_store_without_it_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fielding.db");
-    let store = SqliteStore::open_with(&path, SqliteOptions::default().migrate(false))
+    let store = SqliteStore::open_with(&path, SqliteOptions::default().with_migrate(false))
         .await
         .unwrap();
     // Not migrated yet: every kind of operation (a read on a reader, a read
@@ -138,7 +141,7 @@ async fn migrating_is_explicit_idempotent_and_using_the_store_without_it_is_refu
     assert_eq!((again.applied(), again.applied_versions().count()), (0, 0));
     assert_eq!(store.get(&run.key()).await.unwrap(), None);
     store.close().await;
-    let store = SqliteStore::open_with(&path, SqliteOptions::default().migrate(false))
+    let store = SqliteStore::open_with(&path, SqliteOptions::default().with_migrate(false))
         .await
         .unwrap();
     assert_eq!(store.get(&run.key()).await.unwrap(), None);
@@ -186,7 +189,7 @@ async fn a_schema_newer_than_the_library_is_a_clear_error() {
     )
     .unwrap();
     drop(conn);
-    for options in [SqliteOptions::default(), SqliteOptions::default().migrate(false)] {
+    for options in [SqliteOptions::default(), SqliteOptions::default().with_migrate(false)] {
         let err = SqliteStore::open_with(&path, options).await.unwrap_err();
         match &err {
             OpenError::SchemaTooNew { found, known, path: p } => {
@@ -210,8 +213,8 @@ async fn a_file_that_is_not_a_database_is_refused_and_left_untouched() {
     std::fs::write(&path, &content).unwrap();
     for options in [
         SqliteOptions::default(),
-        SqliteOptions::default().migrate(false),
-        SqliteOptions::default().read_only(true),
+        SqliteOptions::default().with_migrate(false),
+        SqliteOptions::default().with_read_only(true),
     ] {
         let err = SqliteStore::open_with(&path, options).await.unwrap_err();
         assert!(matches!(err, OpenError::NotADatabase { .. }), "{err:?}");
@@ -229,7 +232,7 @@ async fn a_read_only_database_reads_and_refuses_every_write_without_change() {
     store.insert(&run, &created(&run)).await.unwrap();
     store.close().await;
 
-    let store = SqliteStore::open_with(&path, SqliteOptions::default().read_only(true))
+    let store = SqliteStore::open_with(&path, SqliteOptions::default().with_read_only(true))
         .await
         .unwrap();
     assert_eq!(store.get(&run.key()).await.unwrap(), Some(run.clone()));
@@ -245,7 +248,7 @@ async fn a_read_only_database_reads_and_refuses_every_write_without_change() {
     store.close().await;
 
     let missing = dir.path().join("missing.db");
-    let err = SqliteStore::open_with(&missing, SqliteOptions::default().read_only(true))
+    let err = SqliteStore::open_with(&missing, SqliteOptions::default().with_read_only(true))
         .await
         .unwrap_err();
     assert!(err.to_string().contains("missing.db"), "{err}");
@@ -254,7 +257,7 @@ async fn a_read_only_database_reads_and_refuses_every_write_without_change() {
 
 #[tokio::test]
 async fn a_lock_held_past_the_busy_timeout_is_a_retryable_error_and_readers_do_not_wait() {
-    let options = SqliteOptions::default().busy_timeout(Duration::from_millis(150));
+    let options = SqliteOptions::default().with_busy_timeout(Duration::from_millis(150));
     let store = common::temp_store_with(options).await;
     let run = fixtures::run().build();
     store.insert(&run, &created(&run)).await.unwrap();
@@ -299,7 +302,7 @@ async fn a_lock_held_past_the_busy_timeout_is_a_retryable_error_and_readers_do_n
 #[tokio::test]
 async fn a_full_disk_mid_write_rolls_back_and_loses_nothing() {
     // 24 pages of 4 KiB: room for the schema and a few dozen runs.
-    let options = SqliteOptions::default().max_page_count(24);
+    let options = SqliteOptions::default().with_max_page_count(24);
     let store = common::temp_store_with(options).await;
 
     // Inserts until the database is full.
@@ -362,11 +365,11 @@ async fn an_id_taken_under_another_scope_is_a_permanent_backend_error_not_alread
     let store = common::temp_store().await;
     let run = fixtures::run().build();
     store.insert(&run, &created(&run)).await.unwrap();
-    let twin = fixtures::run().id(run.id).build();
+    let twin = fixtures::run().with_id(run.id).build();
     let err = store.insert(&twin, &created(&twin)).await.unwrap_err();
     assert_backend(&err, false);
     assert_eq!(store.find_by_target_group(&twin.scope()).await.unwrap(), None);
-    let same_scope = fixtures::run().scope(run.scope()).build();
+    let same_scope = fixtures::run().with_scope(run.scope()).build();
     assert!(matches!(
         store.insert(&same_scope, &created(&same_scope)).await,
         Err(StoreError::AlreadyExists { scope }) if scope == run.scope()
@@ -376,7 +379,7 @@ async fn an_id_taken_under_another_scope_is_a_permanent_backend_error_not_alread
 #[tokio::test]
 async fn both_durability_modes_open_and_write() {
     for durability in [Durability::Full, Durability::Normal] {
-        let store = common::temp_store_with(SqliteOptions::default().durability(durability).readers(0)).await;
+        let store = common::temp_store_with(SqliteOptions::default().with_durability(durability).with_readers(0)).await;
         assert_eq!(store.store.durability(), durability);
         let run = fixtures::run().build();
         store.insert(&run, &created(&run)).await.unwrap();
@@ -436,7 +439,7 @@ async fn concurrent_writes_committed_together_stay_individually_atomic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_writes_into_a_full_disk_either_happen_whole_or_not_at_all() {
-    let store = std::sync::Arc::new(common::temp_store_with(SqliteOptions::default().max_page_count(24)).await);
+    let store = std::sync::Arc::new(common::temp_store_with(SqliteOptions::default().with_max_page_count(24)).await);
     let tasks: Vec<_> = (0..400)
         .map(|_| {
             let store = store.clone();
@@ -477,7 +480,7 @@ async fn concurrent_writes_into_a_full_disk_either_happen_whole_or_not_at_all() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_group_commit_every_write_is_its_own_transaction() {
-    let store = std::sync::Arc::new(common::temp_store_with(SqliteOptions::default().group_commit(false)).await);
+    let store = std::sync::Arc::new(common::temp_store_with(SqliteOptions::default().with_group_commit(false)).await);
     let tasks: Vec<_> = (0..16)
         .map(|_| {
             let store = store.clone();
@@ -503,9 +506,9 @@ async fn background_checkpoints_keep_the_log_short_and_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fielding.db");
     let options = SqliteOptions::default()
-        .durability(Durability::Normal)
-        .checkpoint_interval(Duration::from_millis(1))
-        .wal_restart_pages(64);
+        .with_durability(Durability::Normal)
+        .with_checkpoint_interval(Duration::from_millis(1))
+        .with_wal_restart_pages(64);
     let store = SqliteStore::open_with(&path, options).await.unwrap();
     let mut run = fixtures::run().build();
     store.insert(&run, &created(&run)).await.unwrap();
@@ -551,7 +554,7 @@ async fn in_memory_and_read_only_stores_have_no_checkpoint_thread() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fielding.db");
     SqliteStore::open(&path).await.unwrap().close().await;
-    let read_only = SqliteStore::open_with(&path, SqliteOptions::default().read_only(true))
+    let read_only = SqliteStore::open_with(&path, SqliteOptions::default().with_read_only(true))
         .await
         .unwrap();
     assert_eq!(read_only.get(&run.key()).await.unwrap(), None);

@@ -197,7 +197,7 @@ async fn flood_within(options: SqliteOptions, bound: u64) {
     let db = dir.path().join("fielding.db");
     let (wal, shm) = (sidecar(&db, "-wal"), sidecar(&db, "-shm"));
     let truncate_after = Duration::from_millis(300);
-    let store = SqliteStore::open_with(&db, options.wal_truncate_after(truncate_after))
+    let store = SqliteStore::open_with(&db, options.with_wal_truncate_after(truncate_after))
         .await
         .unwrap();
     let store = Arc::new(store);
@@ -249,8 +249,8 @@ async fn flood_within(options: SqliteOptions, bound: u64) {
 async fn a_write_flood_keeps_the_log_within_its_bound_with_normal_durability() {
     let pages = 1_000;
     let options = SqliteOptions::default()
-        .durability(Durability::Normal)
-        .wal_restart_pages(pages);
+        .with_durability(Durability::Normal)
+        .with_wal_restart_pages(pages);
     flood_within(options, bound(pages)).await;
 }
 
@@ -258,7 +258,7 @@ async fn a_write_flood_keeps_the_log_within_its_bound_with_normal_durability() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_flood_keeps_the_log_within_its_bound_with_full_durability() {
     let pages = 300;
-    let options = SqliteOptions::default().wal_restart_pages(pages);
+    let options = SqliteOptions::default().with_wal_restart_pages(pages);
     flood_within(options, bound(pages)).await;
 }
 

@@ -180,7 +180,7 @@ impl Faults {
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let memory = MemoryStore::new();
-/// let run = fixtures::run().status(Status::Live).version(3).build();
+/// let run = fixtures::run().with_status(Status::Live).with_version(3).build();
 /// memory.seed(run.clone())?;
 ///
 /// let store = FaultyStore::new(memory.clone());

@@ -8,7 +8,7 @@
 //! [`creation`] for any store.
 //!
 //! Unset dates default relative to the reference instant (the system clock,
-//! or [`RunBuilder::at`]) so the run's *effective* status is the status you
+//! or [`RunBuilder::with_now`]) so the run's *effective* status is the status you
 //! asked for: scheduled runs start in a day, live and paused runs started a
 //! day ago, and every run ends in thirty days. Nothing here hard-codes a
 //! calendar date, so fixtures do not expire.
@@ -21,7 +21,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let store = fielding_memory::MemoryStore::new();
 //! // A paused run at version 12 in a fresh scope, with its first record.
-//! let run = fixtures::run().status(Status::Paused).version(12).build();
+//! let run = fixtures::run().with_status(Status::Paused).with_version(12).build();
 //! store.insert(&run, &fixtures::creation(&run)).await?;
 //!
 //! // The next version of it, and the record of that change.
@@ -73,7 +73,7 @@ fn days_from(now: Timestamp, days: i64) -> Timestamp {
 /// ```
 /// use fielding_core::{Status, Timestamp};
 /// use fielding_testkit::fixtures;
-/// let run = fixtures::run().status(Status::Paused).version(12).build();
+/// let run = fixtures::run().with_status(Status::Paused).with_version(12).build();
 /// assert_eq!(run.version.get(), 12);
 /// assert_eq!(run.effective_status(Timestamp::from(chrono::Utc::now())), Status::Paused);
 /// ```
@@ -156,19 +156,19 @@ pub struct RunBuilder {
 
 impl RunBuilder {
     /// The run's scope (default: a fresh random one).
-    pub fn scope(mut self, scope: Scope) -> Self {
+    pub fn with_scope(mut self, scope: Scope) -> Self {
         self.scope = Some(scope);
         self
     }
 
     /// The run's id (default: generated).
-    pub fn id(mut self, id: FieldingRunId) -> Self {
+    pub fn with_id(mut self, id: FieldingRunId) -> Self {
         self.id = Some(id);
         self
     }
 
     /// The stored status (default `scheduled`).
-    pub fn status(mut self, status: Status) -> Self {
+    pub fn with_status(mut self, status: Status) -> Self {
         self.status = Some(status);
         self
     }
@@ -177,43 +177,43 @@ impl RunBuilder {
     ///
     /// # Panics
     /// If `version` is 0 or above `i64::MAX`: a fixture bug, not a test outcome.
-    pub fn version(mut self, version: u64) -> Self {
+    pub fn with_version(mut self, version: u64) -> Self {
         self.version = Some(self::version(version));
         self
     }
 
     /// Both dates.
-    pub fn dates(self, start: Timestamp, end: Timestamp) -> Self {
-        self.start(start).end(end)
+    pub fn with_dates(self, start: Timestamp, end: Timestamp) -> Self {
+        self.with_start(start).with_end(end)
     }
 
     /// The start date.
-    pub fn start(mut self, start: Timestamp) -> Self {
+    pub fn with_start(mut self, start: Timestamp) -> Self {
         self.start = Some(start);
         self
     }
 
     /// The end date.
-    pub fn end(mut self, end: Timestamp) -> Self {
+    pub fn with_end(mut self, end: Timestamp) -> Self {
         self.end = Some(end);
         self
     }
 
     /// The instant defaults are relative to (default: the system clock).
     /// Pass your `ManualClock`'s time here.
-    pub fn at(mut self, now: Timestamp) -> Self {
+    pub fn with_now(mut self, now: Timestamp) -> Self {
         self.at = Some(now);
         self
     }
 
     /// `last_changed_at` (default: the reference instant).
-    pub fn changed_at(mut self, at: Timestamp) -> Self {
+    pub fn with_changed_at(mut self, at: Timestamp) -> Self {
         self.changed_at = Some(at);
         self
     }
 
     /// `last_changed_by` (default: a random user).
-    pub fn changed_by(mut self, user: UserId) -> Self {
+    pub fn with_changed_by(mut self, user: UserId) -> Self {
         self.changed_by = Some(user);
         self
     }

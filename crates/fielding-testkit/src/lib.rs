@@ -136,7 +136,7 @@
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // A live run at version 7, put in place directly.
 //! let memory = MemoryStore::new();
-//! let run = fixtures::run().status(Status::Live).version(7).build();
+//! let run = fixtures::run().with_status(Status::Live).with_version(7).build();
 //! memory.seed(run.clone())?;
 //!
 //! // The service writes through the faulty wrapper; keep its faults handle.

@@ -29,14 +29,14 @@ pub(crate) const BASE_MILLIS: i64 = crate::fixtures::CHANGE_BASE_MILLIS;
 pub(crate) fn run(scope: Scope, version: Version, status: Status) -> FieldingRun {
     let shift = (random_u64() % 1_000_000) as i64;
     crate::fixtures::run()
-        .scope(scope)
-        .version(version.get())
-        .status(status)
-        .dates(
+        .with_scope(scope)
+        .with_version(version.get())
+        .with_status(status)
+        .with_dates(
             at(BASE_MILLIS + 86_400_000 + shift * 1_000 + 1),
             at(BASE_MILLIS + 31 * 86_400_000 + shift * 1_000 + 999),
         )
-        .changed_at(at(BASE_MILLIS - 3_600_000 + shift))
+        .with_changed_at(at(BASE_MILLIS - 3_600_000 + shift))
         .build()
 }
 

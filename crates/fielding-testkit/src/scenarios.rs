@@ -44,8 +44,8 @@ pub async fn bulk_jobs_follow_the_rules(store: Arc<dyn FieldingStore>) {
         let mut runs: Vec<FieldingRun> = Vec::new();
         for status in STATUSES {
             let run = fixtures::run()
-                .scope(fixtures::other_target_group(scope))
-                .status(status)
+                .with_scope(fixtures::other_target_group(scope))
+                .with_status(status)
                 .build();
             if let Err(err) = store.insert(&run, &fixtures::creation(&run)).await {
                 panic!("seeding a {status} run: {err}");
@@ -129,8 +129,8 @@ pub async fn bulk_jobs_follow_the_rules(store: Arc<dyn FieldingStore>) {
     // Every item failed: the job failed.
     let scope = fixtures::scope();
     let scheduled = fixtures::run()
-        .scope(fixtures::other_target_group(scope))
-        .status(Status::Scheduled)
+        .with_scope(fixtures::other_target_group(scope))
+        .with_status(Status::Scheduled)
         .build();
     expect(
         store.insert(&scheduled, &fixtures::creation(&scheduled)).await,

@@ -18,7 +18,7 @@ fn v(n: u64) -> Version {
 }
 
 fn live_run() -> FieldingRun {
-    fixtures::run().status(Status::Live).build()
+    fixtures::run().with_status(Status::Live).build()
 }
 
 /// `run` one version on, with its change record.
@@ -205,7 +205,7 @@ async fn conflict_fault_does_not_affect_get_or_other_reads() {
 
 #[tokio::test]
 async fn conflict_fault_refuses_a_swap_as_if_one_writer_had_won() {
-    let run = fixtures::run().status(Status::Live).version(3).build();
+    let run = fixtures::run().with_status(Status::Live).with_version(3).build();
     let (memory, store) = faulty_with(&run);
     store.faults().inject(Fault::Conflict, 1);
     let (paused, change) = next(&run);
@@ -221,7 +221,7 @@ async fn conflict_fault_refuses_a_swap_as_if_one_writer_had_won() {
 
 #[tokio::test]
 async fn real_conflict_is_reported_before_an_injected_one() {
-    let run = fixtures::run().status(Status::Live).version(3).build();
+    let run = fixtures::run().with_status(Status::Live).with_version(3).build();
     let (_, store) = faulty_with(&run);
     store.faults().inject(Fault::Conflict, 1);
     let stale = FieldingRun {
@@ -253,7 +253,7 @@ async fn a_missing_run_is_not_found_before_an_injected_conflict() {
 
 #[tokio::test]
 async fn update_meets_an_injected_conflict_after_deciding_and_writes_nothing() {
-    let run = fixtures::run().status(Status::Live).version(3).build();
+    let run = fixtures::run().with_status(Status::Live).with_version(3).build();
     let (memory, store) = faulty_with(&run);
     store.faults().inject(Fault::Conflict, 1);
     let shown = std::sync::Mutex::new(Vec::new());
@@ -296,7 +296,7 @@ async fn a_skipping_update_does_not_use_up_a_conflict() {
 
 #[tokio::test]
 async fn through_the_service_an_injected_conflict_is_a_412_and_a_storage_fault_a_500() {
-    let run = fixtures::run().status(Status::Live).version(7).build();
+    let run = fixtures::run().with_status(Status::Live).with_version(7).build();
     let (memory, store) = faulty_with(&run);
     let service = FieldingService::new(Arc::new(store.clone()));
     let if_match = IfMatch::parse("\"7\"").unwrap();

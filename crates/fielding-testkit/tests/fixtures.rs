@@ -13,7 +13,7 @@ fn t0() -> Timestamp {
 #[test]
 fn fixture_runs_have_the_effective_status_asked_for() {
     for status in Status::ALL {
-        let run = fixtures::run().status(status).at(t0()).build();
+        let run = fixtures::run().with_status(status).with_now(t0()).build();
         assert_eq!(run.effective_status(t0()), status, "{status}");
         assert!(run.start_fielding_at < run.end_fielding_at);
         assert_eq!(run.last_changed_at, t0());
@@ -24,7 +24,7 @@ fn fixture_runs_have_the_effective_status_asked_for() {
 fn fixture_runs_default_to_the_clock_now() {
     let now = Timestamp::from(chrono::Utc::now());
     for status in Status::ALL {
-        let run = fixtures::run().status(status).build();
+        let run = fixtures::run().with_status(status).build();
         assert_eq!(run.effective_status(now), status, "{status}");
         assert!(run.last_changed_at >= now);
     }
@@ -64,7 +64,7 @@ fn neighbours_differ_in_exactly_one_part() {
 fn creation_and_change_records_describe_their_runs() {
     let scheduled = fixtures::run().build();
     assert_eq!(fixtures::creation(&scheduled).action, Action::Schedule);
-    let live = fixtures::run().status(Status::Live).version(4).build();
+    let live = fixtures::run().with_status(Status::Live).with_version(4).build();
     let first = fixtures::creation(&live);
     assert_eq!(
         (first.action, first.version, first.status_from),
@@ -91,7 +91,7 @@ fn creation_and_change_records_describe_their_runs() {
         "distinct tags make distinct writes"
     );
 
-    let last = fixtures::run().version(i64::MAX as u64).build();
+    let last = fixtures::run().with_version(i64::MAX as u64).build();
     assert!(fixtures::change(&last, 1, by).is_none());
 }
 

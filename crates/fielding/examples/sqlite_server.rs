@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         user_id: UserId::random(),
         accounts: AccountAccess::All,
     };
-    let tokens = StaticTokens::new().with(std::env::var("FIELDING_TOKEN")?, admin);
+    let tokens = StaticTokens::new().with_token(std::env::var("FIELDING_TOKEN")?, admin);
     // Under `/v1`, the contract's server URL.
     let app = axum::Router::new().nest("/v1", FieldingApi::new(service.clone(), Arc::new(tokens)).router());
     // Bulk jobs are worked in the background, by this runner.

@@ -98,3 +98,15 @@ pub use fielding_testkit as testkit;
 #[cfg(all(doctest, feature = "memory", feature = "sqlite", feature = "testkit"))]
 #[doc = include_str!("../../../README.md")]
 pub struct ReadmeDoctests;
+
+/// `docs/configuration.md`'s examples, compiled (and the in-memory one
+/// run) as doctests, so that every builder method they show exists.
+#[cfg(all(
+    doctest,
+    feature = "memory",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "http"
+))]
+#[doc = include_str!("../../../docs/configuration.md")]
+pub struct ConfigurationDocDoctests;

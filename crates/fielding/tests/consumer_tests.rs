@@ -109,7 +109,7 @@ fn harness() -> Harness {
     let store = FaultyStore::new(memory.clone());
     let faults = store.faults().clone();
     let clock = ManualClock::new(ts(NOW));
-    let service = FieldingService::with_clock(Arc::new(store), Arc::new(clock.clone()));
+    let service = FieldingService::new(Arc::new(store)).with_clock(Arc::new(clock.clone()));
     Harness {
         service,
         memory,
@@ -125,10 +125,10 @@ fn ts(text: &str) -> Timestamp {
 /// A live run from Jan 1 to Jan 31 2031, at version 4, stored.
 fn seeded_live_run(h: &Harness) -> FieldingRun {
     let run = fixtures::run()
-        .status(Status::Live)
-        .version(4)
-        .dates(ts("2031-01-01T09:00:00Z"), ts("2031-01-31T09:00:00Z"))
-        .at(ts(NOW))
+        .with_status(Status::Live)
+        .with_version(4)
+        .with_dates(ts("2031-01-01T09:00:00Z"), ts("2031-01-31T09:00:00Z"))
+        .with_now(ts(NOW))
         .build();
     h.memory.seed(run.clone()).expect("seed");
     run
@@ -206,7 +206,7 @@ async fn a_missing_run_is_not_found() {
 #[tokio::test]
 async fn a_completed_run_cannot_be_extended() {
     let h = harness();
-    let run = fixtures::run().status(Status::Completed).at(ts(NOW)).build();
+    let run = fixtures::run().with_status(Status::Completed).with_now(ts(NOW)).build();
     h.memory.seed(run.clone()).unwrap();
     let err = extend_by_days(&h.service, &run.key(), 7, UserId::random())
         .await

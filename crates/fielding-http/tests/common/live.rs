@@ -178,14 +178,14 @@ impl Live {
         };
         let user = UserId::random();
         let tokens = StaticTokens::new()
-            .with(
+            .with_token(
                 TOKEN,
                 Principal {
                     user_id: user,
                     accounts: AccountAccess::Only(vec![AccountId::new(ACCOUNT).unwrap()]),
                 },
             )
-            .with(
+            .with_token(
                 OTHER_TOKEN,
                 Principal {
                     user_id: UserId::random(),
@@ -194,10 +194,10 @@ impl Live {
             );
         let service = FieldingService::new(store.clone());
         let mut api = FieldingApi::new(service.clone(), Arc::new(tokens))
-            .body_limit(options.body_limit)
-            .base_path(BasePath::contract());
+            .with_body_limit(options.body_limit)
+            .with_base_path(BasePath::contract());
         if let Some(limit) = options.bulk_body_limit {
-            api = api.bulk_body_limit(limit);
+            api = api.with_bulk_body_limit(limit);
         }
         let runner = options.bulk_runner.then(|| {
             let runner = BulkRunner::new(service, BulkRunnerOptions::default());
@@ -205,10 +205,10 @@ impl Live {
             tokio::spawn(async move { runner.run(std::future::pending::<()>()).await })
         });
         if let Some(policy) = options.rate_limit {
-            api = api.rate_limit(policy);
+            api = api.with_rate_limit(policy);
         }
         if let Some(timeout) = options.body_timeout {
-            api = api.body_timeout(timeout);
+            api = api.with_body_timeout(timeout);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -238,9 +238,9 @@ impl Live {
     /// through the store with its first change record.
     pub async fn seed(&self, status: Status, version: u64) -> FieldingRun {
         let run = fixtures::run()
-            .scope(Self::scope())
-            .status(status)
-            .version(version)
+            .with_scope(Self::scope())
+            .with_status(status)
+            .with_version(version)
             .build();
         self.insert(&run).await;
         run
