@@ -21,7 +21,7 @@ const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 fn seeded(status: Status) -> (FaultyStore<MemoryStore>, FieldingService, fielding_core::FieldingRun) {
     let memory = MemoryStore::new();
-    let run = fixtures::run().status(status).build();
+    let run = fixtures::run().with_status(status).build();
     memory.seed(run.clone()).expect("seeding a fresh store");
     let store = FaultyStore::new(memory);
     let service = FieldingService::new(Arc::new(store.clone()));
@@ -224,12 +224,12 @@ async fn a_bulk_job_counts_its_states_and_items() {
     let memory = MemoryStore::new();
     let scope = fixtures::scope();
     let live = fixtures::run()
-        .scope(fixtures::other_target_group(scope))
-        .status(Status::Live)
+        .with_scope(fixtures::other_target_group(scope))
+        .with_status(Status::Live)
         .build();
     let done = fixtures::run()
-        .scope(fixtures::other_target_group(scope))
-        .status(Status::Completed)
+        .with_scope(fixtures::other_target_group(scope))
+        .with_status(Status::Completed)
         .build();
     memory.seed(live.clone()).expect("seed");
     memory.seed(done.clone()).expect("seed");

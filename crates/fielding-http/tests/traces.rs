@@ -27,7 +27,7 @@ const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 async fn a_write_leaves_a_request_span_with_the_trace_id_and_a_command_span_inside_it() {
     let store = MemoryStore::new();
     let account = AccountId::new(101).expect("a valid account");
-    let tokens = StaticTokens::new().with(
+    let tokens = StaticTokens::new().with_token(
         TOKEN,
         Principal {
             user_id: UserId::random(),
@@ -36,7 +36,11 @@ async fn a_write_leaves_a_request_span_with_the_trace_id_and_a_command_span_insi
     );
     let app = FieldingApi::new(FieldingService::new(Arc::new(store.clone())), Arc::new(tokens)).router();
     let scope = fielding_core::Scope::new(account, fixtures::project_id(), fixtures::target_group_id());
-    let run = fixtures::run().scope(scope).status(Status::Live).version(3).build();
+    let run = fixtures::run()
+        .with_scope(scope)
+        .with_status(Status::Live)
+        .with_version(3)
+        .build();
     store.seed(run.clone()).expect("seeding");
     let path = format!(
         "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}/pause",
@@ -91,7 +95,7 @@ async fn a_write_leaves_a_request_span_with_the_trace_id_and_a_command_span_insi
 async fn a_refused_write_is_traced_with_its_outcome() {
     let store = MemoryStore::new();
     let account = AccountId::new(101).expect("a valid account");
-    let tokens = StaticTokens::new().with(
+    let tokens = StaticTokens::new().with_token(
         TOKEN,
         Principal {
             user_id: UserId::random(),
@@ -100,7 +104,11 @@ async fn a_refused_write_is_traced_with_its_outcome() {
     );
     let app = FieldingApi::new(FieldingService::new(Arc::new(store.clone())), Arc::new(tokens)).router();
     let scope = fielding_core::Scope::new(account, fixtures::project_id(), fixtures::target_group_id());
-    let run = fixtures::run().scope(scope).status(Status::Live).version(3).build();
+    let run = fixtures::run()
+        .with_scope(scope)
+        .with_status(Status::Live)
+        .with_version(3)
+        .build();
     store.seed(run.clone()).expect("seeding");
     let path = format!(
         "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}",
