@@ -257,11 +257,12 @@ pub const JOB_KIND_BULK: &str = "bulk";
 /// The `job` span of one job: its submission, or a runner's work on it.
 /// `trace_id` is the submitting request's: background work joins the
 /// trace of the request that asked for it.
+/// `job_id` is recorded once known (a submission's answer may be an
+/// existing job: the id is the one the caller gets back).
 pub(crate) fn job_span(
     kind: &'static str,
     action: &'static str,
     account: &crate::AccountId,
-    job: &crate::JobId,
     trace_id: Option<&crate::JobTraceId>,
 ) -> tracing::Span {
     tracing::info_span!(
@@ -269,10 +270,30 @@ pub(crate) fn job_span(
         kind,
         action,
         account = %account,
-        job_id = %job,
+        job_id = tracing::field::Empty,
         trace_id = trace_id.map(tracing::field::display),
         outcome = tracing::field::Empty,
     )
+}
+
+/// The `state` label of a bulk job in `status`.
+pub(crate) fn bulk_job_state(status: crate::BulkJobStatus) -> &'static str {
+    match status {
+        crate::BulkJobStatus::Processing => "processing",
+        crate::BulkJobStatus::Completed => "completed",
+        crate::BulkJobStatus::Failed => "failed",
+    }
+}
+
+/// Records a job span's id (when there is one) and outcome.
+pub(crate) fn close_job_span(span: &tracing::Span, job: Option<&crate::JobId>, outcome: &str) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(job) = job {
+        span.record("job_id", tracing::field::display(job));
+    }
+    span.record("outcome", outcome);
 }
 
 /// Every store operation the service and the runners call, with its
@@ -415,7 +436,7 @@ where
             operation = operation.as_str(),
             outcome = tracing::field::Empty
         ),
-        started: Instant::now(),
+        started: None,
         call,
     }
 }
@@ -425,8 +446,25 @@ where
 pub struct StoreCall<F> {
     operation: StoreOperation,
     span: tracing::Span,
-    started: Instant,
+    /// When the call was first polled: a future made before a pause (the
+    /// backoff after a lost race) must not count the pause as store time.
+    /// `None` again once the call is over.
+    started: Option<Instant>,
     call: F,
+}
+
+impl<F> Drop for StoreCall<F> {
+    /// A call dropped while in flight (the caller gave up: a client that
+    /// went away, a timeout) has no latency to record; it is counted as a
+    /// `cancelled` error so that the histogram's fast calls are not all
+    /// there is to see.
+    fn drop(&mut self) {
+        if self.started.is_some() {
+            metrics::counter!(STORE_CALL_ERRORS, "operation" => self.operation.as_str(), "kind" => "cancelled")
+                .increment(1);
+            self.span.record("outcome", "cancelled");
+        }
+    }
 }
 
 impl<F, T> Future for StoreCall<F>
@@ -437,12 +475,14 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        let started = *this.started.get_or_insert_with(Instant::now);
         let polled = {
             let _entered = this.span.enter();
             Pin::new(&mut this.call).poll(cx)
         };
         if let Poll::Ready(result) = &polled {
-            let seconds = this.started.elapsed().as_secs_f64();
+            this.started = None;
+            let seconds = started.elapsed().as_secs_f64();
             metrics::with_recorder(|recorder| recorder.register_histogram(this.operation.latency_key(), &METADATA))
                 .record(seconds);
             let outcome = match result {
@@ -464,7 +504,10 @@ mod tests {
     use super::*;
     use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
-    fn counter(snapshot: &[(String, Vec<(String, String)>, DebugValue)], name: &str, labels: &[(&str, &str)]) -> u64 {
+    /// A metric's name, labels and value.
+    type Seen = (String, Vec<(String, String)>, DebugValue);
+
+    fn counter(snapshot: &[Seen], name: &str, labels: &[(&str, &str)]) -> u64 {
         snapshot
             .iter()
             .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v)))
@@ -475,7 +518,7 @@ mod tests {
             .sum()
     }
 
-    fn snapshot(recorder: &DebuggingRecorder) -> Vec<(String, Vec<(String, String)>, DebugValue)> {
+    fn snapshot(recorder: &DebuggingRecorder) -> Vec<Seen> {
         recorder
             .snapshotter()
             .snapshot()

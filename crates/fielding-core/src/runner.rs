@@ -331,19 +331,17 @@ impl BulkRunner {
             observe::JOB_KIND_BULK,
             job.action.as_str(),
             &job.account_id,
-            &job.id,
             job.trace_id.as_ref(),
         );
+        let id = job.id;
         let worked = self.work_items(job, claim, stopping).instrument(span.clone()).await;
-        span.record(
-            "outcome",
-            match &worked {
-                Ok(()) => observe::OUTCOME_OK,
-                Err(Interrupted::Stopping) => "stopping",
-                Err(Interrupted::ClaimLost) => "claim_lost",
-                Err(Interrupted::Store(err)) => err.kind(),
-            },
-        );
+        let outcome = match &worked {
+            Ok(()) => observe::OUTCOME_OK,
+            Err(Interrupted::Stopping) => "released",
+            Err(Interrupted::ClaimLost) => "claim_lost",
+            Err(Interrupted::Store(err)) => err.kind(),
+        };
+        observe::close_job_span(&span, Some(&id), outcome);
         worked
     }
 
@@ -420,11 +418,7 @@ impl BulkRunner {
         if !finished.map_err(Interrupted::Store)? {
             return Err(Interrupted::ClaimLost);
         }
-        let state = match status {
-            BulkJobStatus::Failed => "failed",
-            _ => "completed",
-        };
-        observe::count_job(observe::JOB_KIND_BULK, state);
+        observe::count_job(observe::JOB_KIND_BULK, observe::bulk_job_state(status));
         tracing::debug!(
             job = %key,
             trace_id = job.trace_id.map(|id| id.to_string()),

@@ -246,7 +246,7 @@ impl FieldingService {
         actor: UserId,
     ) -> Result<Applied, FieldingError> {
         let now = self.clock.now();
-        let target = lifecycle::new_scheduled(start_fielding_at, end_fielding_at, now)?;
+        let target = lifecycle::new_scheduled(start_fielding_at, end_fielding_at, now);
         self.create(scope, FieldingRunId::generate(), Action::Schedule, target, now, actor)
             .await
     }
@@ -259,31 +259,42 @@ impl FieldingService {
         actor: UserId,
     ) -> Result<Applied, FieldingError> {
         let now = self.clock.now();
-        let target = lifecycle::new_launched(end_fielding_at, now)?;
+        let target = lifecycle::new_launched(end_fielding_at, now);
         self.create(scope, FieldingRunId::generate(), Action::Launch, target, now, actor)
             .await
     }
 
+    /// Creates the run `target` describes (or refuses, when the dates
+    /// were refused), in a `command` span, counted once.
     async fn create(
         &self,
         scope: Scope,
         id: FieldingRunId,
         action: Action,
-        target: Target,
+        target: Result<Target, FieldingError>,
         now: Timestamp,
         actor: UserId,
     ) -> Result<Applied, FieldingError> {
         let span = observe::command_span(Some(action), &scope.run(id));
-        let created = self
-            .insert_new(scope, id, action, target, now, actor)
-            .instrument(span.clone())
-            .await;
+        let created = match target {
+            Ok(target) => {
+                self.insert_new(scope, id, action, target, now, actor)
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(refused) => Err(refused),
+        };
         let outcome = match &created {
             Ok(_) => observe::OUTCOME_OK,
-            Err(err) => err.code(),
+            Err(err) => observe::outcome_of_error(err),
         };
-        span.record("resulting_version", Version::INITIAL.get());
-        span.record("outcome", outcome);
+        if !span.is_disabled() {
+            if created.is_ok() {
+                span.record("resulting_version", Version::INITIAL.get());
+            }
+            span.record("attempt", 1);
+            span.record("outcome", outcome);
+        }
         observe::count_command(Some(action), outcome);
         created
     }
@@ -542,13 +553,15 @@ impl FieldingService {
         E: From<FieldingError> + Send,
         F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
     {
+        let span = observe::command_span(action, key);
         let mut noted = Noted {
-            span: observe::command_span(action, key),
             action,
             refusal: None,
             lost: 0,
+            expected: None,
+            resulting: None,
+            precondition_failed: None,
         };
-        let span = noted.span.clone();
         let answer = async {
             loop {
                 let lost = noted.lost;
@@ -568,9 +581,9 @@ impl FieldingService {
                 }
             }
         }
-        .instrument(span)
+        .instrument(span.clone())
         .await;
-        noted.close(&answer);
+        noted.close(&span, action, &answer);
         answer
     }
 
@@ -590,11 +603,22 @@ impl FieldingService {
         E: From<FieldingError>,
         F: FnMut(&FieldingRun) -> Result<Command, E>,
     {
-        noted.span.record("expected_version", run.version.get());
+        // Only plain values here: a store may call `decide` under its lock,
+        // and what a subscriber or recorder does with them waits until the
+        // store call is over (`Noted::close`).
+        noted.expected = Some(run.version);
+        noted.resulting = None;
         if let Err(refused) = condition.check(run.version) {
             noted.refuse(&refused);
             if matches!(refused, FieldingError::PreconditionFailed { .. }) {
-                observe::count_precondition_failure(noted.action, PreconditionCause::Stale);
+                // A condition that held on an earlier read and not on this
+                // one lost a race; on the first read, the caller's tag was
+                // already old.
+                noted.precondition_failed = Some(if noted.lost > 0 {
+                    PreconditionCause::LostRace
+                } else {
+                    PreconditionCause::Stale
+                });
             }
             *outcome = Some(Err(E::from(refused)));
             return Update::Skip;
@@ -607,10 +631,7 @@ impl FieldingService {
                 return Update::Skip;
             }
         };
-        if noted.action.is_none() {
-            noted.action = Some(command.action());
-            noted.span.record("action", command.action().as_str());
-        }
+        noted.action = Some(command.action());
         // Matched where it is made: a `map_err` here would copy the whole
         // planned run and record on every command.
         match self.plan(run, &command, actor) {
@@ -620,12 +641,12 @@ impl FieldingService {
                 Update::Skip
             }
             Ok(Plan::Unchanged(applied)) => {
-                noted.span.record("resulting_version", applied.run.version.get());
+                noted.resulting = Some(applied.run.version);
                 *outcome = Some(Ok(applied));
                 Update::Skip
             }
             Ok(Plan::Write { expected, next, change }) => {
-                noted.span.record("resulting_version", next.version.get());
+                noted.resulting = Some(next.version);
                 *outcome = Some(Ok(Applied {
                     etag: next.etag(),
                     run: next.clone(),
@@ -697,17 +718,23 @@ enum Plan {
     },
 }
 
-/// What a command's traces and metrics need to know about it as it goes:
-/// the caller's answer may be any `E`, whose code the service cannot read,
-/// so every refusal notes its own.
+/// What a command's traces and metrics need to know about it, noted as
+/// plain values while it runs and handed to the span and the recorder once
+/// it is answered. The caller's answer may be any `E`, whose code the
+/// service cannot read, so every refusal notes its own.
 struct Noted {
-    span: tracing::Span,
     /// The command's action, once known.
     action: Option<Action>,
     /// The `outcome` label of the refusal, when the answer is one.
     refusal: Option<&'static str>,
     /// Races lost so far (and decided again).
     lost: u32,
+    /// The version the last decision was made on.
+    expected: Option<Version>,
+    /// The version the last decision would leave the run at.
+    resulting: Option<Version>,
+    /// Why the answer is a 412, when it is one.
+    precondition_failed: Option<PreconditionCause>,
 }
 
 impl Noted {
@@ -715,15 +742,34 @@ impl Noted {
         self.refusal = Some(observe::outcome_of_error(error));
     }
 
-    /// Records the answer on the span and counts it.
-    fn close<E>(&self, answer: &Result<Applied, E>) {
+    /// Records the answer on `span` and counts it. `declared` is the
+    /// action the span was opened with: recorded again only when the
+    /// command turned out to be another one.
+    fn close<E>(&self, span: &tracing::Span, declared: Option<Action>, answer: &Result<Applied, E>) {
         let outcome = match answer {
             Ok(applied) if applied.changed => observe::OUTCOME_OK,
             Ok(_) => observe::OUTCOME_UNCHANGED,
             Err(_) => self.refusal.unwrap_or("unexpected_internal_error"),
         };
-        self.span.record("attempt", self.lost + 1);
-        self.span.record("outcome", outcome);
+        if !span.is_disabled() {
+            if self.action != declared {
+                if let Some(action) = self.action {
+                    span.record("action", action.as_str());
+                }
+            }
+            if let Some(expected) = self.expected {
+                span.record("expected_version", expected.get());
+            }
+            // A refused command wrote nothing: no resulting version.
+            if let (Ok(_), Some(resulting)) = (answer, self.resulting) {
+                span.record("resulting_version", resulting.get());
+            }
+            span.record("attempt", self.lost + 1);
+            span.record("outcome", outcome);
+        }
+        if let Some(cause) = self.precondition_failed {
+            observe::count_precondition_failure(self.action, cause);
+        }
         observe::count_command(self.action, outcome);
     }
 }
@@ -745,7 +791,7 @@ fn finish<E: From<FieldingError>>(
             )),
         },
         Err(StoreError::VersionConflict { current, .. }) => {
-            observe::count_precondition_failure(noted.action, PreconditionCause::LostRace);
+            noted.precondition_failed = Some(PreconditionCause::LostRace);
             FieldingError::PreconditionFailed { current }
         }
         Err(other) => FieldingError::from(other),

@@ -103,6 +103,101 @@ async fn refusals_and_lost_races_show_on_the_span() {
     // The stale one was judged on version 1 and wrote nothing.
     assert_eq!(commands[0].field("expected_version"), Some("1"));
     assert_eq!(commands[0].field("resulting_version"), None);
+    assert_eq!(commands[1].field("resulting_version"), Some("2"));
+}
+
+#[tokio::test]
+async fn a_command_that_lost_its_race_shows_no_resulting_version() {
+    let (store, service, run) = seeded(Status::Live);
+    let spans = SpanLog::new();
+    let _capture = spans.capture();
+    store.faults().inject(Fault::Conflict, 1);
+    let lost = service
+        .pause(&run.key(), &IfMatch::version(run.version), UserId::random())
+        .await;
+    assert_eq!(lost.map_err(|e| e.code()).err(), Some("precondition_failed_error"));
+    let command = spans.only("command");
+    assert_eq!(command.field("outcome"), Some("precondition_failed_error"));
+    assert_eq!(command.field("expected_version"), Some("1"));
+    assert_eq!(
+        command.field("resulting_version"),
+        None,
+        "nothing was written: {command:?}"
+    );
+    let call = &spans.children_of(command.index)[0];
+    assert_eq!(call.field("outcome"), Some("version_conflict"));
+}
+
+#[tokio::test]
+async fn refused_creations_and_retried_commands_are_counted_under_their_action() {
+    let (store, service, run) = seeded(Status::Live);
+    let metrics = MetricsLog::new();
+    let spans = SpanLog::new();
+    let _metrics = metrics.capture();
+    let _spans = spans.capture();
+    let me = UserId::random();
+    // A start in the past: refused before anything is read.
+    let past = run
+        .start_fielding_at
+        .checked_sub(chrono::TimeDelta::days(3650))
+        .expect("a date");
+    let refused = service.schedule(fixtures::scope(), past, run.end_fielding_at, me).await;
+    assert_eq!(refused.map_err(|e| e.code()).err(), Some("bad_request_error"));
+    assert_eq!(
+        metrics.counter(COMMANDS, &[("action", "schedule"), ("outcome", "bad_request_error")]),
+        1
+    );
+    let schedule = spans.only("command");
+    assert_eq!(schedule.field("outcome"), Some("bad_request_error"));
+    assert_eq!(schedule.field("resulting_version"), None);
+
+    // The retry helper decides the command on the run it reads: the span
+    // opens as `unknown` and is named when the command is known.
+    store.faults().inject(Fault::Conflict, 1);
+    service
+        .execute_with_retry(&run.key(), me, &fielding_core::RetryPolicy::immediate(3), |_| {
+            fielding_core::Command::Pause
+        })
+        .await
+        .expect("paused on the second decision");
+    assert_eq!(metrics.counter(COMMANDS, &[("action", "pause"), ("outcome", "ok")]), 1);
+    assert_eq!(metrics.counter(RACES_REDECIDED, &[("action", "pause")]), 1);
+    let retried = spans.named("command").pop().expect("a second command span");
+    assert_eq!(retried.field("action"), Some("pause"));
+    assert_eq!(retried.field("attempt"), Some("2"));
+}
+
+#[tokio::test]
+async fn store_latency_does_not_include_the_pause_after_a_lost_race() {
+    let (store, service, run) = seeded(Status::Live);
+    let metrics = MetricsLog::new();
+    let _capture = metrics.capture();
+    let pause = std::time::Duration::from_millis(300);
+    let policy = fielding_core::RetryPolicy {
+        max_attempts: 4,
+        initial_backoff: pause,
+        max_backoff: pause,
+    };
+    store.faults().inject(Fault::Conflict, 3);
+    let started = std::time::Instant::now();
+    service
+        .execute_with_retry(&run.key(), UserId::random(), &policy, |_| fielding_core::Command::Pause)
+        .await
+        .expect("paused on the fourth decision");
+    let took = started.elapsed();
+    let samples: Vec<f64> = metrics
+        .matching(STORE_CALL_SECONDS, &[("operation", "update")])
+        .iter()
+        .flat_map(|s| s.samples.clone())
+        .collect();
+    assert_eq!(samples.len(), 4, "{samples:?}");
+    let in_store: f64 = samples.iter().sum();
+    // Three jittered pauses of up to 300 ms each: whatever they came to,
+    // none of it is store time.
+    assert!(
+        in_store < 0.05 && in_store <= took.as_secs_f64(),
+        "store time {in_store:.3} s of {took:?}: {samples:?}"
+    );
 }
 
 #[tokio::test]
@@ -195,11 +290,17 @@ async fn a_creation_job_is_traced_with_its_callers_trace_and_counted() {
 
     let jobs = spans.named("job");
     assert_eq!(jobs.len(), 2);
+    assert_eq!(
+        jobs[1].field("job_id"),
+        Some(submitted.job.id.to_string().as_str()),
+        "a replay's span names the job the caller gets back"
+    );
+    assert_eq!(jobs[1].field("outcome"), Some("completed"));
     assert_eq!(jobs[0].field("kind"), Some("creation"));
     assert_eq!(jobs[0].field("action"), Some("launch-from-draft"));
     assert_eq!(jobs[0].field("trace_id"), Some(TRACE));
     assert_eq!(jobs[0].field("job_id"), Some(submitted.job.id.to_string().as_str()));
-    assert_eq!(jobs[0].field("outcome"), Some("Completed"));
+    assert_eq!(jobs[0].field("outcome"), Some("completed"));
     let created = spans.children_of(jobs[0].index);
     assert!(
         created
@@ -279,8 +380,10 @@ async fn a_bulk_job_counts_its_states_and_items() {
     assert_eq!(calls, ["apply_bulk_items", "finish_bulk_job"]);
 }
 
+/// The recording points with nobody listening: no panic, no error, the
+/// same answer (tracing's and metrics' no-op paths are exercised here).
 #[tokio::test]
-async fn without_a_subscriber_or_recorder_nothing_is_recorded_and_nothing_breaks() {
+async fn without_a_subscriber_or_recorder_commands_work_the_same() {
     let (_, service, run) = seeded(Status::Live);
     let applied = service
         .pause(&run.key(), &IfMatch::version(run.version), UserId::random())

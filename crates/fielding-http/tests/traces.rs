@@ -80,12 +80,30 @@ async fn a_write_leaves_a_request_span_with_the_trace_id_and_a_command_span_insi
     assert_eq!(command.field("resulting_version"), Some("4"));
     assert_eq!(command.field("outcome"), Some("ok"));
 
-    for span in spans.spans() {
-        for (name, value) in &span.fields {
+    // A wrong token too: refused (and logged at debug) without its value.
+    let wrong = format!("Bearer {TOKEN}-but-wrong");
+    let refused = send(
+        &app,
+        Method::GET,
+        &path.replace("/pause", ""),
+        &[("authorization", wrong.as_str()), ("cint-api-version", "2025-12-18")],
+        "",
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    assert!(
+        spans.events().iter().any(|e| e.level == tracing::Level::DEBUG),
+        "the refusal is logged: {:#?}",
+        spans.events()
+    );
+
+    let spans_fields = spans.spans().into_iter().map(|s| (s.name.to_owned(), s.fields));
+    let event_fields = spans.events().into_iter().map(|e| (e.target, e.fields));
+    for (what, fields) in spans_fields.chain(event_fields) {
+        for (name, value) in &fields {
             assert!(
                 !value.contains(TOKEN) && !value.contains("Bearer"),
-                "span {} field {name} holds the credential: {value}",
-                span.name
+                "{what} field {name} holds the credential: {value}"
             );
         }
     }

@@ -57,11 +57,26 @@ impl CapturedSpan {
     }
 }
 
-/// Every span opened while a [`SpanLog::capture`] guard was alive, in
-/// opening order. Cheap to clone: clones share the log.
+/// One event (a log line) as it was emitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedEvent {
+    /// Its level (`INFO`, `DEBUG`, ...).
+    pub level: tracing::Level,
+    /// Its target.
+    pub target: String,
+    /// Every field, `message` included, as text.
+    pub fields: BTreeMap<String, String>,
+    /// The position of the span it was emitted in, if any.
+    pub span_index: Option<usize>,
+}
+
+/// Every span opened, and every event emitted, while a
+/// [`SpanLog::capture`] guard was alive, in order. Cheap to clone: clones
+/// share the log.
 #[derive(Debug, Clone, Default)]
 pub struct SpanLog {
     spans: Arc<Mutex<Vec<CapturedSpan>>>,
+    events: Arc<Mutex<Vec<CapturedEvent>>>,
 }
 
 impl SpanLog {
@@ -86,6 +101,11 @@ impl SpanLog {
     /// Every span captured so far.
     pub fn spans(&self) -> Vec<CapturedSpan> {
         self.lock().clone()
+    }
+
+    /// Every event captured so far.
+    pub fn events(&self) -> Vec<CapturedEvent> {
+        self.events.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The spans named `name`, in opening order.
@@ -175,6 +195,24 @@ where
         span.extensions_mut().insert(Position(index));
     }
 
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        let span_index = ctx
+            .event_span(event)
+            .and_then(|span| span.extensions().get::<Position>().map(|at| at.0));
+        let mut fields = BTreeMap::new();
+        event.record(&mut FieldText(&mut fields));
+        self.log
+            .events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(CapturedEvent {
+                level: *event.metadata().level(),
+                target: event.metadata().target().to_owned(),
+                fields,
+                span_index,
+            });
+    }
+
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
         let Some(index) = span.extensions().get::<Position>().map(|at| at.0) else {
@@ -205,7 +243,7 @@ pub struct MetricsLog {
     recorder: metrics_util::debugging::DebuggingRecorder,
     /// Everything drained from the recorder so far: its snapshots hand
     /// each counter's increments and histogram's samples out once.
-    seen: Mutex<BTreeMap<(String, BTreeMap<String, String>), Series>>,
+    seen: Mutex<BTreeMap<SeriesKey, Series>>,
 }
 
 impl fmt::Debug for MetricsLog {
@@ -213,6 +251,9 @@ impl fmt::Debug for MetricsLog {
         f.debug_struct("MetricsLog").finish_non_exhaustive()
     }
 }
+
+/// A series' name and labels.
+type SeriesKey = (String, BTreeMap<String, String>);
 
 /// One metric's series: its labels and what it holds.
 #[derive(Debug, Clone, PartialEq)]

@@ -116,17 +116,28 @@ impl FieldingService {
             observe::JOB_KIND_BULK,
             candidate.action.as_str(),
             &candidate.account_id,
-            &candidate.id,
             candidate.trace_id.as_ref(),
         );
-        let created =
-            async { observe::store_call(StoreOperation::CreateBulkJob, self.store.create_bulk_job(&candidate)).await }
-                .instrument(span.clone())
-                .await;
-        span.record(
-            "outcome",
-            created.as_ref().map_or_else(StoreError::kind, |_| observe::OUTCOME_OK),
-        );
+        let submitted = self.record_bulk_job(candidate).instrument(span.clone()).await;
+        match &submitted {
+            // The id of the job answered: a replay's is the existing job's.
+            Ok(submitted) => observe::close_job_span(
+                &span,
+                Some(&submitted.job.id),
+                observe::bulk_job_state(submitted.job.status),
+            ),
+            Err(err) => observe::close_job_span(&span, None, observe::outcome_of_error(err)),
+        }
+        let submitted = submitted?;
+        if submitted.job.status == BulkJobStatus::Processing {
+            self.bulk_wakeup.notify_one();
+        }
+        Ok(submitted)
+    }
+
+    /// Records `candidate`, or finds the job its key already names.
+    async fn record_bulk_job(&self, candidate: BulkJob) -> Result<SubmittedBulkJob, FieldingError> {
+        let created = observe::store_call(StoreOperation::CreateBulkJob, self.store.create_bulk_job(&candidate)).await;
         let submitted = match created? {
             BulkJobCreated::Created => {
                 observe::count_job(observe::JOB_KIND_BULK, "submitted");
@@ -150,9 +161,6 @@ impl FieldingService {
                 )]))
             }
         };
-        if submitted.job.status == BulkJobStatus::Processing {
-            self.bulk_wakeup.notify_one();
-        }
         Ok(submitted)
     }
 
@@ -190,6 +198,7 @@ impl FieldingService {
             );
             match applied.await {
                 Err(StoreError::VersionConflict { .. }) if decisions < MAX_DECISIONS => {
+                    observe::count_redecided(Some(job.action.command().action()));
                     // A batch loses to any single-run write on one of its
                     // runs between its read and its write (PostgreSQL reads
                     // without locks, see fielding-postgres's bulk.rs): back

@@ -79,26 +79,24 @@ impl FieldingService {
     /// # Ok(()) }
     /// ```
     pub async fn submit_job(&self, new: NewJob) -> Result<SubmittedJob, FieldingError> {
-        let id = JobId::generate();
         let span = observe::job_span(
             observe::JOB_KIND_CREATION,
             new.request.kind().as_str(),
             &new.scope.account_id,
-            &id,
             new.trace_id.as_ref(),
         );
-        let submitted = self.submit_job_in_span(id, new).instrument(span.clone()).await;
-        let outcome = match &submitted {
-            Ok(submitted) => submitted.job.state.status_name(),
-            Err(err) => err.code(),
-        };
-        span.record("outcome", outcome);
+        let submitted = self.submit_job_in_span(new).instrument(span.clone()).await;
+        match &submitted {
+            // The id of the job answered: a replay's is the existing job's.
+            Ok(submitted) => observe::close_job_span(&span, Some(&submitted.job.id), job_state(&submitted.job.state)),
+            Err(err) => observe::close_job_span(&span, None, observe::outcome_of_error(err)),
+        }
         submitted
     }
 
-    async fn submit_job_in_span(&self, id: JobId, new: NewJob) -> Result<SubmittedJob, FieldingError> {
+    async fn submit_job_in_span(&self, new: NewJob) -> Result<SubmittedJob, FieldingError> {
         let candidate = FieldingRunJob {
-            id,
+            id: JobId::generate(),
             scope: new.scope,
             idempotency_key: new.idempotency_key,
             request: new.request,
@@ -127,7 +125,10 @@ impl FieldingService {
             }
         };
         let job = match job.state {
-            JobState::Processing => self.run_job(job).await?,
+            // A replay that finds the job still processing is racing the
+            // submission that created it: both finish it (the first outcome
+            // wins), and only the creator counts the ending.
+            JobState::Processing => self.run_job(job, !replayed).await?,
             JobState::Finished(_) => job,
         };
         Ok(SubmittedJob { job, replayed })
@@ -145,14 +146,17 @@ impl FieldingService {
         };
         let abandoned = TimeDelta::from_std(JOB_RESUME_AFTER).unwrap_or(TimeDelta::MAX);
         if job.state == JobState::Processing && self.clock.now().since(job.created_at) >= abandoned {
-            return self.run_job(job).await;
+            // Abandoned: its creator is gone, so this call counts the ending.
+            return self.run_job(job, true).await;
         }
         Ok(job)
     }
 
     /// Creates the job's run (if nobody has) and records the outcome.
     /// Storage errors leave the job `Processing` for a later attempt.
-    async fn run_job(&self, job: FieldingRunJob) -> Result<FieldingRunJob, FieldingError> {
+    /// `counts` says whether this call counts the job's ending in
+    /// [`observe::JOBS`].
+    async fn run_job(&self, job: FieldingRunJob, counts: bool) -> Result<FieldingRunJob, FieldingError> {
         let outcome = self.job_outcome(&job).await?;
         let finished = observe::store_call(
             StoreOperation::FinishJob,
@@ -162,11 +166,10 @@ impl FieldingService {
         .ok_or_else(|| FieldingError::NotFound {
             what: format!("job {} ({})", job.id, job.scope),
         })?;
-        let state = match outcome {
-            JobOutcome::Completed => "completed",
-            JobOutcome::Failed(_) => "failed",
-        };
-        observe::count_job(observe::JOB_KIND_CREATION, state);
+        // The stored ending: the first outcome recorded wins.
+        if counts && finished.state != JobState::Processing {
+            observe::count_job(observe::JOB_KIND_CREATION, job_state(&finished.state));
+        }
         Ok(finished)
     }
 
@@ -196,7 +199,7 @@ impl FieldingService {
             Err(other) => return Err(other),
         };
         match self
-            .create(job.scope, job.fielding_run_id, action, target, now, job.created_by)
+            .create(job.scope, job.fielding_run_id, action, Ok(target), now, job.created_by)
             .await
         {
             Ok(_) => Ok(JobOutcome::Completed),
@@ -223,5 +226,14 @@ impl FieldingService {
             }
             Err(other) => Err(other),
         }
+    }
+}
+
+/// The `state` label of a creation job in `state`.
+fn job_state(state: &JobState) -> &'static str {
+    match state {
+        JobState::Processing => "processing",
+        JobState::Finished(JobOutcome::Completed) => "completed",
+        JobState::Finished(JobOutcome::Failed(_)) => "failed",
     }
 }
