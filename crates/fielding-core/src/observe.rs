@@ -39,7 +39,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
-use std::time::Instant;
+
+use quanta::Instant;
 
 use metrics::{Key, Label, Metadata};
 
@@ -232,9 +233,21 @@ pub(crate) fn count_bulk_items(action: &'static str, outcome: &'static str, coun
     }
 }
 
+/// Whether any subscriber may take spans at `level`: a check of one
+/// atomic. Below it the hot-path spans are `Span::none()` rather than a
+/// disabled span, which (with `tracing`'s `log` feature on, as some
+/// dependencies turn it on) would still hand its fields to the `log`
+/// crate's check when made, recorded and dropped.
+fn level_enabled(level: tracing::Level) -> bool {
+    tracing::level_filters::LevelFilter::current() >= level
+}
+
 /// The `command` span of one command on the run at `key`; fields not
 /// known yet are recorded as the command goes.
 pub(crate) fn command_span(action: Option<Action>, key: &crate::RunKey) -> tracing::Span {
+    if !level_enabled(tracing::Level::INFO) {
+        return tracing::Span::none();
+    }
     tracing::info_span!(
         "command",
         action = action_label(action),
@@ -294,6 +307,36 @@ pub(crate) fn close_job_span(span: &tracing::Span, job: Option<&crate::JobId>, o
         span.record("job_id", tracing::field::display(job));
     }
     span.record("outcome", outcome);
+}
+
+pin_project_lite::pin_project! {
+    /// `inner`, polled inside `span` ([`in_span`]).
+    #[derive(Debug)]
+    pub(crate) struct InSpan<F> {
+        span: tracing::Span,
+        #[pin]
+        inner: F,
+    }
+}
+
+/// `inner`, polled inside `span` like `tracing::Instrument` does, except
+/// that a disabled span (nobody listening) is not entered at all: entering
+/// one still costs its checks on every poll of every command.
+pub(crate) fn in_span<F: Future>(span: tracing::Span, inner: F) -> InSpan<F> {
+    InSpan { span, inner }
+}
+
+impl<F: Future> Future for InSpan<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        if this.span.is_disabled() {
+            return this.inner.poll(cx);
+        }
+        let _entered = this.span.enter();
+        this.inner.poll(cx)
+    }
 }
 
 /// Every store operation the service and the runners call, with its
@@ -429,13 +472,14 @@ pub fn store_call<F, T>(operation: StoreOperation, call: F) -> StoreCall<F>
 where
     F: Future<Output = Result<T, StoreError>> + Unpin,
 {
+    let span = if level_enabled(tracing::Level::DEBUG) {
+        tracing::debug_span!("store_call", operation = operation.as_str(), outcome = tracing::field::Empty)
+    } else {
+        tracing::Span::none()
+    };
     StoreCall {
         operation,
-        span: tracing::debug_span!(
-            "store_call",
-            operation = operation.as_str(),
-            outcome = tracing::field::Empty
-        ),
+        span,
         started: None,
         call,
     }
@@ -462,7 +506,9 @@ impl<F> Drop for StoreCall<F> {
         if self.started.is_some() {
             metrics::counter!(STORE_CALL_ERRORS, "operation" => self.operation.as_str(), "kind" => "cancelled")
                 .increment(1);
-            self.span.record("outcome", "cancelled");
+            if !self.span.is_disabled() {
+                self.span.record("outcome", "cancelled");
+            }
         }
     }
 }
@@ -476,7 +522,9 @@ where
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         let started = *this.started.get_or_insert_with(Instant::now);
-        let polled = {
+        let polled = if this.span.is_disabled() {
+            Pin::new(&mut this.call).poll(cx)
+        } else {
             let _entered = this.span.enter();
             Pin::new(&mut this.call).poll(cx)
         };
@@ -493,7 +541,9 @@ where
                     err.kind()
                 }
             };
-            this.span.record("outcome", outcome);
+            if !this.span.is_disabled() {
+                this.span.record("outcome", outcome);
+            }
         }
         polled
     }

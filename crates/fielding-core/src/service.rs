@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::Instrument;
 
 use crate::lifecycle::{self, Command, Decision, Target};
 use crate::observe::{self, PreconditionCause, StoreOperation};
@@ -278,9 +277,7 @@ impl FieldingService {
         let span = observe::command_span(Some(action), &scope.run(id));
         let created = match target {
             Ok(target) => {
-                self.insert_new(scope, id, action, target, now, actor)
-                    .instrument(span.clone())
-                    .await
+                observe::in_span(span.clone(), self.insert_new(scope, id, action, target, now, actor)).await
             }
             Err(refused) => Err(refused),
         };
@@ -382,13 +379,18 @@ impl FieldingService {
         command: &'a Command,
         actor: UserId,
     ) -> impl std::future::Future<Output = Result<Applied, FieldingError>> + Send + 'a {
-        self.decide_loop(
-            key,
-            Some(command.action()),
-            Condition::IfMatch(if_match),
-            actor,
-            Backoff::Yield,
-            |_: &FieldingRun| Ok::<_, FieldingError>(command.clone()),
+        let span = observe::command_span(Some(command.action()), key);
+        observe::in_span(
+            span.clone(),
+            self.decide_loop(
+                span,
+                key,
+                Some(command.action()),
+                Condition::IfMatch(if_match),
+                actor,
+                Backoff::Yield,
+                |_: &FieldingRun| Ok::<_, FieldingError>(command.clone()),
+            ),
         )
     }
 
@@ -434,15 +436,17 @@ impl FieldingService {
         E: From<FieldingError> + Send,
         F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
     {
-        self.decide_loop(
+        let span = observe::command_span(Some(action), key);
+        let decided = self.decide_loop(
+            span.clone(),
             key,
             Some(action),
             Condition::Stated(precondition),
             actor,
             Backoff::Yield,
             request,
-        )
-        .await
+        );
+        observe::in_span(span, decided).await
     }
 
     /// Moves the dates (the contract's `PUT`). Same dates: success, no new
@@ -521,15 +525,17 @@ impl FieldingService {
         F: FnMut(&FieldingRun) -> Command + Send,
     {
         let now = || self.clock.now();
-        self.decide_loop(
+        let span = observe::command_span(None, key);
+        let decided = self.decide_loop(
+            span.clone(),
             key,
             None,
             Condition::Any,
             actor,
             Backoff::Sleep(policy),
             |run: &FieldingRun| Ok::<_, FieldingError>(command(&run.clone().as_of(now()))),
-        )
-        .await
+        );
+        observe::in_span(span, decided).await
     }
 
     /// The one read → decide → write loop every command goes through:
@@ -538,10 +544,12 @@ impl FieldingService {
     /// is decided again on the newer run if the precondition admits it,
     /// up to the backoff's limit; else the lost race is the answer (412).
     ///
-    /// The whole loop runs in one `command` span (see [`crate::observe`]),
-    /// and its answer is counted once, by action and outcome.
+    /// Its callers run it inside `span`, the command's `command` span (see
+    /// [`crate::observe`]), where it records the answer, and count it once,
+    /// by action and outcome.
     async fn decide_loop<E, F>(
         &self,
+        span: tracing::Span,
         key: &RunKey,
         action: Option<Action>,
         condition: Condition<'_>,
@@ -553,7 +561,6 @@ impl FieldingService {
         E: From<FieldingError> + Send,
         F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
     {
-        let span = observe::command_span(action, key);
         let mut noted = Noted {
             action,
             refusal: None,
@@ -562,29 +569,26 @@ impl FieldingService {
             resulting: None,
             precondition_failed: None,
         };
-        let answer = async {
-            loop {
-                let lost = noted.lost;
-                let mut outcome: Option<Result<Applied, E>> = None;
-                let mut decide = |run: &FieldingRun| {
-                    self.decide_update(run, condition, &mut request, actor, &mut outcome, &mut noted)
-                };
-                let update = observe::store_call(StoreOperation::Update, self.store.update(key, &mut decide));
-                match backoff.before(lost, update).await {
-                    Err(StoreError::VersionConflict { current, .. })
-                        if condition.admits(current) && backoff.again(noted.lost + 1) =>
-                    {
-                        noted.lost += 1;
-                        observe::count_redecided(noted.action);
-                    }
-                    found => return finish(key, found, outcome, &mut noted),
+        loop {
+            let lost = noted.lost;
+            let mut outcome: Option<Result<Applied, E>> = None;
+            let mut decide =
+                |run: &FieldingRun| self.decide_update(run, condition, &mut request, actor, &mut outcome, &mut noted);
+            let update = observe::store_call(StoreOperation::Update, self.store.update(key, &mut decide));
+            match backoff.before(lost, update).await {
+                Err(StoreError::VersionConflict { current, .. })
+                    if condition.admits(current) && backoff.again(noted.lost + 1) =>
+                {
+                    noted.lost += 1;
+                    observe::count_redecided(noted.action);
+                }
+                found => {
+                    let answer = finish(key, found, outcome, &mut noted);
+                    noted.close(&span, action, &answer);
+                    return answer;
                 }
             }
         }
-        .instrument(span.clone())
-        .await;
-        noted.close(&span, action, &answer);
-        answer
     }
 
     /// The `decide` callback of every command: checks the precondition,
