@@ -473,7 +473,11 @@ where
     F: Future<Output = Result<T, StoreError>> + Unpin,
 {
     let span = if level_enabled(tracing::Level::DEBUG) {
-        tracing::debug_span!("store_call", operation = operation.as_str(), outcome = tracing::field::Empty)
+        tracing::debug_span!(
+            "store_call",
+            operation = operation.as_str(),
+            outcome = tracing::field::Empty
+        )
     } else {
         tracing::Span::none()
     };

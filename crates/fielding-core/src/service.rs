@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-
 use crate::lifecycle::{self, Command, Decision, Target};
 use crate::observe::{self, PreconditionCause, StoreOperation};
 use crate::precondition::check_if_match;
@@ -276,9 +275,7 @@ impl FieldingService {
     ) -> Result<Applied, FieldingError> {
         let span = observe::command_span(Some(action), &scope.run(id));
         let created = match target {
-            Ok(target) => {
-                observe::in_span(span.clone(), self.insert_new(scope, id, action, target, now, actor)).await
-            }
+            Ok(target) => observe::in_span(span.clone(), self.insert_new(scope, id, action, target, now, actor)).await,
             Err(refused) => Err(refused),
         };
         let outcome = match &created {
