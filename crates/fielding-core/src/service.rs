@@ -376,13 +376,12 @@ impl FieldingService {
         command: &'a Command,
         actor: UserId,
     ) -> impl std::future::Future<Output = Result<Applied, FieldingError>> + Send + 'a {
-        let span = observe::command_span(Some(command.action()), key);
+        let traced = Traced::new(Some(command.action()), key);
         observe::in_span(
-            span.clone(),
+            traced.span.clone(),
             self.decide_loop(
-                span,
+                traced,
                 key,
-                Some(command.action()),
                 Condition::IfMatch(if_match),
                 actor,
                 Backoff::Yield,
@@ -433,11 +432,11 @@ impl FieldingService {
         E: From<FieldingError> + Send,
         F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
     {
-        let span = observe::command_span(Some(action), key);
+        let traced = Traced::new(Some(action), key);
+        let span = traced.span.clone();
         let decided = self.decide_loop(
-            span.clone(),
+            traced,
             key,
-            Some(action),
             Condition::Stated(precondition),
             actor,
             Backoff::Yield,
@@ -522,11 +521,11 @@ impl FieldingService {
         F: FnMut(&FieldingRun) -> Command + Send,
     {
         let now = || self.clock.now();
-        let span = observe::command_span(None, key);
+        let traced = Traced::new(None, key);
+        let span = traced.span.clone();
         let decided = self.decide_loop(
-            span.clone(),
+            traced,
             key,
-            None,
             Condition::Any,
             actor,
             Backoff::Sleep(policy),
@@ -546,9 +545,8 @@ impl FieldingService {
     /// by action and outcome.
     async fn decide_loop<E, F>(
         &self,
-        span: tracing::Span,
+        traced: Traced,
         key: &RunKey,
-        action: Option<Action>,
         condition: Condition<'_>,
         actor: UserId,
         backoff: Backoff<'_>,
@@ -558,6 +556,7 @@ impl FieldingService {
         E: From<FieldingError> + Send,
         F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
     {
+        let Traced { span, action } = traced;
         let mut noted = Noted {
             action,
             refusal: None,
@@ -717,6 +716,22 @@ enum Plan {
         next: FieldingRun,
         change: ChangeRecord,
     },
+}
+
+/// A command's `command` span and the action it was opened with (`None`
+/// when the command is decided on the run as read).
+struct Traced {
+    span: tracing::Span,
+    action: Option<Action>,
+}
+
+impl Traced {
+    fn new(action: Option<Action>, key: &RunKey) -> Self {
+        Self {
+            span: observe::command_span(action, key),
+            action,
+        }
+    }
 }
 
 /// What a command's traces and metrics need to know about it, noted as
