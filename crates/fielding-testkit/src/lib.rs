@@ -1,7 +1,8 @@
 //! # fielding-testkit
 //!
 //! One conformance suite for every [`FieldingStore`]: ours and yours; and
-//! the test support every crate shares: [`fixtures`] and [`FaultyStore`].
+//! the test support every crate shares: [`fixtures`], [`FaultyStore`], and
+//! [`observe`] (captures of the spans and metrics a test's code records).
 //!
 //! The storage trait is only as good as the promise every adapter keeps.
 //! Its contract (in the docs of [`FieldingStore`]) is short: scope is part
