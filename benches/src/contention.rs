@@ -95,9 +95,9 @@ use fielding_server::{Database, JwtAuthenticator, JwtSecret, OpenedStore};
 use fielding_testkit::fixtures;
 use tokio::runtime::Runtime;
 
+use crate::harness::Scratch;
 use crate::median;
 use crate::series::{emit, lost_updates, percentile, Csv, PgSchema, RunHistory};
-use crate::sqlite::Scratch;
 
 /// The API version every request sends.
 const API_VERSION: &str = "2025-12-18";
