@@ -5,6 +5,7 @@
 //! [`Scratch`] directory their database files live in.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
@@ -12,6 +13,10 @@ use fielding_core::{
     AccountId, Clock, FieldingRun, FieldingRunId, FieldingService, IfMatch, ProjectId, RunKey, Status, SystemClock,
     TargetGroupId, Timestamp, UserId, Version,
 };
+use fielding_http::rate_limit::RateLimitPolicy;
+use fielding_http::BasePath;
+use fielding_server::app::{ApiLimits, App};
+use fielding_server::{JwtAuthenticator, JwtSecret, OpenedStore};
 use tokio::runtime::Runtime;
 
 use crate::BenchError;
@@ -301,6 +306,27 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The server's own app over `store`, under the binary's default base
+/// path (as a client of it calls it), taking tokens signed by `secret`,
+/// with a global rate limit (1,000,000 a second) no benchmark reaches and
+/// the default per-address limit kept (`per_address`) or turned off.
+pub fn server_app(store: &OpenedStore, secret: &JwtSecret, per_address: bool) -> Result<App, String> {
+    let mut limits = ApiLimits {
+        rate_limit: RateLimitPolicy::per_second(1_000_000, 1_000_000).ok_or("rate limit policy")?,
+        ..ApiLimits::default()
+    };
+    if !per_address {
+        limits.address_rate_limit = None;
+    }
+    Ok(fielding_server::app::app(
+        FieldingService::new(store.store.clone()),
+        Arc::new(JwtAuthenticator::new(secret)),
+        store.kind,
+        limits,
+        BasePath::contract(),
+    ))
 }
 
 #[cfg(test)]
