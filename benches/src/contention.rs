@@ -37,8 +37,9 @@
 //!
 //! The server is `fielding_server::app::app` (the binary's own router:
 //! `/health`, the contract's routes, the access-log layer) with the
-//! binary's [`JwtAuthenticator`], served by `axum::serve` on `127.0.0.1:0`
-//! on a 2-worker tokio runtime of its own (the binary's runtime on this
+//! binary's [`fielding_server::JwtAuthenticator`] (built by
+//! [`crate::harness::server_app`]), served by `axum::serve` on
+//! `127.0.0.1:0` on a 2-worker tokio runtime of its own (the binary's runtime on this
 //! 2-core machine), the store opened with [`fielding_server::open_store`]
 //! as the binary opens it (SQLite file with its default options, PostgreSQL
 //! with its default pool, migrated). The clients run on a second 2-worker
