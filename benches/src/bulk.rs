@@ -31,23 +31,20 @@
 //!   construction, as it does in the server (the runner works in the
 //!   background).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fielding_core::{
     BulkAction, BulkJobStatus, BulkRunner, BulkRunnerOptions, FieldingRun, FieldingService, IdempotencyKey, IfMatch,
     NewBulkJob, Scope, Status, TargetGroupId, UserId,
 };
-use fielding_http::rate_limit::RateLimitPolicy;
-use fielding_http::{BasePath, CONTRACT_BASE_PATH};
-use fielding_server::app::ApiLimits;
-use fielding_server::{Database, JwtAuthenticator, JwtSecret, OpenedStore};
+use fielding_http::CONTRACT_BASE_PATH;
+use fielding_server::{Database, JwtSecret, OpenedStore};
 use fielding_testkit::fixtures;
 use tokio::runtime::Runtime;
 
+use crate::harness::{server_app, Scratch};
 use crate::median;
 use crate::series::{emit, pg_reachable, pg_url, PgSchema};
-use crate::sqlite::Scratch;
 
 /// The API version every request sends.
 const API_VERSION: &str = "2025-12-18";
@@ -191,20 +188,7 @@ async fn loop_trial(service: &FieldingService, runs: &[FieldingRun]) -> Result<D
 /// server's app on a loopback socket.
 async fn post_times(store: &OpenedStore, project: Scope, plan: &BulkPlan) -> Result<Vec<(usize, f64)>, String> {
     let secret = JwtSecret::generate().map_err(|e| format!("cannot generate a JWT secret: {e}"))?;
-    let service = FieldingService::new(store.store.clone());
-    let limits = ApiLimits {
-        rate_limit: RateLimitPolicy::per_second(1_000_000, 1_000_000).ok_or("rate limit policy")?,
-        address_rate_limit: None,
-        ..ApiLimits::default()
-    };
-    // Under the binary's default base path, as a client of it calls it.
-    let app = fielding_server::app::app(
-        service,
-        Arc::new(JwtAuthenticator::new(&secret)),
-        store.kind,
-        limits,
-        BasePath::contract(),
-    );
+    let app = server_app(store, &secret, false)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot listen: {e}"))?;

@@ -37,8 +37,9 @@
 //!
 //! The server is `fielding_server::app::app` (the binary's own router:
 //! `/health`, the contract's routes, the access-log layer) with the
-//! binary's [`JwtAuthenticator`], served by `axum::serve` on `127.0.0.1:0`
-//! on a 2-worker tokio runtime of its own (the binary's runtime on this
+//! binary's [`fielding_server::JwtAuthenticator`] (built by
+//! [`crate::harness::server_app`]), served by `axum::serve` on
+//! `127.0.0.1:0` on a 2-worker tokio runtime of its own (the binary's runtime on this
 //! 2-core machine), the store opened with [`fielding_server::open_store`]
 //! as the binary opens it (SQLite file with its default options, PostgreSQL
 //! with its default pool, migrated). The clients run on a second 2-worker
@@ -85,19 +86,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::TimeDelta;
-use fielding_core::{
-    Action, ChangeRecord, Clock, FieldingRun, FieldingService, RunKey, Status, SystemClock, Timestamp,
-};
-use fielding_http::rate_limit::RateLimitPolicy;
-use fielding_http::{BasePath, CONTRACT_BASE_PATH};
-use fielding_server::app::ApiLimits;
-use fielding_server::{Database, JwtAuthenticator, JwtSecret, OpenedStore};
+use fielding_core::{Action, ChangeRecord, Clock, FieldingRun, RunKey, Status, SystemClock, Timestamp};
+use fielding_http::CONTRACT_BASE_PATH;
+use fielding_server::{Database, JwtSecret, OpenedStore};
 use fielding_testkit::fixtures;
 use tokio::runtime::Runtime;
 
+use crate::harness::{server_app, Scratch};
 use crate::median;
 use crate::series::{emit, lost_updates, percentile, Csv, PgSchema, RunHistory};
-use crate::sqlite::Scratch;
 
 /// The API version every request sends.
 const API_VERSION: &str = "2025-12-18";
@@ -249,19 +246,7 @@ impl Harness {
         let store = server_rt
             .block_on(fielding_server::open_store(&database, pg_schema))
             .map_err(|e| format!("{}: {e}", kind.name()))?;
-        let service = FieldingService::new(store.store.clone());
-        let limits = ApiLimits {
-            rate_limit: RateLimitPolicy::per_second(1_000_000, 1_000_000).ok_or("rate limit policy")?,
-            ..ApiLimits::default()
-        };
-        // Under the binary's default base path, as a client of it calls it.
-        let app = fielding_server::app::app(
-            service,
-            Arc::new(JwtAuthenticator::new(&secret)),
-            store.kind,
-            limits,
-            BasePath::contract(),
-        );
+        let app = server_app(&store, &secret, true)?;
         let listener = server_rt
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .map_err(|e| format!("cannot listen on 127.0.0.1:0: {e}"))?;

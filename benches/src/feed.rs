@@ -40,9 +40,9 @@ use fielding_server::{Database, OpenedStore};
 use fielding_testkit::fixtures;
 use tokio::runtime::Runtime;
 
+use crate::harness::Scratch;
 use crate::median;
 use crate::series::{emit, percentile, pg_reachable, pg_url, PgSchema};
-use crate::sqlite::Scratch;
 
 /// Records per page, as the issue asks.
 const PAGE: usize = 500;

@@ -75,19 +75,20 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use chrono::TimeDelta;
 use fielding_core::{
-    Clock, FieldingError, FieldingRun, FieldingRunId, FieldingService, IfMatch, RunKey, Status, SystemClock, Timestamp,
-    UserId, Version,
+    Clock, FieldingError, FieldingRun, FieldingRunId, FieldingService, IfMatch, Status, SystemClock, Timestamp, UserId,
+    Version,
 };
 use fielding_memory::MemoryStore;
 use fielding_testkit::fixtures;
+
+use crate::harness::Slot;
 use tokio::runtime::Runtime;
 
 pub mod bulk;
 pub mod contention;
 pub mod feed;
-pub mod fixes;
+pub mod harness;
 pub mod hostile;
 pub mod http;
 pub mod scale;
@@ -174,68 +175,10 @@ impl Fixture {
     }
 
     fn slots(&self) -> Result<Vec<Slot>, BenchError> {
-        self.runs.iter().map(Slot::new).collect()
-    }
-}
-
-/// One run as a workload sees it: where it is, the two ends it alternates
-/// between, and the version it must be at now.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    key: RunKey,
-    start: Timestamp,
-    seeded_end: Timestamp,
-    moved_end: Timestamp,
-    seeded_version: Version,
-    version: Version,
-    moved: bool,
-}
-
-impl Slot {
-    fn new(run: &FieldingRun) -> Result<Self, BenchError> {
-        let moved_end = run
-            .end_fielding_at
-            .checked_add(TimeDelta::milliseconds(1))
-            .ok_or_else(|| BenchError::Setup(format!("the end of {} cannot move by 1 ms", run.id)))?;
-        Ok(Self {
-            key: run.key(),
-            start: run.start_fielding_at,
-            seeded_end: run.end_fielding_at,
-            moved_end,
-            seeded_version: run.version,
-            version: run.version,
-            moved: false,
-        })
-    }
-
-    /// The end the next operation writes: always different from the current.
-    fn next_end(&self) -> Timestamp {
-        if self.moved {
-            self.seeded_end
-        } else {
-            self.moved_end
-        }
-    }
-
-    /// Records a successful change that produced `version`.
-    fn advance(&mut self, version: Version) -> Result<(), BenchError> {
-        let expected = self.version.next();
-        if Some(version) != expected {
-            return Err(BenchError::Workload(format!(
-                "{}: expected version {} after a change from {}, got {version}",
-                self.key.id,
-                expected.map_or_else(|| "none".to_string(), |v| v.to_string()),
-                self.version
-            )));
-        }
-        self.version = version;
-        self.moved = !self.moved;
-        Ok(())
-    }
-
-    fn reset(&mut self) {
-        self.version = self.seeded_version;
-        self.moved = false;
+        self.runs
+            .iter()
+            .map(|run| Slot::new(run).map_err(BenchError::Setup))
+            .collect()
     }
 }
 
@@ -401,7 +344,7 @@ async fn service_op(service: &FieldingService, slot: &mut Slot, actor: UserId) -
             slot.key.id, applied.changed, applied.run.end_fielding_at
         )));
     }
-    slot.advance(applied.run.version)
+    slot.advance(applied.run.version).map_err(BenchError::Workload)
 }
 
 impl Workload for ServiceWorkload {
@@ -530,7 +473,7 @@ fn bare_replace(
 async fn bare_op(map: &BareMap, slot: &mut Slot, actor: UserId) -> Result<(), BenchError> {
     let now = SystemClock.now();
     let version = bare_replace(map, &slot.key.id, slot.version, slot.next_end(), now, actor)?;
-    slot.advance(version)
+    slot.advance(version).map_err(BenchError::Workload)
 }
 
 impl Workload for BareWorkload {

@@ -130,9 +130,8 @@ OPTIONS:
                        valgrind --tool=callgrind target/release/fielding-bench --profile service --ops 200000
     --ops N            operations for --profile (default 1000000)
     --only LIST        run only these sections, comma-separated: memory, sqlite,
-                       postgres, http, contention, scale, fixes, hostile, bulk, feed (default: all, in
-                       that order; fixes: same-run before/after figures of the
-                       changes the profiles led to, see fielding_bench::fixes)
+                       postgres, http, contention, scale, hostile, bulk, feed (default: all, in
+                       that order)
     --csv DIR          also write the raw series of the contention and scale
                        sections to DIR/contention.csv and DIR/scale.csv (columns
                        in the module docs of fielding_bench::contention and ::scale)
@@ -154,7 +153,6 @@ enum Section {
     Http,
     Contention,
     Scale,
-    Fixes,
     Hostile,
     Bulk,
     Feed,
@@ -166,14 +164,13 @@ fn section_names() -> String {
 }
 
 impl Section {
-    const ALL: [Section; 10] = [
+    const ALL: [Section; 9] = [
         Section::Memory,
         Section::Sqlite,
         Section::Postgres,
         Section::Http,
         Section::Contention,
         Section::Scale,
-        Section::Fixes,
         Section::Hostile,
         Section::Bulk,
         Section::Feed,
@@ -187,7 +184,6 @@ impl Section {
             Section::Http => "http",
             Section::Contention => "contention",
             Section::Scale => "scale",
-            Section::Fixes => "fixes",
             Section::Hostile => "hostile",
             Section::Bulk => "bulk",
             Section::Feed => "feed",
@@ -401,7 +397,6 @@ fn main() -> ExitCode {
             Section::Http => fielding_bench::http::run_and_print(&args.plan),
             Section::Contention => fielding_bench::contention::run_and_print(&args.plan, args.csv.as_deref()),
             Section::Scale => fielding_bench::scale::run_and_print(&args.plan, args.csv.as_deref()),
-            Section::Fixes => fielding_bench::fixes::run(&args.plan).and_then(|f| fielding_bench::series::emit(&f)),
             Section::Hostile => fielding_bench::hostile::run_and_print(&args.plan),
             Section::Bulk => fielding_bench::bulk::run_and_print(&args.plan),
             Section::Feed => fielding_bench::feed::run_and_print(&args.plan),

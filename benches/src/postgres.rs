@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeDelta, Utc};
-use fielding_bench::series::Slot;
+use fielding_bench::harness::Slot;
 use fielding_bench::{median, Plan};
 use fielding_core::{
     lifecycle::Command, Action, ChangeRecord, FieldingService, FieldingStore, IfMatch, RetryPolicy, UserId, Version,

@@ -5,7 +5,7 @@
 //!
 //! For each size N (10^3, 10^5, 10^6; with `--quick` 10^3, 10^4, 10^5, and
 //! the figures are named by the sizes used) a store is loaded with N
-//! scheduled runs with synthetic ids (`sqlite::synthetic_run`: random
+//! scheduled runs with synthetic ids (`harness::synthetic_run`: random
 //! ids, so the runs the workload touches are spread over the whole key
 //! space and every index), each with its creation record:
 //!
@@ -87,7 +87,7 @@ use std::time::{Duration, Instant};
 
 use fielding_core::{
     Action, Clock, FieldingRun, FieldingService, FieldingStore, IdempotencyKey, IfMatch, JobRequest, NewJob,
-    SystemClock, Timestamp, UserId,
+    SystemClock, UserId,
 };
 use fielding_memory::MemoryStore;
 use fielding_postgres::sqlx::postgres::PgConnectOptions;
@@ -96,12 +96,13 @@ use fielding_postgres::PgStore;
 use fielding_sqlite::{Durability, SqliteOptions, SqliteStore};
 use tokio::runtime::Runtime;
 
+use crate::harness::{generate, Scratch, Synthetic, UpdateCallers};
 use crate::median;
-use crate::series::{emit, pg_reachable, pg_url, resident_bytes, trim_heap, Csv, PgSchema, Slot};
-use crate::sqlite::{create_db, synthetic_run, Scratch};
+use crate::series::{emit, pg_reachable, pg_url, resident_bytes, trim_heap, Csv, PgSchema};
+use crate::sqlite::create_db;
 
 /// The runs the update workload touches in every store.
-pub const TOUCHED: usize = 1000;
+pub const TOUCHED: usize = crate::harness::TOUCHED;
 
 /// Sizes and durations.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,9 +182,7 @@ enum Size {
 struct Loaded {
     runs: usize,
     name: &'static str,
-    service: FieldingService,
-    /// One group of slots per caller.
-    groups: Vec<Vec<Slot>>,
+    callers: UpdateCallers,
     size: Size,
     load: Duration,
     /// Nanoseconds per call, per round.
@@ -199,15 +198,10 @@ impl Loaded {
         size: Size,
         load: Duration,
     ) -> Result<Self, String> {
-        let mut groups = vec![Vec::new(); callers.max(1)];
-        for (i, run) in touched.iter().enumerate() {
-            groups[i % callers.max(1)].push(Slot::new(run)?);
-        }
         Ok(Self {
             runs,
             name,
-            service: FieldingService::new(store),
-            groups,
+            callers: UpdateCallers::new(FieldingService::new(store), touched, callers, UserId::random())?,
             size,
             load,
             ns: Vec::new(),
@@ -216,128 +210,8 @@ impl Loaded {
 
     /// Updates for `duration` with every caller busy; returns (calls, time).
     fn trial(&mut self, rt: &Runtime, duration: Duration) -> Result<(u64, Duration), String> {
-        let groups = std::mem::take(&mut self.groups);
-        let service = self.service.clone();
-        let started = Instant::now();
-        let deadline = started + duration;
-        let outcome = rt.block_on(async move {
-            let tasks: Vec<_> = groups
-                .into_iter()
-                .map(|slots| tokio::spawn(update_loop(service.clone(), slots, deadline)))
-                .collect();
-            let mut groups = Vec::new();
-            let mut ops = 0u64;
-            let mut first_error = None;
-            for task in tasks {
-                match task.await {
-                    Ok(Ok((slots, n))) => {
-                        groups.push(slots);
-                        ops += n;
-                    }
-                    Ok(Err(e)) => {
-                        first_error.get_or_insert(e);
-                    }
-                    Err(e) => {
-                        first_error.get_or_insert(format!("a caller failed: {e}"));
-                    }
-                }
-            }
-            match first_error {
-                Some(e) => Err(e),
-                None => Ok((groups, ops)),
-            }
-        });
-        let elapsed = started.elapsed();
-        let (groups, ops) = outcome?;
-        self.groups = groups;
-        Ok((ops, elapsed))
+        self.callers.trial(rt, duration)
     }
-}
-
-async fn update_loop(
-    service: FieldingService,
-    mut slots: Vec<Slot>,
-    deadline: Instant,
-) -> Result<(Vec<Slot>, u64), String> {
-    let actor = UserId::random();
-    let mut ops = 0u64;
-    if slots.is_empty() {
-        return Ok((slots, 0));
-    }
-    'outer: loop {
-        for slot in slots.iter_mut() {
-            if Instant::now() >= deadline {
-                break 'outer;
-            }
-            let applied = service
-                .update_dates(
-                    &slot.key,
-                    &IfMatch::version(slot.version),
-                    slot.start,
-                    slot.next_end(),
-                    actor,
-                )
-                .await
-                .map_err(|e| format!("update_dates of {}: {e}", slot.key.id))?;
-            if !applied.changed {
-                return Err(format!("update_dates of {} changed nothing", slot.key.id));
-            }
-            slot.advance(applied.run.version)?;
-            ops += 1;
-        }
-    }
-    Ok((slots, ops))
-}
-
-/// `total` synthetic runs, generated on the fly, remembering the
-/// [`TOUCHED`] runs spread evenly over them (every `total / TOUCHED`-th).
-struct Synthetic {
-    state: u64,
-    now: Timestamp,
-    actor: UserId,
-    step: usize,
-    index: usize,
-    total: usize,
-    touched: Vec<FieldingRun>,
-}
-
-impl Synthetic {
-    fn new(total: usize) -> Self {
-        Self {
-            state: 0x9E37_79B9_7F4A_7C15u64 ^ (total as u64).rotate_left(17) ^ u64::from(std::process::id()),
-            now: SystemClock.now(),
-            actor: UserId::random(),
-            step: (total / TOUCHED).max(1),
-            index: 0,
-            total,
-            touched: Vec::with_capacity(TOUCHED.min(total)),
-        }
-    }
-
-    /// The next run, `None` after the last.
-    fn next_run(&mut self) -> Option<Result<FieldingRun, String>> {
-        if self.index == self.total {
-            return None;
-        }
-        let Some(run) = synthetic_run(&mut self.state, self.now, self.actor) else {
-            return Some(Err("a synthetic run was invalid".into()));
-        };
-        if self.index.is_multiple_of(self.step) && self.touched.len() < TOUCHED {
-            self.touched.push(run.clone());
-        }
-        self.index += 1;
-        Some(Ok(run))
-    }
-}
-
-/// `total` synthetic runs handed to `sink` one by one; returns the touched
-/// runs.
-fn generate(total: usize, mut sink: impl FnMut(FieldingRun) -> Result<(), String>) -> Result<Vec<FieldingRun>, String> {
-    let mut runs = Synthetic::new(total);
-    while let Some(run) = runs.next_run() {
-        sink(run?)?;
-    }
-    Ok(runs.touched)
 }
 
 fn runtime() -> Result<Runtime, String> {
@@ -399,7 +273,7 @@ fn load_sqlite(plan: &ScalePlan, rt: &Runtime, scratch: &Scratch) -> Result<Vec<
             return Err(format!("sqlite, {runs} runs: {e}"));
         }
         created.map_err(|e| format!("sqlite, {runs} runs: {e}"))?;
-        let touched = runs_left.touched;
+        let touched = runs_left.into_touched();
         let load = started.elapsed();
         let wal = path.with_file_name(format!("scale-{name}.db-wal"));
         let bytes = file_size(&path) + file_size(&wal);
@@ -499,7 +373,7 @@ async fn copy_runs(store: &PgStore, runs: usize) -> Result<Vec<FieldingRun>, Str
             break;
         }
     }
-    let touched = synthetic.touched;
+    let touched = synthetic.into_touched();
     run_copy.finish().await.map_err(db("COPY fielding_runs"))?;
     change_copy.finish().await.map_err(db("COPY change_records"))?;
     for table in ["fielding_runs", "change_records"] {
@@ -907,23 +781,6 @@ async fn wal_flood(flood: Duration, scratch: &Scratch) -> Result<WalFlood, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_touched_runs_are_spread_over_the_data() {
-        let mut all = Vec::new();
-        let touched = generate(5_000, |run| {
-            all.push(run);
-            Ok(())
-        })
-        .expect("runs");
-        assert_eq!(all.len(), 5_000);
-        assert_eq!(touched.len(), TOUCHED);
-        assert_eq!(touched[1].id, all[5].id);
-        assert_eq!(touched[999].id, all[4_995].id);
-        let small = generate(10, |_| Ok(())).expect("runs");
-        assert_eq!(small.len(), 10);
-        assert!(generate(3, |_| Err("full".into())).is_err());
-    }
 
     #[test]
     fn copy_lines_have_every_column() {

@@ -1,6 +1,7 @@
-//! Small helpers shared by the `contention` and `scale` sections:
-//! percentiles, the lost-update check, resident memory, and the CSV files
-//! written by the runner's `--csv DIR`.
+//! Small helpers shared by the sections: percentiles, the lost-update
+//! check, resident memory, the CSV files written by the runner's
+//! `--csv DIR`, printing figures and scratch PostgreSQL schemas. The
+//! workloads' own harness is in [`crate::harness`].
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -415,55 +416,5 @@ mod tests {
         csv.push(vec!["say \"hi\"".into(), String::new()]).expect("two cells");
         assert!(csv.push(vec!["only one".into()]).is_err());
         assert_eq!(csv.render(), "a,b\n1,\"x,y\"\n\"say \"\"hi\"\"\",\n");
-    }
-}
-
-/// A run an update workload cycles through: every update moves its end by
-/// 1 ms, alternately forwards and back, at the version last seen, so each
-/// call is a real change and the run never drifts.
-#[derive(Debug, Clone)]
-pub struct Slot {
-    /// Where the run lives.
-    pub key: fielding_core::RunKey,
-    /// Its start, never changed.
-    pub start: fielding_core::Timestamp,
-    ends: [fielding_core::Timestamp; 2],
-    moved: bool,
-    /// The version the workload last saw.
-    pub version: fielding_core::Version,
-}
-
-impl Slot {
-    /// The slot of a freshly stored `run`.
-    pub fn new(run: &fielding_core::FieldingRun) -> Result<Self, String> {
-        let moved = run
-            .end_fielding_at
-            .checked_add(chrono::TimeDelta::milliseconds(1))
-            .ok_or("the end cannot move by 1 ms")?;
-        Ok(Self {
-            key: run.key(),
-            start: run.start_fielding_at,
-            ends: [run.end_fielding_at, moved],
-            moved: false,
-            version: run.version,
-        })
-    }
-
-    /// The end the next update sets.
-    pub fn next_end(&self) -> fielding_core::Timestamp {
-        self.ends[usize::from(!self.moved)]
-    }
-
-    /// Records a successful update to `version`, which must be the next one.
-    pub fn advance(&mut self, version: fielding_core::Version) -> Result<(), String> {
-        if self.version.next() != Some(version) {
-            return Err(format!(
-                "{}: expected version {} + 1, got {version}",
-                self.key.id, self.version
-            ));
-        }
-        self.version = version;
-        self.moved = !self.moved;
-        Ok(())
     }
 }

@@ -47,18 +47,15 @@
 //! WAL frames per commit, more pages per checkpoint, more page-cache
 //! misses) and how much the adapter's.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::TimeDelta;
-use fielding_core::{
-    Action, Clock, FieldingRun, FieldingRunId, FieldingService, FieldingStore, IfMatch, ProjectId, RunKey, Scope,
-    Status, SystemClock, TargetGroupId, Timestamp, UserId, Version,
-};
+use fielding_core::{Action, Clock, FieldingRun, FieldingService, FieldingStore, Scope, SystemClock, UserId, Version};
 use fielding_sqlite::rusqlite::{self, params, Connection, TransactionBehavior};
 use fielding_sqlite::{Durability, SqliteOptions, SqliteStore};
 
+use crate::harness::{generate, Scratch, Slot, UpdateCallers};
 use crate::{median, BenchError, Fixture};
 
 /// How long and how big the SQLite measurements are.
@@ -118,31 +115,6 @@ impl SqlitePlan {
 
 fn setup(what: &str) -> impl FnOnce(String) -> BenchError + '_ {
     move |e| BenchError::Setup(format!("{what}: {e}"))
-}
-
-/// A scratch directory removed on drop.
-pub(crate) struct Scratch(PathBuf);
-
-impl Scratch {
-    pub(crate) fn new(name: &str) -> Result<Self, BenchError> {
-        let dir = std::env::temp_dir().join(format!(
-            "fielding-bench-{name}-{}-{}",
-            std::process::id(),
-            FieldingRunId::generate()
-        ));
-        std::fs::create_dir_all(&dir).map_err(|e| setup("scratch directory")(e.to_string()))?;
-        Ok(Self(dir))
-    }
-
-    pub(crate) fn db(&self) -> PathBuf {
-        self.0.join("fielding.db")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 fn pragmas(conn: &Connection, durability: Durability) -> rusqlite::Result<()> {
@@ -225,69 +197,31 @@ pub(crate) fn create_db(path: &Path, runs: impl Iterator<Item = FieldingRun>) ->
     load().map_err(|e| setup("bulk load")(e.to_string()))
 }
 
-/// One run as a workload sees it.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    key: RunKey,
-    start: Timestamp,
-    seeded_end: Timestamp,
-    moved_end: Timestamp,
-    version: Version,
-    moved: bool,
-}
-
-impl Slot {
-    fn new(run: &FieldingRun) -> Result<Self, BenchError> {
-        Ok(Self {
-            key: run.key(),
-            start: run.start_fielding_at,
-            seeded_end: run.end_fielding_at,
-            moved_end: run
-                .end_fielding_at
-                .checked_add(TimeDelta::milliseconds(1))
-                .ok_or_else(|| BenchError::Setup("end + 1 ms".into()))?,
-            version: run.version,
-            moved: false,
-        })
-    }
-
-    fn next_end(&self) -> Timestamp {
-        if self.moved {
-            self.seeded_end
-        } else {
-            self.moved_end
-        }
-    }
-
-    fn advance(&mut self, version: Version) -> Result<(), BenchError> {
-        if Some(version) != self.version.next() {
-            return Err(BenchError::Workload(format!(
-                "{}: expected the version after {}, got {version}",
-                self.key.id, self.version
-            )));
-        }
-        self.version = version;
-        self.moved = !self.moved;
-        Ok(())
-    }
-}
-
 /// The adapter side: a service over a `SqliteStore`, its callers, and the
 /// runs they cycle through.
 struct Adapter {
     runtime: tokio::runtime::Runtime,
-    service: FieldingService,
     store: Arc<SqliteStore>,
-    /// One group of slots per caller.
-    groups: Vec<Vec<Slot>>,
-    actor: UserId,
+    callers: UpdateCallers,
     _scratch: Scratch,
 }
 
 impl Adapter {
     fn new(runs: &[FieldingRun], actor: UserId, durability: Durability, callers: usize) -> Result<Self, BenchError> {
-        let scratch = Scratch::new("adapter")?;
-        create_db(&scratch.db(), runs.iter().cloned())?;
+        Self::over("adapter", runs, runs, actor, durability, callers)
+    }
+
+    /// The adapter over a database holding `all`, updating `touched`.
+    fn over(
+        name: &str,
+        all: &[FieldingRun],
+        touched: &[FieldingRun],
+        actor: UserId,
+        durability: Durability,
+        callers: usize,
+    ) -> Result<Self, BenchError> {
+        let scratch = Scratch::new(name)?;
+        create_db(&scratch.db(), all.iter().cloned())?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -299,84 +233,23 @@ impl Adapter {
                 .map_err(|e| setup("open the store")(e.to_string()))?,
         );
         let service = FieldingService::new(store.clone() as Arc<dyn FieldingStore>);
-        let mut groups = vec![Vec::new(); callers.max(1)];
-        for (i, run) in runs.iter().enumerate() {
-            groups[i % callers.max(1)].push(Slot::new(run)?);
-        }
+        let callers = UpdateCallers::new(service, touched, callers, actor).map_err(BenchError::Setup)?;
         Ok(Self {
             runtime,
-            service,
             store,
-            groups,
-            actor,
+            callers,
             _scratch: scratch,
         })
     }
 
     /// Updates for `duration` with every caller busy; returns ops/s.
     fn trial(&mut self, duration: Duration) -> Result<f64, BenchError> {
-        let groups = std::mem::take(&mut self.groups);
-        let (service, actor) = (self.service.clone(), self.actor);
-        let started = Instant::now();
-        let deadline = started + duration;
-        let outcome = self.runtime.block_on(async move {
-            let tasks: Vec<_> = groups
-                .into_iter()
-                .map(|slots| tokio::spawn(update_loop(service.clone(), slots, actor, deadline)))
-                .collect();
-            let mut groups = Vec::new();
-            let mut ops = 0u64;
-            for task in tasks {
-                let (slots, n) = task
-                    .await
-                    .map_err(|e| BenchError::Workload(format!("a caller panicked: {e}")))??;
-                groups.push(slots);
-                ops += n;
-            }
-            Ok::<_, BenchError>((groups, ops))
-        });
-        let elapsed = started.elapsed();
-        let (groups, ops) = outcome?;
-        self.groups = groups;
+        let (ops, elapsed) = self
+            .callers
+            .trial(&self.runtime, duration)
+            .map_err(BenchError::Workload)?;
         Ok(ops as f64 / elapsed.as_secs_f64())
     }
-}
-
-async fn update_loop(
-    service: FieldingService,
-    mut slots: Vec<Slot>,
-    actor: UserId,
-    deadline: Instant,
-) -> Result<(Vec<Slot>, u64), BenchError> {
-    let mut ops = 0u64;
-    if slots.is_empty() {
-        return Ok((slots, 0));
-    }
-    'outer: loop {
-        for slot in slots.iter_mut() {
-            if Instant::now() >= deadline {
-                break 'outer;
-            }
-            let applied = service
-                .update_dates(
-                    &slot.key,
-                    &IfMatch::version(slot.version),
-                    slot.start,
-                    slot.next_end(),
-                    actor,
-                )
-                .await?;
-            if !applied.changed {
-                return Err(BenchError::Workload(format!(
-                    "{}: update_dates changed nothing",
-                    slot.key.id
-                )));
-            }
-            slot.advance(applied.run.version)?;
-            ops += 1;
-        }
-    }
-    Ok((slots, ops))
 }
 
 /// The raw side: a dedicated thread with one connection.
@@ -401,7 +274,11 @@ impl Raw {
         create_db(&scratch.db(), all.iter().cloned())?;
         let conn = Connection::open(scratch.db()).map_err(|e| setup("open raw")(e.to_string()))?;
         pragmas(&conn, durability).map_err(|e| setup("raw pragmas")(e.to_string()))?;
-        let mut slots = touched.iter().map(Slot::new).collect::<Result<Vec<_>, _>>()?;
+        let mut slots = touched
+            .iter()
+            .map(Slot::new)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(BenchError::Setup)?;
         let (jobs, rx) = std::sync::mpsc::channel::<(Duration, std::sync::mpsc::Sender<Result<f64, String>>)>();
         std::thread::Builder::new()
             .name("raw-sqlite".into())
@@ -537,7 +414,7 @@ fn raw_update(conn: &mut Connection, slot: &mut Slot, actor: UserId) -> Result<(
     .map_err(|e| e.to_string())?;
     tx.commit().map_err(|e| e.to_string())?;
     let version = Version::new(new_version as u64).ok_or("version out of range")?;
-    slot.advance(version).map_err(|e| e.to_string())
+    slot.advance(version)
 }
 
 /// The adapter/raw comparison in one durability mode.
@@ -587,7 +464,7 @@ fn compare_with_raw(
 /// Reads per second by `callers` tasks, optionally while two tasks write.
 fn reads(plan: &SqlitePlan, log: &mut dyn FnMut(String)) -> Result<(f64, f64, f64), BenchError> {
     let fixture = Fixture::new(plan.runs)?;
-    let mut adapter = Adapter::new(fixture.runs(), fixture.actor(), Durability::Full, 2)?;
+    let adapter = Adapter::new(fixture.runs(), fixture.actor(), Durability::Full, 2)?;
     let scopes: Vec<Scope> = fixture.runs().iter().map(FieldingRun::scope).collect();
     let store = adapter.store.clone();
     let read_for = |runtime: &tokio::runtime::Runtime, duration: Duration, callers: usize| {
@@ -626,22 +503,11 @@ fn reads(plan: &SqlitePlan, log: &mut dyn FnMut(String)) -> Result<(f64, f64, f6
     let writer_runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .map_err(|e| setup("runtime")(e.to_string()))?;
-    let groups = std::mem::take(&mut adapter.groups);
-    let (service, actor) = (adapter.service.clone(), adapter.actor);
+    let mut writers = adapter.callers;
     let deadline = Instant::now() + plan.trial + Duration::from_millis(100);
     let writer = std::thread::spawn(move || {
         let started = Instant::now();
-        let ops = writer_runtime.block_on(async move {
-            let tasks: Vec<_> = groups
-                .into_iter()
-                .map(|slots| tokio::spawn(update_loop(service.clone(), slots, actor, deadline)))
-                .collect();
-            let mut ops = 0u64;
-            for t in tasks {
-                ops += t.await.map_err(|e| BenchError::Workload(e.to_string()))??.1;
-            }
-            Ok::<_, BenchError>(ops)
-        })?;
+        let ops = writers.until(&writer_runtime, deadline).map_err(BenchError::Workload)?;
         Ok::<_, BenchError>(ops as f64 / started.elapsed().as_secs_f64())
     });
     std::thread::sleep(Duration::from_millis(50));
@@ -655,86 +521,16 @@ fn reads(plan: &SqlitePlan, log: &mut dyn FnMut(String)) -> Result<(f64, f64, f6
     Ok((idle, busy, writes))
 }
 
-/// A run with synthetic but valid ids, for bulk filler.
-pub(crate) fn synthetic_run(state: &mut u64, now: Timestamp, actor: UserId) -> Option<FieldingRun> {
-    const ALPHABET: &[u8; 36] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ";
-    let mut code = || {
-        let mut out = [0u8; 26];
-        for b in out.iter_mut() {
-            // xorshift64*
-            *state ^= *state >> 12;
-            *state ^= *state << 25;
-            *state ^= *state >> 27;
-            let r = state.wrapping_mul(0x2545_F491_4F6C_DD1D);
-            *b = ALPHABET[(r >> 58) as usize % 36];
-        }
-        out
-    };
-    let text = |b: [u8; 26]| String::from_utf8(b.to_vec()).ok();
-    let (id, project, group) = (text(code())?, text(code())?, text(code())?);
-    Some(FieldingRun {
-        id: FieldingRunId::parse(&id).ok()?,
-        account_id: fielding_core::AccountId::new(1 + (*state % 1000) as i64).ok()?,
-        project_id: ProjectId::parse(&project).ok()?,
-        target_group_id: TargetGroupId::parse(&group).ok()?,
-        start_fielding_at: now.checked_add(TimeDelta::days(1))?,
-        end_fielding_at: now.checked_add(TimeDelta::days(30))?,
-        status: Status::Scheduled,
-        version: Version::INITIAL,
-        last_changed_at: now,
-        last_changed_by: actor,
-    })
-}
-
 /// `total` synthetic runs, and the 1,000 of them (spread over the key
 /// space) that the scale workloads update.
 fn scale_data(total: usize) -> Result<(Vec<FieldingRun>, Vec<FieldingRun>, UserId), BenchError> {
-    let now = SystemClock.now();
-    let actor = UserId::random();
-    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ total as u64;
-    let runs: Vec<FieldingRun> = (0..total)
-        .map(|_| synthetic_run(&mut state, now, actor))
-        .collect::<Option<_>>()
-        .ok_or_else(|| BenchError::Setup("synthetic run".into()))?;
-    let step = (total / 1000).max(1);
-    let touched: Vec<FieldingRun> = runs.iter().step_by(step).take(1000).cloned().collect();
-    Ok((runs, touched, actor))
-}
-
-/// The adapter over a database holding `all`, updating `touched`.
-fn scale_adapter(
-    all: &[FieldingRun],
-    touched: &[FieldingRun],
-    actor: UserId,
-    callers: usize,
-) -> Result<Adapter, BenchError> {
-    let scratch = Scratch::new("scale")?;
-    create_db(&scratch.db(), all.iter().cloned())?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .map_err(|e| setup("runtime")(e.to_string()))?;
-    let options = SqliteOptions::default()
-        .with_durability(Durability::Normal)
-        .with_migrate(false);
-    let store = Arc::new(
-        runtime
-            .block_on(SqliteStore::open_with(scratch.db(), options))
-            .map_err(|e| setup("open the store")(e.to_string()))?,
-    );
-    let service = FieldingService::new(store.clone() as Arc<dyn FieldingStore>);
-    let mut groups = vec![Vec::new(); callers.max(1)];
-    for (i, run) in touched.iter().enumerate() {
-        groups[i % callers.max(1)].push(Slot::new(run)?);
-    }
-    Ok(Adapter {
-        runtime,
-        service,
-        store,
-        groups,
-        actor,
-        _scratch: scratch,
+    let mut runs = Vec::with_capacity(total);
+    let touched = generate(total, |run| {
+        runs.push(run);
+        Ok(())
     })
+    .map_err(BenchError::Setup)?;
+    Ok((runs, touched, UserId::random()))
 }
 
 /// Alternating pairs of trials of `small` and `big` (ops per second);
@@ -778,8 +574,22 @@ fn scale(plan: &SqlitePlan, log: &mut dyn FnMut(String)) -> Result<ScaleFigures,
     let loading = Instant::now();
     let (small_all, small_touched, small_actor) = scale_data(1000)?;
     let (big_all, big_touched, big_actor) = scale_data(plan.scale_big)?;
-    let mut small = scale_adapter(&small_all, &small_touched, small_actor, plan.callers)?;
-    let mut big = scale_adapter(&big_all, &big_touched, big_actor, plan.callers)?;
+    let mut small = Adapter::over(
+        "scale",
+        &small_all,
+        &small_touched,
+        small_actor,
+        Durability::Normal,
+        plan.callers,
+    )?;
+    let mut big = Adapter::over(
+        "scale",
+        &big_all,
+        &big_touched,
+        big_actor,
+        Durability::Normal,
+        plan.callers,
+    )?;
     let mut raw_small = Raw::over(&small_all, &small_touched, small_actor, Durability::Normal)?;
     let mut raw_big = Raw::over(&big_all, &big_touched, big_actor, Durability::Normal)?;
     drop((small_all, big_all));
