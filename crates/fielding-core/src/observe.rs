@@ -44,7 +44,7 @@ use quanta::Instant;
 
 use metrics::{Key, Label, Metadata};
 
-use crate::{Action, FieldingError, StoreError};
+use crate::{Action, StoreError};
 
 /// Counter: service commands, by `action` and `outcome`.
 pub const COMMANDS: &str = "fielding_commands_total";
@@ -177,11 +177,6 @@ fn action_labels() -> &'static [&'static str] {
         labels.push(ACTION_UNKNOWN);
         labels
     })
-}
-
-/// The `outcome` label of a command's answer.
-pub(crate) fn outcome_of_error(error: &FieldingError) -> &'static str {
-    error.code()
 }
 
 /// Counts one command by action and outcome.
@@ -556,61 +551,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-
-    /// A metric's name, labels and value.
-    type Seen = (String, Vec<(String, String)>, DebugValue);
-
-    fn counter(snapshot: &[Seen], name: &str, labels: &[(&str, &str)]) -> u64 {
-        snapshot
-            .iter()
-            .filter(|(n, l, _)| n == name && labels.iter().all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v)))
-            .map(|(_, _, v)| match v {
-                DebugValue::Counter(c) => *c,
-                _ => 0,
-            })
-            .sum()
-    }
-
-    fn snapshot(recorder: &DebuggingRecorder) -> Vec<Seen> {
-        recorder
-            .snapshotter()
-            .snapshot()
-            .into_vec()
-            .into_iter()
-            .map(|(key, _, _, value)| {
-                let key = key.key();
-                let labels = key
-                    .labels()
-                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
-                    .collect();
-                (key.name().to_owned(), labels, value)
-            })
-            .collect()
-    }
+    use crate::FieldingError;
+    use fielding_testkit::observe::MetricsLog;
 
     #[test]
     fn command_keys_cover_every_action_and_outcome() {
-        let recorder = DebuggingRecorder::new();
-        metrics::with_local_recorder(&recorder, || {
+        let metrics = MetricsLog::new();
+        {
+            let _capture = metrics.capture();
             for action in Action::ALL.map(Some).into_iter().chain([None]) {
                 for outcome in COMMAND_OUTCOMES {
                     count_command(action, outcome);
                 }
             }
             count_command(Some(Action::Pause), OUTCOME_OK);
-        });
-        let seen = snapshot(&recorder);
-        assert_eq!(counter(&seen, COMMANDS, &[("action", "pause"), ("outcome", "ok")]), 2);
+        }
+        assert_eq!(metrics.counter(COMMANDS, &[("action", "pause"), ("outcome", "ok")]), 2);
         assert_eq!(
-            counter(
-                &seen,
-                COMMANDS,
-                &[("action", "unknown"), ("outcome", "not_found_error")]
-            ),
+            metrics.counter(COMMANDS, &[("action", "unknown"), ("outcome", "not_found_error")]),
             1
         );
-        assert_eq!(counter(&seen, COMMANDS, &[]), (Action::ALL.len() as u64 + 1) * 9 + 1);
+        assert_eq!(metrics.counter(COMMANDS, &[]), (Action::ALL.len() as u64 + 1) * 9 + 1);
     }
 
     #[test]
@@ -626,7 +587,7 @@ mod tests {
             },
             FieldingError::from(StoreError::internal("x")),
         ] {
-            assert!(COMMAND_OUTCOMES.contains(&outcome_of_error(&error)), "{error}");
+            assert!(COMMAND_OUTCOMES.contains(&error.code()), "{error}");
         }
     }
 
@@ -642,11 +603,12 @@ mod tests {
 
     #[test]
     fn a_store_call_is_timed_and_its_failure_counted() {
-        let recorder = DebuggingRecorder::new();
+        let metrics = MetricsLog::new();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("a runtime");
-        metrics::with_local_recorder(&recorder, || {
+        {
+            let _capture = metrics.capture();
             let ok = runtime.block_on(store_call(
                 StoreOperation::Get,
                 Box::pin(async { Ok::<_, StoreError>(1) }),
@@ -657,23 +619,13 @@ mod tests {
                 Box::pin(async { Err::<u8, _>(StoreError::transient("down")) }),
             ));
             assert!(failed.is_err());
-        });
-        let seen = snapshot(&recorder);
-        let histograms: Vec<_> = seen
-            .iter()
-            .filter(|(n, _, _)| n == STORE_CALL_SECONDS)
-            .map(|(_, l, v)| (l[0].1.clone(), matches!(v, DebugValue::Histogram(h) if h.len() == 1)))
-            .collect();
-        assert!(histograms.contains(&("get".to_owned(), true)), "{histograms:?}");
-        assert!(histograms.contains(&("update".to_owned(), true)), "{histograms:?}");
+        }
+        assert_eq!(metrics.samples(STORE_CALL_SECONDS, &[("operation", "get")]), 1);
+        assert_eq!(metrics.samples(STORE_CALL_SECONDS, &[("operation", "update")]), 1);
         assert_eq!(
-            counter(
-                &seen,
-                STORE_CALL_ERRORS,
-                &[("operation", "update"), ("kind", "transient")]
-            ),
+            metrics.counter(STORE_CALL_ERRORS, &[("operation", "update"), ("kind", "transient")]),
             1
         );
-        assert_eq!(counter(&seen, STORE_CALL_ERRORS, &[("operation", "get")]), 0);
+        assert_eq!(metrics.counter(STORE_CALL_ERRORS, &[("operation", "get")]), 0);
     }
 }

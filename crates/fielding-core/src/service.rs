@@ -280,7 +280,7 @@ impl FieldingService {
         };
         let outcome = match &created {
             Ok(_) => observe::OUTCOME_OK,
-            Err(err) => observe::outcome_of_error(err),
+            Err(err) => err.code(),
         };
         if !span.is_disabled() {
             if created.is_ok() {
@@ -755,7 +755,7 @@ struct Noted {
 
 impl Noted {
     fn refuse(&mut self, error: &FieldingError) {
-        self.refusal = Some(observe::outcome_of_error(error));
+        self.refusal = Some(error.code());
     }
 
     /// Records the answer on `span` and counts it. `declared` is the

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use axum::http::{Method, StatusCode};
 use common::oneshot::send;
-use fielding_core::{AccountId, FieldingService, Status, UserId};
+use fielding_core::{AccountId, FieldingRun, FieldingService, Status, UserId};
 use fielding_http::auth::{AccountAccess, Principal, StaticTokens};
 use fielding_http::FieldingApi;
 use fielding_memory::MemoryStore;
@@ -23,8 +23,9 @@ use fielding_testkit::observe::SpanLog;
 const TOKEN: &str = "secret-token-4f1d0e";
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
-#[tokio::test]
-async fn a_write_leaves_a_request_span_with_the_trace_id_and_a_command_span_inside_it() {
+/// The API on a fresh in-memory store whose only token is [`TOKEN`] (account
+/// 101), a live run of account 101 at version 3, and the run's path.
+fn live_run_of_account_101() -> (axum::Router, FieldingRun, String) {
     let store = MemoryStore::new();
     let account = AccountId::new(101).expect("a valid account");
     let tokens = StaticTokens::new().with_token(
@@ -43,9 +44,16 @@ async fn a_write_leaves_a_request_span_with_the_trace_id_and_a_command_span_insi
         .build();
     store.seed(run.clone()).expect("seeding");
     let path = format!(
-        "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}/pause",
+        "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}",
         run.account_id, run.project_id, run.target_group_id, run.id
     );
+    (app, run, path)
+}
+
+#[tokio::test]
+async fn a_write_leaves_a_request_span_with_the_trace_id_and_a_command_span_inside_it() {
+    let (app, run, run_path) = live_run_of_account_101();
+    let path = format!("{run_path}/pause");
     let bearer = format!("Bearer {TOKEN}");
     let traceparent = format!("00-{TRACE}-00f067aa0ba902b7-01");
     let spans = SpanLog::new();
@@ -85,7 +93,7 @@ async fn a_write_leaves_a_request_span_with_the_trace_id_and_a_command_span_insi
     let refused = send(
         &app,
         Method::GET,
-        &path.replace("/pause", ""),
+        &run_path,
         &[("authorization", wrong.as_str()), ("cint-api-version", "2025-12-18")],
         "",
     )
@@ -111,27 +119,7 @@ async fn a_write_leaves_a_request_span_with_the_trace_id_and_a_command_span_insi
 
 #[tokio::test]
 async fn a_refused_write_is_traced_with_its_outcome() {
-    let store = MemoryStore::new();
-    let account = AccountId::new(101).expect("a valid account");
-    let tokens = StaticTokens::new().with_token(
-        TOKEN,
-        Principal {
-            user_id: UserId::random(),
-            accounts: AccountAccess::Only(vec![account]),
-        },
-    );
-    let app = FieldingApi::new(FieldingService::new(Arc::new(store.clone())), Arc::new(tokens)).router();
-    let scope = fielding_core::Scope::new(account, fixtures::project_id(), fixtures::target_group_id());
-    let run = fixtures::run()
-        .with_scope(scope)
-        .with_status(Status::Live)
-        .with_version(3)
-        .build();
-    store.seed(run.clone()).expect("seeding");
-    let path = format!(
-        "/demand/accounts/{}/projects/{}/target-groups/{}/fielding-runs/{}",
-        run.account_id, run.project_id, run.target_group_id, run.id
-    );
+    let (app, _, path) = live_run_of_account_101();
     let bearer = format!("Bearer {TOKEN}");
     let spans = SpanLog::new();
     let _capture = spans.capture();

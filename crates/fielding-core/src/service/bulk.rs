@@ -126,7 +126,7 @@ impl FieldingService {
                 Some(&submitted.job.id),
                 observe::bulk_job_state(submitted.job.status),
             ),
-            Err(err) => observe::close_job_span(&span, None, observe::outcome_of_error(err)),
+            Err(err) => observe::close_job_span(&span, None, err.code()),
         }
         let submitted = submitted?;
         if submitted.job.status == BulkJobStatus::Processing {

@@ -89,7 +89,7 @@ impl FieldingService {
         match &submitted {
             // The id of the job answered: a replay's is the existing job's.
             Ok(submitted) => observe::close_job_span(&span, Some(&submitted.job.id), job_state(&submitted.job.state)),
-            Err(err) => observe::close_job_span(&span, None, observe::outcome_of_error(err)),
+            Err(err) => observe::close_job_span(&span, None, err.code()),
         }
         submitted
     }
