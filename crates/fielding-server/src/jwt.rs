@@ -25,6 +25,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::verified_tokens::{in_time, VerifiedTokens};
+pub use crate::verified_tokens::{DEFAULT_CAPACITY, MAX_CACHED_TOKEN_BYTES};
+
 /// Clock skew tolerated on `exp` and `iat`, in seconds.
 pub const LEEWAY_SECONDS: u64 = 30;
 
@@ -183,10 +186,17 @@ pub fn unix_now() -> u64 {
 /// assert!(!principal.may_access(AccountId::new(102)?));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
+///
+/// Tokens that verified are remembered (up to [`DEFAULT_CAPACITY`] of them,
+/// see [`JwtAuthenticator::with_cache_capacity`]), so a client sending the
+/// same token on every request pays for the signature check once; every
+/// later use still checks `exp` and `iat` against the clock, and a token
+/// that fails any check is never remembered.
 pub struct JwtAuthenticator {
     key: DecodingKey,
     validation: Validation,
     leeway: u64,
+    verified: VerifiedTokens,
 }
 
 impl fmt::Debug for JwtAuthenticator {
@@ -194,6 +204,7 @@ impl fmt::Debug for JwtAuthenticator {
         f.debug_struct("JwtAuthenticator")
             .field("algorithm", &"HS256")
             .field("leeway", &self.leeway)
+            .field("cache_capacity", &self.verified.capacity())
             .finish_non_exhaustive()
     }
 }
@@ -209,7 +220,15 @@ impl JwtAuthenticator {
             key: DecodingKey::from_secret(secret.bytes()),
             validation,
             leeway: LEEWAY_SECONDS,
+            verified: VerifiedTokens::new(DEFAULT_CAPACITY, LEEWAY_SECONDS),
         }
+    }
+
+    /// Remembers at most `capacity` verified tokens (the default is
+    /// [`DEFAULT_CAPACITY`]; 0 verifies every token in full every time).
+    pub fn with_cache_capacity(mut self, capacity: usize) -> Self {
+        self.verified = VerifiedTokens::new(capacity, self.leeway);
+        self
     }
 
     /// The principal behind `token`, or exactly why not.
@@ -218,6 +237,15 @@ impl JwtAuthenticator {
     }
 
     fn verify_at(&self, token: &str, now: u64) -> Result<Principal, TokenError> {
+        if let Some(principal) = self.verified.get(token, now) {
+            return Ok(principal);
+        }
+        let (principal, claims) = self.verify_in_full(token, now)?;
+        self.verified.insert(token, &principal, claims.exp, claims.iat, now);
+        Ok(principal)
+    }
+
+    fn verify_in_full(&self, token: &str, now: u64) -> Result<(Principal, Claims), TokenError> {
         // The header first: an `alg` this server does not accept is named
         // as such, before any signature check.
         let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
@@ -229,7 +257,13 @@ impl JwtAuthenticator {
         if claims.iat > now.saturating_add(self.leeway) {
             return Err(TokenError::IssuedInTheFuture { iat: claims.iat, now });
         }
-        principal(&claims)
+        // jsonwebtoken checked `exp` against its own reading of the clock;
+        // checking it against `now` too makes this decision, and so the
+        // cache's, a function of `now` alone.
+        if !in_time(claims.exp, claims.iat, now, self.leeway) {
+            return Err(TokenError::Expired);
+        }
+        Ok((principal(&claims)?, claims))
     }
 }
 
@@ -519,6 +553,46 @@ mod tests {
             mint_token(&secret(), Uuid::new_v4(), &[], DEFAULT_TTL),
             Err(TokenError::NoAccounts)
         );
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_and_is_then_refused_as_expired() {
+        let auth = auth();
+        let now = unix_now();
+        let token = sign(&secret(), &claims_json(60)).unwrap();
+        let first = auth.verify_at(&token, now).unwrap();
+        assert_eq!(auth.verified.get(&token, now), Some(first.clone()), "remembered");
+        assert_eq!(auth.verify_at(&token, now).unwrap(), first);
+        let past_expiry = now + 60 + LEEWAY_SECONDS + 1;
+        assert_eq!(auth.verify_at(&token, past_expiry), Err(TokenError::Expired));
+        assert_eq!(auth.verified.get(&token, now), None, "forgotten once out of time");
+    }
+
+    #[test]
+    fn refused_tokens_are_never_remembered() {
+        let auth = auth();
+        let other = JwtSecret::new("another secret, also 32 bytes long!").unwrap();
+        let forged = mint_token(&other, Uuid::new_v4(), &[account(101)], DEFAULT_TTL).unwrap();
+        let expired = sign(&secret(), &claims_json(-(LEEWAY_SECONDS as i64) - 60)).unwrap();
+        let mut no_accounts = claims_json(3600);
+        no_accounts["accounts"] = json!([]);
+        let no_accounts = sign(&secret(), &no_accounts).unwrap();
+        for _ in 0..2 {
+            assert_eq!(auth.verify(&forged), Err(TokenError::BadSignature));
+            assert_eq!(auth.verify(&expired), Err(TokenError::Expired));
+            assert_eq!(auth.verify(&no_accounts), Err(TokenError::NoAccounts));
+        }
+        assert_eq!(auth.verified.len(), 0);
+    }
+
+    #[test]
+    fn with_no_cache_every_token_is_verified_in_full_with_the_same_answers() {
+        let auth = auth().with_cache_capacity(0);
+        let token = mint_token(&secret(), Uuid::new_v4(), &[account(3)], DEFAULT_TTL).unwrap();
+        let principal = auth.verify(&token).unwrap();
+        assert_eq!(auth.verify(&token).unwrap(), principal);
+        assert_eq!(auth.verified.len(), 0);
+        assert!(format!("{auth:?}").contains("cache_capacity: 0"));
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod prometheus;
 pub mod retention;
 pub mod server;
 pub mod telemetry;
+mod verified_tokens;
 
 pub use cli::{Cli, Command, ConfigError, SecretSource, ServeArgs, ServerConfig, TokenArgs};
 pub use connection::ShuttingDown;
