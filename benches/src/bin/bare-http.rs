@@ -6,7 +6,8 @@
 //! throughput ceiling: the same axum version and features (`http1`,
 //! `json`, `tokio`), `axum::serve` on a `tokio::net::TcpListener`, and a
 //! multi-thread tokio runtime with the default worker count (one per core),
-//! exactly as `fielding-server`'s `main` builds it. It reads the body (as
+//! exactly as `fielding-server`'s `main` builds it, and the same global
+//! allocator (mimalloc). It reads the body (as
 //! every server handler does) so keep-alive behaves the same as for the
 //! server's PUTs. No logging, no auth, no routing table beyond a fallback.
 //!
@@ -24,6 +25,12 @@ use std::process::ExitCode;
 use axum::body::Bytes;
 use axum::http::StatusCode;
 use axum::Router;
+
+// The same allocator as `fielding-server`'s binary: the ceiling must not
+// differ from the server in anything but what the server does with a
+// request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: bare-http [--listen ADDR]   (default 127.0.0.1:0)";
 

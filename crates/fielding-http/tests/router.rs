@@ -200,6 +200,26 @@ async fn no_credentials_is_401_with_a_bearer_challenge_even_with_a_stale_tag() {
 }
 
 #[tokio::test]
+async fn unknown_paths_and_methods_are_401_without_a_token_and_carry_trace_headers() {
+    // The middleware wraps the routing as a whole: what matches no route,
+    // or no method of one, is still authenticated first and traced.
+    let h = harness();
+    let run = seed(&h, Status::Live, 7);
+    let headers = [("cint-api-version", API_VERSION)];
+    let unknown_path = format!("{}/explode", run_url(&run));
+    for (method, path) in [
+        (Method::GET, "/nope"),
+        (Method::POST, unknown_path.as_str()),
+        (Method::DELETE, run_url(&run).as_str()),
+    ] {
+        let reply = send(&h.app, method.clone(), path, &headers, "").await;
+        assert_error(&reply, StatusCode::UNAUTHORIZED, "authorization_error");
+        assert!(reply.headers.contains_key("traceparent"), "{method} {path}");
+    }
+    assert_eq!(h.store.run(&run.key()), Some(run));
+}
+
+#[tokio::test]
 async fn another_accounts_principal_is_403() {
     let h = harness();
     let run = seed(&h, Status::Live, 7);

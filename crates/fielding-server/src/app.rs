@@ -138,20 +138,25 @@ pub fn app_with_shutdown(
         )
         .layer(middleware::from_fn(fielding_http::trace_context::propagate))
         .with_state(Arc::new(Health::new(service, store)));
-    let mut router = checks.merge(api.router());
+    let routes = checks.merge(api.router());
     let address_limiter = limits
         .address_rate_limit
         .map(|policy| Arc::new(AddressLimiter::new(policy)));
-    if let Some(limiter) = &address_limiter {
-        router = router.layer(middleware::from_fn_with_state(
-            Arc::clone(limiter),
-            address_limit::limit_by_address,
-        ));
-    }
     let refusals = Arc::new(SampledLog::new(REFUSAL_SUMMARY_EVERY));
-    let router = router.layer(middleware::from_fn(move |request: Request, next: Next| {
-        access_log(Arc::clone(&refusals), request, next)
-    }));
+    // Around the routing as a whole, once (see `FieldingApi::router` for
+    // why not `Router::layer`): the access log outermost, then the
+    // per-address limit when there is one.
+    let logged = tower::ServiceBuilder::new()
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            access_log(Arc::clone(&refusals), request, next)
+        }))
+        .option_layer(
+            address_limiter
+                .as_ref()
+                .map(|limiter| middleware::from_fn_with_state(Arc::clone(limiter), address_limit::limit_by_address)),
+        )
+        .service(routes);
+    let router = Router::new().fallback_service(logged);
     App {
         router,
         rate_limiter,

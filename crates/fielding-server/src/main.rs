@@ -11,6 +11,16 @@ use fielding_server::cli::{Cli, Command, SecretSource, ServeArgs, ServerConfig, 
 use fielding_server::{mint_token, shutdown_signal, Server};
 use tracing_subscriber::EnvFilter;
 
+// mimalloc rather than the system allocator: a request allocates about a
+// hundred small, short-lived blocks (mostly in axum, hyper and tower), and
+// glibc's malloc/free pair was the largest single cost of a request in the
+// server's profile (docs/benchmarks.md, "Round two"). Only the binary
+// chooses: the library crates leave the allocator to the application that
+// links them. `bare-http`, the bench's ceiling, uses the same allocator so
+// the comparison stays like for like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A run path to show in the start-up hints, relative to the base path.
 const EXAMPLE_LIST: &str =
     "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs";
