@@ -40,7 +40,6 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
-use quanta::Instant;
 
 use metrics::{Key, Label, Metadata};
 
@@ -484,6 +483,15 @@ where
     }
 }
 
+/// The clock store calls are timed with: the CPU's counter where it has a
+/// stable one (read without a system call), scaled to nanoseconds only
+/// once a call is over. One shared instance rather than `quanta::Instant`,
+/// whose every reading first looks for a thread's mocked clock.
+fn store_clock() -> &'static quanta::Clock {
+    static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
+    CLOCK.get_or_init(quanta::Clock::new)
+}
+
 /// The future [`store_call`] returns.
 #[derive(Debug)]
 pub struct StoreCall<F> {
@@ -492,7 +500,7 @@ pub struct StoreCall<F> {
     /// When the call was first polled: a future made before a pause (the
     /// backoff after a lost race) must not count the pause as store time.
     /// `None` again once the call is over.
-    started: Option<Instant>,
+    started: Option<u64>,
     call: F,
 }
 
@@ -520,7 +528,8 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        let started = *this.started.get_or_insert_with(Instant::now);
+        let clock = store_clock();
+        let started = *this.started.get_or_insert_with(|| clock.raw());
         let polled = if this.span.is_disabled() {
             Pin::new(&mut this.call).poll(cx)
         } else {
@@ -529,7 +538,7 @@ where
         };
         if let Poll::Ready(result) = &polled {
             this.started = None;
-            let seconds = started.elapsed().as_secs_f64();
+            let seconds = clock.delta(started, clock.raw()).as_secs_f64();
             metrics::with_recorder(|recorder| recorder.register_histogram(this.operation.latency_key(), &METADATA))
                 .record(seconds);
             let outcome = match result {
