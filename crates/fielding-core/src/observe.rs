@@ -291,6 +291,8 @@ pub(crate) fn close_command_span(
         return;
     };
     let fields = metadata.fields();
+    // Every span `command_span` makes has them all; a span without them
+    // (disabled, or not a command's) takes none.
     let (Some(action_field), Some(expected_field), Some(resulting_field), Some(attempt_field), Some(outcome_field)) = (
         fields.field("action"),
         fields.field("expected_version"),
