@@ -41,7 +41,7 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 
-use metrics::{Key, Label, Metadata};
+use metrics::{Key, KeyName, Label, Metadata};
 
 use crate::{Action, StoreError};
 
@@ -132,9 +132,13 @@ static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Leve
 
 /// Keys with two labels, one per pair of values, built once: a key made
 /// per call would hash its name and labels and allocate its label list
-/// on every command, recorder or not.
+/// on every command, recorder or not. Each key borrows its labels from
+/// the table rather than owning them: a recorder that keeps keys (the
+/// Prometheus exporter) copies owned labels into a new allocation on
+/// every call, and borrowed `'static` ones not at all.
 struct KeyTable {
     keys: OnceLock<Vec<Key>>,
+    pairs: OnceLock<Vec<[Label; 2]>>,
     name: &'static str,
     labels: (&'static str, &'static str),
 }
@@ -143,6 +147,7 @@ impl KeyTable {
     const fn new(name: &'static str, labels: (&'static str, &'static str)) -> Self {
         Self {
             keys: OnceLock::new(),
+            pairs: OnceLock::new(),
             name,
             labels,
         }
@@ -150,19 +155,30 @@ impl KeyTable {
 
     /// The key for the `row`-th first value and `column`-th second one, of
     /// `columns` second values.
-    fn key(&self, firsts: &[&'static str], seconds: &[&'static str], row: usize, column: usize) -> &Key {
+    fn key(
+        &'static self,
+        firsts: &[&'static str],
+        seconds: &[&'static str],
+        row: usize,
+        column: usize,
+    ) -> &'static Key {
         let keys = self.keys.get_or_init(|| {
-            let mut keys = Vec::with_capacity(firsts.len() * seconds.len());
-            for first in firsts {
-                for second in seconds {
-                    let labels = vec![
-                        Label::from_static_parts(self.labels.0, first),
-                        Label::from_static_parts(self.labels.1, second),
-                    ];
-                    keys.push(Key::from_parts(self.name, labels));
+            let pairs = self.pairs.get_or_init(|| {
+                let mut pairs = Vec::with_capacity(firsts.len() * seconds.len());
+                for first in firsts {
+                    for second in seconds {
+                        pairs.push([
+                            Label::from_static_parts(self.labels.0, first),
+                            Label::from_static_parts(self.labels.1, second),
+                        ]);
+                    }
                 }
-            }
-            keys
+                pairs
+            });
+            pairs
+                .iter()
+                .map(|pair| Key::from_static_labels(KeyName::from_const_str(self.name), pair))
+                .collect()
         });
         &keys[row * seconds.len() + column]
     }
@@ -254,6 +270,44 @@ pub(crate) fn command_span(action: Option<Action>, key: &crate::RunKey) -> traci
         attempt = tracing::field::Empty,
         outcome = tracing::field::Empty,
     )
+}
+
+/// Records what a command learned on its `command` span, in one call:
+/// each `record` is a trip through the subscriber (the span looked up, its
+/// data locked, the fields formatted), so one for all of them rather than
+/// one per field. `None` leaves a field as it is: `action` when the span
+/// already names it, the versions when there is none.
+pub(crate) fn close_command_span(
+    span: &tracing::Span,
+    action: Option<&'static str>,
+    expected_version: Option<u64>,
+    resulting_version: Option<u64>,
+    attempt: u32,
+    outcome: &'static str,
+) {
+    use tracing::field::Value;
+    let Some(metadata) = span.metadata() else {
+        return;
+    };
+    let fields = metadata.fields();
+    // Every span `command_span` makes has them all; a span without them
+    // (disabled, or not a command's) takes none.
+    let (Some(action_field), Some(expected_field), Some(resulting_field), Some(attempt_field), Some(outcome_field)) = (
+        fields.field("action"),
+        fields.field("expected_version"),
+        fields.field("resulting_version"),
+        fields.field("attempt"),
+        fields.field("outcome"),
+    ) else {
+        return;
+    };
+    span.record_all(&fields.value_set(&[
+        (&action_field, action.as_ref().map(|v| v as &dyn Value)),
+        (&expected_field, expected_version.as_ref().map(|v| v as &dyn Value)),
+        (&resulting_field, resulting_version.as_ref().map(|v| v as &dyn Value)),
+        (&attempt_field, Some(&attempt as &dyn Value)),
+        (&outcome_field, Some(&outcome as &dyn Value)),
+    ]));
 }
 
 /// The `kind` label of creation jobs.
@@ -431,17 +485,20 @@ impl StoreOperation {
         }
     }
 
+    /// Built once, with labels borrowed from a table (see [`KeyTable`]).
     fn latency_key(self) -> &'static Key {
+        static LABELS: OnceLock<Vec<[Label; 1]>> = OnceLock::new();
         static KEYS: OnceLock<Vec<Key>> = OnceLock::new();
         let keys = KEYS.get_or_init(|| {
-            StoreOperation::ALL
+            let labels = LABELS.get_or_init(|| {
+                StoreOperation::ALL
+                    .iter()
+                    .map(|op| [Label::from_static_parts("operation", op.as_str())])
+                    .collect()
+            });
+            labels
                 .iter()
-                .map(|op| {
-                    Key::from_parts(
-                        STORE_CALL_SECONDS,
-                        vec![Label::from_static_parts("operation", op.as_str())],
-                    )
-                })
+                .map(|label| Key::from_static_labels(KeyName::from_const_str(STORE_CALL_SECONDS), label))
                 .collect()
         });
         &keys[self as usize]

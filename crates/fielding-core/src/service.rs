@@ -768,20 +768,17 @@ impl Noted {
             Err(_) => self.refusal.unwrap_or("unexpected_internal_error"),
         };
         if !span.is_disabled() {
-            if self.action != declared {
-                if let Some(action) = self.action {
-                    span.record("action", action.as_str());
-                }
-            }
-            if let Some(expected) = self.expected {
-                span.record("expected_version", expected.get());
-            }
+            let action = self.action.filter(|_| self.action != declared).map(Action::as_str);
             // A refused command wrote nothing: no resulting version.
-            if let (Ok(_), Some(resulting)) = (answer, self.resulting) {
-                span.record("resulting_version", resulting.get());
-            }
-            span.record("attempt", self.lost + 1);
-            span.record("outcome", outcome);
+            let resulting = self.resulting.filter(|_| answer.is_ok()).map(Version::get);
+            observe::close_command_span(
+                span,
+                action,
+                self.expected.map(Version::get),
+                resulting,
+                self.lost + 1,
+                outcome,
+            );
         }
         if let Some(cause) = self.precondition_failed {
             observe::count_precondition_failure(self.action, cause);

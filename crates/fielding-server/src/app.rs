@@ -177,7 +177,7 @@ async fn access_log(refusals: Arc<SampledLog>, request: Request, next: Next) -> 
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    metrics::counter!(telemetry::RESPONSES, "status" => telemetry::status_class(status)).increment(1);
+    telemetry::count_response(status);
     // The statuses the API counts as refusals (not a run's 404, nor 412 or
     // 422: those are answers about the resource and stay at `info`).
     let refused = fielding_http::refusal::Refusal::of_status(response.status()).is_some();

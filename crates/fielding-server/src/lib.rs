@@ -19,7 +19,8 @@
 //!   completes ([`shutdown_signal`] for SIGINT/SIGTERM), every connection
 //!   under the [`limits`] (timeouts, connection cap, head size).
 //! * [`telemetry`]: the metrics the server records (through the `metrics`
-//!   facade) and the sampling that keeps refusals out of the log.
+//!   facade) and the sampling that keeps refusals out of the log;
+//!   [`log_fields`]: how its log lines write span and event fields.
 //!
 //! See `docs/server.md` for the flags, the token command and examples.
 #![warn(missing_docs)]
@@ -32,6 +33,7 @@ pub mod database;
 pub mod health;
 pub mod jwt;
 pub mod limits;
+pub mod log_fields;
 pub mod prometheus;
 pub mod retention;
 pub mod server;

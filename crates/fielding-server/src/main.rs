@@ -82,11 +82,22 @@ fn token(args: &TokenArgs) -> Result<(), Box<dyn Error>> {
 }
 
 fn init_logs() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::registry()
+        .with(filter)
+        // Every span `INFO` takes has its fields formatted when it opens,
+        // logged in or not: sized once, and written for less than by the
+        // default formatter (the same text).
+        .with((!ansi).then_some(fielding_server::log_fields::SpanFieldsRoom))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(ansi)
+                .fmt_fields(fielding_server::log_fields::LeanFields),
+        )
         .init();
 }
 

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use metrics::{Key, Label, Metadata};
+
 /// Gauge: connections open now.
 pub const CONNECTIONS_OPEN: &str = "fielding_server_connections_open";
 /// Counter: connections accepted.
@@ -78,13 +80,48 @@ impl SampledLog {
 
 /// The class label of a status: `2xx`, `4xx`, ...
 pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_class_index(status)]
+}
+
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class_index(status: u16) -> usize {
     match status / 100 {
-        1 => "1xx",
-        2 => "2xx",
-        3 => "3xx",
-        4 => "4xx",
-        _ => "5xx",
+        1 => 0,
+        2 => 1,
+        3 => 2,
+        4 => 3,
+        _ => 4,
     }
+}
+
+static STATUS_LABELS: [[Label; 1]; 5] = [
+    [Label::from_static_parts("status", STATUS_CLASSES[0])],
+    [Label::from_static_parts("status", STATUS_CLASSES[1])],
+    [Label::from_static_parts("status", STATUS_CLASSES[2])],
+    [Label::from_static_parts("status", STATUS_CLASSES[3])],
+    [Label::from_static_parts("status", STATUS_CLASSES[4])],
+];
+
+/// The [`RESPONSES`] key of each status class, made at compile time: the
+/// `counter!` macro, given a label value it cannot see at compile time,
+/// builds the key on every call (a label list allocated, the key hashed),
+/// and the Prometheus exporter copies such owned labels once more to look
+/// the key up; a key with `'static` labels is looked up as it is.
+static RESPONSE_KEYS: [Key; 5] = [
+    Key::from_static_parts(RESPONSES, &STATUS_LABELS[0]),
+    Key::from_static_parts(RESPONSES, &STATUS_LABELS[1]),
+    Key::from_static_parts(RESPONSES, &STATUS_LABELS[2]),
+    Key::from_static_parts(RESPONSES, &STATUS_LABELS[3]),
+    Key::from_static_parts(RESPONSES, &STATUS_LABELS[4]),
+];
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+/// Counts one response with `status` in [`RESPONSES`].
+pub fn count_response(status: u16) {
+    let key = &RESPONSE_KEYS[status_class_index(status)];
+    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
 }
 
 #[cfg(test)]
@@ -124,5 +161,23 @@ mod tests {
         assert_eq!(status_class(401), "4xx");
         assert_eq!(status_class(503), "5xx");
         assert_eq!(status_class(101), "1xx");
+        assert_eq!(status_class(302), "3xx");
+        assert_eq!(status_class(600), "5xx");
+    }
+
+    #[test]
+    fn responses_are_counted_by_class() {
+        let metrics = fielding_testkit::observe::MetricsLog::new();
+        {
+            let _capture = metrics.capture();
+            for status in [200, 202, 404, 500, 101] {
+                count_response(status);
+            }
+        }
+        assert_eq!(metrics.counter(RESPONSES, &[("status", "2xx")]), 2);
+        assert_eq!(metrics.counter(RESPONSES, &[("status", "4xx")]), 1);
+        assert_eq!(metrics.counter(RESPONSES, &[("status", "5xx")]), 1);
+        assert_eq!(metrics.counter(RESPONSES, &[("status", "1xx")]), 1);
+        assert_eq!(metrics.counter(RESPONSES, &[]), 5);
     }
 }
