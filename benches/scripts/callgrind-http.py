@@ -7,7 +7,9 @@ usage: callgrind-http.py SERVER_BIN MODE N OUTDIR [put|get [RUST_LOG]]
 
 MODE is the http bench's configuration of the memory store: plain
 (--metrics off, RUST_LOG=warn), shipped (--metrics on, RUST_LOG=warn) or
-observed (--metrics on, RUST_LOG=info,fielding_server::access=warn).
+observed (--metrics on, RUST_LOG=info,fielding_server::access=warn); or
+bare: the bench's ceiling, `bare-http` from SERVER_BIN's directory, sent
+the very same requests.
 The server runs under valgrind with instrumentation off; 32 runs are
 seeded through the API and 200 requests warm it up on one keep-alive
 connection; then instrumentation is switched on for N requests (PUT
@@ -31,10 +33,13 @@ env["RUST_LOG"] = "info,fielding_server::access=warn" if mode == "observed" else
 if len(sys.argv) > 6:
     env["RUST_LOG"] = sys.argv[6]
 token = subprocess.check_output([server, "token", "--secret", secret, "--account", "101"]).decode().strip()
-cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={outdir}/cg.{tag}.%p",
-       server, "--listen", "127.0.0.1:0", "--database", "memory", "--jwt-secret", secret,
-       "--rate-limit-per-second", "0", "--address-rate-limit-per-second", "0",
-       "--max-connections-per-address", "0", "--metrics", metrics]
+cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={outdir}/cg.{tag}.%p"]
+if mode == "bare":
+    cmd += [os.path.join(os.path.dirname(server), "bare-http"), "--listen", "127.0.0.1:0"]
+else:
+    cmd += [server, "--listen", "127.0.0.1:0", "--database", "memory", "--jwt-secret", secret,
+            "--rate-limit-per-second", "0", "--address-rate-limit-per-second", "0",
+            "--max-connections-per-address", "0", "--metrics", metrics]
 proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=open(f"{outdir}/stderr.{tag}", "w"))
 line = proc.stdout.readline().decode()
 m = re.search(r"http://([\d.]+):(\d+)", line)
@@ -44,6 +49,10 @@ hdr = {"Authorization": f"Bearer {token}", "Cint-API-Version": "2025-12-18"}
 runs = []
 RUNS = 32
 for i in range(RUNS):
+    if mode == "bare":  # answers 202 to anything: no runs to seed
+        runs.append("/v1/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/"
+                    f"01HTTPBENCH{i:015d}/fielding-runs/01M8Q6Q927DDTMQAGRCJBZJA9E")
+        continue
     scope = f"/v1/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01HTTPBENCH{i:015d}"
     body = json.dumps({"start_fielding_at": "2031-01-01T09:00:00.000Z", "end_fielding_at": "2031-01-31T09:00:00.000Z"})
     conn.request("POST", f"{scope}/fielding-run-jobs/schedule-from-draft", body,

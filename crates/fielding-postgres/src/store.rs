@@ -115,12 +115,10 @@ impl PgStore {
     }
 
     /// A connection for one operation: a parked one if the store has one
-    /// (no pool round trip), else one from the pool.
+    /// and nobody is queued for one (no pool round trip), else one from the
+    /// pool.
     async fn checkout(&self, op: &'static str) -> Result<PoolConnection<Postgres>, StoreError> {
-        match self.parking.take() {
-            Some(conn) => Ok(conn),
-            None => self.pool.acquire().await.map_err(|e| backend(op, e)),
-        }
+        self.parking.checkout(&self.pool).await.map_err(|e| backend(op, e))
     }
 
     /// Done with `conn`. After a clean operation it is parked briefly (2 ms)

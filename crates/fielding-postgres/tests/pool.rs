@@ -2,15 +2,19 @@
 //! between operations (to skip the pool's return round trip), and must
 //! never starve the pool's other users or hold up its closing.
 //!
-//! Both tests use a one-connection pool and compare PostgreSQL backend
-//! process ids: the same id after the store is done means the store gave
-//! the pool its connection back, rather than closing it (and the pool
-//! opening another) or keeping it.
+//! The first two tests use a one-connection pool and compare PostgreSQL
+//! backend process ids: the same id after the store is done means the
+//! store gave the pool its connection back, rather than closing it (and
+//! the pool opening another) or keeping it. The last keeps the store busy
+//! without a pause and checks that an operation waiting in the pool is
+//! served ahead of later ones.
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fielding_core::{Action, ChangeRecord, FieldingStore};
 use fielding_postgres::sqlx::{self, PgConnection};
@@ -145,4 +149,83 @@ fn a_store_dropped_outside_the_runtime_returns_its_parked_connection_to_the_pool
             .expect("the pool closes");
     });
     drop(guard);
+}
+
+/// How long the busy loop below runs at most: far longer than the waits the
+/// fairness test allows, so a starved operation shows as one that finishes
+/// only after the loop has stopped.
+const BUSY_FOR: Duration = Duration::from_secs(8);
+
+/// Reads `run` on `store` back to back (each read asks for a connection the
+/// moment the previous one ended) until `stop` is set or [`BUSY_FOR`] has
+/// passed, counting reads in `done`; clears `running` when it ends.
+async fn busy_loop(
+    store: fielding_postgres::PgStore,
+    key: fielding_core::RunKey,
+    stop: Arc<AtomicBool>,
+    running: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) {
+    let started = Instant::now();
+    while !stop.load(Ordering::Acquire) && started.elapsed() < BUSY_FOR {
+        store.get(&key).await.expect("get in the busy loop");
+        done.fetch_add(1, Ordering::AcqRel);
+    }
+    running.store(false, Ordering::Release);
+}
+
+/// An operation waiting in the pool for the store's only connection gets
+/// it when the operation using it ends, ahead of operations that ask
+/// later. Before, the finished operation's connection was parked and taken
+/// by whichever operation asked next: a loop asking again at once kept it,
+/// and the waiting operation got it only when the loop stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_operation_is_served_before_later_ones() {
+    let Some(test) = common::fresh_store_with("fielding_pool_fair", 1).await else {
+        return;
+    };
+    let store = test.store.clone();
+    let run = fixtures::run().build();
+    store
+        .insert(&run, &ChangeRecord::created(&run, Action::Schedule))
+        .await
+        .expect("insert");
+    let (stop, running, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(true)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let busy = tokio::spawn(busy_loop(
+        store.clone(),
+        run.key(),
+        stop.clone(),
+        running.clone(),
+        done.clone(),
+    ));
+    // Let the loop get going (and the connection circulate) first.
+    while done.load(Ordering::Acquire) < 20 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut most_overtaken = 0;
+    for _ in 0..10 {
+        let before = done.load(Ordering::Acquire);
+        store.get(&run.key()).await.expect("the waiting get");
+        assert!(
+            running.load(Ordering::Acquire),
+            "the waiting get finished only after the busy loop stopped: it was starved"
+        );
+        // The loop's read in flight when this get asked may finish, and the
+        // loop may start its next read just before this get queues; one
+        // more is a scheduling accident. Dozens mean it was overtaken.
+        most_overtaken = most_overtaken.max(done.load(Ordering::Acquire) - before);
+    }
+    stop.store(true, Ordering::Release);
+    tokio::time::timeout(HANG_GUARD, busy)
+        .await
+        .expect("the busy loop ends")
+        .expect("the busy loop did not panic");
+    assert!(
+        most_overtaken <= 3,
+        "a waiting get was overtaken by {most_overtaken} later reads of the busy loop"
+    );
 }
