@@ -123,7 +123,9 @@
 //! ≥ 0.5) and `http_get_memory_vs_bare`, then the other ratios, then for the
 //! bare handler (`http_bare_*` with the PUT script, `http_get_bare_*` with the
 //! GET script) and for each store and load `http_{put,get}_{store}_rps`,
-//! `_p50_us`, `_p99_us`, `_p999_us` (medians over rounds). A table of the
+//! `_p50_us`, `_p99_us`, `_p999_us` (medians over rounds), and after the
+//! PostgreSQL PUT percentiles `http_put_postgres_p99_over_p50` (the median
+//! p99 over the median p50: the issue's target is ≤ 4). A table of the
 //! same goes to stderr. When PostgreSQL is unreachable its lines are left
 //! out with a note on stderr.
 //!
@@ -1095,9 +1097,25 @@ fn figures(reports: &Reports, stores: &[Target]) -> Figures {
                 format!("{:.0}", median(rounds.iter().map(pick))),
             ));
         }
+        // The PostgreSQL write tail (issue 16's target: at most 4).
+        if (*target, *load) == (Target::Postgres, Load::Put) {
+            if let Some(tail) = p99_over_p50(rounds) {
+                out.push((format!("{prefix}_p99_over_p50"), format!("{tail:.2}")));
+            }
+        }
     }
     out.push(("http_socket_errors".to_owned(), socket_errors.to_string()));
     out
+}
+
+/// The median over rounds of p99 latency over the median of p50: the
+/// quotient of the `_p99_us` and `_p50_us` figures as printed (rounded to
+/// whole microseconds there, not here). `None` without rounds or with a
+/// zero p50.
+fn p99_over_p50(rounds: &[WrkReport]) -> Option<f64> {
+    let p50 = median(rounds.iter().map(|r| r.p50_us));
+    let p99 = median(rounds.iter().map(|r| r.p99_us));
+    (p50 > 0.0 && p50.is_finite() && p99.is_finite()).then(|| p99 / p50)
 }
 
 fn table(reports: &Reports) -> String {
@@ -1628,5 +1646,47 @@ fielding_wrk timeouts 2.000
         assert_eq!(get("http_get_memory_p999_us"), "300");
         assert_eq!(get("http_socket_errors"), "0");
         assert!(table(&reports).contains("memory"));
+        assert!(
+            !figures.iter().any(|(n, _)| n.ends_with("_p99_over_p50")),
+            "no PostgreSQL, no tail ratio"
+        );
+    }
+
+    #[test]
+    fn postgres_put_tail_ratio() {
+        let report = |p50_us: f64, p99_us: f64| WrkReport {
+            requests: 100,
+            duration_us: 1_000_000,
+            p50_us,
+            p99_us,
+            ..WrkReport::default()
+        };
+        let reports: Reports = vec![
+            (Target::Bare, Load::Put, vec![report(100.0, 200.0); 3]),
+            (
+                Target::Postgres,
+                Load::Put,
+                // Medians: p50 2000, p99 7000.
+                vec![report(2000.0, 9000.0), report(1000.0, 7000.0), report(3000.0, 4000.0)],
+            ),
+            (Target::Postgres, Load::Get, vec![report(1000.0, 9000.0); 3]),
+        ];
+        let figures = figures(&reports, &[Target::Postgres]);
+        let names: Vec<&str> = figures.iter().map(|(n, _)| n.as_str()).collect();
+        let at = |name: &str| {
+            names
+                .iter()
+                .position(|n| *n == name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        assert_eq!(figures[at("http_put_postgres_p99_over_p50")].1, "3.50");
+        assert_eq!(
+            at("http_put_postgres_p99_over_p50"),
+            at("http_put_postgres_p999_us") + 1,
+            "next to the PUT percentiles"
+        );
+        assert!(!names.contains(&"http_get_postgres_p99_over_p50"), "PUT only");
+        assert_eq!(p99_over_p50(&[]), None);
+        assert_eq!(p99_over_p50(&[report(0.0, 10.0)]), None);
     }
 }

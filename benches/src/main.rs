@@ -63,6 +63,7 @@ trials, 5 rounds with --quick (under a minute), else 3 s trials, 7 rounds; among
     http_{put,get}_{sqlite,postgres}_vs_bare R
     http_bare_rps N, http_bare_{p50,p99,p999}_us N      (http_get_bare_* for GET)
     http_{put,get}_{memory,sqlite,postgres}_rps N, ..._{p50,p99,p999}_us N
+    http_put_postgres_p99_over_p50 R   PostgreSQL PUT p99 / p50 (target <= 4)
 then the contention figures (section `contention`, module
 fielding_bench::contention): 1, 4, 16 and 64 HTTP clients (GET, then PUT with
 If-Match, re-reading on 412) on one run and on distinct runs, through the
