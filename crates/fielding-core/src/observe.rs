@@ -40,7 +40,6 @@ use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
-
 use metrics::{Key, KeyName, Label, Metadata};
 
 use crate::{Action, StoreError};
