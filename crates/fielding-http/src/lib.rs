@@ -64,7 +64,9 @@ pub mod trace_context;
 
 pub use base_path::{BasePath, CONTRACT_BASE_PATH};
 pub use feed::LONG_POLLS_WAITING;
-pub use router::{FieldingApi, BASE_PATH, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, DEFAULT_BULK_BODY_LIMIT};
+pub use router::{
+    ApiService, FieldingApi, BASE_PATH, DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, DEFAULT_BULK_BODY_LIMIT,
+};
 /// The token [`FieldingApi::with_shutdown`] takes, re-exported so that an
 /// app depending only on this crate (or the `fielding` facade) can make one.
 pub use tokio_util::sync::CancellationToken;

@@ -28,6 +28,16 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_with(FieldingApi::router)
+}
+
+/// The API as one service ([`FieldingApi::into_service`]) behind an empty
+/// app, as the reference server serves it.
+fn service_harness() -> Harness {
+    harness_with(|api| Router::new().fallback_service(api.into_service()))
+}
+
+fn harness_with(app: impl FnOnce(FieldingApi) -> Router) -> Harness {
     let store = MemoryStore::new();
     let user = UserId::random();
     let tokens = StaticTokens::new()
@@ -46,9 +56,7 @@ fn harness() -> Harness {
             },
         );
     let service = FieldingService::new(Arc::new(store.clone()));
-    let app = FieldingApi::new(service, Arc::new(tokens))
-        .with_body_limit(1024)
-        .router();
+    let app = app(FieldingApi::new(service, Arc::new(tokens)).with_body_limit(1024));
     Harness { app, store, user }
 }
 
@@ -201,22 +209,50 @@ async fn no_credentials_is_401_with_a_bearer_challenge_even_with_a_stale_tag() {
 
 #[tokio::test]
 async fn unknown_paths_and_methods_are_401_without_a_token_and_carry_trace_headers() {
-    // The middleware wraps the routing as a whole: what matches no route,
-    // or no method of one, is still authenticated first and traced.
-    let h = harness();
-    let run = seed(&h, Status::Live, 7);
-    let headers = [("cint-api-version", API_VERSION)];
-    let unknown_path = format!("{}/explode", run_url(&run));
-    for (method, path) in [
-        (Method::GET, "/nope"),
-        (Method::POST, unknown_path.as_str()),
-        (Method::DELETE, run_url(&run).as_str()),
-    ] {
-        let reply = send(&h.app, method.clone(), path, &headers, "").await;
-        assert_error(&reply, StatusCode::UNAUTHORIZED, "authorization_error");
-        assert!(reply.headers.contains_key("traceparent"), "{method} {path}");
+    // Whether the middleware is on each route (`router`) or around the
+    // routing (`into_service`): what matches no route, or no method of
+    // one, is still authenticated first and traced.
+    for h in [harness(), service_harness()] {
+        let run = seed(&h, Status::Live, 7);
+        let headers = [("cint-api-version", API_VERSION)];
+        let unknown_path = format!("{}/explode", run_url(&run));
+        for (method, path) in [
+            (Method::GET, "/nope"),
+            (Method::POST, unknown_path.as_str()),
+            (Method::DELETE, run_url(&run).as_str()),
+        ] {
+            let reply = send(&h.app, method.clone(), path, &headers, "").await;
+            assert_error(&reply, StatusCode::UNAUTHORIZED, "authorization_error");
+            assert!(reply.headers.contains_key("traceparent"), "{method} {path}");
+        }
+        let authed_reply = send(&h.app, Method::DELETE, &run_url(&run), &authed(&[]), "").await;
+        assert_error(&authed_reply, StatusCode::METHOD_NOT_ALLOWED, "bad_request_error");
+        let found = send(&h.app, Method::GET, &run_url(&run), &authed(&[]), "").await;
+        assert_eq!(found.status, StatusCode::OK);
+        assert_eq!(h.store.run(&run.key()), Some(run));
     }
-    assert_eq!(h.store.run(&run.key()), Some(run));
+}
+
+#[tokio::test]
+async fn the_router_can_be_customised_like_any_router() {
+    // `router()` keeps its routes: a `route_layer` runs on them, and a
+    // fallback of the app's does not shadow them.
+    let h = harness_with(|api| {
+        api.router()
+            .route_layer(axum::middleware::map_response(
+                |mut response: axum::response::Response| async move {
+                    response
+                        .headers_mut()
+                        .insert("x-app", axum::http::HeaderValue::from_static("yes"));
+                    response
+                },
+            ))
+            .fallback(|| async { StatusCode::IM_A_TEAPOT })
+    });
+    let run = seed(&h, Status::Live, 7);
+    let found = send(&h.app, Method::GET, &run_url(&run), &authed(&[]), "").await;
+    assert_eq!(found.status, StatusCode::OK);
+    assert_eq!(found.headers["x-app"], "yes");
 }
 
 #[tokio::test]

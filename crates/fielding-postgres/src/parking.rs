@@ -10,7 +10,8 @@
 //! shared pool wait at most that long once the store pauses, and
 //! `PgPool::close` is never held up longer.
 //!
-//! Parking must not jump the pool's queue. The pool serves its waiters in
+//! Parking must not overtake the store's own queued operations. The pool
+//! serves its waiters in
 //! arrival order; a parked connection goes to whichever operation asks
 //! next. Under saturation that was nearly always one that had just
 //! arrived, while the operations already queued in the pool got a
@@ -18,8 +19,11 @@
 //! waits made the PUT's p99 ten times its p50 over HTTP. So while any of
 //! this store's operations waits in the pool, a finished connection goes
 //! straight back to the pool (to the oldest waiter) instead of being
-//! parked, and a newcomer queues in the pool behind the waiters instead of
-//! taking a parked one.
+//! parked, a newcomer queues in the pool behind the waiters instead of
+//! taking a parked one, and what was parked when an operation joined the
+//! queue goes back to the pool. Other users of a shared pool (another
+//! store on it included) are not counted: the store's parking can still
+//! overtake them while it is busy.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -88,6 +92,11 @@ impl Parking {
             }
         }
         let _queued = Queued::join(&self.waiting);
+        // Connections parked before this operation was counted would sit
+        // unused until the reaper came: back to the pool with them, which
+        // gives them to its oldest waiter.
+        let parked = std::mem::take(&mut *self.slots());
+        drop(parked);
         pool.acquire().await
     }
 

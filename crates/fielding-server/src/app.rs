@@ -137,8 +137,9 @@ pub fn app_with_shutdown(
             get(crate::prometheus::render).fallback(not_allowed),
         )
         .layer(middleware::from_fn(fielding_http::trace_context::propagate))
-        .with_state(Arc::new(Health::new(service, store)));
-    let routes = checks.merge(api.router());
+        .with_state(Arc::new(Health::new(service, store)))
+        // Everything else is the API's (its 401, 404 and 405 included).
+        .fallback_service(api.into_service());
     let address_limiter = limits
         .address_rate_limit
         .map(|policy| Arc::new(AddressLimiter::new(policy)));
@@ -155,7 +156,7 @@ pub fn app_with_shutdown(
                 .as_ref()
                 .map(|limiter| middleware::from_fn_with_state(Arc::clone(limiter), address_limit::limit_by_address)),
         )
-        .service(routes);
+        .service(checks);
     let router = Router::new().fallback_service(logged);
     App {
         router,

@@ -215,7 +215,11 @@ impl JwtAuthenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = LEEWAY_SECONDS;
-        validation.validate_exp = true;
+        // `exp` must be present (required above) and is checked by
+        // `verify_in_full` against the `now` it is given, so that a
+        // decision, and the verified-token cache's, depends on `now` alone
+        // and not also on jsonwebtoken's own reading of the clock.
+        validation.validate_exp = false;
         Self {
             key: DecodingKey::from_secret(secret.bytes()),
             validation,
@@ -257,9 +261,7 @@ impl JwtAuthenticator {
         if claims.iat > now.saturating_add(self.leeway) {
             return Err(TokenError::IssuedInTheFuture { iat: claims.iat, now });
         }
-        // jsonwebtoken checked `exp` against its own reading of the clock;
-        // checking it against `now` too makes this decision, and so the
-        // cache's, a function of `now` alone.
+        // The expiry check (see `new`: not left to jsonwebtoken).
         if !in_time(claims.exp, claims.iat, now, self.leeway) {
             return Err(TokenError::Expired);
         }

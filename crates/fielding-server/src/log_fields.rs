@@ -44,6 +44,9 @@ use tracing_subscriber::registry::LookupSpan;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LeanFields;
 
+/// The scratch buffer's capacity kept between spans.
+const SCRATCH_KEEP_BYTES: usize = 4096;
+
 thread_local! {
     /// Where a span's fields are put together before they go to the
     /// span's own string in one write; kept between spans so that its
@@ -62,6 +65,11 @@ impl<'writer> FormatFields<'writer> for LeanFields {
         SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
             Ok(mut buf) => {
                 buf.clear();
+                // One huge field must not keep its memory on this thread
+                // for good.
+                if buf.capacity() > SCRATCH_KEEP_BYTES {
+                    buf.shrink_to(SCRATCH_KEEP_BYTES);
+                }
                 let mut visitor = LeanVisitor {
                     buf: &mut buf,
                     writer,
@@ -102,7 +110,9 @@ impl LeanVisitor<'_, '_> {
     /// Starts a `name=` pair for `field` and returns `false` when it is
     /// not to be written: after an error, or for the `log.` metadata
     /// fields of records bridged from the `log` crate, which the line
-    /// already shows (as [`DefaultVisitor`] skips them).
+    /// already shows (as [`DefaultVisitor`] skips them when
+    /// tracing-subscriber's `tracing-log` feature is on, as it is in this
+    /// crate through its default features).
     fn begin(&mut self, field: &Field) -> bool {
         if self.result.is_err() {
             return false;
@@ -248,7 +258,7 @@ const SPAN_FIELDS_CAPACITY: usize = 384;
 
 /// A layer for just under the `fmt` layer that writes a new span's fields
 /// (with [`LeanFields`], as the `fmt` layer would) into a string sized for
-/// the fields recorded later too ([`SPAN_FIELDS_CAPACITY`]); the `fmt`
+/// the fields recorded later too (384 bytes); the `fmt`
 /// layer finds them there and appends what is recorded. Left out with
 /// colours on, whose styling the `fmt` layer notes on the fields it makes.
 #[derive(Debug, Clone, Copy, Default)]

@@ -13,8 +13,9 @@
 //!   verified in full, which names the reason.
 //! - **Bounded.** At most `capacity` entries; tokens longer than
 //!   [`MAX_CACHED_TOKEN_BYTES`] are not remembered. When full, expired
-//!   entries go first, then an arbitrary one (the map's hash is randomly
-//!   keyed, so which one cannot be steered from outside).
+//!   entries go first (looked for at most once a second), then an
+//!   arbitrary one (the map's hash is randomly keyed, so which one cannot
+//!   be steered from outside).
 //! - **The key is the whole token**, compared byte for byte, never a digest
 //!   of it: two tokens share an entry only if they are the same token.
 
@@ -42,9 +43,18 @@ struct Verified {
 /// The cache; see the module docs for what it guarantees.
 #[derive(Debug)]
 pub(crate) struct VerifiedTokens {
-    entries: Mutex<HashMap<Box<str>, Verified>>,
+    entries: Mutex<Entries>,
     capacity: usize,
     leeway: u64,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<Box<str>, Verified>,
+    /// When a full cache may next look for expired entries: at most once a
+    /// second, so that more live tokens than the capacity cost one eviction
+    /// per miss rather than a pass over the whole map under the lock.
+    next_sweep: u64,
 }
 
 /// Whether a token with these claims passes the time checks at `now`, with
@@ -59,7 +69,7 @@ impl VerifiedTokens {
     /// Remembers up to `capacity` tokens (0 remembers none).
     pub(crate) fn new(capacity: usize, leeway: u64) -> Self {
         Self {
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
             capacity,
             leeway,
         }
@@ -69,7 +79,7 @@ impl VerifiedTokens {
         self.capacity
     }
 
-    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Verified>> {
+    fn entries(&self) -> std::sync::MutexGuard<'_, Entries> {
         // The map is consistent after any panic (every change is one call on
         // it), so a poisoned lock is still safe to use.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
@@ -82,11 +92,11 @@ impl VerifiedTokens {
             return None;
         }
         let mut entries = self.entries();
-        let verified = entries.get(token)?;
+        let verified = entries.map.get(token)?;
         if in_time(verified.exp, verified.iat, now, self.leeway) {
             return Some(verified.principal.clone());
         }
-        entries.remove(token);
+        entries.map.remove(token);
         None
     }
 
@@ -96,17 +106,21 @@ impl VerifiedTokens {
         if self.capacity == 0 || token.len() > MAX_CACHED_TOKEN_BYTES {
             return;
         }
-        let mut entries = self.entries();
-        if entries.len() >= self.capacity && !entries.contains_key(token) {
-            let leeway = self.leeway;
-            entries.retain(|_, v| in_time(v.exp, v.iat, now, leeway));
-            if entries.len() >= self.capacity {
-                if let Some(victim) = entries.keys().next().cloned() {
-                    entries.remove(&victim);
+        let mut guard = self.entries();
+        let entries = &mut *guard;
+        if entries.map.len() >= self.capacity && !entries.map.contains_key(token) {
+            if now >= entries.next_sweep {
+                let leeway = self.leeway;
+                entries.map.retain(|_, v| in_time(v.exp, v.iat, now, leeway));
+                entries.next_sweep = now.saturating_add(1);
+            }
+            if entries.map.len() >= self.capacity {
+                if let Some(victim) = entries.map.keys().next().cloned() {
+                    entries.map.remove(&victim);
                 }
             }
         }
-        entries.insert(
+        entries.map.insert(
             token.into(),
             Verified {
                 principal: principal.clone(),
@@ -119,7 +133,7 @@ impl VerifiedTokens {
     /// How many tokens are remembered now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.entries().len()
+        self.entries().map.len()
     }
 }
 
@@ -179,7 +193,8 @@ mod tests {
         for token in ["a", "b", "c"] {
             assert!(cache.get(token, 200).is_some(), "{token} kept");
         }
-        // Full of live entries: one of them goes, the new one is kept.
+        // Full of live entries: one of them goes, the new one is kept
+        // (no second sweep within the same second).
         cache.insert("d", &principal(5), 1_000, 0, 200);
         assert_eq!(cache.len(), 3);
         assert!(cache.get("d", 200).is_some());
