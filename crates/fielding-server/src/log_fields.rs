@@ -62,6 +62,16 @@ impl<'writer> FormatFields<'writer> for LeanFields {
         if writer.has_ansi_escapes() {
             return DefaultFields::new().format_fields(writer, fields);
         }
+        let format = |buf: &mut String| {
+            let mut visitor = LeanVisitor {
+                buf,
+                writer,
+                is_empty: true,
+                result: Ok(()),
+            };
+            fields.record(&mut visitor);
+            visitor.finish()
+        };
         SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
             Ok(mut buf) => {
                 buf.clear();
@@ -70,28 +80,11 @@ impl<'writer> FormatFields<'writer> for LeanFields {
                 if buf.capacity() > SCRATCH_KEEP_BYTES {
                     buf.shrink_to(SCRATCH_KEEP_BYTES);
                 }
-                let mut visitor = LeanVisitor {
-                    buf: &mut buf,
-                    writer,
-                    is_empty: true,
-                    result: Ok(()),
-                };
-                fields.record(&mut visitor);
-                visitor.finish()
+                format(&mut buf)
             }
             // A field's `Debug` that logs (so formats fields) while this
             // thread is already formatting: a buffer of its own.
-            Err(_) => {
-                let mut buf = String::new();
-                let mut visitor = LeanVisitor {
-                    buf: &mut buf,
-                    writer,
-                    is_empty: true,
-                    result: Ok(()),
-                };
-                fields.record(&mut visitor);
-                visitor.finish()
-            }
+            Err(_) => format(&mut String::new()),
         })
     }
 }
