@@ -255,7 +255,11 @@ async fn post_times(store: &OpenedStore, project: Scope, plan: &BulkPlan) -> Res
 fn measure(name: &str, database: Database, pg_schema: &str, plan: &BulkPlan) -> Result<Vec<(String, String)>, String> {
     let rt = runtime()?;
     let store = rt
-        .block_on(fielding_server::open_store(&database, pg_schema))
+        .block_on(fielding_server::open_store(
+            &database,
+            pg_schema,
+            fielding_postgres::PgStore::DEFAULT_MAX_CONNECTIONS,
+        ))
         .map_err(|e| format!("{name}: {e}"))?;
     let service = FieldingService::new(store.store.clone());
     let mut out = Vec::new();

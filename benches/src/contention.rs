@@ -244,7 +244,11 @@ impl Harness {
         let client_rt = runtime("contention-clients")?;
         let secret = JwtSecret::generate().map_err(|e| format!("cannot generate a JWT secret: {e}"))?;
         let store = server_rt
-            .block_on(fielding_server::open_store(&database, pg_schema))
+            .block_on(fielding_server::open_store(
+                &database,
+                pg_schema,
+                fielding_postgres::PgStore::DEFAULT_MAX_CONNECTIONS,
+            ))
             .map_err(|e| format!("{}: {e}", kind.name()))?;
         let app = server_app(&store, &secret, true)?;
         let listener = server_rt

@@ -386,7 +386,11 @@ fn sqlite_figures(plan: &FeedPlan) -> Result<Vec<(String, String)>, String> {
     let rt = runtime()?;
     let scratch = Scratch::new("feed").map_err(|e| e.to_string())?;
     let opened = rt
-        .block_on(fielding_server::open_store(&Database::Sqlite(scratch.db()), "fielding"))
+        .block_on(fielding_server::open_store(
+            &Database::Sqlite(scratch.db()),
+            "fielding",
+            fielding_postgres::PgStore::DEFAULT_MAX_CONNECTIONS,
+        ))
         .map_err(|e| format!("sqlite: {e}"))?;
     let account = fixtures::scope();
     rt.block_on(fill(&opened.store, account, plan.records))?;
@@ -578,7 +582,11 @@ fn postgres_figures(plan: &FeedPlan, url: &str) -> Result<Vec<(String, String)>,
     let schema = PgSchema::new(url, "feed");
     let database = Database::Postgres(url.to_string());
     let opened = rt
-        .block_on(fielding_server::open_store(&database, schema.name()))
+        .block_on(fielding_server::open_store(
+            &database,
+            schema.name(),
+            fielding_postgres::PgStore::DEFAULT_MAX_CONNECTIONS,
+        ))
         .map_err(|e| format!("postgres: {e}"))?;
     let account = fixtures::scope();
     rt.block_on(fill(&opened.store, account, plan.records))?;
@@ -597,7 +605,11 @@ fn postgres_figures(plan: &FeedPlan, url: &str) -> Result<Vec<(String, String)>,
         || rt.block_on(postgres_raw::read(&mut conn, &name, account.account_id)),
     )?;
     let second = rt
-        .block_on(fielding_server::open_store(&database, schema.name()))
+        .block_on(fielding_server::open_store(
+            &database,
+            schema.name(),
+            fielding_postgres::PgStore::DEFAULT_MAX_CONNECTIONS,
+        ))
         .map_err(|e| format!("postgres, second instance: {e}"))?;
     figures.extend(rt.block_on(delivery(&opened, &second, plan))?);
     drop(store);

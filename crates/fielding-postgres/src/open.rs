@@ -63,8 +63,28 @@ impl PgStore {
     /// # Ok(()) }
     /// ```
     pub async fn connect(url: &str, schema: &str) -> Result<Self, ConnectError> {
+        Self::connect_with(Self::pool_options(), url, schema).await
+    }
+
+    /// Like [`PgStore::connect`], with pool settings of the caller's: start
+    /// from [`PgStore::pool_options`] and change what needs changing, such
+    /// as the pool's size.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use fielding_postgres::PgStore;
+    /// let options = PgStore::pool_options().max_connections(32);
+    /// let store = PgStore::connect_with(options, "postgres://postgres@127.0.0.1:5432/postgres", "fielding").await?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    pub async fn connect_with(
+        options: sqlx::postgres::PgPoolOptions,
+        url: &str,
+        schema: &str,
+    ) -> Result<Self, ConnectError> {
+        // The name is checked before any connection is made.
         let schema = SchemaName::new(schema)?;
-        let pool = Self::pool_options().connect(url).await.map_err(ConnectError::Connect)?;
+        let pool = options.connect(url).await.map_err(ConnectError::Connect)?;
         Ok(Self::from_schema_name(pool, schema))
     }
 }

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use fielding_core::{AccountId, BulkRunnerOptions};
 use fielding_http::rate_limit::RateLimitPolicy;
 use fielding_http::{BasePath, CONTRACT_BASE_PATH, DEFAULT_BODY_LIMIT, DEFAULT_BULK_BODY_LIMIT};
+use fielding_postgres::PgStore;
 use uuid::Uuid;
 
 use crate::app::ApiLimits;
@@ -104,6 +105,21 @@ pub struct ServeArgs {
     /// The PostgreSQL schema holding the tables (PostgreSQL only).
     #[arg(long, env = "FIELDING_PG_SCHEMA", value_name = "SCHEMA", default_value = "fielding")]
     pub pg_schema: String,
+
+    /// The most PostgreSQL connections this instance holds (PostgreSQL
+    /// only). Requests beyond it queue for a connection in arrival order;
+    /// a pool as large as the requests in flight keeps them from queueing.
+    /// Every instance holds up to this many, plus one for change-feed
+    /// wake-ups: keep instances × (N + 1) under the server's
+    /// `max_connections`.
+    #[arg(
+        long,
+        env = "FIELDING_PG_MAX_CONNECTIONS",
+        value_name = "N",
+        default_value_t = PgStore::DEFAULT_MAX_CONNECTIONS,
+        value_parser = clap::value_parser!(u32).range(1..=10_000)
+    )]
+    pub pg_max_connections: u32,
 
     /// The HS256 secret bearer tokens are signed with. When unset, a random
     /// one is generated for this run and printed at start-up (tokens then
@@ -373,6 +389,8 @@ pub struct ServerConfig {
     pub database: Database,
     /// The PostgreSQL schema.
     pub pg_schema: String,
+    /// The PostgreSQL pool's size.
+    pub pg_max_connections: u32,
     /// The HS256 secret.
     pub jwt_secret: JwtSecret,
     /// Where the secret came from.
@@ -403,6 +421,7 @@ impl ServerConfig {
             metrics: true,
             database,
             pg_schema: "fielding".to_owned(),
+            pg_max_connections: PgStore::DEFAULT_MAX_CONNECTIONS,
             jwt_secret,
             secret_source: SecretSource::Given,
             limits: ApiLimits::default(),
@@ -469,6 +488,7 @@ impl ServeArgs {
             metrics: self.metrics,
             database: self.database,
             pg_schema: self.pg_schema,
+            pg_max_connections: self.pg_max_connections,
             jwt_secret,
             secret_source,
             limits,
@@ -647,6 +667,22 @@ mod tests {
             ["--address-rate-limit-burst", "0"],
         ] {
             assert!(parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_pg_pool_size_defaults_to_the_stores_and_is_bounded() {
+        let config = parse(&[]).unwrap().serve.into_config().unwrap();
+        assert_eq!(config.pg_max_connections, PgStore::DEFAULT_MAX_CONNECTIONS);
+        let config = parse(&["--pg-max-connections", "64"])
+            .unwrap()
+            .serve
+            .into_config()
+            .unwrap();
+        assert_eq!(config.pg_max_connections, 64);
+        for bad in ["0", "10001", "many"] {
+            let err = parse(&["--pg-max-connections", bad]).unwrap_err().to_string();
+            assert!(err.contains("--pg-max-connections"), "{bad}: {err}");
         }
     }
 

@@ -68,8 +68,12 @@ pub struct OpenedStore {
 }
 
 /// Opens (and migrates) the store `database` names. PostgreSQL keeps its
-/// tables in `pg_schema`.
-pub async fn open_store(database: &Database, pg_schema: &str) -> Result<OpenedStore, ServerError> {
+/// tables in `pg_schema`, on a pool of at most `pg_max_connections`.
+pub async fn open_store(
+    database: &Database,
+    pg_schema: &str,
+    pg_max_connections: u32,
+) -> Result<OpenedStore, ServerError> {
     let kind = database.kind();
     match database {
         Database::Memory => Ok(OpenedStore {
@@ -86,7 +90,8 @@ pub async fn open_store(database: &Database, pg_schema: &str) -> Result<OpenedSt
             })
         }
         Database::Postgres(url) => {
-            let store = PgStore::connect(url, pg_schema).await?;
+            let pool = PgStore::pool_options().max_connections(pg_max_connections);
+            let store = PgStore::connect_with(pool, url, pg_schema).await?;
             let migrated = store.migrate().await?;
             tracing::info!(schema = pg_schema, migration = ?migrated, "PostgreSQL schema migrated");
             Ok(OpenedStore {
@@ -153,7 +158,7 @@ pub struct Server {
 impl Server {
     /// Opens the store and binds the listener.
     pub async fn bind(config: &ServerConfig) -> Result<Self, ServerError> {
-        let store = open_store(&config.database, &config.pg_schema).await?;
+        let store = open_store(&config.database, &config.pg_schema, config.pg_max_connections).await?;
         let service = FieldingService::new(store.store.clone());
         let authenticator = Arc::new(JwtAuthenticator::new(&config.jwt_secret));
         // The runner shares the service with the API, so every submission
@@ -528,7 +533,9 @@ mod tests {
             "not a database, but long enough to have something like a header in it",
         )
         .unwrap();
-        let err = open_store(&Database::Sqlite(path), "fielding").await.unwrap_err();
+        let err = open_store(&Database::Sqlite(path), "fielding", PgStore::DEFAULT_MAX_CONNECTIONS)
+            .await
+            .unwrap_err();
         assert!(matches!(err, ServerError::Sqlite(_)), "{err:?}");
         assert!(err.to_string().contains("notes.txt"), "{err}");
     }

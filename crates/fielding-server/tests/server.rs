@@ -440,6 +440,53 @@ async fn health_and_a_list_on_postgresql_in_a_schema_of_its_own() {
     let _ = conn.close().await;
 }
 
+/// `--pg-max-connections` bounds the connections an instance holds, and a
+/// pool of one serves concurrent requests (no request needs two
+/// connections at once). The connections are told apart by an
+/// `application_name` of this test's own, set in the URL.
+#[tokio::test]
+async fn pg_max_connections_bounds_the_pool_and_one_connection_serves_concurrent_requests() {
+    let Some(test_schema) = fielding_postgres::testing::TestSchema::new().await else {
+        return;
+    };
+    let schema = test_schema.name();
+    let app_name = format!("fielding_pool_{}", std::process::id());
+    let separator = if test_schema.url().contains('?') { '&' } else { '?' };
+    let url = format!("{}{separator}application_name={app_name}", test_schema.url());
+    use fielding_postgres::sqlx::{self, Connection};
+    let mut watcher = sqlx::PgConnection::connect(test_schema.url()).await.unwrap();
+    for size in ["1", "2"] {
+        let mut server = Server::start(&[
+            "--database",
+            &url,
+            "--pg-schema",
+            schema,
+            "--pg-max-connections",
+            size,
+            "--jwt-secret",
+            SECRET,
+        ]);
+        let bearer = token(SECRET, &[101]);
+        let path = list_path(101);
+        let requests = (0..32).map(|_| get(&server, &path, Some(&bearer)));
+        for (status, _, body) in futures_util::future::join_all(requests).await {
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        let held: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(&app_name)
+            .fetch_one(&mut watcher)
+            .await
+            .unwrap();
+        // The pool's connections, and the change feed's wake-up listener.
+        let most = size.parse::<i64>().unwrap() + 1;
+        assert!(held <= most, "{held} connections with --pg-max-connections {size}");
+        assert!(held >= 1, "the server's connections are not named {app_name}");
+        let status = server.stop_with(libc::SIGTERM);
+        assert!(status.success(), "{status:?}\n{}", server.printed());
+    }
+    let _ = watcher.close().await;
+}
+
 /// Reads one response head (up to its blank line) from `socket`, byte by
 /// byte so nothing after it is consumed.
 fn read_head(socket: &mut std::net::TcpStream) -> String {
