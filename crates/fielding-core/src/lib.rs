@@ -91,7 +91,7 @@ pub use service::{
     SAFETY_NET_POLL_INTERVAL,
 };
 pub use status::Status;
-pub use store::{BoxError, Decide, Decided, FieldingStore, PlannedWrite, StoreError, Update, UpdateOutcome};
+pub use store::{BoxError, Decide, Decided, FieldingStore, PlannedWrite, StoreError, Update, UpdateNow, UpdateOutcome};
 pub use time::{InvalidTimestamp, Timestamp};
 pub use version::{ETag, EntityTag, IfMatch, InvalidIfMatch, Version};
 pub use watch::{FeedWatch, DEFAULT_WATCH_PAGE};

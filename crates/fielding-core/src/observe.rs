@@ -196,9 +196,11 @@ fn action_labels() -> &'static [&'static str] {
 /// Counts one command by action and outcome.
 pub(crate) fn count_command(action: Option<Action>, outcome: &'static str) {
     static TABLE: KeyTable = KeyTable::new(COMMANDS, ("action", "outcome"));
+    // The same constant is usually the same address: compared first, the
+    // text only when it is not.
     let column = COMMAND_OUTCOMES
         .iter()
-        .position(|o| *o == outcome)
+        .position(|o| std::ptr::eq(*o, outcome) || *o == outcome)
         .unwrap_or(COMMAND_OUTCOMES.len() - 1);
     let key = TABLE.key(action_labels(), &COMMAND_OUTCOMES, action_index(action), column);
     metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
@@ -253,11 +255,14 @@ fn level_enabled(level: tracing::Level) -> bool {
 
 /// The `command` span of one command on the run at `key`; fields not
 /// known yet are recorded as the command goes.
-pub(crate) fn command_span(action: Option<Action>, key: &crate::RunKey) -> tracing::Span {
+///
+/// `None` below the level subscribers take: not even `Span::none()`, whose
+/// every clone and drop still costs a trip through `tracing`'s checks.
+pub(crate) fn command_span(action: Option<Action>, key: &crate::RunKey) -> Option<tracing::Span> {
     if !level_enabled(tracing::Level::INFO) {
-        return tracing::Span::none();
+        return None;
     }
-    tracing::info_span!(
+    Some(tracing::info_span!(
         "command",
         action = action_label(action),
         account = %key.scope.account_id,
@@ -268,7 +273,7 @@ pub(crate) fn command_span(action: Option<Action>, key: &crate::RunKey) -> traci
         resulting_version = tracing::field::Empty,
         attempt = tracing::field::Empty,
         outcome = tracing::field::Empty,
-    )
+    ))
 }
 
 /// Records what a command learned on its `command` span, in one call:
@@ -360,7 +365,7 @@ pin_project_lite::pin_project! {
     /// `inner`, polled inside `span` ([`in_span`]).
     #[derive(Debug)]
     pub(crate) struct InSpan<F> {
-        span: tracing::Span,
+        span: Option<tracing::Span>,
         #[pin]
         inner: F,
     }
@@ -369,7 +374,7 @@ pin_project_lite::pin_project! {
 /// `inner`, polled inside `span` like `tracing::Instrument` does, except
 /// that a disabled span (nobody listening) is not entered at all: entering
 /// one still costs its checks on every poll of every command.
-pub(crate) fn in_span<F: Future>(span: tracing::Span, inner: F) -> InSpan<F> {
+pub(crate) fn in_span<F: Future>(span: Option<tracing::Span>, inner: F) -> InSpan<F> {
     InSpan { span, inner }
 }
 
@@ -378,11 +383,13 @@ impl<F: Future> Future for InSpan<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        if this.span.is_disabled() {
-            return this.inner.poll(cx);
+        match this.span {
+            Some(span) if !span.is_disabled() => {
+                let _entered = span.enter();
+                this.inner.poll(cx)
+            }
+            _ => this.inner.poll(cx),
         }
-        let _entered = this.span.enter();
-        this.inner.poll(cx)
     }
 }
 
@@ -522,7 +529,46 @@ pub fn store_call<F, T>(operation: StoreOperation, call: F) -> StoreCall<F>
 where
     F: Future<Output = Result<T, StoreError>> + Unpin,
 {
-    let span = if level_enabled(tracing::Level::DEBUG) {
+    StoreCall {
+        operation,
+        span: store_call_span(operation),
+        started: None,
+        call,
+    }
+}
+
+/// A store call that answers before returning ([`crate::UpdateNow`]),
+/// observed exactly as [`store_call`] observes an async one: run inside a
+/// `store_call` span, timed into [`STORE_CALL_SECONDS`], a failure counted
+/// in [`STORE_CALL_ERRORS`].
+pub(crate) fn store_call_now<T>(
+    operation: StoreOperation,
+    call: impl FnOnce() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let clock = store_clock();
+    if !level_enabled(tracing::Level::DEBUG) {
+        // No span to make, enter or drop.
+        let started = clock.raw();
+        let result = call();
+        store_call_measured(operation, clock, started, &result);
+        return result;
+    }
+    let span = store_call_span(operation);
+    let started = clock.raw();
+    let result = if span.is_disabled() {
+        call()
+    } else {
+        let _entered = span.enter();
+        call()
+    };
+    store_call_done(operation, &span, clock, started, &result);
+    result
+}
+
+/// The `store_call` span of one call, or none when no subscriber takes
+/// `DEBUG` spans.
+fn store_call_span(operation: StoreOperation) -> tracing::Span {
+    if level_enabled(tracing::Level::DEBUG) {
         tracing::debug_span!(
             "store_call",
             operation = operation.as_str(),
@@ -530,12 +576,59 @@ where
         )
     } else {
         tracing::Span::none()
+    }
+}
+
+/// Records a finished store call, started at `started` on `clock`: its
+/// latency, its failure if it failed, and its outcome on `span`.
+fn store_call_done<T>(
+    operation: StoreOperation,
+    span: &tracing::Span,
+    clock: &'static quanta::Clock,
+    started: u64,
+    result: &Result<T, StoreError>,
+) {
+    let outcome = store_call_measured(operation, clock, started, result);
+    if !span.is_disabled() {
+        span.record("outcome", outcome);
+    }
+}
+
+/// The metrics of a finished store call: its latency, and its failure if
+/// it failed. Answers its `outcome`.
+fn store_call_measured<T>(
+    operation: StoreOperation,
+    clock: &'static quanta::Clock,
+    started: u64,
+    result: &Result<T, StoreError>,
+) -> &'static str {
+    let elapsed = Elapsed {
+        clock,
+        started,
+        ended: clock.raw(),
     };
-    StoreCall {
-        operation,
-        span,
-        started: None,
-        call,
+    metrics::with_recorder(|recorder| recorder.register_histogram(operation.latency_key(), &METADATA)).record(elapsed);
+    match result {
+        Ok(_) => OUTCOME_OK,
+        Err(err) => {
+            metrics::counter!(STORE_CALL_ERRORS, "operation" => operation.as_str(), "kind" => err.kind()).increment(1);
+            err.kind()
+        }
+    }
+}
+
+/// A store call's latency, read off the clock at both ends and turned into
+/// seconds only when a histogram takes it: a no-op histogram (no recorder
+/// installed) never asks, so the scaling and the division are skipped.
+struct Elapsed {
+    clock: &'static quanta::Clock,
+    started: u64,
+    ended: u64,
+}
+
+impl metrics::IntoF64 for Elapsed {
+    fn into_f64(self) -> f64 {
+        self.clock.delta(self.started, self.ended).as_secs_f64()
     }
 }
 
@@ -594,20 +687,7 @@ where
         };
         if let Poll::Ready(result) = &polled {
             this.started = None;
-            let seconds = clock.delta(started, clock.raw()).as_secs_f64();
-            metrics::with_recorder(|recorder| recorder.register_histogram(this.operation.latency_key(), &METADATA))
-                .record(seconds);
-            let outcome = match result {
-                Ok(_) => OUTCOME_OK,
-                Err(err) => {
-                    metrics::counter!(STORE_CALL_ERRORS, "operation" => this.operation.as_str(), "kind" => err.kind())
-                        .increment(1);
-                    err.kind()
-                }
-            };
-            if !this.span.is_disabled() {
-                this.span.record("outcome", outcome);
-            }
+            store_call_done(this.operation, &this.span, clock, started, result);
         }
         polled
     }

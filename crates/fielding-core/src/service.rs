@@ -282,7 +282,7 @@ impl FieldingService {
             Ok(_) => observe::OUTCOME_OK,
             Err(err) => err.code(),
         };
-        if !span.is_disabled() {
+        if let Some(span) = span.as_ref().filter(|span| !span.is_disabled()) {
             if created.is_ok() {
                 span.record("resulting_version", Version::INITIAL.get());
             }
@@ -556,33 +556,56 @@ impl FieldingService {
         E: From<FieldingError> + Send,
         F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
     {
-        let Traced { span, action } = traced;
-        let mut noted = Noted {
-            action,
-            refusal: None,
-            lost: 0,
-            expected: None,
-            resulting: None,
-            precondition_failed: None,
-        };
+        let mut noted = Noted::new(traced.action);
+        if let Some(store) = self.store.updates_now() {
+            // A store that answers at once takes the first decision (no
+            // pause comes before it) without a future or an await.
+            let mut outcome: Option<Result<Applied, E>> = None;
+            let mut decide =
+                |run: &FieldingRun| self.decide_update(run, condition, &mut request, actor, &mut outcome, &mut noted);
+            let found = observe::store_call_now(StoreOperation::Update, || store.update_now(key, &mut decide));
+            if !noted.decide_again(&found, condition, backoff) {
+                let answer = finish(key, found, outcome, &mut noted);
+                noted.close(traced.span.as_ref(), traced.action, &answer);
+                return answer;
+            }
+        }
+        // Boxed, so that the loop's state (the answer being built, the
+        // store call in flight) is not part of every command's future: on
+        // a store that answers at once it is only reached after a lost
+        // race, and a store that awaits pays one allocation beside its
+        // own boxed future per call.
+        Box::pin(self.awaited_loop(traced, noted, key, condition, actor, backoff, request)).await
+    }
+
+    /// The decision loop through the store's async `update`, from the
+    /// decision after the `noted.lost` races lost so far.
+    #[allow(clippy::too_many_arguments)] // the loop's own inputs, handed over once
+    async fn awaited_loop<E, F>(
+        &self,
+        traced: Traced,
+        mut noted: Noted,
+        key: &RunKey,
+        condition: Condition<'_>,
+        actor: UserId,
+        backoff: Backoff<'_>,
+        mut request: F,
+    ) -> Result<Applied, E>
+    where
+        E: From<FieldingError> + Send,
+        F: FnMut(&FieldingRun) -> Result<Command, E> + Send,
+    {
         loop {
             let lost = noted.lost;
             let mut outcome: Option<Result<Applied, E>> = None;
             let mut decide =
                 |run: &FieldingRun| self.decide_update(run, condition, &mut request, actor, &mut outcome, &mut noted);
             let update = observe::store_call(StoreOperation::Update, self.store.update(key, &mut decide));
-            match backoff.before(lost, update).await {
-                Err(StoreError::VersionConflict { current, .. })
-                    if condition.admits(current) && backoff.again(noted.lost + 1) =>
-                {
-                    noted.lost += 1;
-                    observe::count_redecided(noted.action);
-                }
-                found => {
-                    let answer = finish(key, found, outcome, &mut noted);
-                    noted.close(&span, action, &answer);
-                    return answer;
-                }
+            let found = backoff.before(lost, update).await;
+            if !noted.decide_again(&found, condition, backoff) {
+                let answer = finish(key, found, outcome, &mut noted);
+                noted.close(traced.span.as_ref(), traced.action, &answer);
+                return answer;
             }
         }
     }
@@ -721,7 +744,7 @@ enum Plan {
 /// A command's `command` span and the action it was opened with (`None`
 /// when the command is decided on the run as read).
 struct Traced {
-    span: tracing::Span,
+    span: Option<tracing::Span>,
     action: Option<Action>,
 }
 
@@ -754,6 +777,38 @@ struct Noted {
 }
 
 impl Noted {
+    fn new(action: Option<Action>) -> Self {
+        Noted {
+            action,
+            refusal: None,
+            lost: 0,
+            expected: None,
+            resulting: None,
+            precondition_failed: None,
+        }
+    }
+
+    /// Whether the command is decided again after the store answered
+    /// `found`: a lost race to a version the precondition admits, within
+    /// the backoff's limit (then counted here).
+    fn decide_again(
+        &mut self,
+        found: &Result<UpdateOutcome, StoreError>,
+        condition: Condition<'_>,
+        backoff: Backoff<'_>,
+    ) -> bool {
+        match found {
+            Err(StoreError::VersionConflict { current, .. })
+                if condition.admits(*current) && backoff.again(self.lost + 1) =>
+            {
+                self.lost += 1;
+                observe::count_redecided(self.action);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn refuse(&mut self, error: &FieldingError) {
         self.refusal = Some(error.code());
     }
@@ -761,13 +816,13 @@ impl Noted {
     /// Records the answer on `span` and counts it. `declared` is the
     /// action the span was opened with: recorded again only when the
     /// command turned out to be another one.
-    fn close<E>(&self, span: &tracing::Span, declared: Option<Action>, answer: &Result<Applied, E>) {
+    fn close<E>(&self, span: Option<&tracing::Span>, declared: Option<Action>, answer: &Result<Applied, E>) {
         let outcome = match answer {
             Ok(applied) if applied.changed => observe::OUTCOME_OK,
             Ok(_) => observe::OUTCOME_UNCHANGED,
             Err(_) => self.refusal.unwrap_or("unexpected_internal_error"),
         };
-        if !span.is_disabled() {
+        if let Some(span) = span.filter(|span| !span.is_disabled()) {
             let action = self.action.filter(|_| self.action != declared).map(Action::as_str);
             // A refused command wrote nothing: no resulting version.
             let resulting = self.resulting.filter(|_| answer.is_ok()).map(Version::get);

@@ -604,4 +604,43 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
             .write_with(|write| async move { self.compare_and_swap(write.expected, &write.run, &write.change).await })
             .await
     }
+
+    /// This store's [`UpdateNow`], if it reads, decides and writes without
+    /// waiting for anything (under its own lock, in memory); `None` (the
+    /// default) if it does I/O, which must not block the caller's executor
+    /// thread. The service sends every command's first decision through
+    /// it when there is one: that spares each command the boxed future of
+    /// an async call.
+    fn updates_now(&self) -> Option<&dyn UpdateNow> {
+        None
+    }
+}
+
+/// [`FieldingStore::update`], done before returning: for a store whose
+/// read-modify-write never waits (see [`FieldingStore::updates_now`]).
+///
+/// ```
+/// use fielding_core::{Decided, FieldingRun, RunKey, StoreError, UpdateNow, UpdateOutcome};
+/// # #[derive(Debug)] struct MyStore(std::sync::Mutex<Option<FieldingRun>>);
+/// impl UpdateNow for MyStore {
+///     fn update_now(&self, key: &RunKey, decide: fielding_core::Decide<'_>) -> Result<UpdateOutcome, StoreError> {
+///         // One lock around the read, the decision and the write.
+///         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
+///         let found = slot.as_mut().filter(|run| run.key() == *key);
+///         Decided::in_place(key, found, |run| &**run, decide, |run, expected, next, _change| {
+///             if run.version != expected {
+///                 return Err(StoreError::VersionConflict { expected, current: run.version });
+///             }
+///             *run = next; // and append the change record, under the same lock
+///             Ok(())
+///         })
+///     }
+/// }
+/// ```
+pub trait UpdateNow: Send + Sync {
+    /// Exactly what [`FieldingStore::update`] would answer, with every
+    /// promise of it: not found without calling `decide`, one decision on
+    /// the run as stored, `Skip` writes nothing, a write is a
+    /// compare-and-swap with its change record, atomically.
+    fn update_now(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError>;
 }

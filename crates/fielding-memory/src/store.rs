@@ -16,7 +16,7 @@ use fielding_core::{
     AccountId, Action, BulkClaim, BulkItemOutcome, BulkJob, BulkJobCreated, BulkJobKey, BulkJobStatus, ChangeNotifier,
     ChangeRecord, ClaimToken, ConsumerName, Decide, DecideItem, Decided, FeedPage, FeedPosition, FieldingRun,
     FieldingRunId, FieldingRunJob, FieldingStore, IdempotencyKey, ItemUpdate, JobCreated, JobId, JobKey, JobOutcome,
-    JobState, RunKey, Scope, Status, StoreError, TargetGroupId, Timestamp, UpdateOutcome, Version,
+    JobState, RunKey, Scope, Status, StoreError, TargetGroupId, Timestamp, UpdateNow, UpdateOutcome, Version,
 };
 
 use crate::bulk::BulkJobs;
@@ -271,6 +271,27 @@ impl MemoryStore {
         })
     }
 
+    /// `update` under the store's one lock: the read, `decide` and the
+    /// write with its change record in one step, then the wake-up.
+    fn update_in_place(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
+        let outcome = {
+            let mut guard = self.state();
+            let state = &mut *guard;
+            let entry = state.runs.get_mut(&key.id).filter(|e| e.run.scope() == key.scope);
+            Decided::in_place(
+                key,
+                entry,
+                |entry| &entry.run,
+                decide,
+                |entry, expected, run, change| commit(entry, &mut state.log, expected, run, change),
+            )
+        };
+        if matches!(outcome, Ok(UpdateOutcome::Written)) {
+            self.inner.notifier.notify(key.scope.account_id);
+        }
+        outcome
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // No code panics while holding the lock, but if a caller's panic ever
         // poisons it the data is still consistent: every write is one step.
@@ -368,6 +389,12 @@ impl MemoryStore {
     }
 }
 
+impl UpdateNow for MemoryStore {
+    fn update_now(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
+        self.update_in_place(key, decide)
+    }
+}
+
 #[async_trait]
 impl FieldingStore for MemoryStore {
     async fn insert(&self, run: &FieldingRun, change: &ChangeRecord) -> Result<(), StoreError> {
@@ -412,22 +439,13 @@ impl FieldingStore for MemoryStore {
     /// Read, decide and write under one lock: no other writer can come in
     /// between, so this never reports a conflict it did not have to.
     async fn update(&self, key: &RunKey, decide: Decide<'_>) -> Result<UpdateOutcome, StoreError> {
-        let outcome = {
-            let mut guard = self.state();
-            let state = &mut *guard;
-            let entry = state.runs.get_mut(&key.id).filter(|e| e.run.scope() == key.scope);
-            Decided::in_place(
-                key,
-                entry,
-                |entry| &entry.run,
-                decide,
-                |entry, expected, run, change| commit(entry, &mut state.log, expected, run, change),
-            )
-        };
-        if matches!(outcome, Ok(UpdateOutcome::Written)) {
-            self.inner.notifier.notify(key.scope.account_id);
-        }
-        outcome
+        self.update_in_place(key, decide)
+    }
+
+    fn updates_now(&self) -> Option<&dyn UpdateNow> {
+        // Nothing in `update` waits: read, decision and write are one step
+        // under the store's lock, so the answer is ready at once.
+        Some(self)
     }
 
     async fn changes(&self, key: &RunKey) -> Result<Vec<ChangeRecord>, StoreError> {

@@ -31,6 +31,7 @@ macro_rules! __with_every_case {
             store update update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing;
             store update update_write_at_the_read_version_bumps_it_by_exactly_one;
             store update update_write_with_a_stale_version_is_refused_and_changes_nothing;
+            store update update_now_keeps_every_promise_of_update;
             store contract change_records_one_per_version_in_order_without_gaps;
             store races change_records_are_atomic_with_the_write_they_describe;
             store races race_concurrent_increments_on_one_run_lose_no_update;

@@ -77,6 +77,10 @@ where
         self.store.update(key, decide).await
     }
 
+    fn updates_now(&self) -> Option<&dyn fielding_core::UpdateNow> {
+        self.store.updates_now()
+    }
+
     async fn create_job(&self, job: &FieldingRunJob) -> Result<JobCreated, StoreError> {
         self.store.create_job(job).await
     }

@@ -1,6 +1,8 @@
 //! The sequential promises of `update`, the read-modify-write every command
 //! of the service goes through: not found without deciding, one decision on
 //! the run as stored, `Skip` writes nothing, `Write` is a compare-and-swap.
+//! A store that also answers at once ([`FieldingStore::updates_now`]) keeps
+//! the same promises there: the same checks run through it.
 
 use std::sync::Arc;
 
@@ -30,14 +32,14 @@ const UPDATE_STALE: &str =
     "update's Update::Write with an expected version other than the stored one is refused with VersionConflict { expected: the version tried, current: the stored version }, like compare_and_swap, and changes neither the run nor its records";
 
 /// What one `update` call did: its result and every run it showed `decide`.
-pub(super) struct Updated {
-    pub(super) result: Result<UpdateOutcome, StoreError>,
-    pub(super) shown: Vec<FieldingRun>,
+struct Updated {
+    result: Result<UpdateOutcome, StoreError>,
+    shown: Vec<FieldingRun>,
 }
 
 impl Updated {
     /// The runs shown to `decide`, for messages.
-    pub(super) fn shown(&self) -> String {
+    fn shown(&self) -> String {
         match self.shown.as_slice() {
             [] => "decide was not called".into(),
             [run] => format!(
@@ -57,10 +59,30 @@ impl Updated {
     }
 }
 
-/// Calls `update(key)` with a `decide` that records every run it is shown
-/// and answers with `answer`.
-pub(super) async fn update<S: FieldingStore + ?Sized>(
+/// Which way a case reaches a store's read-modify-write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Via {
+    /// [`FieldingStore::update`].
+    Update,
+    /// The store's [`FieldingStore::updates_now`], which the case has
+    /// checked is there.
+    UpdateNow,
+}
+
+impl std::fmt::Display for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Via::Update => "update",
+            Via::UpdateNow => "updates_now().update_now",
+        })
+    }
+}
+
+/// Calls `update(key)`, the way `via` says, with a `decide` that records
+/// every run it is shown and answers with `answer`.
+async fn update_via<S: FieldingStore + ?Sized>(
     store: &S,
+    via: Via,
     key: &RunKey,
     mut answer: impl FnMut(&FieldingRun) -> Update + Send,
 ) -> Updated {
@@ -69,7 +91,13 @@ pub(super) async fn update<S: FieldingStore + ?Sized>(
         shown.push(run.clone());
         answer(run)
     };
-    let result = store.update(key, &mut decide).await;
+    let result = match (via, store.updates_now()) {
+        (Via::UpdateNow, Some(now)) => now.update_now(key, &mut decide),
+        (Via::UpdateNow, None) => Err(StoreError::internal(
+            "updates_now answered a store the first time and none now",
+        )),
+        (Via::Update, _) => store.update(key, &mut decide).await,
+    };
     Updated { result, shown }
 }
 
@@ -116,12 +144,29 @@ fn decided_once_on(case: Case, updated: &Updated, stored: &FieldingRun, call: &s
 /// run and its records are untouched, and nothing appears elsewhere.
 pub async fn update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide<S>(
     store: Arc<S>,
-    _caps: Capabilities,
+    caps: Capabilities,
 ) -> Result<(), CaseFailure>
 where
     S: FieldingStore + ?Sized + 'static,
 {
-    let case = Case::new("update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide");
+    update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide_via(
+        Case::new("update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide"),
+        store,
+        caps,
+        Via::Update,
+    )
+    .await
+}
+
+async fn update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide_via<S>(
+    case: Case,
+    store: Arc<S>,
+    _caps: Capabilities,
+    via: Via,
+) -> Result<(), CaseFailure>
+where
+    S: FieldingStore + ?Sized + 'static,
+{
     let scope = sample::scope();
     let run = sample::run(scope, version(5), Status::Paused);
     let record = insert(case, &*store, &run).await?;
@@ -143,13 +188,13 @@ where
     }
     let user = UserId::random();
     for (tag, (what, key, other)) in (1..).zip(targets) {
-        let updated = update(&*store, &key, |shown| next_write(shown, tag, user)).await;
+        let updated = update_via(&*store, via, &key, |shown| next_write(shown, tag, user)).await;
         case.ensure(
             matches!(updated.result, Ok(UpdateOutcome::NotFound)) && updated.shown.is_empty(),
             UPDATE_NOT_FOUND,
             || {
                 format!(
-                    "update({key}) of {what}: expected Ok(NotFound) without calling decide, got {:?}; {}",
+                    "{via}({key}) of {what}: expected Ok(NotFound) without calling decide, got {:?}; {}",
                     updated.result,
                     updated.shown()
                 )
@@ -196,7 +241,24 @@ pub async fn update_calls_decide_once_with_the_stored_run_and_skip_changes_nothi
 where
     S: FieldingStore + ?Sized + 'static,
 {
-    let case = Case::new("update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing");
+    update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing_via(
+        Case::new("update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing"),
+        store,
+        caps,
+        Via::Update,
+    )
+    .await
+}
+
+async fn update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing_via<S>(
+    case: Case,
+    store: Arc<S>,
+    caps: Capabilities,
+    via: Via,
+) -> Result<(), CaseFailure>
+where
+    S: FieldingStore + ?Sized + 'static,
+{
     let fresh = sample::run(sample::scope(), Version::INITIAL, Status::Scheduled);
     let fresh_history = vec![insert(case, &*store, &fresh).await?];
     let changed = sample::run(sample::scope(), version(7), Status::Live);
@@ -213,8 +275,8 @@ where
     for (what, run, history) in &runs {
         for attempt in ["first", "second"] {
             let key = run.key();
-            let updated = update(&*store, &key, |_| Update::Skip).await;
-            let call = format!("update({key}) of {what} ({attempt} time)");
+            let updated = update_via(&*store, via, &key, |_| Update::Skip).await;
+            let call = format!("{via}({key}) of {what} ({attempt} time)");
             decided_once_on(case, &updated, run, &call)?;
             case.ensure(
                 matches!(updated.result, Ok(UpdateOutcome::Skipped)),
@@ -242,12 +304,29 @@ where
 /// record; the other run must not change.
 pub async fn update_write_at_the_read_version_bumps_it_by_exactly_one<S>(
     store: Arc<S>,
-    _caps: Capabilities,
+    caps: Capabilities,
 ) -> Result<(), CaseFailure>
 where
     S: FieldingStore + ?Sized + 'static,
 {
-    let case = Case::new("update_write_at_the_read_version_bumps_it_by_exactly_one");
+    update_write_at_the_read_version_bumps_it_by_exactly_one_via(
+        Case::new("update_write_at_the_read_version_bumps_it_by_exactly_one"),
+        store,
+        caps,
+        Via::Update,
+    )
+    .await
+}
+
+async fn update_write_at_the_read_version_bumps_it_by_exactly_one_via<S>(
+    case: Case,
+    store: Arc<S>,
+    _caps: Capabilities,
+    via: Via,
+) -> Result<(), CaseFailure>
+where
+    S: FieldingStore + ?Sized + 'static,
+{
     let a = sample::run(sample::scope(), Version::INITIAL, Status::Live);
     let b = sample::run(sample::scope(), version((1 << 31) - 2), Status::Paused);
     let mut runs = [a.clone(), b.clone()];
@@ -264,9 +343,9 @@ where
             let Some((next, record)) = sample::change(&current, tag, user) else {
                 unreachable!("small versions always have a next one")
             };
-            let updated = update(&*store, &key, |shown| next_write(shown, tag, user)).await;
+            let updated = update_via(&*store, via, &key, |shown| next_write(shown, tag, user)).await;
             let call = format!(
-                "update({key}) writing version {} at version {}",
+                "{via}({key}) writing version {} at version {}",
                 next.version, current.version
             );
             decided_once_on(case, &updated, &current, &call)?;
@@ -315,7 +394,24 @@ pub async fn update_write_with_a_stale_version_is_refused_and_changes_nothing<S>
 where
     S: FieldingStore + ?Sized + 'static,
 {
-    let case = Case::new("update_write_with_a_stale_version_is_refused_and_changes_nothing");
+    update_write_with_a_stale_version_is_refused_and_changes_nothing_via(
+        Case::new("update_write_with_a_stale_version_is_refused_and_changes_nothing"),
+        store,
+        caps,
+        Via::Update,
+    )
+    .await
+}
+
+async fn update_write_with_a_stale_version_is_refused_and_changes_nothing_via<S>(
+    case: Case,
+    store: Arc<S>,
+    caps: Capabilities,
+    via: Via,
+) -> Result<(), CaseFailure>
+where
+    S: FieldingStore + ?Sized + 'static,
+{
     let max = caps.max_version().get();
     let mut small = sample::run(sample::scope(), Version::INITIAL, Status::Live);
     let mut small_history = vec![insert(case, &*store, &small).await?];
@@ -352,8 +448,8 @@ where
                 version: tried,
                 ..current.clone()
             };
-            let updated = update(&*store, &key, |_| next_write(&stale, tag, user)).await;
-            let call = format!("update({key}) writing at expected version {tried}");
+            let updated = update_via(&*store, via, &key, |_| next_write(&stale, tag, user)).await;
+            let call = format!("{via}({key}) writing at expected version {tried}");
             decided_once_on(case, &updated, current, &call)?;
             let right = matches!(
                 updated.result,
@@ -371,4 +467,33 @@ where
         }
     }
     Ok(())
+}
+
+/// A store that answers at once ([`FieldingStore::updates_now`]) keeps there
+/// every promise of `update`: the four `update` cases above, each through
+/// `updates_now().update_now` on the same store, with the same checks
+/// (not found without deciding, one decision on the stored run, `Skip`
+/// writes nothing, a write at the version read bumps it by exactly one
+/// with its one record, a stale write is refused and changes nothing). A
+/// store without it (`None`, the default) has nothing to check here: the
+/// service sends it every command through `update`.
+pub async fn update_now_keeps_every_promise_of_update<S>(store: Arc<S>, caps: Capabilities) -> Result<(), CaseFailure>
+where
+    S: FieldingStore + ?Sized + 'static,
+{
+    let case = Case::new("update_now_keeps_every_promise_of_update");
+    if store.updates_now().is_none() {
+        return Ok(());
+    }
+    let via = Via::UpdateNow;
+    update_on_a_missing_run_or_through_another_scope_is_not_found_without_calling_decide_via(
+        case,
+        store.clone(),
+        caps,
+        via,
+    )
+    .await?;
+    update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing_via(case, store.clone(), caps, via).await?;
+    update_write_at_the_read_version_bumps_it_by_exactly_one_via(case, store.clone(), caps, via).await?;
+    update_write_with_a_stale_version_is_refused_and_changes_nothing_via(case, store, caps, via).await
 }

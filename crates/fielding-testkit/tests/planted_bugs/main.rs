@@ -10,7 +10,9 @@
 //! compare-and-swap that creates a missing run or keeps the version, a
 //! batch of writes applied to each other's rows;
 //! and overrides of `update` that read and write under two locks, ignore
-//! the scope, ignore the expected version, or retry (and decide) again;
+//! the scope, ignore the expected version, or retry (and decide) again,
+//! and an `update_now` (the answer-at-once path) that ignores the expected
+//! version;
 //! and job expiry that removes processing jobs, ignores its limit, ages
 //! jobs from their creation, includes the cutoff, leaves keys behind, or
 //! lets a second `finish_job` refresh the finish time;
@@ -248,6 +250,13 @@ planted_bugs! {
         caught_by ["update_write_with_a_stale_version_is_refused_and_changes_nothing"],
         unaffected [
             "update_calls_decide_once_with_the_stored_run_and_skip_changes_nothing",
+            "update_write_at_the_read_version_bumps_it_by_exactly_one",
+            "race_concurrent_updates_on_one_run_lose_no_update",
+        ];
+    an_update_now_that_ignores_the_expected_version_is_caught: UpdateNowIgnoresExpected,
+        caught_by ["update_now_keeps_every_promise_of_update"],
+        unaffected [
+            "update_write_with_a_stale_version_is_refused_and_changes_nothing",
             "update_write_at_the_read_version_bumps_it_by_exactly_one",
             "race_concurrent_updates_on_one_run_lose_no_update",
         ];
