@@ -12,7 +12,11 @@
 //! Refusals are counted (see [`crate::refusal`]), not logged at `info`: an
 //! anonymous flood must not become a flood of log lines.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -211,19 +215,18 @@ impl FieldingApi {
     /// # let _: axum::Router = app;
     /// ```
     pub fn into_service(self) -> ApiService {
-        let gate = self.gate.clone();
         // `Router::layer` wraps each route (and the fallbacks) on its own,
         // so every request clones and boxes its route's whole middleware
         // stack again, a few dozen allocations a request; here each
         // request goes through the middleware once, matched or not (a test
-        // sends unknown paths and methods without a token and gets 401).
-        let gated = tower::ServiceBuilder::new()
-            .layer(middleware::from_fn(trace_context::propagate))
-            .layer(middleware::from_fn_with_state(gate, authenticate))
-            .service(self.routes());
-        ApiService {
-            inner: Router::new().fallback_service(gated),
-        }
+        // sends unknown paths and methods without a token and gets 401),
+        // and as plain code rather than `from_fn` layers, each of which
+        // would box the rest of the stack and its own future again.
+        let gate = self.gate.clone();
+        ApiService(Arc::new(ApiParts {
+            gate,
+            routes: self.routes(),
+        }))
     }
 
     /// The API's routes and fallbacks, with their state, no middleware.
@@ -272,9 +275,16 @@ impl FieldingApi {
 /// The API as one `tower` service ([`FieldingApi::into_service`]): every
 /// request goes through the trace context, authentication and the rate
 /// limit once, then the routing.
+///
+/// Cloning it is cheap (one shared handle); its future is boxed once per
+/// request.
 #[derive(Clone)]
-pub struct ApiService {
-    inner: Router,
+pub struct ApiService(Arc<ApiParts>);
+
+/// What [`ApiService`] holds: the gate and the routes behind it.
+struct ApiParts {
+    gate: Gate,
+    routes: Router,
 }
 
 impl std::fmt::Debug for ApiService {
@@ -285,23 +295,51 @@ impl std::fmt::Debug for ApiService {
 
 impl tower::Service<Request> for ApiService {
     type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future = <Router as tower::Service<Request>>::Future;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        tower::Service::<Request>::poll_ready(&mut self.inner, cx)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The routes are an axum `Router`, always ready; each request
+        // calls its own handle of it.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        self.inner.call(request)
+        let parts = Arc::clone(&self.0);
+        Box::pin(async move {
+            let ApiParts { gate, routes } = &*parts;
+            let response = trace_context::traced(request, |request| {
+                gated(gate, request, |request| {
+                    // A `Router` is always ready: no `poll_ready` to wait on.
+                    let routed = tower::Service::call(&mut routes.clone(), request);
+                    async move {
+                        match routed.await {
+                            Ok(response) => response,
+                            Err(never) => match never {},
+                        }
+                    }
+                })
+            })
+            .await;
+            Ok(response)
+        })
     }
 }
 
-/// Authentication, then the principal's rate limit: exactly one
+/// The middleware form of [`gated`], for [`FieldingApi::router`]'s routes.
+async fn authenticate(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    gated(&gate, request, |request| next.run(request)).await
+}
+
+/// Authentication, then the principal's rate limit, then `run`: exactly one
 /// `Authorization: Bearer <token>` the authenticator accepts (401), and a
 /// token left in the principal's bucket (429 with `Retry-After`). The
 /// principal rides along in the request.
-async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+async fn gated<F, R>(gate: &Gate, mut request: Request, run: R) -> Response
+where
+    R: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
     let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
     let token = match (values.next(), values.next()) {
         (Some(only), None) => bearer_token(only),
@@ -317,7 +355,7 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
                 return too_many_requests(seconds);
             }
             request.extensions_mut().insert(principal);
-            next.run(request).await
+            run(request).await
         }
         Err(err) => {
             // Counted by the 401 itself; a line per refusal only when asked.

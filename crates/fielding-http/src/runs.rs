@@ -17,7 +17,10 @@ use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use fielding_core::{Action, Applied, Command, ETag, FieldingRun, Precondition, RunKey, Timestamp};
+use fielding_core::{
+    Action, Applied, Command, ETag, FieldingRun, FieldingRunId, Precondition, RunKey, Status, Timestamp, UserId, Version,
+};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
@@ -25,6 +28,7 @@ use crate::auth::Principal;
 use crate::extract::{json_fields, read_body, run_key, scope_path, timestamp_field, ItemPath, ScopePath};
 use crate::json::FieldingRunItem;
 use crate::state::{ApiState, AppState};
+use crate::strict_json;
 
 /// Runs the command `command_of` makes of the request body; see the
 /// module documentation for the order of checks.
@@ -48,9 +52,52 @@ async fn run_command(
 }
 
 fn etag_header(etag: ETag) -> [(header::HeaderName, HeaderValue); 1] {
+    use std::io::Write as _;
+    // `"<u64>"` is at most 22 bytes: written on the stack, copied once into
+    // the header (no `String` in between).
+    let mut buf = [0u8; 24];
+    let mut rest = &mut buf[..];
+    let written = write!(rest, "{etag}").ok().map(|()| 24 - rest.len());
     // A quoted decimal is always a valid header value.
-    let value = HeaderValue::from_str(&etag.to_string()).unwrap_or(HeaderValue::from_static("\"0\""));
+    let value = written
+        .and_then(|len| HeaderValue::from_bytes(buf.get(..len)?).ok())
+        .unwrap_or(HeaderValue::from_static("\"0\""));
     [(header::ETAG, value)]
+}
+
+/// A run as the contract's `FieldingRunItem`, written straight to the
+/// answer: the members of [`FieldingRunItem`] in the order a
+/// `serde_json::Value` writes them (by name), so the bytes are those of
+/// [`item`] without building the value first.
+#[derive(Serialize)]
+struct ItemOut<'a> {
+    end_fielding_at: &'a Timestamp,
+    id: &'a FieldingRunId,
+    last_changed_at: &'a Timestamp,
+    last_changed_by: &'a UserId,
+    start_fielding_at: &'a Timestamp,
+    status: &'a Status,
+    version: &'a Version,
+}
+
+impl<'a> From<&'a FieldingRun> for ItemOut<'a> {
+    fn from(run: &'a FieldingRun) -> Self {
+        Self {
+            end_fielding_at: &run.end_fielding_at,
+            id: &run.id,
+            last_changed_at: &run.last_changed_at,
+            last_changed_by: &run.last_changed_by,
+            start_fielding_at: &run.start_fielding_at,
+            status: &run.status,
+            version: &run.version,
+        }
+    }
+}
+
+/// The answer to a PUT: `{"id": ...}`.
+#[derive(Serialize)]
+struct IdOut {
+    id: FieldingRunId,
 }
 
 fn item(run: &FieldingRun) -> Value {
@@ -76,12 +123,21 @@ pub(crate) async fn get_run(
 ) -> Result<Response, ApiError> {
     let key = run_key(path, &headers, &principal)?;
     let run = api.service.get(&key).await?;
-    Ok((etag_header(run.etag()), Json(item(&run))).into_response())
+    Ok((etag_header(run.etag()), Json(ItemOut::from(&run))).into_response())
 }
 
 /// The PUT body: exactly `start_fielding_at` and `end_fielding_at`, both
 /// RFC 3339 strings; every problem named.
 fn dates_body(bytes: &[u8]) -> Result<(Timestamp, Timestamp), ApiError> {
+    const DATES: [&str; 2] = ["start_fielding_at", "end_fielding_at"];
+    // The body as clients send it, read in place; anything else (and any
+    // date that does not parse) is read again below, which names every
+    // problem.
+    if let Some([start, end]) = strict_json::exact_strings(bytes, DATES) {
+        if let (Ok(start), Ok(end)) = (start.parse(), end.parse()) {
+            return Ok((start, end));
+        }
+    }
     let (fields, found) = json_fields(bytes, &["start_fielding_at", "end_fielding_at"])?;
     let mut params = Vec::new();
     let start = timestamp_field(&fields, "start_fielding_at", &mut params);
@@ -112,14 +168,14 @@ pub(crate) async fn update_dates(
     Ok((
         StatusCode::ACCEPTED,
         etag_header(applied.etag),
-        Json(json!({ "id": applied.run.id })),
+        Json(IdOut { id: applied.run.id }),
     )
         .into_response())
 }
 
 /// The command endpoints take no body: empty, or an empty JSON object.
 fn empty_body(bytes: &[u8]) -> Result<(), ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    if bytes.iter().all(u8::is_ascii_whitespace) || strict_json::exact_strings(bytes, []).is_some() {
         return Ok(());
     }
     match json_fields(bytes, &[]) {
@@ -178,4 +234,53 @@ pub(crate) async fn launch_now(
         "end_fielding_at": applied.run.end_fielding_at,
     });
     Ok((etag_header(applied.etag), Json(dates)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(status: &str) -> FieldingRun {
+        serde_json::from_value(json!({
+            "id": "01BTGNYV6HRNK8K8VKZASZCFP1",
+            "account_id": 101,
+            "project_id": "01BTGNYV6HRNK8K8VKZASZCFP0",
+            "target_group_id": "01BTGNYV6HRNK8K8VKZASZCFP2",
+            "start_fielding_at": "2031-01-01T09:00:00.000Z",
+            "end_fielding_at": "2031-01-31T09:00:00.000Z",
+            "status": status,
+            "version": 7,
+            "last_changed_at": "2030-12-01T09:00:00.123Z",
+            "last_changed_by": "b551326b-ac9d-4d32-8823-4f025787dab9",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_item_is_written_as_the_value_wrote_it() {
+        for status in ["scheduled", "live", "paused", "completed"] {
+            let run = run(status);
+            let direct = serde_json::to_string(&ItemOut::from(&run)).unwrap();
+            let through_value = serde_json::to_string(&item(&run)).unwrap();
+            assert_eq!(direct, through_value);
+        }
+    }
+
+    #[test]
+    fn a_put_answer_is_written_as_the_value_wrote_it() {
+        let id = run("live").id;
+        assert_eq!(
+            serde_json::to_string(&IdOut { id }).unwrap(),
+            serde_json::to_string(&json!({ "id": id })).unwrap()
+        );
+    }
+
+    #[test]
+    fn an_etag_header_is_the_quoted_version() {
+        let run = run("live");
+        let [(name, value)] = etag_header(run.etag());
+        assert_eq!(name, header::ETAG);
+        assert_eq!(value.to_str().unwrap(), "\"7\"");
+        assert_eq!(value.to_str().unwrap(), run.etag().to_string());
+    }
 }
