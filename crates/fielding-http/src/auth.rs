@@ -1,7 +1,9 @@
 //! Authentication and authorization: a trait the embedding app implements.
 //!
-//! The router asks an [`Authenticator`] who is behind a bearer token and
-//! which accounts that principal may touch. The app brings its own identity
+//! The router asks an [`Authenticator`] who is behind a request's
+//! credential (by default the bearer token of `Authorization`, see
+//! [`Authenticator::credential`]) and which accounts that principal may
+//! touch. The app brings its own identity
 //! system (JWT, opaque tokens, mTLS-derived identities); [`StaticTokens`] is
 //! a small in-memory implementation for tests and examples.
 
@@ -9,6 +11,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use async_trait::async_trait;
+use axum::http::{header, HeaderMap};
 use fielding_core::{AccountId, UserId};
 
 /// Who is calling, and which accounts they may act on.
@@ -81,8 +84,77 @@ impl std::error::Error for AuthError {}
 /// ```
 #[async_trait]
 pub trait Authenticator: Send + Sync + 'static {
-    /// The principal behind `token` (the text after `Bearer `), or why not.
-    async fn authenticate(&self, token: &str) -> Result<Principal, AuthError>;
+    /// The credential in a request's headers that [`authenticate`] judges,
+    /// or `None` when the request carries none (a 401 without asking
+    /// [`authenticate`]).
+    ///
+    /// By default it is the token of exactly one `Authorization: Bearer
+    /// <token>` header ([`bearer_token`]). Override it to read another
+    /// header, for example an API key the app's clients already send:
+    ///
+    /// ```
+    /// use fielding_http::auth::{AccountAccess, AuthError, Authenticator, Principal};
+    /// use axum::http::HeaderMap;
+    ///
+    /// struct ApiKey;
+    ///
+    /// #[async_trait::async_trait]
+    /// impl Authenticator for ApiKey {
+    ///     fn credential<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+    ///         headers.get("x-api-key")?.to_str().ok()
+    ///     }
+    ///
+    ///     async fn authenticate(&self, key: &str) -> Result<Principal, AuthError> {
+    ///         if key != "k-101" {
+    ///             return Err(AuthError::new("unknown API key"));
+    ///         }
+    ///         Ok(Principal {
+    ///             user_id: fielding_core::UserId::random(),
+    ///             accounts: AccountAccess::Only(vec![fielding_core::AccountId::new(101).unwrap()]),
+    ///         })
+    ///     }
+    /// }
+    ///
+    /// let mut headers = HeaderMap::new();
+    /// headers.insert("x-api-key", "k-101".parse().unwrap());
+    /// headers.insert("authorization", "Bearer ignored".parse().unwrap());
+    /// assert_eq!(ApiKey.credential(&headers), Some("k-101"));
+    /// ```
+    ///
+    /// [`authenticate`]: Authenticator::authenticate
+    fn credential<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+        bearer_token(headers)
+    }
+
+    /// The principal behind `credential` (what [`credential`] found: by
+    /// default the text after `Bearer `), or why not.
+    ///
+    /// [`credential`]: Authenticator::credential
+    async fn authenticate(&self, credential: &str) -> Result<Principal, AuthError>;
+}
+
+/// The token of exactly one `Authorization: Bearer <token>` header (the
+/// scheme is case-insensitive, the token one word), or `None`: no such
+/// header, two of them, another scheme, or an empty token. Borrowed from
+/// the headers, so reading it allocates nothing.
+///
+/// ```
+/// use axum::http::HeaderMap;
+/// use fielding_http::auth::bearer_token;
+/// let mut headers = HeaderMap::new();
+/// headers.insert("authorization", "bearer abc.def".parse().unwrap());
+/// assert_eq!(bearer_token(&headers), Some("abc.def"));
+/// headers.append("authorization", "Bearer other".parse().unwrap());
+/// assert_eq!(bearer_token(&headers), None);
+/// ```
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let (Some(only), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let (scheme, token) = only.to_str().ok()?.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' ')).then_some(token)
 }
 
 /// Fixed tokens mapped to principals: for tests and examples.

@@ -20,7 +20,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -331,24 +330,20 @@ async fn authenticate(State(gate): State<Gate>, request: Request, next: Next) ->
     gated(&gate, request, |request| next.run(request)).await
 }
 
-/// Authentication, then the principal's rate limit, then `run`: exactly one
-/// `Authorization: Bearer <token>` the authenticator accepts (401), and a
-/// token left in the principal's bucket (429 with `Retry-After`). The
-/// principal rides along in the request.
+/// Authentication, then the principal's rate limit, then `run`: a
+/// credential the authenticator finds ([`Authenticator::credential`], by
+/// default exactly one `Authorization: Bearer <token>`) and accepts (401),
+/// and a token left in the principal's bucket (429 with `Retry-After`).
+/// The principal rides along in the request.
 async fn gated<F, R>(gate: &Gate, mut request: Request, run: R) -> Response
 where
     R: FnOnce(Request) -> F,
     F: Future<Output = Response>,
 {
-    let mut values = request.headers().get_all(header::AUTHORIZATION).iter();
-    let token = match (values.next(), values.next()) {
-        (Some(only), None) => bearer_token(only),
-        _ => None,
-    };
-    let Some(token) = token else {
+    let Some(credential) = gate.authenticator.credential(request.headers()) else {
         return ApiError::unauthorized().into_response();
     };
-    match gate.authenticator.authenticate(&token).await {
+    match gate.authenticator.authenticate(credential).await {
         Ok(principal) => {
             if let Err(seconds) = gate.rate_limiter.check(&principal.user_id) {
                 Refusal::RateLimited.count();
@@ -363,12 +358,4 @@ where
             ApiError::unauthorized().into_response()
         }
     }
-}
-
-/// The token of `Bearer <token>` (the scheme is case-insensitive).
-fn bearer_token(value: &HeaderValue) -> Option<String> {
-    let text = value.to_str().ok()?;
-    let (scheme, token) = text.split_once(' ')?;
-    let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && !token.contains(' ')).then(|| token.to_owned())
 }

@@ -207,6 +207,72 @@ async fn no_credentials_is_401_with_a_bearer_challenge_even_with_a_stale_tag() {
     }
 }
 
+/// An app's own credential: an API key in `x-api-key` (issue 15's
+/// existing app), read by overriding `Authenticator::credential`.
+struct ApiKeyOf101 {
+    user: UserId,
+}
+
+#[async_trait::async_trait]
+impl fielding_http::auth::Authenticator for ApiKeyOf101 {
+    fn credential<'h>(&self, headers: &'h axum::http::HeaderMap) -> Option<&'h str> {
+        headers.get("x-api-key")?.to_str().ok()
+    }
+
+    async fn authenticate(&self, key: &str) -> Result<Principal, fielding_http::auth::AuthError> {
+        if key != "key-101" {
+            return Err(fielding_http::auth::AuthError::new("unknown API key"));
+        }
+        Ok(Principal {
+            user_id: self.user,
+            accounts: AccountAccess::Only(vec![AccountId::new(101).unwrap()]),
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_authenticator_reads_its_credential_from_the_header_it_chooses() {
+    let user = UserId::random();
+    for serve_as_service in [false, true] {
+        let store = MemoryStore::new();
+        let service = FieldingService::new(Arc::new(store.clone()));
+        let api = FieldingApi::new(service, Arc::new(ApiKeyOf101 { user }));
+        let app = if serve_as_service {
+            Router::new().fallback_service(api.into_service())
+        } else {
+            api.router()
+        };
+        let h = Harness { app, store, user };
+        let run = seed(&h, Status::Live, 7);
+        let version = [("cint-api-version", API_VERSION)];
+
+        let with_key = [("x-api-key", "key-101"), version[0]];
+        let found = send(&h.app, Method::GET, &run_url(&run), &with_key, "").await;
+        assert_eq!(found.status, StatusCode::OK, "{:?}", found.json);
+
+        // The bearer header is not this authenticator's credential: without
+        // the key it is a 401, and the authenticator is not asked.
+        let bearer_only = [("authorization", "Bearer key-101"), version[0]];
+        let wrong_key = [("x-api-key", "key-999"), version[0]];
+        for headers in [&bearer_only[..], &wrong_key[..], &version[..]] {
+            let reply = send(&h.app, Method::GET, &run_url(&run), headers, "").await;
+            assert_error(&reply, StatusCode::UNAUTHORIZED, "authorization_error");
+            assert_eq!(reply.headers["www-authenticate"], "Bearer");
+        }
+
+        // A change made with the key is recorded as the key's user.
+        let headers = [
+            ("x-api-key", "key-101"),
+            version[0],
+            ("content-type", "application/json"),
+            ("if-match", "\"7\""),
+        ];
+        let changed = send(&h.app, Method::PUT, &run_url(&run), &headers, &new_dates(&run)).await;
+        assert_eq!(changed.status, StatusCode::ACCEPTED, "{:?}", changed.json);
+        assert_eq!(h.store.run(&run.key()).map(|run| run.last_changed_by), Some(user));
+    }
+}
+
 #[tokio::test]
 async fn unknown_paths_and_methods_are_401_without_a_token_and_carry_trace_headers() {
     // Whether the middleware is on each route (`router`) or around the

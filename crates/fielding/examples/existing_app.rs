@@ -21,8 +21,7 @@ use std::time::Duration;
 
 use api_keys::ApiKeys;
 use fielding::axum::extract::{Request, State};
-use fielding::axum::http::{header, HeaderValue, StatusCode};
-use fielding::axum::middleware::{self, Next};
+use fielding::axum::http::{header, StatusCode};
 use fielding::axum::response::{IntoResponse, Response};
 use fielding::axum::routing::get;
 use fielding::axum::{Json, Router};
@@ -93,11 +92,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// The existing app with the contract mounted under `/v1` (the contract's
 /// server URL ends in it).
 fn app(service: FieldingService, keys: Arc<ApiKeys>) -> Router {
+    // `ApiKeys` reads the key from `x-api-key` (its `credential`), so the
+    // contract's router authenticates this app's clients as they are.
     let fielding = FieldingApi::new(service, keys.clone()).router();
-    // The router asks its `Authenticator` about the token of
-    // `Authorization: Bearer`; this app's clients send `x-api-key`, so the
-    // nested router gets the key handed over as that token.
-    let fielding = fielding.layer(middleware::from_fn(api_key_as_bearer));
     Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/internal/whoami", get(whoami))
@@ -114,25 +111,10 @@ async fn whoami(State(keys): State<Arc<ApiKeys>>, request: Request) -> Response 
     }
 }
 
-/// Puts the `x-api-key` where the contract's router reads its token. A
-/// client's own `Authorization` header is dropped: in this app only API
-/// keys authenticate.
-async fn api_key_as_bearer(mut request: Request, next: Next) -> Response {
-    let headers = request.headers_mut();
-    headers.remove(header::AUTHORIZATION);
-    let bearer = headers
-        .get(API_KEY)
-        .and_then(|key| key.to_str().ok())
-        .and_then(|key| HeaderValue::from_str(&format!("Bearer {key}")).ok());
-    if let Some(bearer) = bearer {
-        headers.insert(header::AUTHORIZATION, bearer);
-    }
-    next.run(request).await
-}
-
 /// The app's API keys, as an `Authenticator`.
 mod api_keys {
     use super::*;
+    use fielding::axum::http::HeaderMap;
     use fielding::http::auth::{AccountAccess, AuthError, Authenticator, Principal};
     use fielding::UserId;
 
@@ -159,8 +141,15 @@ mod api_keys {
 
     #[fielding::async_trait]
     impl Authenticator for ApiKeys {
-        async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
-            let (account, user) = self.keys.get(token).ok_or_else(|| AuthError::new("unknown API key"))?;
+        /// The app's clients send their key in `x-api-key`; an
+        /// `Authorization` header is not looked at (in this app only API
+        /// keys authenticate).
+        fn credential<'h>(&self, headers: &'h HeaderMap) -> Option<&'h str> {
+            headers.get(API_KEY)?.to_str().ok()
+        }
+
+        async fn authenticate(&self, key: &str) -> Result<Principal, AuthError> {
+            let (account, user) = self.keys.get(key).ok_or_else(|| AuthError::new("unknown API key"))?;
             Ok(Principal {
                 user_id: *user,
                 accounts: AccountAccess::Only(vec![*account]),
