@@ -222,28 +222,42 @@ impl FieldingApi {
         // and as plain code rather than `from_fn` layers, each of which
         // would box the rest of the stack and its own future again.
         let gate = self.gate.clone();
+        let base = self.base_path.prefix().to_owned();
+        let state = self.state();
         ApiService(Arc::new(ApiParts {
             gate,
-            routes: self.routes(),
+            base,
+            state: Arc::clone(&state),
+            routes: self.routes_with(state),
         }))
     }
 
-    /// The API's routes and fallbacks, with their state, no middleware.
-    fn routes(self) -> Router {
-        let base = self.base_path.prefix();
-        let runs = format!("{base}{BASE_PATH}/fielding-runs");
-        let run = format!("{runs}/{{fielding_run_id}}");
-        let jobs = format!("{base}{BASE_PATH}/fielding-run-jobs");
-        let feed = format!("{base}{}", feed::FEED_PATH);
-        let state = Arc::new(ApiState {
-            service: self.service,
+    /// The handlers' state.
+    fn state(&self) -> Arc<ApiState> {
+        Arc::new(ApiState {
+            service: self.service.clone(),
             body: self.body,
             bulk_body: BodyRules {
                 limit: self.bulk_body_limit,
                 ..self.body
             },
-            shutdown: self.shutdown,
-        });
+            shutdown: self.shutdown.clone(),
+        })
+    }
+
+    /// The API's routes and fallbacks, with their state, no middleware.
+    fn routes(self) -> Router {
+        let state = self.state();
+        self.routes_with(state)
+    }
+
+    /// [`FieldingApi::routes`] over `state`.
+    fn routes_with(self, state: Arc<ApiState>) -> Router {
+        let base = self.base_path.prefix();
+        let runs = format!("{base}{BASE_PATH}/fielding-runs");
+        let run = format!("{runs}/{{fielding_run_id}}");
+        let jobs = format!("{base}{BASE_PATH}/fielding-run-jobs");
+        let feed = format!("{base}{}", feed::FEED_PATH);
         let router = Router::new()
             .route(&runs, get(runs::list_runs))
             .route(&run, get(runs::get_run).put(runs::update_dates))
@@ -283,6 +297,11 @@ pub struct ApiService(Arc<ApiParts>);
 /// What [`ApiService`] holds: the gate and the routes behind it.
 struct ApiParts {
     gate: Gate,
+    /// [`BasePath::prefix`].
+    base: String,
+    /// The routes' state, for the runs' `GET` and `PUT` served without
+    /// the router (see `runs::serve_run_directly`).
+    state: Arc<ApiState>,
     routes: Router,
 }
 
@@ -306,16 +325,25 @@ impl tower::Service<Request> for ApiService {
     fn call(&mut self, request: Request) -> Self::Future {
         let parts = Arc::clone(&self.0);
         Box::pin(async move {
-            let ApiParts { gate, routes } = &*parts;
+            let ApiParts {
+                gate,
+                base,
+                state,
+                routes,
+            } = &*parts;
             let response = trace_context::traced(request, |request| {
-                gated(gate, request, |request| {
+                gated(gate, request, |request| async move {
+                    // The most frequent requests, a run's `GET` and `PUT`,
+                    // skip the router's matching, path parameters and
+                    // boxing; they get the same handler code.
+                    let request = match runs::serve_run_directly(state, base, request).await {
+                        Ok(response) => return response,
+                        Err(request) => request,
+                    };
                     // A `Router` is always ready: no `poll_ready` to wait on.
-                    let routed = tower::Service::call(&mut routes.clone(), request);
-                    async move {
-                        match routed.await {
-                            Ok(response) => response,
-                            Err(never) => match never {},
-                        }
+                    match tower::Service::call(&mut routes.clone(), request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
                     }
                 })
             })

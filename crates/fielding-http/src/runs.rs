@@ -14,7 +14,8 @@
 //! the read.
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Path, Request};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use fielding_core::{
@@ -25,7 +26,9 @@ use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
 use crate::auth::Principal;
-use crate::extract::{json_fields, read_body, run_key, scope_path, timestamp_field, ItemPath, ScopePath};
+use crate::extract::{
+    json_fields, path_error, read_body, run_key, run_key_of, scope_path, timestamp_field, ItemPath, ScopePath,
+};
 use crate::json::FieldingRunItem;
 use crate::state::{ApiState, AppState};
 use crate::strict_json;
@@ -121,7 +124,18 @@ pub(crate) async fn get_run(
     path: ItemPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = run_key(path, &headers, &principal)?;
+    let Path((account, project, target_group, run)) = path.map_err(path_error)?;
+    read_run(&api, &principal, [&account, &project, &target_group, &run], &headers).await
+}
+
+/// `GET` of the run at `ids`: the handler's work once the ids are read.
+async fn read_run(
+    api: &ApiState,
+    principal: &Principal,
+    ids: [&str; 4],
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = run_key_of(ids, headers, principal)?;
     let run = api.service.get(&key).await?;
     Ok((etag_header(run.etag()), Json(ItemOut::from(&run))).into_response())
 }
@@ -156,8 +170,20 @@ pub(crate) async fn update_dates(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = run_key(path, &headers, &principal)?;
-    let applied = run_command(&api, &key, &principal, &headers, body, Action::UpdateDates, |bytes| {
+    let Path((account, project, target_group, run)) = path.map_err(path_error)?;
+    change_dates(&api, &principal, [&account, &project, &target_group, &run], &headers, body).await
+}
+
+/// `PUT` of the run at `ids`: the handler's work once the ids are read.
+async fn change_dates(
+    api: &ApiState,
+    principal: &Principal,
+    ids: [&str; 4],
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = run_key_of(ids, headers, principal)?;
+    let applied = run_command(api, &key, principal, headers, body, Action::UpdateDates, |bytes| {
         let (start_fielding_at, end_fielding_at) = dates_body(bytes)?;
         Ok(Command::UpdateDates {
             start_fielding_at,
@@ -171,6 +197,57 @@ pub(crate) async fn update_dates(
         Json(IdOut { id: applied.run.id }),
     )
         .into_response())
+}
+
+/// The run path `.../target-groups/{target_group_id}/fielding-runs/{fielding_run_id}`
+/// under `base` ([`crate::BasePath::prefix`]), its four ids borrowed from
+/// `path`: only when every id is non-empty and free of `%` (so that the
+/// router would pass it on undecoded, as is) and nothing follows the run
+/// id. Any other path, an encoded id included, is left to the router.
+pub(crate) fn run_path_ids<'p>(path: &'p str, base: &str) -> Option<[&'p str; 4]> {
+    /// The id up to the next `/` (or the end), and what follows it.
+    fn id(text: &str) -> Option<(&str, &str)> {
+        let end = text.bytes().position(|b| b == b'/' || b == b'%').unwrap_or(text.len());
+        let (id, rest) = text.split_at(end);
+        (!id.is_empty() && !rest.starts_with('%')).then_some((id, rest))
+    }
+    let rest = path.strip_prefix(base)?.strip_prefix("/demand/accounts/")?;
+    let (account, rest) = id(rest)?;
+    let (project, rest) = id(rest.strip_prefix("/projects/")?)?;
+    let (target_group, rest) = id(rest.strip_prefix("/target-groups/")?)?;
+    let (run, rest) = id(rest.strip_prefix("/fielding-runs/")?)?;
+    rest.is_empty().then_some([account, project, target_group, run])
+}
+
+/// Serves a `GET` or `PUT` of a run ([`run_path_ids`]) without the
+/// router: the same handler code as [`get_run`] and [`update_dates`],
+/// with the ids borrowed from the path rather than copied out of axum's
+/// path parameters, and the headers read in place. `Err` gives back any
+/// other request, for the router. The answer carries `Content-Length`
+/// when its size is known, as the router's answers do.
+pub(crate) async fn serve_run_directly(api: &ApiState, base: &str, request: Request) -> Result<Response, Request> {
+    let is_get = match *request.method() {
+        Method::GET => true,
+        Method::PUT => false,
+        _ => return Err(request),
+    };
+    let (parts, body) = request.into_parts();
+    let Some(ids) = run_path_ids(parts.uri.path(), base) else {
+        return Err(Request::from_parts(parts, body));
+    };
+    let answer = match parts.extensions.get::<Principal>() {
+        Some(principal) if is_get => read_run(api, principal, ids, &parts.headers).await,
+        Some(principal) => change_dates(api, principal, ids, &parts.headers, body).await,
+        // The gate puts the principal in before any request gets here.
+        None => Err(ApiError::unauthorized()),
+    };
+    let mut response = answer.into_response();
+    if !response.headers().contains_key(header::CONTENT_LENGTH) {
+        if let Some(size) = axum::body::HttpBody::size_hint(response.body()).exact() {
+            response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+    }
+    Ok(response)
 }
 
 /// The command endpoints take no body: empty, or an empty JSON object.
@@ -273,6 +350,47 @@ mod tests {
             serde_json::to_string(&IdOut { id }).unwrap(),
             serde_json::to_string(&json!({ "id": id })).unwrap()
         );
+    }
+
+    const RUN: &str = "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs/01BTGNYV6HRNK8K8VKZASZCFP2";
+
+    #[test]
+    fn a_run_path_gives_its_ids_under_its_base() {
+        let ids = [
+            "101",
+            "01BTGNYV6HRNK8K8VKZASZCFP0",
+            "01BTGNYV6HRNK8K8VKZASZCFP1",
+            "01BTGNYV6HRNK8K8VKZASZCFP2",
+        ];
+        assert_eq!(run_path_ids(RUN, ""), Some(ids));
+        assert_eq!(run_path_ids(&format!("/v1{RUN}"), "/v1"), Some(ids));
+        assert_eq!(run_path_ids(&format!("/a/b{RUN}"), "/a/b"), Some(ids));
+        // Malformed ids are the handler's to name, as through the router.
+        assert_eq!(
+            run_path_ids("/demand/accounts/x/projects/y/target-groups/z/fielding-runs/w", ""),
+            Some(["x", "y", "z", "w"])
+        );
+    }
+
+    #[test]
+    fn any_other_path_is_left_to_the_router() {
+        for path in [
+            format!("/v1{RUN}"),
+            format!("{RUN}/"),
+            format!("{RUN}/complete"),
+            format!("{RUN}/changes"),
+            RUN.replace("/101/", "//"),
+            RUN.replace("/101/", "/1%301/"),
+            format!("{RUN}%41"),
+            RUN.replace("fielding-runs", "fielding-run-jobs"),
+            RUN.replace("/demand/", "/Demand/"),
+            RUN.trim_end_matches("01BTGNYV6HRNK8K8VKZASZCFP2").to_owned(),
+            RUN.rsplit_once('/').unwrap().0.to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(run_path_ids(&path, ""), None, "{path}");
+        }
+        assert_eq!(run_path_ids(RUN, "/v1"), None, "outside the base path");
     }
 
     #[test]
