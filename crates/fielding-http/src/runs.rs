@@ -19,7 +19,8 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use fielding_core::{
-    Action, Applied, Command, ETag, FieldingRun, FieldingRunId, Precondition, RunKey, Status, Timestamp, UserId, Version,
+    Action, Applied, Command, ETag, FieldingRun, FieldingRunId, Precondition, RunKey, Status, Timestamp, UserId,
+    Version,
 };
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -171,7 +172,14 @@ pub(crate) async fn update_dates(
     body: Body,
 ) -> Result<Response, ApiError> {
     let Path((account, project, target_group, run)) = path.map_err(path_error)?;
-    change_dates(&api, &principal, [&account, &project, &target_group, &run], &headers, body).await
+    change_dates(
+        &api,
+        &principal,
+        [&account, &project, &target_group, &run],
+        &headers,
+        body,
+    )
+    .await
 }
 
 /// `PUT` of the run at `ids`: the handler's work once the ids are read.
@@ -244,7 +252,9 @@ pub(crate) async fn serve_run_directly(api: &ApiState, base: &str, request: Requ
     let mut response = answer.into_response();
     if !response.headers().contains_key(header::CONTENT_LENGTH) {
         if let Some(size) = axum::body::HttpBody::size_hint(response.body()).exact() {
-            response.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
         }
     }
     Ok(response)

@@ -280,7 +280,8 @@ mod tests {
 
     #[test]
     fn the_exact_shape_is_read_in_place_in_any_member_order() {
-        let body = br#" {"start_fielding_at":"2031-01-01T09:00:00.000Z", "end_fielding_at":"2031-01-31T09:00:00.000Z"} "#;
+        let body =
+            br#" {"start_fielding_at":"2031-01-01T09:00:00.000Z", "end_fielding_at":"2031-01-31T09:00:00.000Z"} "#;
         assert_eq!(
             exact_strings(body, DATES),
             Some(["2031-01-01T09:00:00.000Z", "2031-01-31T09:00:00.000Z"])

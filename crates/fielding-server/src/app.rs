@@ -20,8 +20,8 @@ use fielding_http::api_error::ApiError;
 use fielding_http::auth::Authenticator;
 use fielding_http::rate_limit::{RateLimitPolicy, RateLimiter};
 use fielding_http::{ApiService, BasePath, FieldingApi, DEFAULT_BODY_LIMIT, DEFAULT_BULK_BODY_LIMIT};
-use tower::ServiceExt;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::address_limit::{self, AddressLimiter};
 use crate::health::{self, Health};
@@ -206,7 +206,11 @@ impl tower::Service<Request> for Front {
 
 /// The per-address limit, then the probes or the API.
 async fn limited(front: &FrontParts, request: Request) -> Response {
-    if let Some(refused) = front.address_limiter.as_ref().and_then(|limiter| limiter.refusal(&request)) {
+    if let Some(refused) = front
+        .address_limiter
+        .as_ref()
+        .and_then(|limiter| limiter.refusal(&request))
+    {
         return refused;
     }
     let outcome = if CHECK_PATHS.contains(&request.uri().path()) {
