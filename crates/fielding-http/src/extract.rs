@@ -142,7 +142,14 @@ pub(crate) fn scope_path(path: ScopePath, headers: &HeaderMap, principal: &Princ
 /// The address of the run a path names, checked as [`scope_of`] does.
 pub(crate) fn run_key(path: ItemPath, headers: &HeaderMap, principal: &Principal) -> Result<RunKey, ApiError> {
     let Path((account, project, target_group, run)) = path.map_err(path_error)?;
-    let (scope, run_id) = scope_of([&account, &project, &target_group], Some(&run), headers, principal)?;
+    run_key_of([&account, &project, &target_group, &run], headers, principal)
+}
+
+/// The address of the run the path's four ids name, checked as
+/// [`scope_of`] does.
+pub(crate) fn run_key_of(ids: [&str; 4], headers: &HeaderMap, principal: &Principal) -> Result<RunKey, ApiError> {
+    let [account, project, target_group, run] = ids;
+    let (scope, run_id) = scope_of([account, project, target_group], Some(run), headers, principal)?;
     // `scope_of` returns a run id whenever it was given one.
     run_id.map(|id| scope.run(id)).ok_or_else(ApiError::no_route)
 }

@@ -12,7 +12,11 @@
 //! Refusals are counted (see [`crate::refusal`]), not logged at `info`: an
 //! anonymous flood must not become a flood of log lines.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -210,37 +214,50 @@ impl FieldingApi {
     /// # let _: axum::Router = app;
     /// ```
     pub fn into_service(self) -> ApiService {
-        let gate = self.gate.clone();
         // `Router::layer` wraps each route (and the fallbacks) on its own,
         // so every request clones and boxes its route's whole middleware
         // stack again, a few dozen allocations a request; here each
         // request goes through the middleware once, matched or not (a test
-        // sends unknown paths and methods without a token and gets 401).
-        let gated = tower::ServiceBuilder::new()
-            .layer(middleware::from_fn(trace_context::propagate))
-            .layer(middleware::from_fn_with_state(gate, authenticate))
-            .service(self.routes());
-        ApiService {
-            inner: Router::new().fallback_service(gated),
-        }
+        // sends unknown paths and methods without a token and gets 401),
+        // and as plain code rather than `from_fn` layers, each of which
+        // would box the rest of the stack and its own future again.
+        let gate = self.gate.clone();
+        let base = self.base_path.prefix().to_owned();
+        let state = self.state();
+        ApiService(Arc::new(ApiParts {
+            gate,
+            base,
+            state: Arc::clone(&state),
+            routes: self.routes_with(state),
+        }))
     }
 
-    /// The API's routes and fallbacks, with their state, no middleware.
-    fn routes(self) -> Router {
-        let base = self.base_path.prefix();
-        let runs = format!("{base}{BASE_PATH}/fielding-runs");
-        let run = format!("{runs}/{{fielding_run_id}}");
-        let jobs = format!("{base}{BASE_PATH}/fielding-run-jobs");
-        let feed = format!("{base}{}", feed::FEED_PATH);
-        let state = Arc::new(ApiState {
-            service: self.service,
+    /// The handlers' state.
+    fn state(&self) -> Arc<ApiState> {
+        Arc::new(ApiState {
+            service: self.service.clone(),
             body: self.body,
             bulk_body: BodyRules {
                 limit: self.bulk_body_limit,
                 ..self.body
             },
-            shutdown: self.shutdown,
-        });
+            shutdown: self.shutdown.clone(),
+        })
+    }
+
+    /// The API's routes and fallbacks, with their state, no middleware.
+    fn routes(self) -> Router {
+        let state = self.state();
+        self.routes_with(state)
+    }
+
+    /// [`FieldingApi::routes`] over `state`.
+    fn routes_with(self, state: Arc<ApiState>) -> Router {
+        let base = self.base_path.prefix();
+        let runs = format!("{base}{BASE_PATH}/fielding-runs");
+        let run = format!("{runs}/{{fielding_run_id}}");
+        let jobs = format!("{base}{BASE_PATH}/fielding-run-jobs");
+        let feed = format!("{base}{}", feed::FEED_PATH);
         let router = Router::new()
             .route(&runs, get(runs::list_runs))
             .route(&run, get(runs::get_run).put(runs::update_dates))
@@ -271,9 +288,21 @@ impl FieldingApi {
 /// The API as one `tower` service ([`FieldingApi::into_service`]): every
 /// request goes through the trace context, authentication and the rate
 /// limit once, then the routing.
+///
+/// Cloning it is cheap (one shared handle); its future is boxed once per
+/// request.
 #[derive(Clone)]
-pub struct ApiService {
-    inner: Router,
+pub struct ApiService(Arc<ApiParts>);
+
+/// What [`ApiService`] holds: the gate and the routes behind it.
+struct ApiParts {
+    gate: Gate,
+    /// [`BasePath::prefix`].
+    base: String,
+    /// The routes' state, for the runs' `GET` and `PUT` served without
+    /// the router (see `runs::serve_run_directly`).
+    state: Arc<ApiState>,
+    routes: Router,
 }
 
 impl std::fmt::Debug for ApiService {
@@ -284,24 +313,61 @@ impl std::fmt::Debug for ApiService {
 
 impl tower::Service<Request> for ApiService {
     type Response = Response;
-    type Error = std::convert::Infallible;
-    type Future = <Router as tower::Service<Request>>::Future;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        tower::Service::<Request>::poll_ready(&mut self.inner, cx)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The routes are an axum `Router`, always ready; each request
+        // calls its own handle of it.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        self.inner.call(request)
+        let parts = Arc::clone(&self.0);
+        Box::pin(async move {
+            let ApiParts {
+                gate,
+                base,
+                state,
+                routes,
+            } = &*parts;
+            let response = trace_context::traced(request, |request| {
+                gated(gate, request, |request| async move {
+                    // The most frequent requests, a run's `GET` and `PUT`,
+                    // skip the router's matching, path parameters and
+                    // boxing; they get the same handler code.
+                    let request = match runs::serve_run_directly(state, base, request).await {
+                        Ok(response) => return response,
+                        Err(request) => request,
+                    };
+                    // A `Router` is always ready: no `poll_ready` to wait on.
+                    match tower::Service::call(&mut routes.clone(), request).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                })
+            })
+            .await;
+            Ok(response)
+        })
     }
 }
 
-/// Authentication, then the principal's rate limit: a credential the
-/// authenticator finds ([`Authenticator::credential`], by default exactly
-/// one `Authorization: Bearer <token>`) and accepts (401), and a
-/// token left in the principal's bucket (429 with `Retry-After`). The
-/// principal rides along in the request.
-async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+/// The middleware form of [`gated`], for [`FieldingApi::router`]'s routes.
+async fn authenticate(State(gate): State<Gate>, request: Request, next: Next) -> Response {
+    gated(&gate, request, |request| next.run(request)).await
+}
+
+/// Authentication, then the principal's rate limit, then `run`: a
+/// credential the authenticator finds ([`Authenticator::credential`], by
+/// default exactly one `Authorization: Bearer <token>`) and accepts (401),
+/// and a token left in the principal's bucket (429 with `Retry-After`).
+/// The principal rides along in the request.
+async fn gated<F, R>(gate: &Gate, mut request: Request, run: R) -> Response
+where
+    R: FnOnce(Request) -> F,
+    F: Future<Output = Response>,
+{
     let Some(credential) = gate.authenticator.credential(request.headers()) else {
         return ApiError::unauthorized().into_response();
     };
@@ -312,7 +378,7 @@ async fn authenticate(State(gate): State<Gate>, mut request: Request, next: Next
                 return too_many_requests(seconds);
             }
             request.extensions_mut().insert(principal);
-            next.run(request).await
+            run(request).await
         }
         Err(err) => {
             // Counted by the 401 itself; a line per refusal only when asked.

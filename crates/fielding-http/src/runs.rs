@@ -14,17 +14,25 @@
 //! the read.
 
 use axum::body::Body;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{Path, Request};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use fielding_core::{Action, Applied, Command, ETag, FieldingRun, Precondition, RunKey, Timestamp};
+use fielding_core::{
+    Action, Applied, Command, ETag, FieldingRun, FieldingRunId, Precondition, RunKey, Status, Timestamp, UserId,
+    Version,
+};
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
 use crate::auth::Principal;
-use crate::extract::{json_fields, read_body, run_key, scope_path, timestamp_field, ItemPath, ScopePath};
+use crate::extract::{
+    json_fields, path_error, read_body, run_key, run_key_of, scope_path, timestamp_field, ItemPath, ScopePath,
+};
 use crate::json::FieldingRunItem;
 use crate::state::{ApiState, AppState};
+use crate::strict_json;
 
 /// Runs the command `command_of` makes of the request body; see the
 /// module documentation for the order of checks.
@@ -48,9 +56,52 @@ async fn run_command(
 }
 
 fn etag_header(etag: ETag) -> [(header::HeaderName, HeaderValue); 1] {
+    use std::io::Write as _;
+    // `"<u64>"` is at most 22 bytes: written on the stack, copied once into
+    // the header (no `String` in between).
+    let mut buf = [0u8; 24];
+    let mut rest = &mut buf[..];
+    let written = write!(rest, "{etag}").ok().map(|()| 24 - rest.len());
     // A quoted decimal is always a valid header value.
-    let value = HeaderValue::from_str(&etag.to_string()).unwrap_or(HeaderValue::from_static("\"0\""));
+    let value = written
+        .and_then(|len| HeaderValue::from_bytes(buf.get(..len)?).ok())
+        .unwrap_or(HeaderValue::from_static("\"0\""));
     [(header::ETAG, value)]
+}
+
+/// A run as the contract's `FieldingRunItem`, written straight to the
+/// answer: the members of [`FieldingRunItem`] in the order a
+/// `serde_json::Value` writes them (by name), so the bytes are those of
+/// [`item`] without building the value first.
+#[derive(Serialize)]
+struct ItemOut<'a> {
+    end_fielding_at: &'a Timestamp,
+    id: &'a FieldingRunId,
+    last_changed_at: &'a Timestamp,
+    last_changed_by: &'a UserId,
+    start_fielding_at: &'a Timestamp,
+    status: &'a Status,
+    version: &'a Version,
+}
+
+impl<'a> From<&'a FieldingRun> for ItemOut<'a> {
+    fn from(run: &'a FieldingRun) -> Self {
+        Self {
+            end_fielding_at: &run.end_fielding_at,
+            id: &run.id,
+            last_changed_at: &run.last_changed_at,
+            last_changed_by: &run.last_changed_by,
+            start_fielding_at: &run.start_fielding_at,
+            status: &run.status,
+            version: &run.version,
+        }
+    }
+}
+
+/// The answer to a PUT: `{"id": ...}`.
+#[derive(Serialize)]
+struct IdOut {
+    id: FieldingRunId,
 }
 
 fn item(run: &FieldingRun) -> Value {
@@ -74,14 +125,34 @@ pub(crate) async fn get_run(
     path: ItemPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let key = run_key(path, &headers, &principal)?;
+    let Path((account, project, target_group, run)) = path.map_err(path_error)?;
+    read_run(&api, &principal, [&account, &project, &target_group, &run], &headers).await
+}
+
+/// `GET` of the run at `ids`: the handler's work once the ids are read.
+async fn read_run(
+    api: &ApiState,
+    principal: &Principal,
+    ids: [&str; 4],
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = run_key_of(ids, headers, principal)?;
     let run = api.service.get(&key).await?;
-    Ok((etag_header(run.etag()), Json(item(&run))).into_response())
+    Ok((etag_header(run.etag()), Json(ItemOut::from(&run))).into_response())
 }
 
 /// The PUT body: exactly `start_fielding_at` and `end_fielding_at`, both
 /// RFC 3339 strings; every problem named.
 fn dates_body(bytes: &[u8]) -> Result<(Timestamp, Timestamp), ApiError> {
+    const DATES: [&str; 2] = ["start_fielding_at", "end_fielding_at"];
+    // The body as clients send it, read in place; anything else (and any
+    // date that does not parse) is read again below, which names every
+    // problem.
+    if let Some([start, end]) = strict_json::exact_strings(bytes, DATES) {
+        if let (Ok(start), Ok(end)) = (start.parse(), end.parse()) {
+            return Ok((start, end));
+        }
+    }
     let (fields, found) = json_fields(bytes, &["start_fielding_at", "end_fielding_at"])?;
     let mut params = Vec::new();
     let start = timestamp_field(&fields, "start_fielding_at", &mut params);
@@ -100,8 +171,27 @@ pub(crate) async fn update_dates(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let key = run_key(path, &headers, &principal)?;
-    let applied = run_command(&api, &key, &principal, &headers, body, Action::UpdateDates, |bytes| {
+    let Path((account, project, target_group, run)) = path.map_err(path_error)?;
+    change_dates(
+        &api,
+        &principal,
+        [&account, &project, &target_group, &run],
+        &headers,
+        body,
+    )
+    .await
+}
+
+/// `PUT` of the run at `ids`: the handler's work once the ids are read.
+async fn change_dates(
+    api: &ApiState,
+    principal: &Principal,
+    ids: [&str; 4],
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let key = run_key_of(ids, headers, principal)?;
+    let applied = run_command(api, &key, principal, headers, body, Action::UpdateDates, |bytes| {
         let (start_fielding_at, end_fielding_at) = dates_body(bytes)?;
         Ok(Command::UpdateDates {
             start_fielding_at,
@@ -112,14 +202,67 @@ pub(crate) async fn update_dates(
     Ok((
         StatusCode::ACCEPTED,
         etag_header(applied.etag),
-        Json(json!({ "id": applied.run.id })),
+        Json(IdOut { id: applied.run.id }),
     )
         .into_response())
 }
 
+/// The run path `.../target-groups/{target_group_id}/fielding-runs/{fielding_run_id}`
+/// under `base` ([`crate::BasePath::prefix`]), its four ids borrowed from
+/// `path`: only when every id is non-empty and free of `%` (so that the
+/// router would pass it on undecoded, as is) and nothing follows the run
+/// id. Any other path, an encoded id included, is left to the router.
+pub(crate) fn run_path_ids<'p>(path: &'p str, base: &str) -> Option<[&'p str; 4]> {
+    /// The id up to the next `/` (or the end), and what follows it.
+    fn id(text: &str) -> Option<(&str, &str)> {
+        let end = text.bytes().position(|b| b == b'/' || b == b'%').unwrap_or(text.len());
+        let (id, rest) = text.split_at(end);
+        (!id.is_empty() && !rest.starts_with('%')).then_some((id, rest))
+    }
+    let rest = path.strip_prefix(base)?.strip_prefix("/demand/accounts/")?;
+    let (account, rest) = id(rest)?;
+    let (project, rest) = id(rest.strip_prefix("/projects/")?)?;
+    let (target_group, rest) = id(rest.strip_prefix("/target-groups/")?)?;
+    let (run, rest) = id(rest.strip_prefix("/fielding-runs/")?)?;
+    rest.is_empty().then_some([account, project, target_group, run])
+}
+
+/// Serves a `GET` or `PUT` of a run ([`run_path_ids`]) without the
+/// router: the same handler code as [`get_run`] and [`update_dates`],
+/// with the ids borrowed from the path rather than copied out of axum's
+/// path parameters, and the headers read in place. `Err` gives back any
+/// other request, for the router. The answer carries `Content-Length`
+/// when its size is known, as the router's answers do.
+pub(crate) async fn serve_run_directly(api: &ApiState, base: &str, request: Request) -> Result<Response, Request> {
+    let is_get = match *request.method() {
+        Method::GET => true,
+        Method::PUT => false,
+        _ => return Err(request),
+    };
+    let (parts, body) = request.into_parts();
+    let Some(ids) = run_path_ids(parts.uri.path(), base) else {
+        return Err(Request::from_parts(parts, body));
+    };
+    let answer = match parts.extensions.get::<Principal>() {
+        Some(principal) if is_get => read_run(api, principal, ids, &parts.headers).await,
+        Some(principal) => change_dates(api, principal, ids, &parts.headers, body).await,
+        // The gate puts the principal in before any request gets here.
+        None => Err(ApiError::unauthorized()),
+    };
+    let mut response = answer.into_response();
+    if !response.headers().contains_key(header::CONTENT_LENGTH) {
+        if let Some(size) = axum::body::HttpBody::size_hint(response.body()).exact() {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+    }
+    Ok(response)
+}
+
 /// The command endpoints take no body: empty, or an empty JSON object.
 fn empty_body(bytes: &[u8]) -> Result<(), ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
+    if bytes.iter().all(u8::is_ascii_whitespace) || strict_json::exact_strings(bytes, []).is_some() {
         return Ok(());
     }
     match json_fields(bytes, &[]) {
@@ -178,4 +321,94 @@ pub(crate) async fn launch_now(
         "end_fielding_at": applied.run.end_fielding_at,
     });
     Ok((etag_header(applied.etag), Json(dates)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(status: &str) -> FieldingRun {
+        serde_json::from_value(json!({
+            "id": "01BTGNYV6HRNK8K8VKZASZCFP1",
+            "account_id": 101,
+            "project_id": "01BTGNYV6HRNK8K8VKZASZCFP0",
+            "target_group_id": "01BTGNYV6HRNK8K8VKZASZCFP2",
+            "start_fielding_at": "2031-01-01T09:00:00.000Z",
+            "end_fielding_at": "2031-01-31T09:00:00.000Z",
+            "status": status,
+            "version": 7,
+            "last_changed_at": "2030-12-01T09:00:00.123Z",
+            "last_changed_by": "b551326b-ac9d-4d32-8823-4f025787dab9",
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_item_is_written_as_the_value_wrote_it() {
+        for status in ["scheduled", "live", "paused", "completed"] {
+            let run = run(status);
+            let direct = serde_json::to_string(&ItemOut::from(&run)).unwrap();
+            let through_value = serde_json::to_string(&item(&run)).unwrap();
+            assert_eq!(direct, through_value);
+        }
+    }
+
+    #[test]
+    fn a_put_answer_is_written_as_the_value_wrote_it() {
+        let id = run("live").id;
+        assert_eq!(
+            serde_json::to_string(&IdOut { id }).unwrap(),
+            serde_json::to_string(&json!({ "id": id })).unwrap()
+        );
+    }
+
+    const RUN: &str = "/demand/accounts/101/projects/01BTGNYV6HRNK8K8VKZASZCFP0/target-groups/01BTGNYV6HRNK8K8VKZASZCFP1/fielding-runs/01BTGNYV6HRNK8K8VKZASZCFP2";
+
+    #[test]
+    fn a_run_path_gives_its_ids_under_its_base() {
+        let ids = [
+            "101",
+            "01BTGNYV6HRNK8K8VKZASZCFP0",
+            "01BTGNYV6HRNK8K8VKZASZCFP1",
+            "01BTGNYV6HRNK8K8VKZASZCFP2",
+        ];
+        assert_eq!(run_path_ids(RUN, ""), Some(ids));
+        assert_eq!(run_path_ids(&format!("/v1{RUN}"), "/v1"), Some(ids));
+        assert_eq!(run_path_ids(&format!("/a/b{RUN}"), "/a/b"), Some(ids));
+        // Malformed ids are the handler's to name, as through the router.
+        assert_eq!(
+            run_path_ids("/demand/accounts/x/projects/y/target-groups/z/fielding-runs/w", ""),
+            Some(["x", "y", "z", "w"])
+        );
+    }
+
+    #[test]
+    fn any_other_path_is_left_to_the_router() {
+        for path in [
+            format!("/v1{RUN}"),
+            format!("{RUN}/"),
+            format!("{RUN}/complete"),
+            format!("{RUN}/changes"),
+            RUN.replace("/101/", "//"),
+            RUN.replace("/101/", "/1%301/"),
+            format!("{RUN}%41"),
+            RUN.replace("fielding-runs", "fielding-run-jobs"),
+            RUN.replace("/demand/", "/Demand/"),
+            RUN.trim_end_matches("01BTGNYV6HRNK8K8VKZASZCFP2").to_owned(),
+            RUN.rsplit_once('/').unwrap().0.to_owned(),
+            String::new(),
+        ] {
+            assert_eq!(run_path_ids(&path, ""), None, "{path}");
+        }
+        assert_eq!(run_path_ids(RUN, "/v1"), None, "outside the base path");
+    }
+
+    #[test]
+    fn an_etag_header_is_the_quoted_version() {
+        let run = run("live");
+        let [(name, value)] = etag_header(run.etag());
+        assert_eq!(name, header::ETAG);
+        assert_eq!(value.to_str().unwrap(), "\"7\"");
+        assert_eq!(value.to_str().unwrap(), run.etag().to_string());
+    }
 }

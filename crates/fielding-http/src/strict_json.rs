@@ -39,6 +39,56 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed, serde_json::Error> {
     Ok(Parsed { value, repeated })
 }
 
+/// The members `names`, when `bytes` is exactly one JSON object holding
+/// each of them once, as a string without escapes, and nothing else: the
+/// body a well-behaved client sends, read in place without building a
+/// [`Value`]. `None` for anything else (an unknown, repeated, missing or
+/// non-string member, an escaped string, malformed JSON); the caller then
+/// reads the body with [`parse`], which names every problem, so the answer
+/// to a bad body is the same whichever path it took.
+pub(crate) fn exact_strings<'a, const N: usize>(bytes: &'a [u8], names: [&str; N]) -> Option<[&'a str; N]> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let found = deserializer.deserialize_map(Exact { names }).ok()?;
+    deserializer.end().ok()?;
+    Some(found)
+}
+
+/// The visitor of [`exact_strings`]: any departure from the exact shape is
+/// an error, whose message nobody reads.
+struct Exact<'n, const N: usize> {
+    names: [&'n str; N],
+}
+
+impl<'de, const N: usize> Visitor<'de> for Exact<'_, N> {
+    type Value = [&'de str; N];
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object of exactly the known string members")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error as _;
+        let mut found: [Option<&'de str>; N] = [None; N];
+        // `&str` borrows from the input, so an escaped key or value (which
+        // would need unescaping into a new string) is an error here too.
+        while let Some(key) = map.next_key::<&'de str>()? {
+            let slot = self
+                .names
+                .iter()
+                .position(|name| *name == key)
+                .and_then(|at| found.get_mut(at))
+                .filter(|slot| slot.is_none())
+                .ok_or_else(|| A::Error::custom("not exactly the known members"))?;
+            *slot = Some(map.next_value::<&'de str>()?);
+        }
+        let mut out = [""; N];
+        for (out, found) in out.iter_mut().zip(found) {
+            *out = found.ok_or_else(|| A::Error::missing_field("a known member"))?;
+        }
+        Ok(out)
+    }
+}
+
 /// One step from the root to a value.
 #[derive(Clone, Copy)]
 enum Step<'a> {
@@ -224,6 +274,71 @@ mod tests {
         let path = &parsed.repeated[0];
         assert!(path.starts_with(&format!("{key}.")), "{path}");
         assert!(path.chars().count() <= MAX_ECHOED_CHARS + 1, "{path}");
+    }
+
+    const DATES: [&str; 2] = ["start_fielding_at", "end_fielding_at"];
+
+    #[test]
+    fn the_exact_shape_is_read_in_place_in_any_member_order() {
+        let body =
+            br#" {"start_fielding_at":"2031-01-01T09:00:00.000Z", "end_fielding_at":"2031-01-31T09:00:00.000Z"} "#;
+        assert_eq!(
+            exact_strings(body, DATES),
+            Some(["2031-01-01T09:00:00.000Z", "2031-01-31T09:00:00.000Z"])
+        );
+        let swapped = br#"{"end_fielding_at":"b","start_fielding_at":"a"}"#;
+        assert_eq!(exact_strings(swapped, DATES), Some(["a", "b"]));
+        assert_eq!(exact_strings(b"{}", []), Some([]));
+        assert_eq!(exact_strings(b" { } ", []), Some([]));
+    }
+
+    #[test]
+    fn anything_but_the_exact_shape_is_left_to_the_thorough_parse() {
+        for body in [
+            &br#"{"start_fielding_at":"a"}"#[..],
+            br#"{"start_fielding_at":"a","end_fielding_at":"b","extra":1}"#,
+            br#"{"start_fielding_at":"a","end_fielding_at":"b","start_fielding_at":"a"}"#,
+            br#"{"start_fielding_at":"a","end_fielding_at":"b","end_fielding_at":"c"}"#,
+            br#"{"start_fielding_at":1,"end_fielding_at":"b"}"#,
+            br#"{"start_fielding_at":null,"end_fielding_at":"b"}"#,
+            br#"{"start_fielding_at":{"a":1},"end_fielding_at":"b"}"#,
+            br#"{"\u0073tart_fielding_at":"a","end_fielding_at":"b"}"#,
+            br#"{"start_fielding_at":"\u0061","end_fielding_at":"b"}"#,
+            br#"{"start_fielding_at":"a","end_fielding_at":"b"} x"#,
+            br#"{"start_fielding_at":"a","end_fielding_at":"b"}{}"#,
+            br#"{"start_fielding_at":"a","end_fielding_at":"b",}"#,
+            br#"["start_fielding_at","end_fielding_at"]"#,
+            b"\"a\"",
+            b"",
+            b"null",
+        ] {
+            assert_eq!(exact_strings(body, DATES), None, "{}", String::from_utf8_lossy(body));
+        }
+        assert_eq!(exact_strings(br#"{"a":1}"#, []), None);
+        assert_eq!(exact_strings(b"[]", []), None);
+    }
+
+    /// Whatever the fast path accepts, the thorough parse reads the same
+    /// way: an object of exactly those string members, none repeated.
+    #[test]
+    fn the_fast_path_agrees_with_the_thorough_parse() {
+        let bodies: [&[u8]; 4] = [
+            br#"{"start_fielding_at":"a","end_fielding_at":"b"}"#,
+            br#"{"end_fielding_at":"2031-01-31T09:00:00Z","start_fielding_at":"x y"}"#,
+            b"\n{\"start_fielding_at\" : \"\" ,\t\"end_fielding_at\":\"\xc3\xa9\"}\n",
+            br#"{"start_fielding_at":"a","end_fielding_at":"b"}"#,
+        ];
+        for body in bodies {
+            let [start, end] = exact_strings(body, DATES).expect("the exact shape");
+            let parsed = parse(body).unwrap();
+            assert!(parsed.repeated.is_empty());
+            let Value::Object(fields) = parsed.value else {
+                panic!("an object")
+            };
+            assert_eq!(fields.len(), 2);
+            assert_eq!(fields["start_fielding_at"], start);
+            assert_eq!(fields["end_fielding_at"], end);
+        }
     }
 
     #[test]

@@ -57,7 +57,18 @@ use tracing::Instrument;
 ///     .route("/health", get(|| async { "ok" }))
 ///     .layer(middleware::from_fn(fielding_http::trace_context::propagate));
 /// ```
-pub async fn propagate(mut request: Request, next: Next) -> Response {
+pub async fn propagate(request: Request, next: Next) -> Response {
+    traced(request, |request| next.run(request)).await
+}
+
+/// [`propagate`] around `run`: what the API's own service
+/// ([`crate::FieldingApi::into_service`]) calls, without a middleware
+/// layer's boxing of the rest of the stack.
+pub(crate) async fn traced<F, R>(mut request: Request, run: R) -> Response
+where
+    R: FnOnce(Request) -> F,
+    F: std::future::Future<Output = Response>,
+{
     let headers = request.headers();
     let context = TraceContext::from_header_lines(
         headers.get_all("traceparent").iter().map(HeaderValue::as_bytes),
@@ -72,10 +83,10 @@ pub async fn propagate(mut request: Request, next: Next) -> Response {
         status = tracing::field::Empty,
     );
     request.extensions_mut().insert(context.trace_id());
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = run(request).instrument(span.clone()).await;
     span.record("status", response.status().as_u16());
     let out = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&context.traceparent()) {
+    if let Ok(value) = HeaderValue::from_bytes(&context.traceparent_bytes()) {
         out.insert("traceparent", value);
     }
     if let Some(value) = context.tracestate().and_then(|s| HeaderValue::from_str(s).ok()) {
@@ -516,13 +527,19 @@ impl TraceContext {
     /// The response `traceparent`: version `00`, the trace id, this
     /// server's span id, the flags.
     pub fn traceparent(&self) -> String {
+        String::from_utf8_lossy(&self.traceparent_bytes()).into_owned()
+    }
+
+    /// [`TraceContext::traceparent`] as bytes on the stack: a response
+    /// header copies it once, with no `String` in between.
+    fn traceparent_bytes(&self) -> [u8; 55] {
         // `00-` 32 hex `-` 16 hex `-` 2 hex: built by hand, once per
         // response, without the formatting machinery.
         let mut out = *b"00-00000000000000000000000000000000-0000000000000000-00";
         hex_into(&self.trace_id.0, &mut out[3..35]);
         hex_into(&self.span_id.0, &mut out[36..52]);
         hex_into(&[self.flags.0], &mut out[53..55]);
-        String::from_utf8_lossy(&out).into_owned()
+        out
     }
 
     /// The response `tracestate`, when the request carried a valid one.

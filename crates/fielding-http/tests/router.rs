@@ -646,3 +646,112 @@ async fn over_the_rate_limit_is_429_with_a_digits_only_retry_after_and_trace_hea
     let anonymous = send(&app, Method::GET, url, &[("cint-api-version", API_VERSION)], "").await;
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
+
+/// `into_service` answers a run's `GET` and `PUT` without the router (see
+/// `docs/http.md`); every answer is the one the router gives, good or bad:
+/// the same status, headers and body (but for what is fresh per request:
+/// the trace headers, an error's `id`, and the time and author of the
+/// change, each harness having its own user).
+#[tokio::test]
+async fn a_runs_get_and_put_answer_the_same_with_or_without_the_router() {
+    let routed = harness();
+    let direct = service_harness();
+    let run = seed(&routed, Status::Live, 7);
+    direct.store.seed(run.clone()).unwrap();
+    let url = run_url(&run);
+    let id = run.id.to_string();
+    let dates = new_dates(&run);
+    let bad_body = r#"{"start_fielding_at":1,"end_fielding_at":"x","extra":{"a":1,"a":2}}"#.to_owned();
+    let plain = [
+        ("authorization", "Bearer token-101"),
+        ("cint-api-version", API_VERSION),
+        ("content-type", "text/plain"),
+    ];
+    let no_version = [("authorization", "Bearer token-101")];
+    type Case<'a> = (Method, String, Vec<(&'a str, &'a str)>, String);
+    let cases: Vec<Case> = vec![
+        (Method::GET, url.clone(), authed(&[]), String::new()),
+        (Method::GET, format!("{url}?x=1"), authed(&[]), String::new()),
+        (Method::GET, url.clone(), no_version.to_vec(), String::new()),
+        (Method::GET, url.replace("/101/", "/202/"), authed(&[]), String::new()),
+        (Method::GET, url.replace("/101/", "/1%301/"), authed(&[]), String::new()),
+        (Method::GET, url.replace("/101/", "/x/"), authed(&[]), String::new()),
+        (Method::GET, url.replace(&id, "nope"), authed(&[]), String::new()),
+        (
+            Method::GET,
+            url.replace(&id, "01BTGNYV6HRNK8K8VKZASZCFZZ"),
+            authed(&[]),
+            String::new(),
+        ),
+        (Method::GET, format!("{url}/"), authed(&[]), String::new()),
+        (Method::PUT, url.clone(), authed(&[]), dates.clone()),
+        (
+            Method::PUT,
+            url.clone(),
+            authed(&[("if-match", "\"6\"")]),
+            dates.clone(),
+        ),
+        (Method::PUT, url.clone(), authed(&[("if-match", "nope")]), dates.clone()),
+        (Method::PUT, url.clone(), authed(&[("if-match", "\"7\"")]), bad_body),
+        (
+            Method::PUT,
+            url.clone(),
+            authed(&[("if-match", "\"7\"")]),
+            "[]".to_owned(),
+        ),
+        (
+            Method::PUT,
+            url.clone(),
+            authed(&[("if-match", "\"7\"")]),
+            "{".to_owned(),
+        ),
+        (Method::PUT, url.clone(), plain.to_vec(), dates.clone()),
+        (
+            Method::PUT,
+            url.clone(),
+            authed(&[("if-match", "\"7\"")]),
+            "x".repeat(2048),
+        ),
+        (
+            Method::PUT,
+            url.clone(),
+            authed(&[("if-match", "\"7\"")]),
+            dates.clone(),
+        ),
+        (Method::GET, url.clone(), authed(&[]), String::new()),
+        (Method::PUT, url.clone(), authed(&[("if-match", "*")]), dates.clone()),
+    ];
+    for (method, path, headers, body) in cases {
+        let a = send(&routed.app, method.clone(), &path, &headers, &body).await;
+        let b = send(&direct.app, method.clone(), &path, &headers, &body).await;
+        let what = format!("{method} {path} {body:.40}");
+        assert_eq!(a.status, b.status, "{what}: {:?} vs {:?}", a.json, b.json);
+        let fresh = ["traceparent", "tracestate", "date"];
+        let kept = |reply: &Reply, user: UserId| {
+            let mut headers: Vec<(String, String)> = reply
+                .headers
+                .iter()
+                .filter(|(name, _)| !fresh.contains(&name.as_str()))
+                .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or("?").to_owned()))
+                .collect();
+            headers.sort();
+            let mut json = reply.json.clone();
+            if let Some(fields) = json.as_object_mut() {
+                if fields.contains_key("object") {
+                    fields.remove("id");
+                }
+                fields.remove("last_changed_at");
+                // Each harness has its own user: each change is its own.
+                if let Some(by) = fields.remove("last_changed_by") {
+                    assert!(by == run.last_changed_by.to_string() || by == user.to_string(), "{by}");
+                }
+            }
+            (headers, json)
+        };
+        assert_eq!(kept(&a, routed.user), kept(&b, direct.user), "{what}");
+    }
+    assert_eq!(
+        routed.store.run(&run.key()).map(|run| run.version),
+        direct.store.run(&run.key()).map(|run| run.version)
+    );
+}

@@ -134,17 +134,22 @@ impl Drop for AddressSlot {
 /// caller's address has no token left; requests without a known peer
 /// address (an app driven in-process) pass.
 pub async fn limit_by_address(State(limiter): State<Arc<AddressLimiter>>, request: Request, next: Next) -> Response {
-    let peer = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip());
-    if let Some(peer) = peer {
-        if let Err(seconds) = limiter.check(peer) {
-            metrics::counter!(telemetry::ADDRESS_LIMITED).increment(1);
-            return too_many_requests(seconds);
-        }
+    match limiter.refusal(&request) {
+        Some(refused) => refused,
+        None => next.run(request).await,
     }
-    next.run(request).await
+}
+
+impl AddressLimiter {
+    /// The 429 [`limit_by_address`] answers `request` with, if its address
+    /// has no token left (counted); `None` lets it pass, as it does a
+    /// request without a known peer address.
+    pub fn refusal<B>(&self, request: &axum::http::Request<B>) -> Option<Response> {
+        let peer = request.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+        let seconds = self.check(peer).err()?;
+        metrics::counter!(telemetry::ADDRESS_LIMITED).increment(1);
+        Some(too_many_requests(seconds))
+    }
 }
 
 #[cfg(test)]

@@ -3,11 +3,15 @@
 //! `GET /ready` ([`crate::health`]) at the root, the per-address limit
 //! ([`crate::address_limit`]) and an access log.
 
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -15,8 +19,9 @@ use fielding_core::FieldingService;
 use fielding_http::api_error::ApiError;
 use fielding_http::auth::Authenticator;
 use fielding_http::rate_limit::{RateLimitPolicy, RateLimiter};
-use fielding_http::{BasePath, FieldingApi, DEFAULT_BODY_LIMIT, DEFAULT_BULK_BODY_LIMIT};
+use fielding_http::{ApiService, BasePath, FieldingApi, DEFAULT_BODY_LIMIT, DEFAULT_BULK_BODY_LIMIT};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::address_limit::{self, AddressLimiter};
 use crate::health::{self, Health};
@@ -129,6 +134,8 @@ pub fn app_with_shutdown(
         .with_shutdown(shutdown);
     let rate_limiter = api.rate_limiter();
     let not_allowed = || async { ApiError::method_not_allowed() };
+    // Only `CHECK_PATHS` reach this router (see `Front`); the rest goes to
+    // the API.
     let checks = Router::new()
         .route(HEALTH_PATH, get(health::liveness).fallback(not_allowed))
         .route(READY_PATH, get(health::readiness).fallback(not_allowed))
@@ -137,31 +144,83 @@ pub fn app_with_shutdown(
             get(crate::prometheus::render).fallback(not_allowed),
         )
         .layer(middleware::from_fn(fielding_http::trace_context::propagate))
-        .with_state(Arc::new(Health::new(service, store)))
-        // Everything else is the API's (its 401, 404 and 405 included).
-        .fallback_service(api.into_service());
+        .with_state(Arc::new(Health::new(service, store)));
     let address_limiter = limits
         .address_rate_limit
         .map(|policy| Arc::new(AddressLimiter::new(policy)));
-    let refusals = Arc::new(SampledLog::new(REFUSAL_SUMMARY_EVERY));
-    // Around the routing as a whole, once (see `FieldingApi::router` for
-    // why not `Router::layer`): the access log outermost, then the
-    // per-address limit when there is one.
-    let logged = tower::ServiceBuilder::new()
-        .layer(middleware::from_fn(move |request: Request, next: Next| {
-            access_log(Arc::clone(&refusals), request, next)
-        }))
-        .option_layer(
-            address_limiter
-                .as_ref()
-                .map(|limiter| middleware::from_fn_with_state(Arc::clone(limiter), address_limit::limit_by_address)),
-        )
-        .service(checks);
-    let router = Router::new().fallback_service(logged);
+    let front = Front(Arc::new(FrontParts {
+        refusals: SampledLog::new(REFUSAL_SUMMARY_EVERY),
+        address_limiter: address_limiter.clone(),
+        checks,
+        api: api.into_service(),
+    }));
+    let router = Router::new().fallback_service(front);
     App {
         router,
         rate_limiter,
         address_limiter,
+    }
+}
+
+/// The access log outermost, then the per-address limit when there is
+/// one, then the probes and the metrics ([`CHECK_PATHS`]) or the API.
+///
+/// Written as one `tower` service rather than `axum::middleware::from_fn`
+/// layers and a router in front of the API: each `from_fn` layer boxes the
+/// rest of the stack and its own future on every request, and each router
+/// hop clones and boxes the service it falls back to. Here a request costs
+/// one boxed future, whichever way it goes, and the order of the checks is
+/// the same as the layers' was.
+#[derive(Clone)]
+struct Front(Arc<FrontParts>);
+
+struct FrontParts {
+    refusals: SampledLog,
+    address_limiter: Option<Arc<AddressLimiter>>,
+    /// `/health`, `/ready` and the metrics, with their trace context.
+    checks: Router,
+    /// Everything else (its 401, 404 and 405 included).
+    api: ApiService,
+}
+
+/// The paths the server answers itself, at the root; every other path is
+/// the API's.
+const CHECK_PATHS: [&str; 3] = [HEALTH_PATH, READY_PATH, crate::prometheus::METRICS_PATH];
+
+impl tower::Service<Request> for Front {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both routes are axum services, always ready; each request calls
+        // its own handle of them.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let front = Arc::clone(&self.0);
+        Box::pin(async move { Ok(access_log(&front, request).await) })
+    }
+}
+
+/// The per-address limit, then the probes or the API.
+async fn limited(front: &FrontParts, request: Request) -> Response {
+    if let Some(refused) = front
+        .address_limiter
+        .as_ref()
+        .and_then(|limiter| limiter.refusal(&request))
+    {
+        return refused;
+    }
+    let outcome = if CHECK_PATHS.contains(&request.uri().path()) {
+        front.checks.clone().oneshot(request).await
+    } else {
+        front.api.clone().oneshot(request).await
+    };
+    match outcome {
+        Ok(response) => response,
+        Err(never) => match never {},
     }
 }
 
@@ -172,21 +231,24 @@ pub fn app_with_shutdown(
 /// which are summarised at `info` instead, at most once per
 /// [`REFUSAL_SUMMARY_EVERY`], so neither probes nor a flood of refusals
 /// fill the log. Every response is counted by status class.
-async fn access_log(refusals: Arc<SampledLog>, request: Request, next: Next) -> Response {
-    let method = request.method().clone();
+async fn access_log(front: &FrontParts, request: Request) -> Response {
     let started = Instant::now();
-    let path = request.uri().path().to_owned();
-    let response = next.run(request).await;
+    let path = request.uri().path();
+    // Probes come every few seconds from orchestrators and need no token:
+    // like refusals, they are not worth a line each at the default level.
+    let probe = path == HEALTH_PATH || path == READY_PATH;
+    // The method and path are kept only when a line may be written: a
+    // filter that lets `debug` through lets `info` through too.
+    let line = tracing::enabled!(target: "fielding_server::access", tracing::Level::INFO)
+        .then(|| (request.method().clone(), path.to_owned()));
+    let response = limited(front, request).await;
     let status = response.status().as_u16();
     telemetry::count_response(status);
     // The statuses the API counts as refusals (not a run's 404, nor 412 or
     // 422: those are answers about the resource and stay at `info`).
     let refused = fielding_http::refusal::Refusal::of_status(response.status()).is_some();
-    // Probes come every few seconds from orchestrators and need no token:
-    // like refusals, they are not worth a line each at the default level.
-    let probe = path == HEALTH_PATH || path == READY_PATH;
     if refused {
-        if let Some(summary) = refusals.record() {
+        if let Some(summary) = front.refusals.record() {
             tracing::info!(
                 target: "fielding_server::access",
                 refused = summary.count,
@@ -195,6 +257,9 @@ async fn access_log(refusals: Arc<SampledLog>, request: Request, next: Next) -> 
             );
         }
     }
+    let Some((method, path)) = line else {
+        return response;
+    };
     if (refused || probe) && !tracing::enabled!(target: "fielding_server::access", tracing::Level::DEBUG) {
         return response;
     }
