@@ -60,6 +60,7 @@ mod router;
 mod runs;
 mod state;
 mod strict_json;
+mod top_level;
 pub mod trace_context;
 
 pub use base_path::{BasePath, CONTRACT_BASE_PATH};

@@ -33,7 +33,7 @@ use crate::base_path::BasePath;
 use crate::rate_limit::{too_many_requests, RateLimitPolicy, RateLimiter};
 use crate::refusal::Refusal;
 use crate::state::{ApiState, BodyRules};
-use crate::{bulk, feed, jobs, runs, trace_context};
+use crate::{bulk, feed, jobs, runs, top_level, trace_context};
 
 /// The path every run endpoint lives under, relative to the API's
 /// [`BasePath`] (see [`FieldingApi::with_base_path`]).
@@ -324,6 +324,7 @@ impl tower::Service<Request> for ApiService {
 
     fn call(&mut self, request: Request) -> Self::Future {
         let parts = Arc::clone(&self.0);
+        let is_head = request.method() == axum::http::Method::HEAD;
         Box::pin(async move {
             let ApiParts {
                 gate,
@@ -348,7 +349,9 @@ impl tower::Service<Request> for ApiService {
                 })
             })
             .await;
-            Ok(response)
+            // The gate's refusals come from no route: they get what a
+            // top-level `Router` gives every answer.
+            Ok(top_level::finish(is_head, response))
         })
     }
 }

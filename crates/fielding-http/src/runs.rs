@@ -250,13 +250,7 @@ pub(crate) async fn serve_run_directly(api: &ApiState, base: &str, request: Requ
         None => Err(ApiError::unauthorized()),
     };
     let mut response = answer.into_response();
-    if !response.headers().contains_key(header::CONTENT_LENGTH) {
-        if let Some(size) = axum::body::HttpBody::size_hint(response.body()).exact() {
-            response
-                .headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
-        }
-    }
+    crate::top_level::set_content_length(&mut response);
     Ok(response)
 }
 

@@ -274,6 +274,64 @@ async fn an_authenticator_reads_its_credential_from_the_header_it_chooses() {
 }
 
 #[tokio::test]
+async fn the_bare_service_answers_like_a_router_around_it() {
+    // `into_service()` served with no `Router` around it (e.g. straight to
+    // `tower::ServiceExt::oneshot` or a hyper service): its own answers, the
+    // gate's 401 and 429 included, carry `Content-Length`, and a `HEAD`
+    // gets no body, as behind a `Router`.
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    let store = MemoryStore::new();
+    let service = FieldingService::new(Arc::new(store.clone()));
+    let tokens = StaticTokens::new().with_token(
+        TOKEN,
+        Principal {
+            user_id: UserId::random(),
+            accounts: AccountAccess::Only(vec![AccountId::new(101).unwrap()]),
+        },
+    );
+    let policy = fielding_http::rate_limit::RateLimitPolicy::per_second(1, 1).unwrap();
+    let api = FieldingApi::new(service, Arc::new(tokens)).with_rate_limit(policy);
+    let h = Harness {
+        app: Router::new(),
+        store,
+        user: UserId::random(),
+    };
+    let run = seed(&h, Status::Live, 7);
+    let bare = api.into_service();
+    let request = |method: Method, token: Option<&str>| {
+        let mut request = axum::http::Request::builder()
+            .method(method)
+            .uri(run_url(&run))
+            .header("cint-api-version", API_VERSION);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.body(Body::empty()).unwrap()
+    };
+    // 401 (no token), 200 (the one request the bucket admits), 429.
+    let mut expected = vec![StatusCode::UNAUTHORIZED, StatusCode::OK, StatusCode::TOO_MANY_REQUESTS].into_iter();
+    for (method, token) in [
+        (Method::GET, None),
+        (Method::GET, Some(TOKEN)),
+        (Method::GET, Some(TOKEN)),
+    ] {
+        let response = bare.clone().oneshot(request(method, token)).await.unwrap();
+        assert_eq!(Some(response.status()), expected.next());
+        let length = response.headers().get("content-length").cloned();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(!body.is_empty());
+        assert_eq!(length, Some(body.len().into()), "{body:?}");
+    }
+    let head = bare.clone().oneshot(request(Method::HEAD, None)).await.unwrap();
+    assert_eq!(head.status(), StatusCode::UNAUTHORIZED);
+    assert!(head.headers().contains_key("content-length"));
+    assert!(head.into_body().collect().await.unwrap().to_bytes().is_empty());
+}
+
+#[tokio::test]
 async fn unknown_paths_and_methods_are_401_without_a_token_and_carry_trace_headers() {
     // Whether the middleware is on each route (`router`) or around the
     // routing (`into_service`): what matches no route, or no method of
