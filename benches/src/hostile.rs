@@ -845,7 +845,7 @@ pub fn run(plan: &HostilePlan, progress: &mut dyn FnMut(&str)) -> Result<Figures
         dir.path().display()
     ));
     let start = |database: &str, name: &str| -> Result<Spawned> {
-        let mut command = http::server_command(&binary, database, None);
+        let mut command = http::server_command(&binary, database, None, http::AddressLimits::Off);
         command.args(&flags);
         let log = dir.path().join(format!("{name}.stderr.log"));
         Ok(http::spawn_listening(

@@ -17,8 +17,14 @@
 //!   process per store, each with `--listen 127.0.0.1:0` (the address is read
 //!   from its first stdout line, `fielding-server listening on
 //!   http://ADDR`), a fixed `--jwt-secret`, `--rate-limit-per-second 0`
-//!   (rate limiting off: a load test from one principal would otherwise
-//!   measure the limiter's 429s) and `RUST_LOG=warn`, so **the per-request
+//!   (the per-principal limiter checks every request at a rate no load
+//!   reaches: one principal would otherwise measure the limiter's 429s),
+//!   the per-address limits on at levels the one address never reaches
+//!   (`--address-rate-limit-per-second 1000000000`, burst the same,
+//!   `--max-connections-per-address 4096`: the limiters run on every
+//!   request and connection, as the defaults would, without refusing), the
+//!   server's timeouts, connection cap and strict body parsing at their
+//!   defaults, and `RUST_LOG=warn`, so **the per-request
 //!   access log (info level) is off**; the figures are for a server that
 //!   does not log each request. Stores: `--database memory`, a SQLite file
 //!   in a temporary directory (the server's defaults: WAL,
@@ -727,22 +733,34 @@ pub(crate) fn spawn_listening(mut command: Command, name: &str, what: String, lo
 }
 
 /// The server's flags, its environment cleaned of every `FIELDING_*`
-/// setting that could override them.
-pub(crate) fn server_command(server: &Path, database: &str, pg_schema: Option<&str>) -> Command {
+/// setting that could override them. The per-principal limit runs at a
+/// rate no run reaches (`0`: `UNLIMITED_RATE`); the per-address limits are
+/// the caller's choice (`address_limits`): the load comes from one
+/// address, so they are either on at levels it never reaches, for the
+/// throughput figures (the limiters still run on every request), or off,
+/// for the hostile bench, whose attack is many connections from one address.
+pub(crate) fn server_command(
+    server: &Path,
+    database: &str,
+    pg_schema: Option<&str>,
+    address_limits: AddressLimits,
+) -> Command {
     let mut command = Command::new(server);
     command
         .args(["--listen", "127.0.0.1:0", "--database", database])
-        .args([
-            "--jwt-secret",
-            JWT_SECRET,
-            "--rate-limit-per-second",
-            "0",
-            "--address-rate-limit-per-second",
-            "0",
-            "--max-connections-per-address",
-            "0",
-        ])
+        .args(["--jwt-secret", JWT_SECRET, "--rate-limit-per-second", "0"])
         .env("RUST_LOG", "warn");
+    match address_limits {
+        AddressLimits::NeverReached => command.args([
+            "--address-rate-limit-per-second",
+            "1000000000",
+            "--address-rate-limit-burst",
+            "1000000000",
+            "--max-connections-per-address",
+            "4096",
+        ]),
+        AddressLimits::Off => command.args(["--address-rate-limit-per-second", "0", "--max-connections-per-address", "0"]),
+    };
     if let Some(schema) = pg_schema {
         command.args(["--pg-schema", schema]);
     }
@@ -760,6 +778,15 @@ pub(crate) fn server_command(server: &Path, database: &str, pg_schema: Option<&s
         command.env_remove(var);
     }
     command
+}
+
+/// The server's per-address limits in a bench (see [`server_command`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AddressLimits {
+    /// On, at levels the bench's one address never reaches.
+    NeverReached,
+    /// Off.
+    Off,
 }
 
 /// A token for account 101, from `fielding-server token`.
@@ -1290,18 +1317,18 @@ fn measure(
         c.args(["--listen", "127.0.0.1:0"]);
         c
     })];
-    wanted.push((Target::Memory, server_command(server, "memory", None)));
-    let mut plain = server_command(server, "memory", None);
+    wanted.push((Target::Memory, server_command(server, "memory", None, AddressLimits::NeverReached)));
+    let mut plain = server_command(server, "memory", None, AddressLimits::NeverReached);
     plain.args(["--metrics", "off"]);
     wanted.push((Target::MemoryPlain, plain));
-    let mut observed = server_command(server, "memory", None);
+    let mut observed = server_command(server, "memory", None, AddressLimits::NeverReached);
     observed
         .args(["--metrics", "on"])
         .env("RUST_LOG", "info,fielding_server::access=warn");
     wanted.push((Target::MemoryObserved, observed));
-    wanted.push((Target::Sqlite, server_command(server, &sqlite_file, None)));
+    wanted.push((Target::Sqlite, server_command(server, &sqlite_file, None, AddressLimits::NeverReached)));
     if let Some((url, schema)) = pg {
-        wanted.push((Target::Postgres, server_command(server, url, Some(schema))));
+        wanted.push((Target::Postgres, server_command(server, url, Some(schema), AddressLimits::NeverReached)));
     }
     for (target, command) in wanted {
         let (name, what) = match target {
