@@ -30,7 +30,9 @@
 //!   in a temporary directory (the server's defaults: WAL,
 //!   `synchronous=FULL`), and `FIELDING_PG_URL` (default
 //!   `postgres://postgres@127.0.0.1:5432/postgres`) in a fresh
-//!   `--pg-schema fielding_bench_http_<pid>_<random>`, dropped at the end.
+//!   `--pg-schema fielding_bench_http_<pid>_<random>`, dropped at the end,
+//!   with `--pg-max-connections` as large as wrk's connections (a pool as
+//!   large as the requests in flight, as `docs/server.md` advises).
 //!   Spawning the binary rather than building the router in-process with
 //!   `fielding_server`'s library measures exactly what is deployed: its
 //!   `main`'s runtime (multi-thread, one worker per core), its logging
@@ -759,7 +761,12 @@ pub(crate) fn server_command(
             "--max-connections-per-address",
             "4096",
         ]),
-        AddressLimits::Off => command.args(["--address-rate-limit-per-second", "0", "--max-connections-per-address", "0"]),
+        AddressLimits::Off => command.args([
+            "--address-rate-limit-per-second",
+            "0",
+            "--max-connections-per-address",
+            "0",
+        ]),
     };
     if let Some(schema) = pg_schema {
         command.args(["--pg-schema", schema]);
@@ -770,6 +777,7 @@ pub(crate) fn server_command(
         "FIELDING_METRICS",
         "FIELDING_DATABASE",
         "FIELDING_PG_SCHEMA",
+        "FIELDING_PG_MAX_CONNECTIONS",
         "FIELDING_JWT_SECRET",
         "FIELDING_RATE_LIMIT_PER_SECOND",
         "FIELDING_RATE_LIMIT_BURST",
@@ -1317,7 +1325,10 @@ fn measure(
         c.args(["--listen", "127.0.0.1:0"]);
         c
     })];
-    wanted.push((Target::Memory, server_command(server, "memory", None, AddressLimits::NeverReached)));
+    wanted.push((
+        Target::Memory,
+        server_command(server, "memory", None, AddressLimits::NeverReached),
+    ));
     let mut plain = server_command(server, "memory", None, AddressLimits::NeverReached);
     plain.args(["--metrics", "off"]);
     wanted.push((Target::MemoryPlain, plain));
@@ -1326,9 +1337,17 @@ fn measure(
         .args(["--metrics", "on"])
         .env("RUST_LOG", "info,fielding_server::access=warn");
     wanted.push((Target::MemoryObserved, observed));
-    wanted.push((Target::Sqlite, server_command(server, &sqlite_file, None, AddressLimits::NeverReached)));
+    wanted.push((
+        Target::Sqlite,
+        server_command(server, &sqlite_file, None, AddressLimits::NeverReached),
+    ));
     if let Some((url, schema)) = pg {
-        wanted.push((Target::Postgres, server_command(server, url, Some(schema), AddressLimits::NeverReached)));
+        let mut postgres = server_command(server, url, Some(schema), AddressLimits::NeverReached);
+        // A pool as large as the requests in flight, as `docs/server.md`
+        // advises: no request queues for a connection, so the tail is the
+        // database's, not the pool's queue.
+        postgres.args(["--pg-max-connections", &bench.plan.connections.to_string()]);
+        wanted.push((Target::Postgres, postgres));
     }
     for (target, command) in wanted {
         let (name, what) = match target {
