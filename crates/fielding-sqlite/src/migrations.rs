@@ -190,11 +190,38 @@ fn migrate_on_new_connection(path: &Path, options: &SqliteOptions) -> Result<Mig
             to: SCHEMA_VERSION,
         });
     }
-    conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0))
-        .map_err(|e| open_error(path, "switch to WAL mode", e))?;
+    switch_to_wal(&conn, path, options.busy_timeout)?;
     conn.pragma_update(None, "synchronous", options.durability.pragma())
         .map_err(|e| open_error(path, "set the durability (synchronous)", e))?;
     migrate(&mut conn, path, now_ms())
+}
+
+/// Switches `conn`'s database to WAL and answers the mode it is in then.
+///
+/// The switch needs the file to itself. When two connections try it at
+/// the same moment (two processes opening a new file together), SQLite
+/// answers one of them `SQLITE_BUSY` at once, without its busy handler,
+/// which would otherwise wait for the other: seen as a failed open in a
+/// CI run of `tests/processes.rs`. So a busy answer is tried again,
+/// briefly apart, until `busy_timeout` has passed, as the busy handler
+/// would have waited.
+pub(crate) fn switch_to_wal(
+    conn: &Connection,
+    path: &Path,
+    busy_timeout: std::time::Duration,
+) -> Result<String, OpenError> {
+    let deadline = std::time::Instant::now() + busy_timeout;
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0)) {
+            Ok(mode) => return Ok(mode),
+            Err(rusqlite::Error::SqliteFailure(err, _))
+                if err.code == rusqlite::ErrorCode::DatabaseBusy && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(err) => return Err(open_error(path, "switch to WAL mode", err)),
+        }
+    }
 }
 
 /// The schema version a store has seen, shared by its handle and its

@@ -51,9 +51,7 @@ fn open_writer(path: &Path, options: &SqliteOptions, schema: &SchemaGate) -> Res
         .query_row("PRAGMA journal_mode", [], |row| row.get(0))
         .map_err(|e| open_error(path, "read the journal mode", e))?;
     if !options.read_only && !is_memory(path) && !mode.eq_ignore_ascii_case("wal") {
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .map_err(|e| open_error(path, "switch to WAL mode", e))?;
+        let mode = migrations::switch_to_wal(&conn, path, options.busy_timeout)?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(OpenError::Sqlite {
                 path: path.to_path_buf(),

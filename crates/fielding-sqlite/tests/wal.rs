@@ -310,3 +310,35 @@ async fn dropping_the_store_also_removes_the_log_files() {
     assert!(!sidecar(&db, "-wal").exists());
     assert!(!sidecar(&db, "-shm").exists());
 }
+
+/// Opening a database file that is not in WAL mode yet while another
+/// connection is reading it: the switch to WAL waits for the reader,
+/// within the busy timeout, instead of failing with "database is locked".
+/// (SQLite's busy handler covers this case by itself; the retry in
+/// `switch_to_wal` is for two connections switching at the same moment,
+/// where SQLite answers busy without it, an interleaving this test does
+/// not force.)
+#[tokio::test]
+async fn the_switch_to_wal_waits_for_a_reader_of_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("new.db");
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    reader
+        .execute_batch("CREATE TABLE t (x INTEGER); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let mode: String = reader.query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
+    assert_eq!(mode.to_ascii_lowercase(), "delete");
+    // A read transaction holds the file's shared lock until it ends.
+    reader.execute_batch("BEGIN; SELECT count(*) FROM t;").unwrap();
+    let released = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        reader.execute_batch("COMMIT").unwrap();
+    });
+    let opened = fielding_sqlite::SqliteStore::open(&path).await;
+    released.join().unwrap();
+    let store = opened.expect("the open waits for the reader instead of failing");
+    drop(store);
+    let check = rusqlite::Connection::open(&path).unwrap();
+    let mode: String = check.query_row("PRAGMA journal_mode", [], |row| row.get(0)).unwrap();
+    assert_eq!(mode.to_ascii_lowercase(), "wal");
+}
