@@ -5,7 +5,7 @@
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use fielding_core::{AccountId, FieldingRunId, InvalidId, InvalidParam, ProjectId, RunKey, Scope, Timestamp};
 use http_body_util::LengthLimitError;
 use serde_json::{Map, Value};
@@ -117,15 +117,13 @@ pub(crate) fn account_of(
     }
 }
 
+/// [`crate::api_version::HEADER`] as a parsed name, so that a lookup
+/// does not parse (and lower-case) the text again.
+const VERSION_HEADER: HeaderName = HeaderName::from_static("cint-api-version");
+
 /// What is wrong with the request's `Cint-API-Version`, if anything.
 fn version_problem(headers: &HeaderMap) -> Option<InvalidParam> {
-    crate::api_version::negotiate(
-        headers
-            .get_all(crate::api_version::HEADER)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    )
-    .err()
+    crate::api_version::negotiate(headers.get_all(VERSION_HEADER).iter().map(HeaderValue::as_bytes)).err()
 }
 
 /// A path axum could not split into its parameters.
@@ -165,9 +163,18 @@ pub(crate) fn run_key_of(ids: [&str; 4], headers: &HeaderMap, principal: &Princi
 /// then never stays half-read on the connection, and at most
 /// `rules.limit` bytes are read for it.
 pub(crate) async fn read_body(rules: BodyRules, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let read = tokio::time::timeout(rules.timeout, axum::body::to_bytes(body, rules.limit))
-        .await
-        .map_err(|_| ApiError::request_timeout(rules.timeout))?;
+    let mut read = std::pin::pin!(axum::body::to_bytes(body, rules.limit));
+    // A small body has usually arrived with its head: then the first read
+    // finishes it and no timer is needed. Otherwise the timer starts now,
+    // at the first read, as it would have without this first look; the
+    // first read's waker stays registered, and the timeout polls again.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx))).await;
+    let read = match first {
+        std::task::Poll::Ready(read) => read,
+        std::task::Poll::Pending => tokio::time::timeout(rules.timeout, read)
+            .await
+            .map_err(|_| ApiError::request_timeout(rules.timeout))?,
+    };
     let bytes = read.map_err(|err| {
         let too_long = std::error::Error::source(&err).is_some_and(|source| source.is::<LengthLimitError>());
         if too_long {
@@ -193,6 +200,10 @@ pub(crate) fn declares_json(headers: &HeaderMap) -> bool {
     let (Some(only), None) = (lines.next(), lines.next()) else {
         return false;
     };
+    // What clients send, recognised without splitting and trimming it.
+    if only.as_bytes() == b"application/json" {
+        return true;
+    }
     let Ok(text) = only.to_str() else {
         return false;
     };
@@ -244,7 +255,7 @@ pub(crate) fn timestamp_field(
 ) -> Option<Timestamp> {
     match fields.get(name) {
         None => params.push(InvalidParam::new(name, "is required")),
-        Some(Value::String(text)) => match text.parse::<Timestamp>() {
+        Some(Value::String(text)) => match crate::rfc3339::parse(text) {
             Ok(t) => return Some(t),
             Err(e) => params.push(InvalidParam::new(name, e.to_string())),
         },
@@ -372,6 +383,37 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.status(), StatusCode::REQUEST_TIMEOUT);
         feeder.abort();
+    }
+
+    #[test]
+    fn the_version_header_name_is_the_contracts() {
+        assert_eq!(
+            VERSION_HEADER,
+            HeaderName::from_bytes(crate::api_version::HEADER.as_bytes()).unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_that_has_arrived_is_read_without_waiting() {
+        let (mut sender, arrived) = Channel::<Bytes, std::convert::Infallible>::new(2);
+        sender.send_data(Bytes::from_static(b"{}")).await.unwrap();
+        drop(sender);
+        let read = read_body(RULES, &with_type(&["application/json"]), Body::new(arrived)).await;
+        assert_eq!(read.unwrap(), "{}");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_arrives_after_the_first_read_is_read_whole() {
+        let (mut sender, later) = Channel::<Bytes, std::convert::Infallible>::new(1);
+        let feeder = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            sender.send_data(Bytes::from_static(b"{")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            sender.send_data(Bytes::from_static(b"}")).await.unwrap();
+        });
+        let read = read_body(RULES, &with_type(&["application/json"]), Body::new(later)).await;
+        assert_eq!(read.unwrap(), "{}");
+        feeder.await.unwrap();
     }
 
     #[test]

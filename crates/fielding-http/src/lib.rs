@@ -56,6 +56,7 @@ pub mod problem;
 mod query;
 pub mod rate_limit;
 pub mod refusal;
+mod rfc3339;
 mod router;
 mod runs;
 mod state;

@@ -28,7 +28,7 @@ use fielding_core::FieldingService;
 use tokio_util::sync::CancellationToken;
 
 use crate::api_error::ApiError;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Principal};
 use crate::base_path::BasePath;
 use crate::rate_limit::{too_many_requests, RateLimitPolicy, RateLimiter};
 use crate::refusal::Refusal;
@@ -332,15 +332,20 @@ impl tower::Service<Request> for ApiService {
                 state,
                 routes,
             } = &*parts;
-            let response = trace_context::traced(request, |request| {
-                gated(gate, request, |request| async move {
+            let response = trace_context::traced(request, |request, trace_id| {
+                gated(gate, request, move |request, principal| async move {
                     // The most frequent requests, a run's `GET` and `PUT`,
                     // skip the router's matching, path parameters and
-                    // boxing; they get the same handler code.
-                    let request = match runs::serve_run_directly(state, base, request).await {
+                    // boxing; they get the same handler code, and the
+                    // principal as an argument rather than an extension.
+                    let (mut request, principal) = match runs::serve_run_directly(state, base, request, principal).await
+                    {
                         Ok(response) => return response,
-                        Err(request) => request,
+                        Err(back) => back,
                     };
+                    // The router's handlers read both from the extensions.
+                    request.extensions_mut().insert(trace_id);
+                    request.extensions_mut().insert(principal);
                     // A `Router` is always ready: no `poll_ready` to wait on.
                     match tower::Service::call(&mut routes.clone(), request).await {
                         Ok(response) => response,
@@ -358,17 +363,22 @@ impl tower::Service<Request> for ApiService {
 
 /// The middleware form of [`gated`], for [`FieldingApi::router`]'s routes.
 async fn authenticate(State(gate): State<Gate>, request: Request, next: Next) -> Response {
-    gated(&gate, request, |request| next.run(request)).await
+    gated(&gate, request, |mut request, principal| {
+        request.extensions_mut().insert(principal);
+        next.run(request)
+    })
+    .await
 }
 
 /// Authentication, then the principal's rate limit, then `run`: a
 /// credential the authenticator finds ([`Authenticator::credential`], by
 /// default exactly one `Authorization: Bearer <token>`) and accepts (401),
 /// and a token left in the principal's bucket (429 with `Retry-After`).
-/// The principal rides along in the request.
-async fn gated<F, R>(gate: &Gate, mut request: Request, run: R) -> Response
+/// `run` gets the principal beside the request, to put in its extensions
+/// for handlers that read it from there.
+async fn gated<F, R>(gate: &Gate, request: Request, run: R) -> Response
 where
-    R: FnOnce(Request) -> F,
+    R: FnOnce(Request, Principal) -> F,
     F: Future<Output = Response>,
 {
     let Some(credential) = gate.authenticator.credential(request.headers()) else {
@@ -380,8 +390,7 @@ where
                 Refusal::RateLimited.count();
                 return too_many_requests(seconds);
             }
-            request.extensions_mut().insert(principal);
-            run(request).await
+            run(request, principal).await
         }
         Err(err) => {
             // Counted by the 401 itself; a line per refusal only when asked.

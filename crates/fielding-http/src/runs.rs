@@ -18,10 +18,10 @@ use axum::extract::{Path, Request};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use fielding_core::{
-    Action, Applied, Command, ETag, FieldingRun, FieldingRunId, Precondition, RunKey, Status, Timestamp, UserId,
-    Version,
-};
+use fielding_core::{Action, Applied, Command, ETag, FieldingRun, FieldingRunId, Precondition, RunKey, Timestamp};
+#[cfg(test)]
+use fielding_core::{Status, UserId, Version};
+#[cfg(test)]
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -31,6 +31,7 @@ use crate::extract::{
     json_fields, path_error, read_body, run_key, run_key_of, scope_path, timestamp_field, ItemPath, ScopePath,
 };
 use crate::json::FieldingRunItem;
+use crate::rfc3339;
 use crate::state::{ApiState, AppState};
 use crate::strict_json;
 
@@ -55,53 +56,99 @@ async fn run_command(
         .await
 }
 
-fn etag_header(etag: ETag) -> [(header::HeaderName, HeaderValue); 1] {
-    use std::io::Write as _;
-    // `"<u64>"` is at most 22 bytes: written on the stack, copied once into
-    // the header (no `String` in between).
-    let mut buf = [0u8; 24];
-    let mut rest = &mut buf[..];
-    let written = write!(rest, "{etag}").ok().map(|()| 24 - rest.len());
-    // A quoted decimal is always a valid header value.
-    let value = written
-        .and_then(|len| HeaderValue::from_bytes(buf.get(..len)?).ok())
-        .unwrap_or(HeaderValue::from_static("\"0\""));
-    [(header::ETAG, value)]
-}
-
-/// A run as the contract's `FieldingRunItem`, written straight to the
-/// answer: the members of [`FieldingRunItem`] in the order a
-/// `serde_json::Value` writes them (by name), so the bytes are those of
-/// [`item`] without building the value first.
-#[derive(Serialize)]
-struct ItemOut<'a> {
-    end_fielding_at: &'a Timestamp,
-    id: &'a FieldingRunId,
-    last_changed_at: &'a Timestamp,
-    last_changed_by: &'a UserId,
-    start_fielding_at: &'a Timestamp,
-    status: &'a Status,
-    version: &'a Version,
-}
-
-impl<'a> From<&'a FieldingRun> for ItemOut<'a> {
-    fn from(run: &'a FieldingRun) -> Self {
-        Self {
-            end_fielding_at: &run.end_fielding_at,
-            id: &run.id,
-            last_changed_at: &run.last_changed_at,
-            last_changed_by: &run.last_changed_by,
-            start_fielding_at: &run.start_fielding_at,
-            status: &run.status,
-            version: &run.version,
+/// `value` in decimal in `buf`, ending before `end` (at least 20: a `u64`
+/// has at most 20 digits); the index of its first digit.
+fn decimal_before(mut value: u64, buf: &mut [u8; 24], end: usize) -> usize {
+    let mut start = end;
+    loop {
+        start -= 1;
+        // `value % 10` is a digit.
+        buf[start] = b'0' + u8::try_from(value % 10).unwrap_or(0);
+        value /= 10;
+        if value == 0 {
+            return start;
         }
     }
 }
 
-/// The answer to a PUT: `{"id": ...}`.
-#[derive(Serialize)]
-struct IdOut {
-    id: FieldingRunId,
+/// A run as the contract's `FieldingRunItem`: the bytes
+/// `serde_json::to_vec(&ItemOut::from(run))` writes (a test compares
+/// them), written by hand. Every value is text that needs no escaping
+/// (timestamps, the id's `[0-9A-Z]`, a UUID's hex and hyphens, a status
+/// name, a number), so none is looked at byte by byte.
+fn item_json(run: &FieldingRun) -> Vec<u8> {
+    fn timestamp(out: &mut Vec<u8>, t: &Timestamp) {
+        let mut buf = [0u8; rfc3339::LEN];
+        rfc3339::write(*t, &mut buf);
+        out.extend_from_slice(&buf);
+    }
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"{\"end_fielding_at\":\"");
+    timestamp(&mut out, &run.end_fielding_at);
+    out.extend_from_slice(b"\",\"id\":\"");
+    out.extend_from_slice(run.id.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"last_changed_at\":\"");
+    timestamp(&mut out, &run.last_changed_at);
+    out.extend_from_slice(b"\",\"last_changed_by\":\"");
+    let mut uuid = uuid::Uuid::encode_buffer();
+    out.extend_from_slice(
+        run.last_changed_by
+            .as_uuid()
+            .hyphenated()
+            .encode_lower(&mut uuid)
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\",\"start_fielding_at\":\"");
+    timestamp(&mut out, &run.start_fielding_at);
+    out.extend_from_slice(b"\",\"status\":\"");
+    out.extend_from_slice(run.status.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"version\":");
+    let mut digits = [0u8; 24];
+    let start = decimal_before(run.version.get(), &mut digits, 24);
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+    out.push(b'}');
+    out
+}
+
+/// The answer to a `PUT`: the bytes `serde_json::to_vec(&IdOut { id })`
+/// writes (a test compares them); the id's `[0-9A-Z]` needs no escaping.
+fn id_json(id: &FieldingRunId) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40);
+    out.extend_from_slice(b"{\"id\":\"");
+    out.extend_from_slice(id.as_str().as_bytes());
+    out.extend_from_slice(b"\"}");
+    out
+}
+
+/// A JSON answer as axum's `(headers, Json(value))` makes it, the body
+/// already written: `Content-Type: application/json` first, then `ETag`.
+fn json_answer(status: StatusCode, etag: ETag, body: Vec<u8>) -> Response {
+    let [(etag_name, etag_value)] = etag_header(etag);
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(etag_name, etag_value);
+    response
+}
+
+fn etag_header(etag: ETag) -> [(header::HeaderName, HeaderValue); 1] {
+    // `"<u64>"` (what `ETag`'s `Display` writes) is at most 22 bytes:
+    // written backwards on the stack, digit by digit, and copied once into
+    // the header (no `String`, no formatting machinery).
+    let mut buf = [0u8; 24];
+    // The digits end one byte early, for the closing quote; the opening
+    // one goes before them (at most 20 digits: index 3 or later).
+    let mut start = decimal_before(etag.version().get(), &mut buf, 23);
+    buf[23] = b'"';
+    start -= 1;
+    buf[start] = b'"';
+    // A quoted decimal is always a valid header value.
+    let value = buf
+        .get(start..)
+        .and_then(|quoted| HeaderValue::from_bytes(quoted).ok())
+        .unwrap_or(HeaderValue::from_static("\"0\""));
+    [(header::ETAG, value)]
 }
 
 fn item(run: &FieldingRun) -> Value {
@@ -138,7 +185,7 @@ async fn read_run(
 ) -> Result<Response, ApiError> {
     let key = run_key_of(ids, headers, principal)?;
     let run = api.service.get(&key).await?;
-    Ok((etag_header(run.etag()), Json(ItemOut::from(&run))).into_response())
+    Ok(json_answer(StatusCode::OK, run.etag(), item_json(&run)))
 }
 
 /// The PUT body: exactly `start_fielding_at` and `end_fielding_at`, both
@@ -149,7 +196,7 @@ fn dates_body(bytes: &[u8]) -> Result<(Timestamp, Timestamp), ApiError> {
     // date that does not parse) is read again below, which names every
     // problem.
     if let Some([start, end]) = strict_json::exact_strings(bytes, DATES) {
-        if let (Ok(start), Ok(end)) = (start.parse(), end.parse()) {
+        if let (Ok(start), Ok(end)) = (rfc3339::parse(start), rfc3339::parse(end)) {
             return Ok((start, end));
         }
     }
@@ -199,12 +246,11 @@ async fn change_dates(
         })
     })
     .await?;
-    Ok((
+    Ok(json_answer(
         StatusCode::ACCEPTED,
-        etag_header(applied.etag),
-        Json(IdOut { id: applied.run.id }),
-    )
-        .into_response())
+        applied.etag,
+        id_json(&applied.run.id),
+    ))
 }
 
 /// The run path `.../target-groups/{target_group_id}/fielding-runs/{fielding_run_id}`
@@ -231,23 +277,27 @@ pub(crate) fn run_path_ids<'p>(path: &'p str, base: &str) -> Option<[&'p str; 4]
 /// router: the same handler code as [`get_run`] and [`update_dates`],
 /// with the ids borrowed from the path rather than copied out of axum's
 /// path parameters, and the headers read in place. `Err` gives back any
-/// other request, for the router. The answer carries `Content-Length`
-/// when its size is known, as the router's answers do.
-pub(crate) async fn serve_run_directly(api: &ApiState, base: &str, request: Request) -> Result<Response, Request> {
+/// other request, with the principal, for the router. The answer carries
+/// `Content-Length` when its size is known, as the router's answers do.
+pub(crate) async fn serve_run_directly(
+    api: &ApiState,
+    base: &str,
+    request: Request,
+    principal: Principal,
+) -> Result<Response, (Request, Principal)> {
     let is_get = match *request.method() {
         Method::GET => true,
         Method::PUT => false,
-        _ => return Err(request),
+        _ => return Err((request, principal)),
     };
     let (parts, body) = request.into_parts();
     let Some(ids) = run_path_ids(parts.uri.path(), base) else {
-        return Err(Request::from_parts(parts, body));
+        return Err((Request::from_parts(parts, body), principal));
     };
-    let answer = match parts.extensions.get::<Principal>() {
-        Some(principal) if is_get => read_run(api, principal, ids, &parts.headers).await,
-        Some(principal) => change_dates(api, principal, ids, &parts.headers, body).await,
-        // The gate puts the principal in before any request gets here.
-        None => Err(ApiError::unauthorized()),
+    let answer = if is_get {
+        read_run(api, &principal, ids, &parts.headers).await
+    } else {
+        change_dates(api, &principal, ids, &parts.headers, body).await
     };
     let mut response = answer.into_response();
     crate::top_level::set_content_length(&mut response);
@@ -317,6 +367,44 @@ pub(crate) async fn launch_now(
     Ok((etag_header(applied.etag), Json(dates)).into_response())
 }
 
+/// A run as the contract's `FieldingRunItem`, as serde writes it (the
+/// reference [`item_json`] is tested against): the members of [`FieldingRunItem`] in the order a
+/// `serde_json::Value` writes them (by name), so the bytes are those of
+/// [`item`] without building the value first.
+#[cfg(test)]
+#[derive(Serialize)]
+struct ItemOut<'a> {
+    end_fielding_at: &'a Timestamp,
+    id: &'a FieldingRunId,
+    last_changed_at: &'a Timestamp,
+    last_changed_by: &'a UserId,
+    start_fielding_at: &'a Timestamp,
+    status: &'a Status,
+    version: &'a Version,
+}
+
+#[cfg(test)]
+impl<'a> From<&'a FieldingRun> for ItemOut<'a> {
+    fn from(run: &'a FieldingRun) -> Self {
+        Self {
+            end_fielding_at: &run.end_fielding_at,
+            id: &run.id,
+            last_changed_at: &run.last_changed_at,
+            last_changed_by: &run.last_changed_by,
+            start_fielding_at: &run.start_fielding_at,
+            status: &run.status,
+            version: &run.version,
+        }
+    }
+}
+
+/// The answer to a PUT: `{"id": ...}`.
+#[cfg(test)]
+#[derive(Serialize)]
+struct IdOut {
+    id: FieldingRunId,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +433,57 @@ mod tests {
             let through_value = serde_json::to_string(&item(&run)).unwrap();
             assert_eq!(direct, through_value);
         }
+    }
+
+    #[test]
+    fn the_hand_written_item_is_what_serde_writes() {
+        let mut runs: Vec<FieldingRun> = ["scheduled", "live", "paused", "completed"].map(run).into();
+        let mut far = run("live");
+        far.version = Version::MAX;
+        far.start_fielding_at = Timestamp::MIN;
+        far.end_fielding_at = Timestamp::MAX;
+        far.last_changed_at = Timestamp::UNIX_EPOCH;
+        far.last_changed_by = UserId::random();
+        runs.push(far);
+        let mut first = run("paused");
+        first.version = Version::INITIAL;
+        runs.push(first);
+        for run in runs {
+            let by_hand = item_json(&run);
+            assert_eq!(by_hand, serde_json::to_vec(&ItemOut::from(&run)).unwrap());
+            assert_eq!(by_hand, serde_json::to_vec(&item(&run)).unwrap());
+            assert_eq!(id_json(&run.id), serde_json::to_vec(&IdOut { id: run.id }).unwrap());
+        }
+    }
+
+    /// The answers as axum's `(status, headers, Json(..))` made them:
+    /// status, every header in the same order, the same body.
+    #[tokio::test]
+    async fn the_hand_built_answers_are_axums() {
+        use http_body_util::BodyExt;
+        async fn parts(response: Response) -> (StatusCode, Vec<(String, String)>, Vec<u8>) {
+            let (parts, body) = response.into_parts();
+            let headers = parts
+                .headers
+                .iter()
+                .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+                .collect();
+            (parts.status, headers, body.collect().await.unwrap().to_bytes().to_vec())
+        }
+        let run = run("live");
+        let mut by_axum = (etag_header(run.etag()), Json(ItemOut::from(&run))).into_response();
+        let mut by_hand = json_answer(StatusCode::OK, run.etag(), item_json(&run));
+        crate::top_level::set_content_length(&mut by_axum);
+        crate::top_level::set_content_length(&mut by_hand);
+        assert_eq!(parts(by_hand).await, parts(by_axum).await);
+        let by_axum = (
+            StatusCode::ACCEPTED,
+            etag_header(run.etag()),
+            Json(IdOut { id: run.id }),
+        )
+            .into_response();
+        let by_hand = json_answer(StatusCode::ACCEPTED, run.etag(), id_json(&run.id));
+        assert_eq!(parts(by_hand).await, parts(by_axum).await);
     }
 
     #[test]
@@ -395,6 +534,27 @@ mod tests {
             assert_eq!(run_path_ids(&path, ""), None, "{path}");
         }
         assert_eq!(run_path_ids(RUN, "/v1"), None, "outside the base path");
+    }
+
+    #[test]
+    fn an_etag_header_is_what_etag_display_writes() {
+        for version in [
+            1,
+            7,
+            9,
+            10,
+            99,
+            100,
+            12_345,
+            u64::from(u32::MAX),
+            fielding_core::Version::MAX.get(),
+        ] {
+            let Some(version) = fielding_core::Version::new(version) else {
+                continue;
+            };
+            let [(_, value)] = etag_header(version.etag());
+            assert_eq!(value.to_str().unwrap(), version.etag().to_string());
+        }
     }
 
     #[test]

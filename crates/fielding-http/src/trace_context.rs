@@ -36,7 +36,7 @@
 use std::fmt;
 
 use axum::extract::Request;
-use axum::http::HeaderValue;
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
@@ -58,21 +58,32 @@ use tracing::Instrument;
 ///     .layer(middleware::from_fn(fielding_http::trace_context::propagate));
 /// ```
 pub async fn propagate(request: Request, next: Next) -> Response {
-    traced(request, |request| next.run(request)).await
+    traced(request, |mut request, trace_id| {
+        request.extensions_mut().insert(trace_id);
+        next.run(request)
+    })
+    .await
 }
+
+/// The header names, parsed once rather than from text on every lookup.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// [`propagate`] around `run`: what the API's own service
 /// ([`crate::FieldingApi::into_service`]) calls, without a middleware
-/// layer's boxing of the rest of the stack.
-pub(crate) async fn traced<F, R>(mut request: Request, run: R) -> Response
+/// layer's boxing of the rest of the stack. `run` gets the [`TraceId`]
+/// beside the request: it puts it in the request's extensions when a
+/// handler may need it (every `propagate`d route, the API's router),
+/// and need not when it serves the request itself.
+pub(crate) async fn traced<F, R>(request: Request, run: R) -> Response
 where
-    R: FnOnce(Request) -> F,
+    R: FnOnce(Request, TraceId) -> F,
     F: std::future::Future<Output = Response>,
 {
     let headers = request.headers();
     let context = TraceContext::from_header_lines(
-        headers.get_all("traceparent").iter().map(HeaderValue::as_bytes),
-        headers.get_all("tracestate").iter().map(HeaderValue::as_bytes),
+        headers.get_all(TRACEPARENT).iter().map(HeaderValue::as_bytes),
+        headers.get_all(TRACESTATE).iter().map(HeaderValue::as_bytes),
     );
     let span = tracing::info_span!(
         "request",
@@ -82,15 +93,14 @@ where
         span_id = %context.span_id(),
         status = tracing::field::Empty,
     );
-    request.extensions_mut().insert(context.trace_id());
-    let mut response = run(request).instrument(span.clone()).await;
+    let mut response = run(request, context.trace_id()).instrument(span.clone()).await;
     span.record("status", response.status().as_u16());
     let out = response.headers_mut();
     if let Ok(value) = HeaderValue::from_bytes(&context.traceparent_bytes()) {
-        out.insert("traceparent", value);
+        out.insert(TRACEPARENT, value);
     }
     if let Some(value) = context.tracestate().and_then(|s| HeaderValue::from_str(s).ok()) {
-        out.insert("tracestate", value);
+        out.insert(TRACESTATE, value);
     }
     response
 }

@@ -146,6 +146,13 @@ impl AddressLimiter {
     /// request without a known peer address.
     pub fn refusal<B>(&self, request: &axum::http::Request<B>) -> Option<Response> {
         let peer = request.extensions().get::<ConnectInfo<SocketAddr>>()?.0.ip();
+        self.refusal_for(peer)
+    }
+
+    /// The 429 a request from `peer` is answered with, if that address
+    /// has no token left (counted); `None` lets it pass. [`Self::refusal`]
+    /// for a caller that knows the address without a `ConnectInfo`.
+    pub fn refusal_for(&self, peer: IpAddr) -> Option<Response> {
         let seconds = self.check(peer).err()?;
         metrics::counter!(telemetry::ADDRESS_LIMITED).increment(1);
         Some(too_many_requests(seconds))
@@ -204,6 +211,28 @@ mod tests {
             connections.open(ip("2001:db8::1")),
             0,
             "entries go with their last connection"
+        );
+    }
+
+    #[test]
+    fn a_bare_address_and_a_request_from_it_share_a_bucket() {
+        let limiter = AddressLimiter::new(RateLimitPolicy::per_second(1, 2).unwrap());
+        let from = |peer: &str| {
+            let mut request = axum::http::Request::new(());
+            let peer: SocketAddr = peer.parse().unwrap();
+            request.extensions_mut().insert(ConnectInfo(peer));
+            request
+        };
+        assert!(limiter.refusal_for(ip("192.0.2.1")).is_none());
+        assert!(limiter.refusal(&from("192.0.2.1:40000")).is_none());
+        let refused = limiter.refusal_for(ip("192.0.2.1")).expect("the burst is spent");
+        assert_eq!(refused.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
+        assert!(refused.headers().contains_key("retry-after"));
+        assert!(limiter.refusal(&from("192.0.2.1:40001")).is_some());
+        assert!(limiter.refusal_for(ip("192.0.2.2")).is_none(), "another address");
+        assert!(
+            limiter.refusal(&axum::http::Request::new(())).is_none(),
+            "a request without a peer passes"
         );
     }
 

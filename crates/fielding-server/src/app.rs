@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -125,6 +126,20 @@ pub fn app_with_shutdown(
     base_path: BasePath,
     shutdown: CancellationToken,
 ) -> App {
+    app_and_front(service, authenticator, store, limits, base_path, shutdown).0
+}
+
+/// [`app_with_shutdown`], and the service its router falls back to for
+/// every request ([`Front`]), for [`crate::Server`] to serve without the
+/// router in front of it.
+pub(crate) fn app_and_front(
+    service: FieldingService,
+    authenticator: Arc<dyn Authenticator>,
+    store: &'static str,
+    limits: ApiLimits,
+    base_path: BasePath,
+    shutdown: CancellationToken,
+) -> (App, Front) {
     let api = FieldingApi::new(service.clone(), authenticator)
         .with_base_path(base_path)
         .with_rate_limit(limits.rate_limit)
@@ -154,12 +169,13 @@ pub fn app_with_shutdown(
         checks,
         api: api.into_service(),
     }));
-    let router = Router::new().fallback_service(front);
-    App {
+    let router = Router::new().fallback_service(front.clone());
+    let app = App {
         router,
         rate_limiter,
         address_limiter,
-    }
+    };
+    (app, front)
 }
 
 /// The access log outermost, then the per-address limit when there is
@@ -171,8 +187,12 @@ pub fn app_with_shutdown(
 /// hop clones and boxes the service it falls back to. Here a request costs
 /// one boxed future, whichever way it goes, and the order of the checks is
 /// the same as the layers' was.
+///
+/// [`crate::Server`] serves it directly ([`Front::serve`]), with the peer's
+/// address at hand; [`App::router`] is the same service behind a `Router`
+/// that does nothing else (every request reaches its fallback).
 #[derive(Clone)]
-struct Front(Arc<FrontParts>);
+pub(crate) struct Front(Arc<FrontParts>);
 
 struct FrontParts {
     refusals: SampledLog,
@@ -187,6 +207,12 @@ struct FrontParts {
 /// the API's.
 const CHECK_PATHS: [&str; 3] = [HEALTH_PATH, READY_PATH, crate::prometheus::METRICS_PATH];
 
+impl std::fmt::Debug for Front {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Front").finish_non_exhaustive()
+    }
+}
+
 impl tower::Service<Request> for Front {
     type Response = Response;
     type Error = Infallible;
@@ -200,16 +226,34 @@ impl tower::Service<Request> for Front {
 
     fn call(&mut self, request: Request) -> Self::Future {
         let front = Arc::clone(&self.0);
-        Box::pin(async move { Ok(access_log(&front, request).await) })
+        // Behind `App::router`, the peer is the `ConnectInfo` the caller
+        // put in the request, if any.
+        let peer = request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        Box::pin(async move { Ok(access_log(&front, peer, request).await) })
+    }
+}
+
+impl Front {
+    /// Serves `request` from `peer` as [`App::router`] serves it with
+    /// `peer` as its `ConnectInfo`: the same checks in the same order and
+    /// the same answers (the router's fallback adds nothing to them; a test
+    /// compares the two). The address travels as an argument, so the
+    /// request's extensions stay empty unless a handler needs them.
+    pub(crate) async fn serve(&self, peer: SocketAddr, request: Request) -> Response {
+        access_log(&self.0, Some(peer), request).await
     }
 }
 
 /// The per-address limit, then the probes or the API.
-async fn limited(front: &FrontParts, request: Request) -> Response {
+async fn limited(front: &FrontParts, peer: Option<SocketAddr>, request: Request) -> Response {
     if let Some(refused) = front
         .address_limiter
         .as_ref()
-        .and_then(|limiter| limiter.refusal(&request))
+        .zip(peer)
+        .and_then(|(limiter, peer)| limiter.refusal_for(peer.ip()))
     {
         return refused;
     }
@@ -231,7 +275,7 @@ async fn limited(front: &FrontParts, request: Request) -> Response {
 /// which are summarised at `info` instead, at most once per
 /// [`REFUSAL_SUMMARY_EVERY`], so neither probes nor a flood of refusals
 /// fill the log. Every response is counted by status class.
-async fn access_log(front: &FrontParts, request: Request) -> Response {
+async fn access_log(front: &FrontParts, peer: Option<SocketAddr>, request: Request) -> Response {
     let started = Instant::now();
     let path = request.uri().path();
     // Probes come every few seconds from orchestrators and need no token:
@@ -241,7 +285,7 @@ async fn access_log(front: &FrontParts, request: Request) -> Response {
     // filter that lets `debug` through lets `info` through too.
     let line = tracing::enabled!(target: "fielding_server::access", tracing::Level::INFO)
         .then(|| (request.method().clone(), path.to_owned()));
-    let response = limited(front, request).await;
+    let response = limited(front, peer, request).await;
     let status = response.status().as_u16();
     telemetry::count_response(status);
     // The statuses the API counts as refusals (not a run's 404, nor 412 or
@@ -455,6 +499,91 @@ mod tests {
         assert_eq!(status, StatusCode::NOT_FOUND);
         assert_eq!(body["object"], "not_found_error");
         assert!(headers.contains_key("traceparent"));
+    }
+
+    /// What the server serves (`Front::serve`, the peer as an argument) and
+    /// what `App::router` serves (the peer as `ConnectInfo`) answer alike:
+    /// status, headers in order (but the fresh span id of `traceparent`),
+    /// body, `HEAD` and the per-address limit included.
+    #[tokio::test]
+    async fn the_front_served_directly_answers_as_the_router() {
+        let tokens = StaticTokens::new().with_token(
+            "good",
+            Principal {
+                user_id: UserId::random(),
+                accounts: AccountAccess::Only(vec![AccountId::new(101).unwrap()]),
+            },
+        );
+        let limits = ApiLimits {
+            address_rate_limit: RateLimitPolicy::per_second(1, 8),
+            ..ApiLimits::default()
+        };
+        // Two like apps, so that each sees the same requests, in the same
+        // order, against its own per-address bucket.
+        let build = || {
+            app_and_front(
+                FieldingService::new(Arc::new(MemoryStore::new())),
+                Arc::new(tokens.clone()),
+                "memory",
+                limits,
+                BasePath::contract(),
+                CancellationToken::new(),
+            )
+        };
+        let (app, _) = build();
+        let (_, front) = build();
+        let request = |method: &str, path: &str, token: bool| {
+            let mut request = axum::http::Request::builder().method(method).uri(path);
+            if token {
+                request = request
+                    .header("Authorization", "Bearer good")
+                    .header("Cint-API-Version", "2025-12-18");
+            }
+            request.body(Body::empty()).unwrap()
+        };
+        async fn parts(response: Response) -> (StatusCode, Vec<(String, String)>, Vec<u8>) {
+            let (parts, body) = response.into_parts();
+            let headers = parts
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let value = value.to_str().unwrap();
+                    // The trace id is the caller's or fresh; either way not
+                    // the same for two requests.
+                    let value = if name == "traceparent" { "00-..." } else { value };
+                    (name.to_string(), value.to_owned())
+                })
+                .collect();
+            let mut body = body.collect().await.unwrap().to_bytes().to_vec();
+            // An error body's `id` is fresh for each answer.
+            if let Ok(serde_json::Value::Object(mut error)) = serde_json::from_slice(&body) {
+                if error.contains_key("object") && error.contains_key("id") {
+                    error.insert("id".into(), serde_json::Value::Null);
+                    body = serde_json::to_vec(&error).unwrap();
+                }
+            }
+            (parts.status, headers, body)
+        }
+        let peer: std::net::SocketAddr = "192.0.2.1:40000".parse().unwrap();
+        for (method, path, token) in [
+            ("GET", HEALTH_PATH, false),
+            ("HEAD", HEALTH_PATH, false),
+            ("POST", HEALTH_PATH, false),
+            ("GET", LIST, true),
+            ("HEAD", LIST, true),
+            ("GET", LIST, false),
+            ("GET", "/nowhere", true),
+            ("DELETE", LIST, true),
+            // Past the address's burst of 8.
+            ("GET", HEALTH_PATH, false),
+            ("GET", LIST, true),
+        ] {
+            let mut through_router = request(method, path, token);
+            through_router.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+            let by_router = parts(app.router.clone().oneshot(through_router).await.unwrap()).await;
+            let direct = parts(front.serve(peer, request(method, path, token)).await).await;
+            assert_eq!(direct, by_router, "{method} {path}");
+        }
     }
 
     /// The probes stay at the root whatever the base path; the contract's

@@ -33,9 +33,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::body::Bytes;
-use axum::extract::ConnectInfo;
 use axum::http::{Request, Response};
-use axum::Router;
 use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -43,8 +41,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tower::ServiceExt;
 
+use crate::app::Front;
 use crate::limits::ConnectionLimits;
 use crate::telemetry;
 
@@ -366,7 +364,7 @@ pub(crate) fn http1(limits: &ConnectionLimits) -> hyper::server::conn::http1::Bu
 pub(crate) async fn serve(
     socket: TcpStream,
     peer: SocketAddr,
-    router: Router,
+    front: Front,
     http1: Arc<hyper::server::conn::http1::Builder>,
     limits: ConnectionLimits,
     shutdown: CancellationToken,
@@ -383,9 +381,9 @@ pub(crate) async fn serve(
             let has_body = !http_body::Body::is_end_stream(request.body());
             let busy = activity.request_started(has_body);
             let shutdown = shutdown.clone();
-            let router = router.clone();
+            let front = front.clone();
             async move {
-                let mut request = request.map(|incoming| {
+                let request = request.map(|incoming| {
                     if has_body {
                         Body::new(RequestBody {
                             activity: Arc::clone(&busy.0),
@@ -399,11 +397,7 @@ pub(crate) async fn serve(
                         Body::empty()
                     }
                 });
-                request.extensions_mut().insert(ConnectInfo(peer));
-                let response = match router.oneshot(request).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                };
+                let response = front.serve(peer, request).await;
                 Ok::<Response<Body>, Infallible>(response.map(|inner| Body::new(ResponseBody { inner, _busy: busy })))
             }
         })

@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::address_limit::{AddressLimiter, ConnectionsPerAddress};
-use crate::app::{app_with_shutdown, App};
+use crate::app::{app_and_front, App, Front};
 use crate::cli::ServerConfig;
 use crate::connection;
 use crate::database::Database;
@@ -143,6 +143,9 @@ pub struct Server {
     listener: TcpListener,
     local_addr: SocketAddr,
     app: App,
+    /// What `app`'s router falls back to for every request, served
+    /// without the router.
+    front: Front,
     store: OpenedStore,
     shutdown_grace: Duration,
     limits: ConnectionLimits,
@@ -168,7 +171,7 @@ impl Server {
             .clone()
             .map(|options| BulkRunner::new(service.clone(), options));
         let stop = CancellationToken::new();
-        let app = app_with_shutdown(
+        let (app, front) = app_and_front(
             service,
             authenticator,
             store.kind,
@@ -186,6 +189,7 @@ impl Server {
             listener,
             local_addr,
             app,
+            front,
             store,
             shutdown_grace: config.shutdown_grace,
             limits: config.connections,
@@ -228,6 +232,7 @@ impl Server {
                     rate_limiter,
                     address_limiter,
                 },
+            front,
             store,
             shutdown_grace,
             limits,
@@ -309,7 +314,7 @@ impl Server {
             let _ = socket.set_nodelay(true);
             metrics::counter!(telemetry::CONNECTIONS_ACCEPTED).increment(1);
             metrics::gauge!(telemetry::CONNECTIONS_OPEN).increment(1.0);
-            let served = connection::serve(socket, peer, router.clone(), Arc::clone(&http1), limits, stop.clone());
+            let served = connection::serve(socket, peer, front.clone(), Arc::clone(&http1), limits, stop.clone());
             connections.spawn(async move {
                 served.await;
                 metrics::gauge!(telemetry::CONNECTIONS_OPEN).decrement(1.0);
@@ -362,9 +367,9 @@ impl Server {
             retention.abort();
             let _ = retention.await;
         }
-        // The connections, and with them the router's clones of the
+        // The connections, and with them their clones of the front
         // service, are gone: the store is usually ours alone now.
-        drop(router);
+        drop((router, front));
         store.close().await;
         Ok(())
     }
