@@ -239,8 +239,11 @@ impl tower::Service<Request> for Front {
 impl Front {
     /// Serves `request` from `peer` as [`App::router`] serves it with
     /// `peer` as its `ConnectInfo`: the same checks in the same order and
-    /// the same answers (the router's fallback adds nothing to them; a test
-    /// compares the two). The address travels as an argument, so the
+    /// the same answers (for a path that starts with `/` the router's
+    /// fallback adds nothing to them, and for any other request target
+    /// hyper writes the `Content-Length` the router would have added, so
+    /// on the wire they are the same for every request; a test compares
+    /// the two). The address travels as an argument, so the
     /// request's extensions stay empty unless a handler needs them.
     pub(crate) async fn serve(&self, peer: SocketAddr, request: Request) -> Response {
         access_log(&self.0, Some(peer), request).await
@@ -504,25 +507,55 @@ mod tests {
     /// What the server serves (`Front::serve`, the peer as an argument) and
     /// what `App::router` serves (the peer as `ConnectInfo`) answer alike:
     /// status, headers in order (but the fresh span id of `traceparent`),
-    /// body, `HEAD` and the per-address limit included.
+    /// body, a run's `GET` and `PUT` (the direct route), `HEAD` and the
+    /// per-address limit included.
     #[tokio::test]
     async fn the_front_served_directly_answers_as_the_router() {
+        let user_id = UserId::random();
         let tokens = StaticTokens::new().with_token(
             "good",
             Principal {
-                user_id: UserId::random(),
+                user_id,
                 accounts: AccountAccess::Only(vec![AccountId::new(101).unwrap()]),
             },
         );
+        // The burst covers every request below but the last three.
         let limits = ApiLimits {
-            address_rate_limit: RateLimitPolicy::per_second(1, 8),
+            address_rate_limit: RateLimitPolicy::per_second(1, 11),
             ..ApiLimits::default()
         };
+        // One run in both stores, and one fixed clock, so that the two
+        // apps' answers (`last_changed_at` included) can be the same.
+        let now = fielding_testkit::fixtures::run().build().last_changed_at;
+        let scope = fielding_core::Scope::new(
+            AccountId::new(101).unwrap(),
+            fielding_testkit::fixtures::project_id(),
+            fielding_testkit::fixtures::target_group_id(),
+        );
+        let run = fielding_testkit::fixtures::run()
+            .with_scope(scope)
+            .with_now(now)
+            .build();
+        let run_path = format!(
+            "/v1/demand/accounts/101/projects/{}/target-groups/{}/fielding-runs/{}",
+            run.project_id, run.target_group_id, run.id
+        );
+        let new_end =
+            fielding_core::Timestamp::from_unix_millis(run.end_fielding_at.unix_millis() + 86_400_000).unwrap();
+        let dates = serde_json::json!({
+            "start_fielding_at": run.start_fielding_at,
+            "end_fielding_at": new_end,
+        })
+        .to_string();
         // Two like apps, so that each sees the same requests, in the same
         // order, against its own per-address bucket.
         let build = || {
+            let store = MemoryStore::new();
+            store.seed(run.clone()).unwrap();
+            let service =
+                FieldingService::new(Arc::new(store)).with_clock(Arc::new(fielding_core::ManualClock::new(now)));
             app_and_front(
-                FieldingService::new(Arc::new(MemoryStore::new())),
+                service,
                 Arc::new(tokens.clone()),
                 "memory",
                 limits,
@@ -532,14 +565,21 @@ mod tests {
         };
         let (app, _) = build();
         let (_, front) = build();
-        let request = |method: &str, path: &str, token: bool| {
+        let request = |method: &str, path: &str, token: bool, body: Option<&str>| {
             let mut request = axum::http::Request::builder().method(method).uri(path);
             if token {
                 request = request
                     .header("Authorization", "Bearer good")
                     .header("Cint-API-Version", "2025-12-18");
             }
-            request.body(Body::empty()).unwrap()
+            match body {
+                Some(body) => request
+                    .header("Content-Type", "application/json")
+                    .header("If-Match", "\"1\"")
+                    .body(Body::from(body.to_owned()))
+                    .unwrap(),
+                None => request.body(Body::empty()).unwrap(),
+            }
         };
         async fn parts(response: Response) -> (StatusCode, Vec<(String, String)>, Vec<u8>) {
             let (parts, body) = response.into_parts();
@@ -565,25 +605,36 @@ mod tests {
             (parts.status, headers, body)
         }
         let peer: std::net::SocketAddr = "192.0.2.1:40000".parse().unwrap();
-        for (method, path, token) in [
-            ("GET", HEALTH_PATH, false),
-            ("HEAD", HEALTH_PATH, false),
-            ("POST", HEALTH_PATH, false),
-            ("GET", LIST, true),
-            ("HEAD", LIST, true),
-            ("GET", LIST, false),
-            ("GET", "/nowhere", true),
-            ("DELETE", LIST, true),
-            // Past the address's burst of 8.
-            ("GET", HEALTH_PATH, false),
-            ("GET", LIST, true),
+        let mut statuses = Vec::new();
+        for (method, path, token, body) in [
+            ("GET", HEALTH_PATH, false, None),
+            ("HEAD", HEALTH_PATH, false, None),
+            ("POST", HEALTH_PATH, false, None),
+            ("GET", LIST, true, None),
+            ("HEAD", LIST, true, None),
+            ("GET", LIST, false, None),
+            ("GET", "/nowhere", true, None),
+            ("DELETE", LIST, true, None),
+            ("GET", run_path.as_str(), true, None),
+            ("PUT", run_path.as_str(), true, Some(dates.as_str())),
+            ("GET", run_path.as_str(), true, None),
+            // Past the address's burst of 11.
+            ("GET", HEALTH_PATH, false, None),
+            ("GET", LIST, true, None),
+            ("HEAD", LIST, true, None),
         ] {
-            let mut through_router = request(method, path, token);
+            let mut through_router = request(method, path, token, body);
             through_router.extensions_mut().insert(axum::extract::ConnectInfo(peer));
             let by_router = parts(app.router.clone().oneshot(through_router).await.unwrap()).await;
-            let direct = parts(front.serve(peer, request(method, path, token)).await).await;
+            let direct = parts(front.serve(peer, request(method, path, token, body)).await).await;
             assert_eq!(direct, by_router, "{method} {path}");
+            statuses.push(direct.0.as_u16());
         }
+        assert_eq!(
+            statuses[8..],
+            [200, 202, 200, 429, 429, 429],
+            "the run's GET and PUT (202) succeeded, then the limit refused"
+        );
     }
 
     /// The probes stay at the root whatever the base path; the contract's

@@ -14,18 +14,18 @@
 //! - **Bounded.** At most `capacity` entries; tokens longer than
 //!   [`MAX_CACHED_TOKEN_BYTES`] are not remembered. When full, expired
 //!   entries go first (looked for at most once a second), then an
-//!   arbitrary one (the map's hash is randomly keyed, so which one cannot
-//!   be steered from outside).
+//!   arbitrary one (the map's hash is keyed from the operating system's
+//!   randomness, so which one cannot be steered from outside).
 //! - **The key is the whole token**, compared byte for byte, never a digest
 //!   of it: two tokens share an entry only if they are the same token.
 //!
-//! The map hashes with foldhash, randomly seeded per map, rather than
-//! std's SipHash: every request hashes its whole token (a few hundred
-//! bytes) once, and SipHash costs several times as much. SipHash's extra
-//! strength buys nothing here: only tokens that verified (signed with the
-//! server's secret) are ever stored, so a client cannot choose keys to
-//! collide; a lookup of an unknown token walks one probe sequence, as it
-//! would in any hash map.
+//! The map hashes with aHash, keyed per map from the operating system's
+//! randomness, rather than std's SipHash: every request hashes its whole
+//! token (a few hundred bytes) once, and aHash is built for speed where
+//! SipHash is built for strength. SipHash's extra strength buys nothing here: only
+//! tokens that verified (signed with the server's secret) are ever stored,
+//! so a client cannot choose keys to collide; a lookup of an unknown token
+//! walks one probe sequence, as it would in any hash map.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -58,7 +58,7 @@ pub(crate) struct VerifiedTokens {
 
 #[derive(Debug, Default)]
 struct Entries {
-    map: HashMap<Box<str>, Verified, foldhash::fast::RandomState>,
+    map: HashMap<Box<str>, Verified, ahash::RandomState>,
     /// When a full cache may next look for expired entries: at most once a
     /// second, so that more live tokens than the capacity cost one eviction
     /// per miss rather than a pass over the whole map under the lock.
@@ -96,7 +96,9 @@ impl VerifiedTokens {
     /// The principal of `token` if it verified before and is still in time
     /// at `now`. An entry out of time is dropped.
     pub(crate) fn get(&self, token: &str, now: u64) -> Option<Principal> {
-        if self.capacity == 0 {
+        // A token too long to be remembered is not hashed either: a
+        // hostile client's huge tokens cost no more than their refusal.
+        if self.capacity == 0 || token.len() > MAX_CACHED_TOKEN_BYTES {
             return None;
         }
         let mut entries = self.entries();
