@@ -369,6 +369,9 @@ impl FieldingService {
     /// version, so it never loses a race.
     // Not `async fn`: the loop's own future is returned as it is, so the
     // per-command methods do not nest one more state machine around it.
+    // Inline, so that the caller builds that future where it keeps it
+    // rather than receiving it and moving it into its own state.
+    #[inline]
     pub fn execute<'a>(
         &'a self,
         key: &'a RunKey,
@@ -563,7 +566,9 @@ impl FieldingService {
             let mut outcome: Option<Result<Applied, E>> = None;
             let mut decide =
                 |run: &FieldingRun| self.decide_update(run, condition, &mut request, actor, &mut outcome, &mut noted);
-            let found = observe::store_call_now(StoreOperation::Update, || store.update_now(key, &mut decide));
+            let (found, latency) =
+                observe::store_call_now(StoreOperation::Update, || store.update_now(key, &mut decide));
+            noted.latency = latency;
             if !noted.decide_again(&found, condition, backoff) {
                 let answer = finish(key, found, outcome, &mut noted);
                 noted.close(traced.span.as_ref(), traced.action, &answer);
@@ -774,6 +779,8 @@ struct Noted {
     resulting: Option<Version>,
     /// Why the answer is a 412, when it is one.
     precondition_failed: Option<PreconditionCause>,
+    /// A store call's latency, recorded with the command's counter.
+    latency: Option<observe::StoreLatency>,
 }
 
 impl Noted {
@@ -785,6 +792,7 @@ impl Noted {
             expected: None,
             resulting: None,
             precondition_failed: None,
+            latency: None,
         }
     }
 
@@ -816,7 +824,7 @@ impl Noted {
     /// Records the answer on `span` and counts it. `declared` is the
     /// action the span was opened with: recorded again only when the
     /// command turned out to be another one.
-    fn close<E>(&self, span: Option<&tracing::Span>, declared: Option<Action>, answer: &Result<Applied, E>) {
+    fn close<E>(&mut self, span: Option<&tracing::Span>, declared: Option<Action>, answer: &Result<Applied, E>) {
         let outcome = match answer {
             Ok(applied) if applied.changed => observe::OUTCOME_OK,
             Ok(_) => observe::OUTCOME_UNCHANGED,
@@ -838,7 +846,7 @@ impl Noted {
         if let Some(cause) = self.precondition_failed {
             observe::count_precondition_failure(self.action, cause);
         }
-        observe::count_command(self.action, outcome);
+        observe::count_command_after(self.action, outcome, self.latency.take());
     }
 }
 

@@ -289,8 +289,12 @@ impl Decided {
         };
         match decide(run_of(&slot)) {
             Update::Skip => Ok(UpdateOutcome::Skipped),
-            Update::Write { run, .. } if run.key() != *key => Err(wrong_key(key, &run)),
+            // Checked in place, field by field: binding the run in a match
+            // guard, or building its key, copies the whole run first.
             Update::Write { expected, run, change } => {
+                if !is_at(&run, key) {
+                    return Err(wrong_key(key, &run));
+                }
                 write(slot, expected, run, change).map(|()| UpdateOutcome::Written)
             }
         }
@@ -308,6 +312,16 @@ impl Decided {
             Decided::Write(planned) => write(planned).await.map(|()| UpdateOutcome::Written),
         }
     }
+}
+
+/// Whether `run` is the run at `key` (same id, same scope), compared in
+/// place.
+#[inline(always)]
+fn is_at(run: &FieldingRun, key: &RunKey) -> bool {
+    run.id == key.id
+        && run.account_id == key.scope.account_id
+        && run.project_id == key.scope.project_id
+        && run.target_group_id == key.scope.target_group_id
 }
 
 #[cold]

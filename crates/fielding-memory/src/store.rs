@@ -106,10 +106,19 @@ struct Entry {
     account_slot: AccountSlot,
 }
 
+/// Whether `run` is under `scope`, compared in place (building the run's
+/// `Scope` first copies its ids on every command).
+#[inline]
+fn in_scope(run: &FieldingRun, scope: &Scope) -> bool {
+    run.account_id == scope.account_id
+        && run.project_id == scope.project_id
+        && run.target_group_id == scope.target_group_id
+}
+
 impl State {
     /// The entry at `key`, only if its scope matches too.
     fn entry(&self, key: &RunKey) -> Option<&Entry> {
-        self.runs.get(&key.id).filter(|e| e.run.scope() == key.scope)
+        self.runs.get(&key.id).filter(|e| in_scope(&e.run, &key.scope))
     }
 
     fn insert(&mut self, run: FieldingRun, changes: Vec<ChangeRecord>) -> Result<(), StoreError> {
@@ -277,7 +286,7 @@ impl MemoryStore {
         let outcome = {
             let mut guard = self.state();
             let state = &mut *guard;
-            let entry = state.runs.get_mut(&key.id).filter(|e| e.run.scope() == key.scope);
+            let entry = state.runs.get_mut(&key.id).filter(|e| in_scope(&e.run, &key.scope));
             Decided::in_place(
                 key,
                 entry,
