@@ -497,6 +497,7 @@ impl StoreOperation {
     }
 
     /// Built once, with labels borrowed from a table (see [`KeyTable`]).
+    #[inline]
     fn latency_key(self) -> &'static Key {
         static LABELS: OnceLock<Vec<[Label; 1]>> = OnceLock::new();
         static KEYS: OnceLock<Vec<Key>> = OnceLock::new();

@@ -246,7 +246,11 @@ impl Decided {
             |run| *run,
             decide,
             |_, expected, run, change| {
-                planned = Some(PlannedWrite { expected, run, change });
+                planned = Some(PlannedWrite {
+                    expected,
+                    run: run.clone(),
+                    change: change.clone(),
+                });
                 Ok(())
             },
         )?;
@@ -261,8 +265,9 @@ impl Decided {
     /// `MemoryStore`): `slot` is what was found at `key` (`None`: nothing),
     /// `run_of` shows the run in it, and `write` applies the planned write
     /// (expected version, next run, change record) to the slot. The parts
-    /// are handed over as they come out of `decide`, not gathered into a
-    /// struct first: on the in-memory path every copy of a run counts.
+    /// are lent as they lie in `decide`'s answer, not moved out of it:
+    /// every move of a run is a copy, and on the in-memory path every copy
+    /// counts; `write` copies each part once, to where it is kept.
     ///
     /// ```
     /// use fielding_core::{Decided, RunKey, StoreError, UpdateOutcome};
@@ -271,7 +276,7 @@ impl Decided {
     ///     if run.version != expected {
     ///         return Err(StoreError::VersionConflict { expected, current: run.version });
     ///     }
-    ///     *run = next; // and append the change record
+    ///     *run = next.clone(); // and append the change record
     ///     Ok(())
     /// })
     /// # }
@@ -282,20 +287,18 @@ impl Decided {
         slot: Option<S>,
         run_of: impl FnOnce(&S) -> &FieldingRun,
         decide: Decide<'_>,
-        write: impl FnOnce(S, Version, FieldingRun, ChangeRecord) -> Result<(), StoreError>,
+        write: impl FnOnce(S, Version, &FieldingRun, &ChangeRecord) -> Result<(), StoreError>,
     ) -> Result<UpdateOutcome, StoreError> {
         let Some(slot) = slot else {
             return Ok(UpdateOutcome::NotFound);
         };
-        match decide(run_of(&slot)) {
+        match &decide(run_of(&slot)) {
             Update::Skip => Ok(UpdateOutcome::Skipped),
-            // Checked in place, field by field: binding the run in a match
-            // guard, or building its key, copies the whole run first.
+            // Checked in place, field by field: building the run's key
+            // copies its ids.
+            Update::Write { run, .. } if !is_at(run, key) => Err(wrong_key(key, run)),
             Update::Write { expected, run, change } => {
-                if !is_at(&run, key) {
-                    return Err(wrong_key(key, &run));
-                }
-                write(slot, expected, run, change).map(|()| UpdateOutcome::Written)
+                write(slot, *expected, run, change).map(|()| UpdateOutcome::Written)
             }
         }
     }
@@ -645,7 +648,7 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
 ///             if run.version != expected {
 ///                 return Err(StoreError::VersionConflict { expected, current: run.version });
 ///             }
-///             *run = next; // and append the change record, under the same lock
+///             *run = next.clone(); // and append the change record, under the same lock
 ///             Ok(())
 ///         })
 ///     }

@@ -181,8 +181,8 @@ fn commit(
     entry: &mut Entry,
     log: &mut ChangeLog,
     expected: Version,
-    run: FieldingRun,
-    change: ChangeRecord,
+    run: &FieldingRun,
+    change: &ChangeRecord,
 ) -> Result<(), StoreError> {
     if entry.run.version != expected {
         return Err(StoreError::VersionConflict {
@@ -190,7 +190,8 @@ fn commit(
             current: entry.run.version,
         });
     }
-    entry.run = run;
+    // Copied once each, from the decision's answer to where they are kept.
+    entry.run = run.clone();
     entry.last_change = Some(log.push(change, entry.account_slot, entry.last_change));
     Ok(())
 }
@@ -439,7 +440,7 @@ impl FieldingStore for MemoryStore {
                 .get_mut(&run.id)
                 .filter(|e| e.run.scope() == run.scope())
                 .ok_or(StoreError::NotFound)?;
-            commit(entry, &mut state.log, expected, run.clone(), change.clone())?;
+            commit(entry, &mut state.log, expected, run, change)?;
         }
         self.inner.notifier.notify(run.account_id);
         Ok(())
@@ -597,7 +598,7 @@ impl FieldingStore for MemoryStore {
         for (target_group_id, write, outcome) in planned {
             if let Some((expected, next, change)) = write {
                 let entry = state.runs.get_mut(&next.id).ok_or(StoreError::NotFound)?;
-                commit(entry, &mut state.log, expected, next, change)?;
+                commit(entry, &mut state.log, expected, &next, &change)?;
                 wrote = true;
             }
             job.record(&target_group_id, outcome);
