@@ -570,7 +570,7 @@ impl FieldingService {
                 observe::store_call_now(StoreOperation::Update, || store.update_now(key, &mut decide));
             noted.latency = latency;
             if !noted.decide_again(&found, condition, backoff) {
-                let answer = finish(key, found, outcome, &mut noted);
+                let answer = finish(key, found, &mut outcome, &mut noted);
                 noted.close(traced.span.as_ref(), traced.action, &answer);
                 return answer;
             }
@@ -608,7 +608,7 @@ impl FieldingService {
             let update = observe::store_call(StoreOperation::Update, self.store.update(key, &mut decide));
             let found = backoff.before(lost, update).await;
             if !noted.decide_again(&found, condition, backoff) {
-                let answer = finish(key, found, outcome, &mut noted);
+                let answer = finish(key, found, &mut outcome, &mut noted);
                 noted.close(traced.span.as_ref(), traced.action, &answer);
                 return answer;
             }
@@ -852,15 +852,17 @@ impl Noted {
 
 /// The caller's answer, from what the store did and what `decide` said.
 /// Store errors win: a planned write that did not happen is not a success.
+// `outcome` is taken from where `decide` left it: passed by value, the
+// whole answer would be copied once more on the way in.
 fn finish<E: From<FieldingError>>(
     key: &RunKey,
     found: Result<UpdateOutcome, StoreError>,
-    outcome: Option<Result<Applied, E>>,
+    outcome: &mut Option<Result<Applied, E>>,
     noted: &mut Noted,
 ) -> Result<Applied, E> {
     let refused = match found {
         Ok(UpdateOutcome::NotFound) | Err(StoreError::NotFound) => not_found(key),
-        Ok(UpdateOutcome::Skipped | UpdateOutcome::Written) => match outcome {
+        Ok(UpdateOutcome::Skipped | UpdateOutcome::Written) => match outcome.take() {
             Some(answer) => return answer,
             None => FieldingError::from(StoreError::internal(
                 "the store reported a run but never showed it to decide",
