@@ -288,10 +288,18 @@ pub struct ChangeNotifier {
 
 impl ChangeNotifier {
     /// Tells the watchers of `account` (in this process) to read again.
+    // Inline: every write of a store calls it, and with nobody watching it
+    // is one atomic load; the wake-up itself stays out of line.
+    #[inline]
     pub fn notify(&self, account: AccountId) {
         if self.subscriptions.load(Ordering::Acquire) == 0 {
             return;
         }
+        self.wake(account);
+    }
+
+    /// [`notify`](Self::notify)'s wake-up, when someone watches.
+    fn wake(&self, account: AccountId) {
         let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(sender) = accounts.get(&account) {
             if sender.receiver_count() == 0 {

@@ -174,6 +174,22 @@ pub fn decide(run: &FieldingRun, command: &Command, now: Timestamp) -> Result<De
             end_fielding_at: end,
         } => {
             let (start, end) = (*start, *end);
+            // The common case first: valid dates the run's state accepts.
+            // It answers exactly what the checks below would, without
+            // gathering an (empty) list of bad fields on every command;
+            // anything else takes the full path, which words the refusal.
+            let accepted = end > start
+                && match status {
+                    Status::Scheduled => start >= now,
+                    Status::Live | Status::Paused => start == run.start_fielding_at && end > now,
+                    Status::Completed => false,
+                };
+            if accepted {
+                if start == run.start_fielding_at && end == run.end_fielding_at {
+                    return Ok(Decision::Unchanged);
+                }
+                return change(status, start, end);
+            }
             // Input checks that need no state come first; every bad field
             // is reported at once.
             let mut params: Vec<InvalidParam> = end_after_start(start, end).into_iter().collect();

@@ -195,6 +195,12 @@ fn action_labels() -> &'static [&'static str] {
 
 /// Counts one command by action and outcome.
 pub(crate) fn count_command(action: Option<Action>, outcome: &'static str) {
+    let key = command_key(action, outcome);
+    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
+}
+
+/// The [`COMMANDS`] key of `action` and `outcome`.
+fn command_key(action: Option<Action>, outcome: &'static str) -> &'static Key {
     static TABLE: KeyTable = KeyTable::new(COMMANDS, ("action", "outcome"));
     // The same constant is usually the same address: compared first, the
     // text only when it is not.
@@ -202,8 +208,7 @@ pub(crate) fn count_command(action: Option<Action>, outcome: &'static str) {
         .iter()
         .position(|o| std::ptr::eq(*o, outcome) || *o == outcome)
         .unwrap_or(COMMAND_OUTCOMES.len() - 1);
-    let key = TABLE.key(action_labels(), &COMMAND_OUTCOMES, action_index(action), column);
-    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
+    TABLE.key(action_labels(), &COMMAND_OUTCOMES, action_index(action), column)
 }
 
 /// Why a command was answered `412`.
@@ -492,6 +497,7 @@ impl StoreOperation {
     }
 
     /// Built once, with labels borrowed from a table (see [`KeyTable`]).
+    #[inline]
     fn latency_key(self) -> &'static Key {
         static LABELS: OnceLock<Vec<[Label; 1]>> = OnceLock::new();
         static KEYS: OnceLock<Vec<Key>> = OnceLock::new();
@@ -541,17 +547,31 @@ where
 /// observed exactly as [`store_call`] observes an async one: run inside a
 /// `store_call` span, timed into [`STORE_CALL_SECONDS`], a failure counted
 /// in [`STORE_CALL_ERRORS`].
+///
+/// Without a `DEBUG` subscriber (no span to record the outcome on), the
+/// latency is read off the clock here but handed back rather than
+/// recorded: the caller records it with the command's counter
+/// ([`count_command_after`]), in the same trip to the recorder. The caller
+/// must record it: a latency dropped unrecorded is a store call missing
+/// from the histogram.
 pub(crate) fn store_call_now<T>(
     operation: StoreOperation,
     call: impl FnOnce() -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
+) -> (Result<T, StoreError>, Option<StoreLatency>) {
     let clock = store_clock();
     if !level_enabled(tracing::Level::DEBUG) {
         // No span to make, enter or drop.
         let started = clock.raw();
         let result = call();
-        store_call_measured(operation, clock, started, &result);
-        return result;
+        let ended = clock.raw();
+        if let Err(err) = &result {
+            count_store_error(operation, err.kind());
+        }
+        let latency = StoreLatency {
+            operation,
+            elapsed: Elapsed { clock, started, ended },
+        };
+        return (result, Some(latency));
     }
     let span = store_call_span(operation);
     let started = clock.raw();
@@ -562,7 +582,30 @@ pub(crate) fn store_call_now<T>(
         call()
     };
     store_call_done(operation, &span, clock, started, &result);
-    result
+    (result, None)
+}
+
+/// A store call's latency, measured and not yet recorded (see
+/// [`store_call_now`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StoreLatency {
+    operation: StoreOperation,
+    elapsed: Elapsed,
+}
+
+/// Counts one command by action and outcome, as [`count_command`], and
+/// records `latency` (a store call of the command's, not recorded yet) in
+/// the same trip to the recorder.
+pub(crate) fn count_command_after(action: Option<Action>, outcome: &'static str, latency: Option<StoreLatency>) {
+    let key = command_key(action, outcome);
+    metrics::with_recorder(|recorder| {
+        if let Some(latency) = latency {
+            recorder
+                .register_histogram(latency.operation.latency_key(), &METADATA)
+                .record(latency.elapsed);
+        }
+        recorder.register_counter(key, &METADATA).increment(1);
+    });
 }
 
 /// The `store_call` span of one call, or none when no subscriber takes
@@ -611,15 +654,21 @@ fn store_call_measured<T>(
     match result {
         Ok(_) => OUTCOME_OK,
         Err(err) => {
-            metrics::counter!(STORE_CALL_ERRORS, "operation" => operation.as_str(), "kind" => err.kind()).increment(1);
+            count_store_error(operation, err.kind());
             err.kind()
         }
     }
 }
 
+/// Counts one failed store call.
+fn count_store_error(operation: StoreOperation, kind: &'static str) {
+    metrics::counter!(STORE_CALL_ERRORS, "operation" => operation.as_str(), "kind" => kind).increment(1);
+}
+
 /// A store call's latency, read off the clock at both ends and turned into
 /// seconds only when a histogram takes it: a no-op histogram (no recorder
 /// installed) never asks, so the scaling and the division are skipped.
+#[derive(Debug, Clone, Copy)]
 struct Elapsed {
     clock: &'static quanta::Clock,
     started: u64,

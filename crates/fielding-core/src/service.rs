@@ -369,6 +369,9 @@ impl FieldingService {
     /// version, so it never loses a race.
     // Not `async fn`: the loop's own future is returned as it is, so the
     // per-command methods do not nest one more state machine around it.
+    // Inline, so that the caller builds that future where it keeps it
+    // rather than receiving it and moving it into its own state.
+    #[inline]
     pub fn execute<'a>(
         &'a self,
         key: &'a RunKey,
@@ -563,9 +566,11 @@ impl FieldingService {
             let mut outcome: Option<Result<Applied, E>> = None;
             let mut decide =
                 |run: &FieldingRun| self.decide_update(run, condition, &mut request, actor, &mut outcome, &mut noted);
-            let found = observe::store_call_now(StoreOperation::Update, || store.update_now(key, &mut decide));
+            let (found, latency) =
+                observe::store_call_now(StoreOperation::Update, || store.update_now(key, &mut decide));
+            noted.latency = latency;
             if !noted.decide_again(&found, condition, backoff) {
-                let answer = finish(key, found, outcome, &mut noted);
+                let answer = finish(key, found, &mut outcome, &mut noted);
                 noted.close(traced.span.as_ref(), traced.action, &answer);
                 return answer;
             }
@@ -603,7 +608,7 @@ impl FieldingService {
             let update = observe::store_call(StoreOperation::Update, self.store.update(key, &mut decide));
             let found = backoff.before(lost, update).await;
             if !noted.decide_again(&found, condition, backoff) {
-                let answer = finish(key, found, outcome, &mut noted);
+                let answer = finish(key, found, &mut outcome, &mut noted);
                 noted.close(traced.span.as_ref(), traced.action, &answer);
                 return answer;
             }
@@ -774,6 +779,8 @@ struct Noted {
     resulting: Option<Version>,
     /// Why the answer is a 412, when it is one.
     precondition_failed: Option<PreconditionCause>,
+    /// A store call's latency, recorded with the command's counter.
+    latency: Option<observe::StoreLatency>,
 }
 
 impl Noted {
@@ -785,6 +792,7 @@ impl Noted {
             expected: None,
             resulting: None,
             precondition_failed: None,
+            latency: None,
         }
     }
 
@@ -816,7 +824,7 @@ impl Noted {
     /// Records the answer on `span` and counts it. `declared` is the
     /// action the span was opened with: recorded again only when the
     /// command turned out to be another one.
-    fn close<E>(&self, span: Option<&tracing::Span>, declared: Option<Action>, answer: &Result<Applied, E>) {
+    fn close<E>(&mut self, span: Option<&tracing::Span>, declared: Option<Action>, answer: &Result<Applied, E>) {
         let outcome = match answer {
             Ok(applied) if applied.changed => observe::OUTCOME_OK,
             Ok(_) => observe::OUTCOME_UNCHANGED,
@@ -838,21 +846,23 @@ impl Noted {
         if let Some(cause) = self.precondition_failed {
             observe::count_precondition_failure(self.action, cause);
         }
-        observe::count_command(self.action, outcome);
+        observe::count_command_after(self.action, outcome, self.latency.take());
     }
 }
 
 /// The caller's answer, from what the store did and what `decide` said.
 /// Store errors win: a planned write that did not happen is not a success.
+// `outcome` is taken from where `decide` left it: passed by value, the
+// whole answer would be copied once more on the way in.
 fn finish<E: From<FieldingError>>(
     key: &RunKey,
     found: Result<UpdateOutcome, StoreError>,
-    outcome: Option<Result<Applied, E>>,
+    outcome: &mut Option<Result<Applied, E>>,
     noted: &mut Noted,
 ) -> Result<Applied, E> {
     let refused = match found {
         Ok(UpdateOutcome::NotFound) | Err(StoreError::NotFound) => not_found(key),
-        Ok(UpdateOutcome::Skipped | UpdateOutcome::Written) => match outcome {
+        Ok(UpdateOutcome::Skipped | UpdateOutcome::Written) => match outcome.take() {
             Some(answer) => return answer,
             None => FieldingError::from(StoreError::internal(
                 "the store reported a run but never showed it to decide",

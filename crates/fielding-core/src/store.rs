@@ -246,7 +246,11 @@ impl Decided {
             |run| *run,
             decide,
             |_, expected, run, change| {
-                planned = Some(PlannedWrite { expected, run, change });
+                planned = Some(PlannedWrite {
+                    expected,
+                    run: run.clone(),
+                    change: change.clone(),
+                });
                 Ok(())
             },
         )?;
@@ -261,8 +265,9 @@ impl Decided {
     /// `MemoryStore`): `slot` is what was found at `key` (`None`: nothing),
     /// `run_of` shows the run in it, and `write` applies the planned write
     /// (expected version, next run, change record) to the slot. The parts
-    /// are handed over as they come out of `decide`, not gathered into a
-    /// struct first: on the in-memory path every copy of a run counts.
+    /// are lent as they lie in `decide`'s answer, not moved out of it:
+    /// every move of a run is a copy, and on the in-memory path every copy
+    /// counts; `write` copies each part once, to where it is kept.
     ///
     /// ```
     /// use fielding_core::{Decided, RunKey, StoreError, UpdateOutcome};
@@ -271,7 +276,7 @@ impl Decided {
     ///     if run.version != expected {
     ///         return Err(StoreError::VersionConflict { expected, current: run.version });
     ///     }
-    ///     *run = next; // and append the change record
+    ///     *run = next.clone(); // and append the change record
     ///     Ok(())
     /// })
     /// # }
@@ -282,16 +287,18 @@ impl Decided {
         slot: Option<S>,
         run_of: impl FnOnce(&S) -> &FieldingRun,
         decide: Decide<'_>,
-        write: impl FnOnce(S, Version, FieldingRun, ChangeRecord) -> Result<(), StoreError>,
+        write: impl FnOnce(S, Version, &FieldingRun, &ChangeRecord) -> Result<(), StoreError>,
     ) -> Result<UpdateOutcome, StoreError> {
         let Some(slot) = slot else {
             return Ok(UpdateOutcome::NotFound);
         };
-        match decide(run_of(&slot)) {
+        match &decide(run_of(&slot)) {
             Update::Skip => Ok(UpdateOutcome::Skipped),
-            Update::Write { run, .. } if run.key() != *key => Err(wrong_key(key, &run)),
+            // Checked in place, field by field: building the run's key
+            // copies its ids.
+            Update::Write { run, .. } if !is_at(run, key) => Err(wrong_key(key, run)),
             Update::Write { expected, run, change } => {
-                write(slot, expected, run, change).map(|()| UpdateOutcome::Written)
+                write(slot, *expected, run, change).map(|()| UpdateOutcome::Written)
             }
         }
     }
@@ -308,6 +315,16 @@ impl Decided {
             Decided::Write(planned) => write(planned).await.map(|()| UpdateOutcome::Written),
         }
     }
+}
+
+/// Whether `run` is the run at `key` (same id, same scope), compared in
+/// place.
+#[inline(always)]
+fn is_at(run: &FieldingRun, key: &RunKey) -> bool {
+    run.id == key.id
+        && run.account_id == key.scope.account_id
+        && run.project_id == key.scope.project_id
+        && run.target_group_id == key.scope.target_group_id
 }
 
 #[cold]
@@ -631,7 +648,7 @@ pub trait FieldingStore: Send + Sync + fmt::Debug {
 ///             if run.version != expected {
 ///                 return Err(StoreError::VersionConflict { expected, current: run.version });
 ///             }
-///             *run = next; // and append the change record, under the same lock
+///             *run = next.clone(); // and append the change record, under the same lock
 ///             Ok(())
 ///         })
 ///     }

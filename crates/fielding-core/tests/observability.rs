@@ -391,3 +391,46 @@ async fn without_a_subscriber_or_recorder_commands_work_the_same() {
         .expect("pause");
     assert_eq!(applied.run.status, Status::Paused);
 }
+
+/// A store that answers at once (the memory store itself, not wrapped)
+/// takes the service's synchronous path, where a store call's latency is
+/// recorded with the command's counter: every update is still timed, and
+/// every command counted, with and without a subscriber taking
+/// `store_call` spans.
+#[tokio::test]
+async fn a_store_that_answers_at_once_has_every_update_timed_and_counted() {
+    for with_spans in [false, true] {
+        let memory = MemoryStore::new();
+        let run = fixtures::run().with_status(Status::Live).build();
+        memory.seed(run.clone()).expect("seeding a fresh store");
+        let service = FieldingService::new(Arc::new(memory));
+        let metrics = MetricsLog::new();
+        let spans = SpanLog::new();
+        let me = UserId::random();
+        {
+            let _metrics = metrics.capture();
+            let _spans = with_spans.then(|| spans.capture());
+            service
+                .pause(&run.key(), &IfMatch::version(run.version), me)
+                .await
+                .expect("pausing a live run");
+            let stale = service.pause(&run.key(), &IfMatch::version(run.version), me).await;
+            assert!(stale.is_err(), "the second pause names an old version");
+            let missing = fixtures::run().build().key();
+            assert!(service.pause(&missing, &IfMatch::Any, me).await.is_err());
+        }
+        let seconds = metrics.samples(STORE_CALL_SECONDS, &[("operation", "update")]);
+        assert_eq!(seconds, 3, "with spans: {with_spans}");
+        let count = |labels: &[(&str, &str)]| metrics.counter(COMMANDS, labels);
+        assert_eq!(count(&[("action", "pause"), ("outcome", "ok")]), 1);
+        assert_eq!(
+            count(&[("action", "pause"), ("outcome", "precondition_failed_error")]),
+            1
+        );
+        assert_eq!(count(&[("action", "pause"), ("outcome", "not_found_error")]), 1);
+        assert_eq!(metrics.counter(PRECONDITION_FAILURES, &[("cause", "stale")]), 1);
+        if with_spans {
+            assert_eq!(spans.named("store_call").len(), 3);
+        }
+    }
+}

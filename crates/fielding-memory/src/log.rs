@@ -107,34 +107,49 @@ impl ChangeLog {
 
     /// Appends `record` of a run whose account has `slot`, linked to the
     /// run's `previous` record.
-    pub(crate) fn push(&mut self, record: ChangeRecord, slot: AccountSlot, previous: Option<LogIndex>) -> LogIndex {
-        let needs_chunk = self.chunks.back().is_none_or(|chunk| chunk.len() == CHUNK);
-        if needs_chunk {
-            if self.chunks.is_empty() {
-                self.first_chunk_start = self.next;
-            }
-            self.chunks.push_back(Vec::with_capacity(CHUNK));
-        }
+    /// Lent, not moved: the record is copied once, into its slot.
+    pub(crate) fn push(&mut self, record: &ChangeRecord, slot: AccountSlot, previous: Option<LogIndex>) -> LogIndex {
         let index = LogIndex(self.next);
-        self.next += 1;
-        if let Some(chunk) = self.chunks.back_mut() {
-            chunk.push(Slot {
-                record,
+        // One look at the last chunk: it takes the record while it has
+        // room (its capacity is `CHUNK`, so the push never reallocates);
+        // a full or missing one is followed by a new chunk. The slot is
+        // built in each arm, not before: a value made first and moved in
+        // is copied.
+        match self.chunks.back_mut() {
+            Some(chunk) if chunk.len() < CHUNK => chunk.push(Slot {
+                record: record.clone(),
                 account: slot,
                 previous,
-            });
+            }),
+            _ => self.push_chunk(Slot {
+                record: record.clone(),
+                account: slot,
+                previous,
+            }),
         }
+        self.next += 1;
         if let Some(account) = self.accounts.get_mut(slot.0) {
             account.indexes.push_back(index);
         }
         index
     }
 
+    /// A new last chunk, holding `entry` (at index `self.next`).
+    #[cold]
+    fn push_chunk(&mut self, entry: Slot) {
+        if self.chunks.is_empty() {
+            self.first_chunk_start = self.next;
+        }
+        let mut chunk = Vec::with_capacity(CHUNK);
+        chunk.push(entry);
+        self.chunks.push_back(chunk);
+    }
+
     /// Appends a run's records in order; returns the index of the last one.
     pub(crate) fn push_all(&mut self, records: Vec<ChangeRecord>, slot: AccountSlot) -> Option<LogIndex> {
         records
             .into_iter()
-            .fold(None, |previous, record| Some(self.push(record, slot, previous)))
+            .fold(None, |previous, record| Some(self.push(&record, slot, previous)))
     }
 
     fn slot(&self, index: LogIndex) -> Option<&Slot> {
@@ -290,10 +305,10 @@ mod tests {
         let (mut last_a, mut last_b) = (None, None);
         let slot = log.account_slot(a.account_id);
         for version in 1..=(CHUNK as u64 + 10) {
-            last_a = Some(log.push(record(&a, version), slot, last_a));
+            last_a = Some(log.push(&record(&a, version), slot, last_a));
             if version % 3 == 0 {
                 let slot_b = log.account_slot(b.account_id);
-                last_b = Some(log.push(record(&b, version / 3), slot_b, last_b));
+                last_b = Some(log.push(&record(&b, version / 3), slot_b, last_b));
             }
         }
         let history_a = log.history(last_a);
@@ -327,8 +342,8 @@ mod tests {
         let total = CHUNK as u64 * 2 + 7;
         for version in 1..=total {
             let (slot_a, slot_other) = (log.account_slot(a.account_id), log.account_slot(other.account_id));
-            last = Some(log.push(record(&a, version), slot_a, last));
-            log.push(record(&other, version), slot_other, None);
+            last = Some(log.push(&record(&a, version), slot_a, last));
+            log.push(&record(&other, version), slot_other, None);
         }
         let account = a.account_id;
         let mut seen = Vec::new();
@@ -374,7 +389,7 @@ mod tests {
             "a cursor past the head is from another store"
         );
         let slot = log.account_slot(a.account_id);
-        let unread = log.push(record(&a, 1), slot, None);
+        let unread = log.push(&record(&a, 1), slot, None);
         log.clear();
         assert!(
             matches!(
@@ -385,7 +400,7 @@ mod tests {
         );
         assert!(unread.position() > FeedPosition::new(total * 2, 0));
         let slot = log.account_slot(a.account_id);
-        let fresh = log.push(record(&a, 1), slot, None);
+        let fresh = log.push(&record(&a, 1), slot, None);
         assert_eq!(
             fresh.position(),
             FeedPosition::new(total * 2 + 2, 0),

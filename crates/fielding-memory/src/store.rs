@@ -106,10 +106,19 @@ struct Entry {
     account_slot: AccountSlot,
 }
 
+/// Whether `run` is under `scope`, compared in place (building the run's
+/// `Scope` first copies its ids on every command).
+#[inline]
+fn in_scope(run: &FieldingRun, scope: &Scope) -> bool {
+    run.account_id == scope.account_id
+        && run.project_id == scope.project_id
+        && run.target_group_id == scope.target_group_id
+}
+
 impl State {
     /// The entry at `key`, only if its scope matches too.
     fn entry(&self, key: &RunKey) -> Option<&Entry> {
-        self.runs.get(&key.id).filter(|e| e.run.scope() == key.scope)
+        self.runs.get(&key.id).filter(|e| in_scope(&e.run, &key.scope))
     }
 
     fn insert(&mut self, run: FieldingRun, changes: Vec<ChangeRecord>) -> Result<(), StoreError> {
@@ -172,8 +181,8 @@ fn commit(
     entry: &mut Entry,
     log: &mut ChangeLog,
     expected: Version,
-    run: FieldingRun,
-    change: ChangeRecord,
+    run: &FieldingRun,
+    change: &ChangeRecord,
 ) -> Result<(), StoreError> {
     if entry.run.version != expected {
         return Err(StoreError::VersionConflict {
@@ -181,7 +190,8 @@ fn commit(
             current: entry.run.version,
         });
     }
-    entry.run = run;
+    // Copied once each, from the decision's answer to where they are kept.
+    entry.run = run.clone();
     entry.last_change = Some(log.push(change, entry.account_slot, entry.last_change));
     Ok(())
 }
@@ -277,7 +287,7 @@ impl MemoryStore {
         let outcome = {
             let mut guard = self.state();
             let state = &mut *guard;
-            let entry = state.runs.get_mut(&key.id).filter(|e| e.run.scope() == key.scope);
+            let entry = state.runs.get_mut(&key.id).filter(|e| in_scope(&e.run, &key.scope));
             Decided::in_place(
                 key,
                 entry,
@@ -430,7 +440,7 @@ impl FieldingStore for MemoryStore {
                 .get_mut(&run.id)
                 .filter(|e| e.run.scope() == run.scope())
                 .ok_or(StoreError::NotFound)?;
-            commit(entry, &mut state.log, expected, run.clone(), change.clone())?;
+            commit(entry, &mut state.log, expected, run, change)?;
         }
         self.inner.notifier.notify(run.account_id);
         Ok(())
@@ -588,7 +598,7 @@ impl FieldingStore for MemoryStore {
         for (target_group_id, write, outcome) in planned {
             if let Some((expected, next, change)) = write {
                 let entry = state.runs.get_mut(&next.id).ok_or(StoreError::NotFound)?;
-                commit(entry, &mut state.log, expected, next, change)?;
+                commit(entry, &mut state.log, expected, &next, &change)?;
                 wrote = true;
             }
             job.record(&target_group_id, outcome);
