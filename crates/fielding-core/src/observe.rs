@@ -593,6 +593,17 @@ pub(crate) struct StoreLatency {
     elapsed: Elapsed,
 }
 
+/// Records `latency` on its own, now: for a command that goes on after
+/// the store call (a lost race decided again), whose closing may never
+/// come (its future dropped while it waits, a caller's panic).
+pub(crate) fn record_latency(latency: StoreLatency) {
+    metrics::with_recorder(|recorder| {
+        recorder
+            .register_histogram(latency.operation.latency_key(), &METADATA)
+            .record(latency.elapsed)
+    });
+}
+
 /// Counts one command by action and outcome, as [`count_command`], and
 /// records `latency` (a store call of the command's, not recorded yet) in
 /// the same trip to the recorder.

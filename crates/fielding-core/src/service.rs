@@ -574,6 +574,11 @@ impl FieldingService {
                 noted.close(traced.span.as_ref(), traced.action, &answer);
                 return answer;
             }
+            // The command goes on past awaits that may never return: the
+            // call that did happen is recorded now, not at the close.
+            if let Some(latency) = noted.latency.take() {
+                observe::record_latency(latency);
+            }
         }
         // Boxed, so that the loop's state (the answer being built, the
         // store call in flight) is not part of every command's future: on
