@@ -91,9 +91,12 @@ impl FromStr for AccountId {
                 format!("must be a positive integer without sign or leading zeros, got {s:?}"),
             ));
         }
-        let value: i64 = s
-            .parse()
-            .map_err(|_| InvalidId::new("account_id", format!("not an integer: {s:?}")))?;
+        // At most ten decimal digits (checked above) always fit an i64, so
+        // the digits are summed directly: `str::parse` would re-check what
+        // the canonical test already proved.
+        let value = s
+            .bytes()
+            .fold(0i64, |value, digit| value * 10 + i64::from(digit - b'0'));
         Self::new(value)
     }
 }
@@ -118,32 +121,44 @@ impl<'de> Deserialize<'de> for AccountId {
 }
 
 /// Checks the contract's ULID pattern `^[0-9A-Z]{26}$` and copies the bytes.
+///
+/// Every id of a request path goes through here, so a well-formed id is
+/// checked in one pass without a branch per byte; anything else is
+/// explained by [`code26_error`], which names the first problem.
 fn parse_code26(field: &'static str, s: &str) -> Result<[u8; 26], InvalidId> {
+    match <[u8; 26]>::try_from(s.as_bytes()) {
+        Ok(bytes) if bytes.iter().fold(true, |ok, &b| ok & is_code26_byte(b)) => Ok(bytes),
+        _ => Err(code26_error(field, s)),
+    }
+}
+
+/// `0-9` or `A-Z`.
+fn is_code26_byte(b: u8) -> bool {
+    b.is_ascii_digit() | b.is_ascii_uppercase()
+}
+
+/// Why `s` is not a ULID-shaped id: its length, or its first byte out of
+/// `0-9A-Z`.
+#[cold]
+fn code26_error(field: &'static str, s: &str) -> InvalidId {
     let bytes = s.as_bytes();
     if bytes.len() != 26 {
-        return Err(InvalidId::new(
+        return InvalidId::new(
             field,
             format!(
                 "must be 26 characters from 0-9 and A-Z (a ULID), got {} characters",
                 s.chars().count()
             ),
-        ));
+        );
     }
-    if let Some(pos) = bytes
-        .iter()
-        .position(|b| !(b.is_ascii_digit() || b.is_ascii_uppercase()))
-    {
-        return Err(InvalidId::new(
-            field,
-            format!(
-                "must contain only 0-9 and upper-case A-Z (a ULID); character {} is not allowed",
-                pos + 1
-            ),
-        ));
-    }
-    let mut out = [0u8; 26];
-    out.copy_from_slice(bytes);
-    Ok(out)
+    let pos = bytes.iter().position(|&b| !is_code26_byte(b)).unwrap_or_default();
+    InvalidId::new(
+        field,
+        format!(
+            "must contain only 0-9 and upper-case A-Z (a ULID); character {} is not allowed",
+            pos + 1
+        ),
+    )
 }
 
 macro_rules! code26_id {
@@ -490,6 +505,137 @@ mod tests {
     fn user_id_parse_errors_name_the_field() {
         let err = "nope".parse::<UserId>().unwrap_err();
         assert_eq!(err.field(), "last_changed_by");
+    }
+
+    /// The parsers as they were before their fast paths: the new ones
+    /// must accept and refuse exactly as these do, with the same words.
+    mod reference {
+        use super::super::InvalidId;
+
+        pub fn account_id(s: &str) -> Result<u32, InvalidId> {
+            let canonical =
+                !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0');
+            if !canonical {
+                return Err(InvalidId::new(
+                    "account_id",
+                    format!("must be a positive integer without sign or leading zeros, got {s:?}"),
+                ));
+            }
+            let value: i64 = s
+                .parse()
+                .map_err(|_| InvalidId::new("account_id", format!("not an integer: {s:?}")))?;
+            if (1..=i64::from(i32::MAX)).contains(&value) {
+                Ok(value as u32)
+            } else {
+                Err(InvalidId::new(
+                    "account_id",
+                    format!("must be an integer from 1 to {}, got {value}", i32::MAX),
+                ))
+            }
+        }
+
+        pub fn code26(field: &'static str, s: &str) -> Result<[u8; 26], InvalidId> {
+            let bytes = s.as_bytes();
+            if bytes.len() != 26 {
+                return Err(InvalidId::new(
+                    field,
+                    format!(
+                        "must be 26 characters from 0-9 and A-Z (a ULID), got {} characters",
+                        s.chars().count()
+                    ),
+                ));
+            }
+            if let Some(pos) = bytes
+                .iter()
+                .position(|b| !(b.is_ascii_digit() || b.is_ascii_uppercase()))
+            {
+                return Err(InvalidId::new(
+                    field,
+                    format!(
+                        "must contain only 0-9 and upper-case A-Z (a ULID); character {} is not allowed",
+                        pos + 1
+                    ),
+                ));
+            }
+            let mut out = [0u8; 26];
+            out.copy_from_slice(bytes);
+            Ok(out)
+        }
+    }
+
+    #[test]
+    fn account_ids_parse_as_the_reference_parser_does() {
+        let mut inputs: Vec<String> = [
+            "",
+            "0",
+            "1",
+            "9",
+            "10",
+            "101",
+            "0101",
+            "00",
+            "+1",
+            "-1",
+            " 1",
+            "1 ",
+            "1.0",
+            "1e3",
+            "x",
+            "1x",
+            "x1",
+            "2147483646",
+            "2147483647",
+            "2147483648",
+            "4294967295",
+            "4294967296",
+            "9999999999",
+            "99999999999",
+            "1000000000",
+            "٣",
+            "１",
+            "12\u{0}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for len in 1..=12 {
+            inputs.push("7".repeat(len));
+            inputs.push(format!("1{}", "0".repeat(len)));
+        }
+        for input in &inputs {
+            let new = input.parse::<AccountId>().map(AccountId::get);
+            assert_eq!(new, reference::account_id(input), "{input:?}");
+        }
+    }
+
+    #[test]
+    fn ulid_ids_parse_as_the_reference_parser_does() {
+        let ok = "01BTGNYV6HRNK8K8VKZASZCFP0";
+        let mut inputs: Vec<String> = vec![
+            String::new(),
+            ok.to_owned(),
+            ok[..25].to_owned(),
+            format!("{ok}0"),
+            "Z".repeat(26),
+            "9".repeat(26),
+            "É".repeat(13),
+            format!("{}É", &ok[..24]),
+            format!("{}É", &ok[..25]),
+        ];
+        // Every byte value at every position of an otherwise good id.
+        for pos in 0..26 {
+            for b in 0u8..=127 {
+                let mut bytes = ok.as_bytes().to_vec();
+                bytes[pos] = b;
+                inputs.push(String::from_utf8(bytes).unwrap());
+            }
+        }
+        for input in &inputs {
+            let new = ProjectId::parse(input).map(|id| id.0);
+            assert_eq!(new, reference::code26("project_id", input), "{input:?}");
+            let new = FieldingRunId::parse(input).map(|id| id.0);
+            assert_eq!(new, reference::code26("fielding_run_id", input), "{input:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,6 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use fielding_core::{AccountId, FieldingRunId, InvalidId, InvalidParam, ProjectId, RunKey, Scope, Timestamp};
-use http_body_util::LengthLimitError;
 use serde_json::{Map, Value};
 
 use crate::api_error::ApiError;
@@ -163,7 +162,7 @@ pub(crate) fn run_key_of(ids: [&str; 4], headers: &HeaderMap, principal: &Princi
 /// then never stays half-read on the connection, and at most
 /// `rules.limit` bytes are read for it.
 pub(crate) async fn read_body(rules: BodyRules, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
-    let mut read = std::pin::pin!(axum::body::to_bytes(body, rules.limit));
+    let mut read = std::pin::pin!(collect_within(body, rules.limit));
     // A small body has usually arrived with its head: then the first read
     // finishes it and no timer is needed. Otherwise the timer starts now,
     // at the first read, as it would have without this first look; the
@@ -175,18 +174,51 @@ pub(crate) async fn read_body(rules: BodyRules, headers: &HeaderMap, body: Body)
             .await
             .map_err(|_| ApiError::request_timeout(rules.timeout))?,
     };
-    let bytes = read.map_err(|err| {
-        let too_long = std::error::Error::source(&err).is_some_and(|source| source.is::<LengthLimitError>());
-        if too_long {
-            ApiError::payload_too_large(rules.limit)
-        } else {
-            ApiError::invalid_param("body", format!("could not be read: {err}"))
-        }
+    let bytes = read.map_err(|failure| match failure {
+        BodyFailure::TooLarge => ApiError::payload_too_large(rules.limit),
+        BodyFailure::Failed(err) => ApiError::invalid_param("body", format!("could not be read: {err}")),
     })?;
     if !bytes.is_empty() && !declares_json(headers) {
         return Err(ApiError::unsupported_media_type());
     }
     Ok(bytes)
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug)]
+enum BodyFailure {
+    /// More than the limit's bytes.
+    TooLarge,
+    /// The body failed (malformed chunked encoding, a client gone, ...).
+    Failed(axum::Error),
+}
+
+/// The body's data, refused as soon as it passes `limit` bytes: what
+/// `axum::body::to_bytes` reads (trailers ignored, every data frame
+/// counted against the limit as it arrives), without its wrappers. A body
+/// that comes in one frame, as a small one does, is returned as that frame,
+/// uncopied.
+async fn collect_within(mut body: Body, limit: usize) -> Result<Bytes, BodyFailure> {
+    use http_body_util::BodyExt;
+    let mut remaining = limit;
+    let mut first: Option<Bytes> = None;
+    let mut joined: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(BodyFailure::Failed)?.into_data() else {
+            continue;
+        };
+        remaining = remaining.checked_sub(data.len()).ok_or(BodyFailure::TooLarge)?;
+        match &first {
+            None if joined.is_empty() => first = Some(data),
+            _ => {
+                if let Some(first) = first.take() {
+                    joined.extend_from_slice(&first);
+                }
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| Bytes::from(joined)))
 }
 
 /// Whether `Content-Type` declares JSON the way the contract's request
@@ -270,6 +302,7 @@ mod tests {
 
     use axum::http::StatusCode;
     use http_body_util::channel::Channel;
+    use http_body_util::LengthLimitError;
 
     use super::*;
 
@@ -414,6 +447,86 @@ mod tests {
         let read = read_body(RULES, &with_type(&["application/json"]), Body::new(later)).await;
         assert_eq!(read.unwrap(), "{}");
         feeder.await.unwrap();
+    }
+
+    /// What `read_body` made of `axum::body::to_bytes`' answer before it
+    /// read bodies itself.
+    async fn through_axum(body: Body, limit: usize) -> Result<Bytes, String> {
+        axum::body::to_bytes(body, limit).await.map_err(|err| {
+            if std::error::Error::source(&err).is_some_and(|source| source.is::<LengthLimitError>()) {
+                "too large".to_owned()
+            } else {
+                format!("could not be read: {err}")
+            }
+        })
+    }
+
+    async fn through_collect(body: Body, limit: usize) -> Result<Bytes, String> {
+        collect_within(body, limit).await.map_err(|failure| match failure {
+            BodyFailure::TooLarge => "too large".to_owned(),
+            BodyFailure::Failed(err) => format!("could not be read: {err}"),
+        })
+    }
+
+    #[derive(Debug)]
+    struct Gone;
+
+    impl std::fmt::Display for Gone {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("the client went away")
+        }
+    }
+
+    impl std::error::Error for Gone {}
+
+    /// A body of these frames, then trailers and an error if asked.
+    async fn frames(chunks: &[&'static [u8]], trailers: bool, fail: bool) -> Body {
+        let (mut sender, body) = Channel::<Bytes, Gone>::new(16);
+        for chunk in chunks {
+            sender.send_data(Bytes::from_static(chunk)).await.unwrap();
+        }
+        if trailers {
+            let mut map = HeaderMap::new();
+            map.insert("x-trailer", HeaderValue::from_static("1"));
+            sender.send_trailers(map).await.unwrap();
+        }
+        if fail {
+            sender.abort(Gone);
+        }
+        Body::new(body)
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_as_axums_to_bytes_reads_them() {
+        let cases: &[&[&'static [u8]]] = &[
+            &[],
+            &[b""],
+            &[b"{}"],
+            &[b"{", b"}"],
+            &[b"", b"{}", b""],
+            &[&[b' '; 64]],
+            &[&[b' '; 65]],
+            &[&[b' '; 32], &[b' '; 32]],
+            &[&[b' '; 32], &[b' '; 33]],
+            &[&[b' '; 70], b"x"],
+            &[b"a", b"b", b"c"],
+        ];
+        for chunks in cases {
+            for trailers in [false, true] {
+                for fail in [false, true] {
+                    let axum = through_axum(frames(chunks, trailers, fail).await, 64).await;
+                    let ours = through_collect(frames(chunks, trailers, fail).await, 64).await;
+                    assert_eq!(ours, axum, "{chunks:?} trailers {trailers} fail {fail}");
+                }
+            }
+        }
+        for limit in [0, 1, 2, 3] {
+            for chunks in cases {
+                let axum = through_axum(frames(chunks, false, false).await, limit).await;
+                let ours = through_collect(frames(chunks, false, false).await, limit).await;
+                assert_eq!(ours, axum, "{chunks:?} limit {limit}");
+            }
+        }
     }
 
     #[test]

@@ -55,6 +55,7 @@ pub fn install() -> Result<(), InstallError> {
         .map_err(|e| InstallError(e.to_string()))?
         .install_recorder()
         .map_err(|e| InstallError(e.to_string()))?;
+    crate::telemetry::remember_global_recorder();
     fielding_core::observe::describe();
     fielding_http::refusal::describe();
     let upkeep = handle.clone();

@@ -7,10 +7,10 @@
 //! at once, then at most once per [`REFUSAL_SUMMARY_EVERY`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use metrics::{Key, Label, Metadata};
+use metrics::{Counter, Key, Label, Metadata, Recorder};
 
 /// Gauge: connections open now.
 pub const CONNECTIONS_OPEN: &str = "fielding_server_connections_open";
@@ -118,10 +118,56 @@ static RESPONSE_KEYS: [Key; 5] = [
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
 
-/// Counts one response with `status` in [`RESPONSES`].
+/// The [`RESPONSES`] counters of the process's global recorder, registered
+/// once ([`remember_global_recorder`]), with the recorder's address.
+struct GlobalResponses {
+    /// Only compared, never dereferenced.
+    recorder: usize,
+    counters: [Counter; 5],
+}
+
+static GLOBAL_RESPONSES: OnceLock<GlobalResponses> = OnceLock::new();
+
+/// The address of a recorder, for comparison only.
+fn address(recorder: &dyn Recorder) -> usize {
+    std::ptr::from_ref(recorder).cast::<()>().addr()
+}
+
+/// Registers the [`RESPONSES`] counters with the global recorder once it is
+/// installed, so that [`count_response`] increments a handle instead of
+/// looking the key up in the recorder on every response.
+///
+/// The recorder is looked up from a new thread: a thread starts without a
+/// local recorder (`metrics::set_default_local_recorder`), so what it sees
+/// is the global one. A global recorder is never dropped or replaced, so
+/// its address names it for the life of the process: a local recorder
+/// (a test's) can never be mistaken for it, and sees its own counts.
+pub fn remember_global_recorder() {
+    let global = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                metrics::with_recorder(|recorder| GlobalResponses {
+                    recorder: address(recorder),
+                    counters: std::array::from_fn(|class| recorder.register_counter(&RESPONSE_KEYS[class], &METADATA)),
+                })
+            })
+            .join()
+    });
+    if let Ok(global) = global {
+        // A second call finds the same recorder: the first one's stays.
+        let _ = GLOBAL_RESPONSES.set(global);
+    }
+}
+
+/// Counts one response with `status` in [`RESPONSES`]: through the handle
+/// [`remember_global_recorder`] made when the recorder in use is that
+/// global one, otherwise looked up in the recorder in use.
 pub fn count_response(status: u16) {
-    let key = &RESPONSE_KEYS[status_class_index(status)];
-    metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
+    let class = status_class_index(status);
+    metrics::with_recorder(|recorder| match GLOBAL_RESPONSES.get() {
+        Some(global) if global.recorder == address(recorder) => global.counters[class].increment(1),
+        _ => recorder.register_counter(&RESPONSE_KEYS[class], &METADATA).increment(1),
+    });
 }
 
 #[cfg(test)]
@@ -153,6 +199,50 @@ mod tests {
             summary.over >= Duration::from_millis(120),
             "the real time since the previous summary: {summary:?}"
         );
+    }
+
+    /// The only test of this binary that installs a global recorder (a
+    /// process has one for good). Other tests may count responses into it
+    /// meanwhile, so its counts are bounded from below only.
+    #[test]
+    fn the_global_recorder_counts_through_its_handles_and_a_local_one_still_sees_its_own() {
+        let global = metrics_util::debugging::DebuggingRecorder::new();
+        let snapshotter = global.snapshotter();
+        metrics::set_global_recorder(global).unwrap();
+        remember_global_recorder();
+        remember_global_recorder();
+        for status in [200, 201, 404] {
+            count_response(status);
+        }
+        let local = fielding_testkit::observe::MetricsLog::new();
+        {
+            let _capture = local.capture();
+            count_response(202);
+            count_response(503);
+        }
+        assert_eq!(
+            local.counter(RESPONSES, &[("status", "2xx")]),
+            1,
+            "a local recorder sees its own"
+        );
+        assert_eq!(local.counter(RESPONSES, &[]), 2);
+        // One snapshot: taking one resets the debugging recorder's counters.
+        let snapshot = snapshotter.snapshot().into_vec();
+        let counted = |class: &str| {
+            snapshot
+                .iter()
+                .filter(|(key, ..)| {
+                    key.key().name() == RESPONSES
+                        && key.key().labels().any(|l| l.key() == "status" && l.value() == class)
+                })
+                .map(|(.., value)| match value {
+                    metrics_util::debugging::DebugValue::Counter(n) => *n,
+                    _ => 0,
+                })
+                .sum::<u64>()
+        };
+        assert!(counted("2xx") >= 2, "{snapshot:?}");
+        assert!(counted("4xx") >= 1, "{snapshot:?}");
     }
 
     #[test]
