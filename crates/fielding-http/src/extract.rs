@@ -207,18 +207,39 @@ async fn collect_within(mut body: Body, limit: usize) -> Result<Bytes, BodyFailu
         let Ok(data) = frame.map_err(BodyFailure::Failed)?.into_data() else {
             continue;
         };
+        if data.is_empty() {
+            continue;
+        }
         remaining = remaining.checked_sub(data.len()).ok_or(BodyFailure::TooLarge)?;
         match &first {
             None if joined.is_empty() => first = Some(data),
             _ => {
                 if let Some(first) = first.take() {
+                    // Room for what the body says is still to come (its
+                    // `Content-Length`), within the limit.
+                    let coming = usize::try_from(axum::body::HttpBody::size_hint(&body).lower()).unwrap_or(usize::MAX);
+                    let expected = first.len().saturating_add(data.len()).saturating_add(coming);
+                    joined.reserve_exact(expected.min(limit));
                     joined.extend_from_slice(&first);
                 }
-                joined.extend_from_slice(&data);
+                append_within(&mut joined, &data, limit);
             }
         }
     }
     Ok(first.unwrap_or_else(|| Bytes::from(joined)))
+}
+
+/// Appends `data` to `joined`, growing it by doubling as a `Vec` would but
+/// never past `limit`: a body sent in many small frames holds no more
+/// memory than the limit allows. `joined.len() + data.len()` is within
+/// `limit` (the caller counted it).
+fn append_within(joined: &mut Vec<u8>, data: &[u8], limit: usize) {
+    let needed = joined.len() + data.len();
+    if needed > joined.capacity() {
+        let target = needed.max(joined.capacity().saturating_mul(2)).min(limit).max(needed);
+        joined.reserve_exact(target - joined.len());
+    }
+    joined.extend_from_slice(data);
 }
 
 /// Whether `Content-Type` declares JSON the way the contract's request
@@ -494,6 +515,31 @@ mod tests {
             sender.abort(Gone);
         }
         Body::new(body)
+    }
+
+    /// A body in many small frames holds no more than the limit: the
+    /// joined buffer doubles, but never past it.
+    #[test]
+    fn a_body_in_small_frames_holds_no_more_than_the_limit() {
+        for limit in [1, 7, 64, 1000, 4096] {
+            let mut joined = Vec::new();
+            for _ in 0..limit {
+                append_within(&mut joined, b"x", limit);
+                assert!(
+                    joined.capacity() <= limit,
+                    "capacity {} over {limit}",
+                    joined.capacity()
+                );
+            }
+            assert_eq!(joined.len(), limit);
+        }
+        // Frames of uneven sizes adding up to exactly the limit.
+        let mut joined = Vec::new();
+        for chunk in [3usize, 1, 200, 17, 779] {
+            append_within(&mut joined, &vec![b'y'; chunk], 1000);
+            assert!(joined.capacity() <= 1000);
+        }
+        assert_eq!(joined.len(), 1000);
     }
 
     #[tokio::test]

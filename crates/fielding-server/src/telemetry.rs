@@ -141,19 +141,26 @@ fn address(recorder: &dyn Recorder) -> usize {
 /// local recorder (`metrics::set_default_local_recorder`), so what it sees
 /// is the global one. A global recorder is never dropped or replaced, so
 /// its address names it for the life of the process: a local recorder
-/// (a test's) can never be mistaken for it, and sees its own counts.
-pub fn remember_global_recorder() {
+/// (a test's) can never be mistaken for it, and sees its own counts. A
+/// recorder of no size has no address of its own (two may share one), so
+/// none is remembered then; nor when no global recorder is installed yet
+/// (what the thread sees then is the facade's no-op recorder, of no
+/// size). Call it after installing the global recorder.
+pub(crate) fn remember_global_recorder() {
     let global = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                metrics::with_recorder(|recorder| GlobalResponses {
+        let looked_up = std::thread::Builder::new().spawn_scoped(scope, || {
+            metrics::with_recorder(|recorder| {
+                (std::mem::size_of_val(recorder) > 0).then(|| GlobalResponses {
                     recorder: address(recorder),
                     counters: std::array::from_fn(|class| recorder.register_counter(&RESPONSE_KEYS[class], &METADATA)),
                 })
             })
-            .join()
+        });
+        // No thread (the system refused one): responses are looked up as
+        // they were, one by one.
+        looked_up.ok().and_then(|thread| thread.join().ok()).flatten()
     });
-    if let Ok(global) = global {
+    if let Some(global) = global {
         // A second call finds the same recorder: the first one's stays.
         let _ = GLOBAL_RESPONSES.set(global);
     }
@@ -208,9 +215,19 @@ mod tests {
     fn the_global_recorder_counts_through_its_handles_and_a_local_one_still_sees_its_own() {
         let global = metrics_util::debugging::DebuggingRecorder::new();
         let snapshotter = global.snapshotter();
+        remember_global_recorder();
+        assert!(
+            GLOBAL_RESPONSES.get().is_none(),
+            "before a global recorder is installed, nothing is remembered"
+        );
         metrics::set_global_recorder(global).unwrap();
         remember_global_recorder();
         remember_global_recorder();
+        assert_eq!(
+            GLOBAL_RESPONSES.get().map(|g| g.recorder),
+            Some(metrics::with_recorder(address)),
+            "the handles remembered are the global recorder's: the fast path is taken"
+        );
         for status in [200, 201, 404] {
             count_response(status);
         }
