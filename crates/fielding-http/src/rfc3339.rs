@@ -26,19 +26,22 @@ pub(crate) fn parse(text: &str) -> Result<Timestamp, InvalidTimestamp> {
     }
 }
 
+/// Where the canonical form has its separators, and which.
+const SEPARATORS: [(usize, u8); 7] = [
+    (4, b'-'),
+    (7, b'-'),
+    (10, b'T'),
+    (13, b':'),
+    (16, b':'),
+    (19, b'.'),
+    (23, b'Z'),
+];
+
 /// The value of `text` when it is exactly `YYYY-MM-DDTHH:MM:SS.mmmZ` with
 /// a real date and time; `None` for anything else.
 fn canonical(text: &[u8]) -> Option<Timestamp> {
     let text: &[u8; LEN] = text.try_into().ok()?;
-    for (i, sep) in [
-        (4, b'-'),
-        (7, b'-'),
-        (10, b'T'),
-        (13, b':'),
-        (16, b':'),
-        (19, b'.'),
-        (23, b'Z'),
-    ] {
+    for (i, sep) in SEPARATORS {
         if text[i] != sep {
             return None;
         }
@@ -127,15 +130,7 @@ pub(crate) fn write(t: Timestamp, out: &mut [u8; LEN]) {
     put(14, 2, second_of_day / 60 % 60);
     put(17, 2, second_of_day % 60);
     put(20, 3, milli);
-    for (i, sep) in [
-        (4, b'-'),
-        (7, b'-'),
-        (10, b'T'),
-        (13, b':'),
-        (16, b':'),
-        (19, b'.'),
-        (23, b'Z'),
-    ] {
+    for (i, sep) in SEPARATORS {
         out[i] = sep;
     }
 }

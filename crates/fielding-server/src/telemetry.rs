@@ -167,7 +167,7 @@ pub(crate) fn remember_global_recorder() {
 }
 
 /// Counts one response with `status` in [`RESPONSES`]: through the handle
-/// [`remember_global_recorder`] made when the recorder in use is that
+/// `remember_global_recorder` made (at the exporter's install) when the recorder in use is that
 /// global one, otherwise looked up in the recorder in use.
 pub fn count_response(status: u16) {
     let class = status_class_index(status);
