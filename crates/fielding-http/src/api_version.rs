@@ -5,11 +5,16 @@
 //! naming the supported versions) rather than served as some other
 //! version's behaviour.
 
+use axum::http::HeaderName;
 use chrono::NaiveDate;
 use fielding_core::InvalidParam;
 
 /// The header's name as the contract spells it.
 pub const HEADER: &str = "Cint-API-Version";
+
+/// [`HEADER`] as a parsed name (lower case, as HTTP/1 names are
+/// compared), so that a lookup does not parse the text again.
+pub(crate) const HEADER_NAME: HeaderName = HeaderName::from_static("cint-api-version");
 
 /// The API version this crate implements (the contract's `info.version`).
 pub const IMPLEMENTED: &str = "2025-12-18";
@@ -117,6 +122,11 @@ fn date(value: &[u8]) -> Result<NaiveDate, InvalidParam> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_parsed_name_is_the_contracts() {
+        assert_eq!(HEADER_NAME, HeaderName::from_bytes(HEADER.as_bytes()).unwrap());
+    }
 
     #[test]
     fn every_supported_version_is_a_real_date() {

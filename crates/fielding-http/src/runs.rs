@@ -19,10 +19,6 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use fielding_core::{Action, Applied, Command, ETag, FieldingRun, FieldingRunId, Precondition, RunKey, Timestamp};
-#[cfg(test)]
-use fielding_core::{Status, UserId, Version};
-#[cfg(test)]
-use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::api_error::ApiError;
@@ -367,47 +363,45 @@ pub(crate) async fn launch_now(
     Ok((etag_header(applied.etag), Json(dates)).into_response())
 }
 
-/// A run as the contract's `FieldingRunItem`, as serde writes it (the
-/// reference [`item_json`] is tested against): the members of [`FieldingRunItem`] in the order a
-/// `serde_json::Value` writes them (by name), so the bytes are those of
-/// [`item`] without building the value first.
-#[cfg(test)]
-#[derive(Serialize)]
-struct ItemOut<'a> {
-    end_fielding_at: &'a Timestamp,
-    id: &'a FieldingRunId,
-    last_changed_at: &'a Timestamp,
-    last_changed_by: &'a UserId,
-    start_fielding_at: &'a Timestamp,
-    status: &'a Status,
-    version: &'a Version,
-}
-
-#[cfg(test)]
-impl<'a> From<&'a FieldingRun> for ItemOut<'a> {
-    fn from(run: &'a FieldingRun) -> Self {
-        Self {
-            end_fielding_at: &run.end_fielding_at,
-            id: &run.id,
-            last_changed_at: &run.last_changed_at,
-            last_changed_by: &run.last_changed_by,
-            start_fielding_at: &run.start_fielding_at,
-            status: &run.status,
-            version: &run.version,
-        }
-    }
-}
-
-/// The answer to a PUT: `{"id": ...}`.
-#[cfg(test)]
-#[derive(Serialize)]
-struct IdOut {
-    id: FieldingRunId,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fielding_core::{Status, UserId, Version};
+    use serde::Serialize;
+
+    /// A run as the contract's `FieldingRunItem`, as serde writes it: the
+    /// reference `item_json` is compared with (the members in the order a
+    /// `serde_json::Value` writes them, by name, as `item` does).
+    #[derive(Serialize)]
+    struct ItemOut<'a> {
+        end_fielding_at: &'a Timestamp,
+        id: &'a FieldingRunId,
+        last_changed_at: &'a Timestamp,
+        last_changed_by: &'a UserId,
+        start_fielding_at: &'a Timestamp,
+        status: &'a Status,
+        version: &'a Version,
+    }
+
+    impl<'a> From<&'a FieldingRun> for ItemOut<'a> {
+        fn from(run: &'a FieldingRun) -> Self {
+            Self {
+                end_fielding_at: &run.end_fielding_at,
+                id: &run.id,
+                last_changed_at: &run.last_changed_at,
+                last_changed_by: &run.last_changed_by,
+                start_fielding_at: &run.start_fielding_at,
+                status: &run.status,
+                version: &run.version,
+            }
+        }
+    }
+
+    /// The answer to a PUT: `{"id": ...}`.
+    #[derive(Serialize)]
+    struct IdOut {
+        id: FieldingRunId,
+    }
 
     fn run(status: &str) -> FieldingRun {
         serde_json::from_value(json!({
