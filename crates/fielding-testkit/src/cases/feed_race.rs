@@ -251,7 +251,10 @@ where
     let outcome = async {
         let (successes, _refusals) = race(case, &store, caps, &keys, Via::Both, FEED_RACE_WRITES).await?;
         written.extend(successes.iter().map(|s| (s.run.scope(), s.record.clone())));
-        let mut whole = Follower::new(caps, base.account_id, None, 100);
+        // The readers and the other account's writer may still be running,
+        // so this read races them too.
+        let mut whole = Follower::new(caps, base.account_id, None, 100)
+            .tolerating_busy(caps.retryable_errors_under_contention());
         whole
             .until(case, &*store, written.len(), LOG_IS_COMPLETE, || {
                 "reading the whole feed after the writers finished".into()
