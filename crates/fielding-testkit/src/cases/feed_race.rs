@@ -253,8 +253,8 @@ where
         written.extend(successes.iter().map(|s| (s.run.scope(), s.record.clone())));
         // The readers and the other account's writer may still be running,
         // so this read races them too.
-        let mut whole = Follower::new(caps, base.account_id, None, 100)
-            .tolerating_busy(caps.retryable_errors_under_contention());
+        let mut whole =
+            Follower::new(caps, base.account_id, None, 100).tolerating_busy(caps.retryable_errors_under_contention());
         whole
             .until(case, &*store, written.len(), LOG_IS_COMPLETE, || {
                 "reading the whole feed after the writers finished".into()
