@@ -127,8 +127,8 @@
 //! ## Output
 //!
 //! On stdout, `name value` lines, first `http_memory_vs_bare` (PUT through
-//! the server on the memory store / the bare handler: the issue's target is
-//! ≥ 0.5) and `http_get_memory_vs_bare`, then the other ratios, then for the
+//! the server on the memory store / the bare handler: the target is ≥ 0.7,
+//! see [`HTTP_TARGETS`]) and `http_get_memory_vs_bare`, then the other ratios, then for the
 //! bare handler (`http_bare_*` with the PUT script, `http_get_bare_*` with the
 //! GET script) and for each store and load `http_{put,get}_{store}_rps`,
 //! `_p50_us`, `_p99_us`, `_p999_us` (medians over rounds), and after the
@@ -170,8 +170,35 @@ pub const BUILD_COMMAND: &str = "cargo build --release -p fielding-server -p fie
 /// The PostgreSQL server used when `FIELDING_PG_URL` is not set.
 pub const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
-/// The issue's target for `http_memory_vs_bare`.
-pub const HTTP_TARGET_RATIO: f64 = 0.5;
+/// The targets of the HTTP figures (issue 16, round two), each printed with
+/// its verdict on stderr after a run: the figure's name, whether it must
+/// be at least (`true`) or at most (`false`) the bound, and the bound.
+/// Round one's target for the two `*_vs_bare` ratios was 0.5.
+pub const HTTP_TARGETS: [(&str, bool, f64); 5] = [
+    ("http_memory_vs_bare", true, 0.7),
+    ("http_get_memory_vs_bare", true, 0.7),
+    ("http_put_postgres_p99_over_p50", false, 4.0),
+    ("http_put_memory_observed_vs_plain", true, 0.95),
+    ("http_get_memory_observed_vs_plain", true, 0.95),
+];
+
+/// One line per target of [`HTTP_TARGETS`] whose figure the run produced
+/// (`name = value (target >= bound): met` or `NOT met`); a figure the run
+/// did not measure (no PostgreSQL, say) gets no line.
+pub fn verdicts(figures: &[(String, String)]) -> Vec<String> {
+    HTTP_TARGETS
+        .iter()
+        .filter_map(|&(name, at_least, bound)| {
+            let value = &figures.iter().find(|(n, _)| n == name)?.1;
+            let met = value
+                .parse::<f64>()
+                .is_ok_and(|v| if at_least { v >= bound } else { v <= bound });
+            let sign = if at_least { ">=" } else { "<=" };
+            let verdict = if met { "met" } else { "NOT met" };
+            Some(format!("{name} = {value} (target {sign} {bound}): {verdict}"))
+        })
+        .collect()
+}
 
 /// The JWT secret the servers are started with (the bench's own; nothing
 /// outside the bench ever sees a token signed with it).
@@ -1470,12 +1497,8 @@ pub fn run_and_print(plan: &Plan) -> Result<(), String> {
         writeln!(out, "{name} {value}").map_err(|e| format!("cannot write to stdout: {e}"))?;
     }
     out.flush().map_err(|e| format!("cannot write to stdout: {e}"))?;
-    if let Some((name, value)) = figures.first() {
-        let met = value.parse::<f64>().is_ok_and(|r| r >= HTTP_TARGET_RATIO);
-        eprintln!(
-            "{name} = {value} (target {HTTP_TARGET_RATIO}): {}",
-            if met { "met" } else { "NOT met" }
-        );
+    for line in verdicts(&figures) {
+        eprintln!("{line}");
     }
     eprintln!("http: measured in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
@@ -1695,6 +1718,31 @@ fielding_wrk timeouts 2.000
         assert!(
             !figures.iter().any(|(n, _)| n.ends_with("_p99_over_p50")),
             "no PostgreSQL, no tail ratio"
+        );
+        assert_eq!(
+            verdicts(&figures),
+            [
+                "http_memory_vs_bare = 0.500 (target >= 0.7): NOT met",
+                "http_get_memory_vs_bare = 0.700 (target >= 0.7): met",
+            ],
+            "one line per measured target, none for the figures not measured"
+        );
+    }
+
+    #[test]
+    fn a_tail_target_is_met_at_or_below_its_bound() {
+        let figures = |tail: &str| vec![("http_put_postgres_p99_over_p50".to_owned(), tail.to_owned())];
+        assert_eq!(
+            verdicts(&figures("4.00")),
+            ["http_put_postgres_p99_over_p50 = 4.00 (target <= 4): met"]
+        );
+        assert_eq!(
+            verdicts(&figures("4.01")),
+            ["http_put_postgres_p99_over_p50 = 4.01 (target <= 4): NOT met"]
+        );
+        assert_eq!(
+            verdicts(&figures("n/a")),
+            ["http_put_postgres_p99_over_p50 = n/a (target <= 4): NOT met"]
         );
     }
 
